@@ -1,0 +1,25 @@
+"""Typed errors. The library raises these; only the CLI turns them into one line and an exit code."""
+
+
+class RattnError(Exception):
+    """Base class: a user-facing problem with a one-sentence message."""
+
+
+class ConfigError(RattnError):
+    """Bad option values: unknown task, bad length string, bad window, ..."""
+
+
+class CheckpointError(RattnError):
+    """Missing, corrupt or mismatched checkpoint."""
+
+
+class BudgetError(RattnError):
+    """A prompt (plus its generation budget) does not fit the model's context."""
+
+
+class DataError(RattnError):
+    """Missing or malformed input data (QA files, corpora)."""
+
+
+class NumericsError(RattnError):
+    """NaN or inf in model outputs."""

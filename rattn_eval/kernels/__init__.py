@@ -1,0 +1,161 @@
+"""Attention ops of rattn-eval, layout [B, T, H, D] (k/v [B, T, Hkv, D], GQA when H % Hkv == 0).
+
+Every op takes backend = "auto" | "triton" | "torch". "auto" picks Triton for CUDA tensors
+(when triton imports) and the PyTorch reference otherwise. "triton" on CPU works only under
+TRITON_INTERPRET=1 (tests). `launches` counts which implementation actually ran, so tests and
+results can prove there was no silent fallback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections import Counter
+
+import torch
+
+from .common import Rope, apply_feature_map, apply_rope, feature_dim, rms_norm
+from .decode.naive import LocalCache, build_local_cache, empty_local_cache, local_decode_step_naive
+from .rattention.naive import rattention_chunked, rattention_naive
+from .rla.naive import residual_linear_attention_chunked, residual_linear_attention_naive
+from .swa.naive import swa_attention_chunked, swa_attention_naive
+
+BACKENDS = ("auto", "triton", "torch")
+
+# op -> (module, function) of the Triton implementation; imported on first use.
+_TRITON_IMPLS = {
+    "swa": ("rattn_eval.kernels.swa.parallel", "swa_attention_triton"),
+    "rla": ("rattn_eval.kernels.rla.chunk", "residual_linear_attention_triton"),
+    "rattention": ("rattn_eval.kernels.rattention.fused", "rattention_triton"),
+    "decode": ("rattn_eval.kernels.decode.fused_recurrent", "local_decode_step_triton"),
+}
+
+launches: Counter = Counter()
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run these tensors here."""
+
+
+def triton_available(device: torch.device) -> bool:
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        importlib.import_module("triton")
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Map "auto" to a concrete backend for tensors on `device`; validate explicit choices."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return "torch"
+    ok = triton_available(device)
+    if backend == "triton" and not ok:
+        raise BackendUnavailable(
+            f"the triton backend needs CUDA tensors (or TRITON_INTERPRET=1 on CPU) and an importable triton; got {device}"
+        )
+    return "triton" if ok and (backend == "triton" or device.type == "cuda") else "torch"
+
+
+def _triton(op: str):
+    module, name = _TRITON_IMPLS[op]
+    return getattr(importlib.import_module(module), name)
+
+
+def swa_attention(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None, backend="auto"):
+    """Sliding-window softmax attention: query t sees keys t-window..t (window=None: full causal).
+
+    Args:
+        q: (B, T, H, D), already rotated; k, v: (B, T, Hkv, D).
+        window: previous tokens visible besides the token itself, or None.
+        scale: softmax scale, default D ** -0.5.
+        lengths: (B,) valid tokens per row of a right-padded batch; cu_seqlens: (N+1,) packed offsets, B == 1.
+    Returns:
+        (B, T, H, D) in q.dtype; zero at padded positions.
+    """
+    be = resolve_backend(backend, q.device)
+    launches[f"{be}.swa"] += 1
+    if be == "triton":
+        return _triton("swa")(q, k, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens)
+    return swa_attention_chunked(q, k, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens)
+
+
+def residual_linear_attention(q, k, v, *, window, feature_map="softmax", lengths=None, cu_seqlens=None, backend="auto"):
+    """o_t = phi(q_t) S_{t-window-1} with S_t = sum_{j<=t} phi(k_j)^T v_j; raw q/k, no normalizer.
+
+    Args: q (B, T, H, D); k, v (B, T, Hkv, D); feature_map "softmax" | "relu" | "identity".
+    Returns: (B, T, H, D) in q.dtype (accumulated in fp32); exactly zero for t <= window.
+    """
+    be = resolve_backend(backend, q.device)
+    launches[f"{be}.rla"] += 1
+    if be == "triton":
+        return _triton("rla")(q, k, v, window=window, feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens)
+    return residual_linear_attention_chunked(q, k, v, window=window, feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens)
+
+
+def rattention(q, k, v, *, window, rope=None, scale=None, feature_map="softmax", swa_norm_weight=None,
+               rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None, backend="auto"):
+    """RAttention: rms(SWA(rope(q), rope(k), v)) * g_swa + rms(RLA(q, k, v)) * g_rla.
+
+    Args:
+        q: (B, T, H, D) raw; k, v: (B, T, Hkv, D) raw.
+        rope: (cos, sin), each (T, D) or (B, T, D), rotate-half convention; applied to the SWA branch only.
+        swa_norm_weight, rla_norm_weight: (H, D) or None (ones).
+    Returns:
+        (B, T, H, D) in q.dtype.
+    """
+    be = resolve_backend(backend, q.device)
+    launches[f"{be}.rattention"] += 1
+    kw = dict(window=window, rope=rope, scale=scale, feature_map=feature_map, swa_norm_weight=swa_norm_weight,
+              rla_norm_weight=rla_norm_weight, eps=eps, lengths=lengths, cu_seqlens=cu_seqlens)
+    if be == "triton":
+        return _triton("rattention")(q, k, v, **kw)
+    return rattention_chunked(q, k, v, **kw)
+
+
+def local_prefill(q, k, v, *, window, kind="rattn", rope: Rope | None = None, scale=None, feature_map="softmax",
+                  swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, lengths=None, backend="auto"):
+    """Prefill a local layer and return (output, filled LocalCache).
+
+    Args: q (B, T, H, D), k, v (B, T, Hkv, D), all raw (un-rotated); kind "swa" | "rattn";
+    rope: a Rope (positions 0..T-1) or None; lengths (B,) for right-padded prompts.
+    Returns: o (B, T, H, D), cache whose size depends on window and shape only.
+    """
+    tables = None if rope is None else rope.tables(q.shape[1], q.device)
+    if kind == "swa":
+        qr, kr = (q, k) if tables is None else (apply_rope(q, *tables), apply_rope(k, *tables))
+        o = swa_attention(qr, kr, v, window=window, scale=scale, lengths=lengths, backend=backend)
+    elif kind == "rattn":
+        o = rattention(q, k, v, window=window, rope=tables, scale=scale, feature_map=feature_map,
+                       swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight, eps=eps, lengths=lengths,
+                       backend=backend)
+    else:
+        raise ValueError(f"unknown local layer kind {kind!r}; choose 'swa' or 'rattn'")
+    return o, build_local_cache(k, v, window=window, kind=kind, feature_map=feature_map, lengths=lengths)
+
+
+def local_decode_step(q, k, v, cache: LocalCache, *, rope: Rope | None = None, scale=None, swa_norm_weight=None,
+                      rla_norm_weight=None, eps=1e-6, backend="auto"):
+    """One decode step for a batch whose sequences may sit at different positions.
+
+    Args: q (B, H, D) raw; k, v (B, Hkv, D) raw; cache from `local_prefill` / `empty_local_cache` (updated in place).
+    Returns: (B, H, D) in q.dtype.
+    """
+    be = resolve_backend(backend, q.device)
+    launches[f"{be}.decode"] += 1
+    kw = dict(rope=rope, scale=scale, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight, eps=eps)
+    if be == "triton":
+        return _triton("decode")(q, k, v, cache, **kw)
+    return local_decode_step_naive(q, k, v, cache, **kw)
+
+
+__all__ = [
+    "BACKENDS", "BackendUnavailable", "LocalCache", "Rope", "apply_feature_map", "apply_rope", "build_local_cache",
+    "empty_local_cache", "feature_dim", "launches", "local_decode_step", "local_prefill", "rattention",
+    "rattention_naive", "residual_linear_attention", "residual_linear_attention_naive", "resolve_backend",
+    "rms_norm", "swa_attention", "swa_attention_naive",
+]

@@ -1,0 +1,162 @@
+"""Pieces shared by every attention op: feature maps, RoPE, RMS norm, variable-length masks."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FEATURE_MAPS = ("softmax", "relu", "identity")
+
+
+def feature_dim(head_dim: int, feature_map: str) -> int:
+    """Width F of phi(x) for a head dim D: 2D for softmax/relu, D for identity."""
+    check_feature_map(feature_map)
+    return head_dim if feature_map == "identity" else 2 * head_dim
+
+
+def check_feature_map(feature_map: str) -> None:
+    if feature_map not in FEATURE_MAPS:
+        raise ValueError(f"unknown feature_map {feature_map!r}; choose one of {', '.join(FEATURE_MAPS)}")
+
+
+def apply_feature_map(x: torch.Tensor, feature_map: str) -> torch.Tensor:
+    """phi over the last dim, in fp32. (..., D) -> (..., F)."""
+    check_feature_map(feature_map)
+    x = x.float()
+    if feature_map == "softmax":
+        return torch.cat([torch.softmax(x, dim=-1), torch.softmax(-x, dim=-1)], dim=-1)
+    if feature_map == "relu":
+        return torch.cat([F.relu(x), F.relu(-x)], dim=-1)
+    return x
+
+
+class Rope:
+    """Rotary embedding, rotate-half convention of the Hugging Face Llama/Gemma code.
+
+    Dimension i pairs with i + D/2. `factor` is linear position scaling (Gemma-3's global layers).
+    Tables are computed for whatever positions are asked, so no max-context table is kept.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0, factor: float = 1.0):
+        if head_dim % 2:
+            raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
+        self.head_dim, self.theta, self.factor = head_dim, float(theta), float(factor)
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+        self.inv_freq = 1.0 / (self.theta**exponent) / self.factor  # (D/2,)
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (...) int -> cos, sin (..., D) fp32."""
+        inv = self.inv_freq.to(positions.device)
+        freqs = positions.float()[..., None] * inv  # (..., D/2)
+        emb = torch.cat([freqs, freqs], dim=-1)
+        return emb.cos(), emb.sin()
+
+    def tables(self, T: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin for positions 0..T-1: (T, D) fp32."""
+        return self.cos_sin(torch.arange(T, device=device))
+
+    def __repr__(self) -> str:
+        return f"Rope(head_dim={self.head_dim}, theta={self.theta}, factor={self.factor})"
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x (B, T, H, D) with cos/sin (T, D) or (B, T, D). Math in fp32, result in x.dtype."""
+    if cos.dim() == 2:
+        cos, sin = cos[None], sin[None]
+    cos, sin = cos[:, :, None, :].float(), sin[:, :, None, :].float()  # (B|1, T, 1, D)
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim in fp32; weight (H, D) or None (= ones). Returns fp32."""
+    x = x.float()
+    y = x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.float()
+    return y
+
+
+def default_scale(head_dim: int, scale: float | None) -> float:
+    return head_dim**-0.5 if scale is None else float(scale)
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
+    """Validate [B, T, H, D] / [B, T, Hkv, D] shapes. Returns B, T, H, Hkv, D."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(f"expected 4-d q, k, v in [B, T, H, D] layout, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, T, H, D = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[1] != T or k.shape[3] != D:
+        raise ValueError(f"k and v must be [B, T, Hkv, D] matching q {tuple(q.shape)}; got k {tuple(k.shape)}, v {tuple(v.shape)}")
+    Hkv = k.shape[2]
+    if H % Hkv:
+        raise ValueError(f"query heads ({H}) must be a multiple of kv heads ({Hkv})")
+    return B, T, H, Hkv, D
+
+
+def check_window(window: int | None) -> None:
+    if window is not None and (not isinstance(window, int) or window < 0):
+        raise ValueError(f"window must be a non-negative int or None, got {window!r}")
+
+
+def segment_layout(
+    B: int, T: int, device, lengths: torch.Tensor | None, cu_seqlens: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token segment id and validity for padded (`lengths`, right padding) or packed
+    (`cu_seqlens`, B == 1) batches. Returns seg (B, T) int64 and valid (B, T) bool."""
+    if lengths is not None and cu_seqlens is not None:
+        raise ValueError("pass either lengths (padded batch) or cu_seqlens (packed batch), not both")
+    idx = torch.arange(T, device=device)
+    if cu_seqlens is not None:
+        if B != 1:
+            raise ValueError(f"packed sequences (cu_seqlens) need B == 1, got B = {B}")
+        cu = cu_seqlens.to(device=device, dtype=torch.long)
+        if cu.dim() != 1 or cu[0].item() != 0 or int(cu[-1].item()) > T or bool((cu[1:] < cu[:-1]).any()):
+            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end <= T = {T}; got {cu.tolist()}")
+        seg = torch.bucketize(idx, cu[1:], right=True)[None]  # (1, T)
+        valid = (idx < cu[-1])[None]
+        return seg, valid
+    seg = torch.zeros(B, T, dtype=torch.long, device=device)
+    if lengths is None:
+        return seg, torch.ones(B, T, dtype=torch.bool, device=device)
+    lengths = lengths.to(device=device, dtype=torch.long)
+    if lengths.shape != (B,) or bool((lengths < 0).any()) or bool((lengths > T).any()):
+        raise ValueError(f"lengths must be a [B] tensor with values in [0, T = {T}]; got {lengths.tolist()}")
+    return seg, idx[None, :] < lengths[:, None]
+
+
+def segments(T: int, lengths, cu_seqlens, b: int) -> list[tuple[int, int]]:
+    """(start, end) spans of real tokens for batch row b."""
+    if cu_seqlens is not None:
+        cu = [int(x) for x in cu_seqlens.tolist()]
+        return [(cu[i], cu[i + 1]) for i in range(len(cu) - 1) if cu[i + 1] > cu[i]]
+    end = T if lengths is None else int(lengths[b])
+    return [(0, end)] if end > 0 else []
+
+
+def flops_swa(B: int, T: int, H: int, D: int, window: int | None) -> float:
+    """Useful matmul FLOPs of SWA forward: 2 matmuls x 2 flop x visible keys."""
+    w = T if window is None else min(window, T - 1)
+    keys = T * (w + 1) - w * (w + 1) / 2  # sum over t of min(t, w) + 1
+    return 4.0 * B * H * D * keys
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+__all__ = [
+    "FEATURE_MAPS",
+    "Rope",
+    "apply_feature_map",
+    "apply_rope",
+    "feature_dim",
+    "rms_norm",
+    "rotate_half",
+    "segment_layout",
+]
