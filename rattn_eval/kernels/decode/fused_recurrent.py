@@ -1,0 +1,281 @@
+"""Triton decode step for local layers (plain SWA and RAttention): one new token per sequence.
+
+One program per (batch row, KV head). It owns that row's ring-buffer slice and RLA state, so the
+state update happens once per KV head and no two programs touch the same memory. In order it
+1. folds the token leaving the window (slot t mod (w+1), position t-w-1) into the fp32 state S,
+   block by block over the F feature rows, and reads phi(q) S for the group's query heads from
+   the updated block while it is on chip;
+2. attends over the w+1 slots with an online softmax, rotating each slot's raw key with that
+   slot's absolute position (RoPE cos/sin computed in-kernel from `inv_freq`, so the cache holds
+   no position table); the new token is taken from the inputs, not re-read from the ring;
+3. normalizes and combines the branches, and only then overwrites the slot with the new k/v.
+Semantics are exactly `local_decode_step_naive` (DESIGN §3 "Decode").
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from ..common import default_scale
+from .naive import LocalCache
+
+_FEATURE_MAP_CODES = {"softmax": 0, "relu": 1, "identity": 2}
+
+# Elements of the largest broadcast tile (query heads x block x head dim) a program holds.
+_TILE_BUDGET = 8192
+
+
+@triton.jit
+def _cos_sin(angle, PRECISE_TRIG: tl.constexpr):
+    # Angles reach ~1e5 rad at long contexts; the fast approximate sin/cos would be wrong there.
+    # The interpreter has no libdevice, and numpy's cos/sin are already exact enough.
+    if PRECISE_TRIG:
+        return libdevice.cos(angle), libdevice.sin(angle)
+    else:
+        return tl.cos(angle), tl.sin(angle)
+
+
+@triton.jit
+def local_decode_step_kernel(
+    q_ptr, k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, state_ptr, pos_ptr, inv_freq_ptr, g_swa_ptr, g_rla_ptr, o_ptr,
+    stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+    stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
+    stride_sb, stride_sh, stride_sf, stride_ob, stride_oh,
+    W1, Hkv, scale, eps,
+    D: tl.constexpr, F: tl.constexpr, G: tl.constexpr,
+    FEATURE_MAP: tl.constexpr, HAS_STATE: tl.constexpr, HAS_ROPE: tl.constexpr,
+    HAS_G_SWA: tl.constexpr, HAS_G_RLA: tl.constexpr, PRECISE_TRIG: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_F: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // Hkv
+    hk = pid % Hkv
+    t = tl.load(pos_ptr + b)  # absolute position of the new token (int64)
+    slot = t % W1
+
+    d = tl.arange(0, BLOCK_D)
+    dm = d < D
+    gi = tl.arange(0, BLOCK_G)
+    gm = gi < G
+    h = hk * G + gi  # query heads of this KV head, (BLOCK_G,)
+    qg_ptr = q_ptr + b * stride_qb + h[:, None] * stride_qh  # (BLOCK_G, 1)
+    q_mask = gm[:, None] & dm[None, :]
+    q = tl.load(qg_ptr + d[None, :], mask=q_mask, other=0.0).to(tl.float32)  # (BLOCK_G, BLOCK_D)
+
+    ring_dtype = ring_k_ptr.dtype.element_ty
+    rk_row = ring_k_ptr + b * stride_rkb + hk * stride_rkh
+    rv_row = ring_v_ptr + b * stride_rvb + hk * stride_rvh
+    # the new token as the ring will hold it (rounded to the ring dtype), used in place of its slot
+    k_new_raw = tl.load(k_ptr + b * stride_kb + hk * stride_kh + d, mask=dm, other=0.0).to(ring_dtype)
+    v_new_raw = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype)
+    k_new = k_new_raw.to(tl.float32)
+    v_new = v_new_raw.to(tl.float32)
+
+    # ---- RLA: fold the leaving token into S, then read phi(q) S (S after the fold) ----
+    if HAS_STATE:
+        leaving = t >= W1  # slot holds token t - W1, which leaves the window now
+        k_old = tl.load(rk_row + slot * stride_rks + d, mask=dm, other=0.0).to(tl.float32)
+        v_old = tl.load(rv_row + slot * stride_rvs + d, mask=dm, other=0.0).to(tl.float32)
+        if FEATURE_MAP == 0:
+            # softmax normalizers over the head dim for x and -x (phi = [softmax(x), softmax(-x)])
+            mk_p = tl.max(tl.where(dm, k_old, float("-inf")), axis=0)
+            mk_n = tl.max(tl.where(dm, -k_old, float("-inf")), axis=0)
+            zk_p = tl.sum(tl.where(dm, tl.exp(k_old - mk_p), 0.0), axis=0)
+            zk_n = tl.sum(tl.where(dm, tl.exp(-k_old - mk_n), 0.0), axis=0)
+            mq_p = tl.max(tl.where(dm[None, :], q, float("-inf")), axis=1)  # (BLOCK_G,)
+            mq_n = tl.max(tl.where(dm[None, :], -q, float("-inf")), axis=1)
+            zq_p = tl.sum(tl.where(dm[None, :], tl.exp(q - mq_p[:, None]), 0.0), axis=1)
+            zq_n = tl.sum(tl.where(dm[None, :], tl.exp(-q - mq_n[:, None]), 0.0), axis=1)
+        o_rla = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+        s_base = state_ptr + b * stride_sb + hk * stride_sh
+        for f0 in range(0, F, BLOCK_F):
+            f = f0 + tl.arange(0, BLOCK_F)
+            fm = f < F
+            neg = f >= D  # second half of phi reads -x
+            src = tl.where(neg, f - D, f)
+            sign = tl.where(neg, -1.0, 1.0)
+            xk = tl.load(rk_row + slot * stride_rks + src, mask=fm, other=0.0).to(tl.float32) * sign
+            xq = tl.load(qg_ptr + src[None, :], mask=gm[:, None] & fm[None, :], other=0.0).to(tl.float32)
+            xq = xq * sign[None, :]
+            if FEATURE_MAP == 0:
+                phi_k = tl.exp(xk - tl.where(neg, mk_n, mk_p)) / tl.where(neg, zk_n, zk_p)
+                phi_q = tl.exp(xq - tl.where(neg[None, :], mq_n[:, None], mq_p[:, None]))
+                phi_q = phi_q / tl.where(neg[None, :], zq_n[:, None], zq_p[:, None])
+            elif FEATURE_MAP == 1:
+                phi_k = tl.maximum(xk, 0.0)
+                phi_q = tl.maximum(xq, 0.0)
+            else:
+                phi_k = xk
+                phi_q = xq
+            phi_k = tl.where(fm, phi_k, 0.0)
+            phi_q = tl.where(gm[:, None] & fm[None, :], phi_q, 0.0)
+            s_ptrs = s_base + f[:, None] * stride_sf + d[None, :]
+            s_mask = fm[:, None] & dm[None, :]
+            s_blk = tl.load(s_ptrs, mask=s_mask, other=0.0)  # (BLOCK_F, BLOCK_D) fp32
+            s_blk = tl.where(leaving, s_blk + phi_k[:, None] * v_old[None, :], s_blk)
+            tl.store(s_ptrs, s_blk, mask=s_mask & leaving)
+            o_rla += tl.sum(phi_q[:, :, None] * s_blk[None, :, :], axis=1)
+
+    # ---- SWA over the ring: slot i holds position t - ((slot - i) mod W1); negative = unfilled ----
+    if HAS_ROPE:
+        HALF: tl.constexpr = D // 2
+        partner = tl.where(d < HALF, d + HALF, d - HALF)  # rotate_half(x)[d] = sign * x[partner]
+        rot_sign = tl.where(d < HALF, -1.0, 1.0)
+        inv = tl.load(inv_freq_ptr + tl.where(d < HALF, d, d - HALF), mask=dm, other=0.0)
+        cq, sq = _cos_sin(t.to(tl.float32) * inv, PRECISE_TRIG)
+        q_part = tl.load(qg_ptr + partner[None, :], mask=q_mask, other=0.0).to(tl.float32)
+        q_swa = q * cq[None, :] + rot_sign[None, :] * q_part * sq[None, :]
+        k_new_part = tl.load(k_ptr + b * stride_kb + hk * stride_kh + partner, mask=dm, other=0.0)
+        k_new_part = k_new_part.to(ring_dtype).to(tl.float32)
+    else:
+        q_swa = q
+    q_swa = q_swa * scale
+
+    m_i = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)  # finite start: fully masked blocks give no NaN
+    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    for s0 in range(0, W1, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        p = t - (slot - s + W1) % W1  # absolute position held by slot s
+        valid = (s < W1) & (p >= 0)
+        is_new = s == slot
+        kv_mask = valid[:, None] & dm[None, :]
+        kb = tl.load(rk_row + s[:, None] * stride_rks + d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        kb = tl.where(is_new[:, None], k_new[None, :], kb)
+        vb = tl.load(rv_row + s[:, None] * stride_rvs + d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
+        vb = tl.where(is_new[:, None], v_new[None, :], vb)
+        if HAS_ROPE:
+            kp = tl.load(rk_row + s[:, None] * stride_rks + partner[None, :], mask=kv_mask, other=0.0)
+            kp = tl.where(is_new[:, None], k_new_part[None, :], kp.to(tl.float32))
+            ck, sk = _cos_sin(p.to(tl.float32)[:, None] * inv[None, :], PRECISE_TRIG)
+            kb = kb * ck + rot_sign[None, :] * kp * sk
+        sc = tl.sum(q_swa[:, None, :] * kb[None, :, :], axis=2)  # (BLOCK_G, BLOCK_S)
+        sc = tl.where(valid[None, :], sc, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        pr = tl.exp(sc - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(pr, axis=1)
+        acc = acc * alpha[:, None] + tl.sum(pr[:, :, None] * vb[None, :, :], axis=1)
+        m_i = m_new
+    o = acc / l_i[:, None]  # the new token is always visible, so l_i > 0
+
+    if HAS_STATE:
+        gw_offs = h[:, None] * D + d[None, :]
+        o = o * tl.rsqrt(tl.sum(o * o, axis=1) / D + eps)[:, None]
+        if HAS_G_SWA:
+            o = o * tl.load(g_swa_ptr + gw_offs, mask=q_mask, other=0.0).to(tl.float32)
+        o_rla = o_rla * tl.rsqrt(tl.sum(o_rla * o_rla, axis=1) / D + eps)[:, None]
+        if HAS_G_RLA:
+            o_rla = o_rla * tl.load(g_rla_ptr + gw_offs, mask=q_mask, other=0.0).to(tl.float32)
+        o = o + o_rla
+    o_ptrs = o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :]
+    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=q_mask)
+
+    # Every thread of the program has read the old slot (fold and attention) before anyone overwrites it.
+    tl.debug_barrier()
+    tl.store(rk_row + slot * stride_rks + d, k_new_raw, mask=dm)
+    tl.store(rv_row + slot * stride_rvs + d, v_new_raw, mask=dm)
+
+
+def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale, eps):
+    B, H, D = q.shape
+    Hkv = k.shape[1]
+    G = H // Hkv
+    W1 = cache.window + 1
+    state = cache.state
+    F = D if state is None else state.shape[2]
+    block_d = triton.next_power_of_2(D)
+    block_g = triton.next_power_of_2(G)
+    per_row = block_g * block_d
+    block_s = max(1, min(triton.next_power_of_2(W1), _TILE_BUDGET // per_row))
+    block_f = max(1, min(triton.next_power_of_2(F), _TILE_BUDGET // per_row))
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    dummy = o  # never read: the matching HAS_* flag is off
+    local_decode_step_kernel[(B * Hkv,)](
+        q_ptr=q, k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v,
+        state_ptr=dummy if state is None else state, pos_ptr=cache.pos,
+        inv_freq_ptr=dummy if inv_freq is None else inv_freq,
+        g_swa_ptr=dummy if g_swa is None else g_swa, g_rla_ptr=dummy if g_rla is None else g_rla, o_ptr=o,
+        stride_qb=q.stride(0), stride_qh=q.stride(1), stride_kb=k.stride(0), stride_kh=k.stride(1),
+        stride_vb=v.stride(0), stride_vh=v.stride(1),
+        stride_rkb=cache.k.stride(0), stride_rks=cache.k.stride(1), stride_rkh=cache.k.stride(2),
+        stride_rvb=cache.v.stride(0), stride_rvs=cache.v.stride(1), stride_rvh=cache.v.stride(2),
+        stride_sb=0 if state is None else state.stride(0), stride_sh=0 if state is None else state.stride(1),
+        stride_sf=0 if state is None else state.stride(2),
+        stride_ob=o.stride(0), stride_oh=o.stride(1),
+        W1=W1, Hkv=Hkv, scale=scale, eps=eps,
+        D=D, F=F, G=G, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map], HAS_STATE=state is not None,
+        HAS_ROPE=inv_freq is not None, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
+        PRECISE_TRIG=q.is_cuda and not interpreting,
+        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_S=block_s, BLOCK_F=block_f,
+        num_warps=4,
+    )
+
+
+def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _check(q, k, v, cache: LocalCache, rope, norms) -> None:
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"decode expects q (B, H, D) and k, v (B, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, D = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[2] != D or H % k.shape[1]:
+        raise ValueError(f"k and v must be (B, Hkv, D) with H % Hkv == 0 for q {tuple(q.shape)}; got {tuple(k.shape)}, {tuple(v.shape)}")
+    Hkv = k.shape[1]
+    ring_shape = (B, cache.window + 1, Hkv, D)
+    if tuple(cache.k.shape) != ring_shape or tuple(cache.v.shape) != ring_shape:
+        raise ValueError(f"cache ring is {tuple(cache.k.shape)}, expected {ring_shape} for these inputs")
+    if cache.k.stride(-1) != 1 or cache.v.stride(-1) != 1:
+        raise ValueError("the cache ring must be contiguous in the head dim (it is updated in place)")
+    if cache.state is not None:
+        F = cache.state.shape[2]
+        if tuple(cache.state.shape) != (B, Hkv, F, D) or cache.state.dtype != torch.float32 or cache.state.stride(-1) != 1:
+            raise ValueError(f"cache state must be fp32 (B, Hkv, F, D) = ({B}, {Hkv}, F, {D}), contiguous in D; "
+                             f"got {cache.state.dtype} {tuple(cache.state.shape)}")
+    if cache.feature_map not in _FEATURE_MAP_CODES:
+        raise ValueError(f"unknown feature_map {cache.feature_map!r}; choose one of {', '.join(_FEATURE_MAP_CODES)}")
+    if cache.pos.shape != (B,) or cache.pos.dtype != torch.int64:
+        raise ValueError(f"cache.pos must be an int64 ({B},) tensor, got {cache.pos.dtype} {tuple(cache.pos.shape)}")
+    if rope is not None and rope.head_dim != D:
+        raise ValueError(f"rope head dim {rope.head_dim} does not match the head dim {D}")
+    for name, w in norms.items():
+        if w is not None and tuple(w.shape) != (H, D):
+            raise ValueError(f"{name} must be ({H}, {D}), got {tuple(w.shape)}")
+    tensors = [k, v, cache.k, cache.v, cache.pos] + ([] if cache.state is None else [cache.state])
+    if any(x.device != q.device for x in tensors):
+        raise ValueError("q, k, v and the cache must be on one device")
+
+
+def local_decode_step_triton(q, k, v, cache: LocalCache, *, rope=None, scale=None, swa_norm_weight=None,
+                             rla_norm_weight=None, eps=1e-6):
+    """One decode step of a local layer, in Triton; same semantics as `local_decode_step_naive`.
+
+    Args:
+        q: (B, H, D) raw query of the new token; k, v: (B, Hkv, D) raw, H % Hkv == 0.
+        cache: LocalCache whose ring is (B, window+1, Hkv, D) (any float dtype) and whose state is
+            (B, Hkv, F, D) fp32 or None (plain SWA); rows may sit at different positions `cache.pos`.
+            Updated in place: the slot pos mod (window+1) of k/v, the state; `cache.pos` becomes pos + 1.
+        rope: a Rope for the SWA branch (positions are absolute, from `cache.pos`), or None.
+        scale: softmax scale, default D ** -0.5.
+        swa_norm_weight, rla_norm_weight: (H, D) or None (ones); used only when the cache has a state.
+    Returns:
+        (B, H, D) in q.dtype: o_swa for a plain SWA cache, else rms(o_swa) * g_swa + rms(o_rla) * g_rla.
+    """
+    _check(q, k, v, cache, rope, {"swa_norm_weight": swa_norm_weight, "rla_norm_weight": rla_norm_weight})
+    B, H, D = q.shape
+    o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
+    if B > 0:
+        inv_freq = None if rope is None else rope.inv_freq.to(device=q.device, dtype=torch.float32).contiguous()
+        has_state = cache.state is not None
+        g_swa = swa_norm_weight.contiguous() if has_state and swa_norm_weight is not None else None
+        g_rla = rla_norm_weight.contiguous() if has_state and rla_norm_weight is not None else None
+        _launch_decode(_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), cache, o,
+                       inv_freq, g_swa, g_rla, default_scale(D, scale), float(eps))
+    cache.pos = cache.pos + 1
+    return o
