@@ -1,0 +1,397 @@
+"""The native local-global decoder: embedding -> layers (global | swa | rattn) -> norm -> logits.
+
+Reads top to bottom: norms and FFN, the full KV cache of global layers, attention (one module
+for the three kinds), the block, the model with its forward / prefill / decode step, then
+batched greedy generation. Attention math goes through rattn_eval.kernels with the model's
+backend ("torch" = PyTorch references, "triton" = Triton kernels).
+
+Shapes: B batch, T tokens, W width, H query heads, Hkv kv heads, D head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import kernels
+from ..errors import BudgetError, ConfigError, NumericsError
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """y = x / rms(x) * w over the last dim, computed in fp32 (plain weights; Gemma's 1 + w is folded at import)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.rms_norm(x, self.weight, self.eps).to(x.dtype)
+
+
+class FeedForward(nn.Module):
+    """Gated FFN: down(act(gate(x)) * up(x)); act = silu (SwiGLU) or tanh-GELU (GeGLU)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.kind = cfg.ffn
+        self.gate_proj = nn.Linear(cfg.width, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.width, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.gate_proj(x)
+        g = F.silu(g) if self.kind == "swiglu" else F.gelu(g, approximate="tanh")
+        return self.down_proj(g * self.up_proj(x))
+
+
+class KVCache:
+    """Full KV cache of one global layer (gpt-fast style): k, v (B, S, Hkv, D), rotated keys.
+
+    S is sized by the caller to prompt + new tokens of the current generate call, never to
+    max_context. Rows may sit at different positions: `update` writes row b at pos[b].
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor):
+        self.k, self.v = k, v
+
+    @classmethod
+    def from_prefill(cls, k: torch.Tensor, v: torch.Tensor, size: int) -> "KVCache":
+        """k, v (B, T, Hkv, D) of a right-padded prefill -> cache of S = size slots; padding slots are
+        never read because decode masks keys past each row's position."""
+        B, T, Hkv, D = k.shape
+        ck = k.new_zeros(B, max(size, T), Hkv, D)
+        cv = torch.zeros_like(ck)
+        ck[:, :T], cv[:, :T] = k, v
+        return cls(ck, cv)
+
+    def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """pos (B,) int64; k, v (B, Hkv, D): write each row's new token at its own position."""
+        rows = torch.arange(k.shape[0], device=k.device)
+        self.k[rows, pos] = k.to(self.k.dtype)
+        self.v[rows, pos] = v.to(self.v.dtype)
+
+    def select(self, index: torch.Tensor) -> "KVCache":
+        return KVCache(self.k[index], self.v[index])
+
+    def nbytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+
+class Attention(nn.Module):
+    """One attention layer. kind "global" (full causal, or SWA when cfg.global_window is set),
+    "swa" or "rattn"; q/k/v/o projections, optional QK-norm, RoPE per layer kind."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.kind = cfg.kinds[layer]
+        self.window = cfg.layer_window(layer)
+        # the attention actually run: a global layer with a window behaves as plain SWA
+        self.mode = "global" if self.window is None else ("swa" if self.kind == "global" else self.kind)
+        self.H, self.Hkv, self.D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale = cfg.attn_scale
+        self.feature_map = cfg.feature_map
+        self.eps = cfg.norm_eps
+        self.q_proj = nn.Linear(cfg.width, self.H * self.D, bias=False)
+        self.k_proj = nn.Linear(cfg.width, self.Hkv * self.D, bias=False)
+        self.v_proj = nn.Linear(cfg.width, self.Hkv * self.D, bias=False)
+        self.o_proj = nn.Linear(self.H * self.D, cfg.width, bias=False)
+        self.q_norm = RMSNorm(self.D, cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.D, cfg.norm_eps) if cfg.qk_norm else None
+        if self.kind == "rattn":  # per-head output norms of the two branches (DESIGN §3)
+            self.swa_norm = nn.Parameter(torch.ones(self.H, self.D))
+            self.rla_norm = nn.Parameter(torch.ones(self.H, self.D))
+        with torch.device("cpu"):  # RoPE frequencies are plain tensors: keep them real when built on meta
+            if self.kind == "global":
+                self.rope = None if cfg.nope_global else kernels.Rope(self.D, cfg.rope_theta_global, cfg.rope_scale_global)
+            else:
+                self.rope = kernels.Rope(self.D, cfg.rope_theta_local)
+        self.backend = "torch"
+
+    def _qkv(self, x: torch.Tensor):
+        """x (B, T, W) -> raw q (B, T, H, D), k, v (B, T, Hkv, D), QK-normed when configured."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.H, self.D)
+        k = self.k_proj(x).view(B, T, self.Hkv, self.D)
+        v = self.v_proj(x).view(B, T, self.Hkv, self.D)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        return q, k, v
+
+    def _norm_weights(self):
+        if self.kind != "rattn":
+            return {}
+        return dict(swa_norm_weight=self.swa_norm, rla_norm_weight=self.rla_norm, eps=self.eps)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, cache_size: int | None = None):
+        """x (B, T, W), lengths (B,) of a right-padded batch. Returns (out (B, T, W), cache or None);
+        a cache is built only when cache_size is given (prefill)."""
+        B, T, _ = x.shape
+        q, k, v = self._qkv(x)
+        cache = None
+        if self.mode == "global":
+            if self.rope is not None:
+                cos, sin = self.rope.tables(T, x.device)  # (T, D)
+                q, k = kernels.apply_rope(q, cos, sin), kernels.apply_rope(k, cos, sin)
+            o = kernels.swa_attention(q, k, v, window=None, scale=self.scale, lengths=lengths, backend=self.backend)
+            if cache_size is not None:
+                cache = KVCache.from_prefill(k, v, cache_size)
+        elif cache_size is not None:
+            o, cache = kernels.local_prefill(q, k, v, window=self.window, kind=self.mode, rope=self.rope,
+                                             scale=self.scale, feature_map=self.feature_map, lengths=lengths,
+                                             backend=self.backend, **self._norm_weights())
+        elif self.mode == "rattn":
+            tables = None if self.rope is None else self.rope.tables(T, x.device)
+            o = kernels.rattention(q, k, v, window=self.window, rope=tables, scale=self.scale,
+                                   feature_map=self.feature_map, lengths=lengths, backend=self.backend,
+                                   **self._norm_weights())
+        else:
+            if self.rope is not None:
+                cos, sin = self.rope.tables(T, x.device)
+                q, k = kernels.apply_rope(q, cos, sin), kernels.apply_rope(k, cos, sin)
+            o = kernels.swa_attention(q, k, v, window=self.window, scale=self.scale, lengths=lengths,
+                                      backend=self.backend)
+        return self.o_proj(o.reshape(B, T, self.H * self.D)), cache
+
+    def step(self, x: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
+        """One decode token per row. x (B, W), pos (B,) absolute positions; cache updated in place."""
+        B = x.shape[0]
+        q, k, v = self._qkv(x[:, None])  # (B, 1, H, D), (B, 1, Hkv, D)
+        if self.mode != "global":
+            o = kernels.local_decode_step(q[:, 0], k[:, 0], v[:, 0], cache, rope=self.rope, scale=self.scale,
+                                          backend=self.backend, **self._norm_weights())  # (B, H, D)
+            return self.o_proj(o.reshape(B, self.H * self.D))
+        if self.rope is not None:
+            cos, sin = self.rope.cos_sin(pos)  # (B, D)
+            q, k = kernels.apply_rope(q, cos[:, None], sin[:, None]), kernels.apply_rope(k, cos[:, None], sin[:, None])
+        cache.update(pos, k[:, 0], v[:, 0])
+        S = int(pos.max()) + 1  # attend only over the filled prefix
+        keys = torch.arange(S, device=x.device)
+        mask = (keys[None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, S)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), cache.k[:, :S].transpose(1, 2), cache.v[:, :S].transpose(1, 2),
+            attn_mask=mask, scale=self.scale, enable_gqa=True,
+        )  # (B, H, 1, D)
+        return self.o_proj(o.reshape(B, self.H * self.D))
+
+
+class Block(nn.Module):
+    """Pre-norm (x + f(norm(x))) or Gemma sandwich (x + post_norm(f(pre_norm(x)))) around attention and FFN."""
+
+    def __init__(self, cfg: ModelConfig, layer: int):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.attn = Attention(cfg, layer)
+        self.ffn_norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.ffn = FeedForward(cfg)
+        sandwich = cfg.norm == "sandwich"
+        self.post_attn_norm = RMSNorm(cfg.width, cfg.norm_eps) if sandwich else None
+        self.post_ffn_norm = RMSNorm(cfg.width, cfg.norm_eps) if sandwich else None
+
+    def _post(self, norm, y):
+        return y if norm is None else norm(y)
+
+    def forward(self, x, lengths=None, cache_size=None):
+        a, cache = self.attn(self.attn_norm(x), lengths, cache_size)
+        x = x + self._post(self.post_attn_norm, a)
+        x = x + self._post(self.post_ffn_norm, self.ffn(self.ffn_norm(x)))
+        return x, cache
+
+    def step(self, x, pos, cache):
+        x = x + self._post(self.post_attn_norm, self.attn.step(self.attn_norm(x), pos, cache))
+        return x + self._post(self.post_ffn_norm, self.ffn(self.ffn_norm(x)))
+
+
+class Model(nn.Module):
+    """Native decoder. `model(input_ids [B, T], lengths=None) -> logits [B, T, V]`; `generate` for greedy decoding.
+
+    Attributes: config, backend ("torch" | "triton", the kernel path that runs), tokenizer (set by
+    load_model), max_context, last_stats (timings of the last generate call).
+    """
+
+    def __init__(self, cfg: ModelConfig, *, backend: str = "torch"):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.width)
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.width, cfg.norm_eps)
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.width, cfg.vocab_size, bias=False)
+        self.tokenizer = None
+        self.last_stats: dict = {}
+        self.set_backend(backend)
+
+    @property
+    def max_context(self) -> int:
+        return self.config.max_context
+
+    def set_backend(self, backend: str) -> None:
+        if backend not in ("torch", "triton"):
+            raise ConfigError(f"a native model runs on the 'torch' or 'triton' backend, not {backend!r}.")
+        self.backend = backend
+        for block in self.layers:
+            block.attn.backend = backend
+
+    def init_weights(self, seed: int | None = None) -> "Model":
+        """Deterministic random weights from `seed` (default config.init_seed): norms at 1, the embedding
+        N(0, 1), projections N(0, 1/fan_in), so activations and attention scores are O(1) and a
+        random model's outputs depend visibly on every token it can see (what the tests need)."""
+        gen = torch.Generator().manual_seed(self.config.init_seed if seed is None else seed)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if "norm" in name:
+                    p.fill_(1.0)
+                elif name == "embed.weight":
+                    p.copy_(torch.randn(p.shape, generator=gen))
+                else:
+                    p.copy_(torch.randn(p.shape, generator=gen) * p.shape[1] ** -0.5)
+        return self
+
+    # ---- the forward pass -------------------------------------------------------------------------
+
+    def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        x = self.embed(input_ids)  # (B, T, W)
+        return x if self.config.embed_scale == 1.0 else x * torch.tensor(self.config.embed_scale, dtype=x.dtype)
+
+    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm + head: (..., W) -> (..., V)."""
+        h = self.norm(h)
+        logits = F.linear(h, self.embed.weight) if self.lm_head is None else self.lm_head(h)
+        c = self.config.final_softcap
+        return logits if c is None else torch.tanh(logits / c) * c
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) int64, lengths (B,) for right padding -> logits (B, T, V)."""
+        x = self._embed(input_ids)
+        for block in self.layers:
+            x, _ = block(x, lengths)
+        return self._logits(x)
+
+    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, cache_size: int):
+        """Run the prompts and build every layer's cache.
+
+        Args: input_ids (B, T) right-padded, lengths (B,), cache_size: slots of the global KV caches.
+        Returns: logits at each row's last prompt token (B, V), caches (one per layer).
+        """
+        x = self._embed(input_ids)
+        caches = []
+        for block in self.layers:
+            x, cache = block(x, lengths, cache_size)
+            caches.append(cache)
+        last = x[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, W)
+        return self._logits(last), caches
+
+    def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, caches: list) -> torch.Tensor:
+        """tokens (B,) at absolute positions pos (B,) -> logits (B, V); caches updated in place."""
+        x = self._embed(tokens)  # (B, W)
+        for block, cache in zip(self.layers, caches):
+            x = block.step(x, pos, cache)
+        return self._logits(x)
+
+    # ---- generation -------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[list[int]], *, max_new_tokens: int | list[int],
+                 eos_ids: Iterable[int] | None = None, stop: list[str] | None = None, tokenizer=None) -> list[list[int]]:
+        """Batched greedy decoding; see `greedy_generate`."""
+        return greedy_generate(self, prompts, max_new_tokens=max_new_tokens, eos_ids=eos_ids, stop=stop,
+                               tokenizer=tokenizer)
+
+
+def _check_finite(logits: torch.Tensor, where: str) -> None:
+    if not bool(torch.isfinite(logits).all()):
+        raise NumericsError(f"the model produced NaN or inf logits during {where}; try float32 or a smaller input.")
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, tokenizer):
+    """Validate generate() arguments. Returns (per-row budgets, eos id set, stop list, tokenizer)."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ConfigError("generate needs a non-empty list of non-empty prompts.")
+    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    if len(budgets) != len(prompts) or any(b < 0 for b in budgets):
+        raise ConfigError("max_new_tokens must be an int >= 0 or one such int per prompt.")
+    tokenizer = tokenizer if tokenizer is not None else model.tokenizer
+    if eos_ids is None:
+        eos_ids = set(tokenizer.eos_ids) if tokenizer is not None else set()
+    stop = [s for s in (stop or []) if s]
+    if stop and tokenizer is None:
+        raise ConfigError("stop strings need a tokenizer to decode the generated text.")
+    for i, (p, b) in enumerate(zip(prompts, budgets)):
+        if len(p) + b > model.max_context:
+            raise BudgetError(f"prompt {i} has {len(p)} tokens + {b} new tokens, more than the model's context of "
+                              f"{model.max_context} tokens.")
+    return budgets, set(int(e) for e in eos_ids), stop, tokenizer
+
+
+def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop=None, tokenizer=None):
+    """Batched greedy decoding.
+
+    Prompts are right-padded and prefilled together with per-row lengths; decoding then runs every
+    unfinished row one token per step at its own position. A row ends at EOS (not included in its
+    output), when its decoded output contains a stop string (the tokens stay; the caller trims the
+    text), or at its budget. Finished rows are dropped from the batch, so they cost no more compute.
+
+    Returns one list of new token ids per prompt; sets model.last_stats.
+    """
+    budgets, eos, stop, tokenizer = normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, tokenizer)
+    device = model.embed.weight.device
+    B = len(prompts)
+    lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)
+    T = int(lengths.max())
+    ids = torch.zeros(B, T, dtype=torch.long, device=device)
+    for b, p in enumerate(prompts):
+        ids[b, : len(p)] = torch.tensor(p, dtype=torch.long)
+    cache_size = max(len(p) + n for p, n in zip(prompts, budgets))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    outputs: list[list[int]] = [[] for _ in range(B)]
+
+    _sync(device)
+    t0 = time.perf_counter()
+    logits, caches = model.prefill(ids, lengths, cache_size)  # (B, V)
+    _check_finite(logits, "prefill")
+    _sync(device)
+    prefill_s = time.perf_counter() - t0
+    cache_bytes = sum(c.nbytes() for c in caches)
+
+    active = torch.arange(B, device=device)  # original row of each batch slot
+    pos = lengths.clone()  # absolute position of the next token of each slot
+    t0 = time.perf_counter()
+    decode_tokens = 0
+    while True:
+        tokens = logits.argmax(dim=-1)  # (B',)
+        keep = []
+        for slot, (row, tok) in enumerate(zip(active.tolist(), tokens.tolist())):
+            done = len(outputs[row]) >= budgets[row] or tok in eos
+            if not done:
+                outputs[row].append(tok)
+                done = len(outputs[row]) >= budgets[row] or any(s in tokenizer.decode(outputs[row]) for s in stop)
+            if not done:
+                keep.append(slot)
+        if not keep:
+            break
+        if len(keep) < len(active):
+            index = torch.tensor(keep, device=device)
+            active, pos, tokens = active[index], pos[index], tokens[index]
+            caches = [c.select(index) for c in caches]
+        logits = model.decode_step(tokens, pos, caches)
+        _check_finite(logits, "decoding")
+        decode_tokens += len(keep)
+        pos = pos + 1
+    _sync(device)
+    model.last_stats = dict(
+        prefill_tokens=int(lengths.sum()), prefill_s=prefill_s, decode_tokens=decode_tokens,
+        decode_s=time.perf_counter() - t0,
+        peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        cache_bytes=cache_bytes,
+    )
+    return outputs
