@@ -157,6 +157,8 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "auto", device
         return model, model.tokenizer
     if key in REAL_NAMES and not path.exists():
         path = real_checkpoint_dir(key)
+    if not path.exists() and (isinstance(name_or_path, os.PathLike) or os.sep in key or key.startswith((".", "~"))):
+        raise CheckpointError(f"checkpoint directory {key!r} does not exist.")
     if not path.exists():
         known = [*RANDOM_NAMES, *REAL_NAMES]
         close = difflib.get_close_matches(key, known, n=1)

@@ -251,6 +251,13 @@ class Model(nn.Module):
                     p.copy_(torch.randn(p.shape, generator=gen) * p.shape[1] ** -0.5)
         return self
 
+    def save(self, path):
+        """Write this model as a checkpoint directory (config.json, model.safetensors, tokenizer files)."""
+        from .checkpoint import save_checkpoint
+
+        folder = getattr(self.tokenizer, "folder", None)
+        return save_checkpoint(path, self.config, self.state_dict(), tokenizer_dir=folder)
+
     # ---- the forward pass -------------------------------------------------------------------------
 
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,191 @@
+"""The tiny random `debug` model: caches, batching, strict checkpoints, window overrides (CPU, fp32, torch)."""
+
+import json
+
+import pytest
+import torch
+
+from rattn_eval.errors import BudgetError, CheckpointError, ConfigError
+from rattn_eval.kernels import LocalCache
+from rattn_eval.models import ModelConfig, build_model, load_model, preset
+from rattn_eval.models.model import KVCache
+
+
+def _model(kinds, window=16, **kw):
+    cfg = preset("debug").replace(kinds=kinds, window=window, **kw)
+    return build_model(cfg, device="cpu", dtype=torch.float32)
+
+
+def _ids(T, B=1, seed=0):
+    return torch.randint(0, 259, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["global", "swa", "rattn"])
+@pytest.mark.parametrize("prompt_len", [5, 40], ids=["shorter", "longer"])
+def test_prefill_then_decode_equals_full_forward(kind, prompt_len):
+    """Prompt shorter and longer than the window (16), then decode across the window boundary."""
+    model = _model((kind, kind))
+    total = prompt_len + 24
+    ids = _ids(total)
+    with torch.inference_mode():
+        full = model(ids)  # (1, total, V)
+        logits, caches = model.prefill(ids[:, :prompt_len], torch.tensor([prompt_len]), total)
+        got = [logits]
+        pos = torch.tensor([prompt_len])
+        for t in range(prompt_len, total - 1):
+            got.append(model.decode_step(ids[:, t], pos, caches))
+            pos = pos + 1
+    got = torch.stack(got, dim=1)  # (1, total - prompt_len, V)
+    ref = full[:, prompt_len - 1 : total - 1]
+    err = (got - ref).abs().max() / ref.abs().max()
+    assert err < 1e-5, f"{kind}: decode differs from the full forward by {err:.2e}"
+
+
+def test_mixed_layers_generate_matches_full_forward_argmax():
+    model, _ = load_model("debug", backend="torch")
+    prompt = _ids(37)[0].tolist()
+    out = model.generate([prompt], max_new_tokens=12, eos_ids=[])[0]
+    seq = torch.tensor([prompt + out])
+    with torch.inference_mode():
+        greedy = model(seq)[0, len(prompt) - 1 : -1].argmax(-1).tolist()
+    assert out == greedy
+
+
+def test_padded_batch_equals_one_by_one():
+    model, _ = load_model("debug", backend="torch")
+    prompts = [_ids(n, seed=n)[0].tolist() for n in (3, 41, 17, 28)]
+    budgets = [9, 4, 20, 13]
+    batched = model.generate(prompts, max_new_tokens=budgets, eos_ids=[])
+    single = [model.generate([p], max_new_tokens=n, eos_ids=[])[0] for p, n in zip(prompts, budgets)]
+    assert batched == single
+    assert [len(o) for o in batched] == budgets
+    stats = model.last_stats
+    assert set(stats) == {"prefill_tokens", "prefill_s", "decode_tokens", "decode_s", "peak_mem_bytes", "cache_bytes"}
+
+
+def test_eos_excluded_and_stop_strings():
+    model, tok = load_model("debug", backend="torch")
+    prompt = _ids(20)[0].tolist()
+    free = model.generate([prompt], max_new_tokens=10, eos_ids=[])[0]
+    # the 4th generated token as EOS: output stops before it, EOS not included
+    eos_cut = model.generate([prompt], max_new_tokens=10, eos_ids=[free[3]])[0]
+    assert eos_cut == free[: free.index(free[3])]
+    text = tok.decode(free)
+    stop = text[2:4] if len(text) >= 4 else text
+    stopped = model.generate([prompt], max_new_tokens=10, eos_ids=[], stop=[stop])[0]
+    assert free[: len(stopped)] == stopped
+    assert stop in tok.decode(stopped) and stop not in tok.decode(stopped[:-1])
+
+
+def test_budget_and_numerics_errors(monkeypatch):
+    model, _ = load_model("debug", backend="torch")
+    small = model.config.replace(max_context=32)
+    m2 = build_model(small)
+    with pytest.raises(BudgetError):
+        m2.generate([[1] * 30], max_new_tokens=5)
+    from rattn_eval.errors import NumericsError
+
+    with torch.no_grad():
+        model.norm.weight[0] = float("nan")
+    with pytest.raises(NumericsError):
+        model.generate([[1, 2, 3]], max_new_tokens=2)
+
+
+def test_cache_memory_is_analytic_and_context_independent():
+    cfg = preset("debug")
+    model = build_model(cfg)
+    local_sizes = {}
+    for T in (1024, 16384):
+        ids = _ids(T)
+        with torch.inference_mode():
+            _, caches = model.prefill(ids, torch.tensor([T]), T + 1)
+        for i, (kind, cache) in enumerate(zip(cfg.kinds, caches)):
+            if kind == "global":
+                assert isinstance(cache, KVCache) and cache.nbytes() == 2 * (T + 1) * cfg.n_kv_heads * cfg.head_dim * 4
+                continue
+            assert isinstance(cache, LocalCache)
+            measured = sum(t.numel() * t.element_size() for t in (cache.k, cache.v, cache.pos, cache.state) if t is not None)
+            analytic = LocalCache.analytic_nbytes(1, cfg.window, cfg.n_kv_heads, cfg.head_dim, torch.float32, kind=kind,
+                                                  feature_map=cfg.feature_map)
+            assert measured == analytic
+            local_sizes.setdefault(i, set()).add(measured)
+    assert all(len(s) == 1 for s in local_sizes.values())
+
+
+def test_window_override_changes_outputs():
+    base, _ = load_model("debug", backend="torch")
+    narrow, _ = load_model("debug", backend="torch", window=4)
+    all_local, _ = load_model("debug", backend="torch", window=16, local_globals=True)
+    assert narrow.config.window == 4 and all_local.config.global_window == 16
+    ids = _ids(60)
+    with torch.inference_mode():
+        a, b, c = base(ids), narrow(ids), all_local(ids)
+    assert torch.equal(a[:, :5], b[:, :5])  # every layer sees the whole prefix up to t = 4 either way
+    assert (a[:, 20:] - b[:, 20:]).abs().max() > 1e-3
+    assert (a[:, 20:] - c[:, 20:]).abs().max() > 1e-3
+    with pytest.raises(ConfigError):
+        load_model("debug", local_globals=True)
+
+
+def test_unknown_names_get_did_you_mean():
+    with pytest.raises(ConfigError, match="Did you mean 'debug'"):
+        load_model("debgu")
+    with pytest.raises(ConfigError, match="Did you mean 'rattn-3b'"):
+        preset("rattn-3")
+    with pytest.raises(ConfigError, match="unknown backend"):
+        load_model("debug", backend="tritno")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model, tok = load_model("debug", backend="torch")
+    model.save(tmp_path / "ck")
+    assert json.loads((tmp_path / "ck" / "config.json").read_text())["format_version"] == 1
+    loaded, tok2 = load_model(tmp_path / "ck", backend="torch")
+    assert loaded.config == model.config and tok2.vocab_size == tok.vocab_size
+    ids = _ids(30)
+    with torch.inference_mode():
+        assert torch.equal(loaded(ids), model(ids))
+
+
+def test_strict_loading_errors(tmp_path):
+    model, _ = load_model("debug", backend="torch")
+    ck = model.save(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "nope", backend="torch")
+
+    # config/weight mismatch: a wider FFN, one layer more, and an unexpected tensor
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg["intermediate_size"] = 96
+    cfg["kinds"] = cfg["kinds"] + ["swa"]
+    (ck / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError) as err:
+        load_model(ck, backend="torch")
+    msg = str(err.value)
+    assert "missing keys: layers.4.attn.k_proj.weight" in msg
+    assert "mis-shaped keys: layers.0.ffn.down_proj.weight (64, 128) (config wants (64, 96))" in msg
+
+    ck2 = model.save(tmp_path / "ck2")
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(ck2 / "model.safetensors"))
+    sd["extra.weight"] = torch.zeros(2)
+    save_file(sd, str(ck2 / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="unexpected keys: extra.weight"):
+        load_model(ck2, backend="torch")
+
+    ck3 = model.save(tmp_path / "ck3")
+    data = (ck3 / "model.safetensors").read_bytes()
+    (ck3 / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_model(ck3, backend="torch")
+
+
+def test_config_round_trip_and_validation():
+    cfg = preset("debug")
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError):
+        cfg.replace(kinds=("global", "local"))
+    with pytest.raises(ConfigError):
+        ModelConfig.from_dict({**cfg.to_dict(), "colour": 1})
+    big = preset("rattn-3b")
+    assert big.n_layers == 56 and big.kinds.count("global") == 14 and big.nope_global
