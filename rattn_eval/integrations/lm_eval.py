@@ -1,0 +1,395 @@
+"""lm-evaluation-harness model "rattn": any checkpoint our model layer loads, scored by lm-eval.
+
+Importing this module registers `RattnLM` under the name "rattn", after lm-eval's own models
+(lm-eval 0.4.x fills its registry with the built-in models only when the registry is empty, so
+registering first would hide `hf`). lm-eval 0.4.x has no plugin discovery; the ways in are
+
+    rattn-eval lm-eval --model-path smollm2-135m --tasks arc_easy --limit 20
+    lm_eval.simple_evaluate(model=RattnLM("smollm2-135m", batch_size=8), tasks=["arc_easy"])
+    python -c "import sys, rattn_eval.integrations.lm_eval as m; sys.exit(m.cli_main(sys.argv[1:]))" \\
+        --model-path CKPT --tasks arc_easy
+
+Scores match lm-eval's `hf` model on the same weights: requests are tokenized by the same rules
+(lm-eval's `TemplateLM`: trailing context spaces move into the continuation, the pair is encoded
+whole and split, an empty context is conditioned on BOS, or EOS without one), the same positions
+are scored, and `loglikelihood_rolling` cuts the same windows from the same `max_length`.
+
+Unlike `hf`, nothing is left-truncated unless the user passes `truncation=True`; a request that
+does not fit is an error. Truncated requests are counted (`RattnLM.truncated_requests`), logged,
+and written into the results' `config` by `get_model_info`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import lm_eval.models  # noqa: F401  (lm-eval's own models first; see the module docstring)
+import torch
+import torch.nn.functional as F
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+from tqdm import tqdm
+
+from rattn_eval.errors import BudgetError, ConfigError
+
+log = logging.getLogger(__name__)
+
+MODEL_ARGS = ("pretrained", "backend", "device", "dtype", "batch_size", "max_length", "max_gen_toks",
+              "truncation", "window")
+
+
+@register_model("rattn")
+class RattnLM(TemplateLM):
+    """lm-eval LM over `rattn_eval.models.load_model`.
+
+    Args (all reachable from `--model_args k=v`):
+        pretrained: checkpoint folder, HF folder or built-in model name ("debug", "smollm2-135m", ...).
+        backend: model backend, "auto" | "triton" | "torch" | "hf".
+        device, dtype: where and in what precision the model runs (load_model's defaults when None).
+        batch_size: requests per forward pass (an integer; lm-eval's "auto" search is not supported).
+        max_length: token budget of one forward pass, default the model's context. It also sets the
+            rolling-window size of `loglikelihood_rolling`, as `max_length` does for lm-eval's `hf`.
+        max_gen_toks: generation budget when a task does not give one (256, as for `hf`).
+        truncation: cut over-long requests from the left instead of raising BudgetError.
+        window: override the local-attention window of the checkpoint.
+        max_batch_size: accepted because lm-eval always passes it; used only with "auto".
+    """
+
+    # lm-eval's own notion of backend (decoder-only vs encoder-decoder); the kernel path that
+    # runs the model is `model_backend`.
+    backend = "causal"
+
+    def __init__(self, pretrained: str, backend: str = "auto", device: str | None = None, dtype: str | None = None,
+                 batch_size: int | str = 1, max_batch_size: int | None = None, max_length: int | None = None,
+                 max_gen_toks: int = 256, truncation: bool = False, window: int | None = None, **unknown):
+        super().__init__()
+        if unknown:
+            raise ConfigError(f"unknown rattn model_args {sorted(unknown)}; accepted: {', '.join(MODEL_ARGS)}.")
+        from rattn_eval.models import load_model
+
+        self.pretrained = str(pretrained)
+        self.model, self.tokenizer = load_model(self.pretrained, backend=backend, device=device, dtype=dtype,
+                                                window=window)
+        if isinstance(self.model, torch.nn.Module):
+            self.model.eval()
+        self.model_backend = self.model.backend
+        self._device = _model_device(self.model)
+        self._batch_size = _positive_int(batch_size, "batch_size")
+        limit = int(self.model.max_context)
+        self._max_length = limit if max_length is None else _positive_int(max_length, "max_length")
+        if self._max_length > limit:
+            raise ConfigError(f"max_length={self._max_length} exceeds the model's context of {limit} tokens.")
+        self._max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks")
+        self.truncation = bool(truncation)
+        self.truncated_requests = 0
+        eos_ids = sorted(self.tokenizer.eos_ids)
+        main_eos = self.tokenizer.encode(self.tokenizer.eos_token) if self.tokenizer.eos_token else []
+        if len(main_eos) == 1:
+            self._eot_id = main_eos[0]
+        elif eos_ids:
+            self._eot_id = eos_ids[0]
+        else:
+            raise ConfigError(f"the tokenizer of {self.pretrained!r} has no end-of-sequence token, which lm-eval needs.")
+
+    # ---- what lm-eval reads -------------------------------------------------------------------
+
+    @property
+    def eot_token_id(self) -> int:
+        return self._eot_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        """Token an empty context (and the first rolling window) is conditioned on: BOS, else EOS, as in `hf`."""
+        bos = self.tokenizer.bos_id
+        return self._eot_id if bos is None else bos
+
+    @property
+    def max_length(self) -> int:
+        return self._max_length
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_gen_toks
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The tokenizer's jinja chat template when one is asked for (None when chat_template is off)."""
+        if chat_template is False or chat_template is None:
+            return None
+        if self.tokenizer.chat_template is None:
+            raise ConfigError(f"the tokenizer of {self.pretrained!r} has no chat template; "
+                              "run without --apply_chat_template.")
+        return self.tokenizer.chat_template
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """Render a chat as the prompt string. Without a generation prompt the last (assistant) message is
+        left open, as lm-eval's `hf` does for an answer prefix (transformers' continue_final_message)."""
+        template = self.chat_template(True)
+        try:
+            return render_chat(template, chat_history, add_generation_prompt=add_generation_prompt,
+                               bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
+        except _TemplateRefused:
+            # Some templates refuse a system turn; `hf` then retries without it, and so do we.
+            log.warning("the chat template refused the chat; retrying without system messages.")
+            chat_history = [m for m in chat_history if m["role"] != "system"]
+            try:
+                return render_chat(template, chat_history, add_generation_prompt=add_generation_prompt,
+                                   bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
+            except _TemplateRefused as err:
+                raise ConfigError(f"the chat template of {self.pretrained!r} refused the chat: {err}") from None
+
+    def get_model_info(self) -> dict:
+        """Merged into lm-eval's results["config"] after the run."""
+        return {
+            "rattn_pretrained": self.pretrained,
+            "rattn_backend": self.model_backend,
+            "rattn_max_length": self._max_length,
+            "rattn_truncation": self.truncation,
+            "rattn_truncated_requests": self.truncated_requests,
+        }
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        """Token ids of `string`. None: BOS when the tokenizer adds one and the text does not already start
+        with it (what an HF tokenizer does by default); True / False: force BOS on or off."""
+        if add_special_tokens is None:
+            return self.tokenizer.encode_prompt(string)
+        ids = self.tokenizer.encode(string)
+        if add_special_tokens and self.tokenizer.add_bos and self.tokenizer.bos_id is not None:
+            return [self.tokenizer.bos_id] + ids
+        return ids
+
+    # ---- scoring --------------------------------------------------------------------------------
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        """Score tokenized (key, context_ids, continuation_ids) requests.
+
+        The model input is (context + continuation)[:-1]; the logits at its last len(continuation)
+        positions predict the continuation. Requests run longest first in right-padded batches of
+        `batch_size`, one forward pass each, and come back in the input order.
+
+        Returns: (sum of continuation log-probs, whether every continuation token is the argmax) per request.
+        """
+        inputs: list[list[int]] = []
+        for _, context, continuation in requests:
+            if len(continuation) > self._max_length:
+                raise BudgetError(f"a continuation of {len(continuation)} tokens does not fit max_length="
+                                  f"{self._max_length}, even with truncation.")
+            ids = context + continuation
+            if len(ids) - 1 > self._max_length:
+                if not self.truncation:
+                    raise BudgetError(
+                        f"a loglikelihood request needs {len(ids) - 1} input tokens, more than max_length="
+                        f"{self._max_length}; raise max_length (up to the model's {self.model.max_context}) "
+                        "or pass truncation=True to cut contexts from the left.")
+                self._count_truncated(1, f"{len(ids) - 1} > max_length={self._max_length} input tokens")
+                ids = ids[-(self._max_length + 1):]
+            inputs.append(ids[:-1])
+
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        order = sorted(range(len(requests)), key=lambda i: -len(inputs[i]))
+        pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="rattn loglikelihood")
+        for start in range(0, len(order), self._batch_size):
+            batch = order[start:start + self._batch_size]
+            logits = self._forward([inputs[i] for i in batch])  # (B, T, V)
+            for row, i in enumerate(batch):
+                key, _, continuation = requests[i]
+                if not continuation:  # the empty string has probability 1
+                    results[i] = (0.0, True)
+                    continue
+                n_in, n_cont = len(inputs[i]), len(continuation)
+                logprobs = F.log_softmax(logits[row, n_in - n_cont:n_in].float(), dim=-1)  # (n_cont, V)
+                target = torch.tensor(continuation, dtype=torch.long, device=logprobs.device)
+                greedy = bool((logprobs.argmax(dim=-1) == target).all())
+                answer = (float(logprobs.gather(1, target[:, None]).sum()), greedy)
+                results[i] = answer
+                if key is not None:  # rolling windows have no key; their total is cached per document
+                    self.cache_hook.add_partial("loglikelihood", key, answer)
+            pbar.update(len(batch))
+        pbar.close()
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        """Total log-likelihood of each text, cut into the same disjoint windows as lm-eval's `hf`:
+        `max_length` tokens per window, the first conditioned on `prefix_token_id`, each later window
+        scoring only tokens no earlier window scored. Windows of all texts are batched together."""
+        windows, owner = [], []
+        for i, request in enumerate(requests):
+            (text,) = request.args
+            token_windows = get_rolling_token_windows(token_list=self.tok_encode(text),
+                                                      prefix_token=self.prefix_token_id,
+                                                      max_seq_len=self._max_length, context_len=1)
+            for context, continuation in map(make_disjoint_window, token_windows):
+                windows.append((None, context, continuation))
+                owner.append(i)
+        scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
+        totals = [0.0] * len(requests)
+        for i, (logprob, _) in zip(owner, scores):  # window order, so the sum matches `hf` bit for bit
+            totals[i] += logprob
+        for request, total in zip(requests, totals):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, total)
+        return totals
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Greedy continuations, cut at the first stop string of `until` (EOS is always a stop).
+
+        Requests with the same generation kwargs are batched longest prompt first through
+        `model.generate`, which stops a row at EOS, at a stop string or at `max_gen_toks`.
+        """
+        groups: dict[str, list[int]] = {}
+        for i, request in enumerate(requests):
+            groups.setdefault(json.dumps(request.args[1], sort_keys=True, default=str), []).append(i)
+
+        plans = []  # (request indices, prompt ids by index, stop strings, max_gen_toks), checked before any work
+        for indices in groups.values():
+            kwargs = normalize_gen_kwargs(requests[indices[0]].args[1], self._max_gen_toks)
+            if kwargs.get("do_sample") and float(kwargs.get("temperature") or 0.0) > 0.0:
+                raise ConfigError("rattn decodes greedily, but a task asks for sampling (do_sample with temperature > 0).")
+            until = handle_stop_sequences(kwargs.get("until"), eos=self.tokenizer.eos_token)
+            max_gen = int(kwargs["max_gen_toks"])
+            room = self._max_length - max_gen
+            if room < 1:
+                raise ConfigError(f"max_gen_toks={max_gen} leaves no room for a prompt within max_length="
+                                  f"{self._max_length}.")
+            prompts = {}
+            for i in indices:
+                ids = self.tok_encode(requests[i].args[0]) or [self.prefix_token_id]
+                if len(ids) > room:
+                    if not self.truncation:
+                        raise BudgetError(
+                            f"a prompt of {len(ids)} tokens plus max_gen_toks={max_gen} exceeds max_length="
+                            f"{self._max_length}; raise max_length or pass truncation=True to cut prompts from the left.")
+                    self._count_truncated(1, f"prompt of {len(ids)} tokens > {room}")
+                    ids = ids[-room:]
+                prompts[i] = ids
+            plans.append((indices, prompts, until, max_gen))
+
+        out: list[str | None] = [None] * len(requests)
+        pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="rattn generate_until")
+        for indices, prompts, until, max_gen in plans:
+            order = sorted(indices, key=lambda i: -len(prompts[i]))
+            for start in range(0, len(order), self._batch_size):
+                batch = order[start:start + self._batch_size]
+                new_tokens = self.model.generate([prompts[i] for i in batch], max_new_tokens=max_gen,
+                                                 stop=until, tokenizer=self.tokenizer)
+                for i, tokens in zip(batch, new_tokens):
+                    text = postprocess_generated_text(self.tokenizer.decode(tokens), until, None)
+                    out[i] = text
+                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                pbar.update(len(batch))
+        pbar.close()
+        return out
+
+    # ---- helpers --------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def _forward(self, sequences: list[list[int]]) -> torch.Tensor:
+        """Right-pad `sequences` into one batch and run it: -> logits (B, T, V)."""
+        lengths = torch.tensor([len(s) for s in sequences], dtype=torch.long)
+        ids = torch.full((len(sequences), int(lengths.max())), self.tokenizer.pad_id, dtype=torch.long)  # (B, T)
+        for row, s in enumerate(sequences):
+            ids[row, :len(s)] = torch.tensor(s, dtype=torch.long)
+        return self.model(ids.to(self._device), lengths=lengths.to(self._device))
+
+    def _count_truncated(self, n: int, why: str) -> None:
+        self.truncated_requests += n
+        log.warning("truncation=True: cut a request from the left (%s); %d truncated so far.", why,
+                    self.truncated_requests)
+
+
+class _TemplateRefused(Exception):
+    """A chat template called raise_exception (e.g. it does not accept a system turn)."""
+
+
+_CHAT_ENV = None
+
+
+def render_chat(template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool,
+                bos_token: str | None, eos_token: str | None) -> str:
+    """Render an HF-style jinja chat template over `messages`.
+
+    With add_generation_prompt the assistant header is appended; without it the final message is left
+    open: the text is cut right after that message's content, dropping its end-of-turn marker, so the
+    model continues it (transformers' `continue_final_message`, which lm-eval's `hf` uses).
+    """
+    global _CHAT_ENV
+    if _CHAT_ENV is None:
+        from jinja2.ext import loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise _TemplateRefused(message)
+
+        _CHAT_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        _CHAT_ENV.globals["raise_exception"] = raise_exception
+        _CHAT_ENV.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    text = _CHAT_ENV.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                                  bos_token=bos_token or "", eos_token=eos_token or "")
+    if not add_generation_prompt and messages:
+        final = messages[-1]["content"].strip()
+        if final not in text:
+            raise ConfigError("the chat template dropped the final message, so it cannot be continued.")
+        text = text[: text.rindex(final) + len(final)]
+    return text
+
+
+def cli_main(argv: list[str]) -> int:
+    """`rattn-eval lm-eval --model-path CKPT [lm-eval run options]`.
+
+    Runs lm-eval's own command line as `lm-eval run --model rattn --model_args '{"pretrained": CKPT}'`
+    followed by every other argument unchanged (e.g. `--tasks`, `--limit`, `--include_path`, and more
+    `--model_args k=v`, which lm-eval merges in). Returns the exit status.
+    """
+    rest, path = [], None
+    args = iter(argv)
+    for arg in args:
+        if arg == "--model-path":
+            path = next(args, None)
+        elif arg.startswith("--model-path="):
+            path = arg.split("=", 1)[1]
+        elif arg == "--model" or arg.startswith("--model="):
+            raise ConfigError("the model is always 'rattn' here; give the checkpoint with --model-path.")
+        else:
+            rest.append(arg)
+    if not path:
+        raise ConfigError("rattn-eval lm-eval needs --model-path CKPT (a checkpoint folder or a built-in model name).")
+    from lm_eval.__main__ import cli_evaluate
+
+    saved = sys.argv
+    # lm-eval's CLI reads sys.argv itself; "run" is its evaluation subcommand.
+    sys.argv = ["lm-eval", "run", "--model", "rattn", "--model_args", json.dumps({"pretrained": path}), *rest]
+    try:
+        cli_evaluate()
+    except SystemExit as stop:  # argparse errors and --help end this way
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _positive_int(value, name: str) -> int:
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        n = 0
+    if n < 1:
+        hint = " (rattn takes a fixed batch size, not 'auto')" if name == "batch_size" else ""
+        raise ConfigError(f"{name} must be a positive integer, not {value!r}{hint}.")
+    return n
+
+
+def _model_device(model) -> torch.device:
+    device = getattr(model, "device", None)
+    if device is not None:
+        return torch.device(device)
+    return next(model.parameters()).device
