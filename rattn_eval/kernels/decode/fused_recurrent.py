@@ -26,6 +26,9 @@ from .naive import LocalCache
 
 _FEATURE_MAP_CODES = {"softmax": 0, "relu": 1, "identity": 2}
 
+# rope.inv_freq copied to the kernel's device once, not every step: id(rope), device -> (source, copy)
+_inv_freq_copies: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
 # Elements of the largest broadcast tile (query heads x block x head dim) a program holds.
 _TILE_BUDGET = 8192
 
@@ -35,9 +38,12 @@ def _cos_sin(angle, PRECISE_TRIG: tl.constexpr):
     # Angles reach ~1e5 rad at long contexts; the fast approximate sin/cos would be wrong there.
     # The interpreter has no libdevice, and numpy's cos/sin are already exact enough.
     if PRECISE_TRIG:
-        return libdevice.cos(angle), libdevice.sin(angle)
+        c = libdevice.cos(angle)
+        s = libdevice.sin(angle)
     else:
-        return tl.cos(angle), tl.sin(angle)
+        c = tl.cos(angle)
+        s = tl.sin(angle)
+    return c, s
 
 
 @triton.jit
@@ -123,10 +129,10 @@ def local_decode_step_kernel(
 
     # ---- SWA over the ring: slot i holds position t - ((slot - i) mod W1); negative = unfilled ----
     if HAS_ROPE:
-        HALF: tl.constexpr = D // 2
-        partner = tl.where(d < HALF, d + HALF, d - HALF)  # rotate_half(x)[d] = sign * x[partner]
-        rot_sign = tl.where(d < HALF, -1.0, 1.0)
-        inv = tl.load(inv_freq_ptr + tl.where(d < HALF, d, d - HALF), mask=dm, other=0.0)
+        first = d < D // 2
+        partner = tl.where(first, d + D // 2, d - D // 2)  # rotate_half(x)[d] = rot_sign * x[partner]
+        rot_sign = tl.where(first, -1.0, 1.0)
+        inv = tl.load(inv_freq_ptr + tl.where(first, d, d - D // 2), mask=dm, other=0.0)
         cq, sq = _cos_sin(t.to(tl.float32) * inv, PRECISE_TRIG)
         q_part = tl.load(qg_ptr + partner[None, :], mask=q_mask, other=0.0).to(tl.float32)
         q_swa = q * cq[None, :] + rot_sign[None, :] * q_part * sq[None, :]
@@ -217,6 +223,18 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     )
 
 
+def _inv_freq_on(rope, device: torch.device) -> torch.Tensor:
+    key = (id(rope), str(device))
+    hit = _inv_freq_copies.get(key)
+    if hit is not None and hit[0] is rope.inv_freq:
+        return hit[1]
+    if len(_inv_freq_copies) > 64:
+        _inv_freq_copies.clear()
+    copy = rope.inv_freq.to(device=device, dtype=torch.float32).contiguous()
+    _inv_freq_copies[key] = (rope.inv_freq, copy)
+    return copy
+
+
 def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
@@ -271,7 +289,7 @@ def local_decode_step_triton(q, k, v, cache: LocalCache, *, rope=None, scale=Non
     B, H, D = q.shape
     o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     if B > 0:
-        inv_freq = None if rope is None else rope.inv_freq.to(device=q.device, dtype=torch.float32).contiguous()
+        inv_freq = None if rope is None else _inv_freq_on(rope, q.device)
         has_state = cache.state is not None
         g_swa = swa_norm_weight.contiguous() if has_state and swa_norm_weight is not None else None
         g_rla = rla_norm_weight.contiguous() if has_state and rla_norm_weight is not None else None

@@ -1,0 +1,231 @@
+"""Triton decode step for local layers == the PyTorch reference step (DESIGN §3 "Decode").
+
+CPU: Triton's interpreter (TRITON_INTERPRET=1, set in conftest) against `local_decode_step_naive`,
+fp32 and fp16. GPU (marked): bf16 ring against an fp32 reference at window 512, B=64.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from rattn_eval.kernels import (
+    LocalCache, Rope, build_local_cache, empty_local_cache, feature_dim, launches, local_decode_step,
+    local_decode_step_naive, local_prefill,
+)
+from rattn_eval.kernels.decode.fused_recurrent import local_decode_step_triton
+
+
+def assert_close(out, ref, tol, what):
+    """Relative RMS error over the tensor AND max-abs error per row (last dim) vs the row's scale."""
+    out, ref = out.float(), ref.float()
+    assert torch.isfinite(out).all(), f"{what}: non-finite values"
+    diff = out - ref
+    rel = (diff.norm() / ref.norm().clamp(min=1e-30)).item()
+    assert rel <= tol, f"{what}: relative RMS error {rel:.3g} > {tol}"
+    row_err = diff.abs().amax(dim=-1)
+    row_scale = ref.abs().amax(dim=-1).clamp(min=1e-30)
+    worst = (row_err / row_scale).max().item()
+    assert worst <= tol, f"{what}: per-row max-abs error {worst:.3g} x row scale > {tol}"
+
+
+def assert_cache_equal(got: LocalCache, ref: LocalCache, tol):
+    assert torch.equal(got.pos, ref.pos), f"pos {got.pos.tolist()} != {ref.pos.tolist()}"
+    assert torch.equal(got.k.float(), ref.k.float()), "ring k differs"
+    assert torch.equal(got.v.float(), ref.v.float()), "ring v differs"
+    assert (got.state is None) == (ref.state is None)
+    if ref.state is not None:
+        assert got.state.dtype == torch.float32
+        assert_close(got.state, ref.state, tol, "state")
+
+
+def lengths_around_window(B, w):
+    """Prompt lengths whose next steps cross the window edge: positions w-1, w, w+1, and far beyond."""
+    if B == 1:
+        return [w]
+    return [max(w - 1, 0), w + 1, 3 * w + 5]
+
+
+def run_steps(B, w, H, Hkv, D, kind, fm, dtype, steps, seed=0, lengths=None, rope_theta=1000.0):
+    """Prefill caches for rows at different positions, then compare `steps` Triton steps with the reference.
+
+    The reference runs in fp32 on the same (dtype-rounded) values, so for fp16 only the Triton side rounds.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    lengths = lengths_around_window(B, w) if lengths is None else lengths
+    T = max(max(lengths), 1)
+    k = torch.randn(B, T, Hkv, D, generator=gen).to(dtype)
+    v = torch.randn(B, T, Hkv, D, generator=gen).to(dtype)
+    lens = torch.tensor(lengths)
+    got = build_local_cache(k, v, window=w, kind=kind, feature_map=fm, lengths=lens)
+    ref = build_local_cache(k.float(), v.float(), window=w, kind=kind, feature_map=fm, lengths=lens)
+    rope = Rope(D, theta=rope_theta)
+    norms = dict(swa_norm_weight=torch.rand(H, D, generator=gen) + 0.5,
+                 rla_norm_weight=torch.rand(H, D, generator=gen) + 0.5)
+    tol = 1e-4 if dtype == torch.float32 else 2e-3
+    for step in range(steps):
+        q = torch.randn(B, H, D, generator=gen).to(dtype)
+        kn = torch.randn(B, Hkv, D, generator=gen).to(dtype)
+        vn = torch.randn(B, Hkv, D, generator=gen).to(dtype)
+        out = local_decode_step_triton(q, kn, vn, got, rope=rope, **norms)
+        exp = local_decode_step_naive(q.float(), kn.float(), vn.float(), ref, rope=rope, **norms)
+        assert out.dtype == dtype and out.shape == (B, H, D)
+        assert_close(out, exp, tol, f"output at step {step}, positions {(ref.pos - 1).tolist()}")
+    assert_cache_equal(got, ref, 1e-5 if dtype == torch.float32 else 1e-4)
+
+
+# (B, w, D, H, Hkv, kind, feature_map, dtype): a pairwise-covering subset of
+# B {1, 3} x w {0, 1, 7, 64} x D {64, 128} x H/Hkv {1, 4} x kind x feature map x {fp32, fp16}.
+CASES = [
+    (3, 0, 64, 4, 1, "rattn", "softmax", torch.float32),
+    (1, 0, 128, 1, 1, "swa", "softmax", torch.float32),
+    (3, 1, 128, 4, 4, "rattn", "relu", torch.float32),
+    (1, 1, 64, 4, 1, "rattn", "identity", torch.float16),
+    (3, 7, 64, 4, 4, "swa", "softmax", torch.float16),
+    (3, 7, 128, 4, 1, "rattn", "identity", torch.float32),
+    (1, 7, 64, 1, 1, "rattn", "softmax", torch.float32),
+    (3, 7, 64, 2, 1, "rattn", "relu", torch.float16),
+    (3, 64, 64, 4, 1, "rattn", "softmax", torch.float32),
+    (1, 64, 128, 4, 4, "rattn", "softmax", torch.float16),
+    (3, 64, 128, 4, 1, "swa", "softmax", torch.float32),
+]
+
+
+def case_id(c):
+    B, w, D, H, Hkv, kind, fm, dt = c
+    return f"B{B}-w{w}-D{D}-H{H}kv{Hkv}-{kind}" + (f"-{fm}" if kind == "rattn" else "") + f"-{str(dt)[6:]}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case_id(c) for c in CASES])
+def test_triton_step_matches_reference(case):
+    B, w, D, H, Hkv, kind, fm, dtype = case
+    run_steps(B, w, H, Hkv, D, kind, fm, dtype, steps=3)
+
+
+def test_many_steps_from_empty_cache():
+    """From position 0 through several wraps of a small ring: every step, then the whole cache."""
+    B, w, H, Hkv, D = 2, 3, 4, 2, 64
+    got = empty_local_cache(B, w, Hkv, D, dtype=torch.float32, device="cpu", feature_map="relu")
+    ref = copy.deepcopy(got)
+    got.pos[1] = 5  # rows at different positions: ring contents start as zeros, which is valid
+    ref.pos[1] = 5
+    gen = torch.Generator().manual_seed(1)
+    rope = Rope(D)
+    for step in range(11):
+        q, kn, vn = (torch.randn(B, n, D, generator=gen) for n in (H, Hkv, Hkv))
+        out = local_decode_step_triton(q, kn, vn, got, rope=rope)
+        exp = local_decode_step_naive(q, kn, vn, ref, rope=rope)
+        assert_close(out, exp, 1e-4, f"step {step}")
+    assert_cache_equal(got, ref, 1e-5)
+
+
+def test_arbitrary_cache_at_large_positions():
+    """Any cache content is a valid input: random ring and state, positions up to ~200k (large RoPE angles)."""
+    B, w, H, Hkv, D = 3, 5, 4, 2, 64
+    gen = torch.Generator().manual_seed(2)
+    F = feature_dim(D, "softmax")
+    got = LocalCache(torch.randn(B, w + 1, Hkv, D, generator=gen), torch.randn(B, w + 1, Hkv, D, generator=gen),
+                     torch.randn(B, Hkv, F, D, generator=gen), torch.tensor([3, 131_071, 199_999]), w, "softmax")
+    ref = copy.deepcopy(got)
+    rope = Rope(D, theta=10000.0)
+    for step in range(2):
+        q, kn, vn = (torch.randn(B, n, D, generator=gen) for n in (H, Hkv, Hkv))
+        assert_close(local_decode_step_triton(q, kn, vn, got, rope=rope, scale=0.3),
+                     local_decode_step_naive(q, kn, vn, ref, rope=rope, scale=0.3), 1e-4, f"step {step}")
+    assert_cache_equal(got, ref, 1e-5)
+
+
+@pytest.mark.parametrize("L,w,kind", [(5, 8, "rattn"), (40, 8, "rattn"), (40, 8, "swa"), (9, 8, "rattn")],
+                         ids=["L5-w8-rattn", "L40-w8-rattn", "L40-w8-swa", "L9-w8-rattn"])
+def test_prefill_then_triton_decode_equals_forward(L, w, kind):
+    """prefill(L) (torch) + n Triton steps == one forward over L + n tokens, RoPE on."""
+    n = 6
+    B, H, Hkv, D = 2, 4, 2, 64
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(B, L + n, H, D, generator=gen)
+    k = torch.randn(B, L + n, Hkv, D, generator=gen)
+    v = torch.randn(B, L + n, Hkv, D, generator=gen)
+    rope = Rope(D, theta=1000.0)
+    norms = dict(swa_norm_weight=torch.rand(H, D, generator=gen) + 0.5,
+                 rla_norm_weight=torch.rand(H, D, generator=gen) + 0.5) if kind == "rattn" else {}
+    full, _ = local_prefill(q, k, v, window=w, kind=kind, rope=rope, backend="torch", **norms)
+    _, cache = local_prefill(q[:, :L], k[:, :L], v[:, :L], window=w, kind=kind, rope=rope, backend="torch", **norms)
+    steps = [local_decode_step(q[:, t], k[:, t], v[:, t], cache, rope=rope, backend="triton", **norms)
+             for t in range(L, L + n)]
+    assert_close(torch.stack(steps, 1), full[:, L:], 1e-4, "decoded tokens")
+
+
+def test_triton_path_launched():
+    B, w, H, Hkv, D = 1, 2, 1, 1, 64
+    cache = empty_local_cache(B, w, Hkv, D, dtype=torch.float32, device="cpu")
+    before_t, before_r = launches["triton.decode"], launches["torch.decode"]
+    q, kn, vn = torch.randn(B, H, D), torch.randn(B, Hkv, D), torch.randn(B, Hkv, D)
+    local_decode_step(q, kn, vn, cache, backend="triton")
+    assert launches["triton.decode"] == before_t + 1
+    assert launches["torch.decode"] == before_r
+    assert cache.pos.tolist() == [1]
+
+
+@pytest.mark.parametrize("kind,dtype", [("rattn", torch.float32), ("swa", torch.float16)])
+def test_cache_size_analytic_and_context_independent(kind, dtype):
+    B, w, Hkv, D = 2, 16, 1, 8
+    sizes = []
+    gen = torch.Generator().manual_seed(4)
+    for T in (1024, 16384):
+        k = torch.randn(B, T, Hkv, D, generator=gen).to(dtype)
+        v = torch.randn(B, T, Hkv, D, generator=gen).to(dtype)
+        cache = build_local_cache(k, v, window=w, kind=kind)
+        analytic = LocalCache.analytic_nbytes(B, w, Hkv, D, dtype, kind=kind)
+        assert cache.nbytes() == analytic
+        q = torch.randn(B, 2, D).to(dtype)
+        local_decode_step_triton(q, k[:, 0], v[:, 0], cache)
+        assert cache.nbytes() == analytic, "a decode step must not grow the cache"
+        sizes.append(cache.nbytes())
+    assert sizes[0] == sizes[1]
+
+
+def test_bad_inputs_raise():
+    cache = empty_local_cache(2, 3, 1, 64, dtype=torch.float32, device="cpu")
+    q, kv = torch.randn(2, 4, 64), torch.randn(2, 1, 64)
+    with pytest.raises(ValueError, match="cache ring"):
+        local_decode_step_triton(q, torch.randn(2, 2, 64), torch.randn(2, 2, 64), cache)
+    with pytest.raises(ValueError, match="H % Hkv"):
+        local_decode_step_triton(torch.randn(2, 3, 64), torch.randn(2, 2, 64), torch.randn(2, 2, 64), cache)
+    with pytest.raises(ValueError, match="rope head dim"):
+        local_decode_step_triton(q, kv, kv, cache, rope=Rope(32))
+    assert cache.pos.tolist() == [0, 0], "a rejected call must leave the cache untouched"
+
+
+GPU_CASES = [("rattn", 128, "softmax"), ("rattn", 128, "relu"), ("rattn", 64, "identity"), ("swa", 128, "softmax"),
+             ("swa", 256, "softmax")]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind,D,fm", GPU_CASES, ids=[f"{k}-D{d}-{f}" for k, d, f in GPU_CASES])
+def test_gpu_bf16_ring_vs_fp32_reference(kind, D, fm):
+    """bf16 ring on CUDA vs the fp32 reference on the same values: window 512, B=64, rows spread over
+    positions below, at and far above the window (up to ~200k, where RoPE angles are large)."""
+    B, w, H, Hkv = 64, 512, 16, 4
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(5)
+    pos = torch.randint(0, 200_000, (B,), generator=gen, device=dev)
+    pos[:6] = torch.tensor([0, 1, w - 1, w, w + 1, 2 * w + 3], device=dev)
+    ring_k = torch.randn(B, w + 1, Hkv, D, generator=gen, device=dev).to(torch.bfloat16)
+    ring_v = torch.randn(B, w + 1, Hkv, D, generator=gen, device=dev).to(torch.bfloat16)
+    state = None
+    if kind == "rattn":
+        state = torch.randn(B, Hkv, feature_dim(D, fm), D, generator=gen, device=dev)
+    got = LocalCache(ring_k, ring_v, state, pos, w, fm)
+    ref = LocalCache(ring_k.float(), ring_v.float(), None if state is None else state.clone(), pos.clone(), w, fm)
+    rope = Rope(D, theta=10000.0)
+    norms = dict(swa_norm_weight=torch.rand(H, D, generator=gen, device=dev) + 0.5,
+                 rla_norm_weight=torch.rand(H, D, generator=gen, device=dev) + 0.5)
+    before = launches["triton.decode"]
+    for step in range(4):
+        q, kn, vn = (torch.randn(B, n, D, generator=gen, device=dev).to(torch.bfloat16) for n in (H, Hkv, Hkv))
+        out = local_decode_step(q, kn, vn, got, rope=rope, backend="auto", **norms)
+        exp = local_decode_step_naive(q.float(), kn.float(), vn.float(), ref, rope=rope, **norms)
+        assert out.dtype == torch.bfloat16
+        assert_close(out, exp, 1e-2, f"bf16 output at step {step}")
+    assert launches["triton.decode"] == before + 4
+    assert_cache_equal(got, ref, 1e-4)
