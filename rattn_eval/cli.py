@@ -1,0 +1,310 @@
+"""The `rattn-eval` command: the single entry point of the project.
+
+Thin on purpose: each command parses its options, builds a config and calls a plain library
+function. Library code raises typed errors (rattn_eval.errors); only `main` turns them into one
+line on stderr and exit code 2. Everything heavy (torch, transformers, matplotlib, the task
+corpora) is imported inside the commands, so `rattn-eval --help` and `rattn-eval ls` start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from rattn_eval.errors import ConfigError, RattnError
+
+EXIT_USER_ERROR = 2
+
+BACKEND_HELP = {
+    "auto": "triton on CUDA, torch otherwise",
+    "triton": "rattn-eval's fused Triton kernels (CUDA)",
+    "torch": "PyTorch reference kernels (any device)",
+    "hf": "an unmodified transformers model from a local directory (baseline)",
+}
+
+
+class _Group(click.Group):
+    """Turns library errors into one clear line and exit code 2 (no traceback)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RattnError as e:
+            click.echo(f"rattn-eval: error: {e}", err=True)
+            ctx.exit(EXIT_USER_ERROR)
+
+
+def _split(values) -> list[str]:
+    """Repeated and comma-separated values: ("4k,8k", "32k") -> ["4k", "8k", "32k"]."""
+    return [v.strip() for val in values for v in val.split(",") if v.strip()]
+
+
+def parse_lengths(values) -> list[int]:
+    from rattn_eval.tasks import parse_length
+
+    out = [parse_length(v) for v in _split(values)]
+    if not out:
+        raise ConfigError("no length given; pass --len, e.g. --len 4k,8k")
+    return out
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="rattn-eval", prog_name="rattn-eval")
+def cli():
+    """Long-context evaluation of local-global attention models (RAttention, SWA, full).
+
+    \b
+    Examples:
+      rattn-eval run --task niah_single_1 --len 4k -n 4
+      rattn-eval run -t niah -l 4k,8k -m debug --window 64 --out runs/w64
+      rattn-eval compare runs/w64 runs/w128 --format markdown
+      rattn-eval report runs/w64 runs/w128 --out report/
+      rattn-eval ls tasks
+    """
+
+
+def _default_model() -> str:
+    from rattn_eval.runner import DEFAULT_MODEL
+
+    return DEFAULT_MODEL
+
+
+@cli.command(epilog="""\b
+Examples:
+  # 4 samples of one task at 4k tokens with the default model
+  rattn-eval run --task niah_single_1 --len 4k -n 4
+  # all 8 NIAH tasks at two lengths, tiny random model, window override
+  rattn-eval run -t niah -l 4k,8k -m debug --window 64 --out results/runs/debug-w64
+  # a whole RULER sweep (QA needs the SQuAD / HotpotQA files)
+  rattn-eval run -t ruler -l 4k,8k,16k,32k -m ./my-ckpt --qa-data ~/data/qa -n 100
+  # a smoke run of 2 samples per cell; rerunning without --limit completes the same directory
+  rattn-eval run -t synthetic -l 4k -m debug --limit 2
+
+Rerunning the same command resumes: samples already in records.jsonl are skipped.""")
+@click.option("--task", "-t", "tasks", multiple=True, required=True,
+              help="Task name or group (niah, synthetic, ruler); repeat or comma-separate.")
+@click.option("--len", "-l", "lengths", multiple=True, required=True,
+              help="Target length(s): 4k = 4096, 1m = 1048576, or plain integers; repeat or comma-separate.")
+@click.option("--model", "-m", default=None, help="Built-in name or checkpoint directory [default: the built-in default model].")
+@click.option("--backend", type=click.Choice(list(BACKEND_HELP)), default="auto", show_default=True,
+              help="Kernel backend.")
+@click.option("-n", "n", type=int, default=None, help="Samples per (task, length) [default: 10].")
+@click.option("--seed", type=int, default=None, help="Seed of the sample generator [default: 0].")
+@click.option("--batch-size", "-b", type=int, default=None, help="Sequences per generation batch [default: 8].")
+@click.option("--out", "-o", default=None, help="Run directory [default: results/runs/<model>_<tasks>_<lengths>_n<N>].")
+@click.option("--qa-data", default=None, type=click.Path(),
+              help="Directory with dev-v2.0.json (SQuAD v2) and hotpot_dev_distractor_v1.json (qa_1, qa_2).")
+@click.option("--window", type=int, default=None, help="Override the window of every local layer.")
+@click.option("--depth", "depths", multiple=True, type=float,
+              help="Needle depth(s) in percent for NIAH tasks; repeat [default: spread evenly].")
+@click.option("--chat-template/--no-chat-template", default=None,
+              help="Wrap prompts in the model's chat template [default: when the model has one].")
+@click.option("--limit", type=int, default=None, help="Run only the first N samples of each (task, length).")
+@click.option("--device", default=None, help="torch device, e.g. cuda:0 or cpu [default: cuda if available].")
+@click.option("--dtype", default=None, help="float32, bfloat16 or float16 [default: bf16 on CUDA, fp32 on CPU].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run directory made with another config.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def run(tasks, lengths, model, backend, n, seed, batch_size, out, qa_data, window, depths, chat_template,
+        limit, device, dtype, overwrite, quiet):
+    """Generate samples, run the model on them, score, and write a run directory.
+
+    The run directory holds config.json, env.json, records.jsonl (one record per sample) and
+    summary.json. Every sample is checked against the model's context before anything runs:
+    prompts are never truncated.
+    """
+    from rich.console import Console
+
+    from rattn_eval.runner import RunConfig, run as run_eval
+
+    given = {"model": model, "n": n, "seed": seed, "batch_size": batch_size}
+    config = RunConfig(
+        tasks=tuple(_split(tasks)), lengths=tuple(parse_lengths(lengths)), backend=backend,
+        out=out, qa_data=qa_data, window=window, depths=tuple(depths) or None, chat_template=chat_template,
+        limit=limit, device=device, dtype=dtype, overwrite=overwrite,
+        **{k: v for k, v in given.items() if v is not None},  # unset options keep RunConfig's defaults
+    )
+    err = Console(stderr=True)
+    summary = run_eval(config, console=err, progress=not quiet)
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rattn_eval.results import format_length
+
+    lens = summary["lengths"]
+    tab = Table(title=f"{summary['model']} ({summary['backend']}), n={summary['n']}, seed={summary['seed']}",
+                title_justify="left")
+    tab.add_column("task")
+    for L in lens:
+        tab.add_column(format_length(L), justify="right")
+    fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
+    for t in summary["tasks"]:
+        tab.add_row(t, *[fmt(summary["scores"][t][str(L)]) for L in lens])
+    tab.add_section()
+    tab.add_row("average", *[fmt(summary["length_scores"][str(L)]) for L in lens])
+    out = Console()
+    out.print(tab)
+    eff = summary["effective_length"]
+    out.print(f"Avg {fmt(summary['avg'])}  wAvg(inc) {fmt(summary['wavg_inc'])}  wAvg(dec) {fmt(summary['wavg_dec'])}  "
+              f"effective length (>{summary['threshold']:g}): {format_length(eff) if eff else '—'}")
+    if not summary["complete"]:
+        out.print("[yellow]incomplete: some samples have no record yet; rerun the same command to finish[/]")
+
+
+@cli.command(epilog="""\b
+Examples:
+  rattn-eval compare results/runs/debug-w64 results/runs/debug-w128
+  rattn-eval compare results/runs/* --format markdown > table.md
+  rattn-eval compare runA runB --format csv --threshold 80""")
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
+              show_default=True)
+@click.option("--threshold", type=float, default=None, help="Effective-length threshold [default: 85.6].")
+def compare(runs, fmt, threshold):
+    """Put run directories side by side: rows = checkpoints, columns = lengths.
+
+    One table for the average over tasks (with Avg, weighted averages and effective length) and
+    one per task. Scores are recomputed from records.jsonl. Cells a run lacks are shown as "—"
+    and averages over them are left empty; unfinished cells carry "*".
+    """
+    from rattn_eval import compare as cmp
+    from rattn_eval.results import DEFAULT_THRESHOLD
+
+    comp = cmp.compare([cmp.load_run(r) for r in runs],
+                       threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    if fmt == "table":
+        from rich.console import Console
+
+        con = Console()
+        for tab in cmp.rich_tables(comp):
+            con.print(tab)
+        for note in comp.notes:
+            con.print(f"note: {note}", highlight=False)
+    else:
+        render = {"markdown": cmp.to_markdown, "csv": cmp.to_csv, "json": cmp.to_json}[fmt]
+        click.echo(render(comp), nl=False)
+
+
+@cli.command(epilog="""\b
+Examples:
+  rattn-eval report results/runs/debug-w64            # writes results/runs/debug-w64/report/
+  rattn-eval report runA runB --out reports/ab        # two checkpoints in one report""")
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--out", "-o", default=None, help="Report directory [default: RUN/report for one run].")
+@click.option("--threshold", type=float, default=None, help="Effective-length threshold [default: 85.6].")
+def report(runs, out, threshold):
+    """Write a Markdown report with the tables and PNG plots (score vs length, NIAH depth x length)."""
+    from rattn_eval.report import write_report
+    from rattn_eval.results import DEFAULT_THRESHOLD
+
+    md = write_report(list(runs), out, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
+    click.echo(str(md))
+
+
+@cli.command(epilog="""\b
+Examples:
+  rattn-eval ls            # everything
+  rattn-eval ls tasks      # the 13 RULER tasks and the groups niah, synthetic, ruler""")
+@click.argument("what", required=False, type=click.Choice(["tasks", "models", "backends"]))
+def ls(what):
+    """List tasks (and groups), built-in models, or backends."""
+    if what in (None, "tasks"):
+        from rattn_eval.tasks import GROUPS, TASKS
+
+        click.echo("tasks:")
+        for name in TASKS:
+            click.echo(f"  {name}")
+        click.echo("groups:")
+        for name, members in GROUPS.items():
+            click.echo(f"  {name:<10} {len(members)} tasks: {', '.join(members)}")
+    if what in (None, "models"):
+        from rattn_eval.runner import DEFAULT_MODEL, builtin_models
+
+        click.echo("models:")
+        for name in builtin_models():
+            click.echo(f"  {name}{'  (default)' if name == DEFAULT_MODEL else ''}")
+        click.echo("  oracle:correct, oracle:wrong  (test doubles that answer from the sample)")
+    if what in (None, "backends"):
+        click.echo("backends:")
+        for name, desc in BACKEND_HELP.items():
+            click.echo(f"  {name:<7} {desc}")
+
+
+@cli.command(epilog="""\b
+Examples:
+  rattn-eval generate --task niah_single_1 --len 4k -n 10 --seed 0 --tokenizer gpt2 --out niah.jsonl
+  rattn-eval generate -t vt -l 1k -n 2 --tokenizer bytes --out -      # to stdout""")
+@click.option("--task", "-t", "task", required=True, help="One task name (see `rattn-eval ls tasks`).")
+@click.option("--len", "-l", "length", required=True, help="Target length, e.g. 4k.")
+@click.option("-n", "n", type=int, default=None, help="Number of samples [default: 10].")
+@click.option("--seed", type=int, default=None, help="Generator seed [default: 0].")
+@click.option("--tokenizer", default="bytes", show_default=True, help="bytes, gpt2, or a folder with tokenizer.json.")
+@click.option("--chat-template/--no-chat-template", default=False, show_default=True,
+              help="Wrap prompts in the tokenizer's chat template.")
+@click.option("--depth", "depths", multiple=True, type=float, help="Needle depth(s) in percent (NIAH).")
+@click.option("--qa-data", default=None, type=click.Path(), help="Directory with the SQuAD / HotpotQA files.")
+@click.option("--out", "-o", required=True, help="Output JSONL file ('-' for stdout).")
+def generate(task, length, n, seed, tokenizer, chat_template, depths, qa_data, out):
+    """Write task samples to JSON Lines (no model needed): one object per sample."""
+    from rattn_eval.runner import RunConfig, write_samples
+
+    defaults = RunConfig(tasks=(task,), lengths=(1,))
+    write_samples(task, tokenizer, length=parse_lengths([length])[0], n=defaults.n if n is None else n,
+                  seed=defaults.seed if seed is None else seed, chat_template=chat_template,
+                  depth=list(depths) or None, qa_data=qa_data, out=out)
+
+
+@cli.command(epilog="""\b
+Examples:
+  rattn-eval convert ~/models/SmolLM2-135M-Instruct ./ckpt/smollm2     # Hugging Face folder
+  rattn-eval convert model.gguf ./ckpt/from-gguf                       # GGUF file""")
+@click.argument("src", type=click.Path())
+@click.argument("dst", type=click.Path())
+def convert(src, dst):
+    """Convert a Hugging Face folder or a GGUF file into a rattn-eval checkpoint directory."""
+    from rattn_eval.models import convert as convert_model
+
+    convert_model(src, dst)
+    click.echo(str(dst))
+
+
+@cli.group(cls=_Group)
+def bench():
+    """Benchmarks: kernels, task generation, end-to-end model speed."""
+
+
+def _bench_command(name: str, module: str, what: str):
+    @bench.command(name=name, help=f"{what}\n\nExtra arguments are passed to {module}.main; "
+                   f"see `rattn-eval bench {name} --help`.",
+                   context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                                     "help_option_names": []})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def _cmd(args):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name and module.startswith(e.name):
+                raise ConfigError(f"`rattn-eval bench {name}` is not available in this version ({module} is missing)") from None
+            raise
+        rc = mod.main(list(args))
+        sys.exit(rc or 0)
+
+    return _cmd
+
+
+_bench_command("kernels", "rattn_eval.bench.kernels", "Time the attention kernels against SDPA, FlexAttention and fla.")
+_bench_command("tasks", "rattn_eval.bench.tasks", "Time sample generation against lm-eval's RULER port.")
+_bench_command("e2e", "rattn_eval.bench.e2e", "Whole-model prefill/decode speed and cache memory, triton vs hf.")
+
+
+def main(argv=None) -> None:
+    cli.main(args=argv, prog_name="rattn-eval")
+
+
+if __name__ == "__main__":
+    main()

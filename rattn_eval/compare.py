@@ -1,0 +1,204 @@
+"""`rattn-eval compare`: several runs side by side, one row per checkpoint, one column per length.
+
+Scores are recomputed from each run's records.jsonl (never read from summary.json), over the
+union of the runs' tasks and lengths. A run that lacks a cell shows a gap ("—") there, and every
+average that would cover a gap is left empty too: nothing is averaged over a different set of
+tasks or lengths than its neighbours. Cells with fewer records than planned (an unfinished run)
+carry a "*". Differences in seed or sample count are stated in the notes under the table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rattn_eval.errors import DataError
+from rattn_eval.results import (CONFIG_FILE, DEFAULT_THRESHOLD, RECORDS_FILE, format_length, load_records,
+                                summarize)
+
+GAP = "—"
+AVERAGE = "average"
+
+
+@dataclass
+class Run:
+    """A run directory read back: its config and its records."""
+
+    path: Path
+    config: dict[str, Any]
+    records: list[dict[str, Any]]
+    label: str = ""
+
+    @property
+    def expected_per_cell(self) -> int:
+        n, limit = self.config.get("n"), self.config.get("limit")
+        return min(n, limit) if limit else n
+
+
+def load_run(path: str | Path) -> Run:
+    """Read a run directory (config.json + records.jsonl); DataError if it is not one."""
+    path = Path(path)
+    cfg_file = path / CONFIG_FILE
+    if not cfg_file.is_file():
+        raise DataError(f"{path} is not a run directory (no {CONFIG_FILE}); pass directories written by rattn-eval run")
+    try:
+        config = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError:
+        raise DataError(f"{cfg_file} is not valid JSON") from None
+    records = list(load_records(path / RECORDS_FILE).values())
+    return Run(path=path, config=config, records=records)
+
+
+def _labels(runs: list[Run]) -> None:
+    """Row labels: the checkpoint name (+ window override); the directory name breaks ties."""
+    base = []
+    for r in runs:
+        model = str(r.config.get("model", "?")).rstrip("/")
+        name = Path(model).name if "/" in model else model
+        if r.config.get("window") is not None:
+            name += f" w={r.config['window']}"
+        base.append(name)
+    for r, b in zip(runs, base):
+        r.label = b if base.count(b) == 1 else f"{b} ({r.path.name})"
+    labels = [r.label for r in runs]
+    for i, r in enumerate(runs):
+        if labels.count(r.label) > 1:
+            r.label = f"{r.label} #{i + 1}"
+
+
+@dataclass
+class Comparison:
+    tasks: list[str]
+    lengths: list[int]
+    threshold: float
+    rows: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tasks": self.tasks, "lengths": self.lengths, "threshold": self.threshold,
+                "runs": self.rows, "notes": self.notes}
+
+
+def compare(runs: list[Run], *, threshold: float = DEFAULT_THRESHOLD) -> Comparison:
+    """Summaries of `runs` over the union of their tasks and lengths, with notes on mismatches."""
+    _labels(runs)
+    tasks: list[str] = []
+    lengths: set[int] = set()
+    for r in runs:
+        for t in r.config.get("resolved_tasks", []):
+            if t not in tasks:
+                tasks.append(t)
+        lengths.update(int(L) for L in r.config.get("lengths", []))
+    lengths_sorted = sorted(lengths)
+    rows, notes = [], []
+    for r in runs:
+        own_tasks = r.config.get("resolved_tasks", [])
+        expected = {(t, int(L)): r.expected_per_cell for t in own_tasks for L in r.config.get("lengths", [])}
+        s = summarize(r.records, tasks=tasks, lengths=lengths_sorted, expected=expected, threshold=threshold)
+        rows.append({"label": r.label, "path": str(r.path), "model": r.config.get("model"),
+                     "window": r.config.get("window"), "seed": r.config.get("seed"), "n": r.config.get("n"),
+                     "backend": r.config.get("backend"), **s})
+        if s["missing"]:
+            cells = ", ".join(f"{t}@{format_length(L)}" for t, L in s["missing"])
+            notes.append(f"{r.label} has no results for {cells}; averages covering them are left empty")
+        if s["incomplete"]:
+            cells = ", ".join(f"{t}@{format_length(L)}" for t, L in s["incomplete"])
+            notes.append(f"{r.label} is unfinished (* = fewer samples than planned): {cells}")
+    for key, what in (("seed", "seeds"), ("n", "sample counts")):
+        vals = {row["label"]: row[key] for row in rows}
+        if len(set(vals.values())) > 1:
+            listing = ", ".join(f"{k}: {v}" for k, v in vals.items())
+            notes.append(f"runs differ in {what} ({listing}), so they score different samples")
+    return Comparison(tasks=tasks, lengths=lengths_sorted, threshold=threshold, rows=rows, notes=notes)
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return GAP if v is None else f"{v:.{digits}f}"
+
+
+def _eff(row: dict[str, Any]) -> str:
+    if row["effective_length"] is not None:
+        return format_length(row["effective_length"])
+    first = row["lengths"][0] if row["lengths"] else None
+    if first is not None and row["length_scores"].get(str(first)) is not None:
+        return f"<{format_length(first)}"
+    return GAP
+
+
+def sections(comp: Comparison, digits: int = 1) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) per table: the task average first, then one per task."""
+    lens = [format_length(L) for L in comp.lengths]
+    out = []
+    header = ["checkpoint", *lens, "Avg", "wAvg (inc)", "wAvg (dec)", f"Eff. length (>{comp.threshold:g})"]
+    body = []
+    for row in comp.rows:
+        cells = [_fmt(row["length_scores"][str(L)], digits) for L in comp.lengths]
+        body.append([row["label"], *cells, _fmt(row["avg"], digits), _fmt(row["wavg_inc"], digits),
+                     _fmt(row["wavg_dec"], digits), _eff(row)])
+    title = f"Average over {len(comp.tasks)} task{'s' if len(comp.tasks) != 1 else ''}"
+    out.append((title, header, body))
+    for t in comp.tasks:
+        body = []
+        for row in comp.rows:
+            inc = {(a, b) for a, b in row["incomplete"]}
+            cells = []
+            for L in comp.lengths:
+                c = _fmt(row["scores"][t][str(L)], digits)
+                cells.append(c + "*" if (t, L) in inc else c)
+            body.append([row["label"], *cells])
+        out.append((t, ["checkpoint", *lens], body))
+    return out
+
+
+def to_markdown(comp: Comparison) -> str:
+    parts = []
+    for title, header, body in sections(comp):
+        parts.append(f"### {title}\n")
+        parts.append("| " + " | ".join(header) + " |")
+        parts.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
+        for r in body:
+            parts.append("| " + " | ".join(r) + " |")
+        parts.append("")
+    if comp.notes:
+        parts.append("Notes:\n")
+        parts.extend(f"- {n}" for n in comp.notes)
+        parts.append("")
+    return "\n".join(parts)
+
+
+def to_csv(comp: Comparison) -> str:
+    """Long-and-wide CSV: one line per (checkpoint, task or "average"), one column per length."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    lens = [format_length(L) for L in comp.lengths]
+    w.writerow(["checkpoint", "path", "task", *lens, "avg", "wavg_inc", "wavg_dec", "effective_length"])
+    num = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+    for row in comp.rows:
+        w.writerow([row["label"], row["path"], AVERAGE, *[num(row["length_scores"][str(L)]) for L in comp.lengths],
+                    num(row["avg"]), num(row["wavg_inc"]), num(row["wavg_dec"]), row["effective_length"] or ""])
+        for t in comp.tasks:
+            w.writerow([row["label"], row["path"], t, *[num(row["scores"][t][str(L)]) for L in comp.lengths],
+                        "", "", "", ""])
+    return buf.getvalue()
+
+
+def to_json(comp: Comparison) -> str:
+    return json.dumps(comp.to_dict(), indent=2) + "\n"
+
+
+def rich_tables(comp: Comparison) -> list[Any]:
+    from rich.table import Table
+
+    tables = []
+    for title, header, body in sections(comp):
+        tab = Table(title=title, title_justify="left")
+        for i, h in enumerate(header):
+            tab.add_column(h, justify="left" if i == 0 else "right")
+        for r in body:
+            tab.add_row(*r)
+        tables.append(tab)
+    return tables

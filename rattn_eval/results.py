@@ -1,0 +1,311 @@
+"""Run directories: resolved config, environment, one JSON Lines record per sample, summary.
+
+Layout of a run directory (DESIGN §6):
+
+    config.json     the resolved RunConfig (what determines the results)
+    env.json        versions, device, backend that ran, git revision, host, start time
+    records.jsonl   one record per finished sample, appended and flushed as it finishes
+    summary.json    scores per task and length, averages, effective length
+
+A killed run leaves at most one partially written last line in records.jsonl; `RunDir.load_records`
+drops it (and truncates the file back to the last complete record), so a rerun resumes exactly
+where the kill happened. Records are keyed by sample id: nothing is scored twice.
+
+Scores are aggregated as RULER does: task score = mean over samples (x100 already in each
+record), length score = unweighted mean over tasks, Avg = mean over lengths, weighted averages
+with linear weights increasing (or decreasing) with length, effective length = the longest length
+whose score stays above a threshold (85.6 by default, Llama-2-7B's 4k score).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from rattn_eval.errors import ConfigError, DataError
+
+CONFIG_FILE = "config.json"
+ENV_FILE = "env.json"
+RECORDS_FILE = "records.jsonl"
+SUMMARY_FILE = "summary.json"
+
+DEFAULT_THRESHOLD = 85.6
+
+# Config keys that do not change any result, so a rerun may differ in them and still resume.
+RESUME_NEUTRAL_KEYS = frozenset({"out", "overwrite", "batch_size", "limit", "device", "tasks", "threshold"})
+
+
+def format_length(n: int) -> str:
+    """4096 -> "4k", 1048576 -> "1m", 1000 -> "1000" (the inverse of the CLI's length parser)."""
+    if n % (1024 * 1024) == 0:
+        return f"{n // (1024 * 1024)}m"
+    if n % 1024 == 0:
+        return f"{n // 1024}k"
+    return str(n)
+
+
+def _writable_parent(path: Path) -> Path:
+    """The closest existing ancestor of `path` (itself included)."""
+    p = path.absolute()
+    while not p.exists():
+        p = p.parent
+    return p
+
+
+def check_writable(path: Path) -> None:
+    """Raise ConfigError unless `path` is (or can be created as) a writable directory."""
+    existing = _writable_parent(path)
+    if not existing.is_dir():
+        raise ConfigError(f"output directory {path} cannot be created: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {path} is not writable ({existing} denies writing)")
+
+
+@dataclass
+class RunDir:
+    """One run directory on disk. Create with `RunDir.prepare`, which enforces resume rules."""
+
+    path: Path
+
+    @property
+    def records_path(self) -> Path:
+        return self.path / RECORDS_FILE
+
+    @classmethod
+    def prepare(cls, path: str | Path, config: dict[str, Any], *, overwrite: bool = False) -> "RunDir":
+        """Create `path`, or reopen it to resume when its config.json matches `config`.
+
+        A directory holding results of a different config is never mixed into: it is refused
+        with a message naming the differing keys, or wiped first when `overwrite` is set.
+        """
+        path = Path(path)
+        check_writable(path)
+        rd = cls(path)
+        old = rd.read_config()
+        if old is not None and not overwrite:
+            diff = config_differences(old, config)
+            if diff:
+                raise ConfigError(
+                    f"{path} holds a run with a different config ({diff}); "
+                    "rerun with --overwrite to replace it, or choose another --out"
+                )
+        if overwrite and path.exists():
+            for name in (CONFIG_FILE, ENV_FILE, RECORDS_FILE, SUMMARY_FILE):
+                (path / name).unlink(missing_ok=True)
+            shutil.rmtree(path / "report", ignore_errors=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            _write_json(path / CONFIG_FILE, config)
+        except OSError as e:
+            raise ConfigError(f"cannot write to output directory {path}: {e.strerror or e}") from None
+        return rd
+
+    def read_config(self) -> dict[str, Any] | None:
+        f = self.path / CONFIG_FILE
+        if not f.exists():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError:
+            raise DataError(f"{f} is not valid JSON; rerun with --overwrite to start this run afresh") from None
+
+    def write_env(self, env: dict[str, Any]) -> None:
+        """Write env.json; sessions of a resumed run are kept, newest last."""
+        f = self.path / ENV_FILE
+        sessions = []
+        if f.exists():
+            try:
+                sessions = json.loads(f.read_text()).get("sessions", [])
+            except json.JSONDecodeError:
+                sessions = []
+        _write_json(f, {**env, "sessions": sessions + [{"start_time": env.get("start_time"),
+                                                         "backend": env.get("backend")}]})
+
+    def load_records(self) -> dict[str, dict[str, Any]]:
+        """Records already written, keyed by sample id (first occurrence wins).
+
+        A last line cut short by a kill is dropped and the file truncated back to the last
+        complete record; a corrupt line anywhere else is a DataError (the file was edited).
+        """
+        return load_records(self.records_path, repair=True)
+
+    def append(self) -> "RecordWriter":
+        return RecordWriter(self.records_path)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        _write_json(self.path / SUMMARY_FILE, summary)
+
+
+class RecordWriter:
+    """Appends one JSON object per line and flushes it, so a kill loses at most the line in flight."""
+
+    def __init__(self, path: Path):
+        import jsonlines
+
+        self._fp = open(path, "a", encoding="utf-8")
+        self._writer = jsonlines.Writer(self._fp, flush=True, sort_keys=False)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._writer.write(record)
+
+    def close(self) -> None:
+        self._writer.close()
+        self._fp.close()
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_records(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any]]:
+    """Read records.jsonl into {id: record}. See RunDir.load_records for the torn-line rule."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    records: dict[str, dict[str, Any]] = {}
+    pos = 0
+    lineno = 0
+    while pos < len(data):
+        end = data.find(b"\n", pos)
+        last = end == -1
+        line = data[pos:] if last else data[pos:end]
+        lineno += 1
+        try:
+            rec = json.loads(line) if line.strip() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            rec = False
+        if rec is False or (last and rec is not None):
+            # A complete JSON object without its newline is also torn: the writer always ends lines.
+            if not last and data[end + 1:].strip():
+                raise DataError(f"{path} line {lineno} is corrupt; rerun with --overwrite to start afresh")
+            if repair:
+                with open(path, "r+b") as fp:
+                    fp.truncate(pos)
+            break
+        if rec is not None:
+            if not isinstance(rec, dict) or "id" not in rec:
+                raise DataError(f"{path} line {lineno} is not a sample record")
+            records.setdefault(rec["id"], rec)
+        pos = end + 1
+    return records
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """Human-readable list of result-relevant keys whose values differ, or "" when none do."""
+    keys = sorted((set(old) | set(new)) - RESUME_NEUTRAL_KEYS)
+    diffs = [f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+    return "; ".join(diffs)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def length_weights(lengths: list[int], *, increasing: bool) -> list[float]:
+    """RULER's linear weights: the i-th shortest of k lengths gets i / sum(1..k) (reversed if not
+    increasing). For RULER's 4k..128k this gives 0.048, 0.095, ..., 0.286."""
+    k = len(lengths)
+    ranks = list(range(1, k + 1)) if increasing else list(range(k, 0, -1))
+    total = sum(ranks)
+    return [r / total for r in ranks]
+
+
+def effective_length(scores_by_length: dict[int, float], threshold: float = DEFAULT_THRESHOLD) -> int | None:
+    """Longest length L such that every length <= L scores above `threshold` (RULER's rule:
+    the context up to which the model stays good); None when even the shortest falls below."""
+    best = None
+    for length in sorted(scores_by_length):
+        if scores_by_length[length] > threshold:
+            best = length
+        else:
+            break
+    return best
+
+
+def summarize(
+    records: Iterable[dict[str, Any]],
+    *,
+    tasks: list[str],
+    lengths: list[int],
+    expected: dict[tuple[str, int], int] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+) -> dict[str, Any]:
+    """Aggregate per-sample records into RULER's table.
+
+    Args:
+        records: sample records (task, length, index, score, prediction).
+        tasks, lengths: the cells of the table (rows, columns).
+        expected: samples planned per (task, length); cells with fewer records are incomplete.
+    Returns:
+        {"scores": {task: {len: score|None}}, "counts": {task: {len: k}}, "nulls": ...,
+         "length_scores": {len: score|None}, "avg", "wavg_inc", "wavg_dec", "effective_length",
+         "threshold", "complete", "missing": [[task, len], ...]} with lengths as strings (JSON keys).
+        An average is None when any cell it would cover has no records (never averaged over a
+        smaller set).
+    """
+    by_cell: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for r in records:
+        by_cell.setdefault((r["task"], int(r["length"])), []).append(r)
+    scores: dict[str, dict[str, float | None]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    nulls: dict[str, dict[str, int]] = {}
+    missing: list[list[Any]] = []
+    incomplete: list[list[Any]] = []
+    for t in tasks:
+        scores[t], counts[t], nulls[t] = {}, {}, {}
+        for L in lengths:
+            # Sum in index order so a resumed run (records in another order) gives identical floats.
+            cell = sorted(by_cell.get((t, L), []), key=lambda r: r["index"])
+            counts[t][str(L)] = len(cell)
+            nulls[t][str(L)] = sum(1 for r in cell if not str(r.get("prediction", "")).strip())
+            scores[t][str(L)] = sum(r["score"] for r in cell) / len(cell) if cell else None
+            if not cell:
+                missing.append([t, L])
+            elif expected is not None and len(cell) < expected.get((t, L), 0):
+                incomplete.append([t, L])
+    length_scores: dict[str, float | None] = {}
+    for L in lengths:
+        cells = [scores[t][str(L)] for t in tasks]
+        length_scores[str(L)] = None if any(c is None for c in cells) else sum(cells) / len(cells)
+    agg = aggregate_lengths({L: length_scores[str(L)] for L in lengths}, threshold=threshold)
+    return {
+        "tasks": list(tasks),
+        "lengths": list(lengths),
+        "scores": scores,
+        "counts": counts,
+        "nulls": nulls,
+        "length_scores": length_scores,
+        **agg,
+        "threshold": threshold,
+        "complete": not missing and not incomplete,
+        "missing": missing,
+        "incomplete": incomplete,
+    }
+
+
+def aggregate_lengths(length_scores: dict[int, float | None], *, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
+    """Avg, wAvg (inc/dec) and effective length over lengths; all None if any length lacks a score,
+    except effective length, which only needs the lengths up to the first gap."""
+    lengths = sorted(length_scores)
+    vals = [length_scores[L] for L in lengths]
+    if not lengths or any(v is None for v in vals):
+        avg = winc = wdec = None
+    else:
+        avg = sum(vals) / len(vals)
+        winc = sum(w * v for w, v in zip(length_weights(lengths, increasing=True), vals))
+        wdec = sum(w * v for w, v in zip(length_weights(lengths, increasing=False), vals))
+    prefix: dict[int, float] = {}
+    for L, v in zip(lengths, vals):
+        if v is None:
+            break
+        prefix[L] = v
+    eff = effective_length(prefix, threshold) if prefix else None
+    return {"avg": avg, "wavg_inc": winc, "wavg_dec": wdec, "effective_length": eff}
