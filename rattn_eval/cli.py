@@ -98,7 +98,7 @@ Rerunning the same command resumes: samples already in records.jsonl are skipped
               help="Directory with dev-v2.0.json (SQuAD v2) and hotpot_dev_distractor_v1.json (qa_1, qa_2).")
 @click.option("--window", type=int, default=None, help="Override the window of every local layer.")
 @click.option("--depth", "depths", multiple=True, type=float,
-              help="Needle depth(s) in percent for NIAH tasks; repeat [default: spread evenly].")
+              help="Needle depth(s) in percent (0-100) for NIAH tasks; repeat [default: spread evenly].")
 @click.option("--chat-template/--no-chat-template", default=None,
               help="Wrap prompts in the model's chat template [default: when the model has one].")
 @click.option("--limit", type=int, default=None, help="Run only the first N samples of each (task, length).")
@@ -121,13 +121,32 @@ def run(tasks, lengths, model, backend, n, seed, batch_size, out, qa_data, windo
     given = {"model": model, "n": n, "seed": seed, "batch_size": batch_size}
     config = RunConfig(
         tasks=tuple(_split(tasks)), lengths=tuple(parse_lengths(lengths)), backend=backend,
-        out=out, qa_data=qa_data, window=window, depths=tuple(depths) or None, chat_template=chat_template,
+        out=out, qa_data=qa_data, window=window, depths=_depth_fractions(depths), chat_template=chat_template,
         limit=limit, device=device, dtype=dtype, overwrite=overwrite,
         **{k: v for k, v in given.items() if v is not None},  # unset options keep RunConfig's defaults
     )
     err = Console(stderr=True)
     summary = run_eval(config, console=err, progress=not quiet)
     _print_summary(summary)
+
+
+def _depth_fractions(percents) -> tuple[float, ...] | None:
+    """--depth takes percent (as people say "the needle at 50%"); samples store fractions."""
+    for p in percents:
+        if not 0 <= p <= 100:
+            raise ConfigError(f"--depth {p:g} is outside 0..100 (percent of the context)")
+    return tuple(p / 100 for p in percents) or None
+
+
+def _eff_text(summary: dict) -> str:
+    from rattn_eval.results import format_length
+
+    eff, lens = summary["effective_length"], summary["lengths"]
+    if eff is not None:
+        return format_length(eff)
+    if lens and summary["length_scores"].get(str(lens[0])) is not None:
+        return f"below {format_length(lens[0])}"
+    return "—"
 
 
 def _print_summary(summary: dict) -> None:
@@ -137,8 +156,7 @@ def _print_summary(summary: dict) -> None:
     from rattn_eval.results import format_length
 
     lens = summary["lengths"]
-    tab = Table(title=f"{summary['model']} ({summary['backend']}), n={summary['n']}, seed={summary['seed']}",
-                title_justify="left")
+    tab = Table()
     tab.add_column("task")
     for L in lens:
         tab.add_column(format_length(L), justify="right")
@@ -148,10 +166,11 @@ def _print_summary(summary: dict) -> None:
     tab.add_section()
     tab.add_row("average", *[fmt(summary["length_scores"][str(L)]) for L in lens])
     out = Console()
+    out.print(f"{summary['model']} ({summary['backend']}), n={summary['n']}, seed={summary['seed']}"
+              + (f", window={summary['window']}" if summary.get("window") is not None else ""), highlight=False)
     out.print(tab)
-    eff = summary["effective_length"]
     out.print(f"Avg {fmt(summary['avg'])}  wAvg(inc) {fmt(summary['wavg_inc'])}  wAvg(dec) {fmt(summary['wavg_dec'])}  "
-              f"effective length (>{summary['threshold']:g}): {format_length(eff) if eff else '—'}")
+              f"effective length (>{summary['threshold']:g}): {_eff_text(summary)}", highlight=False)
     if not summary["complete"]:
         out.print("[yellow]incomplete: some samples have no record yet; rerun the same command to finish[/]")
 
@@ -256,7 +275,7 @@ def generate(task, length, n, seed, tokenizer, chat_template, depths, qa_data, o
     defaults = RunConfig(tasks=(task,), lengths=(1,))
     write_samples(task, tokenizer, length=parse_lengths([length])[0], n=defaults.n if n is None else n,
                   seed=defaults.seed if seed is None else seed, chat_template=chat_template,
-                  depth=list(depths) or None, qa_data=qa_data, out=out)
+                  depth=list(_depth_fractions(depths) or []) or None, qa_data=qa_data, out=out)
 
 
 @cli.command(epilog="""\b

@@ -132,10 +132,12 @@ def plot_niah_heatmap(runs: list[Run], path: Path) -> Path | None:
 
     fig, axes = plt.subplots(1, len(runs), figsize=(1.2 + 0.9 * len(lengths) * len(runs) + 1.5, 4.2),
                              squeeze=False)
+    cmap = plt.get_cmap("RdYlGn").copy()
+    cmap.set_bad("#e8e8e8")  # depth bins with no sample: grey, not a score
     im = None
     for ax, run, grid in zip(axes[0], runs, grids):
         arr = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)
-        im = ax.imshow(arr, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto", origin="upper")
+        im = ax.imshow(arr, cmap=cmap, vmin=0, vmax=100, aspect="auto", origin="upper")
         ax.set_xticks(range(len(lengths)), [format_length(L) for L in lengths])
         ax.set_yticks(range(DEPTH_BINS), [f"{100 * i // DEPTH_BINS}-{100 * (i + 1) // DEPTH_BINS}%"
                                           for i in range(DEPTH_BINS)], fontsize="x-small")

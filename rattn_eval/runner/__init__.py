@@ -123,6 +123,9 @@ def _validate(config: RunConfig) -> None:
                         ("--limit", config.limit, 1), ("--window", config.window, 0)):
         if v is not None and v < lo:
             raise ConfigError(f"{name} must be at least {lo}, got {v}")
+    for d in config.depths or ():
+        if not 0.0 <= d <= 1.0:
+            raise ConfigError(f"needle depth {d:g} is outside [0, 1] (a fraction of the context)")
     if config.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
 
@@ -202,7 +205,7 @@ def _build_cells(task_lib, config, task_names, lengths, tok, model, use_template
         for L in lengths:
             samples = task_lib.generate(
                 task, tok, length=L, n=config.n, seed=config.seed,
-                chat_template=use_template, depth=list(config.depths) if config.depths else None,
+                chat_template=tok.chat_template if use_template else None, depth=list(config.depths) if config.depths else None,
                 qa_data=config.qa_data,
             )
             if config.limit is not None:
@@ -382,7 +385,10 @@ def write_samples(task: str, tokenizer: str, *, length: int, n: int, seed: int, 
                           f"{', '.join(names)}")
     name = names[0]
     tok = load_tokenizer(tokenizer)
-    samples = task_lib.generate(name, tok, length=length, n=n, seed=seed, chat_template=chat_template,
+    if chat_template and not tok.chat_template:
+        raise ConfigError(f"tokenizer {tokenizer!r} has no chat template; drop --chat-template")
+    samples = task_lib.generate(name, tok, length=length, n=n, seed=seed,
+                                chat_template=tok.chat_template if chat_template else None,
                                 depth=depth, qa_data=qa_data)
     rows = [dataclasses.asdict(s) for s in samples]
     if out == "-":

@@ -1,0 +1,119 @@
+"""Run directories, torn-line repair, aggregation, compare and report on hand-made records (no model)."""
+
+import json
+
+import pytest
+
+from rattn_eval import compare as cmp
+from rattn_eval.errors import ConfigError, DataError
+from rattn_eval.report import depth_fraction, heatmap_grid, write_report
+from rattn_eval.results import (RunDir, aggregate_lengths, effective_length, format_length, length_weights,
+                                load_records, summarize)
+
+
+def rec(task, length, index, score, depth=None, prediction="x"):
+    return {"id": f"{task}/{length}/s0/{index}", "index": index, "task": task, "length": length, "seed": 0,
+            "prediction": prediction, "answers": ["a"], "score": score, "depth": depth}
+
+
+def make_run(path, *, model, tasks, lengths, records, n=2, seed=0, window=None):
+    config = {"model": model, "resolved_tasks": tasks, "tasks": tasks, "lengths": lengths, "n": n, "seed": seed,
+              "window": window, "limit": None, "backend": "torch"}
+    rd = RunDir.prepare(path, config)
+    with rd.append() as w:
+        for r in records:
+            w.write(r)
+    return path
+
+
+def test_format_length():
+    assert [format_length(x) for x in (4096, 1 << 20, 1000, 131072)] == ["4k", "1m", "1000", "128k"]
+
+
+def test_ruler_weights_and_effective_length():
+    # RULER's published weights for 4k..128k: 0.048, 0.095, 0.143, 0.190, 0.238, 0.286.
+    w = length_weights([4096 << i for i in range(6)], increasing=True)
+    assert [round(x, 3) for x in w] == [0.048, 0.095, 0.143, 0.19, 0.238, 0.286]
+    assert length_weights([1, 2, 3], increasing=False) == pytest.approx([3 / 6, 2 / 6, 1 / 6])
+    assert effective_length({4096: 95.0, 8192: 90.0, 16384: 80.0, 32768: 88.0}) == 8192
+    assert effective_length({4096: 50.0}) is None
+    agg = aggregate_lengths({1: 90.0, 2: 60.0})
+    assert agg["avg"] == 75.0 and agg["wavg_inc"] == pytest.approx(90 / 3 + 60 * 2 / 3)
+    assert aggregate_lengths({1: 90.0, 2: None})["avg"] is None
+
+
+def test_summarize_means_and_gaps():
+    records = [rec("a", 1, 0, 100.0), rec("a", 1, 1, 50.0), rec("b", 1, 0, 0.0, prediction=" "), rec("a", 2, 0, 20.0)]
+    s = summarize(records, tasks=["a", "b"], lengths=[1, 2], expected={("a", 1): 2, ("b", 1): 2, ("a", 2): 1, ("b", 2): 1})
+    assert s["scores"]["a"] == {"1": 75.0, "2": 20.0}
+    assert s["scores"]["b"] == {"1": 0.0, "2": None}
+    assert s["length_scores"] == {"1": 37.5, "2": None}  # never averaged over the smaller task set
+    assert s["avg"] is None and s["missing"] == [["b", 2]] and s["incomplete"] == [["b", 1]]
+    assert s["nulls"]["b"]["1"] == 1 and not s["complete"]
+
+
+def test_torn_last_line_is_dropped_and_repaired(tmp_path):
+    f = tmp_path / "records.jsonl"
+    good = [json.dumps(rec("a", 1, i, 100.0)) for i in range(3)]
+    f.write_text("\n".join(good) + "\n" + good[0][:17])
+    assert sorted(load_records(f, repair=True)) == ["a/1/s0/0", "a/1/s0/1", "a/1/s0/2"]
+    assert f.read_text() == "\n".join(good) + "\n"  # truncated back to the last complete record
+    # a complete object without its newline is also a torn write: the writer always ends lines
+    f.write_text(good[0] + "\n" + good[1])
+    assert list(load_records(f, repair=True)) == ["a/1/s0/0"]
+    f.write_text(good[0] + "\n{broken\n" + good[1] + "\n")
+    with pytest.raises(DataError, match="line 2 is corrupt"):
+        load_records(f)
+
+
+def test_rundir_refuses_other_config(tmp_path):
+    base = {"model": "debug", "resolved_tasks": ["a"], "lengths": [1], "n": 2, "seed": 0, "limit": None}
+    RunDir.prepare(tmp_path / "r", base)
+    RunDir.prepare(tmp_path / "r", {**base, "limit": 1, "batch_size": 3})  # resume-neutral keys
+    with pytest.raises(ConfigError, match=r"different config \(seed: 0 there vs 1 now\).*--overwrite"):
+        RunDir.prepare(tmp_path / "r", {**base, "seed": 1})
+    rd = RunDir.prepare(tmp_path / "r", {**base, "seed": 1}, overwrite=True)
+    assert rd.read_config()["seed"] == 1
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot be created"):
+        RunDir.prepare(blocker / "run", {"model": "x"})
+
+
+def test_compare_marks_gaps_and_notes(tmp_path):
+    a = make_run(tmp_path / "a", model="m1", tasks=["t1", "t2"], lengths=[1024, 2048],
+                 records=[rec(t, L, i, 100.0 * (L == 1024)) for t in ("t1", "t2") for L in (1024, 2048) for i in range(2)])
+    b = make_run(tmp_path / "b", model="m2", tasks=["t1"], lengths=[1024, 4096], seed=1,
+                 records=[rec("t1", 1024, 0, 50.0), rec("t1", 1024, 1, 100.0), rec("t1", 4096, 0, 0.0)])
+    comp = cmp.compare([cmp.load_run(a), cmp.load_run(b)])
+    assert comp.lengths == [1024, 2048, 4096] and comp.tasks == ["t1", "t2"]
+    ra, rb = comp.rows
+    assert ra["length_scores"] == {"1024": 100.0, "2048": 0.0, "4096": None}
+    assert rb["scores"]["t1"] == {"1024": 75.0, "2048": None, "4096": 0.0}
+    assert rb["length_scores"] == {"1024": None, "2048": None, "4096": None}  # t2 missing: no average
+    md = cmp.to_markdown(comp)
+    assert "| m2 | — | — | — | — | — | — | — |" in md
+    assert "| m2 | 75.0 | — | 0.0* |" in md  # 4096 has 1 of 2 planned samples
+    notes = " ".join(comp.notes)
+    assert "m2 has no results for t1@2k" in notes and "t2@1k" in notes
+    assert "differ in seeds (m1: 0, m2: 1)" in notes
+    csv_lines = cmp.to_csv(comp).splitlines()
+    assert csv_lines[0].startswith("checkpoint,path,task,1k,2k,4k,avg")
+    assert csv_lines[1].split(",")[3:6] == ["100.00", "0.00", ""]
+    assert json.loads(cmp.to_json(comp))["runs"][1]["label"] == "m2"
+
+
+def test_report_files_and_heatmap(tmp_path):
+    records = [rec("niah_single_1", L, i, 100.0 if d < 0.5 else 0.0, depth=d)
+               for L in (1024, 2048) for i, d in enumerate([0.05, 0.25, 0.75, 0.95])]
+    run = make_run(tmp_path / "r", model="debug", tasks=["niah_single_1"], lengths=[1024, 2048], n=4, records=records)
+    grid = heatmap_grid(records, [1024, 2048])
+    assert grid[0] == [100.0, 100.0] and grid[9] == [0.0, 0.0] and grid[5] == [None, None]
+    assert depth_fraction([0.3, 0.6]) == 0.3 and depth_fraction(None) is None
+    md = write_report([run], tmp_path / "rep")
+    assert md.read_text().count("![") == 2
+    for png in ("score_vs_length.png", "niah_heatmap.png"):
+        assert (tmp_path / "rep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
