@@ -132,8 +132,7 @@ def plot_niah_heatmap(runs: list[Run], path: Path) -> Path | None:
 
     fig, axes = plt.subplots(1, len(runs), figsize=(1.2 + 0.9 * len(lengths) * len(runs) + 1.5, 4.2),
                              squeeze=False)
-    cmap = plt.get_cmap("RdYlGn").copy()
-    cmap.set_bad("#e8e8e8")  # depth bins with no sample: grey, not a score
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#e8e8e8")  # depth bins with no sample: grey, not a score
     im = None
     for ax, run, grid in zip(axes[0], runs, grids):
         arr = np.array([[np.nan if v is None else v for v in row] for row in grid], dtype=float)

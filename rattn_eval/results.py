@@ -11,10 +11,11 @@ A killed run leaves at most one partially written last line in records.jsonl; `R
 drops it (and truncates the file back to the last complete record), so a rerun resumes exactly
 where the kill happened. Records are keyed by sample id: nothing is scored twice.
 
-Scores are aggregated as RULER does: task score = mean over samples (x100 already in each
-record), length score = unweighted mean over tasks, Avg = mean over lengths, weighted averages
-with linear weights increasing (or decreasing) with length, effective length = the longest length
-whose score stays above a threshold (85.6 by default, Llama-2-7B's 4k score).
+Scores are aggregated as RULER does (formulas in rattn_eval.tasks.metrics): task score = mean
+over samples (x100 already in each record), length score = unweighted mean over tasks, Avg = mean
+over lengths, weighted averages with linear weights increasing (or decreasing) with length,
+effective length = the longest length whose score stays above a threshold (85.6 by default,
+Llama-2-7B's 4k score).
 """
 
 from __future__ import annotations
@@ -209,27 +210,6 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def length_weights(lengths: list[int], *, increasing: bool) -> list[float]:
-    """RULER's linear weights: the i-th shortest of k lengths gets i / sum(1..k) (reversed if not
-    increasing). For RULER's 4k..128k this gives 0.048, 0.095, ..., 0.286."""
-    k = len(lengths)
-    ranks = list(range(1, k + 1)) if increasing else list(range(k, 0, -1))
-    total = sum(ranks)
-    return [r / total for r in ranks]
-
-
-def effective_length(scores_by_length: dict[int, float], threshold: float = DEFAULT_THRESHOLD) -> int | None:
-    """Longest length L such that every length <= L scores above `threshold` (RULER's rule:
-    the context up to which the model stays good); None when even the shortest falls below."""
-    best = None
-    for length in sorted(scores_by_length):
-        if scores_by_length[length] > threshold:
-            best = length
-        else:
-            break
-    return best
-
-
 def summarize(
     records: Iterable[dict[str, Any]],
     *,
@@ -292,20 +272,24 @@ def summarize(
 
 
 def aggregate_lengths(length_scores: dict[int, float | None], *, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
-    """Avg, wAvg (inc/dec) and effective length over lengths; all None if any length lacks a score,
-    except effective length, which only needs the lengths up to the first gap."""
+    """Avg, wAvg (inc/dec) and effective length over lengths, with the task suite's RULER formulas.
+
+    Avg and the weighted averages are None if any length lacks a score; effective length only
+    needs the lengths up to the first gap.
+    """
+    from rattn_eval.tasks import metrics
+
     lengths = sorted(length_scores)
-    vals = [length_scores[L] for L in lengths]
-    if not lengths or any(v is None for v in vals):
+    if not lengths or any(length_scores[L] is None for L in lengths):
         avg = winc = wdec = None
     else:
-        avg = sum(vals) / len(vals)
-        winc = sum(w * v for w, v in zip(length_weights(lengths, increasing=True), vals))
-        wdec = sum(w * v for w, v in zip(length_weights(lengths, increasing=False), vals))
+        avg = metrics.average(length_scores)
+        winc = metrics.weighted_average(length_scores, increasing=True)
+        wdec = metrics.weighted_average(length_scores, increasing=False)
     prefix: dict[int, float] = {}
-    for L, v in zip(lengths, vals):
-        if v is None:
+    for L in lengths:
+        if length_scores[L] is None:
             break
-        prefix[L] = v
-    eff = effective_length(prefix, threshold) if prefix else None
+        prefix[L] = length_scores[L]
+    eff = metrics.effective_length(prefix, threshold) if prefix else None
     return {"avg": avg, "wavg_inc": winc, "wavg_dec": wdec, "effective_length": eff}

@@ -361,10 +361,22 @@ class _Progress:
 
 
 def builtin_models() -> list[str]:
-    """Names `load_model` accepts without a path (for `rattn-eval ls models`)."""
-    from rattn_eval.models.loading import RANDOM_NAMES, REAL_NAMES
+    """Names `load_model` accepts without a path (for `rattn-eval ls models`).
 
-    return [*RANDOM_NAMES, *REAL_NAMES]
+    Read from the constants in rattn_eval/models/loading.py without importing it: the models
+    package imports torch, which takes seconds, and `rattn-eval ls` must stay instant.
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("rattn_eval")
+    source = Path(spec.origin).parent / "models" / "loading.py"
+    names: list[str] = []
+    for node in ast.parse(source.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) in ("RANDOM_NAMES", "REAL_NAMES")
+                                                for t in node.targets):
+            names.extend(ast.literal_eval(node.value))
+    return names
 
 
 def write_samples(task: str, tokenizer: str, *, length: int, n: int, seed: int, chat_template: bool = False,

@@ -7,8 +7,7 @@ import pytest
 from rattn_eval import compare as cmp
 from rattn_eval.errors import ConfigError, DataError
 from rattn_eval.report import depth_fraction, heatmap_grid, write_report
-from rattn_eval.results import (RunDir, aggregate_lengths, effective_length, format_length, length_weights,
-                                load_records, summarize)
+from rattn_eval.results import RunDir, aggregate_lengths, format_length, load_records, summarize
 
 
 def rec(task, length, index, score, depth=None, prediction="x"):
@@ -30,16 +29,17 @@ def test_format_length():
     assert [format_length(x) for x in (4096, 1 << 20, 1000, 131072)] == ["4k", "1m", "1000", "128k"]
 
 
-def test_ruler_weights_and_effective_length():
-    # RULER's published weights for 4k..128k: 0.048, 0.095, 0.143, 0.190, 0.238, 0.286.
-    w = length_weights([4096 << i for i in range(6)], increasing=True)
-    assert [round(x, 3) for x in w] == [0.048, 0.095, 0.143, 0.19, 0.238, 0.286]
-    assert length_weights([1, 2, 3], increasing=False) == pytest.approx([3 / 6, 2 / 6, 1 / 6])
-    assert effective_length({4096: 95.0, 8192: 90.0, 16384: 80.0, 32768: 88.0}) == 8192
-    assert effective_length({4096: 50.0}) is None
-    agg = aggregate_lengths({1: 90.0, 2: 60.0})
-    assert agg["avg"] == 75.0 and agg["wavg_inc"] == pytest.approx(90 / 3 + 60 * 2 / 3)
-    assert aggregate_lengths({1: 90.0, 2: None})["avg"] is None
+def test_ruler_aggregates():
+    # RULER's wAvg weights for 4k..128k are 1/21 .. 6/21 (0.048 .. 0.286).
+    scores = {4096 << i: float(10 * i) for i in range(6)}
+    agg = aggregate_lengths(scores)
+    assert agg["avg"] == 25.0
+    assert agg["wavg_inc"] == pytest.approx(sum(i * 10 * (i + 1) for i in range(6)) / 21)
+    assert agg["wavg_dec"] == pytest.approx(sum(i * 10 * (6 - i) for i in range(6)) / 21)
+    assert aggregate_lengths({4096: 95.0, 8192: 90.0, 16384: 80.0, 32768: 88.0})["effective_length"] == 8192
+    assert aggregate_lengths({4096: 50.0})["effective_length"] is None
+    gap = aggregate_lengths({1: 90.0, 2: None, 3: 95.0})
+    assert gap["avg"] is None and gap["wavg_inc"] is None and gap["effective_length"] == 1
 
 
 def test_summarize_means_and_gaps():
