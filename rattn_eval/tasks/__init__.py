@@ -1,0 +1,216 @@
+"""RULER-style tasks at exact token lengths.
+
+    from rattn_eval.models import load_tokenizer
+    from rattn_eval import tasks
+    tok = load_tokenizer("gpt2")
+    samples = tasks.generate("niah_single_2", tok, length=tasks.parse_length("4k"), n=10, seed=0)
+
+`TASKS` maps RULER's 13 task names to (family, config); `GROUPS` holds `niah`, `synthetic`
+and `ruler`. Generated samples are cached on disk under $RATTN_EVAL_CACHE (default
+~/.cache/rattn-eval/samples; set it to "off" to disable), keyed by everything that
+determines them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rattn_eval.errors import ConfigError
+from rattn_eval.tasks import common_words, frequent_words, niah, qa, variable_tracking
+from rattn_eval.tasks.base import GENERATOR_VERSION, Sample
+
+__all__ = ["TASKS", "GROUPS", "Sample", "TaskSpec", "generate", "generate_to_file", "parse_length", "resolve",
+           "write_jsonl", "read_jsonl", "cache_dir", "GENERATOR_VERSION"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    family: str
+    generate: Callable[..., list[Sample]]
+    config: Any
+    needs_qa_data: bool = False
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.config.max_new_tokens
+
+
+def _spec(name, family, mod, config, **kw):
+    return TaskSpec(name, family, mod.generate, config, **kw)
+
+
+_NC = niah.NiahConfig
+TASKS: dict[str, TaskSpec] = {t.name: t for t in [
+    _spec("niah_single_1", "niah", niah, _NC(haystack="noise")),
+    _spec("niah_single_2", "niah", niah, _NC(haystack="essay")),
+    _spec("niah_single_3", "niah", niah, _NC(haystack="essay", value_type="uuids")),
+    _spec("niah_multikey_1", "niah", niah, _NC(haystack="essay", num_keys=4)),
+    _spec("niah_multikey_2", "niah", niah, _NC(haystack="needle")),
+    _spec("niah_multikey_3", "niah", niah, _NC(haystack="needle", key_type="uuids", value_type="uuids")),
+    _spec("niah_multivalue", "niah", niah, _NC(haystack="essay", num_values=4)),
+    _spec("niah_multiquery", "niah", niah, _NC(haystack="essay", num_keys=4, num_queries=4)),
+    _spec("vt", "variable_tracking", variable_tracking, variable_tracking.VTConfig()),
+    _spec("cwe", "common_words", common_words, common_words.CWEConfig()),
+    _spec("fwe", "frequent_words", frequent_words, frequent_words.FWEConfig()),
+    _spec("qa_1", "qa", qa, qa.QAConfig(dataset="squad"), needs_qa_data=True),
+    _spec("qa_2", "qa", qa, qa.QAConfig(dataset="hotpotqa"), needs_qa_data=True),
+]}
+
+GROUPS: dict[str, list[str]] = {
+    "niah": [t for t in TASKS if t.startswith("niah_")],
+    "synthetic": [t for t, s in TASKS.items() if not s.needs_qa_data],
+    "ruler": list(TASKS),
+}
+
+
+def resolve(names_or_groups) -> list[str]:
+    """Task names for a list (or comma-separated string) of task and group names, in order, deduplicated."""
+    if isinstance(names_or_groups, str):
+        names_or_groups = [names_or_groups]
+    out: dict[str, None] = {}
+    for item in names_or_groups:
+        for name in (x.strip() for x in str(item).split(",")):
+            if not name:
+                continue
+            if name in GROUPS:
+                out.update(dict.fromkeys(GROUPS[name]))
+            elif name in TASKS:
+                out[name] = None
+            else:
+                close = difflib.get_close_matches(name, [*TASKS, *GROUPS], n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown task or group {name!r}.{hint} Groups: {', '.join(GROUPS)}.")
+    if not out:
+        raise ConfigError("no task given.")
+    return list(out)
+
+
+_LENGTH = re.compile(r"(\d+)([km]?)")
+
+
+def parse_length(text) -> int:
+    """'32k' -> 32768, '1m' -> 1048576, '4096' -> 4096 (k = 1024, m = 1024*1024)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise ConfigError(f"length must be positive, got {text}.")
+        return text
+    s = str(text).strip().lower()
+    m = _LENGTH.fullmatch(s)
+    if not m:
+        raise ConfigError(f"bad length {str(text)!r}: use a positive number of tokens like 4096, 4k or 1m.")
+    value = int(m.group(1)) * {"": 1, "k": 1024, "m": 1024 * 1024}[m.group(2)]
+    if value <= 0:
+        raise ConfigError(f"bad length {str(text)!r}: it must be positive.")
+    return value
+
+
+def cache_dir() -> Path | None:
+    """Folder of cached samples, or None when caching is off (RATTN_EVAL_CACHE=off)."""
+    env = os.environ.get("RATTN_EVAL_CACHE")
+    if env is not None and env.strip().lower() in ("", "0", "off", "none", "false"):
+        return None
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "rattn-eval" / "samples"
+
+
+def _cache_key(name, tokenizer, length, n, seed, chat_template, depth, qa_file) -> str | None:
+    tok_name = getattr(tokenizer, "name", None)
+    if not tok_name:
+        return None  # a tokenizer without an identity cannot be cached safely
+    spec = TASKS[name]
+    qa_id = None
+    if qa_file is not None:
+        st = qa_file.stat()
+        qa_id = [str(qa_file.resolve()), st.st_size, st.st_mtime_ns]
+    blob = json.dumps({
+        "task": name, "config": asdict(spec.config), "length": length, "n": n, "seed": seed,
+        "tokenizer": tok_name, "chat_template": chat_template, "depth": depth, "qa": qa_id,
+        "version": GENERATOR_VERSION,
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
+
+
+def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_template: str | None = None,
+             depth: list[float] | float | None = None, qa_data=None, use_cache: bool = True) -> list[Sample]:
+    """Samples of task `name` whose prompt tokens + generation budget lie in [0.95 L, L].
+
+    Args:
+        name: one of the 13 names in `TASKS`.
+        tokenizer: a `rattn_eval.models.Tokenizer` (or anything with encode/decode; then no disk cache).
+        length: target L in tokens (int or a string like "32k").
+        n, seed: number of samples and the seed everything random derives from.
+        chat_template: None for a plain prompt, or a jinja chat template wrapping the user turn.
+        depth: needle depth(s) in [0, 1] cycled over samples; default spreads them evenly.
+        qa_data: folder (or file) with dev-v2.0.json / hotpot_dev_distractor_v1.json for qa_1 / qa_2.
+        use_cache: read and write the on-disk cache (see `cache_dir`).
+    """
+    if name not in TASKS:
+        resolve([name])  # raises with a suggestion
+        raise ConfigError(f"{name!r} is a group, not a task; expand it with resolve().")
+    spec = TASKS[name]
+    length = parse_length(length)
+    if n <= 0:
+        raise ConfigError(f"n must be positive, got {n}.")
+    if depth is not None:
+        depth = [float(depth)] if isinstance(depth, (int, float)) else [float(d) for d in depth]
+        if not depth or any(not 0.0 <= d <= 1.0 for d in depth):
+            raise ConfigError(f"depths must lie in [0, 1], got {depth}.")
+    kwargs: dict[str, Any] = dict(length=length, n=n, seed=seed, task=name, chat_template=chat_template, depth=depth)
+    qa_file = None
+    if spec.needs_qa_data:
+        qa_file = qa.data_file(spec.config, qa_data)
+        kwargs["qa_data"] = qa_file
+    folder = cache_dir() if use_cache else None
+    key = _cache_key(name, tokenizer, length, n, seed, chat_template, depth, qa_file) if folder else None
+    path = folder / f"{name}-{length}-{key}.jsonl" if key else None
+    if path is not None and path.is_file():
+        try:
+            return read_jsonl(path)
+        except (ValueError, TypeError, KeyError):
+            pass  # a damaged cache file is regenerated and replaced
+    samples = spec.generate(spec.config, tokenizer, **kwargs)
+    if path is not None:
+        write_jsonl(samples, path)
+    return samples
+
+
+def write_jsonl(samples: list[Sample], path) -> Path:
+    """Write samples as JSON Lines atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for s in samples:
+                f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_jsonl(path) -> list[Sample]:
+    with open(path, encoding="utf-8") as f:
+        return [Sample.from_dict(json.loads(line)) for line in f if line.strip()]
+
+
+def generate_to_file(name: str, tokenizer, out, *, length, n: int, seed: int = 0, chat_template: str | None = None,
+                     depth=None, qa_data=None, use_cache: bool = True) -> Path:
+    """`rattn-eval generate`: generate (or read cached) samples and write them to `out` as JSONL.
+    `tokenizer` may be a Tokenizer or a name/path for `load_tokenizer`."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        from rattn_eval.models.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    samples = generate(name, tokenizer, length=length, n=n, seed=seed, chat_template=chat_template, depth=depth,
+                       qa_data=qa_data, use_cache=use_cache)
+    return write_jsonl(samples, out)

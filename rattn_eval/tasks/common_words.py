@@ -1,0 +1,92 @@
+"""Common words extraction (RULER's cwe): a numbered word list where 10 words occur far more
+often than the rest; name those 10. One worked example precedes the question."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from rattn_eval.tasks import corpora
+from rattn_eval.tasks.base import Draft, Fitter, Sample, make_frame, prefix_sums, sample_id, sample_seed
+
+BUDGET = 120
+
+
+@dataclass(frozen=True, kw_only=True)
+class CWEConfig:
+    num_common: int = 10
+    freq_common: int = 30
+    freq_uncommon: int = 3
+    short_length: int = 4096  # below this, RULER lowers the frequencies so the list fits
+    short_freq_common: int = 6
+    short_freq_uncommon: int = 1
+    tiny_length: int = 2048  # below this (our addition, so 1k prompts fit): no worked example, 3 repeats
+    tiny_freq_common: int = 3
+    max_new_tokens: int = BUDGET
+
+
+INSTRUCTION = ("Below is a numbered list of words. A few of them occur much more often than the others; "
+               "keep track of which.\n\n")
+
+
+def _question(num: int) -> str:
+    return f"\n\nQuestion: Which {num} words occur most often in the list above?"
+
+
+def _prefix(num: int) -> str:
+    return f"Answer: The {num} words that occur most often in the list are:"
+
+
+def _listing(words: list[str]) -> str:
+    return "\n".join(f"{j + 1}. {w}" for j, w in enumerate(words))
+
+
+def _example(rng: random.Random, pool, cfg: CWEConfig, short: bool) -> str:
+    picks = rng.sample(pool[:corpora.wonderwords_count()], cfg.num_common + (10 if short else 20))
+    common, rare = picks[: cfg.num_common], picks[cfg.num_common:]
+    words = common * (3 if short else 10) + rare * (1 if short else 3)
+    rng.shuffle(words)
+    return (INSTRUCTION + _listing(words) + _question(cfg.num_common) + "\n" + _prefix(cfg.num_common) + " "
+            + ", ".join(common) + ".\n\n")
+
+
+def generate(cfg: CWEConfig, tokenizer, *, length: int, n: int, seed: int, task: str = "cwe",
+             chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
+    """Generate `n` common-words samples; the haystack unit is one uncommon word (all its repeats)."""
+    fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task)
+    short = length < cfg.short_length
+    tiny = length < cfg.tiny_length
+    f_common = cfg.tiny_freq_common if tiny else cfg.short_freq_common if short else cfg.freq_common
+    f_rare = cfg.short_freq_uncommon if short else cfg.freq_uncommon
+    pool = list(corpora.common_word_pool())
+    n_ww = corpora.wonderwords_count()
+    # one numbered line costs about its word plus the number, separator and newline
+    word_cost = dict(zip(pool, corpora.unit_token_counts(tokenizer, "cwe-pool", [" " + w for w in pool])))
+    line_overhead = len(tokenizer.encode("\n1234. x")) - len(tokenizer.encode(" x"))
+    samples = []
+    for i in range(n):
+        rng = random.Random(sample_seed(task, length, seed, i))
+        example = "" if tiny else _example(rng, pool, cfg, short)
+        # wonderwords first (clean dictionary words); essay words only extend the pool for long lengths
+        words = rng.sample(pool[:n_ww], n_ww) + rng.sample(pool[n_ww:], len(pool) - n_ww)
+        common, rare = words[: cfg.num_common], words[cfg.num_common:]
+        order_seed = rng.getrandbits(64)
+        pre = prefix_sums(f_rare * (word_cost[w] + line_overhead) for w in rare)
+        base = f_common * sum(word_cost[w] + line_overhead for w in common)
+
+        def render(k: int, common=common, rare=rare, order_seed=order_seed):
+            items = common * f_common + rare[:k] * f_rare
+            random.Random(order_seed + k).shuffle(items)
+            return _listing(items), []
+
+        prefix = _prefix(cfg.num_common)
+        frame = make_frame(tokenizer, chat_template, example + INSTRUCTION, _question(cfg.num_common), prefix)
+        make = lambda attempt, frame=frame, render=render, pre=pre, base=base, rare=rare: Draft(  # noqa: E731
+            frame, render, lambda k: base + pre[k], 0, len(rare))
+        fitted = fitter.fit(make, redraws=0)
+        samples.append(Sample(
+            index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
+            answers=list(common), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
+            answer_prefix=prefix, depth=None, answer_position=None, answer_positions=[], seed=seed,
+        ))
+    return samples

@@ -1,0 +1,81 @@
+"""Frequent words extraction (RULER's fwe): coded words drawn with Zipf-like frequencies
+(alpha = 2); name the three most frequent, ignoring the '....' filler token."""
+
+from __future__ import annotations
+
+import random
+import string
+from dataclasses import dataclass
+
+from rattn_eval.tasks.base import Draft, Fitter, Sample, make_frame, sample_id, sample_seed
+
+BUDGET = 50
+NOISE_TOKEN = "...."
+
+
+@dataclass(frozen=True, kw_only=True)
+class FWEConfig:
+    alpha: float = 2.0
+    vocab_per_tokens: int = 50  # RULER: vocabulary size = L // 50
+    word_len: int = 6
+    top: int = 3
+    max_new_tokens: int = BUDGET
+
+
+INSTRUCTION = ("Read the coded text below and keep count of how often each coded word occurs. "
+               "You will be asked for the three most frequent ones.\n\n")
+QUESTION = (f"\n\nQuestion: Ignore the dots '{NOISE_TOKEN}' and give no explanation. "
+            "Which three coded words occur most often in the coded text above?")
+PREFIX = "Answer: The three most frequent coded words in the text above are:"
+
+
+def _zeta(alpha: float, terms: int = 100_000) -> float:
+    return sum(r ** -alpha for r in range(1, terms + 1))
+
+
+def counts_for(num_words: int, vocab_size: int, alpha: float, zeta: float) -> list[int]:
+    """Occurrences of each vocabulary rank: num_words * rank^-alpha / zeta(alpha), rounded down."""
+    return [int(num_words * (r + 1) ** -alpha / zeta) for r in range(vocab_size)]
+
+
+def generate(cfg: FWEConfig, tokenizer, *, length: int, n: int, seed: int, task: str = "fwe",
+             chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
+    """Generate `n` frequent-words samples; the haystack unit is one coded word occurrence."""
+    fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task)
+    vocab_size = max(cfg.top + 2, length // cfg.vocab_per_tokens)
+    zeta = _zeta(cfg.alpha)
+    frame = make_frame(tokenizer, chat_template, INSTRUCTION, QUESTION, PREFIX)
+    samples = []
+    for i in range(n):
+        rng = random.Random(sample_seed(task, length, seed, i))
+        vocab = {NOISE_TOKEN: None}
+        while len(vocab) < vocab_size:
+            vocab.setdefault("".join(rng.choices(string.ascii_lowercase, k=cfg.word_len)))
+        vocab = list(vocab)  # rank 0 is the filler, ranks 1..3 are the answers
+        cost = [len(tokenizer.encode(" " + w)) for w in vocab]
+        order_seed = rng.getrandbits(64)
+
+        def render(k: int, vocab=vocab, order_seed=order_seed):
+            c = counts_for(k, vocab_size, cfg.alpha, zeta)
+            words = [w for w, m in zip(vocab, c) for _ in range(m)]
+            random.Random(order_seed + k).shuffle(words)
+            return " ".join(words), []
+
+        def estimate(k: int, cost=cost):
+            return sum(m * t for m, t in zip(counts_for(k, vocab_size, cfg.alpha, zeta), cost))
+
+        # smallest count for which ranks 1..4 have strictly decreasing counts (a unique top 3)
+        k_min = 1
+        while True:
+            c = counts_for(k_min, vocab_size, cfg.alpha, zeta)
+            if c[cfg.top] > c[cfg.top + 1] and all(c[j] > c[j + 1] for j in range(1, cfg.top)):
+                break
+            k_min = int(k_min * 1.2) + 1
+        fitted = fitter.fit(lambda attempt, r=render, e=estimate, k0=k_min: Draft(frame, r, e, k0, 64 * length),
+                            redraws=0)
+        samples.append(Sample(
+            index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
+            answers=vocab[1: 1 + cfg.top], num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
+            answer_prefix=PREFIX, depth=None, answer_position=None, answer_positions=[], seed=seed,
+        ))
+    return samples

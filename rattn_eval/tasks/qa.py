@@ -1,0 +1,120 @@
+"""Question answering over many documents (RULER's qa_1 / qa_2): the gold paragraph(s) of a
+SQuAD v2 or HotpotQA question hidden among distractor paragraphs of the same file."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from rattn_eval.errors import DataError
+from rattn_eval.tasks import corpora
+from rattn_eval.tasks.base import Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, sample_id, sample_seed, token_positions
+
+BUDGET = 32
+FILES = {"squad": "dev-v2.0.json", "hotpotqa": "hotpot_dev_distractor_v1.json"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class QAConfig:
+    dataset: str  # "squad" | "hotpotqa"
+    max_new_tokens: int = BUDGET
+
+
+INSTRUCTION = "Answer the question using the documents below. Reply with the answer only, no other words.\n\n"
+
+
+def _after(question: str) -> str:
+    return ("\n\nAnswer the question using the documents above. Reply with the answer only, no other words."
+            f"\n\nQuestion: {question}")
+
+
+PREFIX = "Answer:"
+
+
+def data_file(cfg: QAConfig, qa_data) -> Path:
+    """The dataset file inside the folder (or the file itself) the user gave with --qa-data."""
+    name = FILES[cfg.dataset]
+    if qa_data is None:
+        raise DataError(f"this QA task needs {name}: pass the folder holding it with --qa-data (qa_data=...).")
+    p = Path(qa_data).expanduser()
+    f = p / name if p.is_dir() else p
+    if not f.is_file():
+        raise DataError(f"{name} not found in {p}: pass the folder holding it with --qa-data (qa_data=...).")
+    return f
+
+
+@lru_cache(maxsize=4)
+def load_qa(dataset: str, path: str, mtime_ns: int) -> tuple[list[str], list[tuple[str, list[str], list[int]]]]:
+    """(documents, [(question, answers, gold document indices)]), answerable questions only."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        docs: dict[str, int] = {}
+        items = []
+        if dataset == "squad":
+            for article in raw["data"]:
+                para_ids = [docs.setdefault(p["context"], len(docs)) for p in article["paragraphs"]]
+                for p, pid in zip(article["paragraphs"], para_ids):
+                    for qa in p["qas"]:
+                        answers = list(dict.fromkeys(a["text"] for a in qa.get("answers", [])))
+                        if not qa.get("is_impossible") and answers:
+                            items.append((qa["question"], answers, [pid]))
+        else:
+            for ex in raw:
+                gold = []
+                for title, sents in ex["context"]:
+                    gold.append(docs.setdefault(f"{title}\n{''.join(sents)}", len(docs)))
+                supporting = {t for t, _ in ex.get("supporting_facts", [])}
+                keep = [g for (title, _), g in zip(ex["context"], gold) if title in supporting] or gold
+                items.append((ex["question"], [ex["answer"]], keep))
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path} is not a {dataset} file in the original format ({e}).") from e
+    if not items:
+        raise DataError(f"{path} holds no answerable questions.")
+    return list(docs), items
+
+
+def generate(cfg: QAConfig, tokenizer, *, length: int, n: int, seed: int, task: str = "qa",
+             chat_template: str | None = None, depth: list[float] | None = None, qa_data=None) -> list[Sample]:
+    """Generate `n` QA samples; the haystack unit is one distractor document; gold documents go at `depth`."""
+    f = data_file(cfg, qa_data)
+    docs, items = load_qa(cfg.dataset, str(f.resolve()), f.stat().st_mtime_ns)
+    doc_cost = corpora.unit_token_counts(tokenizer, f"qa:{f.resolve()}:{f.stat().st_mtime_ns}",
+                                         [f"Document 1:\n{d}\n\n" for d in docs])
+    fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task)
+    depths = depths_for(n, depth)
+    order = random.Random(sample_seed(task, length, seed, -1)).sample(range(len(items)), len(items))
+    samples = []
+    for i in range(n):
+        rng = random.Random(sample_seed(task, length, seed, i))
+        question, answers, gold = items[order[i % len(order)]]
+        gold_set = set(gold)
+        distract = [j for j in rng.sample(range(len(docs)), len(docs)) if j not in gold_set]
+        pre = prefix_sums(doc_cost[j] for j in distract)
+        gold_cost = sum(doc_cost[j] for j in gold)
+        frame = make_frame(tokenizer, chat_template, INSTRUCTION, _after(question), PREFIX)
+
+        def render(k: int, distract=distract, gold=gold, d=depths[i]):
+            at = min(k, max(0, round(d * k)))
+            seq = distract[:at] + list(gold) + distract[at:k]
+            parts, marks, size = [], [], 0
+            for num, j in enumerate(seq):
+                piece = f"Document {num + 1}:\n{docs[j]}" + ("\n\n" if num + 1 < len(seq) else "")
+                if j in gold_set:
+                    marks.append(size)
+                parts.append(piece)
+                size += len(piece)
+            return "".join(parts), marks
+
+        make = lambda attempt, frame=frame, render=render, pre=pre, gc=gold_cost, nd=len(distract): Draft(  # noqa: E731
+            frame, render, lambda k: gc + pre[k], 0, nd, pad=corpora.PAD_WORDS)
+        fitted = fitter.fit(make, redraws=0)
+        positions = token_positions(tokenizer, fitted.text, fitted.marks, fitted.ids)
+        samples.append(Sample(
+            index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
+            answers=list(answers), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
+            answer_prefix=PREFIX, depth=depths[i], answer_position=positions[0], answer_positions=positions, seed=seed,
+        ))
+    return samples
