@@ -1,0 +1,73 @@
+"""RAttention prefill in Triton: both branches in one output pass.
+
+    o = rms(SWA(rope(q), rope(k), v)) * g_swa + rms(RLA(q, k, v)) * g_rla
+
+Two launches (plus a tiny carry pass for long sequences):
+  1. `rla_chunk_state_kernel` (rla/chunk.py) reads k and v once: it stores the fp32-accumulated
+     RLA chunk state at every query-block boundary and, on the way, writes RoPE-rotated k.
+  2. `swa_fwd_kernel` (swa/parallel.py) with DO_SWA and DO_RLA: per query block it rotates q,
+     computes phi(q) in-kernel, reads one chunk state, walks the window; the window-edge k/v
+     tiles feed the softmax branch (t - j <= w) and the linear branch (t - j > w) from a single
+     load; both RMS norms and the sum happen in the epilogue, so neither branch output touches
+     memory.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..common import default_scale
+from ..rla.chunk import FEATURES, check_rla_args, rla_prefix_states
+from ..swa.parallel import SequenceTable, block_config, launch_swa_fwd
+
+
+def _rope_tables(rope, B, T, D, device):
+    cos, sin = rope
+    shape_ok = cos.shape == sin.shape and (cos.shape == (T, D) or (cos.dim() == 3 and cos.shape in ((B, T, D), (1, T, D))))
+    if not shape_ok:
+        raise ValueError(f"rope tables must be (T, D) or (B, T, D) = ({B}, {T}, {D}); got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    if cos.dim() == 3 and cos.shape[0] == 1:
+        cos, sin = cos[0], sin[0]
+    return cos.to(device=device, dtype=torch.float32).contiguous(), sin.to(device=device, dtype=torch.float32).contiguous()
+
+
+def _norm_weight(w, H, D, device):
+    if w is None:
+        return torch.ones(H, D, dtype=torch.float32, device=device)
+    if tuple(w.shape) != (H, D):
+        raise ValueError(f"norm weights must be (H, D) = ({H}, {D}), got {tuple(w.shape)}")
+    return w.to(device=device, dtype=torch.float32).contiguous()
+
+
+def rattention_triton(q, k, v, *, window, rope=None, scale=None, feature_map="softmax", swa_norm_weight=None,
+                      rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None):
+    """Fused RAttention prefill.
+
+    Args:
+        q: (B, T, H, D) raw; k, v: (B, T, Hkv, D) raw; fp16, bf16 or fp32; D a power of two 16..128.
+        window: int >= 0 (previous tokens seen by the softmax branch).
+        rope: (cos, sin), each (T, D) or (B, T, D), rotate-half convention, for the SWA branch only; or None.
+        scale: softmax scale (default D ** -0.5); feature_map: "softmax" | "relu" | "identity".
+        swa_norm_weight, rla_norm_weight: (H, D) or None (ones); eps: RMSNorm epsilon.
+        lengths: (B,) for right-padded batches; cu_seqlens: (N+1,) packed offsets, B == 1.
+    Returns:
+        (B, T, H, D) in q.dtype; zero at padded positions.
+    """
+    if window is None:
+        raise ValueError("rattention needs an int window; use swa_attention(window=None) for full attention")
+    B, T, H, Hkv, D = check_rla_args(q, k, v, window, feature_map)
+    cfg = block_config(D, rla=True)
+    q, k, v = q.contiguous(), k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
+    seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
+    out = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
+    w = min(window, seqs.max_len)
+    feature = FEATURES[feature_map]
+    tables = None if rope is None else _rope_tables(rope, B, T, D, q.device)
+    kr = torch.empty_like(k) if tables is not None else None
+    states, carry, bps, nseg = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, kr=kr, rope=tables)
+    return launch_swa_fwd(
+        q, k, v, out, seqs, window=w, scale=default_scale(D, scale), cfg=cfg, kr=kr, rope=tables, states=states,
+        carry=carry, bps=bps, nseg=nseg, swa_norm_weight=_norm_weight(swa_norm_weight, H, D, q.device),
+        rla_norm_weight=_norm_weight(rla_norm_weight, H, D, q.device), eps=eps, do_swa=True, do_rla=True,
+        feature=feature,
+    )

@@ -1,0 +1,200 @@
+"""Residual linear attention (the RLA branch of RAttention) in Triton, chunked.
+
+o_t = phi(q_t) S_{t-w-1}. With query blocks of BM rows starting at s0, row t needs the keys
+j <= t - w - 1. Split them at the boundary s0 - w:
+
+    keys j <  s0 - w        -> phi(q_t) @ S(s0 - w), a chunk state (this file computes them)
+    keys s0 - w <= j < t - w -> a masked phi(q) phi(k)^T v over at most BM keys, which are exactly
+                               the window-edge key tiles of the SWA kernel (swa/parallel.py)
+
+So the output pass is `swa_fwd_kernel` with DO_RLA (and, for RAttention, DO_SWA as well).
+
+Chunk states are per KV head (the state depends on k and v only), accumulated in fp32 and
+stored once per query block: fp32 for fp32/fp16 inputs, bf16 for bf16 inputs (the output pass
+feeds them to bf16 tensor-core products anyway). The sequential scan over blocks is cut into
+segments that run in parallel; each stores states relative to its segment start, and a small
+carry pass turns the segment totals into exclusive prefixes that the output pass adds back.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import cdiv, check_feature_map, check_qkv
+from ..swa.parallel import (
+    INTERPRET, SequenceTable, block_config, check_head_dim, feature_map_halves, launch_swa_fwd, precision_for,
+)
+
+FEATURES = {"softmax": 0, "relu": 1, "identity": 2}
+
+launch_counts: dict[str, int] = {"rla_chunk_state_kernel": 0, "rla_carry_kernel": 0}
+
+
+@triton.jit
+def rla_chunk_state_kernel(
+    k_ptr, v_ptr, kr_ptr, cos_ptr, sin_ptr, states_ptr, totals_ptr,
+    seq_row_ptr, seq_start_ptr, seq_len_ptr, block_base_ptr,
+    T, Hkv, window, BPS, NSEG, stride_rope_b,
+    D: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, ROPE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Grid (segments, sequences, Hkv * D/BV). For block m of the segment, stores
+    sum over segment blocks m' < m of phi(K_m')^T V_m', where block m' holds the keys
+    [m'*BT - window, (m'+1)*BT - window); then the segment total. With ROPE, the programs of the
+    first value slice also write k rotated (kr) for the SWA branch, so k is read once here."""
+    seg = tl.program_id(0)
+    n = tl.program_id(1)
+    NV: tl.constexpr = D // BV
+    hk = tl.program_id(2) // NV
+    iv = tl.program_id(2) % NV
+    FD: tl.constexpr = D if FEATURE == 2 else 2 * D
+    L = tl.load(seq_len_ptr + n)
+    nb = tl.cdiv(L, BT)
+    m0 = seg * BPS
+    if m0 >= nb:
+        return
+    m1 = tl.minimum(m0 + BPS, nb)
+    start = tl.load(seq_start_ptr + n)
+    row = tl.load(seq_row_ptr + n).to(tl.int64)
+    tok0 = row * T + start
+    sbase = tl.load(block_base_ptr + n).to(tl.int64)
+    dt = k_ptr.dtype.element_ty
+
+    offs_t = tl.arange(0, BT)
+    offs_d = tl.arange(0, D)
+    offs_v = iv * BV + tl.arange(0, BV)
+    s_off = offs_d[:, None] * D + offs_v[None, :]
+    s_pos = tl.zeros([D, BV], dtype=tl.float32)
+    s_neg = tl.zeros([D, BV], dtype=tl.float32)
+    for m in range(m0, m1):
+        st = states_ptr + ((sbase + m) * Hkv + hk) * (FD * D)
+        tl.store(st + s_off, s_pos.to(states_ptr.dtype.element_ty))
+        if FEATURE != 2:
+            tl.store(st + D * D + s_off, s_neg.to(states_ptr.dtype.element_ty))
+        offs_j = m * BT - window + offs_t
+        ok = (offs_j >= 0) & (offs_j < L)
+        rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
+        kraw = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + rows[:, None] + offs_v[None, :], mask=ok[:, None], other=0.0).to(dt)
+        pk, nk = feature_map_halves(kraw, FEATURE)
+        pk = tl.where(ok[:, None], pk, 0.0)  # phi(0) is not 0 for softmax: drop the padding rows
+        s_pos += tl.dot(tl.trans(pk.to(dt)), v, input_precision=PRECISION)
+        if FEATURE != 2:
+            nk = tl.where(ok[:, None], nk, 0.0)
+            s_neg += tl.dot(tl.trans(nk.to(dt)), v, input_precision=PRECISION)
+        if ROPE:
+            if iv == 0:
+                offs_r = m * BT + offs_t
+                rok = offs_r < L
+                rrows = (tok0 + offs_r).to(tl.int64) * (Hkv * D) + hk * D
+                x = tl.load(k_ptr + rrows[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
+                half = (offs_d + D // 2) % D
+                xs = tl.load(k_ptr + rrows[:, None] + half[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
+                rp = stride_rope_b * row + (start + offs_r).to(tl.int64) * D
+                c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0)
+                s = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0)
+                sign = tl.where(offs_d < D // 2, -1.0, 1.0)
+                xr = x * c + xs * s * sign[None, :]
+                tl.store(kr_ptr + rrows[:, None] + offs_d[None, :], xr.to(kr_ptr.dtype.element_ty), mask=rok[:, None])
+    tot = totals_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
+    tl.store(tot + s_off, s_pos)
+    if FEATURE != 2:
+        tl.store(tot + D * D + s_off, s_neg)
+
+
+@triton.jit
+def rla_carry_kernel(totals_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BT: tl.constexpr, BLK: tl.constexpr):
+    """Grid (SIZE/BLK, sequences * Hkv). Replace segment totals (in place) by exclusive prefix sums."""
+    n = tl.program_id(1) // Hkv
+    nseg = tl.cdiv(tl.cdiv(tl.load(seq_len_ptr + n), BT), BPS)
+    offs = tl.program_id(0) * BLK + tl.arange(0, BLK)
+    ok = offs < SIZE
+    base = totals_ptr + tl.program_id(1).to(tl.int64) * NSEG * SIZE
+    run = tl.zeros([BLK], dtype=tl.float32)
+    for s in range(0, nseg):
+        x = tl.load(base + s * SIZE + offs, mask=ok, other=0.0)
+        tl.store(base + s * SIZE + offs, run, mask=ok)
+        run += x
+
+
+def _num_sms(device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=None, rope=None, blocks_per_segment=None):
+    """Chunk states at every query-block boundary (s0 - window) of every sequence.
+
+    Args: k, v (B, T, Hkv, D) contiguous; kr: (B, T, Hkv, D) output for rotated k (with rope).
+    Returns: states (blocks, Hkv, F, D), carry (sequences, Hkv, segments, F, D) fp32, blocks per segment, segments.
+    """
+    B, T, Hkv, D = k.shape
+    BT = cfg["BM"]
+    FD = D if feature == 2 else 2 * D
+    BV = min(D, 64)
+    nv = D // BV
+    nb_max = cdiv(seqs.max_len, BT)
+    if blocks_per_segment is None:
+        if INTERPRET:
+            blocks_per_segment = 2  # several segments even at test sizes, so the carry path runs
+        else:
+            want = max(1, cdiv(2 * _num_sms(k.device), max(1, seqs.count * Hkv * nv)))
+            blocks_per_segment = max(4, cdiv(nb_max, want))
+    nseg = max(1, cdiv(nb_max, blocks_per_segment))
+    sdt = torch.bfloat16 if k.dtype == torch.bfloat16 else torch.float32
+    states = torch.empty(max(seqs.num_blocks, 1), Hkv, FD, D, dtype=sdt, device=k.device)
+    carry = torch.empty(max(seqs.count, 1), Hkv, nseg, FD, D, dtype=torch.float32, device=k.device)
+    if seqs.count == 0:
+        return states, carry, blocks_per_segment, nseg
+    dummy = k.new_zeros(1, dtype=torch.float32)
+    cos, sin = rope if rope is not None else (dummy, dummy)
+    stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
+    rla_chunk_state_kernel[(nseg, seqs.count, Hkv * nv)](
+        k, v, kr if kr is not None else k, cos, sin, states, carry,
+        seqs.row, seqs.start, seqs.length, seqs.block_base,
+        T, Hkv, window, blocks_per_segment, nseg, stride_rope_b,
+        D=D, BT=BT, BV=BV, FEATURE=feature, ROPE=rope is not None, PRECISION=precision_for(k.dtype),
+        num_warps=4 if D <= 64 else 8, num_stages=2,
+    )
+    launch_counts["rla_chunk_state_kernel"] += 1
+    if nseg > 1:
+        size = FD * D
+        blk = 1024
+        rla_carry_kernel[(cdiv(size, blk), seqs.count * Hkv)](carry, seqs.length, Hkv, nseg, blocks_per_segment, size,
+                                                             BT=BT, BLK=blk, num_warps=4)
+        launch_counts["rla_carry_kernel"] += 1
+    return states, carry, blocks_per_segment, nseg
+
+
+def check_rla_args(q, k, v, window, feature_map):
+    B, T, H, Hkv, D = check_qkv(q, k, v)
+    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
+        raise ValueError(f"residual linear attention needs a non-negative int window, got {window!r}")
+    check_feature_map(feature_map)
+    check_head_dim(D, rla=True)
+    return B, T, H, Hkv, D
+
+
+def residual_linear_attention_triton(q, k, v, *, window, feature_map="softmax", lengths=None, cu_seqlens=None):
+    """o_t = phi(q_t) S_{t-window-1}, S_t = sum_{j<=t} phi(k_j)^T v_j, in Triton.
+
+    Args:
+        q: (B, T, H, D) raw; k, v: (B, T, Hkv, D) raw; fp16, bf16 or fp32; D a power of two 16..128.
+        window: int >= 0; feature_map: "softmax" | "relu" | "identity".
+        lengths: (B,) for right-padded batches; cu_seqlens: (N+1,) packed offsets, B == 1.
+    Returns:
+        (B, T, H, D) in q.dtype, accumulated in fp32; exactly zero for t <= window and at padding.
+    """
+    B, T, H, Hkv, D = check_rla_args(q, k, v, window, feature_map)
+    cfg = block_config(D, rla=True)
+    q, k, v = q.contiguous(), k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
+    seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
+    out = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
+    w = min(window, seqs.max_len)
+    feature = FEATURES[feature_map]
+    states, carry, bps, nseg = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg)
+    return launch_swa_fwd(q, k, v, out, seqs, window=w, scale=1.0, cfg=cfg, states=states, carry=carry, bps=bps,
+                          nseg=nseg, do_swa=False, do_rla=True, feature=feature)

@@ -1,0 +1,325 @@
+"""Sliding-window attention forward in Triton, with the RLA branch of RAttention fusable in.
+
+One kernel, `swa_fwd_kernel`, serves all three prefill ops: plain SWA (DO_SWA), residual linear
+attention (DO_RLA) and RAttention (both, plus RoPE and the two RMS norms). Each program owns BM
+query rows of one head of one sequence and walks the key tiles of its window in three phases:
+
+    A  window-edge tiles  [s0 - w, s0 + BM - 1 - w):  masked; RLA keys (t - j > w) live here too
+    B  interior tiles                                  no mask at all
+    C  diagonal tiles     (.., s0 + BM):               causal mask
+
+Phase A is where the two RAttention branches meet: a key j of such a tile belongs to the window of
+row t when t - j <= w and to its linear-attention residual when t - j > w, so the same k/v tile
+feeds both (the RLA chunk states are stored at boundaries s0 - w exactly for this). Keys further
+back enter through phi(q) @ S, the state at that boundary, computed by `rla.chunk`.
+
+Sequences: dense batches, right-padded batches (`lengths`) and packed batches (`cu_seqlens`) are
+all turned into a table of sequences (row, start, length) so that a program never straddles two
+sequences and needs no segment mask.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import cdiv, check_qkv, check_window, default_scale
+
+LOG2E = 1.4426950408889634
+# The interpreter runs programs one after another; small tiles there mean more phase boundaries
+# exercised per test shape, at about the same cost.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+launch_counts: dict[str, int] = {"swa_fwd_kernel": 0}
+
+
+@triton.jit
+def feature_map_halves(x, FEATURE: tl.constexpr):
+    """phi(x) for fp32 rows x (R, D) as its two halves: softmax -> (softmax(x), softmax(-x)),
+    relu -> (relu(x), relu(-x)), identity -> (x, x) (the second half is then unused)."""
+    if FEATURE == 0:
+        e_pos = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
+        e_neg = tl.exp2((tl.min(x, axis=1)[:, None] - x) * 1.4426950408889634)
+        pos = e_pos / tl.sum(e_pos, axis=1)[:, None]
+        neg = e_neg / tl.sum(e_neg, axis=1)[:, None]
+    elif FEATURE == 1:
+        pos = tl.maximum(x, 0.0)
+        neg = tl.maximum(-x, 0.0)
+    else:
+        pos = x
+        neg = x
+    return pos, neg
+
+
+@triton.jit
+def swa_fwd_kernel(
+    q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
+    cos_ptr, sin_ptr, states_ptr, carry_ptr, gs_ptr, gr_ptr,
+    seq_row_ptr, seq_start_ptr, seq_len_ptr, block_base_ptr,
+    T, H, Hkv, window, BPS, NSEG, stride_rope_b, qk_scale, eps,
+    D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    DO_SWA: tl.constexpr, DO_RLA: tl.constexpr, ROPE: tl.constexpr, FEATURE: tl.constexpr,
+    HAS_CARRY: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
+    kr is k after RoPE (only read when ROPE); states (blocks, Hkv, F, D) hold, for block m of a
+    sequence, sum of phi(k_j)^T v_j over j < m*BM - window (without the carry of earlier scan
+    segments, which carry (seqs, Hkv, NSEG, F, D) holds)."""
+    pid_m = tl.program_id(0)
+    pid_nh = tl.program_id(1)
+    n = pid_nh // H
+    h = pid_nh % H
+    hk = h // (H // Hkv)
+    L = tl.load(seq_len_ptr + n)
+    s0 = pid_m * BM
+    if s0 >= L:
+        return
+    start = tl.load(seq_start_ptr + n)
+    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + start  # token index of position 0 of the sequence
+    dt = k_ptr.dtype.element_ty  # dtype of the tensor-core operands
+
+    offs_m = s0 + tl.arange(0, BM)
+    offs_d = tl.arange(0, D)
+    offs_n = tl.arange(0, BN)
+    row_ok = offs_m < L
+    q_rows = (tok0 + offs_m).to(tl.int64) * (H * D) + h * D
+    q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    kv_head = hk * D
+
+    if DO_RLA:
+        pq, nq = feature_map_halves(q, FEATURE)
+        pq = pq.to(dt)
+        nq = nq.to(dt)
+        acc_r = tl.zeros([BM, D], dtype=tl.float32)
+        FD: tl.constexpr = D if FEATURE == 2 else 2 * D
+        if s0 - window > 0:
+            sidx = (tl.load(block_base_ptr + n) + pid_m).to(tl.int64) * Hkv + hk
+            s_off = offs_d[:, None] * D + offs_d[None, :]
+            st = states_ptr + sidx * (FD * D)
+            cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + pid_m // BPS) * (FD * D)
+            s_pos = tl.load(st + s_off).to(tl.float32)
+            if HAS_CARRY:
+                s_pos += tl.load(cr + s_off)
+            acc_r += tl.dot(pq, s_pos.to(dt), input_precision=PRECISION)
+            if FEATURE != 2:
+                s_neg = tl.load(st + D * D + s_off).to(tl.float32)
+                if HAS_CARRY:
+                    s_neg += tl.load(cr + D * D + s_off)
+                acc_r += tl.dot(nq, s_neg.to(dt), input_precision=PRECISION)
+
+    if DO_SWA:
+        if ROPE:
+            # rotate-half: x_rot = x * cos + roll(x, D/2) * (-sin | +sin)
+            half = (offs_d + D // 2) % D
+            q_sw = tl.load(q_ptr + q_rows[:, None] + half[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+            rp = stride_rope_b * (tok0 // T) + (start + offs_m).to(tl.int64) * D
+            rmask = row_ok[:, None]
+            c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=rmask, other=0.0)
+            s = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=rmask, other=0.0)
+            sign = tl.where(offs_d < D // 2, -1.0, 1.0)
+            qs = q * c + q_sw * s * sign[None, :]
+        else:
+            qs = q
+        qs = (qs * qk_scale).to(dt)  # qk_scale = softmax scale * log2(e): scores come out in base 2
+        m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BM], dtype=tl.float32)
+        acc = tl.zeros([BM, D], dtype=tl.float32)
+        ks_ptr = kr_ptr if ROPE else k_ptr
+
+    lo = tl.maximum(s0 - window, 0)
+    hi = tl.minimum(s0 + BM, L)
+    edge_end = s0 + BM - 1 - window  # keys below this bound are outside some row's window
+    n_tot = tl.cdiv(hi - lo, BN)
+    n_a = tl.minimum(tl.cdiv(tl.maximum(edge_end - lo, 0), BN), n_tot)
+    n_b = tl.minimum(tl.maximum((s0 - lo + 1) // BN, n_a), n_tot)
+
+    # Phase A: window edge (both branches when fused).
+    for i in range(0, n_a):
+        offs_j = lo + i * BN + offs_n
+        col_ok = offs_j < L
+        kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
+        kv_off = kv_rows[:, None] + offs_d[None, :]
+        v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
+        diff = offs_m[:, None] - offs_j[None, :]
+        if DO_RLA:
+            kraw = tl.load(k_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(tl.float32)
+            pk, nk = feature_map_halves(kraw, FEATURE)
+            a = tl.dot(pq, tl.trans(pk.to(dt)), input_precision=PRECISION)
+            if FEATURE != 2:
+                a += tl.dot(nq, tl.trans(nk.to(dt)), input_precision=PRECISION)
+            a = tl.where(diff > window, a, 0.0)
+            acc_r += tl.dot(a.to(dt), v, input_precision=PRECISION)
+        if DO_SWA:
+            k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
+            sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
+            ok = (diff >= 0) & (diff <= window) & col_ok[None, :]
+            sc = tl.where(ok, sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet stay finite
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(dt), v, input_precision=PRECISION)
+            m_i = m_new
+
+    if DO_SWA:
+        # Phase B: every (row, key) pair is visible; in-bounds by construction (keys <= s0 < L).
+        for i in range(n_a, n_b):
+            offs_j = lo + i * BN + offs_n
+            kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
+            kv_off = kv_rows[:, None] + offs_d[None, :]
+            k = tl.load(ks_ptr + kv_off).to(dt)
+            v = tl.load(v_ptr + kv_off).to(dt)
+            sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
+            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(dt), v, input_precision=PRECISION)
+            m_i = m_new
+
+        # Phase C: the diagonal.
+        for i in range(n_b, n_tot):
+            offs_j = lo + i * BN + offs_n
+            col_ok = offs_j < L
+            kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
+            kv_off = kv_rows[:, None] + offs_d[None, :]
+            k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
+            v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
+            sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
+            diff = offs_m[:, None] - offs_j[None, :]
+            ok = (diff >= 0) & (diff <= window) & col_ok[None, :]
+            sc = tl.where(ok, sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(dt), v, input_precision=PRECISION)
+            m_i = m_new
+
+        o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        if DO_RLA:
+            gs = tl.load(gs_ptr + h * D + offs_d)
+            gr = tl.load(gr_ptr + h * D + offs_d)
+            inv_s = tl.rsqrt(tl.sum(o * o, axis=1) / D + eps)
+            inv_r = tl.rsqrt(tl.sum(acc_r * acc_r, axis=1) / D + eps)
+            o = o * inv_s[:, None] * gs[None, :] + acc_r * inv_r[:, None] * gr[None, :]
+    else:
+        o = acc_r
+    tl.store(o_ptr + q_rows[:, None] + offs_d[None, :], o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+class SequenceTable:
+    """The sequences of a dense, right-padded or packed batch, as int32 device tensors.
+
+    row/start/length per sequence; block_base = index of the sequence's first BM-block in a
+    flat per-block array. `max_len` and `num_blocks` are Python ints; `zero_fill` says whether
+    some output rows belong to no sequence (padding) and must be zeroed.
+    """
+
+    def __init__(self, B, T, device, lengths, cu_seqlens, block):
+        if lengths is not None and cu_seqlens is not None:
+            raise ValueError("pass either lengths (padded batch) or cu_seqlens (packed batch), not both")
+        if cu_seqlens is not None:
+            if B != 1:
+                raise ValueError(f"packed sequences (cu_seqlens) need B == 1, got B = {B}")
+            cu = [int(x) for x in cu_seqlens.tolist()]
+            if not cu or cu[0] != 0 or cu[-1] > T or any(b < a for a, b in zip(cu, cu[1:])):
+                raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end <= T = {T}; got {cu}")
+            spans = [(0, a, b - a) for a, b in zip(cu, cu[1:]) if b > a]
+            self.zero_fill = cu[-1] < T or len(spans) == 0
+        elif lengths is not None:
+            ls = [int(x) for x in lengths.tolist()]
+            if len(ls) != B or any(x < 0 or x > T for x in ls):
+                raise ValueError(f"lengths must be a [B] tensor with values in [0, T = {T}]; got {ls}")
+            spans = [(b, 0, x) for b, x in enumerate(ls) if x > 0]
+            self.zero_fill = any(x < T for x in ls)
+        else:
+            spans = [(b, 0, T) for b in range(B)] if T > 0 else []
+            self.zero_fill = False
+        blocks = [cdiv(n, block) for _, _, n in spans]
+        base = [sum(blocks[:i]) for i in range(len(blocks))]
+        cols = list(zip(*spans)) if spans else [(), (), ()]
+        as_t = lambda xs: torch.tensor(list(xs), dtype=torch.int32, device=device)  # noqa: E731
+        self.row, self.start, self.length, self.block_base = as_t(cols[0]), as_t(cols[1]), as_t(cols[2]), as_t(base)
+        self.count = len(spans)
+        self.max_len = max((n for _, _, n in spans), default=0)
+        self.num_blocks = sum(blocks)
+        self.block = block
+
+
+def block_config(D: int, rla: bool) -> dict:
+    """Tile sizes and launch settings per head dim (tuned on an H200 for bf16)."""
+    if INTERPRET:
+        return dict(BM=32, BN=16, num_warps=4, num_stages=1)
+    if D <= 64:
+        return dict(BM=128, BN=64, num_warps=4, num_stages=3)
+    if D <= 128:
+        return dict(BM=128, BN=64, num_warps=8, num_stages=3 if not rla else 2)
+    return dict(BM=64, BN=32, num_warps=8, num_stages=2)
+
+
+def check_head_dim(D: int, rla: bool) -> None:
+    top = 128 if rla else 256
+    if D < 16 or D > top or D & (D - 1):
+        what = "RLA / RAttention" if rla else "SWA"
+        raise ValueError(f"the Triton {what} kernel supports power-of-two head dims 16..{top}, got {D}")
+
+
+def precision_for(dtype: torch.dtype) -> str:
+    # fp32 inputs get exact fp32 products (no TF32), so they match the references to ~1e-6.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=None, rope=None, states=None,
+                   carry=None, bps=1, nseg=1, swa_norm_weight=None, rla_norm_weight=None, eps=1e-6,
+                   do_swa=True, do_rla=False, feature=0):
+    """Launch `swa_fwd_kernel` over every (query block, sequence, head). Tensors contiguous."""
+    B, T, H, D = q.shape
+    Hkv = k.shape[2]
+    if seqs.count == 0:
+        return out
+    dummy = q.new_zeros(1, dtype=torch.float32)
+    cos, sin = rope if rope is not None else (dummy, dummy)
+    stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
+    grid = (cdiv(seqs.max_len, cfg["BM"]), seqs.count * H)
+    swa_fwd_kernel[grid](
+        q, k, kr if kr is not None else k, v, out,
+        cos, sin, states if states is not None else dummy, carry if carry is not None else dummy,
+        swa_norm_weight if swa_norm_weight is not None else dummy,
+        rla_norm_weight if rla_norm_weight is not None else dummy,
+        seqs.row, seqs.start, seqs.length, seqs.block_base,
+        T, H, Hkv, window, bps, nseg, stride_rope_b, float(scale) * LOG2E, float(eps),
+        D=D, BM=cfg["BM"], BN=cfg["BN"], DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None, FEATURE=feature,
+        HAS_CARRY=carry is not None and nseg > 1, PRECISION=precision_for(q.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    launch_counts["swa_fwd_kernel"] += 1
+    return out
+
+
+def swa_attention_triton(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None):
+    """Sliding-window softmax attention, Triton: query t sees keys t-window..t of its sequence.
+
+    Args:
+        q: (B, T, H, D), already rotated; k, v: (B, T, Hkv, D); fp16, bf16 or fp32; D a power of two 16..256.
+        window: previous tokens visible besides the token itself; None = full causal.
+        scale: softmax scale, default D ** -0.5.
+        lengths: (B,) valid tokens per row of a right-padded batch; cu_seqlens: (N+1,) packed offsets, B == 1.
+    Returns:
+        (B, T, H, D) in q.dtype; zero at padded positions.
+    """
+    B, T, H, Hkv, D = check_qkv(q, k, v)
+    check_window(window)
+    check_head_dim(D, rla=False)
+    cfg = block_config(D, rla=False)
+    q, k, v = q.contiguous(), k.contiguous(), v.to(q.dtype).contiguous()
+    k = k.to(q.dtype)
+    seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
+    out = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
+    w = seqs.max_len if window is None else min(window, seqs.max_len)
+    return launch_swa_fwd(q, k, v, out, seqs, window=w, scale=default_scale(D, scale), cfg=cfg)
