@@ -20,7 +20,7 @@ class CWEConfig:
     short_length: int = 4096  # below this, RULER lowers the frequencies so the list fits
     short_freq_common: int = 6
     short_freq_uncommon: int = 1
-    tiny_length: int = 2048  # below this (our addition, so 1k prompts fit): no worked example, 3 repeats
+    tiny_length: int = 2048  # below this (our addition): no worked example, 3 repeats
     tiny_freq_common: int = 3
     max_new_tokens: int = BUDGET
 
@@ -42,7 +42,7 @@ def _listing(words: list[str]) -> str:
 
 
 def _example(rng: random.Random, pool, cfg: CWEConfig, short: bool) -> str:
-    picks = rng.sample(pool[:corpora.wonderwords_count()], cfg.num_common + (10 if short else 20))
+    picks = rng.sample(pool, cfg.num_common + (10 if short else 20))
     common, rare = picks[: cfg.num_common], picks[cfg.num_common:]
     words = common * (3 if short else 10) + rare * (1 if short else 3)
     rng.shuffle(words)
@@ -54,19 +54,30 @@ def generate(cfg: CWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
              chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
     """Generate `n` common-words samples; the haystack unit is one uncommon word (all its repeats)."""
     fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task)
-    short = length < cfg.short_length
-    tiny = length < cfg.tiny_length
-    f_common = cfg.tiny_freq_common if tiny else cfg.short_freq_common if short else cfg.freq_common
-    f_rare = cfg.short_freq_uncommon if short else cfg.freq_uncommon
     pool = list(corpora.common_word_pool())
     n_ww = corpora.wonderwords_count()
+    # RULER's regime by length (30/3 repeats; 6/1 below 4k); we step down further (3/1, no
+    # worked example) while the shortest prompt would take over half the room, as with bytes at 1k-4k.
+    regimes = [(cfg.freq_common, cfg.freq_uncommon, "full"), (cfg.short_freq_common, cfg.short_freq_uncommon, "short"),
+               (cfg.tiny_freq_common, cfg.short_freq_uncommon, None)]
+    r = 0 if length >= cfg.short_length else 1 if length >= cfg.tiny_length else 2
+    probe = random.Random(0)
+    while r < 2:
+        f_c, _, kind = regimes[r]
+        ex = _example(probe, pool[:n_ww], cfg, kind == "short")
+        words = probe.sample(pool[:n_ww], cfg.num_common)
+        smallest = len(tokenizer.encode(ex + INSTRUCTION + _listing(words * f_c) + _question(cfg.num_common)))
+        if smallest <= 0.5 * (length - cfg.max_new_tokens):
+            break
+        r += 1
+    f_common, f_rare, kind = regimes[r]
     # one numbered line costs about its word plus the number, separator and newline
     word_cost = dict(zip(pool, corpora.unit_token_counts(tokenizer, "cwe-pool", [" " + w for w in pool])))
     line_overhead = len(tokenizer.encode("\n1234. x")) - len(tokenizer.encode(" x"))
     samples = []
     for i in range(n):
         rng = random.Random(sample_seed(task, length, seed, i))
-        example = "" if tiny else _example(rng, pool, cfg, short)
+        example = "" if kind is None else _example(rng, pool[:n_ww], cfg, kind == "short")
         # wonderwords first (clean dictionary words); essay words only extend the pool for long lengths
         words = rng.sample(pool[:n_ww], n_ww) + rng.sample(pool[n_ww:], len(pool) - n_ww)
         common, rare = words[: cfg.num_common], words[cfg.num_common:]

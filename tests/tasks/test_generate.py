@@ -1,0 +1,198 @@
+"""Task generation: exact lengths, references present, determinism, depth, cache, errors."""
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from rattn_eval import tasks
+from rattn_eval.errors import ConfigError, DataError
+from rattn_eval.tasks.base import MIN_FILL
+
+SYNTH = tasks.GROUPS["synthetic"]
+NEEDLE = re.compile(r"One special magic \w+ for (\S+) is: (\S+)\.")
+
+
+def check(samples, tok, name, length, n, template=None):
+    assert [s.index for s in samples] == list(range(n))
+    assert len({s.id for s in samples}) == n
+    for s in samples:
+        assert s.task == name and s.length == length
+        assert s.num_tokens == len(tok.encode_prompt(s.input))
+        assert MIN_FILL * length <= s.num_tokens + s.max_new_tokens <= length, (s.num_tokens, s.max_new_tokens)
+        assert s.max_new_tokens == {"vt": 30, "cwe": 120, "fwe": 50}.get(name, 32 if name.startswith("qa") else 128)
+        assert s.input.endswith(s.answer_prefix)
+        assert s.answers and all(a in s.input[: -len(s.answer_prefix)] for a in s.answers)
+        if template is not None:
+            assert s.input.startswith("<|im_start|>system") and "<|im_start|>assistant\n" + s.answer_prefix in s.input
+        if s.answer_position is not None:
+            ids = tok.encode_prompt(s.input)
+            assert 0 <= s.answer_position < len(ids)
+        json.dumps(s.to_dict())
+    if name.startswith("niah"):
+        check_niah_keys(samples)
+
+
+def check_niah_keys(samples):
+    """Needles for the queried keys carry exactly the answers; every other needle has another key."""
+    for s in samples:
+        body = s.input[: -len(s.answer_prefix)]
+        question = body[body.rindex("for ") + 4:]
+        needles = NEEDLE.findall(body)
+        queried = {k for k, _ in needles if k in question}
+        gold = [v for k, v in needles if k in queried]
+        assert sorted(gold) == sorted(s.answers)
+        distractors = [k for k, _ in needles if k not in queried]
+        assert not set(distractors) & queried
+        if s.task in ("niah_multikey_2", "niah_multikey_3"):
+            assert len(distractors) >= 3 and len(set(distractors)) == len(distractors)
+
+
+@pytest.mark.parametrize("length", [1024, 4096, 16384])
+@pytest.mark.parametrize("tok_name", ["bytes", "gpt2"])
+@pytest.mark.parametrize("name", SYNTH)
+def test_lengths_plain(tokenizers, name, tok_name, length):
+    tok = tokenizers[tok_name]
+    check(tasks.generate(name, tok, length=length, n=2, seed=1), tok, name, length, 2)
+
+
+@pytest.mark.parametrize("length", [1024, 4096])
+@pytest.mark.parametrize("tok_name", ["bytes", "smollm2"])
+@pytest.mark.parametrize("name", SYNTH)
+def test_lengths_chat_template(tokenizers, smollm2, name, tok_name, length):
+    tok = tokenizers[tok_name]
+    t = smollm2.chat_template
+    check(tasks.generate(name, tok, length=length, n=2, seed=2, chat_template=t), tok, name, length, 2, template=t)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("template", [False, True])
+@pytest.mark.parametrize("length", [1024, 4096, 16384, 32768])
+@pytest.mark.parametrize("name", SYNTH)
+def test_lengths_smollm2_full_grid(smollm2, name, length, template):
+    t = smollm2.chat_template if template else None
+    check(tasks.generate(name, smollm2, length=length, n=4, seed=3, chat_template=t), smollm2, name, length, 4, t)
+
+
+@pytest.mark.parametrize("tok_name", ["bytes", "gpt2"])
+@pytest.mark.parametrize("length", [1024, 4096])
+@pytest.mark.parametrize("name", ["qa_1", "qa_2"])
+def test_qa(tokenizers, qa_dir, name, tok_name, length):
+    tok = tokenizers[tok_name]
+    samples = tasks.generate(name, tok, length=length, n=3, seed=0, qa_data=qa_dir)
+    check(samples, tok, name, length, 3)
+    assert all(s.input.count("Document 1:\n") == 1 for s in samples)
+
+
+def test_qa_chat_template_and_depth(smollm2, qa_dir):
+    ss = tasks.generate("qa_1", smollm2, length=4096, n=2, seed=0, qa_data=qa_dir, chat_template=smollm2.chat_template,
+                        depth=[0.0, 1.0])
+    check(ss, smollm2, "qa_1", 4096, 2, template=smollm2.chat_template)
+    assert ss[0].answer_position < 0.2 * ss[0].num_tokens < 0.8 * ss[1].num_tokens < ss[1].answer_position
+
+
+def test_qa_needs_data(tokenizers, tmp_path):
+    with pytest.raises(DataError, match="--qa-data"):
+        tasks.generate("qa_1", tokenizers["bytes"], length=1024, n=1, seed=0)
+    with pytest.raises(DataError, match="--qa-data"):
+        tasks.generate("qa_2", tokenizers["bytes"], length=1024, n=1, seed=0, qa_data=tmp_path)
+    (tmp_path / "dev-v2.0.json").write_text("{\"data\": 5}")
+    with pytest.raises(DataError, match="original format"):
+        tasks.generate("qa_1", tokenizers["bytes"], length=1024, n=1, seed=0, qa_data=tmp_path)
+
+
+@pytest.mark.parametrize("name", SYNTH)
+def test_same_seed_identical_other_seed_differs(tokenizers, name):
+    tok = tokenizers["gpt2"]
+    a = [json.dumps(s.to_dict()) for s in tasks.generate(name, tok, length=2048, n=3, seed=7)]
+    b = [json.dumps(s.to_dict()) for s in tasks.generate(name, tok, length=2048, n=3, seed=7)]
+    c = [json.dumps(s.to_dict()) for s in tasks.generate(name, tok, length=2048, n=3, seed=8)]
+    assert a == b
+    assert all(x != y for x, y in zip(a, c))
+    # samples do not depend on n: a shorter run is a prefix of a longer one
+    assert [json.dumps(s.to_dict()) for s in tasks.generate(name, tok, length=2048, n=2, seed=7)] == a[:2]
+
+
+def test_identical_in_fresh_process(tokenizers, tmp_path):
+    code = ("import json; from rattn_eval import tasks; from rattn_eval.models import load_tokenizer; "
+            "print(json.dumps([s.to_dict() for t in ('niah_multikey_3', 'cwe') for s in tasks.generate(t, "
+            "load_tokenizer('gpt2'), length=2048, n=2, seed=5)]))")
+    env = {"RATTN_EVAL_CACHE": "off", "PYTHONHASHSEED": "123", "PATH": ""}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    here = json.dumps([s.to_dict() for t in ("niah_multikey_3", "cwe")
+                       for s in tasks.generate(t, tokenizers["gpt2"], length=2048, n=2, seed=5)])
+    assert out.stdout.strip() == here
+
+
+@pytest.mark.parametrize("name", ["niah_single_1", "niah_single_2", "niah_multikey_2", "niah_multiquery"])
+def test_depth_honoured(tokenizers, name):
+    tok = tokenizers["gpt2"]
+    ss = tasks.generate(name, tok, length=4096, n=3, seed=0, depth=[0.0, 0.5, 1.0])
+    assert [s.depth for s in ss] == [0.0, 0.5, 1.0]
+    rel = [s.answer_position / s.num_tokens for s in ss]
+    assert rel[0] < 0.15 and 0.4 < rel[1] < 0.6 and rel[2] > 0.85, rel
+    # default: depths spread evenly over [0, 1)
+    ds = [s.depth for s in tasks.generate(name, tok, length=2048, n=8, seed=0)]
+    assert sorted(ds) == [j / 8 for j in range(8)]
+
+
+def test_answer_position_points_at_needle(tokenizers):
+    for tok in tokenizers.values():
+        s = tasks.generate("niah_single_2", tok, length=2048, n=1, seed=0, depth=0.3)[0]
+        ids = tok.encode_prompt(s.input)
+        assert "One special magic" in tok.decode(ids[s.answer_position: s.answer_position + 24])
+
+
+def test_cache_reads_instead_of_regenerating(tokenizers, tmp_path, monkeypatch):
+    monkeypatch.setenv("RATTN_EVAL_CACHE", str(tmp_path))
+    tok = tokenizers["gpt2"]
+    first = tasks.generate("vt", tok, length=2048, n=2, seed=0)
+    files = list(tmp_path.glob("vt-2048-*.jsonl"))
+    assert len(files) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("regenerated")
+
+    spec = tasks.TASKS["vt"]
+    monkeypatch.setitem(tasks.TASKS, "vt", tasks.TaskSpec(spec.name, spec.family, boom, spec.config))
+    assert tasks.generate("vt", tok, length=2048, n=2, seed=0) == first
+    with pytest.raises(AssertionError, match="regenerated"):  # another seed is another key
+        tasks.generate("vt", tok, length=2048, n=2, seed=1)
+    with pytest.raises(AssertionError, match="regenerated"):  # so is another tokenizer
+        tasks.generate("vt", tokenizers["bytes"], length=2048, n=2, seed=0)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_generate_to_file(tmp_path):
+    out = tasks.generate_to_file("fwe", "bytes", tmp_path / "x.jsonl", length="2k", n=2, seed=0)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 2 and {"index", "id", "task", "input", "answers", "num_tokens", "max_new_tokens", "depth",
+                               "seed", "answer_position"} <= set(rows[0])
+    assert tasks.read_jsonl(out)[1].to_dict() == rows[1]
+
+
+def test_too_short_length_is_a_clear_error(tokenizers):
+    with pytest.raises(ConfigError, match="too small"):
+        tasks.generate("niah_single_2", tokenizers["gpt2"], length=200, n=1, seed=0)
+    with pytest.raises(ConfigError, match="too small"):
+        tasks.generate("cwe", tokenizers["gpt2"], length=100, n=1, seed=0)
+
+
+def test_parse_length_and_resolve():
+    assert tasks.parse_length("32k") == 32768
+    assert tasks.parse_length("1m") == 1024 * 1024
+    assert tasks.parse_length("4096") == 4096 and tasks.parse_length(" 4K ") == 4096
+    for bad in ("32q", "0", "-4k", "", "k", "1.5k"):
+        with pytest.raises(ConfigError):
+            tasks.parse_length(bad)
+    assert tasks.resolve(["niah"]) == tasks.GROUPS["niah"] and len(tasks.GROUPS["niah"]) == 8
+    assert len(tasks.resolve("synthetic")) == 11 and len(tasks.resolve("ruler")) == 13
+    assert tasks.resolve("vt,cwe,vt") == ["vt", "cwe"]
+    with pytest.raises(ConfigError, match="Did you mean 'niah_single_1'"):
+        tasks.resolve(["niah_singel_1"])
+    with pytest.raises(ConfigError, match="unknown task"):
+        tasks.generate("nope", None, length=1024, n=1, seed=0)
+    with pytest.raises(ConfigError, match="depths"):
+        tasks.generate("vt", None, length=1024, n=1, seed=0, depth=[1.5])
