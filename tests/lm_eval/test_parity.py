@@ -1,0 +1,102 @@
+"""Parity with lm-eval's own `hf` model: the same weights through `rattn` (our native model on the
+`torch` backend) and through `hf` (transformers) give the same per-request log-likelihoods
+(within 1e-4 * max(1, |ref|), fp32, CPU), the same is_greedy flags and the same accuracy, on a local
+multiple-choice task and a loglikelihood_rolling task cut into the same windows."""
+
+import pytest
+
+from lmeval_support import GEN_TASK, MC_TASK, PPL_TASK, run_tasks, smollm2_hf_dir, tiny_llama_hf_dir
+
+TINY_MAX_LENGTH = 32  # every text of the rolling task spans several windows at this length
+
+
+def assert_same_scores(ours: dict, ref: dict, tasks) -> None:
+    for task in tasks:
+        assert len(ours[task]) == len(ref[task]) > 0, task
+        for doc, (got_doc, ref_doc) in enumerate(zip(ours[task], ref[task])):
+            assert len(got_doc) == len(ref_doc), (task, doc)
+            for got, want in zip(got_doc, ref_doc):
+                got_ll, want_ll = (got[0], want[0]) if isinstance(want, tuple) else (got, want)
+                assert abs(got_ll - want_ll) <= 1e-4 * max(1.0, abs(want_ll)), (task, doc, got_ll, want_ll)
+                if isinstance(want, tuple):
+                    assert got[1] == want[1], (task, doc, "is_greedy differs")
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory):
+    from rattn_eval.models import convert
+
+    hf_dir = tiny_llama_hf_dir(tmp_path_factory.mktemp("tiny_llama_hf"))
+    ours_dir = tmp_path_factory.mktemp("tiny_llama_ours") / "ckpt"
+    convert(str(hf_dir), str(ours_dir))
+    return hf_dir, ours_dir
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tiny_dirs, task_manager):
+    """Both models on the three local tasks, batch 4, max_length 32."""
+    from lm_eval.models.huggingface import HFLM
+
+    from rattn_eval.integrations.lm_eval import RattnLM
+
+    hf_dir, ours_dir = tiny_dirs
+    tasks = (MC_TASK, PPL_TASK, GEN_TASK)
+    ref_lm = HFLM(pretrained=str(hf_dir), device="cpu", dtype="float32", batch_size=4, max_length=TINY_MAX_LENGTH)
+    ours_lm = RattnLM(str(ours_dir), backend="torch", device="cpu", dtype="float32", batch_size=4,
+                      max_length=TINY_MAX_LENGTH)
+    assert ours_lm.model_backend == "torch" and type(ours_lm.model).__name__ == "Model"  # our native model
+    ref = run_tasks(ref_lm, task_manager, tasks)
+    ours = run_tasks(ours_lm, task_manager, tasks)
+    return ours, ref, ours_lm
+
+
+def test_tiny_llama_loglikelihood_parity(tiny_results):
+    (ours, ours_out), (ref, ref_out), _ = tiny_results
+    assert_same_scores(ours, ref, (MC_TASK, PPL_TASK))
+    for metric in ("acc,none", "acc_norm,none"):
+        assert ours_out["results"][MC_TASK][metric] == ref_out["results"][MC_TASK][metric]
+
+
+def test_tiny_llama_rolling_uses_several_windows(tiny_results):
+    """The rolling task really exercises windowing: texts are longer than max_length, so a different
+    max_length changes the totals (the comparison above would otherwise not test the window cut)."""
+    from lm_eval.api.instance import Instance
+
+    (ours, _), _, lm = tiny_results
+    import json
+
+    texts = [json.loads(line)["text"] for line in open("tests/lm_eval/data/local_text.jsonl")]
+    assert max(len(lm.tok_encode(t)) for t in texts) > 3 * TINY_MAX_LENGTH
+    requests = [Instance("loglikelihood_rolling", {}, (t,), i) for i, t in enumerate(texts)]
+    lm._max_length = 2 * TINY_MAX_LENGTH
+    try:
+        wider = lm.loglikelihood_rolling(requests, disable_tqdm=True)
+    finally:
+        lm._max_length = TINY_MAX_LENGTH
+    narrow = [doc[0] for doc in ours[PPL_TASK]]
+    assert any(abs(a - b) > 1e-3 for a, b in zip(wider, narrow))
+
+
+def test_tiny_llama_generate_until_parity(tiny_results):
+    """Greedy generations (stop strings "\\n" and ".", max_gen_toks 8) equal lm-eval's `hf` ones."""
+    (ours, _), (ref, _), _ = tiny_results
+    assert ours[GEN_TASK] == ref[GEN_TASK]
+    assert any(doc[0] for doc in ref[GEN_TASK])  # not all empty
+
+
+@pytest.mark.slow
+def test_smollm2_parity(task_manager):
+    """SmolLM2-135M: ours imported from its GGUF ("smollm2-135m"), `hf` from the same weights saved in HF
+    format by transformers. Marked slow: the first run converts both (about two minutes on 2 cores)."""
+    from lm_eval.models.huggingface import HFLM
+
+    from rattn_eval.integrations.lm_eval import RattnLM
+
+    tasks = (MC_TASK, PPL_TASK)
+    ref_lm = HFLM(pretrained=str(smollm2_hf_dir()), device="cpu", dtype="float32", batch_size=8, max_length=64)
+    ref, ref_out = run_tasks(ref_lm, task_manager, tasks)
+    del ref_lm
+    ours_lm = RattnLM("smollm2-135m", backend="torch", device="cpu", dtype="float32", batch_size=8, max_length=64)
+    ours, ours_out = run_tasks(ours_lm, task_manager, tasks)
+    assert_same_scores(ours, ref, tasks)
+    assert ours_out["results"][MC_TASK]["acc,none"] == ref_out["results"][MC_TASK]["acc,none"]
