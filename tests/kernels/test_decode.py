@@ -13,6 +13,7 @@ from rattn_eval.kernels import (
     LocalCache, Rope, build_local_cache, empty_local_cache, feature_dim, launches, local_decode_step,
     local_decode_step_naive, local_prefill,
 )
+from rattn_eval.kernels.decode import fused_recurrent
 from rattn_eval.kernels.decode.fused_recurrent import local_decode_step_triton
 
 
@@ -100,6 +101,15 @@ def case_id(c):
 def test_triton_step_matches_reference(case):
     B, w, D, H, Hkv, kind, fm, dtype = case
     run_steps(B, w, H, Hkv, D, kind, fm, dtype, steps=3)
+
+
+@pytest.mark.parametrize("case", [(3, 64, 128, 4, 1, "rattn", "softmax", torch.float32),
+                                  (3, 64, 64, 2, 1, "swa", "softmax", torch.float32)], ids=["rattn", "swa"])
+def test_gpu_block_sizes_many_blocks(case, monkeypatch):
+    """With the GPU tile budget the slot and feature loops run over many blocks (w=64: 9 slot blocks of 8)."""
+    monkeypatch.setitem(fused_recurrent._TILE_BUDGET, "interpreter", fused_recurrent._TILE_BUDGET["gpu"])
+    B, w, D, H, Hkv, kind, fm, dtype = case
+    run_steps(B, w, H, Hkv, D, kind, fm, dtype, steps=2, seed=7)
 
 
 def test_many_steps_from_empty_cache():

@@ -29,8 +29,10 @@ _FEATURE_MAP_CODES = {"softmax": 0, "relu": 1, "identity": 2}
 # rope.inv_freq copied to the kernel's device once, not every step: id(rope), device -> (source, copy)
 _inv_freq_copies: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-# Elements of the largest broadcast tile (query heads x block x head dim) a program holds.
-_TILE_BUDGET = 8192
+# fp32 elements of the tiles one program holds at a time; sets the slot and feature block sizes.
+# The CPU interpreter runs every loop iteration in Python, so it takes larger blocks (same code,
+# fewer iterations); the tests also run the GPU budget there to cover many-block loops.
+_TILE_BUDGET = {"gpu": 8192, "interpreter": 131072}
 
 
 @triton.jit
@@ -197,10 +199,14 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     F = D if state is None else state.shape[2]
     block_d = triton.next_power_of_2(D)
     block_g = triton.next_power_of_2(G)
-    per_row = block_g * block_d
-    block_s = max(1, min(triton.next_power_of_2(W1), _TILE_BUDGET // per_row))
-    block_f = max(1, min(triton.next_power_of_2(F), _TILE_BUDGET // per_row))
+    # Live fp32 tiles per block row: the (heads x block x D) products plus ~4 (block x D) tiles
+    # (k, its rotate-half partner, cos, sin / the state block). ptxas (sm_90, 4 warps) keeps this
+    # budget within ~170 registers without spilling for D 64/128, G 1..8 and D 256 without state.
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    budget = _TILE_BUDGET["interpreter" if interpreting else "gpu"]
+    rows = 1 << max(0, (budget // (block_d * (block_g + 4))).bit_length() - 1)  # power of 2 floor
+    block_s = min(triton.next_power_of_2(W1), rows)
+    block_f = min(triton.next_power_of_2(F), rows)
     dummy = o  # never read: the matching HAS_* flag is off
     local_decode_step_kernel[(B * Hkv,)](
         q_ptr=q, k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v,
