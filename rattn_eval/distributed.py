@@ -1,0 +1,342 @@
+"""Data-parallel evaluation under `torchrun`: one process per device, samples sharded by id (DESIGN §7).
+
+    torchrun --nproc-per-node 2 -m rattn_eval.cli run -t niah -l 32k -m ./ckpt --out runs/a
+    rattn-eval run -t niah -l 32k -m ./ckpt --out runs/a        # same directory, one process
+
+The runner calls the hooks below; outside torchrun (no RANK / WORLD_SIZE / LOCAL_RANK in the
+environment, or WORLD_SIZE 1) every hook is the plain single-process behaviour and no process
+group is created.
+
+How a sharded run stays exact and resumable:
+
+- Every rank builds the same sample list (generation is deterministic) and reads the same
+  records, so every rank computes the same set of missing sample ids, and `assign_shares`
+  splits it the same way on every rank. Nothing is exchanged but barriers and small objects.
+- Rank r appends its records to `records.rank{r}.jsonl` (flushed per record, like
+  records.jsonl). Rank 0 folds every rank file into records.jsonl (`merge_rank_files`:
+  dedupe by id, first occurrence wins, written to a temporary file and renamed) after the
+  ranks finish, and also at the start of every run, before anyone reads the records. So a
+  rank that dies leaves its finished records on disk, and the next run, with any number of
+  ranks, starts from all of them and generates exactly the missing samples.
+- Only rank 0 writes config.json, env.json and summary.json.
+
+On several nodes the run directory must be on a file system every node sees.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from rattn_eval import errors
+from rattn_eval.errors import ConfigError, RattnError
+from rattn_eval.results import ENV_FILE, RECORDS_FILE, RunDir, load_records
+
+RANK_FILE = "records.rank{rank}.jsonl"
+_RANK_FILE_RE = re.compile(r"^records\.rank(\d+)\.jsonl$")
+
+# Ranks wait at a barrier for the slowest one; a long RULER cell at 128k can keep one rank busy
+# for hours while the others wait, far beyond the collectives' default 10-30 minute timeouts.
+# A rank that dies does not leave the others hanging: torchrun stops the whole group.
+BARRIER_TIMEOUT = timedelta(hours=48)
+
+
+def torchrun_env(environ: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) from torchrun's variables, or None when they are not all set."""
+    environ = os.environ if environ is None else environ
+    keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+    if not all(k in environ for k in keys):
+        return None
+    try:
+        rank, world, local = (int(environ[k]) for k in keys)
+    except ValueError:
+        raise ConfigError(f"torchrun variables RANK/WORLD_SIZE/LOCAL_RANK are not integers: "
+                          f"{[environ[k] for k in keys]}") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ConfigError(f"inconsistent torchrun variables RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local}")
+    return rank, world, local
+
+
+def is_main_process() -> bool:
+    """True outside torchrun and on global rank 0 (cheap: reads the environment only)."""
+    env = torchrun_env()
+    return env is None or env[0] == 0
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the run. `backend` is None when no process group exists."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+    device: str | None = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def sharded(self) -> bool:
+        return self.backend is not None
+
+    # Collectives: no-ops (or identities) without a process group.
+
+    def barrier(self) -> None:
+        if self.sharded:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def broadcast(self, obj: Any) -> Any:
+        """Rank 0's `obj` on every rank (picklable objects)."""
+        if not self.sharded:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, in rank order, on every rank."""
+        if not self.sharded:
+            return [obj]
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self) -> None:
+        if self.sharded:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+    def env_info(self) -> dict[str, Any]:
+        """Keys added to env.json."""
+        return {"world_size": self.world_size, "dist_backend": self.backend}
+
+
+def init(device: str | None = None, environ: Mapping[str, str] | None = None) -> DistContext:
+    """Join the torchrun process group, if any, and pick this rank's device.
+
+    Args:
+        device: the user's --device. Under torchrun, None or a bare "cuda" becomes
+            cuda:LOCAL_RANK (when CUDA is available); anything else is kept.
+    Returns:
+        A DistContext; outside torchrun, or with WORLD_SIZE 1, no process group is created.
+        The group uses NCCL when this rank's device is CUDA, gloo otherwise.
+    """
+    env = torchrun_env(environ)
+    if env is None:
+        return DistContext(device=device)
+    rank, world, local = env
+    import torch
+
+    if device in (None, "cuda") and torch.cuda.is_available():
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"LOCAL_RANK {local} has no GPU: this node has {torch.cuda.device_count()}; "
+                              "use --nproc-per-node <= the number of GPUs")
+        device = f"cuda:{local}"
+    on_cuda = device is not None and str(device).startswith("cuda")
+    if on_cuda:
+        torch.cuda.set_device(torch.device(device))
+    if world == 1:
+        return DistContext(rank=rank, world_size=1, local_rank=local, device=device)
+    import torch.distributed as dist
+
+    backend = "nccl" if on_cuda else "gloo"
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": BARRIER_TIMEOUT}
+        if on_cuda:
+            kwargs["device_id"] = torch.device(device)
+        dist.init_process_group(**kwargs)
+    return DistContext(rank=rank, world_size=world, local_rank=local, backend=backend, device=device)
+
+
+def rank_file(path: str | Path, rank: int) -> Path:
+    return Path(path) / RANK_FILE.format(rank=rank)
+
+
+def rank_files(path: str | Path) -> list[Path]:
+    """The per-rank record files of a run directory, in rank order."""
+    found = []
+    for f in Path(path).glob("records.rank*.jsonl"):
+        m = _RANK_FILE_RE.match(f.name)
+        if m:
+            found.append((int(m.group(1)), f))
+    return [f for _, f in sorted(found)]
+
+
+def merge_rank_files(path: str | Path) -> int:
+    """Fold every records.rank*.jsonl of run directory `path` into records.jsonl, then delete them.
+
+    records.jsonl keeps its lines and order; the rank files' records whose id it lacks are
+    appended (rank order, file order; the first occurrence of an id wins), byte for byte. A
+    torn last line in any file (a kill mid-write) is dropped first. The new records.jsonl is
+    written to a temporary file, synced and renamed over the old one, and only then are the
+    rank files removed: a crash at any point loses no record (a second merge dedupes).
+    Returns the number of records added.
+    """
+    path = Path(path)
+    files = rank_files(path)
+    main = path / RECORDS_FILE
+    seen = set(load_records(main, repair=True))  # drops a torn last line in place
+    if not files:
+        return 0
+    added: list[bytes] = []
+    for f in files:
+        load_records(f, repair=True)  # torn-line repair; a corrupt middle line is a DataError
+        for line in f.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            rid = json.loads(line)["id"]
+            if rid not in seen:
+                seen.add(rid)
+                added.append(line)
+    if added:
+        tmp = main.with_name(main.name + ".merge.tmp")
+        with open(tmp, "wb") as fp:
+            if main.exists():
+                fp.write(main.read_bytes())
+            fp.write(b"".join(line + b"\n" for line in added))
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.replace(tmp, main)
+    for f in files:
+        f.unlink()
+    return len(added)
+
+
+def assign_shares(pending: Sequence[Sequence[Any]], world_size: int) -> list[list[Any]]:
+    """Split missing samples over ranks: one deal across all cells, each cell longest first.
+
+    Args:
+        pending: per cell (task, length), its missing samples (objects with id, num_tokens, index).
+        world_size: number of ranks.
+    Returns:
+        For each rank, the ids it generates. Each cell is sorted as the runner batches it
+        (longest first, then index) and dealt round robin, continuing the deal where the
+        previous cell stopped, so every rank gets similar lengths within a cell and the ranks'
+        totals differ by at most one sample. Depends only on the missing set, so every rank
+        computes the same split, and a resume with another number of ranks splits what is
+        missing then.
+    """
+    shares: list[list[Any]] = [[] for _ in range(world_size)]
+    turn = 0
+    for cell in pending:
+        for s in sorted(cell, key=lambda s: (-s.num_tokens, s.index, s.id)):
+            shares[turn % world_size].append(s.id)
+            turn += 1
+    return shares
+
+
+class _RankRunDir(RunDir):
+    """A RunDir whose appends go to this rank's own record file."""
+
+    def __init__(self, path: Path, rank: int):
+        super().__init__(path)
+        self.rank = rank
+
+    @property
+    def records_path(self) -> Path:
+        return rank_file(self.path, self.rank)
+
+
+# Hooks called by rattn_eval.runner.run, in this order.
+
+def prepare(ctx: DistContext, out: Path, config: dict[str, Any], *, overwrite: bool) -> RunDir:
+    """RunDir.prepare on rank 0 (the only writer of config.json); its verdict reaches every rank.
+
+    With `overwrite`, old rank files go too. A refusal (config mismatch, unwritable directory)
+    is raised on every rank with rank 0's message, so no rank waits at a barrier for nothing.
+    """
+    if not ctx.sharded:
+        rundir = RunDir.prepare(out, config, overwrite=overwrite)
+        if overwrite:
+            for f in rank_files(out):
+                f.unlink()
+        return rundir
+    failure = None
+    if ctx.is_main:
+        try:
+            RunDir.prepare(out, config, overwrite=overwrite)
+            if overwrite:
+                for f in rank_files(out):
+                    f.unlink()
+        except RattnError as e:
+            failure = (type(e).__name__, str(e))
+    failure = ctx.broadcast(failure)
+    if failure is not None:
+        name, message = failure
+        raise getattr(errors, name, RattnError)(message)
+    return RunDir(Path(out))
+
+
+def load_done(ctx: DistContext, rundir: RunDir) -> dict[str, dict[str, Any]]:
+    """Records already finished by any earlier session, with any number of ranks, keyed by id."""
+    if ctx.is_main:
+        merge_rank_files(rundir.path)
+    ctx.barrier()
+    return load_records(rundir.records_path, repair=ctx.is_main)
+
+
+def shard(ctx: DistContext, pending: Sequence[Sequence[Any]], done: Mapping[str, Any],
+          rundir: RunDir) -> tuple[dict[str, Any], RunDir]:
+    """What this rank skips and where it writes.
+
+    Returns (skip, writer_dir): `skip` maps every id the runner must not generate here (done,
+    or dealt to another rank) and `writer_dir.append()` opens this rank's record file.
+    Without a process group: (done, rundir) unchanged.
+    """
+    if not ctx.sharded:
+        return dict(done), rundir
+    shares = assign_shares(pending, ctx.world_size)
+    skip = dict(done)
+    for r, ids in enumerate(shares):
+        if r != ctx.rank:
+            skip.update((i, None) for i in ids)
+    return skip, _RankRunDir(rundir.path, ctx.rank)
+
+
+def collect(ctx: DistContext, rundir: RunDir) -> dict[str, dict[str, Any]]:
+    """After generation: wait for every rank, fold the rank files into records.jsonl (rank 0) and
+    return all records of the run directory, keyed by id, on every rank."""
+    ctx.barrier()
+    return load_done(ctx, rundir)
+
+
+def record_timing(ctx: DistContext, rundir: RunDir, *, model_load_s: float, generate_s: float,
+                  samples: int) -> dict[str, Any]:
+    """Add this session's speed to the last entry of env.json's "sessions" (rank 0 writes).
+
+    Args:
+        model_load_s: this rank's model load time; the slowest rank's is recorded.
+        generate_s: wall time from the common start of generation to the last rank's end.
+        samples: samples generated in this session, over all ranks.
+    Returns the timing dict: world_size, model_load_s, generate_s, samples, samples_per_s
+    (samples / generate_s, model load excluded).
+    """
+    load = max(ctx.gather(model_load_s))
+    timing = {"world_size": ctx.world_size, "model_load_s": round(load, 3), "generate_s": round(generate_s, 3),
+              "samples": samples, "samples_per_s": round(samples / generate_s, 4) if generate_s > 0 else None}
+    if ctx.is_main:
+        f = rundir.path / ENV_FILE
+        env = json.loads(f.read_text()) if f.exists() else {}
+        sessions = env.get("sessions") or [{}]
+        sessions[-1] = {**sessions[-1], **timing}
+        env["sessions"] = sessions
+        tmp = f.with_name(f.name + ".tmp")
+        tmp.write_text(json.dumps(env, indent=2) + "\n")
+        os.replace(tmp, f)
+    return timing
+
