@@ -236,8 +236,9 @@ def ls(what):
         from rattn_eval.tasks import GROUPS, TASKS
 
         click.echo("tasks:")
-        for name in TASKS:
-            click.echo(f"  {name}")
+        for name, spec in TASKS.items():
+            note = "  (needs --qa-data)" if spec.needs_qa_data else ""
+            click.echo(f"  {name:<16} {spec.family:<18} budget {spec.max_new_tokens:>3} tokens{note}")
         click.echo("groups:")
         for name, members in GROUPS.items():
             click.echo(f"  {name:<10} {len(members)} tasks: {', '.join(members)}")
@@ -257,7 +258,7 @@ def ls(what):
 @cli.command(epilog="""\b
 Examples:
   rattn-eval generate --task niah_single_1 --len 4k -n 10 --seed 0 --tokenizer gpt2 --out niah.jsonl
-  rattn-eval generate -t vt -l 1k -n 2 --tokenizer bytes --out -      # to stdout""")
+  rattn-eval generate -t vt -l 1k -n 2 --tokenizer bytes --depth 50 --out vt.jsonl""")
 @click.option("--task", "-t", "task", required=True, help="One task name (see `rattn-eval ls tasks`).")
 @click.option("--len", "-l", "length", required=True, help="Target length, e.g. 4k.")
 @click.option("-n", "n", type=int, default=None, help="Number of samples [default: 10].")
@@ -267,15 +268,16 @@ Examples:
               help="Wrap prompts in the tokenizer's chat template.")
 @click.option("--depth", "depths", multiple=True, type=float, help="Needle depth(s) in percent (NIAH).")
 @click.option("--qa-data", default=None, type=click.Path(), help="Directory with the SQuAD / HotpotQA files.")
-@click.option("--out", "-o", required=True, help="Output JSONL file ('-' for stdout).")
+@click.option("--out", "-o", required=True, help="Output JSONL file.")
 def generate(task, length, n, seed, tokenizer, chat_template, depths, qa_data, out):
     """Write task samples to JSON Lines (no model needed): one object per sample."""
     from rattn_eval.runner import RunConfig, write_samples
 
     defaults = RunConfig(tasks=(task,), lengths=(1,))
-    write_samples(task, tokenizer, length=parse_lengths([length])[0], n=defaults.n if n is None else n,
+    path = write_samples(task, tokenizer, length=parse_lengths([length])[0], n=defaults.n if n is None else n,
                   seed=defaults.seed if seed is None else seed, chat_template=chat_template,
                   depth=list(_depth_fractions(depths) or []) or None, qa_data=qa_data, out=out)
+    click.echo(str(path))
 
 
 @cli.command(epilog="""\b

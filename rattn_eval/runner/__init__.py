@@ -380,39 +380,23 @@ def builtin_models() -> list[str]:
 
 
 def write_samples(task: str, tokenizer: str, *, length: int, n: int, seed: int, chat_template: bool = False,
-                  depth: list[float] | None = None, qa_data: str | None = None, out: str = "-") -> int:
-    """Generate samples without a model and write them as JSON Lines to `out` ("-" = stdout).
-
-    Returns the number of samples written. The objects are the task samples as
-    `dataclasses.asdict` gives them, the same fields the run records reuse.
-    """
-    import jsonlines
-
+                  depth: list[float] | None = None, qa_data: str | None = None, out: str) -> Path:
+    """`rattn-eval generate`: samples of one task written as JSON Lines by the task suite's writer."""
     from rattn_eval import tasks as task_lib
     from rattn_eval.models import load_tokenizer
 
     names = task_lib.resolve([task])
-    if len(names) != 1:
+    if len(names) != 1 or names[0] != task:
         raise ConfigError(f"generate takes one task, but {task!r} is a group of {len(names)}; pick one of "
                           f"{', '.join(names)}")
-    name = names[0]
     tok = load_tokenizer(tokenizer)
     if chat_template and not tok.chat_template:
         raise ConfigError(f"tokenizer {tokenizer!r} has no chat template; drop --chat-template")
-    samples = task_lib.generate(name, tok, length=length, n=n, seed=seed,
-                                chat_template=tok.chat_template if chat_template else None,
-                                depth=depth, qa_data=qa_data)
-    rows = [dataclasses.asdict(s) for s in samples]
-    if out == "-":
-        with jsonlines.Writer(sys.stdout, flush=True) as w:
-            w.write_all(rows)
-        return len(rows)
     path = Path(out)
-    check_writable(path.parent if str(path.parent) else Path("."))
+    check_writable(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with jsonlines.open(path, mode="w") as w:
-            w.write_all(rows)
+        return task_lib.generate_to_file(task, tok, path, length=length, n=n, seed=seed,
+                                         chat_template=tok.chat_template if chat_template else None,
+                                         depth=depth, qa_data=qa_data)
     except OSError as e:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None
-    return len(rows)
