@@ -127,7 +127,10 @@ def run(tasks, lengths, model, backend, n, seed, batch_size, out, qa_data, windo
     )
     err = Console(stderr=True)
     summary = run_eval(config, console=err, progress=not quiet)
-    _print_summary(summary)
+    from rattn_eval.distributed import is_main_process
+
+    if is_main_process():  # under torchrun, one table rather than one per rank
+        _print_summary(summary)
 
 
 def _depth_fractions(percents) -> tuple[float, ...] | None:

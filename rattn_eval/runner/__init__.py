@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rattn_eval.errors import BudgetError, ConfigError, DataError
-from rattn_eval.results import DEFAULT_THRESHOLD, RunDir, check_writable, format_length, summarize
+from rattn_eval.results import DEFAULT_THRESHOLD, check_writable, format_length, summarize
 
 # The model `rattn-eval run` uses without --model. The trained-checkpoints work flips this to
 # "tiny-rattn" once that checkpoint ships; nothing else names a default model.
@@ -156,6 +156,7 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
     is written when the input is bad, and NumericsError mid-run (records already written stay valid;
     the failing batch writes nothing).
     """
+    from rattn_eval import distributed
     from rattn_eval import tasks as task_lib
 
     _validate(config)
@@ -163,9 +164,13 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
     out = Path(config.out) if config.out else default_out_dir(config)
     check_writable(out)
     lengths = sorted(set(config.lengths))
-    config = dataclasses.replace(config, lengths=tuple(lengths))
+    # Under torchrun: join the process group; each rank runs on cuda:LOCAL_RANK (or the CPU).
+    dist = distributed.init(config.device)
+    config = dataclasses.replace(config, lengths=tuple(lengths), device=dist.device)
 
+    t_load = time.perf_counter()
     model, tok = load_model_for_run(config)
+    model_load_s = time.perf_counter() - t_load
     too_long = [L for L in lengths if L > model.max_context]
     if too_long:
         raise BudgetError(
@@ -181,20 +186,29 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
 
     cells = _build_cells(task_lib, config, task_names, lengths, tok, model, use_template)
 
-    rundir = RunDir.prepare(out, resolved_config(config, task_names, out), overwrite=config.overwrite)
-    rundir.write_env(environment(model, config))
-    done = rundir.load_records()
-    _generate_all(cells, done, rundir, model, tok, task_lib, config, console=console, progress=progress)
+    rundir = distributed.prepare(dist, out, resolved_config(config, task_names, out), overwrite=config.overwrite)
+    if dist.is_main:
+        rundir.write_env({**environment(model, config), **dist.env_info()})
+    done = distributed.load_done(dist, rundir)
+    skip, writer_dir = distributed.shard(dist, [[s for s in c.samples if s.id not in done] for c in cells],
+                                         done, rundir)
+    t_gen = time.perf_counter()
+    _generate_all(cells, skip, writer_dir, model, tok, task_lib, config, console=console,
+                  progress=progress and dist.is_main)
+    final = distributed.collect(dist, rundir)
+    distributed.record_timing(dist, rundir, model_load_s=model_load_s, generate_s=time.perf_counter() - t_gen,
+                              samples=len(set(final) - set(done)))
 
     planned = [s for c in cells for s in c.samples]
-    final = rundir.load_records()
     records = [final[s.id] for s in planned if s.id in final]
     summary = summarize(records, tasks=task_names, lengths=lengths,
                         expected={(c.task, c.length): len(c.samples) for c in cells},
                         threshold=config.threshold)
     summary = {"model": config.model, "backend": getattr(model, "backend", config.backend),
                "n": config.n, "seed": config.seed, "window": config.window, **summary}
-    rundir.write_summary(summary)
+    if dist.is_main:
+        rundir.write_summary(summary)
+    dist.close()
     return summary
 
 
