@@ -39,6 +39,13 @@ def _norm_weight(w, H, D, device):
     return w.to(device=device, dtype=torch.float32).contiguous()
 
 
+DESIGNS = ("fused", "fused_two_pass", "two_kernel")
+# "fused": one pass over the window, edge tiles shared by both branches (default, fastest on the H200).
+# "fused_two_pass": one kernel, but the RLA edge tiles get their own (cached) pass before the softmax loop.
+# "two_kernel": an RLA output pass writes rms(o_rla) * g_rla, the SWA pass adds rms(o_swa) * g_swa to it.
+DEFAULT_DESIGN = "fused"
+
+
 def rattention_triton(q, k, v, *, window, rope=None, scale=None, feature_map="softmax", swa_norm_weight=None,
                       rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None):
     """Fused RAttention prefill.
@@ -53,10 +60,20 @@ def rattention_triton(q, k, v, *, window, rope=None, scale=None, feature_map="so
     Returns:
         (B, T, H, D) in q.dtype; zero at padded positions.
     """
+    return rattention_design(q, k, v, window=window, rope=rope, scale=scale, feature_map=feature_map,
+                             swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight, eps=eps, lengths=lengths,
+                             cu_seqlens=cu_seqlens, design=DEFAULT_DESIGN)
+
+
+def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_weight, rla_norm_weight, eps, lengths,
+                      cu_seqlens, design):
+    """`rattention_triton` with the kernel design chosen explicitly (one of DESIGNS); for benchmarks and tests."""
     if window is None:
         raise ValueError("rattention needs an int window; use swa_attention(window=None) for full attention")
+    if design not in DESIGNS:
+        raise ValueError(f"unknown design {design!r}; choose one of {', '.join(DESIGNS)}")
     B, T, H, Hkv, D = check_rla_args(q, k, v, window, feature_map)
-    cfg = block_config(D, rla=True)
+    cfg = block_config(D, rla=True, dtype=q.dtype)
     q, k, v = q.contiguous(), k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
     seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
     out = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
@@ -65,9 +82,10 @@ def rattention_triton(q, k, v, *, window, rope=None, scale=None, feature_map="so
     tables = None if rope is None else _rope_tables(rope, B, T, D, q.device)
     kr = torch.empty_like(k) if tables is not None else None
     states, carry, bps, nseg = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, kr=kr, rope=tables)
-    return launch_swa_fwd(
-        q, k, v, out, seqs, window=w, scale=default_scale(D, scale), cfg=cfg, kr=kr, rope=tables, states=states,
-        carry=carry, bps=bps, nseg=nseg, swa_norm_weight=_norm_weight(swa_norm_weight, H, D, q.device),
-        rla_norm_weight=_norm_weight(rla_norm_weight, H, D, q.device), eps=eps, do_swa=True, do_rla=True,
-        feature=feature,
-    )
+    kw = dict(window=w, scale=default_scale(D, scale), cfg=cfg, kr=kr, rope=tables, states=states, carry=carry, bps=bps,
+              nseg=nseg, swa_norm_weight=_norm_weight(swa_norm_weight, H, D, q.device),
+              rla_norm_weight=_norm_weight(rla_norm_weight, H, D, q.device), eps=eps, feature=feature)
+    if design == "two_kernel":
+        launch_swa_fwd(q, k, v, out, seqs, do_swa=False, do_rla=True, norm_out=True, **kw)
+        return launch_swa_fwd(q, k, v, out, seqs, do_swa=True, do_rla=False, add_out=True, **kw)
+    return launch_swa_fwd(q, k, v, out, seqs, do_swa=True, do_rla=True, rla_separate=design == "fused_two_pass", **kw)

@@ -125,7 +125,8 @@ def _num_sms(device) -> int:
     return 4
 
 
-def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=None, rope=None, blocks_per_segment=None):
+def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=None, rope=None, blocks_per_segment=None,
+                      block_v=None, num_warps=None):
     """Chunk states at every query-block boundary (s0 - window) of every sequence.
 
     Args: k, v (B, T, Hkv, D) contiguous; kr: (B, T, Hkv, D) output for rotated k (with rope).
@@ -134,7 +135,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     B, T, Hkv, D = k.shape
     BT = cfg["BM"]
     FD = D if feature == 2 else 2 * D
-    BV = min(D, 64)
+    BV = block_v or min(D, 64)
     nv = D // BV
     nb_max = cdiv(seqs.max_len, BT)
     if blocks_per_segment is None:
@@ -157,7 +158,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
         seqs.row, seqs.start, seqs.length, seqs.block_base,
         T, Hkv, window, blocks_per_segment, nseg, stride_rope_b,
         D=D, BT=BT, BV=BV, FEATURE=feature, ROPE=rope is not None, PRECISION=precision_for(k.dtype),
-        num_warps=4 if D <= 64 else 8, num_stages=2,
+        num_warps=num_warps or (4 if D <= 64 else 8), num_stages=2,
     )
     launch_counts["rla_chunk_state_kernel"] += 1
     if nseg > 1:
@@ -189,7 +190,7 @@ def residual_linear_attention_triton(q, k, v, *, window, feature_map="softmax", 
         (B, T, H, D) in q.dtype, accumulated in fp32; exactly zero for t <= window and at padding.
     """
     B, T, H, Hkv, D = check_rla_args(q, k, v, window, feature_map)
-    cfg = block_config(D, rla=True)
+    cfg = block_config(D, rla=True, dtype=q.dtype)
     q, k, v = q.contiguous(), k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
     seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
     out = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)

@@ -62,7 +62,8 @@ def swa_fwd_kernel(
     T, H, Hkv, window, BPS, NSEG, stride_rope_b, qk_scale, eps,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     DO_SWA: tl.constexpr, DO_RLA: tl.constexpr, ROPE: tl.constexpr, FEATURE: tl.constexpr,
-    HAS_CARRY: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_CARRY: tl.constexpr, PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
+    ADD_OUT: tl.constexpr,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE); states (blocks, Hkv, F, D) hold, for block m of a
@@ -88,6 +89,12 @@ def swa_fwd_kernel(
     q_rows = (tok0 + offs_m).to(tl.int64) * (H * D) + h * D
     q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     kv_head = hk * D
+    lo = tl.maximum(s0 - window, 0)
+    hi = tl.minimum(s0 + BM, L)
+    edge_end = s0 + BM - 1 - window  # keys below this bound are outside some row's window
+    n_tot = tl.cdiv(hi - lo, BN)
+    n_a = tl.minimum(tl.cdiv(tl.maximum(edge_end - lo, 0), BN), n_tot)
+    n_b = tl.minimum(tl.maximum((s0 - lo + 1) // BN, n_a), n_tot)
 
     if DO_RLA:
         pq, nq = feature_map_halves(q, FEATURE)
@@ -109,6 +116,25 @@ def swa_fwd_kernel(
                 if HAS_CARRY:
                     s_neg += tl.load(cr + D * D + s_off)
                 acc_r += tl.dot(nq, s_neg.to(dt), input_precision=PRECISION)
+        if RLA_SEPARATE:
+            # Variant: the linear branch takes its own pass over the edge tiles (a second, cached
+            # load), so its operands are dead before the softmax loop starts.
+            for i in range(0, n_a):
+                offs_j = lo + i * BN + offs_n
+                col_ok = offs_j < L
+                kv_off = ((tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head)[:, None] + offs_d[None, :]
+                v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
+                kraw = tl.load(k_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(tl.float32)
+                pk, nk = feature_map_halves(kraw, FEATURE)
+                a = tl.dot(pq, tl.trans(pk.to(dt)), input_precision=PRECISION)
+                if FEATURE != 2:
+                    a += tl.dot(nq, tl.trans(nk.to(dt)), input_precision=PRECISION)
+                a = tl.where(offs_m[:, None] - offs_j[None, :] > window, a, 0.0)
+                acc_r += tl.dot(a.to(dt), v, input_precision=PRECISION)
+        if DO_SWA and RLA_SEPARATE:
+            gr = tl.load(gr_ptr + h * D + offs_d)
+            inv_r = tl.rsqrt(tl.sum(acc_r * acc_r, axis=1) / D + eps)
+            o_r = (acc_r * inv_r[:, None] * gr[None, :]).to(dt)
 
     if DO_SWA:
         if ROPE:
@@ -129,13 +155,6 @@ def swa_fwd_kernel(
         acc = tl.zeros([BM, D], dtype=tl.float32)
         ks_ptr = kr_ptr if ROPE else k_ptr
 
-    lo = tl.maximum(s0 - window, 0)
-    hi = tl.minimum(s0 + BM, L)
-    edge_end = s0 + BM - 1 - window  # keys below this bound are outside some row's window
-    n_tot = tl.cdiv(hi - lo, BN)
-    n_a = tl.minimum(tl.cdiv(tl.maximum(edge_end - lo, 0), BN), n_tot)
-    n_b = tl.minimum(tl.maximum((s0 - lo + 1) // BN, n_a), n_tot)
-
     # Phase A: window edge (both branches when fused).
     for i in range(0, n_a):
         offs_j = lo + i * BN + offs_n
@@ -144,7 +163,7 @@ def swa_fwd_kernel(
         kv_off = kv_rows[:, None] + offs_d[None, :]
         v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
         diff = offs_m[:, None] - offs_j[None, :]
-        if DO_RLA:
+        if DO_RLA and not RLA_SEPARATE:
             kraw = tl.load(k_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(tl.float32)
             pk, nk = feature_map_halves(kraw, FEATURE)
             a = tl.dot(pq, tl.trans(pk.to(dt)), input_precision=PRECISION)
@@ -202,12 +221,23 @@ def swa_fwd_kernel(
             m_i = m_new
 
         o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        if DO_RLA:
+        if DO_RLA or ADD_OUT:
             gs = tl.load(gs_ptr + h * D + offs_d)
-            gr = tl.load(gr_ptr + h * D + offs_d)
             inv_s = tl.rsqrt(tl.sum(o * o, axis=1) / D + eps)
-            inv_r = tl.rsqrt(tl.sum(acc_r * acc_r, axis=1) / D + eps)
-            o = o * inv_s[:, None] * gs[None, :] + acc_r * inv_r[:, None] * gr[None, :]
+            o = o * inv_s[:, None] * gs[None, :]
+        if DO_RLA:
+            if RLA_SEPARATE:
+                o += o_r.to(tl.float32)
+            else:
+                gr = tl.load(gr_ptr + h * D + offs_d)
+                inv_r = tl.rsqrt(tl.sum(acc_r * acc_r, axis=1) / D + eps)
+                o += acc_r * inv_r[:, None] * gr[None, :]
+        if ADD_OUT:
+            # two-kernel variant: the RLA pass left rms(o_rla) * g_rla in the output buffer
+            o += tl.load(o_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    elif NORM_OUT:
+        gr = tl.load(gr_ptr + h * D + offs_d)
+        o = acc_r * tl.rsqrt(tl.sum(acc_r * acc_r, axis=1) / D + eps)[:, None] * gr[None, :]
     else:
         o = acc_r
     tl.store(o_ptr + q_rows[:, None] + offs_d[None, :], o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
@@ -252,10 +282,12 @@ class SequenceTable:
         self.block = block
 
 
-def block_config(D: int, rla: bool) -> dict:
+def block_config(D: int, rla: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
     """Tile sizes and launch settings per head dim (tuned on an H200 for bf16)."""
     if INTERPRET:
         return dict(BM=32, BN=16, num_warps=4, num_stages=1)
+    if dtype == torch.float32:  # fp32 tiles take twice the shared memory
+        return dict(BM=64, BN=32, num_warps=4, num_stages=2) if D <= 128 else dict(BM=32, BN=32, num_warps=4, num_stages=1)
     if D <= 64:
         return dict(BM=128, BN=64, num_warps=4, num_stages=3)
     if D <= 128:
@@ -277,7 +309,7 @@ def precision_for(dtype: torch.dtype) -> str:
 
 def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=None, rope=None, states=None,
                    carry=None, bps=1, nseg=1, swa_norm_weight=None, rla_norm_weight=None, eps=1e-6,
-                   do_swa=True, do_rla=False, feature=0):
+                   do_swa=True, do_rla=False, feature=0, rla_separate=False, norm_out=False, add_out=False):
     """Launch `swa_fwd_kernel` over every (query block, sequence, head). Tensors contiguous."""
     B, T, H, D = q.shape
     Hkv = k.shape[2]
@@ -295,7 +327,8 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         seqs.row, seqs.start, seqs.length, seqs.block_base,
         T, H, Hkv, window, bps, nseg, stride_rope_b, float(scale) * LOG2E, float(eps),
         D=D, BM=cfg["BM"], BN=cfg["BN"], DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None, FEATURE=feature,
-        HAS_CARRY=carry is not None and nseg > 1, PRECISION=precision_for(q.dtype),
+        HAS_CARRY=carry is not None and nseg > 1, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate,
+        NORM_OUT=norm_out, ADD_OUT=add_out,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
@@ -316,7 +349,7 @@ def swa_attention_triton(q, k, v, *, window, scale=None, lengths=None, cu_seqlen
     B, T, H, Hkv, D = check_qkv(q, k, v)
     check_window(window)
     check_head_dim(D, rla=False)
-    cfg = block_config(D, rla=False)
+    cfg = block_config(D, rla=False, dtype=q.dtype)
     q, k, v = q.contiguous(), k.contiguous(), v.to(q.dtype).contiguous()
     k = k.to(q.dtype)
     seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])

@@ -1,0 +1,292 @@
+"""`rattn-eval bench kernels`: prefill and decode attention kernels against the alternatives a user
+would pick, timed in one process on one GPU.
+
+Prefill (B=1, H=16, Hkv in {16, 4}, D=128, window 512, bf16, T in {4k, 16k, 32k, 128k}):
+  ours RAttention (fused Triton, RoPE + both branches + norms), ours SWA, SDPA full causal,
+  FlexAttention with a sliding-window block mask, fla's SWA (`parallel_attn`), and the unfused
+  RAttention a user can assemble from fla-core: parallel_attn(window_size=w+1) + feature map +
+  (w+1)-shift + chunk_linear_attn(scale=1, normalize=False) on 2D features + two RMS norms
+  (q/k handed to it already rotated, so RoPE is not charged to it).
+Decode (batch 64): one RAttention step against a ring buffer + fp32 state, vs SDPA decode
+  against a full 32k / 128k KV cache.
+
+FLOP formulas (useful work, forward):
+  SWA   4 * B * H * D * sum_t (min(t, w) + 1)          (QK^T and PV, 2 flop per MAC)
+  SDPA  the same with w = T (full causal)
+  RLA   2 * F * D * B * T * (H + Hkv), F = 2D          (state update per KV head + readout per head)
+  RAttention = SWA + RLA
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..kernels.common import flops_swa
+
+DEFAULT_LENGTHS = (4096, 16384, 32768, 131072)
+
+
+def _do_bench(fn, rep_ms=100):
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms))
+
+
+def flops_rla(B, T, H, Hkv, D):
+    return 2.0 * (2 * D) * D * B * T * (H + Hkv)
+
+
+def _fla():
+    """fla-core's ops, or the reason they are missing."""
+    try:
+        from fla.ops.attn import parallel_attn
+        from fla.ops.linear_attn import chunk_linear_attn
+    except Exception as e:  # any import failure means: no fla baseline, said out loud
+        return None, f"fla-core not importable ({type(e).__name__}: {e})"
+    return (parallel_attn, chunk_linear_attn), None
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _rel(a, b):
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+def bench_prefill(T, H, Hkv, D, window, dtype, fla_ops, log):
+    """Times every method at one shape. Returns a list of row dicts."""
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from ..kernels import Rope, apply_rope
+    from ..kernels.rattention.fused import rattention_triton
+    from ..kernels.swa.parallel import swa_attention_triton
+
+    dev = "cuda"
+    B, w = 1, window
+    g = torch.Generator(device=dev).manual_seed(0)
+    q = torch.randn(B, T, H, D, device=dev, generator=g, dtype=dtype)
+    k = torch.randn(B, T, Hkv, D, device=dev, generator=g, dtype=dtype)
+    v = torch.randn(B, T, Hkv, D, device=dev, generator=g, dtype=dtype)
+    cos, sin = Rope(D).tables(T, dev)
+    qr, kr = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    gs = torch.rand(H, D, device=dev) + 0.5
+    gr = torch.rand(H, D, device=dev) + 0.5
+    qt, krt, vt = (x.transpose(1, 2).contiguous() for x in (qr, kr, v))  # (B, H, T, D) for SDPA / flex
+
+    f_swa = flops_swa(B, T, H, D, w)
+    f_rattn = f_swa + flops_rla(B, T, H, Hkv, D)
+    f_full = flops_swa(B, T, H, D, None)
+    rows = []
+
+    def add(method, fn, flops, note=""):
+        try:
+            ms = _do_bench(fn)
+        except Exception as e:  # a baseline that cannot run at this size is reported, not fatal
+            log(f"  {method}: failed ({type(e).__name__}: {str(e)[:160]})")
+            rows.append(dict(T=T, H=H, Hkv=Hkv, D=D, window=w, method=method, ms=None, tflops=None, note=str(e)[:200]))
+            return
+        rows.append(dict(T=T, H=H, Hkv=Hkv, D=D, window=w, method=method, ms=ms, tflops=flops / ms * 1e-9, note=note))
+        log(f"  {method:<22} {ms:9.3f} ms {flops / ms * 1e-9:8.1f} TFLOP/s {note}")
+
+    ours_r = lambda: rattention_triton(q, k, v, window=w, rope=(cos, sin), swa_norm_weight=gs, rla_norm_weight=gr)  # noqa: E731
+    ours_s = lambda: swa_attention_triton(qr, kr, v, window=w)  # noqa: E731
+    o_r, o_s = ours_r(), ours_s()
+    add("ours_rattention", ours_r, f_rattn)
+    add("ours_swa", ours_s, f_swa)
+    add("sdpa_full_causal", lambda: F.scaled_dot_product_attention(qt, krt, vt, is_causal=True, enable_gqa=Hkv != H), f_full)
+
+    mask = create_block_mask(lambda b, h, qi, ki: (qi >= ki) & (qi - ki <= w), None, None, T, T, device=dev, _compile=True)
+    flex = torch.compile(flex_attention)
+    o_f = flex(qt, krt, vt, block_mask=mask, enable_gqa=Hkv != H).transpose(1, 2)
+    add("flex_swa", lambda: flex(qt, krt, vt, block_mask=mask, enable_gqa=Hkv != H), f_swa,
+        f"ours_swa vs flex rel.err {_rel(o_s, o_f):.2e}")
+
+    if fla_ops is not None:
+        parallel_attn, chunk_linear_attn = fla_ops
+        add("fla_swa", lambda: parallel_attn(qr, kr, v, window_size=w + 1), f_swa)
+        grp = H // Hkv
+
+        def unfused():
+            o_swa = _first(parallel_attn(qr, kr, v, window_size=w + 1))
+            kk = k.repeat_interleave(grp, dim=2) if grp > 1 else k
+            vv = v.repeat_interleave(grp, dim=2) if grp > 1 else v
+            pq = torch.cat([q.float().softmax(-1), (-q.float()).softmax(-1)], -1).to(dtype)
+            pk = torch.cat([kk.float().softmax(-1), (-kk.float()).softmax(-1)], -1).to(dtype)
+            pk = F.pad(pk, (0, 0, 0, 0, w + 1, 0))[:, :T]  # shift right by w+1 along T
+            vs = F.pad(vv, (0, 0, 0, 0, w + 1, 0))[:, :T]
+            o_rla = _first(chunk_linear_attn(pq, pk, vs, scale=1.0, normalize=False))
+            return (F.rms_norm(o_swa.float(), (D,), eps=1e-6) * gs + F.rms_norm(o_rla.float(), (D,), eps=1e-6) * gr).to(dtype)
+
+        try:
+            o_u = unfused()
+            note = f"ours_rattention vs unfused rel.err {_rel(o_r, o_u):.2e}"
+        except Exception as e:
+            note = f"check failed: {type(e).__name__}: {str(e)[:120]}"
+        add("fla_unfused_rattention", unfused, f_rattn, note)
+    del q, k, v, qr, kr, qt, krt, vt
+    torch.cuda.empty_cache()
+    return rows
+
+
+def bench_decode(batch, H, Hkv, D, window, dtype, contexts, log):
+    """RAttention decode step (ring + state) vs SDPA decode against full KV caches."""
+    import torch.nn.functional as F
+
+    from ..kernels import Rope, empty_local_cache, local_decode_step
+
+    dev = "cuda"
+    rows = []
+    cache = empty_local_cache(batch, window, Hkv, D, dtype=dtype, device=dev, kind="rattn")
+    cache.k.normal_()
+    cache.v.normal_()
+    cache.state.normal_()
+    cache.pos = torch.full((batch,), 32768, dtype=torch.long, device=dev)
+    q = torch.randn(batch, H, D, device=dev, dtype=dtype)
+    k1 = torch.randn(batch, Hkv, D, device=dev, dtype=dtype)
+    v1 = torch.randn(batch, Hkv, D, device=dev, dtype=dtype)
+    rope = Rope(D)
+    try:
+        from ..kernels.decode.fused_recurrent import local_decode_step_triton
+
+        step = lambda: local_decode_step_triton(q, k1, v1, cache, rope=rope)  # noqa: E731
+        how = "decode.fused_recurrent.local_decode_step_triton"
+    except ImportError:
+        step = lambda: local_decode_step(q, k1, v1, cache, rope=rope, backend="auto")  # noqa: E731
+        how = "kernels.local_decode_step(backend='auto')"
+    el = torch.finfo(dtype).bits // 8
+    F_ = 2 * D
+    # ring k and v read, one slot written, state read and written, q/k/v in and o out
+    nbytes = batch * (2 * (window + 1) * Hkv * D * el + 2 * Hkv * F_ * D * 4 + 2 * Hkv * D * el + 2 * H * D * el)
+    ms = _do_bench(step)
+    rows.append(dict(method="ours_decode_rattention", batch=batch, context="any", ms=ms, gbps=nbytes / ms * 1e-6,
+                     note=how, cache_bytes=cache.nbytes()))
+    log(f"  ours_decode_rattention  batch {batch}: {ms:.4f} ms, {nbytes / ms * 1e-6:.0f} GB/s, cache {cache.nbytes() / 2**20:.1f} MiB ({how})")
+    del cache
+    for ctx in contexts:
+        try:
+            kc = torch.randn(batch, Hkv, ctx, D, device=dev, dtype=dtype)
+            vc = torch.randn(batch, Hkv, ctx, D, device=dev, dtype=dtype)
+        except torch.OutOfMemoryError as e:
+            log(f"  sdpa_decode ctx {ctx}: out of memory ({e})")
+            continue
+        qd = q[:, :, None]
+        ms = _do_bench(lambda: F.scaled_dot_product_attention(qd, kc, vc, enable_gqa=Hkv != H))
+        nb = 2 * kc.numel() * el
+        rows.append(dict(method="sdpa_decode_full_cache", batch=batch, context=ctx, ms=ms, gbps=nb / ms * 1e-6, note="",
+                         cache_bytes=nb))
+        log(f"  sdpa_decode ctx {ctx:>6} batch {batch}: {ms:.4f} ms, {nb / ms * 1e-6:.0f} GB/s, cache {nb / 2**30:.1f} GiB")
+        del kc, vc
+        torch.cuda.empty_cache()
+    return rows
+
+
+def ratios(rows):
+    """Per (T, Hkv): the ratios the targets are stated in."""
+    out = []
+    keys = sorted({(r["T"], r["Hkv"]) for r in rows})
+    for T, Hkv in keys:
+        ms = {r["method"]: r["ms"] for r in rows if r["T"] == T and r["Hkv"] == Hkv and r["ms"]}
+        r = dict(T=T, Hkv=Hkv)
+        pairs = {
+            "unfused_over_ours_rattention": ("fla_unfused_rattention", "ours_rattention"),
+            "sdpa_full_over_ours_rattention": ("sdpa_full_causal", "ours_rattention"),
+            "ours_rattention_over_flex_swa": ("ours_rattention", "flex_swa"),
+            "ours_swa_over_flex_swa": ("ours_swa", "flex_swa"),
+            "ours_swa_over_fla_swa": ("ours_swa", "fla_swa"),
+            "ours_rattention_over_ours_swa": ("ours_rattention", "ours_swa"),
+        }
+        for name, (a, b) in pairs.items():
+            r[name] = ms[a] / ms[b] if a in ms and b in ms else None
+        out.append(r)
+    return out
+
+
+def format_table(result) -> str:
+    lines = [f"# {result['command']}", f"# device: {result['device']}; torch {result['torch']}; triton {result['triton']}; "
+             f"fla: {result['fla']}", "", "## prefill (ms, TFLOP/s of useful work; FLOP formulas in rattn_eval/bench/kernels.py)", ""]
+    lines.append(f"{'T':>7} {'Hkv':>4} {'method':<24} {'ms':>9} {'TFLOP/s':>8}  note")
+    for r in result["prefill"]:
+        ms = f"{r['ms']:9.3f}" if r["ms"] else "   failed"
+        tf = f"{r['tflops']:8.1f}" if r["tflops"] else "       -"
+        lines.append(f"{r['T']:>7} {r['Hkv']:>4} {r['method']:<24} {ms} {tf}  {r['note']}")
+    lines += ["", "## ratios (time / time; < 1 means the first is faster)", ""]
+    names = [k for k in (result["ratios"][0] if result["ratios"] else {}) if k not in ("T", "Hkv")]
+    lines.append(f"{'T':>7} {'Hkv':>4} " + " ".join(f"{n:>32}" for n in names))
+    for r in result["ratios"]:
+        lines.append(f"{r['T']:>7} {r['Hkv']:>4} " + " ".join(f"{r[n]:>32.3f}" if r[n] else f"{'-':>32}" for n in names))
+    if result.get("decode"):
+        lines += ["", "## decode (one token per sequence)", ""]
+        for r in result["decode"]:
+            lines.append(f"{r['method']:<24} batch {r['batch']:>3} ctx {str(r['context']):>6} {r['ms']:9.4f} ms "
+                         f"{r['gbps']:8.0f} GB/s cache {r['cache_bytes'] / 2**20:10.1f} MiB {r['note']}")
+    return "\n".join(lines) + "\n"
+
+
+def bench_kernels(*, lengths=DEFAULT_LENGTHS, heads=16, kv_heads=(16, 4), head_dim=128, window=512, dtype="bfloat16",
+                  decode=True, decode_batch=64, decode_contexts=(32768, 131072), out_dir=None, command="", log=print):
+    """Run the kernel benchmark; returns the result dict and writes kernels.json / kernels.txt to out_dir."""
+    from ..errors import ConfigError
+
+    if not torch.cuda.is_available():
+        raise ConfigError("`rattn-eval bench kernels` needs a CUDA GPU; none is visible")
+    import triton
+
+    dt = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if dt is None:
+        raise ConfigError(f"bench dtype must be bfloat16 or float16, got {dtype!r}")
+    fla_ops, fla_missing = _fla()
+    fla_desc = "fla-core " + __import__("fla").__version__ if fla_ops else fla_missing
+    log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; {fla_desc}")
+    if fla_ops is None:
+        log("NOTE: fla baselines (fla_swa, fla_unfused_rattention) are skipped: " + fla_missing)
+    prefill = []
+    for Hkv in kv_heads:
+        for T in lengths:
+            log(f"prefill T={T} H={heads} Hkv={Hkv} D={head_dim} w={window} {dtype}")
+            t0 = time.time()
+            prefill += bench_prefill(T, heads, Hkv, head_dim, window, dt, fla_ops, log)
+            log(f"  ({time.time() - t0:.1f} s)")
+    dec = []
+    if decode:
+        log(f"decode batch={decode_batch} H={heads} Hkv={min(kv_heads)} D={head_dim} w={window}")
+        dec = bench_decode(decode_batch, heads, min(kv_heads), head_dim, window, dt, decode_contexts, log)
+    result = dict(command=command or "python -m rattn_eval.bench.kernels", device=torch.cuda.get_device_name(),
+                  torch=torch.__version__, triton=triton.__version__, fla=fla_desc, python=platform.python_version(),
+                  prefill=prefill, ratios=ratios(prefill), decode=dec)
+    text = format_table(result)
+    log("\n" + text)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "kernels.json").write_text(json.dumps(result, indent=1))
+        (out / "kernels.txt").write_text(text)
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="rattn-eval bench kernels", description=__doc__.split("\n")[0])
+    ap.add_argument("--lengths", default=",".join(str(x) for x in DEFAULT_LENGTHS), help="comma-separated T values")
+    ap.add_argument("--kv-heads", default="16,4", help="comma-separated KV head counts (H=16)")
+    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    ap.add_argument("--no-decode", action="store_true", help="skip the decode benchmark")
+    ap.add_argument("--out", default=None, help="directory for kernels.json and kernels.txt")
+    a = ap.parse_args(argv)
+    cmd = "rattn-eval bench kernels " + " ".join(sys.argv[1:] if argv is None else argv)
+    bench_kernels(lengths=[int(x) for x in a.lengths.split(",")], kv_heads=[int(x) for x in a.kv_heads.split(",")],
+                  window=a.window, dtype=a.dtype, decode=not a.no_decode, out_dir=a.out, command=cmd)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Triton prefill kernels on a real GPU (marked gpu; skipped without CUDA). Run with
+TRITON_INTERPRET=0 so conftest does not switch the interpreter on:
+
+    TRITON_INTERPRET=0 python -m pytest -m gpu tests/kernels/test_gpu_prefill.py
+
+bf16 inputs against the fp32 chunked references (computed on the same bf16 values) at T = 4k, 32k,
+128k; fp32 inputs with TF32 off at 1e-4.
+"""
+
+import pytest
+import torch
+
+import rattn_eval.kernels as K
+from rattn_eval.kernels import Rope
+from rattn_eval.kernels.rattention.naive import rattention_chunked
+from rattn_eval.kernels.rla.naive import residual_linear_attention_chunked
+from rattn_eval.kernels.swa.naive import swa_attention_chunked
+
+pytestmark = pytest.mark.gpu
+
+# bf16 holds 8 significant bits: one output rounding is already ~4e-3 of a row's largest entry, and
+# P, phi(q), phi(k) and the chunk states are rounded to bf16 for the tensor cores as well.
+BF16_RMS, BF16_ROW = 1e-2, 3e-2
+FP32_TOL = 1e-4
+
+
+def _inputs(T, H, Hkv, D, dtype, seed=0):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    mk = lambda h: torch.randn(1, T, h, D, device="cuda", generator=g).to(dtype)  # noqa: E731
+    return mk(H), mk(Hkv), mk(Hkv)
+
+
+def _check(out, ref, rms_tol, row_tol, what):
+    o, r = out.float(), ref.float()
+    assert torch.isfinite(o).all(), what
+    rel = ((o - r).norm() / r.norm()).item()
+    row_err = (o - r).abs().amax(-1)
+    scale = r.abs().amax(-1)
+    worst = (row_err / scale.clamp(min=1e-30)).masked_fill(scale == 0, 0).max().item()
+    assert not ((scale == 0) & (row_err != 0)).any(), f"{what}: a row that must be zero is not"
+    print(f"{what}: rel RMS {rel:.2e}, worst row {worst:.2e}")
+    assert rel <= rms_tol, f"{what}: relative RMS {rel:.3g} > {rms_tol}"
+    assert worst <= row_tol, f"{what}: per-row error {worst:.3g} > {row_tol}"
+
+
+def _run_all(T, dtype, rms_tol, row_tol, H=4, Hkv=2, D=128, w=512):
+    q, k, v = _inputs(T, H, Hkv, D, dtype)
+    cos, sin = Rope(D).tables(T, "cuda")
+    gs = torch.rand(H, D, device="cuda") + 0.5
+    gr = torch.rand(H, D, device="cuda") + 0.5
+    f = lambda x: x.float()  # noqa: E731
+    with torch.no_grad():
+        out = K.swa_attention(q, k, v, window=w, backend="triton")
+        _check(out, swa_attention_chunked(f(q), f(k), f(v), window=w), rms_tol, row_tol, f"swa T={T} {dtype}")
+        out = K.residual_linear_attention(q, k, v, window=w, backend="triton")
+        ref = residual_linear_attention_chunked(f(q), f(k), f(v), window=w)
+        _check(out, ref, rms_tol, row_tol, f"rla T={T} {dtype}")
+        kw = dict(window=w, rope=(cos, sin), swa_norm_weight=gs, rla_norm_weight=gr)
+        out = K.rattention(q, k, v, backend="triton", **kw)
+        _check(out, rattention_chunked(f(q), f(k), f(v), **kw), rms_tol, row_tol, f"rattention T={T} {dtype}")
+
+
+@pytest.mark.parametrize("T", [4096, 32768, 131072])
+def test_bf16_against_fp32_reference(T):
+    _run_all(T, torch.bfloat16, BF16_RMS, BF16_ROW)
+
+
+@pytest.mark.parametrize("T", [4096, 32768])
+def test_fp32_tf32_off(T):
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        _run_all(T, torch.float32, FP32_TOL, FP32_TOL)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def test_head_dim_256_swa_and_64_rattention_bf16():
+    q, k, v = _inputs(4096, 4, 1, 256, torch.bfloat16)
+    out = K.swa_attention(q, k, v, window=511, backend="triton")
+    _check(out, swa_attention_chunked(q.float(), k.float(), v.float(), window=511), BF16_RMS, BF16_ROW, "swa D=256")
+    q, k, v = _inputs(4096, 8, 2, 64, torch.bfloat16)
+    kw = dict(window=100, rope=Rope(64).tables(4096, "cuda"))
+    out = K.rattention(q, k, v, backend="triton", **kw)
+    _check(out, rattention_chunked(q.float(), k.float(), v.float(), **kw), BF16_RMS, BF16_ROW, "rattention D=64")
+
+
+def test_varlen_bf16_and_auto_backend_runs_triton():
+    T = 5000
+    q, k, v = _inputs(T, 4, 4, 128, torch.bfloat16)
+    cu = torch.tensor([0, 1000, 3333, 4990], device="cuda")
+    before = K.launches["triton.rattention"]
+    out = K.rattention(q, k, v, window=300, cu_seqlens=cu)  # backend="auto" on CUDA -> triton
+    assert K.launches["triton.rattention"] == before + 1
+    ref = rattention_chunked(q.float(), k.float(), v.float(), window=300, cu_seqlens=cu)
+    _check(out, ref, BF16_RMS, BF16_ROW, "rattention packed")
+    assert out[:, 4990:].abs().max().item() == 0
