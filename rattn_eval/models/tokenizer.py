@@ -86,6 +86,10 @@ class Tokenizer:
         """
         return len(self.encode_prompt(text[:char_pos]))
 
+    def token_indices(self, text: str, char_positions: list[int], ids: list[int] | None = None) -> list[int]:
+        """token_index for several character offsets at once."""
+        return [self.token_index(text, p, ids) for p in char_positions]
+
     def _prepended_bos(self, text: str) -> int:
         return int(self.add_bos and self.bos_id is not None and not (self.bos_token and text.startswith(self.bos_token)))
 
@@ -176,8 +180,11 @@ class Gpt2Tokenizer(Tokenizer):
     def _encode(self, text: str) -> list[int]:
         return self._enc.encode(text, allowed_special="all")
 
+    def token_indices(self, text: str, char_positions: list[int], ids: list[int] | None = None) -> list[int]:
+        return _token_indices_by_bytes(self, self._enc, text, char_positions, ids)
+
     def token_index(self, text: str, char_pos: int, ids: list[int] | None = None) -> int:
-        return _token_index_by_bytes(self, self._enc, text, char_pos, ids)
+        return self.token_indices(text, [char_pos], ids)[0]
 
     def _decode(self, ids: list[int]) -> str:
         return self._enc.decode([i for i in ids if i != 50256], errors="replace")
@@ -245,17 +252,21 @@ class HFTokenizer(Tokenizer):
     def _decode(self, ids: list[int]) -> str:
         return self._tk.decode(ids, skip_special_tokens=True)
 
-    def token_index(self, text: str, char_pos: int, ids: list[int] | None = None) -> int:
+    def token_indices(self, text: str, char_positions: list[int], ids: list[int] | None = None) -> list[int]:
         if self._fast is None or (self._fast[1] is not None and self._fast[1].search(text)):
-            return super().token_index(text, char_pos, ids)
-        return _token_index_by_bytes(self, self._fast[0], text, char_pos, ids)
+            return [super(HFTokenizer, self).token_index(text, p, ids) for p in char_positions]
+        return _token_indices_by_bytes(self, self._fast[0], text, char_positions, ids)
+
+    def token_index(self, text: str, char_pos: int, ids: list[int] | None = None) -> int:
+        return self.token_indices(text, [char_pos], ids)[0]
 
 
 _BYTE_LENGTHS: dict[int, object] = {}
 
 
-def _token_index_by_bytes(tok: Tokenizer, enc, text: str, char_pos: int, ids: list[int] | None) -> int:
-    """token_index for tiktoken encoders: walk the byte lengths of the ids up to the byte offset of char_pos."""
+def _token_indices_by_bytes(tok: Tokenizer, enc, text: str, char_positions: list[int],
+                            ids: list[int] | None) -> list[int]:
+    """token_index for tiktoken encoders: walk the byte lengths of the ids up to each byte offset."""
     import numpy as np
 
     lengths = _BYTE_LENGTHS.get(id(enc))
@@ -270,9 +281,9 @@ def _token_index_by_bytes(tok: Tokenizer, enc, text: str, char_pos: int, ids: li
     if ids is None:
         ids = tok.encode_prompt(text)
     skip = tok._prepended_bos(text)
-    ends = np.cumsum(lengths[np.asarray(ids[skip:], dtype=np.int64)])
-    byte_pos = len(text[:char_pos].encode("utf-8"))
-    return skip + int(np.searchsorted(ends, byte_pos, side="right"))
+    ends = np.cumsum(lengths[np.fromiter(ids[skip:], dtype=np.int64, count=len(ids) - skip)])
+    byte_pos = [len(text[:p].encode("utf-8")) for p in char_positions]
+    return [skip + int(i) for i in np.searchsorted(ends, byte_pos, side="right")]
 
 
 # The regex of the `ByteLevel(use_regex=True)` pre-tokenizer of HF tokenizers (GPT-2's pattern).
@@ -324,8 +335,31 @@ def _tiktoken_twin(spec: dict, hf_tok):
     return (enc, unsafe) if ok else None
 
 
+class _UnsafeChars:
+    """`search(text)` is truthy when `text` holds a character from `ranges` (inclusive code point pairs).
+
+    ASCII members are found with substring search and the rest with a regex run only on
+    non-ASCII text, which keeps the check to well under a millisecond for a 32k-token prompt.
+    """
+
+    def __init__(self, ranges: list[tuple[int, int]]):
+        self.ascii = [chr(c) for lo, hi in ranges if lo < 0x80 for c in range(lo, min(hi, 0x7F) + 1)]
+        wide = [(max(lo, 0x80), hi) for lo, hi in ranges if hi >= 0x80]
+        self.wide = re.compile("[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in wide) + "]") if wide else None
+        self.astral_only = all(lo >= 0x10000 for lo, _ in wide)
+
+    def search(self, text: str) -> bool:
+        if any(c in text for c in self.ascii):
+            return True
+        if self.wide is None or text.isascii():
+            return False
+        if self.astral_only and len(text.encode("utf-16-le", "surrogatepass")) == 2 * len(text):
+            return False  # no character beyond U+FFFF: a cheap C-level pre-check before the regex
+        return self.wide.search(text) is not None
+
+
 def _chars_with_bytes(missing: list[int]):
-    """A regex matching any character whose UTF-8 encoding contains one of the `missing` bytes, or None."""
+    """Matcher for characters whose UTF-8 encoding contains one of the `missing` bytes, or None."""
     if not missing:
         return None
     ranges = []
@@ -339,9 +373,9 @@ def _chars_with_bytes(missing: list[int]):
         elif 0xF0 <= b <= 0xF4:
             ranges.append(((b & 0x07) << 18, min(0x10FFFF, ((b & 0x07) << 18) | 0x3FFFF)))
         elif 0x80 <= b <= 0xBF:  # a continuation byte occurs in too many characters to list: give up
-            return re.compile(r"[^\x00-\x7f]")
+            ranges.append((0x80, 0x10FFFF))
         # 0xC0, 0xC1, 0xF5..0xFF never occur in valid UTF-8
-    return re.compile("[" + "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in ranges) + "]") if ranges else None
+    return _UnsafeChars(ranges) if ranges else None
 
 
 def _bytelevel_decoder() -> dict[str, int]:

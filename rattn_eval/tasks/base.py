@@ -9,7 +9,10 @@ token counts; every accepted prompt is measured exactly with `count_prompt`.
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -117,6 +120,9 @@ def prompt_ids(tokenizer, text: str) -> list[int]:
 
 def token_positions(tokenizer, text: str, char_positions: list[int], ids: list[int]) -> list[int]:
     """Token index of each character offset (the token that holds it) in the prompt `ids` of `text`."""
+    many = getattr(tokenizer, "token_indices", None)
+    if many is not None:
+        return many(text, char_positions, ids)
     fn = getattr(tokenizer, "token_index", None)
     if fn is not None:
         return [fn(text, p, ids) for p in char_positions]
@@ -151,7 +157,12 @@ class Fitted:
 
 
 class Fitter:
-    """Sizes drafts of one (task, length); learns the estimate's bias from each exact measurement."""
+    """Sizes drafts of one (task, length).
+
+    The first sample calibrates the estimate (tokens outside the haystack, measured/estimated
+    ratio); later samples each start from that calibration and refine a private copy, so a
+    sample's text never depends on which other samples ran before it or in parallel.
+    """
 
     def __init__(self, tokenizer, *, length: int, budget: int, task: str):
         self.tok, self.length, self.budget, self.task = tokenizer, length, budget, task
@@ -190,6 +201,11 @@ class Fitter:
     def fit(self, make: Callable[[int], Draft], redraws: int = 12) -> Fitted:
         """Size the draft `make(0)`; if its units cannot hit the window, try the redraws
         `make(1)`, `make(2)`, ... (other random content), then pad the first draft."""
+        if self.overhead is None:
+            return self._fit(make, redraws)  # calibration: keeps what it learns
+        return copy.copy(self)._fit(make, redraws)
+
+    def _fit(self, make: Callable[[int], Draft], redraws: int) -> Fitted:
         first = None
         for attempt in range(redraws + 1):
             d = make(attempt)
@@ -266,6 +282,19 @@ class Fitter:
         assert good is not None
         k, text, marks, ids = good
         return Fitted(text, ids, k, marks)
+
+
+def run_samples(one: Callable[[int], Sample], n: int) -> list[Sample]:
+    """[one(0), ..., one(n-1)]: sample 0 first (it calibrates the Fitter), the rest on a few
+    threads; exact token counting runs in the tokenizer's native code, which releases the GIL."""
+    if n <= 0:
+        return []
+    first = one(0)
+    workers = min(n - 1, int(os.environ.get("RATTN_EVAL_GEN_THREADS", os.cpu_count() or 1)))
+    if workers <= 1:
+        return [first] + [one(i) for i in range(1, n)]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return [first] + list(pool.map(one, range(1, n)))
 
 
 def prefix_sums(counts) -> list[int]:

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 
 from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import Draft, Fitter, Sample, make_frame, prefix_sums, sample_id, sample_seed
+from rattn_eval.tasks.base import run_samples, Draft, Fitter, Sample, make_frame, prefix_sums, sample_id, sample_seed
 
 BUDGET = 120
 
@@ -74,8 +74,7 @@ def generate(cfg: CWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
     # one numbered line costs about its word plus the number, separator and newline
     word_cost = dict(zip(pool, corpora.unit_token_counts(tokenizer, "cwe-pool", [" " + w for w in pool])))
     line_overhead = len(tokenizer.encode("\n1234. x")) - len(tokenizer.encode(" x"))
-    samples = []
-    for i in range(n):
+    def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
         example = "" if kind is None else _example(rng, pool[:n_ww], cfg, kind == "short")
         # wonderwords first (clean dictionary words); essay words only extend the pool for long lengths
@@ -95,9 +94,9 @@ def generate(cfg: CWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
         make = lambda attempt, frame=frame, render=render, pre=pre, base=base, rare=rare: Draft(  # noqa: E731
             frame, render, lambda k: base + pre[k], 0, len(rare))
         fitted = fitter.fit(make, redraws=0)
-        samples.append(Sample(
+        return Sample(
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=list(common), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
             answer_prefix=prefix, depth=None, answer_position=None, answer_positions=[], seed=seed,
-        ))
-    return samples
+        )
+    return run_samples(one, n)

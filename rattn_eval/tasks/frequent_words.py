@@ -7,7 +7,7 @@ import random
 import string
 from dataclasses import dataclass
 
-from rattn_eval.tasks.base import Draft, Fitter, Sample, make_frame, sample_id, sample_seed
+from rattn_eval.tasks.base import run_samples, Draft, Fitter, Sample, make_frame, sample_id, sample_seed
 
 BUDGET = 50
 NOISE_TOKEN = "...."
@@ -45,8 +45,7 @@ def generate(cfg: FWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
     vocab_size = max(cfg.top + 2, length // cfg.vocab_per_tokens)
     zeta = _zeta(cfg.alpha)
     frame = make_frame(tokenizer, chat_template, INSTRUCTION, QUESTION, PREFIX)
-    samples = []
-    for i in range(n):
+    def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
         vocab = {NOISE_TOKEN: None}
         while len(vocab) < vocab_size:
@@ -73,9 +72,9 @@ def generate(cfg: FWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
             k_min = int(k_min * 1.2) + 1
         fitted = fitter.fit(lambda attempt, r=render, e=estimate, k0=k_min: Draft(frame, r, e, k0, 64 * length),
                             redraws=0)
-        samples.append(Sample(
+        return Sample(
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=vocab[1: 1 + cfg.top], num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
             answer_prefix=PREFIX, depth=None, answer_position=None, answer_positions=[], seed=seed,
-        ))
-    return samples
+        )
+    return run_samples(one, n)

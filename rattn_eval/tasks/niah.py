@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, sample_id, sample_seed, token_positions
+from rattn_eval.tasks.base import run_samples, Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, sample_id, sample_seed, token_positions
 
 BUDGET = 128
 
@@ -103,8 +103,7 @@ def generate(cfg: NiahConfig, tokenizer, *, length: int, n: int, seed: int, task
         per_block = len(tokenizer.encode(block))
         max_blocks = max(8, length // max(1, per_block) * 2)
         blocks = [block] * max_blocks
-    samples = []
-    for i in range(n):
+    def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
         num_keys = max(cfg.num_keys, cfg.num_queries)
         taken: set[str] = set()
@@ -144,12 +143,12 @@ def generate(cfg: NiahConfig, tokenizer, *, length: int, n: int, seed: int, task
 
         fitted = fitter.fit(make)
         positions = token_positions(tokenizer, fitted.text, fitted.marks, fitted.ids)
-        samples.append(Sample(
+        return Sample(
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=answers, num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens, answer_prefix=prefix,
             depth=depths[i], answer_position=positions[0], answer_positions=positions, seed=seed,
-        ))
-    return samples
+        )
+    return run_samples(one, n)
 
 
 def _line_renderer(units: list[str], needles, n_gold: int, sep: str = "\n"):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rattn_eval.errors import DataError
 from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, sample_id, sample_seed, token_positions
+from rattn_eval.tasks.base import run_samples, Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, sample_id, sample_seed, token_positions
 
 BUDGET = 32
 FILES = {"squad": "dev-v2.0.json", "hotpotqa": "hotpot_dev_distractor_v1.json"}
@@ -86,8 +86,7 @@ def generate(cfg: QAConfig, tokenizer, *, length: int, n: int, seed: int, task: 
     fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task)
     depths = depths_for(n, depth)
     order = random.Random(sample_seed(task, length, seed, -1)).sample(range(len(items)), len(items))
-    samples = []
-    for i in range(n):
+    def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
         question, answers, gold = items[order[i % len(order)]]
         gold_set = set(gold)
@@ -112,9 +111,9 @@ def generate(cfg: QAConfig, tokenizer, *, length: int, n: int, seed: int, task: 
             frame, render, lambda k: gc + pre[k], 0, nd, pad=corpora.PAD_WORDS)
         fitted = fitter.fit(make, redraws=0)
         positions = token_positions(tokenizer, fitted.text, fitted.marks, fitted.ids)
-        samples.append(Sample(
+        return Sample(
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=list(answers), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
             answer_prefix=PREFIX, depth=depths[i], answer_position=positions[0], answer_positions=positions, seed=seed,
-        ))
-    return samples
+        )
+    return run_samples(one, n)

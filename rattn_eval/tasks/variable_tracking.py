@@ -8,7 +8,7 @@ import string
 from dataclasses import dataclass
 
 from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import Draft, Fitter, Sample, make_frame, sample_id, sample_seed, token_positions
+from rattn_eval.tasks.base import run_samples, Draft, Fitter, Sample, make_frame, sample_id, sample_seed, token_positions
 from rattn_eval.tasks.niah import _line_renderer
 
 BUDGET = 30
@@ -71,8 +71,7 @@ def generate(cfg: VTConfig, tokenizer, *, length: int, n: int, seed: int, task: 
     per_block = len(tokenizer.encode(block))
     max_blocks = max(8, length // max(1, per_block) * 2)
     blocks = [block] * max_blocks
-    samples = []
-    for i in range(n):
+    def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
         example = _example(rng, cfg, length)
         stmts, chain, values = _chains(rng, cfg)
@@ -89,10 +88,10 @@ def generate(cfg: VTConfig, tokenizer, *, length: int, n: int, seed: int, task: 
             pad=corpora.PAD_WORDS[1:])
         fitted = fitter.fit(make, redraws=0)
         positions = token_positions(tokenizer, fitted.text, fitted.marks, fitted.ids)
-        samples.append(Sample(
+        return Sample(
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=list(chain), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens, answer_prefix=prefix,
             depth=[round(spots[j], 6) for j in range(n_gold)], answer_position=positions[0],
             answer_positions=positions, seed=seed,
-        ))
-    return samples
+        )
+    return run_samples(one, n)

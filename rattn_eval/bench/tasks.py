@@ -1,0 +1,131 @@
+"""Task generation speed: ours vs lm-eval 0.4.13's RULER generators, same tokenizer, same process.
+
+    python -m rattn_eval.bench.tasks [--length 32k] [-n 100] [--lm-eval-n 50] [--out FILE]
+
+Times all 11 synthetic tasks x n samples with the SmolLM2 tokenizer (disk cache off), then
+lm-eval's generators for the tasks it can build offline (niah_single_1, niah_multikey_2,
+niah_multikey_3, ruler_vt, ruler_cwe, ruler_fwe), driven directly with `num_samples` so a
+smaller count can be timed and scaled. Reports samples/s and the mean fill of the length
+budget, (prompt tokens + generation budget) / L.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+
+def bench_ours(tok, length: int, n: int) -> list[tuple[str, float, int, float]]:
+    from rattn_eval import tasks
+
+    rows = []
+    for name in tasks.GROUPS["synthetic"]:
+        t0 = time.perf_counter()
+        samples = tasks.generate(name, tok, length=length, n=n, seed=0, use_cache=False)
+        dt = time.perf_counter() - t0
+        fill = sum(s.num_tokens + s.max_new_tokens for s in samples) / (len(samples) * length)
+        rows.append((name, dt, len(samples), fill))
+    return rows
+
+
+def bench_lm_eval(tok_dir: str, length: int, n: int) -> list[tuple[str, float, int, float]]:
+    """lm-eval's own generators; `length` of each record is its prompt tokens + generation budget."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    from transformers import AutoTokenizer
+
+    from lm_eval.tasks.ruler import cwe_utils, fwe_utils, niah_utils, vt_utils
+    from lm_eval.tasks.ruler.prepare_niah import generate_samples, get_haystack
+
+    hf = AutoTokenizer.from_pretrained(tok_dir)
+
+    def niah(haystack, k, v):
+        return lambda: generate_samples(get_haystack(type_haystack=haystack), max_seq_length=length,
+                                        template=niah_utils.TEMPLATE, type_haystack=haystack, type_needle_k=k,
+                                        type_needle_v=v, num_samples=n, TOKENIZER=hf)
+
+    def vt():
+        icl = vt_utils.sys_vartrack_w_noise_random(tokenizer=hf, num_samples=1, max_seq_length=500, incremental=5)[0]
+        return vt_utils.sys_vartrack_w_noise_random(tokenizer=hf, num_samples=n, max_seq_length=length,
+                                                    icl_example=icl)
+
+    jobs = {
+        "niah_single_1": niah("repeat", "words", "numbers"),
+        "niah_multikey_2": niah("needle", "words", "numbers"),
+        "niah_multikey_3": niah("needle", "uuids", "uuids"),
+        "ruler_vt": vt,
+        "ruler_cwe": lambda: cwe_utils.sys_word_pair_random(num_samples=n, max_seq_length=length, tokenizer=hf),
+        "ruler_fwe": lambda: fwe_utils.sys_kwext(tokenizer=hf, max_seq_length=length, num_samples=n),
+    }
+    rows = []
+    for name, job in jobs.items():
+        t0 = time.perf_counter()
+        try:
+            recs = list(job())
+        except Exception as e:  # report what could not run offline instead of stopping the benchmark
+            rows.append((name, float("nan"), 0, float("nan")))
+            print(f"lm-eval {name}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        dt = time.perf_counter() - t0
+        fill = sum(r["length"] for r in recs) / (len(recs) * length) if recs else float("nan")
+        rows.append((name, dt, len(recs), fill))
+    return rows
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--length", default="32k")
+    ap.add_argument("-n", type=int, default=100, help="samples per task for ours")
+    ap.add_argument("--lm-eval-n", type=int, default=50, help="samples per task for lm-eval (0: skip)")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    from rattn_eval.models import load_tokenizer
+    from rattn_eval.models.tokenizer import smollm2_tokenizer_dir
+    from rattn_eval.tasks import parse_length
+
+    length = parse_length(args.length)
+    tok_dir = smollm2_tokenizer_dir()
+    tok = load_tokenizer(tok_dir)
+    tok.encode("warm up")
+    lines = [
+        f"# command: python -m rattn_eval.bench.tasks {' '.join(argv if argv is not None else sys.argv[1:])}",
+        f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
+        f"python {platform.python_version()}; tokenizer SmolLM2-135M ({tok.name}); L = {length}",
+        "# fill = mean (prompt tokens + generation budget) / L; samples/s = samples / wall seconds",
+        "",
+        f"ours (n={args.n} per task, disk cache off, first call includes per-corpus token counts)",
+        f"{'task':18s} {'seconds':>8s} {'samples/s':>10s} {'fill':>7s}",
+    ]
+    t_all = time.perf_counter()
+    ours = bench_ours(tok, length, args.n)
+    total = time.perf_counter() - t_all
+    for name, dt, cnt, fill in ours:
+        lines.append(f"{name:18s} {dt:8.2f} {cnt / dt:10.1f} {fill:7.4f}")
+    lines.append(f"{'all 11 tasks':18s} {total:8.2f} {sum(r[2] for r in ours) / total:10.1f}")
+    print("\n".join(lines), flush=True)
+
+    if args.lm_eval_n > 0:
+        theirs = bench_lm_eval(str(tok_dir), length, args.lm_eval_n)
+        more = ["", f"lm-eval 0.4.13 RULER generators (n={args.lm_eval_n} per task; samples/s scales to any n)",
+                f"{'task':18s} {'seconds':>8s} {'samples/s':>10s} {'fill':>7s} {'ours samples/s':>15s} {'speedup':>8s}"]
+        ours_by = {r[0]: r for r in ours}
+        mapping = {"ruler_vt": "vt", "ruler_cwe": "cwe", "ruler_fwe": "fwe"}
+        for name, dt, cnt, fill in theirs:
+            o = ours_by[mapping.get(name, name)]
+            ours_rate = o[2] / o[1]
+            rate = cnt / dt if cnt else float("nan")
+            more.append(f"{name:18s} {dt:8.2f} {rate:10.2f} {fill:7.4f} {ours_rate:15.1f} {ours_rate / rate:7.1f}x")
+        print("\n".join(more[0:]), flush=True)
+        lines += more
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
