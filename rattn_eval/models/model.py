@@ -271,12 +271,16 @@ class Model(nn.Module):
         c = self.config.final_softcap
         return logits if c is None else torch.tanh(logits / c) * c
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """input_ids (B, T) int64, lengths (B,) for right padding -> logits (B, T, V)."""
+    def hidden_states(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) -> last layer's output (B, T, W), before the final norm."""
         x = self._embed(input_ids)
         for block in self.layers:
             x, _ = block(x, lengths)
-        return self._logits(x)
+        return x
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids (B, T) int64, lengths (B,) for right padding -> logits (B, T, V)."""
+        return self._logits(self.hidden_states(input_ids, lengths))
 
     def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, cache_size: int):
         """Run the prompts and build every layer's cache.
