@@ -237,13 +237,14 @@ def test_padded_and_packed_equal_one_by_one():
 
 
 def test_many_scan_segments():
-    # Chunk states split over many scan segments (carry pass) == one segment.
+    # Chunk states split over many scan segments (carry pass) or value slices == one segment.
     q, k, v, _ = make_inputs(dict(T=200, D=64, heads=(2, 1), B=1, layout="dense", dtype="fp32"))
     ref = residual_linear_attention_naive(q, k, v, window=3)
-    for bps in (1, 3, 100):
+    for bps, bv in ((1, 32), (3, None), (100, None)):
         seqs = swa_parallel.SequenceTable(1, 200, q.device, None, None, swa_parallel.block_config(64, True)["BM"])
         cfg = swa_parallel.block_config(64, True)
-        states, carry, b, n = rla_chunk.rla_prefix_states(k, v, seqs, window=3, feature=0, cfg=cfg, blocks_per_segment=bps)
+        states, carry, b, n = rla_chunk.rla_prefix_states(k, v, seqs, window=3, feature=0, cfg=cfg, blocks_per_segment=bps,
+                                                               block_v=bv)
         out = swa_parallel.launch_swa_fwd(q, k, v, torch.empty_like(q), seqs, window=3, scale=1.0, cfg=cfg,
                                           states=states, carry=carry, bps=b, nseg=n, do_swa=False, do_rla=True)
         assert_close(out, ref, 1e-4, f"blocks_per_segment={bps}")

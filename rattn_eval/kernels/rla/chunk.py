@@ -135,7 +135,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     B, T, Hkv, D = k.shape
     BT = cfg["BM"]
     FD = D if feature == 2 else 2 * D
-    BV = block_v or min(D, 64)
+    BV = block_v or D  # one value slice: phi(k) is computed once per key block (faster on the H200 at D=128)
     nv = D // BV
     nb_max = cdiv(seqs.max_len, BT)
     if blocks_per_segment is None:

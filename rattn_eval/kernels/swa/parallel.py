@@ -288,10 +288,10 @@ def block_config(D: int, rla: bool, dtype: torch.dtype = torch.bfloat16) -> dict
         return dict(BM=32, BN=16, num_warps=4, num_stages=1)
     if dtype == torch.float32:  # fp32 tiles take twice the shared memory
         return dict(BM=64, BN=32, num_warps=4, num_stages=2) if D <= 128 else dict(BM=32, BN=32, num_warps=4, num_stages=1)
-    if D <= 64:
-        return dict(BM=128, BN=64, num_warps=4, num_stages=3)
     if D <= 128:
-        return dict(BM=128, BN=64, num_warps=8, num_stages=3 if not rla else 2)
+        # H200 sweep at T=32k, w=512 (results/bench/kernels_h200.txt): plain SWA is fastest with
+        # 64x64 tiles and 3 stages; the fused RAttention pass (more live tiles) with 128x64 and 2 stages.
+        return dict(BM=128, BN=64, num_warps=8, num_stages=2) if rla else dict(BM=64, BN=64, num_warps=4, num_stages=3)
     return dict(BM=64, BN=32, num_warps=8, num_stages=2)
 
 
