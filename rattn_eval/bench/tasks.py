@@ -18,20 +18,21 @@ import sys
 import time
 
 
-def bench_ours(tok, length: int, n: int) -> list[tuple[str, float, int, float]]:
+def bench_ours(tok, length: int, n: int) -> list[tuple[str, float, int, float, float]]:
+    """(task, wall s, samples, fill, process CPU s) per synthetic task."""
     from rattn_eval import tasks
 
     rows = []
     for name in tasks.GROUPS["synthetic"]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         samples = tasks.generate(name, tok, length=length, n=n, seed=0, use_cache=False)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         fill = sum(s.num_tokens + s.max_new_tokens for s in samples) / (len(samples) * length)
-        rows.append((name, dt, len(samples), fill))
+        rows.append((name, dt, len(samples), fill, cpu))
     return rows
 
 
-def bench_lm_eval(tok_dir: str, length: int, n: int) -> list[tuple[str, float, int, float]]:
+def bench_lm_eval(tok_dir: str, length: int, n: int) -> list[tuple[str, float, int, float, float]]:
     """lm-eval's own generators; `length` of each record is its prompt tokens + generation budget."""
     import logging
 
@@ -63,16 +64,16 @@ def bench_lm_eval(tok_dir: str, length: int, n: int) -> list[tuple[str, float, i
     }
     rows = []
     for name, job in jobs.items():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             recs = list(job())
         except Exception as e:  # report what could not run offline instead of stopping the benchmark
-            rows.append((name, float("nan"), 0, float("nan")))
+            rows.append((name, float("nan"), 0, float("nan"), float("nan")))
             print(f"lm-eval {name}: failed: {type(e).__name__}: {e}", file=sys.stderr)
             continue
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         fill = sum(r["length"] for r in recs) / (len(recs) * length) if recs else float("nan")
-        rows.append((name, dt, len(recs), fill))
+        rows.append((name, dt, len(recs), fill, cpu))
     return rows
 
 
@@ -96,30 +97,35 @@ def main(argv=None) -> None:
         f"# command: python -m rattn_eval.bench.tasks {' '.join(argv if argv is not None else sys.argv[1:])}",
         f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, "
         f"python {platform.python_version()}; tokenizer SmolLM2-135M ({tok.name}); L = {length}",
-        "# fill = mean (prompt tokens + generation budget) / L; samples/s = samples / wall seconds",
+        "# fill = mean (prompt tokens + generation budget) / L; samples/s = samples / wall seconds;",
+        "# cpu s = process CPU seconds (all threads), which a busy shared machine inflates less than wall time",
+        f"# load average at start: {os.getloadavg()[0]:.1f}",
         "",
         f"ours (n={args.n} per task, disk cache off, first call includes per-corpus token counts)",
-        f"{'task':18s} {'seconds':>8s} {'samples/s':>10s} {'fill':>7s}",
+        f"{'task':18s} {'seconds':>8s} {'cpu s':>7s} {'samples/s':>10s} {'fill':>7s}",
     ]
-    t_all = time.perf_counter()
+    t_all, c_all = time.perf_counter(), time.process_time()
     ours = bench_ours(tok, length, args.n)
-    total = time.perf_counter() - t_all
-    for name, dt, cnt, fill in ours:
-        lines.append(f"{name:18s} {dt:8.2f} {cnt / dt:10.1f} {fill:7.4f}")
-    lines.append(f"{'all 11 tasks':18s} {total:8.2f} {sum(r[2] for r in ours) / total:10.1f}")
+    total, total_cpu = time.perf_counter() - t_all, time.process_time() - c_all
+    for name, dt, cnt, fill, cpu in ours:
+        lines.append(f"{name:18s} {dt:8.2f} {cpu:7.2f} {cnt / dt:10.1f} {fill:7.4f}")
+    lines.append(f"{'all 11 tasks':18s} {total:8.2f} {total_cpu:7.2f} {sum(r[2] for r in ours) / total:10.1f}")
     print("\n".join(lines), flush=True)
 
     if args.lm_eval_n > 0:
         theirs = bench_lm_eval(str(tok_dir), length, args.lm_eval_n)
         more = ["", f"lm-eval 0.4.13 RULER generators (n={args.lm_eval_n} per task; samples/s scales to any n)",
-                f"{'task':18s} {'seconds':>8s} {'samples/s':>10s} {'fill':>7s} {'ours samples/s':>15s} {'speedup':>8s}"]
+                f"{'task':18s} {'seconds':>8s} {'cpu s':>7s} {'samples/s':>10s} {'fill':>7s} {'ours samples/s':>15s} "
+                f"{'speedup':>8s} {'cpu/sample ratio':>17s}"]
         ours_by = {r[0]: r for r in ours}
         mapping = {"ruler_vt": "vt", "ruler_cwe": "cwe", "ruler_fwe": "fwe"}
-        for name, dt, cnt, fill in theirs:
+        for name, dt, cnt, fill, cpu in theirs:
             o = ours_by[mapping.get(name, name)]
             ours_rate = o[2] / o[1]
             rate = cnt / dt if cnt else float("nan")
-            more.append(f"{name:18s} {dt:8.2f} {rate:10.2f} {fill:7.4f} {ours_rate:15.1f} {ours_rate / rate:7.1f}x")
+            cpu_ratio = (cpu / cnt) / (o[4] / o[2]) if cnt else float("nan")
+            more.append(f"{name:18s} {dt:8.2f} {cpu:7.2f} {rate:10.2f} {fill:7.4f} {ours_rate:15.1f} "
+                        f"{ours_rate / rate:7.1f}x {cpu_ratio:16.1f}x")
         print("\n".join(more[0:]), flush=True)
         lines += more
     if args.out:
