@@ -71,6 +71,8 @@ class RattnLM(TemplateLM):
             raise ConfigError(f"unknown rattn model_args {sorted(unknown)}; accepted: {', '.join(MODEL_ARGS)}.")
         from rattn_eval.models import load_model
 
+        if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} was asked for but CUDA is not available; pass --device cpu.")
         self.pretrained = str(pretrained)
         self.model, self.tokenizer = load_model(self.pretrained, backend=backend, device=device, dtype=dtype,
                                                 window=window)
@@ -368,6 +370,9 @@ def cli_main(argv: list[str]) -> int:
     saved = sys.argv
     # lm-eval's CLI reads sys.argv itself; "run" is its evaluation subcommand.
     sys.argv = ["lm-eval", "run", "--model", "rattn", "--model_args", json.dumps({"pretrained": path}), *rest]
+    if not any(a == "--device" or a.startswith("--device=") for a in rest):
+        # lm-eval's own default is cuda:0 even on a machine without CUDA; ours is CUDA when present.
+        sys.argv += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
     try:
         cli_evaluate()
     except SystemExit as stop:  # argparse errors and --help end this way

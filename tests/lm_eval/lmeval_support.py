@@ -11,9 +11,10 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 TASKS_DIR = REPO / "tests" / "lm_eval" / "tasks"
 MC_TASK, PPL_TASK, GEN_TASK = "rattn_local_mc", "rattn_local_ppl", "rattn_local_gen"
+TINY_MAX_LENGTH = 32  # every text of the rolling task spans several windows at this length
 
 
-def run_tasks(lm, task_manager, tasks):
+def run_tasks(lm, task_manager, tasks, **evaluate_kwargs):
     """simple_evaluate `lm` on `tasks`; returns {task: [resps of doc 0, doc 1, ...]} and the results dict.
 
     resps of a multiple-choice doc: [(loglikelihood, is_greedy) per choice]; of a rolling doc: [loglikelihood].
@@ -21,7 +22,7 @@ def run_tasks(lm, task_manager, tasks):
     import lm_eval
 
     out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=task_manager, log_samples=True,
-                                  bootstrap_iters=0)
+                                  bootstrap_iters=0, **evaluate_kwargs)
     per_doc = {}
     for task in tasks:
         samples = sorted(out["samples"][task], key=lambda s: s["doc_id"])

@@ -5,9 +5,7 @@ multiple-choice task and a loglikelihood_rolling task cut into the same windows.
 
 import pytest
 
-from lmeval_support import GEN_TASK, MC_TASK, PPL_TASK, run_tasks, smollm2_hf_dir, tiny_llama_hf_dir
-
-TINY_MAX_LENGTH = 32  # every text of the rolling task spans several windows at this length
+from lmeval_support import GEN_TASK, MC_TASK, PPL_TASK, TINY_MAX_LENGTH, run_tasks, smollm2_hf_dir
 
 
 def assert_same_scores(ours: dict, ref: dict, tasks) -> None:
@@ -23,31 +21,26 @@ def assert_same_scores(ours: dict, ref: dict, tasks) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory):
-    from rattn_eval.models import convert
-
-    hf_dir = tiny_llama_hf_dir(tmp_path_factory.mktemp("tiny_llama_hf"))
-    ours_dir = tmp_path_factory.mktemp("tiny_llama_ours") / "ckpt"
-    convert(str(hf_dir), str(ours_dir))
-    return hf_dir, ours_dir
-
-
-@pytest.fixture(scope="module")
-def tiny_results(tiny_dirs, task_manager):
-    """Both models on the three local tasks, batch 4, max_length 32."""
+def tiny_lms(tiny_dirs):
+    """(ours, ref): the tiny Llama through `rattn` (converted, native, torch) and through lm-eval's `hf`."""
     from lm_eval.models.huggingface import HFLM
 
     from rattn_eval.integrations.lm_eval import RattnLM
 
     hf_dir, ours_dir = tiny_dirs
-    tasks = (MC_TASK, PPL_TASK, GEN_TASK)
-    ref_lm = HFLM(pretrained=str(hf_dir), device="cpu", dtype="float32", batch_size=4, max_length=TINY_MAX_LENGTH)
     ours_lm = RattnLM(str(ours_dir), backend="torch", device="cpu", dtype="float32", batch_size=4,
                       max_length=TINY_MAX_LENGTH)
     assert ours_lm.model_backend == "torch" and type(ours_lm.model).__name__ == "Model"  # our native model
-    ref = run_tasks(ref_lm, task_manager, tasks)
-    ours = run_tasks(ours_lm, task_manager, tasks)
-    return ours, ref, ours_lm
+    ref_lm = HFLM(pretrained=str(hf_dir), device="cpu", dtype="float32", batch_size=4, max_length=TINY_MAX_LENGTH)
+    return ours_lm, ref_lm
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tiny_lms, task_manager):
+    """Both models on the three local tasks, batch 4, max_length 32."""
+    ours_lm, ref_lm = tiny_lms
+    tasks = (MC_TASK, PPL_TASK, GEN_TASK)
+    return run_tasks(ours_lm, task_manager, tasks), run_tasks(ref_lm, task_manager, tasks), ours_lm
 
 
 def test_tiny_llama_loglikelihood_parity(tiny_results):
@@ -82,6 +75,22 @@ def test_tiny_llama_generate_until_parity(tiny_results):
     (ours, _), (ref, _), _ = tiny_results
     assert ours[GEN_TASK] == ref[GEN_TASK]
     assert any(doc[0] for doc in ref[GEN_TASK])  # not all empty
+
+
+def test_tiny_llama_chat_template_parity(tiny_lms, task_manager):
+    """With --apply_chat_template (and a system instruction) the prompts lm-eval builds through our
+    template rendering score the same as through transformers'."""
+    ours_lm, ref_lm = tiny_lms
+    kwargs = dict(apply_chat_template=True, system_instruction="Answer briefly.", limit=4)
+    ours_lm._max_length = ref_lm._max_length = 128  # chat markup makes the prompts longer
+    try:
+        ours, ours_out = run_tasks(ours_lm, task_manager, (MC_TASK,), **kwargs)
+        ref, _ = run_tasks(ref_lm, task_manager, (MC_TASK,), **kwargs)
+    finally:
+        ours_lm._max_length = ref_lm._max_length = TINY_MAX_LENGTH
+    context = ours_out["samples"][MC_TASK][0]["arguments"][0][0]
+    assert context.startswith("<|im_start|>system\nAnswer briefly.") and context.endswith("<|im_start|>assistant\n")
+    assert_same_scores(ours, ref, (MC_TASK,))
 
 
 @pytest.mark.slow

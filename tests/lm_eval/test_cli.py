@@ -1,0 +1,131 @@
+"""Registration, the command-line route, argument checks, and the no-silent-truncation rule,
+on the built-in random `debug` model (byte tokenizer, fast)."""
+
+import glob
+import json
+
+import pytest
+from lm_eval.api.instance import Instance
+
+from lmeval_support import MC_TASK, TASKS_DIR
+from rattn_eval.errors import BudgetError, ConfigError
+from rattn_eval.integrations.lm_eval import RattnLM, cli_main, render_chat
+
+
+@pytest.fixture(scope="module")
+def debug_lm():
+    return RattnLM("debug", backend="torch", device="cpu", batch_size=2, max_length=24)
+
+
+def test_registered_after_lm_evals_own_models():
+    from lm_eval.api.registry import get_model
+    from lm_eval.models.huggingface import HFLM
+
+    assert get_model("rattn") is RattnLM
+    assert get_model("hf") is HFLM
+
+
+def test_cli_main_runs_the_local_task(tmp_path):
+    rc = cli_main(["--model-path", "debug", "--tasks", MC_TASK, "--include_path", str(TASKS_DIR),
+                   "--model_args", "backend=torch", "max_length=256", "--batch_size", "4",
+                   "--output_path", str(tmp_path), "--log_samples"])
+    assert rc == 0
+    [results_file] = glob.glob(str(tmp_path / "**" / "results_*.json"), recursive=True)
+    results = json.loads(open(results_file).read())
+    assert 0.0 <= results["results"][MC_TASK]["acc,none"] <= 1.0
+    assert results["config"]["model"] == "rattn"
+    assert results["config"]["rattn_backend"] == "torch"
+    assert results["config"]["rattn_truncated_requests"] == 0
+    [samples_file] = glob.glob(str(tmp_path / "**" / f"samples_{MC_TASK}_*.jsonl"), recursive=True)
+    assert len(open(samples_file).read().splitlines()) == 12
+
+
+def test_cli_main_argument_errors():
+    with pytest.raises(ConfigError, match="--model-path"):
+        cli_main(["--tasks", MC_TASK])
+    with pytest.raises(ConfigError, match="always 'rattn'"):
+        cli_main(["--model-path", "debug", "--model", "hf"])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"batch_size": "auto"}, "not 'auto'"),
+    ({"max_length": 0}, "max_length"),
+    ({"max_length": 10**9}, "exceeds the model's context"),
+    ({"trust_remote_code": True}, "unknown rattn model_args"),
+])
+def test_bad_model_args(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        RattnLM("debug", backend="torch", device="cpu", **kwargs)
+
+
+def test_string_model_args_from_the_command_line():
+    lm = RattnLM.create_from_arg_string("pretrained=debug,backend=torch,max_length=64",
+                                        {"batch_size": "3", "device": "cpu", "max_batch_size": None})
+    assert (lm.batch_size, lm.max_length, lm.model_backend) == (3, 64, "torch")
+
+
+def test_over_long_loglikelihood_is_an_error_unless_truncation(debug_lm):
+    context, continuation = "x" * 40, " yes"  # byte tokenizer: 1 + 40 + 4 tokens > max_length + 1
+    request = Instance("loglikelihood", {}, (context, continuation), 0)
+    with pytest.raises(BudgetError, match="truncation=True"):
+        debug_lm.loglikelihood([request], disable_tqdm=True)
+
+    lm = RattnLM("debug", backend="torch", device="cpu", max_length=24, truncation=True)
+    short = Instance("loglikelihood", {}, ("x" * 10, continuation), 1)
+    [(long_ll, _), (short_ll, _)] = lm.loglikelihood([request, short], disable_tqdm=True)
+    assert lm.truncated_requests == 1
+    assert lm.get_model_info()["rattn_truncated_requests"] == 1
+    # Cut from the left: the last max_length input tokens, no BOS, exactly as scored on their own.
+    kept = lm.tok_encode(context + continuation)[-(lm.max_length + 1):]
+    [(direct, _)] = lm._loglikelihood_tokens([(None, kept[:-4], kept[-4:])], disable_tqdm=True)
+    assert long_ll == direct and long_ll != short_ll
+
+
+def test_over_long_generation_prompt_is_an_error_unless_truncation(debug_lm):
+    request = Instance("generate_until", {}, ("y" * 30, {"until": [], "max_gen_toks": 4}), 0)
+    with pytest.raises(BudgetError, match="max_gen_toks=4"):
+        debug_lm.generate_until([request], disable_tqdm=True)
+    lm = RattnLM("debug", backend="torch", device="cpu", max_length=24, truncation=True)
+    [text] = lm.generate_until([request], disable_tqdm=True)
+    assert isinstance(text, str) and lm.truncated_requests == 1
+
+
+def test_sampling_requests_are_refused(debug_lm):
+    request = Instance("generate_until", {}, ("hi", {"do_sample": True, "temperature": 0.7}), 0)
+    with pytest.raises(ConfigError, match="greedily"):
+        debug_lm.generate_until([request], disable_tqdm=True)
+
+
+def test_empty_context_is_conditioned_on_bos(debug_lm):
+    [(empty_ll, _)] = debug_lm.loglikelihood([Instance("loglikelihood", {}, ("", "abc"), 0)], disable_tqdm=True)
+    bos = debug_lm.tokenizer.bos_id
+    [(direct, _)] = debug_lm._loglikelihood_tokens([(None, [bos], list(b"abc"))], disable_tqdm=True)
+    assert empty_ll == direct
+
+
+def test_chat_rendering_matches_transformers():
+    """Our jinja rendering of SmolLM2's template equals transformers' apply_chat_template, with a generation
+    prompt and with an open final assistant message (continue_final_message, used for answer prefixes)."""
+    from transformers import AutoTokenizer
+
+    from rattn_eval.models.tokenizer import load_tokenizer, smollm2_tokenizer_dir
+
+    hf = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
+    ours = load_tokenizer(smollm2_tokenizer_dir())
+    chats = [
+        ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}], True),
+        ([{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Answer:"}], False),
+    ]
+    for chat, add_generation_prompt in chats:
+        want = hf.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                      continue_final_message=not add_generation_prompt)
+        got = render_chat(ours.chat_template, chat, add_generation_prompt=add_generation_prompt,
+                          bos_token=ours.bos_token, eos_token=ours.eos_token)
+        assert got == want
+
+
+def test_chat_template_needs_one(debug_lm):
+    assert debug_lm.chat_template(False) is None
+    assert debug_lm.tokenizer_name == "bytes"
+    with pytest.raises(ConfigError, match="no chat template"):
+        debug_lm.apply_chat_template([{"role": "user", "content": "hi"}])
