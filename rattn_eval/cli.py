@@ -326,6 +326,29 @@ _bench_command("tasks", "rattn_eval.bench.tasks", "Time sample generation agains
 _bench_command("e2e", "rattn_eval.bench.e2e", "Whole-model prefill/decode speed and cache memory, triton vs hf.")
 
 
+@cli.command(name="lm-eval", epilog="""\b
+Examples:
+  rattn-eval lm-eval --model-path smollm2-135m --tasks arc_easy,hellaswag --limit 100 --batch_size 8
+  HF_DATASETS_OFFLINE=1 rattn-eval lm-eval --model-path ./ckpt --tasks rattn_local_mc \\
+      --include_path tests/lm_eval/tasks --model_args backend=torch max_length=2048""",
+             context_settings={"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lm_eval_command(args):
+    """Score a checkpoint with lm-evaluation-harness (model `rattn`).
+
+    --model-path CKPT picks the checkpoint; every other argument goes to `lm-eval run` unchanged
+    (--tasks, --limit, --num_fewshot, --batch_size, --device, --include_path, --output_path,
+    --model_args backend=... max_length=... truncation=True ...).
+    """
+    try:
+        from rattn_eval.integrations.lm_eval import cli_main
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] == "lm_eval":
+            raise ConfigError("`rattn-eval lm-eval` needs lm-evaluation-harness: pip install 'rattn-eval[lm-eval]'") from None
+        raise
+    sys.exit(cli_main(list(args)) or 0)
+
+
 def main(argv=None) -> None:
     cli.main(args=argv, prog_name="rattn-eval")
 

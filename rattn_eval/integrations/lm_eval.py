@@ -363,9 +363,13 @@ def cli_main(argv: list[str]) -> int:
             raise ConfigError("the model is always 'rattn' here; give the checkpoint with --model-path.")
         else:
             rest.append(arg)
+    from lm_eval.__main__ import cli_evaluate
+
+    if "-h" in rest or "--help" in rest:
+        print("usage: rattn-eval lm-eval --model-path CKPT [options of `lm-eval run`, below; the model is 'rattn']\n")
+        path = path or "CKPT"
     if not path:
         raise ConfigError("rattn-eval lm-eval needs --model-path CKPT (a checkpoint folder or a built-in model name).")
-    from lm_eval.__main__ import cli_evaluate
 
     saved = sys.argv
     # lm-eval's CLI reads sys.argv itself; "run" is its evaluation subcommand.
