@@ -99,11 +99,13 @@ class HFModel:
                 input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n_new, min_new_tokens=0,
                 eos_token_id=None, pad_token_id=0, stopping_criteria=StoppingCriteriaList([RowDone()]),
                 logits_processor=LogitsProcessorList([FiniteCheck()]),
-                output_scores=False, return_dict_in_generate=False, top_p=None, top_k=None, temperature=None,
+                output_scores=False, return_dict_in_generate=True, top_p=None, top_k=None, temperature=None,
             )
+            cache_bytes = _cache_nbytes(seqs.past_key_values)
+            seqs = seqs.sequences
         else:
             _check_finite(self.hf(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits, "prefill")
-            seqs = ids
+            seqs, cache_bytes = ids, None
         _sync(device)
         t1 = time.perf_counter()
         prefill_s = (first_token_at[0] if first_token_at else t1) - t0
@@ -120,11 +122,24 @@ class HFModel:
             outputs.append(row)
         self.last_stats = dict(
             prefill_tokens=sum(len(p) for p in prompts), prefill_s=prefill_s,
-            decode_tokens=sum(len(o) for o in outputs), decode_s=decode_s,
+            decode_tokens=sum(max(len(o) - 1, 0) for o in outputs), decode_s=decode_s,
             peak_mem_bytes=torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-            cache_bytes=None,
+            cache_bytes=cache_bytes,
         )
         return outputs
+
+
+def _cache_nbytes(cache) -> int | None:
+    """Bytes held by a transformers cache at the end of generate (None when its layout is unknown)."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        return None
+    total = 0
+    for layer in layers:
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return total
 
 
 def load_hf_model(path: str | os.PathLike, *, device, dtype) -> HFModel:

@@ -1,0 +1,104 @@
+"""Importers and the hf backend on tiny random transformers models saved by the test (CPU, fp32)."""
+
+import pytest
+import torch
+
+from rattn_eval.errors import CheckpointError
+from rattn_eval.models import convert, load_model, read_config
+
+
+def _save_llama(path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, head_dim=16, max_position_embeddings=512, rms_norm_eps=1e-5,
+                      tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": 5000.0})
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # norms away from 1 so a dropped or misplaced norm shows
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(path)
+    return model
+
+
+def _save_gemma3(path):
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                           query_pre_attn_scalar=16, sliding_window=8, layer_types=["sliding_attention", "sliding_attention",
+                           "full_attention", "sliding_attention"], rope_parameters={
+                               "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                               "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0}})
+    model = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(path)
+    return model
+
+
+PROMPTS = [[5, 17, 250, 3, 99, 41, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 200, 201], [44, 45], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
+
+
+def test_hf_backend_generate_equals_torch_on_converted_llama(tmp_path):
+    _save_llama(tmp_path / "hf")
+    hf_model, _ = load_model(tmp_path / "hf", backend="hf", device="cpu")
+    assert hf_model.backend == "hf"
+    convert(tmp_path / "hf", tmp_path / "ours", tokenizer="bytes")
+    ours, tok = load_model(tmp_path / "ours", backend="torch")
+    assert ours.backend == "torch" and tok.name
+    ref = hf_model.generate(PROMPTS, max_new_tokens=[6, 10, 4], eos_ids=[])
+    got = ours.generate(PROMPTS, max_new_tokens=[6, 10, 4], eos_ids=[])
+    assert got == ref and [len(g) for g in got] == [6, 10, 4]
+    x = torch.tensor([PROMPTS[0]])
+    a, b = ours(x), hf_model(x)
+    assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+def test_gemma3_import_crosses_the_window_with_linear_rope(tmp_path):
+    hf = _save_gemma3(tmp_path / "hf")
+    ours, tok = load_model(tmp_path / "hf", backend="torch")  # an HF folder converts in memory
+    assert tok is None
+    assert ours.config.window == 7 and ours.config.kinds == ("swa", "swa", "global", "swa")
+    assert ours.config.rope_scale_global == 8.0 and ours.config.norm == "sandwich"
+    x = torch.randint(0, 300, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        a, b = ours(x), hf(input_ids=x).logits
+    assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    narrow, _ = load_model(tmp_path / "hf", backend="torch", window=3)
+    with torch.inference_mode():
+        assert (narrow(x)[:, 10:] - a[:, 10:]).abs().max() > 1e-3
+    hf_back, _ = load_model(tmp_path / "hf", backend="hf", device="cpu")
+    prompts = [x[0, :30].tolist(), x[0, :11].tolist()]
+    assert ours.generate(prompts, max_new_tokens=5, eos_ids=[]) == hf_back.generate(prompts, max_new_tokens=5, eos_ids=[])
+
+
+def test_native_checkpoint_runs_on_hf_backend(tmp_path):
+    _save_gemma3(tmp_path / "hf")
+    convert(tmp_path / "hf", tmp_path / "ours", tokenizer="bytes")
+    assert read_config(tmp_path / "ours").window == 7
+    ours, _ = load_model(tmp_path / "ours", backend="torch")
+    via_hf, _ = load_model(tmp_path / "ours", backend="hf", device="cpu")
+    prompts = [[3] * 20, [9, 8, 7]]
+    assert ours.generate(prompts, max_new_tokens=6, eos_ids=[]) == via_hf.generate(prompts, max_new_tokens=6, eos_ids=[])
+
+
+def test_convert_errors(tmp_path):
+    _save_llama(tmp_path / "hf")
+    with pytest.raises(CheckpointError, match="no tokenizer.json"):
+        convert(tmp_path / "hf", tmp_path / "ours")
+    with pytest.raises(CheckpointError, match="expected a Hugging Face folder or a .gguf file"):
+        convert(tmp_path / "nothing.bin", tmp_path / "x")
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    del sd["model.layers.1.mlp.up_proj.weight"]
+    save_file(sd, str(tmp_path / "hf" / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match="missing keys: model.layers.1.mlp.up_proj.weight"):
+        convert(tmp_path / "hf", tmp_path / "ours", tokenizer="bytes")
