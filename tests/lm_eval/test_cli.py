@@ -25,11 +25,18 @@ def test_registered_after_lm_evals_own_models():
     assert get_model("hf") is HFLM
 
 
-def test_cli_main_runs_the_local_task(tmp_path):
-    rc = cli_main(["--model-path", "debug", "--tasks", MC_TASK, "--include_path", str(TASKS_DIR),
-                   "--model_args", "backend=torch", "max_length=256", "--batch_size", "4",
-                   "--output_path", str(tmp_path), "--log_samples"])
-    assert rc == 0
+def test_rattn_eval_lm_eval_command_runs_the_local_task(tmp_path):
+    """`rattn-eval lm-eval --model-path debug --tasks rattn_local_mc ...`, end to end through lm-eval's CLI."""
+    from click.testing import CliRunner
+
+    from rattn_eval.cli import cli
+
+    result = CliRunner().invoke(cli, [
+        "lm-eval", "--model-path", "debug", "--tasks", MC_TASK, "--include_path", str(TASKS_DIR),
+        "--model_args", "backend=torch", "max_length=256", "--batch_size", "4",
+        "--output_path", str(tmp_path), "--log_samples"])
+    assert result.exit_code == 0, result.output
+    assert "rattn_local_mc" in result.output and "acc" in result.output  # lm-eval's results table
     [results_file] = glob.glob(str(tmp_path / "**" / "results_*.json"), recursive=True)
     results = json.loads(open(results_file).read())
     assert 0.0 <= results["results"][MC_TASK]["acc,none"] <= 1.0
@@ -38,6 +45,17 @@ def test_cli_main_runs_the_local_task(tmp_path):
     assert results["config"]["rattn_truncated_requests"] == 0
     [samples_file] = glob.glob(str(tmp_path / "**" / f"samples_{MC_TASK}_*.jsonl"), recursive=True)
     assert len(open(samples_file).read().splitlines()) == 12
+
+
+def test_rattn_eval_lm_eval_help_and_errors():
+    from click.testing import CliRunner
+
+    from rattn_eval.cli import cli
+
+    result = CliRunner().invoke(cli, ["lm-eval", "--help"])
+    assert result.exit_code == 0 and "--model-path CKPT" in result.output and "--tasks" in result.output
+    result = CliRunner().invoke(cli, ["lm-eval", "--tasks", MC_TASK])
+    assert result.exit_code == 2 and "needs --model-path" in result.output
 
 
 def test_cli_main_argument_errors():
