@@ -149,7 +149,9 @@ sys.exit(0 if len(local) == 1 else 1)
 EOF
 
 # ---- 3. RULER throughput: triton vs hf, same random weights ---------------------------------------
-CKPT="$DIR/gemma3-270m-random"
+# outside $OUT: the bf16 weights are ~0.5 GB, too big to copy back with the results
+CKPT=${CKPT:-/tmp/gemma3-270m-random}
+rm -rf "$CKPT"
 step ruler_checkpoint "$PY" - "$CKPT" <<'EOF'
 """gemma3-270m's shape with random weights and the bytes tokenizer (the Gemma tokenizer ships in a
 weights package the GPU machine does not have; throughput does not depend on the vocabulary's
