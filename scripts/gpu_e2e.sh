@@ -13,7 +13,8 @@
 #   bash scripts/gpu_e2e.sh               # on the GPU machine
 #   bash scripts/gpu_e2e.sh --cpu-smoke   # the same steps on CPU at tiny sizes (a check of this script)
 #
-# Overrides (environment): PY, RULER_N, RULER_BATCH, RULER_LEN, E2E_ARGS (extra args for bench e2e).
+# Overrides (environment): PARTS (default "e2e cache ruler": which parts run, e.g. PARTS=ruler to split
+# the work over two device calls), PY, RULER_N, RULER_BATCH, RULER_LEN, E2E_ARGS (extra args for bench e2e).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -27,6 +28,8 @@ DIR="$OUT/gpu_e2e"
 rm -rf "$DIR"
 mkdir -p "$DIR"
 STATUS="$DIR/status.txt"
+PARTS=${PARTS:-"e2e cache ruler"}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 : > "$STATUS"
 step() {  # step NAME CMD...: run, log to $DIR/NAME.log, record ok/FAILED without stopping the script
   local name=$1; shift
@@ -37,7 +40,9 @@ step() {  # step NAME CMD...: run, log to $DIR/NAME.log, record ok/FAILED withou
 [[ $SMOKE == 0 ]] && { nvidia-smi > "$DIR/nvidia-smi.txt" 2>&1 || true; }
 
 # ---- 1. bench e2e ----------------------------------------------------------------------------------
-if "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('rattn_eval.bench.e2e') is None)"; then
+if ! has e2e; then
+  :
+elif "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('rattn_eval.bench.e2e') is None)"; then
   "$PY" -m rattn_eval.bench.e2e --help > "$DIR/e2e_help.txt" 2>&1
   if [[ $SMOKE == 1 ]]; then
     step e2e_debug "$PY" -m rattn_eval.bench.e2e --model debug --random-weights --contexts 256,1024 \
@@ -63,7 +68,7 @@ else
 fi
 
 # ---- 2. cache memory per sequence: RAttention vs full attention, same shape -------------------------
-step cache_memory "$PY" - "$DIR/cache_memory.json" <<'EOF'
+has cache && step cache_memory "$PY" - "$DIR/cache_memory.json" <<'EOF'
 """Prefill one sequence of L tokens, keep the caches decode would use (sized for one more token),
 and count their bytes by layer kind: from the cache tensors themselves and, on CUDA, from the
 allocator (memory_allocated with the caches held minus before the prefill)."""
@@ -150,6 +155,7 @@ EOF
 
 # ---- 3. RULER throughput: triton vs hf, same random weights ---------------------------------------
 # outside $OUT: the bf16 weights are ~0.5 GB, too big to copy back with the results
+if has ruler; then
 CKPT=${CKPT:-/tmp/gemma3-270m-random}
 rm -rf "$CKPT"
 step ruler_checkpoint "$PY" - "$CKPT" <<'EOF'
@@ -208,6 +214,7 @@ for be in (fast, "hf"):
     print(f"| {be} | {r['samples']} | {r['generate_s']:.2f} | {r['samples_per_s']:.3f} | {r['output_tokens']} |")
 print(f"RULER throughput {fast} / hf: {ratio:.2f}x (target >= 10x)")
 EOF
+fi
 
 echo; echo "== status"; cat "$STATUS"
 ! grep -q FAILED "$STATUS"
