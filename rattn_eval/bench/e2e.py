@@ -48,8 +48,11 @@ def _measure(model, prompts, new_tokens: int, repeats: int) -> dict:
     """Best of `repeats` generate calls (EOS off). Returns last_stats plus the derived rates."""
     best = None
     for _ in range(repeats):
+        wall, cpu = time.perf_counter(), time.process_time()
         model.generate(prompts, max_new_tokens=new_tokens, eos_ids=[])
         s = dict(model.last_stats)
+        # share of one core this process got: on a shared CPU, tokens/s scale roughly with it
+        s["cpu_share"] = (time.process_time() - cpu) / (time.perf_counter() - wall)
         if best is None or s["prefill_s"] + s["decode_s"] < best["prefill_s"] + best["decode_s"]:
             best = s
     best["prefill_tok_s"] = best["prefill_tokens"] / best["prefill_s"]
@@ -108,6 +111,7 @@ def bench_e2e(model_name_or_config: str | ModelConfig, contexts: list[int], batc
                             prefill_s=s["prefill_s"], prefill_tok_s=s["prefill_tok_s"], decode_s=s["decode_s"],
                             decode_tok_s=s["decode_tok_s"], peak_mem_bytes=s["peak_mem_bytes"],
                             cache_bytes_per_seq=None if s["cache_bytes"] is None else s["cache_bytes"] // batch,
+                            cpu_share=s["cpu_share"],
                         )
                     log(_fmt(row))
                     rows.append(row)
@@ -125,7 +129,7 @@ def _fmt(row: dict) -> str:
     decode = row["decode_tok_s"]
     return (f"{head}  prefill {row['prefill_s']:8.3f} s {row['prefill_tok_s']:10.0f} tok/s  decode "
             f"{'n/a' if decode is None else f'{decode:8.1f}'} tok/s  cache/seq "
-            f"{'n/a' if cache is None else f'{cache / 2**20:8.2f} MiB'}")
+            f"{'n/a' if cache is None else f'{cache / 2**20:8.2f} MiB'}  cpu share {row['cpu_share']:.2f}")
 
 
 def _ints(text: str) -> list[int]:

