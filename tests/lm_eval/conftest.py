@@ -15,7 +15,7 @@ def at_repo_root(monkeypatch):
 def task_manager():
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=str(TASKS_DIR))
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False)  # indexing 14k built-in tasks costs seconds
 
 
 @pytest.fixture(scope="session")
