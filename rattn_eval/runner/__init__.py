@@ -161,9 +161,9 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
 
     _validate(config)
     task_names = task_lib.resolve(list(config.tasks))
-    out = Path(config.out) if config.out else default_out_dir(config)
-    check_writable(out)
     lengths = sorted(set(config.lengths))
+    out = Path(config.out) if config.out else default_out_dir(dataclasses.replace(config, lengths=tuple(lengths)))
+    check_writable(out)
     # Under torchrun: join the process group; each rank runs on cuda:LOCAL_RANK (or the CPU).
     dist = distributed.init(config.device)
     config = dataclasses.replace(config, lengths=tuple(lengths), device=dist.device)
