@@ -42,8 +42,11 @@ FACTORS = {
 def feasible(c: dict) -> bool:
     if c["op"] != "swa" and (c["w"] == "none" or c["D"] == 256):
         return False  # RLA needs a window; its state at D=256 is out of scope (DESIGN §3, issue 8)
-    if c["T"] == 1000 and (c["B"] * c["heads"][0] > 4 or c["D"] == 256):
-        return False  # keeps the interpreter inside the CPU budget
+    if c["T"] == 1000:
+        # keeps the interpreter inside the CPU budget: long windows at T = 1000 with one head only
+        long_window = c["w"] in ("T-1", ">T", "none")
+        if c["D"] == 256 or c["B"] * c["heads"][0] > (1 if long_window else 4):
+            return False
     return True
 
 
