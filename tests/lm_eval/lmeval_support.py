@@ -54,9 +54,21 @@ def tiny_llama_hf_dir(root: Path) -> Path:
     return root
 
 
-def smollm2_hf_dir() -> Path:
-    """SmolLM2-135M-Instruct as transformers dequantizes it from the packaged GGUF, saved in HF format
-    (float32 safetensors + tokenizer). Built once (about a minute) and cached."""
+def export_hf_dir(name_or_path: str, root: Path) -> Path:
+    """Our checkpoint's weights saved in HF format (by the hf backend's exporter) with its tokenizer files."""
+    from rattn_eval.models import load_model
+
+    model, tokenizer = load_model(name_or_path, backend="hf", device="cpu", dtype=torch.float32)
+    model.hf.save_pretrained(root)
+    for f in os.listdir(tokenizer.folder):
+        if not (root / f).exists():
+            shutil.copy(Path(tokenizer.folder) / f, root / f)
+    return root
+
+
+def smollm2_hf_dir_from_transformers() -> Path:
+    """SmolLM2-135M-Instruct as transformers itself dequantizes the packaged GGUF, saved in HF format
+    (float32 safetensors + tokenizer): independent of our importer. Built once (about a minute), cached."""
     from rattn_eval.models.tokenizer import SMOLLM2_GGUF, SMOLLM2_PACKAGE, cache_root, smollm2_tokenizer_dir
 
     target = cache_root() / "test-artifacts" / "smollm2-135m-hf"
