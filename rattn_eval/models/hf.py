@@ -53,7 +53,7 @@ class HFModel:
     @torch.inference_mode()
     def generate(self, prompts, *, max_new_tokens, eos_ids=None, stop=None, tokenizer=None) -> list[list[int]]:
         """Same contract as Model.generate; runs transformers' greedy `generate` on the left-padded batch."""
-        from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+        from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
         budgets, eos, stop, tokenizer = normalize_generate_args(self, prompts, max_new_tokens, eos_ids, stop, tokenizer)
         device = self.device
@@ -95,12 +95,20 @@ class HFModel:
         t0 = time.perf_counter()
         n_new = max(budgets)
         if n_new > 0:
-            seqs = self.hf.generate(
-                input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=n_new, min_new_tokens=0,
-                eos_token_id=None, pad_token_id=0, stopping_criteria=StoppingCriteriaList([RowDone()]),
-                logits_processor=LogitsProcessorList([FiniteCheck()]),
-                output_scores=False, return_dict_in_generate=True, top_p=None, top_k=None, temperature=None,
-            )
+            # transformers fills unset generation options from the model's own generation config, whose
+            # EOS ids it would stop at: clear them for the call; EOS is handled per row by RowDone
+            gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=n_new, min_new_tokens=0, eos_token_id=None,
+                                       pad_token_id=0, bos_token_id=None)
+            saved_eos = self.hf.generation_config.eos_token_id
+            self.hf.generation_config.eos_token_id = None
+            try:
+                seqs = self.hf.generate(
+                    input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
+                    stopping_criteria=StoppingCriteriaList([RowDone()]),
+                    logits_processor=LogitsProcessorList([FiniteCheck()]), return_dict_in_generate=True,
+                )
+            finally:
+                self.hf.generation_config.eos_token_id = saved_eos
             cache_bytes = _cache_nbytes(seqs.past_key_values)
             seqs = seqs.sequences
         else:
