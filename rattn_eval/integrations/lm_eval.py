@@ -177,8 +177,8 @@ class RattnLM(TemplateLM):
         """Score tokenized (key, context_ids, continuation_ids) requests.
 
         The model input is (context + continuation)[:-1]; the logits at its last len(continuation)
-        positions predict the continuation. Requests run longest first in right-padded batches of
-        `batch_size`, one forward pass each, and come back in the input order.
+        positions predict the continuation. Distinct inputs run longest first in right-padded batches of
+        `batch_size`, one forward pass each; results come back in the input order.
 
         Returns: (sum of continuation log-probs, whether every continuation token is the argmax) per request.
         """
@@ -198,28 +198,37 @@ class RattnLM(TemplateLM):
                 ids = ids[-(self._max_length + 1):]
             inputs.append(ids[:-1])
 
+        # Requests with the same model input (e.g. the one-token choices of a multiple-choice question, or
+        # a repeated request) share one row of the batch, as lm-eval's `hf` shares them through its logits cache.
+        rows: dict[tuple[int, ...], list[int]] = {}
+        for i, ids in enumerate(inputs):
+            rows.setdefault(tuple(ids), []).append(i)
+        unique = sorted(rows.values(), key=lambda members: -len(inputs[members[0]]))
+
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        order = sorted(range(len(requests)), key=lambda i: -len(inputs[i]))
         pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="rattn loglikelihood")
-        for start in range(0, len(order), self._batch_size):
-            batch = order[start:start + self._batch_size]
-            logits = self._forward([inputs[i] for i in batch])  # (B, T, V)
-            for row, i in enumerate(batch):
-                key, _, continuation = requests[i]
-                if not continuation:  # the empty string has probability 1
-                    results[i] = (0.0, True)
-                    continue
-                n_in, n_cont = len(inputs[i]), len(continuation)
-                logprobs = F.log_softmax(logits[row, n_in - n_cont:n_in].float(), dim=-1)  # (n_cont, V)
-                target = torch.tensor(continuation, dtype=torch.long, device=logprobs.device)
-                greedy = bool((logprobs.argmax(dim=-1) == target).all())
-                answer = (float(logprobs.gather(1, target[:, None]).sum()), greedy)
-                results[i] = answer
-                if key is not None:  # rolling windows have no key; their total is cached per document
-                    self.cache_hook.add_partial("loglikelihood", key, answer)
-            pbar.update(len(batch))
+        for start in range(0, len(unique), self._batch_size):
+            batch = unique[start:start + self._batch_size]
+            logits = self._forward([inputs[members[0]] for members in batch])  # (B, T, V)
+            for row, members in enumerate(batch):
+                for i in members:
+                    results[i] = self._score(logits[row], len(inputs[i]), requests[i])
+                pbar.update(len(members))
         pbar.close()
         return results
+
+    def _score(self, logits: torch.Tensor, n_in: int, request) -> tuple[float, bool]:
+        """(log-prob of the continuation, is it the greedy path) from one row's logits (T, V)."""
+        key, _, continuation = request
+        if not continuation:  # the empty string has probability 1
+            return 0.0, True
+        n_cont = len(continuation)
+        logprobs = F.log_softmax(logits[n_in - n_cont:n_in].float(), dim=-1)  # (n_cont, V)
+        target = torch.tensor(continuation, dtype=torch.long, device=logprobs.device)
+        answer = (float(logprobs.gather(1, target[:, None]).sum()), bool((logprobs.argmax(dim=-1) == target).all()))
+        if key is not None:  # rolling windows have no key; their total is cached per document
+            self.cache_hook.add_partial("loglikelihood", key, answer)
+        return answer
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Total log-likelihood of each text, cut into the same disjoint windows as lm-eval's `hf`:

@@ -147,3 +147,15 @@ def test_chat_template_needs_one(debug_lm):
     assert debug_lm.tokenizer_name == "bytes"
     with pytest.raises(ConfigError, match="no chat template"):
         debug_lm.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+def test_requests_with_the_same_input_share_one_row(debug_lm, monkeypatch):
+    """One-token choices of one question (and repeats) need one row of a forward pass, like `hf`'s logits cache;
+    the scores equal those computed one request at a time."""
+    requests = [Instance("loglikelihood", {}, ("Answer:", c), i) for i, c in enumerate([" a", " b", " c", " a"])]
+    alone = [debug_lm.loglikelihood([r], disable_tqdm=True)[0] for r in requests]
+    rows = []
+    forward = debug_lm._forward
+    monkeypatch.setattr(debug_lm, "_forward", lambda seqs: rows.extend(seqs) or forward(seqs))
+    assert debug_lm.loglikelihood(requests, disable_tqdm=True) == alone
+    assert len(rows) == 1 and len({a[0] for a in alone}) == 3
