@@ -123,3 +123,16 @@ def test_smollm2_parity_against_transformers_gguf_import(task_manager):
     """As above, but the `hf` side holds the weights transformers itself dequantized from the GGUF, so our
     importer is checked too. Slow: the first run spends about a minute in transformers' GGUF reader."""
     smollm2_parity(smollm2_hf_dir_from_transformers(), task_manager)
+
+
+def test_rattn_runs_an_hf_folder_on_the_hf_backend(tiny_dirs, tiny_results, task_manager):
+    """`rattn` also serves an HF folder through our `hf` backend (an unmodified transformers model)."""
+    from rattn_eval.integrations.lm_eval import RattnLM
+
+    _, (ref, _), _ = tiny_results
+    lm = RattnLM(str(tiny_dirs[0]), backend="hf", device="cpu", dtype="float32", batch_size=4,
+                 max_length=TINY_MAX_LENGTH)
+    assert lm.model_backend == "hf"
+    got, _ = run_tasks(lm, task_manager, (MC_TASK, GEN_TASK))
+    assert_same_scores(got, ref, (MC_TASK,))
+    assert got[GEN_TASK] == ref[GEN_TASK]
