@@ -6,8 +6,8 @@ registering first would hide `hf`). lm-eval 0.4.x has no plugin discovery; the w
 
     rattn-eval lm-eval --model-path smollm2-135m --tasks arc_easy --limit 20
     lm_eval.simple_evaluate(model=RattnLM("smollm2-135m", batch_size=8), tasks=["arc_easy"])
-    python -c "import sys, rattn_eval.integrations.lm_eval as m; sys.exit(m.cli_main(sys.argv[1:]))" \\
-        --model-path CKPT --tasks arc_easy
+    python -c "import rattn_eval.integrations.lm_eval; from lm_eval.__main__ import cli_evaluate; cli_evaluate()" \\
+        run --model rattn --model_args pretrained=CKPT --tasks arc_easy
 
 Scores match lm-eval's `hf` model on the same weights: requests are tokenized by the same rules
 (lm-eval's `TemplateLM`: trailing context spaces move into the continuation, the pair is encoded
