@@ -29,6 +29,11 @@ def main(argv=None) -> int:
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--max-steps", type=int, default=100_000)
     t.add_argument("--names", default="tiny-full,tiny-swa,tiny-rattn")
+    t.add_argument("--init-from", default=None, help="folder with <name>/ checkpoints to continue from")
+    t.add_argument("--synthetic", type=float, default=0.5, help="fraction of synthetic recall rows")
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--min-lr", type=float, default=3e-4)
+    t.add_argument("--seed", type=int, default=0)
     r = sub.add_parser("run", help="train one model from a JSON TrainConfig")
     r.add_argument("--config", required=True)
     args = p.parse_args(argv)
@@ -44,7 +49,9 @@ def main(argv=None) -> int:
             from .tiny import train_tiny
 
             train_tiny(args.data, args.out, budget_s=args.budget_s, batch_size=args.batch_size, seq_len=args.seq_len,
-                       num_workers=args.workers, max_steps=args.max_steps, names=tuple(args.names.split(",")))
+                       num_workers=args.workers, max_steps=args.max_steps, names=tuple(args.names.split(",")),
+                       init_from=args.init_from, synthetic=args.synthetic, lr=args.lr, min_lr=args.min_lr,
+                       seed=args.seed)
         else:
             from ..models.config import ModelConfig, preset
             from .trainer import TrainConfig, train

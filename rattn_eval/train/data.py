@@ -6,7 +6,7 @@ synthetic recall documents.
     out_dir/
       tokenizer/          tokenizer.json + tokenizer_config.json (BPE, digits split one per token)
       text_tokens.npy     uint16 token stream: <bos> doc <eos> <bos> doc <eos> ... (documents shuffled)
-      sentences.txt       filler sentences for synthetic documents, one per line, in corpus order
+      sentences.txt.gz    filler sentences for synthetic documents, one per line, in corpus order
       words.json          nouns / adjectives (WordNet) for synthetic keys and values
       manifest.json       sources, sizes, sha256 of the selected text, what the cleaning dropped
 
@@ -21,6 +21,7 @@ synthetic recall document (rattn_eval.train.synthetic) padded out with text.
 from __future__ import annotations
 
 import ast
+import gzip
 import json
 import random
 import re
@@ -178,7 +179,8 @@ def build_dataset(out_dir: str | Path, *, seed: int = 0, log=print) -> dict:
         ids += [EOS, BOS]
     stream = np.asarray(ids[:-1], dtype=np.uint16)
     np.save(out_dir / "text_tokens.npy", stream)
-    (out_dir / "sentences.txt").write_text("\n".join(pools.sentences) + "\n", encoding="utf-8")
+    with gzip.open(out_dir / "sentences.txt.gz", "wt", encoding="utf-8", compresslevel=6) as f:
+        f.write("\n".join(pools.sentences) + "\n")
     (out_dir / "words.json").write_text(json.dumps({"nouns": pools.nouns, "adjectives": pools.adjectives}))
     manifest = {
         "data_version": DATA_VERSION,
@@ -212,14 +214,15 @@ class Batches:
         from tokenizers import Tokenizer
 
         data_dir = Path(data_dir)
-        missing = [f for f in ("text_tokens.npy", "sentences.txt", "words.json", "tokenizer/tokenizer.json")
+        missing = [f for f in ("text_tokens.npy", "sentences.txt.gz", "words.json", "tokenizer/tokenizer.json")
                    if not (data_dir / f).is_file()]
         if missing:
             raise DataError(f"training data in {data_dir} is incomplete (missing {', '.join(missing)}); "
                             "build it with `python -m rattn_eval.train data --out DIR`.")
         self.text = np.load(data_dir / "text_tokens.npy", mmap_mode="r")
         words = json.loads((data_dir / "words.json").read_text())
-        sentences = (data_dir / "sentences.txt").read_text(encoding="utf-8").splitlines()
+        with gzip.open(data_dir / "sentences.txt.gz", "rt", encoding="utf-8") as f:
+            sentences = f.read().splitlines()
         self.gen = RecallGenerator(Pools(sentences=sentences, nouns=words["nouns"], adjectives=words["adjectives"]))
         self.tok = Tokenizer.from_file(str(data_dir / "tokenizer" / "tokenizer.json"))
         self.T, self.B, self.synthetic = seq_len, batch_size, synthetic

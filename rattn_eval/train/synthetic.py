@@ -113,6 +113,7 @@ class RecallGenerator:
 
     def __init__(self, pools: Pools, families: dict[str, float] | None = None):
         self.p = pools
+        self.all_words = pools.nouns + pools.adjectives
         fam = FAMILIES if families is None else families
         self.names = list(fam)
         self.weights = [fam[n] for n in self.names]
@@ -288,7 +289,7 @@ class RecallGenerator:
     def _counting(self, rng, max_chars):
         top = rng.choice((3, 3, 5, 10))
         n_words = max(top * 6, max_chars // 9)
-        pool = list(dict.fromkeys(rng.choice(self.p.nouns + self.p.adjectives) for _ in range(top + n_words)))
+        pool = list(dict.fromkeys(rng.choice(self.all_words) for _ in range(top + n_words)))
         common, rare = pool[:top], pool[top:]
         # common word i appears hi - i times, every other word once or twice: the top list is unique
         hi = max(top + 3, n_words // (3 * top))

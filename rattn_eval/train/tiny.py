@@ -57,16 +57,19 @@ def measure_step_time(cfg: TrainConfig, n: int = 6, warmup: int = 3) -> float:
 
 
 def train_tiny(data_dir: str, out_dir: str, *, budget_s: float, batch_size: int = 64, seq_len: int = 1024,
-               num_workers: int = 0, max_steps: int = 100_000, names=TINY_NAMES, log=print, **overrides) -> dict:
+               num_workers: int = 0, max_steps: int = 100_000, names=TINY_NAMES, init_from: str | None = None,
+               log=print, **overrides) -> dict:
     """Train the tiny models with a common step count chosen so that all of them fit `budget_s`.
 
     Each run also gets a hard time limit of 1.3x its predicted time. Writes out_dir/<name>/
-    (checkpoint, loss.jsonl, summary.json) and out_dir/throughput.json.
+    (checkpoint, loss.jsonl, summary.json) and out_dir/throughput.json. init_from: a folder holding
+    <name>/ checkpoint directories to continue from (a second stage with other overrides).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     base = {name: TrainConfig(name=name, model=tiny_config(name), data_dir=data_dir, out_dir=str(out / name),
-                              batch_size=batch_size, seq_len=seq_len, num_workers=num_workers, **overrides)
+                              batch_size=batch_size, seq_len=seq_len, num_workers=num_workers,
+                              init_from=None if init_from is None else str(Path(init_from) / name), **overrides)
             for name in names}
     t0 = time.perf_counter()
     step_s = {name: measure_step_time(cfg) for name, cfg in base.items()}

@@ -36,6 +36,7 @@ class TrainConfig:
     synthetic: fraction of rows that are synthetic recall documents.
     time_limit_s: stop early (and still save) when the loop has run this long; the summary says so.
     save_dtype: dtype of the saved weights ("float16" keeps the shipped checkpoints small).
+    init_from: a checkpoint directory to continue from (same architecture; optimizer state starts fresh).
     """
 
     name: str
@@ -60,6 +61,7 @@ class TrainConfig:
     log_every: int = 10
     time_limit_s: float | None = None
     num_workers: int = 0
+    init_from: str | None = None
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.seq_len < 2:
@@ -127,6 +129,12 @@ def build_for_training(cfg: TrainConfig, device: torch.device):
     torch.manual_seed(cfg.seed)
     model = Model(cfg.model, backend="torch")
     init_for_training(model, cfg.seed)
+    if cfg.init_from is not None:
+        from ..models.checkpoint import check_state_dict, read_weights
+
+        weights = read_weights(cfg.init_from)
+        check_state_dict({k: v.shape for k, v in model.state_dict().items()}, weights, cfg.init_from)
+        model.load_state_dict({k: v.float() for k, v in weights.items()})
     return model.to(device).train()
 
 

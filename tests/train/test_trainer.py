@@ -1,6 +1,7 @@
 """CPU smoke tests of the training loop: loss falls on a fixed batch, a short run saves a checkpoint
 that loads back (by path) with the same outputs, and the schedule has the promised shape."""
 
+import gzip
 import json
 import random
 
@@ -31,7 +32,8 @@ def data_dir(tmp_path_factory):
     for s in sentences:
         ids += [0] + tok.encode(s).ids + [1]
     np.save(out / "text_tokens.npy", np.asarray(ids, dtype=np.uint16))
-    (out / "sentences.txt").write_text("\n".join(sentences) + "\n")
+    with gzip.open(out / "sentences.txt.gz", "wt") as f:
+        f.write("\n".join(sentences) + "\n")
     (out / "words.json").write_text(json.dumps({"nouns": list(WORDS), "adjectives": ["red", "calm", "old", "bright"]}))
     return out
 
