@@ -48,6 +48,14 @@ def test_ls_lists_tasks_groups_models_backends():
     assert "backends" not in invoke(["ls", "tasks"]).output
 
 
+def test_ls_models_matches_the_model_loader():
+    from rattn_eval.models import loading
+    from rattn_eval.runner import builtin_models
+
+    expected = [n for k in dir(loading) if k.endswith("_NAMES") for n in getattr(loading, k)]
+    assert sorted(builtin_models()) == sorted(set(expected)) and "debug" in expected
+
+
 def test_length_parsing_and_groups():
     assert parse_lengths(["4k", "1m,4096", " 8K "]) == [4096, 1 << 20, 4096, 8192]
     for bad in ("32q", "0", "-4k"):

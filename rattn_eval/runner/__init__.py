@@ -377,8 +377,8 @@ class _Progress:
 def builtin_models() -> list[str]:
     """Names `load_model` accepts without a path (for `rattn-eval ls models`).
 
-    Read from the constants in rattn_eval/models/loading.py without importing it: the models
-    package imports torch, which takes seconds, and `rattn-eval ls` must stay instant.
+    Read from the `*_NAMES` tuples in rattn_eval/models/loading.py without importing it: the
+    models package imports torch, which takes seconds, and `rattn-eval ls` must stay instant.
     """
     import ast
     import importlib.util
@@ -387,9 +387,8 @@ def builtin_models() -> list[str]:
     source = Path(spec.origin).parent / "models" / "loading.py"
     names: list[str] = []
     for node in ast.parse(source.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) in ("RANDOM_NAMES", "REAL_NAMES")
-                                                for t in node.targets):
-            names.extend(ast.literal_eval(node.value))
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "").endswith("_NAMES") for t in node.targets):
+            names.extend(n for n in ast.literal_eval(node.value) if n not in names)
     return names
 
 
