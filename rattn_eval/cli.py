@@ -312,7 +312,12 @@ def convert(src, dst, name, dtype, tokenizer_dir, tokenizer):
     click.echo(str(path))
 
 
-@cli.group(cls=_Group)
+@cli.group(cls=_Group, epilog="""\b
+Examples:
+  rattn-eval bench kernels --lengths 4096,32768 --window 512   # on a CUDA GPU
+  rattn-eval bench tasks --length 32k -n 100
+  rattn-eval bench e2e --model gemma3-270m --contexts 4096,32768 --backends triton,hf
+  rattn-eval bench kernels --help                              # each benchmark's own options""")
 def bench():
     """Benchmarks: kernels, task generation, end-to-end model speed."""
 

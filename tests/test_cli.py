@@ -138,7 +138,7 @@ def test_generate_writes_samples(tmp_path):
 
 
 def test_every_command_has_examples():
-    for cmd in (["run"], ["compare"], ["report"], ["ls"], ["generate"], ["convert"], []):
+    for cmd in (["run"], ["compare"], ["report"], ["ls"], ["generate"], ["convert"], ["bench"], []):
         assert "Examples:" in invoke([*cmd, "--help"]).output, cmd
 
 

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from rattn_eval.cli import cli
+from rattn_eval.errors import ConfigError
 from rattn_eval.runner import RunConfig, run
 from rattn_eval.tasks import resolve
 from rattn_eval.tasks.metrics import score_sample
@@ -83,5 +84,5 @@ def test_resume_skips_done_and_matches_uninterrupted(tmp_path):
     key = lambda r: (r["id"], r["prediction"], r["score"])  # noqa: E731
     assert sorted(map(key, recs)) == sorted(map(key, records(tmp_path / "full")))
     assert resumed["scores"] == full["scores"] and resumed["avg"] == full["avg"]
-    with pytest.raises(Exception, match="different config"):
+    with pytest.raises(ConfigError, match="different config"):
         run(RunConfig(**{**cfg, "n": 4}, out=str(part)), progress=False)
