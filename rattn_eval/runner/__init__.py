@@ -183,6 +183,8 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
         use_template = bool(getattr(tok, "chat_template", None))
     elif use_template and not getattr(tok, "chat_template", None):
         raise ConfigError(f"model {config.model} has no chat template; drop --chat-template")
+    # Stored resolved, so a rerun that spells the default out (--chat-template) still resumes.
+    config = dataclasses.replace(config, chat_template=use_template)
 
     cells = _build_cells(task_lib, config, task_names, lengths, tok, model, use_template)
 
