@@ -233,7 +233,7 @@ class Batches:
 
     def recall_row(self) -> list[int]:
         """<bos> synthetic document <eos>, at most T + 1 tokens."""
-        target = self.rng.randint(64, self.T)
+        target = self.rng.randint(min(64, self.T), self.T)
         chars = int(target * 3.0)
         while True:
             ids = [BOS] + self.tok.encode(self.gen.document(self.rng, chars), add_special_tokens=False).ids + [EOS]
