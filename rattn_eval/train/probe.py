@@ -6,7 +6,7 @@ longer than the training context and the fact lies far outside the local window?
 `single` recall documents (one fact in filler, one question) of about `length` tokens with
 rattn_eval.train.synthetic, greedily decodes the answer and scores exact containment.
 
-    python -m rattn_eval.train.probe --models tiny-rattn,tiny-swa,tiny-full --lengths 1k,2k,4k,8k -n 10
+    python -m rattn_eval.train.probe --models tiny-rattn,tiny-swa,tiny-full --lengths 1k,2k,4k,8k -n 12 --seeds 0,1
 """
 
 from __future__ import annotations
@@ -37,8 +37,9 @@ def probe_documents(gen: RecallGenerator, tok, *, length: int, n: int, seed: int
     return out
 
 
-def run_probe(models: list[str], lengths: list[int], *, n: int, seed: int, data_dir: str, out: str | None = None,
-              log=print) -> list[dict]:
+def run_probe(models: list[str], lengths: list[int], *, n: int, seeds: list[int], data_dir: str,
+              out: str | None = None, log=print) -> list[dict]:
+    """Score each model at each length on n documents per seed (n * len(seeds) per point); rows as JSONL."""
     from ..models import load_model
 
     data_dir = Path(data_dir)
@@ -50,15 +51,16 @@ def run_probe(models: list[str], lengths: list[int], *, n: int, seed: int, data_
     for name in models:
         model, tok = load_model(name, device="cpu", backend="torch")
         for length in lengths:
-            docs = probe_documents(gen, tok, length=length, n=n, seed=seed)
+            docs = [d for seed in seeds for d in probe_documents(gen, tok, length=length, n=n, seed=seed)]
             t = time.perf_counter()
             outs = model.generate([tok.encode_prompt(p) for p, _, _ in docs], max_new_tokens=32)
             preds = [tok.decode(o) for o in outs]
             hits = [a in p for (_, a, _), p in zip(docs, preds)]
-            row = {"model": name, "length": length, "n": n, "score": round(100 * sum(hits) / n, 1),
-                   "depths": [d for _, _, d in docs], "hits": hits, "seconds": round(time.perf_counter() - t, 1)}
+            row = {"model": name, "length": length, "n": len(docs), "seeds": list(seeds),
+                   "score": round(100 * sum(hits) / len(docs), 1), "hits": hits, "depths": [d for _, _, d in docs],
+                   "seconds": round(time.perf_counter() - t, 1)}
             rows.append(row)
-            log(f"{name} {length}: {row['score']} ({sum(hits)}/{n}) in {row['seconds']} s")
+            log(f"{name} {length}: {row['score']} ({sum(hits)}/{len(docs)}) in {row['seconds']} s")
     if out:
         Path(out).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return rows
@@ -71,13 +73,13 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="tiny-rattn,tiny-swa,tiny-full")
     p.add_argument("--lengths", default="1k,2k,4k,8k")
-    p.add_argument("-n", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", type=int, default=12, help="documents per seed and length")
+    p.add_argument("--seeds", default="0,1")
     p.add_argument("--data", default=".cache/train-data", help="the training data folder (filler and words)")
     p.add_argument("--out", default=None, help="JSONL file for the results")
     a = p.parse_args(argv)
-    run_probe(a.models.split(","), [parse_length(x) for x in a.lengths.split(",")], n=a.n, seed=a.seed,
-              data_dir=a.data, out=a.out)
+    run_probe(a.models.split(","), [parse_length(x) for x in a.lengths.split(",")], n=a.n,
+              seeds=[int(s) for s in a.seeds.split(",")], data_dir=a.data, out=a.out)
     return 0
 
 
