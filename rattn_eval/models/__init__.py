@@ -1,13 +1,25 @@
 """Models: the native local-global decoder, checkpoints, importers, tokenizers, generation.
 
-Heavy dependencies (transformers, gguf) are imported only by the importers and the hf backend.
+The package's names load on first use (PEP 562), so `import rattn_eval.models.names` or the
+tokenizer does not pull in torch; transformers and gguf load only in the importers and the hf backend.
 """
 
-from .checkpoint import read_config, save_checkpoint
-from .config import PRESETS, ModelConfig, preset
-from .loading import build_model, load_model
-from .model import KVCache, Model
-from .tokenizer import Tokenizer, load_tokenizer
+import importlib
+
+_EXPORTS = {
+    "read_config": ".checkpoint", "save_checkpoint": ".checkpoint",
+    "PRESETS": ".config", "ModelConfig": ".config", "preset": ".config",
+    "build_model": ".loading", "load_model": ".loading",
+    "KVCache": ".model", "Model": ".model",
+    "Tokenizer": ".tokenizer", "load_tokenizer": ".tokenizer",
+    "BUILTIN_MODELS": ".names",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def convert(src, dst, **kwargs):
@@ -17,7 +29,4 @@ def convert(src, dst, **kwargs):
     return _convert(src, dst, **kwargs)
 
 
-__all__ = [
-    "KVCache", "Model", "ModelConfig", "PRESETS", "Tokenizer", "build_model", "convert", "load_model",
-    "load_tokenizer", "preset", "read_config", "save_checkpoint",
-]
+__all__ = [*_EXPORTS, "convert"]

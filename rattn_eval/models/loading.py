@@ -20,13 +20,10 @@ from ..errors import CheckpointError, ConfigError
 from . import checkpoint as ckpt
 from .config import ModelConfig, preset
 from .model import Model
+from .names import BUILTIN_MODELS, RANDOM_NAMES, REAL_NAMES, SHIPPED_NAMES
 from .tokenizer import cache_root, load_tokenizer
 
 BACKENDS = ("auto", "triton", "torch", "hf")
-RANDOM_NAMES = ("debug",)
-REAL_NAMES = ("smollm2-135m", "gemma3-270m")
-# trained checkpoints shipped as package data (rattn_eval/checkpoints/<name>/)
-SHIPPED_NAMES = ("tiny-rattn", "tiny-swa", "tiny-full")
 
 
 def resolve_device(device) -> torch.device:
@@ -181,7 +178,7 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "auto", device
     if not path.exists() and (isinstance(name_or_path, os.PathLike) or os.sep in key or key.startswith((".", "~"))):
         raise CheckpointError(f"checkpoint directory {key!r} does not exist.")
     if not path.exists():
-        known = [*RANDOM_NAMES, *REAL_NAMES, *SHIPPED_NAMES]
+        known = list(BUILTIN_MODELS)
         close = difflib.get_close_matches(key, known, n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"unknown model {key!r}: not a built-in name ({', '.join(known)}) nor an existing path.{hint}")

@@ -377,21 +377,10 @@ class _Progress:
 
 
 def builtin_models() -> list[str]:
-    """Names `load_model` accepts without a path (for `rattn-eval ls models`).
+    """Names `load_model` accepts without a path (for `rattn-eval ls models`); imports no torch."""
+    from rattn_eval.models.names import BUILTIN_MODELS
 
-    Read from the `*_NAMES` tuples in rattn_eval/models/loading.py without importing it: the
-    models package imports torch, which takes seconds, and `rattn-eval ls` must stay instant.
-    """
-    import ast
-    import importlib.util
-
-    spec = importlib.util.find_spec("rattn_eval")
-    source = Path(spec.origin).parent / "models" / "loading.py"
-    names: list[str] = []
-    for node in ast.parse(source.read_text()).body:
-        if isinstance(node, ast.Assign) and any(getattr(t, "id", "").endswith("_NAMES") for t in node.targets):
-            names.extend(n for n in ast.literal_eval(node.value) if n not in names)
-    return names
+    return list(BUILTIN_MODELS)
 
 
 def write_samples(task: str, tokenizer: str, *, length: int, n: int, seed: int, chat_template: bool = False,
