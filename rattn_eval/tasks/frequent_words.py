@@ -33,9 +33,14 @@ def _zeta(alpha: float, terms: int = 100_000) -> float:
     return sum(r ** -alpha for r in range(1, terms + 1))
 
 
-def counts_for(num_words: int, vocab_size: int, alpha: float, zeta: float) -> list[int]:
+def rank_powers(vocab_size: int, alpha: float) -> list[float]:
+    """rank^-alpha for ranks 1..vocab_size, computed once per task and length."""
+    return [(r + 1) ** -alpha for r in range(vocab_size)]
+
+
+def counts_for(num_words: int, powers: list[float], zeta: float) -> list[int]:
     """Occurrences of each vocabulary rank: num_words * rank^-alpha / zeta(alpha), rounded down."""
-    return [int(num_words * (r + 1) ** -alpha / zeta) for r in range(vocab_size)]
+    return [int(num_words * p / zeta) for p in powers]
 
 
 def generate(cfg: FWEConfig, tokenizer, *, length: int, n: int, seed: int, task: str = "fwe",
@@ -44,6 +49,7 @@ def generate(cfg: FWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
     fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task)
     vocab_size = max(cfg.top + 2, length // cfg.vocab_per_tokens)
     zeta = _zeta(cfg.alpha)
+    powers = rank_powers(vocab_size, cfg.alpha)
     frame = make_frame(tokenizer, chat_template, INSTRUCTION, QUESTION, PREFIX)
     def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
@@ -55,18 +61,18 @@ def generate(cfg: FWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
         order_seed = rng.getrandbits(64)
 
         def render(k: int, vocab=vocab, order_seed=order_seed):
-            c = counts_for(k, vocab_size, cfg.alpha, zeta)
+            c = counts_for(k, powers, zeta)
             words = [w for w, m in zip(vocab, c) for _ in range(m)]
             random.Random(order_seed + k).shuffle(words)
             return " ".join(words), []
 
         def estimate(k: int, cost=cost):
-            return sum(m * t for m, t in zip(counts_for(k, vocab_size, cfg.alpha, zeta), cost))
+            return sum(m * t for m, t in zip(counts_for(k, powers, zeta), cost))
 
         # smallest count for which ranks 1..4 have strictly decreasing counts (a unique top 3)
         k_min = 1
         while True:
-            c = counts_for(k_min, vocab_size, cfg.alpha, zeta)
+            c = counts_for(k_min, powers[: cfg.top + 2], zeta)
             if c[cfg.top] > c[cfg.top + 1] and all(c[j] > c[j + 1] for j in range(1, cfg.top)):
                 break
             k_min = int(k_min * 1.2) + 1
