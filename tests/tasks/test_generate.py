@@ -67,7 +67,7 @@ def test_lengths_chat_template(tokenizers, smollm2, name, tok_name, length):
     check(tasks.generate(name, tok, length=length, n=2, seed=2, chat_template=t), tok, name, length, 2, template=t)
 
 
-@pytest.mark.slow
+# The whole grid costs about 10 s with the disk cache off, so it runs in CI.
 @pytest.mark.parametrize("template", [False, True])
 @pytest.mark.parametrize("length", [1024, 4096, 16384, 32768])
 @pytest.mark.parametrize("name", SYNTH)
