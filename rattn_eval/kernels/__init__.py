@@ -61,6 +61,21 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "triton" if ok and (backend == "triton" or device.type == "cuda") else "torch"
 
 
+def triton_head_dim_ok(D: int, *, rla: bool) -> bool:
+    """Head dims the Triton prefill kernels take: powers of two 16..256 (SWA) or 16..128 (RLA, whose
+    fp32 state tile would not fit on chip at 256)."""
+    return 16 <= D <= (128 if rla else 256) and D & (D - 1) == 0
+
+
+def _pick(backend: str, q: torch.Tensor, *, rla: bool) -> str:
+    """Resolve the backend; "auto" takes the PyTorch path for head dims the Triton kernels lack
+    (an explicit backend="triton" raises instead). `launches` records which one ran."""
+    be = resolve_backend(backend, q.device)
+    if be == "triton" and backend == "auto" and not triton_head_dim_ok(q.shape[-1], rla=rla):
+        return "torch"
+    return be
+
+
 def _triton(op: str):
     module, name = _TRITON_IMPLS[op]
     return getattr(importlib.import_module(module), name)
@@ -77,7 +92,7 @@ def swa_attention(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None,
     Returns:
         (B, T, H, D) in q.dtype; zero at padded positions.
     """
-    be = resolve_backend(backend, q.device)
+    be = _pick(backend, q, rla=False)
     launches[f"{be}.swa"] += 1
     if be == "triton":
         return _triton("swa")(q, k, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens)
@@ -90,7 +105,7 @@ def residual_linear_attention(q, k, v, *, window, feature_map="softmax", lengths
     Args: q (B, T, H, D); k, v (B, T, Hkv, D); feature_map "softmax" | "relu" | "identity".
     Returns: (B, T, H, D) in q.dtype (accumulated in fp32); exactly zero for t <= window.
     """
-    be = resolve_backend(backend, q.device)
+    be = _pick(backend, q, rla=True)
     launches[f"{be}.rla"] += 1
     if be == "triton":
         return _triton("rla")(q, k, v, window=window, feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens)
@@ -108,7 +123,7 @@ def rattention(q, k, v, *, window, rope=None, scale=None, feature_map="softmax",
     Returns:
         (B, T, H, D) in q.dtype.
     """
-    be = resolve_backend(backend, q.device)
+    be = _pick(backend, q, rla=True)
     launches[f"{be}.rattention"] += 1
     kw = dict(window=window, rope=rope, scale=scale, feature_map=feature_map, swa_norm_weight=swa_norm_weight,
               rla_norm_weight=rla_norm_weight, eps=eps, lengths=lengths, cu_seqlens=cu_seqlens)

@@ -145,3 +145,17 @@ def test_rope_rotate_half_matches_hf_convention():
             y[0, p, 0, i] = x[0, p, 0, i] * c - x[0, p, 0, i + D // 2] * s
             y[0, p, 0, i + D // 2] = x[0, p, 0, i + D // 2] * c + x[0, p, 0, i] * s
     assert torch.allclose(apply_rope(x, cos, sin), y, atol=1e-5)
+
+
+def test_auto_takes_torch_for_head_dims_the_triton_kernels_lack(monkeypatch):
+    import rattn_eval.kernels as K
+
+    # pretend we are on CUDA: auto would pick triton, but D = 256 has no Triton RLA kernel
+    monkeypatch.setattr(K, "resolve_backend", lambda backend, device: "triton")
+    q, k, v = rand_qkv(1, 9, 2, 1, 256)
+    before = K.launches["torch.rla"]
+    out = K.residual_linear_attention(q, k, v, window=2, backend="auto")
+    assert K.launches["torch.rla"] == before + 1
+    assert close(out, residual_linear_attention_naive(q, k, v, window=2))
+    assert K.triton_head_dim_ok(256, rla=False) and not K.triton_head_dim_ok(256, rla=True)
+    assert not K.triton_head_dim_ok(96, rla=False) and K.triton_head_dim_ok(64, rla=True)
