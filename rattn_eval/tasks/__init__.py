@@ -94,7 +94,7 @@ def resolve(names_or_groups) -> list[str]:
     return list(out)
 
 
-_LENGTH = re.compile(r"(\d+)([km]?)")
+_LENGTH = re.compile(r"([0-9]+)([km]?)")  # ASCII digits only: "٤k" is not a length
 
 
 def parse_length(text) -> int:

@@ -42,7 +42,7 @@ def _listing(words: list[str]) -> str:
 
 
 def _example(rng: random.Random, pool, cfg: CWEConfig, short: bool) -> str:
-    picks = rng.sample(pool, cfg.num_common + (10 if short else 20))
+    picks = rng.sample(pool, cfg.num_common + (10 if short else 30))  # RULER: get_example(40, 10, 3)
     common, rare = picks[: cfg.num_common], picks[cfg.num_common:]
     words = common * (3 if short else 10) + rare * (1 if short else 3)
     rng.shuffle(words)
@@ -56,8 +56,9 @@ def generate(cfg: CWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
     fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task)
     pool = list(corpora.common_word_pool())
     n_ww = corpora.wonderwords_count()
-    # RULER's regime by length (30/3 repeats; 6/1 below 4k); we step down further (3/1, no
-    # worked example) while the shortest prompt would take over half the room, as with bytes at 1k-4k.
+    # RULER's regime by length: 30/3 repeats from 4k, 6/1 below. From 4k we step down only when
+    # even the shortest prompt cannot fit; below 4k we step down further (3/1, no worked example,
+    # our addition) while the shortest prompt would take over half the room, as with bytes at 1k-2k.
     regimes = [(cfg.freq_common, cfg.freq_uncommon, "full"), (cfg.short_freq_common, cfg.short_freq_uncommon, "short"),
                (cfg.tiny_freq_common, cfg.short_freq_uncommon, None)]
     r = 0 if length >= cfg.short_length else 1 if length >= cfg.tiny_length else 2
@@ -67,7 +68,8 @@ def generate(cfg: CWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
         ex = _example(probe, pool[:n_ww], cfg, kind == "short")
         words = probe.sample(pool[:n_ww], cfg.num_common)
         smallest = len(tokenizer.encode(ex + INSTRUCTION + _listing(words * f_c) + _question(cfg.num_common)))
-        if smallest <= 0.5 * (length - cfg.max_new_tokens):
+        room = length - cfg.max_new_tokens
+        if smallest <= (room if r == 0 else 0.5 * room):
             break
         r += 1
     f_common, f_rare, kind = regimes[r]
