@@ -212,6 +212,19 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+def normalize_hf_config(hf: dict) -> dict:
+    """A config.json as transformers itself reads it: older files (Gemma-3's `rope_local_base_freq`,
+    `sliding_window_pattern`, a global-only `rope_scaling`, tying left to the class default) come out
+    with per-layer-type `rope_parameters`, `layer_types` and an explicit `tie_word_embeddings`."""
+    from transformers import AutoConfig
+
+    mtype = hf.get("model_type")
+    try:
+        return AutoConfig.for_model(mtype, **{k: v for k, v in hf.items() if k != "model_type"}).to_dict()
+    except (ValueError, KeyError):
+        return hf  # unknown to transformers: config_from_hf names the unsupported model_type
+
+
 def import_hf_dir(path: str | os.PathLike, *, name: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
     """(config, native state dict) of a local Hugging Face folder (config.json + safetensors)."""
     path = Path(path)
@@ -221,7 +234,7 @@ def import_hf_dir(path: str | os.PathLike, *, name: str | None = None) -> tuple[
         raise CheckpointError(f"cannot read {path / 'config.json'} ({e}).") from None
     # without tokenizer files the config names none: load_model then returns tokenizer None
     tokenizer = "tokenizer.json" if (path / "tokenizer.json").is_file() else ""
-    cfg = config_from_hf(hf, name=name or path.name, tokenizer=tokenizer)
+    cfg = config_from_hf(normalize_hf_config(hf), name=name or path.name, tokenizer=tokenizer)
     return cfg, state_dict_from_hf(cfg, _read_hf_weights(path), str(path))
 
 

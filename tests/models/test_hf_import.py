@@ -102,3 +102,19 @@ def test_convert_errors(tmp_path):
     save_file(sd, str(tmp_path / "hf" / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(CheckpointError, match="missing keys: model.layers.1.mlp.up_proj.weight"):
         convert(tmp_path / "hf", tmp_path / "ours", tokenizer="bytes")
+
+
+def test_gemma3_config_json_in_the_transformers_4_layout_imports_right():
+    # Hub folders of Gemma-3 keep the 4.x keys: the local theta in rope_local_base_freq, a
+    # global-only rope_scaling, a layer pattern instead of layer_types, tying left to the default.
+    from rattn_eval.models.convert import config_from_hf, normalize_hf_config
+
+    hf = {"model_type": "gemma3_text", "vocab_size": 512, "hidden_size": 64, "num_attention_heads": 4,
+          "num_key_value_heads": 1, "head_dim": 16, "intermediate_size": 128, "rms_norm_eps": 1e-6,
+          "max_position_embeddings": 32768, "num_hidden_layers": 6, "rope_theta": 1e6,
+          "rope_local_base_freq": 1e4, "rope_scaling": {"rope_type": "linear", "factor": 8.0},
+          "sliding_window": 512, "sliding_window_pattern": 6, "query_pre_attn_scalar": 16}
+    cfg = config_from_hf(normalize_hf_config(hf))
+    assert (cfg.rope_theta_local, cfg.rope_theta_global, cfg.rope_scale_global) == (1e4, 1e6, 8.0)
+    assert cfg.tie_embeddings and cfg.window == 511
+    assert cfg.kinds == ("swa",) * 5 + ("global",)
