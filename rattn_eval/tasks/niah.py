@@ -99,10 +99,7 @@ def generate(cfg: NiahConfig, tokenizer, *, length: int, n: int, seed: int, task
         all_ends = [e + r * len(units) for r in range(reps) for e in ends]
         pre = prefix_sums(counts * reps)
     elif cfg.haystack == "noise":
-        block = " " + corpora.NOISE_BLOCK
-        per_block = len(tokenizer.encode(block))
-        max_blocks = max(8, length // max(1, per_block) * 2)
-        blocks = [block] * max_blocks
+        blocks, per_block = corpora.noise_blocks(tokenizer, length)
     def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
         num_keys = max(cfg.num_keys, cfg.num_queries)
@@ -137,7 +134,7 @@ def generate(cfg: NiahConfig, tokenizer, *, length: int, n: int, seed: int, task
                              pad=corpora.PAD_WORDS)
             if cfg.haystack == "noise":
                 return Draft(frame, _line_renderer(blocks, needles, n_gold, sep=" "), lambda k: per_block * k,
-                             0, max_blocks, pad=corpora.PAD_WORDS[1:])
+                             0, len(blocks), pad=corpora.PAD_WORDS[1:])
             return Draft(frame, _essay_renderer(all_units, all_ends, needles, n_gold), lambda k: pre[k],
                          0, len(all_units))
 

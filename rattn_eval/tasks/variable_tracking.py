@@ -67,10 +67,7 @@ def generate(cfg: VTConfig, tokenizer, *, length: int, n: int, seed: int, task: 
              chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
     """Generate `n` variable-tracking samples; `depth` is not used (statements go at random depths)."""
     fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task)
-    block = " " + corpora.NOISE_BLOCK
-    per_block = len(tokenizer.encode(block))
-    max_blocks = max(8, length // max(1, per_block) * 2)
-    blocks = [block] * max_blocks
+    blocks, per_block = corpora.noise_blocks(tokenizer, length)
     def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
         example = _example(rng, cfg, length)
@@ -84,7 +81,7 @@ def generate(cfg: VTConfig, tokenizer, *, length: int, n: int, seed: int, task: 
         prefix = _prefix(len(chain), values[0])
         frame = make_frame(tokenizer, chat_template, example + INSTRUCTION, _question(values[0]), prefix)
         make = lambda attempt, needles=needles, frame=frame, n_gold=n_gold: Draft(  # noqa: E731
-            frame, _line_renderer(blocks, needles, n_gold, sep=" "), lambda k: per_block * k, 0, max_blocks,
+            frame, _line_renderer(blocks, needles, n_gold, sep=" "), lambda k: per_block * k, 0, len(blocks),
             pad=corpora.PAD_WORDS[1:])
         fitted = fitter.fit(make, redraws=0)
         positions = token_positions(tokenizer, fitted.text, fitted.marks, fitted.ids)
