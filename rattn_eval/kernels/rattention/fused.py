@@ -17,8 +17,8 @@ from __future__ import annotations
 import torch
 
 from ..common import default_scale
-from ..rla.chunk import FEATURES, check_rla_args, rla_prefix_states
-from ..swa.parallel import SequenceTable, block_config, launch_swa_fwd
+from ..rla.chunk import prepare_rla_launch, rla_prefix_states
+from ..swa.parallel import launch_swa_fwd
 
 
 def _rope_tables(rope, B, T, D, device):
@@ -72,13 +72,8 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         raise ValueError("rattention needs an int window; use swa_attention(window=None) for full attention")
     if design not in DESIGNS:
         raise ValueError(f"unknown design {design!r}; choose one of {', '.join(DESIGNS)}")
-    B, T, H, Hkv, D = check_rla_args(q, k, v, window, feature_map)
-    cfg = block_config(D, rla=True, dtype=q.dtype)
-    q, k, v = q.contiguous(), k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
-    seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
-    out = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
-    w = min(window, seqs.max_len)
-    feature = FEATURES[feature_map]
+    q, k, v, out, seqs, cfg, w, feature = prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens)
+    B, T, H, D = q.shape
     tables = None if rope is None else _rope_tables(rope, B, T, D, q.device)
     kr = torch.empty_like(k) if tables is not None else None
     states, carry, bps, nseg = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, kr=kr, rope=tables)

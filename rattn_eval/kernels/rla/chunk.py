@@ -179,6 +179,17 @@ def check_rla_args(q, k, v, window, feature_map):
     return B, T, H, Hkv, D
 
 
+def prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens):
+    """Validated, contiguous inputs and the launch state shared by the RLA and RAttention launchers:
+    (q, k, v, out, seqs, cfg, window clipped to the longest sequence, feature-map code)."""
+    B, T, H, Hkv, D = check_rla_args(q, k, v, window, feature_map)
+    cfg = block_config(D, rla=True, dtype=q.dtype)
+    q, k, v = q.contiguous(), k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
+    seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
+    out = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
+    return q, k, v, out, seqs, cfg, min(window, seqs.max_len), FEATURES[feature_map]
+
+
 def residual_linear_attention_triton(q, k, v, *, window, feature_map="softmax", lengths=None, cu_seqlens=None):
     """o_t = phi(q_t) S_{t-window-1}, S_t = sum_{j<=t} phi(k_j)^T v_j, in Triton.
 
@@ -189,13 +200,7 @@ def residual_linear_attention_triton(q, k, v, *, window, feature_map="softmax", 
     Returns:
         (B, T, H, D) in q.dtype, accumulated in fp32; exactly zero for t <= window and at padding.
     """
-    B, T, H, Hkv, D = check_rla_args(q, k, v, window, feature_map)
-    cfg = block_config(D, rla=True, dtype=q.dtype)
-    q, k, v = q.contiguous(), k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
-    seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
-    out = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
-    w = min(window, seqs.max_len)
-    feature = FEATURES[feature_map]
+    q, k, v, out, seqs, cfg, w, feature = prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens)
     states, carry, bps, nseg = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg)
     return launch_swa_fwd(q, k, v, out, seqs, window=w, scale=1.0, cfg=cfg, states=states, carry=carry, bps=bps,
                           nseg=nseg, do_swa=False, do_rla=True, feature=feature)
