@@ -46,10 +46,21 @@ class Rope:
 
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """positions (...) int -> cos, sin (..., D) fp32."""
-        inv = self.inv_freq.to(positions.device)
+        inv = self._inv_freq_on(positions.device)
         freqs = positions.float()[..., None] * inv  # (..., D/2)
         emb = torch.cat([freqs, freqs], dim=-1)
         return emb.cos(), emb.sin()
+
+    def _inv_freq_on(self, device: torch.device) -> torch.Tensor:
+        """inv_freq on `device`, copied once (no host-to-device copy per call, so a decode step
+        that computes RoPE for its positions can be captured in a CUDA graph)."""
+        if self.inv_freq.device == device:
+            return self.inv_freq
+        copies = self.__dict__.setdefault("_inv_freq_copies", {})
+        hit = copies.get(device)
+        if hit is None or hit[0] is not self.inv_freq:
+            hit = copies[device] = (self.inv_freq, self.inv_freq.to(device))
+        return hit[1]
 
     def tables(self, T: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for positions 0..T-1: (T, D) fp32."""

@@ -10,12 +10,15 @@ Shapes: B batch, T tokens, W width, H query heads, Hkv kv heads, D head dim, V v
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .. import kernels
 from ..errors import BudgetError, ConfigError, NumericsError
@@ -81,6 +84,11 @@ class KVCache:
 
     def nbytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
+
+
+# Decode attention of global layers: memory-efficient attention takes the boolean mask of the filled
+# prefix and fixed shapes; cuDNN rebuilt its plan at every new shape (~20 ms of CPU per call on an H200).
+_DECODE_SDPA = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class Attention(nn.Module):
@@ -170,13 +178,18 @@ class Attention(nn.Module):
             cos, sin = self.rope.cos_sin(pos)  # (B, D)
             q, k = kernels.apply_rope(q, cos[:, None], sin[:, None]), kernels.apply_rope(k, cos[:, None], sin[:, None])
         cache.update(pos, k[:, 0], v[:, 0])
-        S = int(pos.max()) + 1  # attend only over the filled prefix
+        # Attend over the whole cache with a mask of the filled prefix: the shapes stay the same every
+        # step (no host sync for the longest row, one attention plan, capturable in a CUDA graph). The
+        # G query heads of a KV head go in as G query rows, so no GQA expansion of the cache is needed.
+        S = cache.k.shape[1]
+        G = self.H // self.Hkv
         keys = torch.arange(S, device=x.device)
         mask = (keys[None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, S)
-        o = F.scaled_dot_product_attention(
-            q.transpose(1, 2), cache.k[:, :S].transpose(1, 2), cache.v[:, :S].transpose(1, 2),
-            attn_mask=mask, scale=self.scale, enable_gqa=True,
-        )  # (B, H, 1, D)
+        with sdpa_kernel(_DECODE_SDPA):
+            o = F.scaled_dot_product_attention(
+                q[:, 0].view(B, self.Hkv, G, self.D), cache.k.transpose(1, 2), cache.v.transpose(1, 2),
+                attn_mask=mask, scale=self.scale,
+            )  # (B, Hkv, G, D)
         return self.o_proj(o.reshape(B, self.H * self.D))
 
 
@@ -211,8 +224,11 @@ class Model(nn.Module):
     """Native decoder. `model(input_ids [B, T], lengths=None) -> logits [B, T, V]`; `generate` for greedy decoding.
 
     Attributes: config, backend ("torch" | "triton", the kernel path that runs), tokenizer (set by
-    load_model), max_context, last_stats (timings of the last generate call).
+    load_model), max_context, last_stats (timings of the last generate call), cuda_graphs (decode
+    replays a CUDA graph on GPUs; set False, or RATTN_EVAL_CUDA_GRAPHS=0, for eager steps).
     """
+
+    cuda_graphs = True
 
     def __init__(self, cfg: ModelConfig, *, backend: str = "torch"):
         super().__init__()
@@ -343,6 +359,56 @@ def normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, token
     return budgets, set(int(e) for e in eos_ids), stop, tokenizer
 
 
+def _advance(outputs, rows, toks, budgets, eos, stop, tokenizer) -> list[int]:
+    """Append each slot's new token to its row's output; returns the slots that go on generating.
+    A row ends at EOS (not appended), at its budget, or when its text contains a stop string."""
+    keep = []
+    for slot, (row, tok) in enumerate(zip(rows, toks)):
+        done = len(outputs[row]) >= budgets[row] or tok in eos
+        if not done:
+            outputs[row].append(tok)
+            done = len(outputs[row]) >= budgets[row] or any(s in tokenizer.decode(outputs[row]) for s in stop)
+        if not done:
+            keep.append(slot)
+    return keep
+
+
+def _use_cuda_graphs(model, device: torch.device) -> bool:
+    return (device.type == "cuda" and getattr(model, "cuda_graphs", True)
+            and os.environ.get("RATTN_EVAL_CUDA_GRAPHS", "1") != "0")
+
+
+class _GraphedDecode:
+    """`model.decode_step` as a CUDA graph: one eager step (on a side stream) compiles the kernels and
+    warms the libraries, the next is captured, every later one is a replay. This removes the Python and
+    launch cost of the ~20 small kernels per layer that otherwise bound batched decoding. The caches
+    are updated in place, so the graph keeps addressing the same tensors step after step."""
+
+    def __init__(self, model: Model, caches: list):
+        self.model, self.caches = model, caches
+        self.graph = None
+        self.warm = False
+
+    def __call__(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        if not self.warm:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                logits = self.model.decode_step(tokens, pos, self.caches)
+            torch.cuda.current_stream().wait_stream(side)
+            self.warm = True
+            return logits
+        if self.graph is None:
+            self.tokens, self.pos = tokens.clone(), pos.clone()
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):  # records only: nothing runs, the caches are untouched
+                self.logits = self.model.decode_step(self.tokens, self.pos, self.caches)
+        self.tokens.copy_(tokens)
+        self.pos.copy_(pos)
+        self.graph.replay()
+        return self.logits
+
+
 def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop=None, tokenizer=None):
     """Batched greedy decoding.
 
@@ -374,30 +440,44 @@ def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop
     prefill_s = time.perf_counter() - t0
     cache_bytes = sum(c.nbytes() for c in caches)
 
-    active = torch.arange(B, device=device)  # original row of each batch slot
     pos = lengths.clone()  # absolute position of the next token of each slot
+    graphed = _GraphedDecode(model, caches) if _use_cuda_graphs(model, device) else None
     t0 = time.perf_counter()
     decode_tokens = 0
-    while True:
-        tokens = logits.argmax(dim=-1)  # (B',)
-        keep = []
-        for slot, (row, tok) in enumerate(zip(active.tolist(), tokens.tolist())):
-            done = len(outputs[row]) >= budgets[row] or tok in eos
-            if not done:
-                outputs[row].append(tok)
-                done = len(outputs[row]) >= budgets[row] or any(s in tokenizer.decode(outputs[row]) for s in stop)
-            if not done:
-                keep.append(slot)
-        if not keep:
-            break
-        if len(keep) < len(active):
-            index = torch.tensor(keep, device=device)
-            active, pos, tokens = active[index], pos[index], tokens[index]
-            caches = [c.select(index) for c in caches]
-        logits = model.decode_step(tokens, pos, caches)
-        _check_finite(logits, "decoding")
-        decode_tokens += len(keep)
-        pos = pos + 1
+    if graphed is None:
+        # eager: finished rows leave the batch, so they cost no more compute
+        active = torch.arange(B, device=device)  # original row of each batch slot
+        while True:
+            tokens = logits.argmax(dim=-1)  # (B',)
+            keep = _advance(outputs, active.tolist(), tokens.tolist(), budgets, eos, stop, tokenizer)
+            if not keep:
+                break
+            if len(keep) < len(active):
+                index = torch.tensor(keep, device=device)
+                active, pos, tokens = active[index], pos[index], tokens[index]
+                caches = [c.select(index) for c in caches]
+            logits = model.decode_step(tokens, pos, caches)
+            _check_finite(logits, "decoding")
+            decode_tokens += len(keep)
+            pos = pos + 1
+    else:
+        # CUDA graph: one launch per step; every row stays in the batch (fixed shapes) and a finished
+        # row's position stops moving, so its cache writes stay in bounds and its tokens are ignored
+        live = list(range(B))
+        while True:
+            tokens = logits.argmax(dim=-1)  # (B,)
+            host = torch.cat([tokens, torch.isfinite(logits).all().view(1).long()]).tolist()  # one sync
+            if not host[-1]:
+                raise NumericsError("the model produced NaN or inf logits during decoding; try float32 or a smaller input.")
+            keep = _advance(outputs, live, [host[r] for r in live], budgets, eos, stop, tokenizer)
+            live = [live[i] for i in keep]
+            if not live:
+                break
+            logits = graphed(tokens, pos)
+            decode_tokens += len(live)
+            moving = torch.zeros(B, dtype=torch.long)
+            moving[live] = 1
+            pos = pos + moving.to(device, non_blocking=True)
     _sync(device)
     model.last_stats = dict(
         prefill_tokens=int(lengths.sum()), prefill_s=prefill_s, decode_tokens=decode_tokens,

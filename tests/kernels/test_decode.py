@@ -108,11 +108,23 @@ def test_triton_step_matches_reference(case):
 
 @pytest.mark.parametrize("case", [(3, 64, 128, 4, 1, "rattn", "softmax", torch.float32),
                                   (3, 64, 64, 2, 1, "swa", "softmax", torch.float32)], ids=["rattn", "swa"])
-def test_gpu_block_sizes_many_blocks(case, monkeypatch):
-    """With the GPU tile budget the slot and feature loops run over many blocks (w=64: 9 slot blocks of 8)."""
+@pytest.mark.parametrize("target", [1, 4, 64], ids=["one-split", "4-programs", "split-per-block"])
+def test_gpu_block_sizes_many_blocks(case, target, monkeypatch):
+    """With the GPU tile budget the slot and feature loops run over many blocks (w=64: 9 slot blocks of 8),
+    kept in one program (target 1) or split over several programs and combined (flash-decoding)."""
     monkeypatch.setitem(fused_recurrent._TILE_BUDGET, "interpreter", fused_recurrent._TILE_BUDGET["gpu"])
+    monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", target)
     B, w, D, H, Hkv, kind, fm, dtype = case
     run_steps(B, w, H, Hkv, D, kind, fm, dtype, steps=2, seed=7)
+
+
+def test_split_counts():
+    """The window and state splits cover every row exactly once, in whole blocks."""
+    for n, block, programs, target in [(65, 8, 3, 64), (513, 4, 8, 264), (513, 64, 1024, 264), (1, 1, 1, 4), (256, 32, 2, 7)]:
+        per, count = fused_recurrent._splits(n, block, programs, target)
+        assert per % block == 0 and (count - 1) * per < n <= count * per, (n, block, programs, target)
+    assert fused_recurrent._splits(513, 4, 8, 264)[1] == 33  # 8 programs -> 33 splits of 16 slots
+    assert fused_recurrent._splits(513, 64, 1024, 264)[1] == 1  # enough programs already: no split
 
 
 def test_many_steps_from_empty_cache():

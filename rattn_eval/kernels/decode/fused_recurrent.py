@@ -33,6 +33,9 @@ _inv_freq_copies: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 # The CPU interpreter runs every loop iteration in Python, so it takes larger blocks (same code,
 # fewer iterations); the tests also run the GPU budget there to cover many-block loops.
 _TILE_BUDGET = {"gpu": 8192, "interpreter": 131072}
+# Programs the window / state splits aim for under the interpreter (on a GPU: twice the SM count).
+# Small, so the CPU tests stay fast, yet above 1 so they cover the split-and-combine path.
+_SPLIT_TARGET = 4
 
 
 @triton.jit
@@ -49,87 +52,113 @@ def _cos_sin(angle, PRECISE_TRIG: tl.constexpr):
 
 
 @triton.jit
-def local_decode_step_kernel(
-    q_ptr, k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, state_ptr, pos_ptr, inv_freq_ptr, g_swa_ptr, g_rla_ptr, o_ptr,
-    stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
-    stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
-    stride_sb, stride_sh, stride_sf, stride_ob, stride_oh,
-    W1, Hkv, scale, eps,
-    D: tl.constexpr, F: tl.constexpr, G: tl.constexpr,
-    FEATURE_MAP: tl.constexpr, HAS_STATE: tl.constexpr, HAS_ROPE: tl.constexpr,
-    HAS_G_SWA: tl.constexpr, HAS_G_RLA: tl.constexpr, PRECISE_TRIG: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_F: tl.constexpr,
+def decode_rla_partial_kernel(
+    q_ptr, ring_k_ptr, ring_v_ptr, state_ptr, pos_ptr, part_ptr,
+    stride_qb, stride_qh, stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
+    stride_sb, stride_sh, stride_sf,
+    W1, Hkv, NF, F_SPLIT,
+    D: tl.constexpr, F: tl.constexpr, G: tl.constexpr, FEATURE_MAP: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr,
 ):
+    """Program (b * Hkv + hk, j): feature rows [j * F_SPLIT, (j + 1) * F_SPLIT) of the state. Folds the
+    token leaving the window (still in its slot: the combine kernel overwrites it later) into S and
+    writes this split's share of phi(q) S, (BLOCK_G, BLOCK_D) fp32, to part[pid, j]."""
     pid = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
     b = pid // Hkv
     hk = pid % Hkv
-    t = tl.load(pos_ptr + b)  # absolute position of the new token (int64)
+    t = tl.load(pos_ptr + b)
+    slot = t % W1
+    leaving = t >= W1  # the slot holds token t - W1, which leaves the window now
+
+    d = tl.arange(0, BLOCK_D)
+    dm = d < D
+    gi = tl.arange(0, BLOCK_G)
+    gm = gi < G
+    h = hk * G + gi
+    qg_ptr = q_ptr + b * stride_qb + h[:, None] * stride_qh
+    rk_row = ring_k_ptr + b * stride_rkb + hk * stride_rkh + slot * stride_rks
+    v_old = tl.load(ring_v_ptr + b * stride_rvb + hk * stride_rvh + slot * stride_rvs + d, mask=dm, other=0.0)
+    v_old = v_old.to(tl.float32)
+    if FEATURE_MAP == 0:
+        # softmax normalizers over the head dim for x and -x (phi = [softmax(x), softmax(-x)])
+        k_old = tl.load(rk_row + d, mask=dm, other=0.0).to(tl.float32)
+        q = tl.load(qg_ptr + d[None, :], mask=gm[:, None] & dm[None, :], other=0.0).to(tl.float32)
+        mk_p = tl.max(tl.where(dm, k_old, float("-inf")), axis=0)
+        mk_n = tl.max(tl.where(dm, -k_old, float("-inf")), axis=0)
+        zk_p = tl.sum(tl.where(dm, tl.exp(k_old - mk_p), 0.0), axis=0)
+        zk_n = tl.sum(tl.where(dm, tl.exp(-k_old - mk_n), 0.0), axis=0)
+        mq_p = tl.max(tl.where(dm[None, :], q, float("-inf")), axis=1)  # (BLOCK_G,)
+        mq_n = tl.max(tl.where(dm[None, :], -q, float("-inf")), axis=1)
+        zq_p = tl.sum(tl.where(dm[None, :], tl.exp(q - mq_p[:, None]), 0.0), axis=1)
+        zq_n = tl.sum(tl.where(dm[None, :], tl.exp(-q - mq_n[:, None]), 0.0), axis=1)
+    o_rla = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    s_base = state_ptr + b * stride_sb + hk * stride_sh
+    for f0 in range(0, F_SPLIT, BLOCK_F):
+        f = j * F_SPLIT + f0 + tl.arange(0, BLOCK_F)
+        fm = f < F
+        neg = f >= D  # second half of phi reads -x
+        src = tl.where(neg, f - D, f)
+        sign = tl.where(neg, -1.0, 1.0)
+        xk = tl.load(rk_row + src, mask=fm, other=0.0).to(tl.float32) * sign
+        xq = tl.load(qg_ptr + src[None, :], mask=gm[:, None] & fm[None, :], other=0.0).to(tl.float32)
+        xq = xq * sign[None, :]
+        if FEATURE_MAP == 0:
+            phi_k = tl.exp(xk - tl.where(neg, mk_n, mk_p)) / tl.where(neg, zk_n, zk_p)
+            phi_q = tl.exp(xq - tl.where(neg[None, :], mq_n[:, None], mq_p[:, None]))
+            phi_q = phi_q / tl.where(neg[None, :], zq_n[:, None], zq_p[:, None])
+        elif FEATURE_MAP == 1:
+            phi_k = tl.maximum(xk, 0.0)
+            phi_q = tl.maximum(xq, 0.0)
+        else:
+            phi_k = xk
+            phi_q = xq
+        phi_k = tl.where(fm, phi_k, 0.0)
+        phi_q = tl.where(gm[:, None] & fm[None, :], phi_q, 0.0)
+        s_ptrs = s_base + f[:, None] * stride_sf + d[None, :]
+        s_mask = fm[:, None] & dm[None, :]
+        s_blk = tl.load(s_ptrs, mask=s_mask, other=0.0)  # (BLOCK_F, BLOCK_D) fp32
+        s_blk = tl.where(leaving, s_blk + phi_k[:, None] * v_old[None, :], s_blk)
+        tl.store(s_ptrs, s_blk, mask=s_mask & leaving)
+        o_rla += tl.sum(phi_q[:, :, None] * s_blk[None, :, :], axis=1)
+    offs = (pid * NF + j) * BLOCK_G * BLOCK_D + gi[:, None] * BLOCK_D + d[None, :]
+    tl.store(part_ptr + offs, o_rla)
+
+
+@triton.jit
+def decode_swa_partial_kernel(
+    q_ptr, k_ptr, ring_k_ptr, ring_v_ptr, v_ptr, pos_ptr, inv_freq_ptr, m_ptr, l_ptr, acc_ptr,
+    stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+    stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
+    W1, Hkv, NS, S_SPLIT, scale,
+    D: tl.constexpr, G: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISE_TRIG: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """Program (b * Hkv + hk, j): online softmax over ring slots [j * S_SPLIT, (j + 1) * S_SPLIT) for
+    the query heads of KV head hk; writes the split's running max m, sum l and unnormalized acc.
+    Slot i holds position t - ((slot - i) mod W1) (negative: not filled yet); the new token's slot is
+    read from the inputs (the ring still holds the leaving token there)."""
+    pid = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    b = pid // Hkv
+    hk = pid % Hkv
+    t = tl.load(pos_ptr + b)
     slot = t % W1
 
     d = tl.arange(0, BLOCK_D)
     dm = d < D
     gi = tl.arange(0, BLOCK_G)
     gm = gi < G
-    h = hk * G + gi  # query heads of this KV head, (BLOCK_G,)
-    qg_ptr = q_ptr + b * stride_qb + h[:, None] * stride_qh  # (BLOCK_G, 1)
+    h = hk * G + gi
+    qg_ptr = q_ptr + b * stride_qb + h[:, None] * stride_qh
     q_mask = gm[:, None] & dm[None, :]
-    q = tl.load(qg_ptr + d[None, :], mask=q_mask, other=0.0).to(tl.float32)  # (BLOCK_G, BLOCK_D)
-
+    q = tl.load(qg_ptr + d[None, :], mask=q_mask, other=0.0).to(tl.float32)
     ring_dtype = ring_k_ptr.dtype.element_ty
     rk_row = ring_k_ptr + b * stride_rkb + hk * stride_rkh
     rv_row = ring_v_ptr + b * stride_rvb + hk * stride_rvh
-    # the new token as the ring will hold it (rounded to the ring dtype), used in place of its slot
-    k_new_raw = tl.load(k_ptr + b * stride_kb + hk * stride_kh + d, mask=dm, other=0.0).to(ring_dtype)
-    v_new_raw = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype)
-    k_new = k_new_raw.to(tl.float32)
-    v_new = v_new_raw.to(tl.float32)
-
-    # ---- RLA: fold the leaving token into S, then read phi(q) S (S after the fold) ----
-    if HAS_STATE:
-        leaving = t >= W1  # slot holds token t - W1, which leaves the window now
-        k_old = tl.load(rk_row + slot * stride_rks + d, mask=dm, other=0.0).to(tl.float32)
-        v_old = tl.load(rv_row + slot * stride_rvs + d, mask=dm, other=0.0).to(tl.float32)
-        if FEATURE_MAP == 0:
-            # softmax normalizers over the head dim for x and -x (phi = [softmax(x), softmax(-x)])
-            mk_p = tl.max(tl.where(dm, k_old, float("-inf")), axis=0)
-            mk_n = tl.max(tl.where(dm, -k_old, float("-inf")), axis=0)
-            zk_p = tl.sum(tl.where(dm, tl.exp(k_old - mk_p), 0.0), axis=0)
-            zk_n = tl.sum(tl.where(dm, tl.exp(-k_old - mk_n), 0.0), axis=0)
-            mq_p = tl.max(tl.where(dm[None, :], q, float("-inf")), axis=1)  # (BLOCK_G,)
-            mq_n = tl.max(tl.where(dm[None, :], -q, float("-inf")), axis=1)
-            zq_p = tl.sum(tl.where(dm[None, :], tl.exp(q - mq_p[:, None]), 0.0), axis=1)
-            zq_n = tl.sum(tl.where(dm[None, :], tl.exp(-q - mq_n[:, None]), 0.0), axis=1)
-        o_rla = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-        s_base = state_ptr + b * stride_sb + hk * stride_sh
-        for f0 in range(0, F, BLOCK_F):
-            f = f0 + tl.arange(0, BLOCK_F)
-            fm = f < F
-            neg = f >= D  # second half of phi reads -x
-            src = tl.where(neg, f - D, f)
-            sign = tl.where(neg, -1.0, 1.0)
-            xk = tl.load(rk_row + slot * stride_rks + src, mask=fm, other=0.0).to(tl.float32) * sign
-            xq = tl.load(qg_ptr + src[None, :], mask=gm[:, None] & fm[None, :], other=0.0).to(tl.float32)
-            xq = xq * sign[None, :]
-            if FEATURE_MAP == 0:
-                phi_k = tl.exp(xk - tl.where(neg, mk_n, mk_p)) / tl.where(neg, zk_n, zk_p)
-                phi_q = tl.exp(xq - tl.where(neg[None, :], mq_n[:, None], mq_p[:, None]))
-                phi_q = phi_q / tl.where(neg[None, :], zq_n[:, None], zq_p[:, None])
-            elif FEATURE_MAP == 1:
-                phi_k = tl.maximum(xk, 0.0)
-                phi_q = tl.maximum(xq, 0.0)
-            else:
-                phi_k = xk
-                phi_q = xq
-            phi_k = tl.where(fm, phi_k, 0.0)
-            phi_q = tl.where(gm[:, None] & fm[None, :], phi_q, 0.0)
-            s_ptrs = s_base + f[:, None] * stride_sf + d[None, :]
-            s_mask = fm[:, None] & dm[None, :]
-            s_blk = tl.load(s_ptrs, mask=s_mask, other=0.0)  # (BLOCK_F, BLOCK_D) fp32
-            s_blk = tl.where(leaving, s_blk + phi_k[:, None] * v_old[None, :], s_blk)
-            tl.store(s_ptrs, s_blk, mask=s_mask & leaving)
-            o_rla += tl.sum(phi_q[:, :, None] * s_blk[None, :, :], axis=1)
-
-    # ---- SWA over the ring: slot i holds position t - ((slot - i) mod W1); negative = unfilled ----
+    # the new token as the ring will hold it (rounded to the ring dtype)
+    k_new = tl.load(k_ptr + b * stride_kb + hk * stride_kh + d, mask=dm, other=0.0).to(ring_dtype).to(tl.float32)
+    v_new = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype).to(tl.float32)
     if HAS_ROPE:
         first = d < D // 2
         partner = tl.where(first, d + D // 2, d - D // 2)  # rotate_half(x)[d] = rot_sign * x[partner]
@@ -137,18 +166,16 @@ def local_decode_step_kernel(
         inv = tl.load(inv_freq_ptr + tl.where(first, d, d - D // 2), mask=dm, other=0.0)
         cq, sq = _cos_sin(t.to(tl.float32) * inv, PRECISE_TRIG)
         q_part = tl.load(qg_ptr + partner[None, :], mask=q_mask, other=0.0).to(tl.float32)
-        q_swa = q * cq[None, :] + rot_sign[None, :] * q_part * sq[None, :]
+        q = q * cq[None, :] + rot_sign[None, :] * q_part * sq[None, :]
         k_new_part = tl.load(k_ptr + b * stride_kb + hk * stride_kh + partner, mask=dm, other=0.0)
         k_new_part = k_new_part.to(ring_dtype).to(tl.float32)
-    else:
-        q_swa = q
-    q_swa = q_swa * scale
+    q = q * scale
 
     m_i = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)  # finite start: fully masked blocks give no NaN
     l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-    for s0 in range(0, W1, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
+    for s0 in range(0, S_SPLIT, BLOCK_S):
+        s = j * S_SPLIT + s0 + tl.arange(0, BLOCK_S)
         p = t - (slot - s + W1) % W1  # absolute position held by slot s
         valid = (s < W1) & (p >= 0)
         is_new = s == slot
@@ -162,7 +189,7 @@ def local_decode_step_kernel(
             kp = tl.where(is_new[:, None], k_new_part[None, :], kp.to(tl.float32))
             ck, sk = _cos_sin(p.to(tl.float32)[:, None] * inv[None, :], PRECISE_TRIG)
             kb = kb * ck + rot_sign[None, :] * kp * sk
-        sc = tl.sum(q_swa[:, None, :] * kb[None, :, :], axis=2)  # (BLOCK_G, BLOCK_S)
+        sc = tl.sum(q[:, None, :] * kb[None, :, :], axis=2)  # (BLOCK_G, BLOCK_S)
         sc = tl.where(valid[None, :], sc, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(sc, axis=1))
         alpha = tl.exp(m_i - m_new)
@@ -170,9 +197,48 @@ def local_decode_step_kernel(
         l_i = l_i * alpha + tl.sum(pr, axis=1)
         acc = acc * alpha[:, None] + tl.sum(pr[:, :, None] * vb[None, :, :], axis=1)
         m_i = m_new
-    o = acc / l_i[:, None]  # the new token is always visible, so l_i > 0
+    row = (pid * NS + j) * BLOCK_G + gi
+    tl.store(m_ptr + row, m_i)
+    tl.store(l_ptr + row, l_i)
+    tl.store(acc_ptr + row[:, None] * BLOCK_D + d[None, :], acc)
 
+
+@triton.jit
+def decode_combine_kernel(
+    k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, rla_ptr, g_swa_ptr, g_rla_ptr, o_ptr,
+    stride_kb, stride_kh, stride_vb, stride_vh,
+    stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, stride_ob, stride_oh,
+    W1, Hkv, NS, NF, eps,
+    D: tl.constexpr, G: tl.constexpr, HAS_STATE: tl.constexpr, HAS_G_SWA: tl.constexpr, HAS_G_RLA: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
+):
+    """Program b * Hkv + hk: merges the softmax splits, adds the RLA splits, applies both RMS norms,
+    writes the output, then overwrites the leaving token's slot with the new k/v (every partial
+    kernel has finished reading it)."""
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // Hkv
+    hk = pid % Hkv
+    d = tl.arange(0, BLOCK_D)
+    dm = d < D
+    gi = tl.arange(0, BLOCK_G)
+    gm = gi < G
+    h = hk * G + gi
+    q_mask = gm[:, None] & dm[None, :]
+    m = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)
+    for j in range(0, NS):
+        m = tl.maximum(m, tl.load(m_ptr + (pid * NS + j) * BLOCK_G + gi))
+    l_sum = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    for j in range(0, NS):
+        row = (pid * NS + j) * BLOCK_G + gi
+        w = tl.exp(tl.load(m_ptr + row) - m)
+        l_sum += tl.load(l_ptr + row) * w
+        acc += tl.load(acc_ptr + row[:, None] * BLOCK_D + d[None, :]) * w[:, None]
+    o = acc / l_sum[:, None]  # the new token is always visible, so l > 0
     if HAS_STATE:
+        o_rla = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+        for j in range(0, NF):
+            o_rla += tl.load(rla_ptr + (pid * NF + j) * BLOCK_G * BLOCK_D + gi[:, None] * BLOCK_D + d[None, :])
         gw_offs = h[:, None] * D + d[None, :]
         o = o * tl.rsqrt(tl.sum(o * o, axis=1) / D + eps)[:, None]
         if HAS_G_SWA:
@@ -181,13 +247,28 @@ def local_decode_step_kernel(
         if HAS_G_RLA:
             o_rla = o_rla * tl.load(g_rla_ptr + gw_offs, mask=q_mask, other=0.0).to(tl.float32)
         o = o + o_rla
-    o_ptrs = o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :]
-    tl.store(o_ptrs, o.to(o_ptr.dtype.element_ty), mask=q_mask)
+    tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :], o.to(o_ptr.dtype.element_ty), mask=q_mask)
+    t = tl.load(pos_ptr + b)
+    slot = t % W1
+    ring_dtype = ring_k_ptr.dtype.element_ty
+    k_new = tl.load(k_ptr + b * stride_kb + hk * stride_kh + d, mask=dm, other=0.0).to(ring_dtype)
+    v_new = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype)
+    tl.store(ring_k_ptr + b * stride_rkb + hk * stride_rkh + slot * stride_rks + d, k_new, mask=dm)
+    tl.store(ring_v_ptr + b * stride_rvb + hk * stride_rvh + slot * stride_rvs + d, v_new, mask=dm)
 
-    # Every thread of the program has read the old slot (fold and attention) before anyone overwrites it.
-    tl.debug_barrier()
-    tl.store(rk_row + slot * stride_rks + d, k_new_raw, mask=dm)
-    tl.store(rv_row + slot * stride_rvs + d, v_new_raw, mask=dm)
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _splits(n: int, block: int, programs: int, target: int) -> tuple[int, int]:
+    """Split n rows (slots or feature rows) over enough programs to reach `target` programs in all:
+    returns (rows per split, a multiple of block; number of splits)."""
+    want = max(1, min(-(-target // programs), -(-n // block)))
+    per = -(-(-(-n // want)) // block) * block
+    return per, -(-n // per)
 
 
 def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale, eps):
@@ -207,25 +288,46 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     rows = 1 << max(0, (budget // (block_d * (block_g + 4))).bit_length() - 1)  # power of 2 floor
     block_s = min(triton.next_power_of_2(W1), rows)
     block_f = min(triton.next_power_of_2(F), rows)
+    # Flash-decoding: with few (row, KV head) pairs, the window and the state are split over more
+    # programs so the GPU fills up; a combine kernel merges the splits.
+    programs = B * Hkv
+    target = _SPLIT_TARGET if interpreting else 2 * _num_sms(q.device)
+    s_split, ns = _splits(W1, block_s, programs, target)
+    f_split, nf = _splits(F, block_f, programs, target)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    m = torch.empty(programs * ns * block_g, **f32)
+    l_ = torch.empty_like(m)
+    acc = torch.empty(programs * ns * block_g * block_d, **f32)
+    rla = torch.empty(programs * nf * block_g * block_d, **f32) if state is not None else m
+    ring_strides = dict(stride_rkb=cache.k.stride(0), stride_rks=cache.k.stride(1), stride_rkh=cache.k.stride(2),
+                        stride_rvb=cache.v.stride(0), stride_rvs=cache.v.stride(1), stride_rvh=cache.v.stride(2))
     dummy = o  # never read: the matching HAS_* flag is off
-    local_decode_step_kernel[(B * Hkv,)](
-        q_ptr=q, k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v,
-        state_ptr=dummy if state is None else state, pos_ptr=cache.pos,
-        inv_freq_ptr=dummy if inv_freq is None else inv_freq,
-        g_swa_ptr=dummy if g_swa is None else g_swa, g_rla_ptr=dummy if g_rla is None else g_rla, o_ptr=o,
+    if state is not None:
+        decode_rla_partial_kernel[(programs, nf)](
+            q_ptr=q, ring_k_ptr=cache.k, ring_v_ptr=cache.v, state_ptr=state, pos_ptr=cache.pos, part_ptr=rla,
+            stride_qb=q.stride(0), stride_qh=q.stride(1), **ring_strides,
+            stride_sb=state.stride(0), stride_sh=state.stride(1), stride_sf=state.stride(2),
+            W1=W1, Hkv=Hkv, NF=nf, F_SPLIT=f_split,
+            D=D, F=F, G=G, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map],
+            BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_F=block_f, num_warps=4,
+        )
+    decode_swa_partial_kernel[(programs, ns)](
+        q_ptr=q, k_ptr=k, ring_k_ptr=cache.k, ring_v_ptr=cache.v, v_ptr=v, pos_ptr=cache.pos,
+        inv_freq_ptr=dummy if inv_freq is None else inv_freq, m_ptr=m, l_ptr=l_, acc_ptr=acc,
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_kb=k.stride(0), stride_kh=k.stride(1),
-        stride_vb=v.stride(0), stride_vh=v.stride(1),
-        stride_rkb=cache.k.stride(0), stride_rks=cache.k.stride(1), stride_rkh=cache.k.stride(2),
-        stride_rvb=cache.v.stride(0), stride_rvs=cache.v.stride(1), stride_rvh=cache.v.stride(2),
-        stride_sb=0 if state is None else state.stride(0), stride_sh=0 if state is None else state.stride(1),
-        stride_sf=0 if state is None else state.stride(2),
+        stride_vb=v.stride(0), stride_vh=v.stride(1), **ring_strides,
+        W1=W1, Hkv=Hkv, NS=ns, scale=scale, S_SPLIT=s_split,
+        D=D, G=G, HAS_ROPE=inv_freq is not None, PRECISE_TRIG=q.is_cuda and not interpreting,
+        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=4,
+    )
+    decode_combine_kernel[(programs,)](
+        k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v, pos_ptr=cache.pos, m_ptr=m, l_ptr=l_, acc_ptr=acc,
+        rla_ptr=rla, g_swa_ptr=dummy if g_swa is None else g_swa, g_rla_ptr=dummy if g_rla is None else g_rla, o_ptr=o,
+        stride_kb=k.stride(0), stride_kh=k.stride(1), stride_vb=v.stride(0), stride_vh=v.stride(1), **ring_strides,
         stride_ob=o.stride(0), stride_oh=o.stride(1),
-        W1=W1, Hkv=Hkv, scale=scale, eps=eps,
-        D=D, F=F, G=G, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map], HAS_STATE=state is not None,
-        HAS_ROPE=inv_freq is not None, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
-        PRECISE_TRIG=q.is_cuda and not interpreting,
-        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_S=block_s, BLOCK_F=block_f,
-        num_warps=4,
+        W1=W1, Hkv=Hkv, NS=ns, NF=nf, eps=eps,
+        D=D, G=G, HAS_STATE=state is not None, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
+        BLOCK_D=block_d, BLOCK_G=block_g, num_warps=4,
     )
 
 
@@ -301,5 +403,5 @@ def local_decode_step_triton(q, k, v, cache: LocalCache, *, rope=None, scale=Non
         g_rla = rla_norm_weight.contiguous() if has_state and rla_norm_weight is not None else None
         _launch_decode(_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), cache, o,
                        inv_freq, g_swa, g_rla, default_scale(D, scale), float(eps))
-    cache.pos = cache.pos + 1
+    cache.pos.add_(1)  # in place: a captured CUDA graph keeps reading the same tensor
     return o

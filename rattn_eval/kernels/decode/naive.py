@@ -124,7 +124,7 @@ def local_decode_step_naive(q, k, v, cache: LocalCache, *, rope: Rope | None = N
     s = torch.einsum("bhd,bshd->bhs", qf, kf) * default_scale(D, scale)
     s = s.masked_fill(~filled[:, None, :], float("-inf"))
     o_swa = torch.einsum("bhs,bshd->bhd", torch.softmax(s, dim=-1), vf)
-    cache.pos = t + 1
+    cache.pos.add_(1)  # in place (t aliases it; not read below): a captured CUDA graph keeps the same tensor
     if cache.state is None:
         return o_swa.to(q.dtype)
     pq = apply_feature_map(q, cache.feature_map).reshape(B, Hkv, g, -1)  # (B, Hkv, g, F)
