@@ -240,17 +240,39 @@ def test_padded_and_packed_equal_one_by_one():
 
 
 def test_many_scan_segments():
-    # Chunk states split over many scan segments (carry pass) or value slices == one segment.
+    # Chunk states scanned in many segments (totals + carry + rescan), value slices, or one segment: all equal.
     q, k, v, _ = make_inputs(dict(T=200, D=64, heads=(2, 1), B=1, layout="dense", dtype="fp32"))
-    ref = residual_linear_attention_naive(q, k, v, window=3)
-    for bps, bv in ((1, 32), (3, None), (100, None)):
-        seqs = swa_parallel.SequenceTable(1, 200, q.device, None, None, swa_parallel.block_config(64, True)["BM"])
-        cfg = swa_parallel.block_config(64, True)
-        states, carry, b, n = rla_chunk.rla_prefix_states(k, v, seqs, window=3, feature=0, cfg=cfg, blocks_per_segment=bps,
-                                                               block_v=bv)
-        out = swa_parallel.launch_swa_fwd(q, k, v, torch.empty_like(q), seqs, window=3, scale=1.0, cfg=cfg,
-                                          states=states, carry=carry, bps=b, nseg=n, do_swa=False, do_rla=True)
-        assert_close(out, ref, 1e-4, f"blocks_per_segment={bps}")
+    for fm, feature in (("softmax", 0), ("relu", 1), ("identity", 2)):
+        ref = residual_linear_attention_naive(q, k, v, window=3, feature_map=fm)
+        for bps, bv in ((1, 32), (3, None), (100, None)):
+            cfg = swa_parallel.block_config(64, True)
+            seqs = swa_parallel.SequenceTable(1, 200, q.device, None, None, cfg["BM"])
+            before = dict(rla_chunk.launch_counts)
+            states = rla_chunk.rla_prefix_states(k, v, seqs, window=3, feature=feature, cfg=cfg, blocks_per_segment=bps,
+                                                 block_v=bv)
+            several = rla_chunk.cdiv(200, cfg["BM"]) > bps
+            assert rla_chunk.launch_counts["rla_segment_totals"] == before["rla_segment_totals"] + several
+            assert rla_chunk.launch_counts["rla_chunk_state_kernel"] == before["rla_chunk_state_kernel"] + 1
+            out = swa_parallel.launch_swa_fwd(q, k, v, torch.empty_like(q), seqs, window=3, scale=1.0, cfg=cfg,
+                                              states=states, do_swa=False, do_rla=True, feature=feature)
+            assert_close(out, ref, 1e-4, f"{fm} blocks_per_segment={bps} block_v={bv}")
+
+
+@pytest.mark.parametrize("design", ["fused", "fused_two_pass", "two_kernel"])
+@pytest.mark.parametrize("early_norm", [False, True])
+def test_rattention_designs_agree(design, early_norm):
+    # every design the H200 sweep may pick as the default (swa/parallel.py RLA_TUNING), with RoPE and norms
+    from rattn_eval.kernels.rattention.fused import rattention_design
+
+    T, H, D = 70, 4, 64
+    q, k, v, _ = make_inputs(dict(T=T, D=D, heads=(H, 2), B=1, layout="dense", dtype="fp16"))
+    kw = dict(window=9, rope=Rope(D).tables(T, "cpu"), scale=None, feature_map="softmax",
+              swa_norm_weight=torch.rand(H, D) + 0.5, rla_norm_weight=torch.rand(H, D) + 0.5, eps=1e-6)
+    cfg = dict(swa_parallel.block_config(D, True), early_norm=early_norm)
+    out = rattention_design(q, k, v, lengths=None, cu_seqlens=None, design=design,
+                            tuning=dict(cfg=cfg, swa_cfg=dict(BM=16, BN=16, num_warps=4, num_stages=1)), **kw)
+    ref = rattention_naive(q.float(), k.float(), v.float(), **{a: b for a, b in kw.items() if a != "scale"})
+    assert_close(out.float(), ref, TOL[torch.float16], f"{design} early_norm={early_norm}")
 
 
 def test_bad_arguments_raise():

@@ -18,7 +18,7 @@ import torch
 
 from ..common import default_scale
 from ..rla.chunk import prepare_rla_launch, rla_prefix_states
-from ..swa.parallel import launch_swa_fwd
+from ..swa.parallel import RLA_TUNING, block_config, launch_swa_fwd, sequence_table
 
 
 def _rope_tables(rope, B, T, D, device):
@@ -31,9 +31,15 @@ def _rope_tables(rope, B, T, D, device):
     return cos.to(device=device, dtype=torch.float32).contiguous(), sin.to(device=device, dtype=torch.float32).contiguous()
 
 
+_ONES: dict = {}
+
+
 def _norm_weight(w, H, D, device):
     if w is None:
-        return torch.ones(H, D, dtype=torch.float32, device=device)
+        key = (H, D, str(device))
+        if key not in _ONES:
+            _ONES[key] = torch.ones(H, D, dtype=torch.float32, device=device)
+        return _ONES[key]
     if tuple(w.shape) != (H, D):
         raise ValueError(f"norm weights must be (H, D) = ({H}, {D}), got {tuple(w.shape)}")
     return w.to(device=device, dtype=torch.float32).contiguous()
@@ -43,7 +49,7 @@ DESIGNS = ("fused", "fused_two_pass", "two_kernel")
 # "fused": one pass over the window, edge tiles shared by both branches (default, fastest on the H200).
 # "fused_two_pass": one kernel, but the RLA edge tiles get their own (cached) pass before the softmax loop.
 # "two_kernel": an RLA output pass writes rms(o_rla) * g_rla, the SWA pass adds rms(o_swa) * g_swa to it.
-DEFAULT_DESIGN = "fused"
+DEFAULT_DESIGN = RLA_TUNING["design"]
 
 
 def rattention_triton(q, k, v, *, window, rope=None, scale=None, feature_map="softmax", swa_norm_weight=None,
@@ -66,21 +72,30 @@ def rattention_triton(q, k, v, *, window, rope=None, scale=None, feature_map="so
 
 
 def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_weight, rla_norm_weight, eps, lengths,
-                      cu_seqlens, design):
-    """`rattention_triton` with the kernel design chosen explicitly (one of DESIGNS); for benchmarks and tests."""
+                      cu_seqlens, design, tuning=None):
+    """`rattention_triton` with the kernel design chosen explicitly (one of DESIGNS); for benchmarks and tests.
+
+    tuning (benchmarks): {"cfg": output-pass block config (also the state block), "swa_cfg": the SWA
+    pass of "two_kernel", "state": keyword arguments for `rla_prefix_states`}."""
     if window is None:
         raise ValueError("rattention needs an int window; use swa_attention(window=None) for full attention")
     if design not in DESIGNS:
         raise ValueError(f"unknown design {design!r}; choose one of {', '.join(DESIGNS)}")
-    q, k, v, out, seqs, cfg, w, feature = prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens)
+    tuning = tuning or {}
+    q, k, v, out, seqs, cfg, w, feature = prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens,
+                                                             cfg=tuning.get("cfg"))
     B, T, H, D = q.shape
     tables = None if rope is None else _rope_tables(rope, B, T, D, q.device)
     kr = torch.empty_like(k) if tables is not None else None
-    states, carry, bps, nseg = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, kr=kr, rope=tables)
-    kw = dict(window=w, scale=default_scale(D, scale), cfg=cfg, kr=kr, rope=tables, states=states, carry=carry, bps=bps,
-              nseg=nseg, swa_norm_weight=_norm_weight(swa_norm_weight, H, D, q.device),
+    states = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, kr=kr, rope=tables,
+                               **tuning.get("state", {}))
+    kw = dict(window=w, scale=default_scale(D, scale), kr=kr, rope=tables, states=states,
+              swa_norm_weight=_norm_weight(swa_norm_weight, H, D, q.device),
               rla_norm_weight=_norm_weight(rla_norm_weight, H, D, q.device), eps=eps, feature=feature)
     if design == "two_kernel":
-        launch_swa_fwd(q, k, v, out, seqs, do_swa=False, do_rla=True, norm_out=True, **kw)
-        return launch_swa_fwd(q, k, v, out, seqs, do_swa=True, do_rla=False, add_out=True, **kw)
-    return launch_swa_fwd(q, k, v, out, seqs, do_swa=True, do_rla=True, rla_separate=design == "fused_two_pass", **kw)
+        launch_swa_fwd(q, k, v, out, seqs, cfg=cfg, do_swa=False, do_rla=True, norm_out=True, **kw)
+        swa_cfg = tuning.get("swa_cfg") or RLA_TUNING.get("swa_cfg") or block_config(D, rla=False, dtype=q.dtype)
+        seqs_swa = seqs if swa_cfg["BM"] == cfg["BM"] else sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
+        return launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True, **kw)
+    return launch_swa_fwd(q, k, v, out, seqs, cfg=cfg, do_swa=True, do_rla=True, rla_separate=design == "fused_two_pass",
+                          **kw)

@@ -24,32 +24,39 @@ import triton.language as tl
 
 from ..common import cdiv, check_feature_map, check_qkv
 from ..swa.parallel import (
-    INTERPRET, SequenceTable, block_config, check_head_dim, feature_map_halves, launch_swa_fwd, precision_for,
+    INTERPRET, RLA_TUNING, SequenceTable, sequence_table, block_config, check_head_dim, _dummy, feature_map_one, launch_swa_fwd, precision_for,
 )
 
 FEATURES = {"softmax": 0, "relu": 1, "identity": 2}
 
-launch_counts: dict[str, int] = {"rla_chunk_state_kernel": 0, "rla_carry_kernel": 0}
+launch_counts: dict[str, int] = {"rla_chunk_state_kernel": 0, "rla_segment_totals": 0, "rla_carry_kernel": 0}
 
 
 @triton.jit
 def rla_chunk_state_kernel(
-    k_ptr, v_ptr, kr_ptr, cos_ptr, sin_ptr, states_ptr, totals_ptr,
+    k_ptr, v_ptr, kr_ptr, cos_ptr, sin_ptr, states_ptr, carry_ptr,
     seq_row_ptr, seq_start_ptr, seq_len_ptr, block_base_ptr,
     T, Hkv, window, BPS, NSEG, stride_rope_b,
     D: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, ROPE: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, TOTALS: tl.constexpr, HAS_CARRY: tl.constexpr,
 ):
-    """Grid (segments, sequences, Hkv * D/BV). For block m of the segment, stores
-    sum over segment blocks m' < m of phi(K_m')^T V_m', where block m' holds the keys
-    [m'*BT - window, (m'+1)*BT - window); then the segment total. With ROPE, the programs of the
-    first value slice also write k rotated (kr) for the SWA branch, so k is read once here."""
+    """Grid (segments, sequences, Hkv * halves * D/BV); one program scans the key blocks of one
+    segment for one feature half (phi(x) = [f(x), f(-x)], half 1 is f(-x)) and one value slice.
+    Block m' holds the keys [m'*BT - window, (m'+1)*BT - window).
+
+    TOTALS: writes the segment total sum_m' phi(K_m')^T V_m' (fp32) to carry (sequences, Hkv,
+    NSEG, F, D), nothing else (the carry pass then turns totals into exclusive prefixes).
+    Otherwise: starts from the carry of its segment (HAS_CARRY) and stores the absolute state
+    sum_{m' < m} phi(K_m')^T V_m' at every block m (states (blocks, Hkv, F, D)); with ROPE the
+    programs of half 0, value slice 0 also write k rotated (kr) for the SWA branch."""
     seg = tl.program_id(0)
     n = tl.program_id(1)
     NV: tl.constexpr = D // BV
-    hk = tl.program_id(2) // NV
+    NF: tl.constexpr = 1 if FEATURE == 2 else 2
+    FD: tl.constexpr = NF * D
+    hk = tl.program_id(2) // (NF * NV)
+    f = (tl.program_id(2) // NV) % NF
     iv = tl.program_id(2) % NV
-    FD: tl.constexpr = D if FEATURE == 2 else 2 * D
     L = tl.load(seq_len_ptr + n)
     nb = tl.cdiv(L, BT)
     m0 = seg * BPS
@@ -61,31 +68,31 @@ def rla_chunk_state_kernel(
     tok0 = row * T + start
     sbase = tl.load(block_base_ptr + n).to(tl.int64)
     dt = k_ptr.dtype.element_ty
+    sign_f = tl.where(f == 0, 1.0, -1.0)
 
     offs_t = tl.arange(0, BT)
     offs_d = tl.arange(0, D)
     offs_v = iv * BV + tl.arange(0, BV)
-    s_off = offs_d[:, None] * D + offs_v[None, :]
-    s_pos = tl.zeros([D, BV], dtype=tl.float32)
-    s_neg = tl.zeros([D, BV], dtype=tl.float32)
+    s_off = (f * D + offs_d)[:, None] * D + offs_v[None, :]
+    cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
+    if HAS_CARRY:
+        s = tl.load(cr + s_off)
+    else:
+        s = tl.zeros([D, BV], dtype=tl.float32)
     for m in range(m0, m1):
-        st = states_ptr + ((sbase + m) * Hkv + hk) * (FD * D)
-        tl.store(st + s_off, s_pos.to(states_ptr.dtype.element_ty))
-        if FEATURE != 2:
-            tl.store(st + D * D + s_off, s_neg.to(states_ptr.dtype.element_ty))
+        if not TOTALS:
+            st = states_ptr + ((sbase + m) * Hkv + hk) * (FD * D)
+            tl.store(st + s_off, s.to(states_ptr.dtype.element_ty))
         offs_j = m * BT - window + offs_t
         ok = (offs_j >= 0) & (offs_j < L)
         rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
-        kraw = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        kx = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32) * sign_f
         v = tl.load(v_ptr + rows[:, None] + offs_v[None, :], mask=ok[:, None], other=0.0).to(dt)
-        pk, nk = feature_map_halves(kraw, FEATURE)
+        pk = feature_map_one(kx, FEATURE)
         pk = tl.where(ok[:, None], pk, 0.0)  # phi(0) is not 0 for softmax: drop the padding rows
-        s_pos += tl.dot(tl.trans(pk.to(dt)), v, input_precision=PRECISION)
-        if FEATURE != 2:
-            nk = tl.where(ok[:, None], nk, 0.0)
-            s_neg += tl.dot(tl.trans(nk.to(dt)), v, input_precision=PRECISION)
-        if ROPE:
-            if iv == 0:
+        s += tl.dot(tl.trans(pk.to(dt)), v, input_precision=PRECISION)
+        if ROPE and not TOTALS:
+            if f == 0 and iv == 0:
                 offs_r = m * BT + offs_t
                 rok = offs_r < L
                 rrows = (tok0 + offs_r).to(tl.int64) * (Hkv * D) + hk * D
@@ -94,14 +101,12 @@ def rla_chunk_state_kernel(
                 xs = tl.load(k_ptr + rrows[:, None] + half[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
                 rp = stride_rope_b * row + (start + offs_r).to(tl.int64) * D
                 c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0)
-                s = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0)
+                sn = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0)
                 sign = tl.where(offs_d < D // 2, -1.0, 1.0)
-                xr = x * c + xs * s * sign[None, :]
+                xr = x * c + xs * sn * sign[None, :]
                 tl.store(kr_ptr + rrows[:, None] + offs_d[None, :], xr.to(kr_ptr.dtype.element_ty), mask=rok[:, None])
-    tot = totals_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
-    tl.store(tot + s_off, s_pos)
-    if FEATURE != 2:
-        tl.store(tot + D * D + s_off, s_neg)
+    if TOTALS:
+        tl.store(cr + s_off, s)
 
 
 @triton.jit
@@ -126,48 +131,59 @@ def _num_sms(device) -> int:
 
 
 def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=None, rope=None, blocks_per_segment=None,
-                      block_v=None, num_warps=None):
+                      block_v=None, num_warps=None, programs_per_sm=None):
     """Chunk states at every query-block boundary (s0 - window) of every sequence.
 
+    Three launches when the scan is cut into several segments: segment totals, their exclusive
+    prefix (the carry), then the states of every segment scanned again from its carry; one launch
+    otherwise. Every program owns one feature half (and one value slice), so a scan step holds a
+    [D, BV] fp32 accumulator.
+
     Args: k, v (B, T, Hkv, D) contiguous; kr: (B, T, Hkv, D) output for rotated k (with rope).
-    Returns: states (blocks, Hkv, F, D), carry (sequences, Hkv, segments, F, D) fp32, blocks per segment, segments.
+    Returns: states (blocks, Hkv, F, D): bf16 for bf16 inputs, fp32 otherwise (absolute, carry included).
     """
     B, T, Hkv, D = k.shape
     BT = cfg["BM"]
-    FD = D if feature == 2 else 2 * D
-    BV = block_v or D  # one value slice: phi(k) is computed once per key block (faster on the H200 at D=128)
+    nf = 1 if feature == 2 else 2
+    FD = nf * D
+    tuned = {} if INTERPRET else RLA_TUNING["state"]
+    block_v = block_v or tuned.get("block_v")
+    num_warps = num_warps or tuned.get("num_warps")
+    programs_per_sm = programs_per_sm or tuned.get("programs_per_sm")
+    BV = min(block_v or D, D)  # one value slice: phi(k) is computed once per key block and half
     nv = D // BV
     nb_max = cdiv(seqs.max_len, BT)
     if blocks_per_segment is None:
         if INTERPRET:
             blocks_per_segment = 2  # several segments even at test sizes, so the carry path runs
         else:
-            want = max(1, cdiv(2 * _num_sms(k.device), max(1, seqs.count * Hkv * nv)))
+            want = max(1, cdiv((programs_per_sm or 2) * _num_sms(k.device), max(1, seqs.count * Hkv * nf * nv)))
             blocks_per_segment = max(4, cdiv(nb_max, want))
     nseg = max(1, cdiv(nb_max, blocks_per_segment))
     sdt = torch.bfloat16 if k.dtype == torch.bfloat16 else torch.float32
     states = torch.empty(max(seqs.num_blocks, 1), Hkv, FD, D, dtype=sdt, device=k.device)
-    carry = torch.empty(max(seqs.count, 1), Hkv, nseg, FD, D, dtype=torch.float32, device=k.device)
     if seqs.count == 0:
-        return states, carry, blocks_per_segment, nseg
-    dummy = k.new_zeros(1, dtype=torch.float32)
+        return states
+    carry = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device) if nseg > 1 else states
+    dummy = _dummy(k.device)
     cos, sin = rope if rope is not None else (dummy, dummy)
     stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
-    rla_chunk_state_kernel[(nseg, seqs.count, Hkv * nv)](
-        k, v, kr if kr is not None else k, cos, sin, states, carry,
-        seqs.row, seqs.start, seqs.length, seqs.block_base,
-        T, Hkv, window, blocks_per_segment, nseg, stride_rope_b,
-        D=D, BT=BT, BV=BV, FEATURE=feature, ROPE=rope is not None, PRECISION=precision_for(k.dtype),
-        num_warps=num_warps or (4 if D <= 64 else 8), num_stages=2,
-    )
-    launch_counts["rla_chunk_state_kernel"] += 1
+    grid = (nseg, seqs.count, Hkv * nf * nv)
+    args = (k, v, kr if kr is not None else k, cos, sin, states, carry, seqs.row, seqs.start, seqs.length,
+            seqs.block_base, T, Hkv, window, blocks_per_segment, nseg, stride_rope_b)
+    meta = dict(D=D, BT=BT, BV=BV, FEATURE=feature, PRECISION=precision_for(k.dtype),
+                num_warps=num_warps or (4 if D <= 64 else 8), num_stages=2)
     if nseg > 1:
+        rla_chunk_state_kernel[grid](*args, ROPE=False, TOTALS=True, HAS_CARRY=False, **meta)
+        launch_counts["rla_segment_totals"] += 1
         size = FD * D
         blk = 1024
         rla_carry_kernel[(cdiv(size, blk), seqs.count * Hkv)](carry, seqs.length, Hkv, nseg, blocks_per_segment, size,
                                                              BT=BT, BLK=blk, num_warps=4)
         launch_counts["rla_carry_kernel"] += 1
-    return states, carry, blocks_per_segment, nseg
+    rla_chunk_state_kernel[grid](*args, ROPE=rope is not None, TOTALS=False, HAS_CARRY=nseg > 1, **meta)
+    launch_counts["rla_chunk_state_kernel"] += 1
+    return states
 
 
 def check_rla_args(q, k, v, window, feature_map):
@@ -179,13 +195,13 @@ def check_rla_args(q, k, v, window, feature_map):
     return B, T, H, Hkv, D
 
 
-def prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens):
+def prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens, cfg=None):
     """Validated, contiguous inputs and the launch state shared by the RLA and RAttention launchers:
     (q, k, v, out, seqs, cfg, window clipped to the longest sequence, feature-map code)."""
     B, T, H, Hkv, D = check_rla_args(q, k, v, window, feature_map)
-    cfg = block_config(D, rla=True, dtype=q.dtype)
+    cfg = cfg or block_config(D, rla=True, dtype=q.dtype)
     q, k, v = q.contiguous(), k.to(q.dtype).contiguous(), v.to(q.dtype).contiguous()
-    seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
+    seqs = sequence_table(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
     out = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
     return q, k, v, out, seqs, cfg, min(window, seqs.max_len), FEATURES[feature_map]
 
@@ -201,6 +217,6 @@ def residual_linear_attention_triton(q, k, v, *, window, feature_map="softmax", 
         (B, T, H, D) in q.dtype, accumulated in fp32; exactly zero for t <= window and at padding.
     """
     q, k, v, out, seqs, cfg, w, feature = prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens)
-    states, carry, bps, nseg = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg)
-    return launch_swa_fwd(q, k, v, out, seqs, window=w, scale=1.0, cfg=cfg, states=states, carry=carry, bps=bps,
-                          nseg=nseg, do_swa=False, do_rla=True, feature=feature)
+    states = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg)
+    return launch_swa_fwd(q, k, v, out, seqs, window=w, scale=1.0, cfg=cfg, states=states, do_swa=False, do_rla=True,
+                          feature=feature)

@@ -43,8 +43,8 @@ def feature_map_halves(x, FEATURE: tl.constexpr):
     if FEATURE == 0:
         e_pos = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
         e_neg = tl.exp2((tl.min(x, axis=1)[:, None] - x) * 1.4426950408889634)
-        pos = e_pos / tl.sum(e_pos, axis=1)[:, None]
-        neg = e_neg / tl.sum(e_neg, axis=1)[:, None]
+        pos = e_pos * (1.0 / tl.sum(e_pos, axis=1))[:, None]  # one division per row, not per element
+        neg = e_neg * (1.0 / tl.sum(e_neg, axis=1))[:, None]
     elif FEATURE == 1:
         pos = tl.maximum(x, 0.0)
         neg = tl.maximum(-x, 0.0)
@@ -55,20 +55,32 @@ def feature_map_halves(x, FEATURE: tl.constexpr):
 
 
 @triton.jit
+def feature_map_one(x, FEATURE: tl.constexpr):
+    """The first half of phi(x) (softmax(x), relu(x) or x); f(-x), the second half, is feature_map_one(-x)."""
+    if FEATURE == 0:
+        e = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
+        y = e * (1.0 / tl.sum(e, axis=1))[:, None]
+    elif FEATURE == 1:
+        y = tl.maximum(x, 0.0)
+    else:
+        y = x
+    return y
+
+
+@triton.jit
 def swa_fwd_kernel(
     q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
-    cos_ptr, sin_ptr, states_ptr, carry_ptr, gs_ptr, gr_ptr,
+    cos_ptr, sin_ptr, states_ptr, gs_ptr, gr_ptr,
     seq_row_ptr, seq_start_ptr, seq_len_ptr, block_base_ptr,
-    T, H, Hkv, window, BPS, NSEG, stride_rope_b, qk_scale, eps,
+    T, H, Hkv, window, stride_rope_b, qk_scale, eps,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
     DO_SWA: tl.constexpr, DO_RLA: tl.constexpr, ROPE: tl.constexpr, FEATURE: tl.constexpr,
-    HAS_CARRY: tl.constexpr, PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
-    ADD_OUT: tl.constexpr,
+    PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
+    ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE); states (blocks, Hkv, F, D) hold, for block m of a
-    sequence, sum of phi(k_j)^T v_j over j < m*BM - window (without the carry of earlier scan
-    segments, which carry (seqs, Hkv, NSEG, F, D) holds)."""
+    sequence, sum of phi(k_j)^T v_j over j < m*BM - window."""
     pid_m = tl.program_id(0)
     pid_nh = tl.program_id(1)
     n = pid_nh // H
@@ -106,16 +118,10 @@ def swa_fwd_kernel(
             sidx = (tl.load(block_base_ptr + n) + pid_m).to(tl.int64) * Hkv + hk
             s_off = offs_d[:, None] * D + offs_d[None, :]
             st = states_ptr + sidx * (FD * D)
-            cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + pid_m // BPS) * (FD * D)
-            s_pos = tl.load(st + s_off).to(tl.float32)
-            if HAS_CARRY:
-                s_pos += tl.load(cr + s_off)
-            acc_r += tl.dot(pq, s_pos.to(dt), input_precision=PRECISION)
+            # bf16 inputs: the state is stored in bf16 and goes straight into the tensor-core product.
+            acc_r += tl.dot(pq, tl.load(st + s_off).to(dt), input_precision=PRECISION)
             if FEATURE != 2:
-                s_neg = tl.load(st + D * D + s_off).to(tl.float32)
-                if HAS_CARRY:
-                    s_neg += tl.load(cr + D * D + s_off)
-                acc_r += tl.dot(nq, s_neg.to(dt), input_precision=PRECISION)
+                acc_r += tl.dot(nq, tl.load(st + D * D + s_off).to(dt), input_precision=PRECISION)
         if RLA_SEPARATE:
             # Variant: the linear branch takes its own pass over the edge tiles (a second, cached
             # load), so its operands are dead before the softmax loop starts.
@@ -184,6 +190,13 @@ def swa_fwd_kernel(
             acc = acc * alpha[:, None] + tl.dot(p.to(dt), v, input_precision=PRECISION)
             m_i = m_new
 
+    if DO_SWA and DO_RLA and EARLY_NORM and not RLA_SEPARATE:
+        # The linear branch is complete after phase A: normalize it now and keep it in the input
+        # dtype, so its fp32 accumulator is not live through phases B and C.
+        gr = tl.load(gr_ptr + h * D + offs_d)
+        inv_r = tl.rsqrt(tl.sum(acc_r * acc_r, axis=1) / D + eps)
+        o_r = (acc_r * inv_r[:, None] * gr[None, :]).to(dt)
+
     if DO_SWA:
         # Phase B: every (row, key) pair is visible; in-bounds by construction (keys <= s0 < L).
         for i in range(n_a, n_b):
@@ -226,7 +239,7 @@ def swa_fwd_kernel(
             inv_s = tl.rsqrt(tl.sum(o * o, axis=1) / D + eps)
             o = o * inv_s[:, None] * gs[None, :]
         if DO_RLA:
-            if RLA_SEPARATE:
+            if RLA_SEPARATE or EARLY_NORM:
                 o += o_r.to(tl.float32)
             else:
                 gr = tl.load(gr_ptr + h * D + offs_d)
@@ -273,25 +286,47 @@ class SequenceTable:
             self.zero_fill = False
         blocks = [cdiv(n, block) for _, _, n in spans]
         base = [sum(blocks[:i]) for i in range(len(blocks))]
-        cols = list(zip(*spans)) if spans else [(), (), ()]
-        as_t = lambda xs: torch.tensor(list(xs), dtype=torch.int32, device=device)  # noqa: E731
-        self.row, self.start, self.length, self.block_base = as_t(cols[0]), as_t(cols[1]), as_t(cols[2]), as_t(base)
+        cols = [list(c) for c in zip(*spans)] if spans else [[], [], []]
+        table = torch.tensor(cols + [base], dtype=torch.int32).reshape(4, len(spans)).to(device)  # one copy
+        self.row, self.start, self.length, self.block_base = table[0], table[1], table[2], table[3]
         self.count = len(spans)
         self.max_len = max((n for _, _, n in spans), default=0)
         self.num_blocks = sum(blocks)
         self.block = block
 
 
+_DENSE_TABLES: dict = {}
+
+
+def sequence_table(B, T, device, lengths, cu_seqlens, block) -> SequenceTable:
+    """SequenceTable, cached for dense batches: building one copies to the device, which syncs the
+    host with the GPU (and would expose every later launch's Python overhead)."""
+    if lengths is not None or cu_seqlens is not None:
+        return SequenceTable(B, T, device, lengths, cu_seqlens, block)
+    key = (B, T, str(device), block)
+    if key not in _DENSE_TABLES:
+        if len(_DENSE_TABLES) >= 256:
+            _DENSE_TABLES.clear()
+        _DENSE_TABLES[key] = SequenceTable(B, T, device, None, None, block)
+    return _DENSE_TABLES[key]
+
+
+# RAttention / RLA launch settings for 16-bit inputs and D <= 128 (tuned on an H200 at T = 32k, w = 512,
+# Hkv = 16 by results/bench/sweep_prefill.py, which rewrites this one line with the fastest correct variant):
+# design (rattention/fused.py DESIGNS), cfg = output-pass tiles (BM is also the chunk-state block), state =
+# rla_prefix_states settings.
+RLA_TUNING = {"design": "fused", "cfg": {"BM": 128, "BN": 64, "num_warps": 8, "num_stages": 2, "early_norm": True}, "state": {"num_warps": 8, "programs_per_sm": 2, "block_v": None}}  # noqa: E501
+
+
 def block_config(D: int, rla: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
     """Tile sizes and launch settings per head dim (tuned on an H200 for bf16)."""
     if INTERPRET:
-        return dict(BM=32, BN=16, num_warps=4, num_stages=1)
+        return dict(BM=32, BN=16, num_warps=4, num_stages=1, early_norm=RLA_TUNING["cfg"].get("early_norm", False))
     if dtype == torch.float32:  # fp32 tiles take twice the shared memory
         return dict(BM=64, BN=32, num_warps=4, num_stages=2) if D <= 128 else dict(BM=32, BN=32, num_warps=4, num_stages=1)
     if D <= 128:
-        # H200 sweep at T=32k, w=512 (results/bench/kernels_h200.txt): plain SWA is fastest with
-        # 64x64 tiles and 3 stages; the fused RAttention pass (more live tiles) with 128x64 and 2 stages.
-        return dict(BM=128, BN=64, num_warps=8, num_stages=2) if rla else dict(BM=64, BN=64, num_warps=4, num_stages=3)
+        # plain SWA is fastest with 64x64 tiles and 3 stages (H200 sweep, results/bench/kernels_h200_sweep.txt)
+        return dict(RLA_TUNING["cfg"]) if rla else dict(BM=64, BN=64, num_warps=4, num_stages=3)
     return dict(BM=64, BN=32, num_warps=8, num_stages=2)
 
 
@@ -307,29 +342,41 @@ def precision_for(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+_DUMMIES: dict = {}
+
+
+def _dummy(device):
+    """A 1-element fp32 tensor for pointer arguments a launch does not read (cached: no fill per call)."""
+    key = str(device)
+    if key not in _DUMMIES:
+        _DUMMIES[key] = torch.zeros(1, dtype=torch.float32, device=device)
+    return _DUMMIES[key]
+
+
 def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=None, rope=None, states=None,
-                   carry=None, bps=1, nseg=1, swa_norm_weight=None, rla_norm_weight=None, eps=1e-6,
-                   do_swa=True, do_rla=False, feature=0, rla_separate=False, norm_out=False, add_out=False):
+                   swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, do_swa=True, do_rla=False, feature=0,
+                   rla_separate=False, norm_out=False, add_out=False):
     """Launch `swa_fwd_kernel` over every (query block, sequence, head). Tensors contiguous."""
     B, T, H, D = q.shape
     Hkv = k.shape[2]
     if seqs.count == 0:
         return out
-    dummy = q.new_zeros(1, dtype=torch.float32)
+    if seqs.block != cfg["BM"]:
+        raise ValueError(f"sequence table built for blocks of {seqs.block}, launch uses BM = {cfg['BM']}")
+    dummy = _dummy(q.device)
     cos, sin = rope if rope is not None else (dummy, dummy)
     stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
     grid = (cdiv(seqs.max_len, cfg["BM"]), seqs.count * H)
     swa_fwd_kernel[grid](
         q, k, kr if kr is not None else k, v, out,
-        cos, sin, states if states is not None else dummy, carry if carry is not None else dummy,
+        cos, sin, states if states is not None else dummy,
         swa_norm_weight if swa_norm_weight is not None else dummy,
         rla_norm_weight if rla_norm_weight is not None else dummy,
         seqs.row, seqs.start, seqs.length, seqs.block_base,
-        T, H, Hkv, window, bps, nseg, stride_rope_b, float(scale) * LOG2E, float(eps),
+        T, H, Hkv, window, stride_rope_b, float(scale) * LOG2E, float(eps),
         D=D, BM=cfg["BM"], BN=cfg["BN"], DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None, FEATURE=feature,
-        HAS_CARRY=carry is not None and nseg > 1, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate,
-        NORM_OUT=norm_out, ADD_OUT=add_out,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out, ADD_OUT=add_out,
+        EARLY_NORM=cfg.get("early_norm", False), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
     return out
@@ -352,7 +399,7 @@ def swa_attention_triton(q, k, v, *, window, scale=None, lengths=None, cu_seqlen
     cfg = block_config(D, rla=False, dtype=q.dtype)
     q, k, v = q.contiguous(), k.contiguous(), v.to(q.dtype).contiguous()
     k = k.to(q.dtype)
-    seqs = SequenceTable(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
+    seqs = sequence_table(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
     out = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
     w = seqs.max_len if window is None else min(window, seqs.max_len)
     return launch_swa_fwd(q, k, v, out, seqs, window=w, scale=default_scale(D, scale), cfg=cfg)
