@@ -14,7 +14,7 @@ from collections import Counter
 
 import torch
 
-from .common import Rope, apply_feature_map, apply_rope, feature_dim, rms_norm
+from .common import Rope, apply_feature_map, apply_rope, default_scale, feature_dim, rms_norm
 from .decode.naive import LocalCache, build_local_cache, empty_local_cache, local_decode_step_naive
 from .rattention.naive import rattention_chunked, rattention_naive
 from .rla.naive import residual_linear_attention_chunked, residual_linear_attention_naive
@@ -28,6 +28,7 @@ _TRITON_IMPLS = {
     "rla": ("rattn_eval.kernels.rla.chunk", "residual_linear_attention_triton"),
     "rattention": ("rattn_eval.kernels.rattention.fused", "rattention_triton"),
     "decode": ("rattn_eval.kernels.decode.fused_recurrent", "local_decode_step_triton"),
+    "kv_decode": ("rattn_eval.kernels.decode.kv_split", "kv_decode_triton"),
 }
 
 launches: Counter = Counter()
@@ -168,9 +169,35 @@ def local_decode_step(q, k, v, cache: LocalCache, *, rope: Rope | None = None, s
     return local_decode_step_naive(q, k, v, cache, **kw)
 
 
+def kv_decode_naive(q, k, v, pos, *, scale=None):
+    """Reference decode attention of a global layer, fp32: q (B, H, D) against cache keys 0..pos[b]."""
+    B, H, D = q.shape
+    S, Hkv = k.shape[1], k.shape[2]
+    qf = q.float().view(B, Hkv, H // Hkv, D)
+    s = torch.einsum("bkgd,bskd->bkgs", qf, k.float()) * default_scale(D, scale)
+    visible = torch.arange(S, device=q.device)[None, :] <= pos[:, None]  # (B, S)
+    s = s.masked_fill(~visible[:, None, None, :], float("-inf"))
+    o = torch.einsum("bkgs,bskd->bkgd", torch.softmax(s, dim=-1), v.float())
+    return o.reshape(B, H, D).to(q.dtype)
+
+
+def kv_decode(q, k, v, pos, *, scale=None, backend="auto"):
+    """Decode attention of a global layer over its full KV cache: one query per row.
+
+    Args: q (B, H, D) rotated; k, v (B, S, Hkv, D) the cache (rotated keys); pos (B,) int64, the newest
+    filled position of each row (keys 0..pos[b] are attended; later slots are ignored).
+    Returns: (B, H, D) in q.dtype.
+    """
+    be = _pick(backend, q, rla=False)
+    launches[f"{be}.kv_decode"] += 1
+    if be == "triton":
+        return _triton("kv_decode")(q, k, v, pos, scale=scale)
+    return kv_decode_naive(q, k, v, pos, scale=scale)
+
+
 __all__ = [
     "BACKENDS", "BackendUnavailable", "LocalCache", "Rope", "apply_feature_map", "apply_rope", "build_local_cache",
-    "empty_local_cache", "feature_dim", "launches", "local_decode_step", "local_prefill", "rattention",
+    "empty_local_cache", "feature_dim", "kv_decode", "kv_decode_naive", "launches", "local_decode_step", "local_prefill", "rattention",
     "rattention_naive", "residual_linear_attention", "residual_linear_attention_naive", "resolve_backend",
     "rms_norm", "swa_attention", "swa_attention_naive",
 ]

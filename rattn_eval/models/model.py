@@ -18,11 +18,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from torch.nn.attention import SDPBackend, sdpa_kernel
-
 from .. import kernels
 from ..errors import BudgetError, ConfigError, NumericsError
 from .config import ModelConfig
+
+
+def _pointwise():
+    """The Triton pointwise kernels, imported on first use (a CPU-only torch install never needs triton)."""
+    from ..kernels import pointwise
+
+    return pointwise
 
 
 class RMSNorm(nn.Module):
@@ -33,8 +38,14 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.rms_norm(x, self.weight, self.eps).to(x.dtype)
+    fused = False  # set by Model.set_backend: the Triton kernel on the "triton" backend
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """norm(x), or residual + norm(x) (norm rounded to x.dtype first, as an unfused add would)."""
+        if self.fused:
+            return _pointwise().rms_norm_triton(x, self.weight, self.eps, residual=residual)
+        y = kernels.rms_norm(x, self.weight, self.eps).to(x.dtype)
+        return y if residual is None else residual + y
 
 
 class FeedForward(nn.Module):
@@ -47,8 +58,12 @@ class FeedForward(nn.Module):
         self.up_proj = nn.Linear(cfg.width, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.width, bias=False)
 
+    fused = False  # set by Model.set_backend: one Triton kernel for act(gate) * up on the "triton" backend
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.gate_proj(x)
+        if self.fused:
+            return self.down_proj(_pointwise().gated_act_triton(g, self.up_proj(x), "silu" if self.kind == "swiglu" else "gelu_tanh"))
         g = F.silu(g) if self.kind == "swiglu" else F.gelu(g, approximate="tanh")
         return self.down_proj(g * self.up_proj(x))
 
@@ -84,11 +99,6 @@ class KVCache:
 
     def nbytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
-
-
-# Decode attention of global layers: memory-efficient attention takes the boolean mask of the filled
-# prefix and fixed shapes; cuDNN rebuilt its plan at every new shape (~20 ms of CPU per call on an H200).
-_DECODE_SDPA = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class Attention(nn.Module):
@@ -143,10 +153,20 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x)
         cache = None
         if self.mode == "global":
+            # On a GPU with the triton backend, full causal attention goes to SDPA (FlashAttention /
+            # cuDNN): faster than our SWA kernel run with no window at Gemma's head dim 256. A
+            # right-padded batch needs no mask: under causality a real token never sees padding.
+            fast = self.backend == "triton" and x.is_cuda
             if self.rope is not None:
                 cos, sin = self.rope.tables(T, x.device)  # (T, D)
-                q, k = kernels.apply_rope(q, cos, sin), kernels.apply_rope(k, cos, sin)
-            o = kernels.swa_attention(q, k, v, window=None, scale=self.scale, lengths=lengths, backend=self.backend)
+                rope = _pointwise().apply_rope_triton if fast and self.D & (self.D - 1) == 0 else kernels.apply_rope
+                q, k = rope(q, cos, sin), rope(k, cos, sin)
+            if fast:
+                o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                   is_causal=True, scale=self.scale,
+                                                   enable_gqa=self.H != self.Hkv).transpose(1, 2)
+            else:
+                o = kernels.swa_attention(q, k, v, window=None, scale=self.scale, lengths=lengths, backend=self.backend)
             if cache_size is not None:
                 cache = KVCache.from_prefill(k, v, cache_size)
         elif cache_size is not None:
@@ -178,18 +198,9 @@ class Attention(nn.Module):
             cos, sin = self.rope.cos_sin(pos)  # (B, D)
             q, k = kernels.apply_rope(q, cos[:, None], sin[:, None]), kernels.apply_rope(k, cos[:, None], sin[:, None])
         cache.update(pos, k[:, 0], v[:, 0])
-        # Attend over the whole cache with a mask of the filled prefix: the shapes stay the same every
-        # step (no host sync for the longest row, one attention plan, capturable in a CUDA graph). The
-        # G query heads of a KV head go in as G query rows, so no GQA expansion of the cache is needed.
-        S = cache.k.shape[1]
-        G = self.H // self.Hkv
-        keys = torch.arange(S, device=x.device)
-        mask = (keys[None, :] <= pos[:, None])[:, None, None, :]  # (B, 1, 1, S)
-        with sdpa_kernel(_DECODE_SDPA):
-            o = F.scaled_dot_product_attention(
-                q[:, 0].view(B, self.Hkv, G, self.D), cache.k.transpose(1, 2), cache.v.transpose(1, 2),
-                attn_mask=mask, scale=self.scale,
-            )  # (B, Hkv, G, D)
+        # Attend over the whole cache, keys 0..pos per row: the shapes stay the same every step (no
+        # host sync for the longest row, capturable in a CUDA graph); flash-decoding on the triton backend.
+        o = kernels.kv_decode(q[:, 0], cache.k, cache.v, pos, scale=self.scale, backend=self.backend)  # (B, H, D)
         return self.o_proj(o.reshape(B, self.H * self.D))
 
 
@@ -206,18 +217,20 @@ class Block(nn.Module):
         self.post_attn_norm = RMSNorm(cfg.width, cfg.norm_eps) if sandwich else None
         self.post_ffn_norm = RMSNorm(cfg.width, cfg.norm_eps) if sandwich else None
 
-    def _post(self, norm, y):
-        return y if norm is None else norm(y)
+    @staticmethod
+    def _add(x, norm, y):
+        """x + y (pre-norm) or x + norm(y) (sandwich; one fused pass on the triton backend)."""
+        return x + y if norm is None else norm(y, residual=x)
 
     def forward(self, x, lengths=None, cache_size=None):
         a, cache = self.attn(self.attn_norm(x), lengths, cache_size)
-        x = x + self._post(self.post_attn_norm, a)
-        x = x + self._post(self.post_ffn_norm, self.ffn(self.ffn_norm(x)))
+        x = self._add(x, self.post_attn_norm, a)
+        x = self._add(x, self.post_ffn_norm, self.ffn(self.ffn_norm(x)))
         return x, cache
 
     def step(self, x, pos, cache):
-        x = x + self._post(self.post_attn_norm, self.attn.step(self.attn_norm(x), pos, cache))
-        return x + self._post(self.post_ffn_norm, self.ffn(self.ffn_norm(x)))
+        x = self._add(x, self.post_attn_norm, self.attn.step(self.attn_norm(x), pos, cache))
+        return self._add(x, self.post_ffn_norm, self.ffn(self.ffn_norm(x)))
 
 
 class Model(nn.Module):
@@ -249,6 +262,9 @@ class Model(nn.Module):
         if backend not in ("torch", "triton"):
             raise ConfigError(f"a native model runs on the 'torch' or 'triton' backend, not {backend!r}.")
         self.backend = backend
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, FeedForward)):
+                module.fused = backend == "triton"
         for block in self.layers:
             block.attn.backend = backend
 

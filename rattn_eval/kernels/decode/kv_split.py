@@ -1,0 +1,147 @@
+"""Decode attention of global layers over a full KV cache, in Triton (flash-decoding).
+
+One new query token per row against keys 0..pos[b] of a cache (B, S, Hkv, D) whose keys are already
+rotated. With few (row, KV head) pairs -- a batch of 8 sequences of a model with one KV head -- one
+program per pair would leave almost all of the GPU idle while it streams a 32k-token cache, so the
+keys are split over many programs, each writing a partial softmax (max, sum, unnormalized output),
+and a second kernel merges the splits. The query heads of a GQA group share each key tile (one
+matrix product of (group, D) x (D, keys)), and splits past a row's length exit at once.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import default_scale
+
+# Programs the splits aim for under the CPU interpreter (on a GPU: twice the SM count); small, so
+# the tests stay fast, yet above 1 so they cover the merge.
+_SPLIT_TARGET = 4
+
+
+@triton.jit
+def kv_decode_partial_kernel(
+    q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr,
+    stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+    Hkv, NS, S_SPLIT, scale,
+    D: tl.constexpr, G: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    b = pid // Hkv
+    hk = pid % Hkv
+    n = tl.load(pos_ptr + b) + 1  # keys 0..pos are visible
+    lo = j * S_SPLIT
+    d = tl.arange(0, BLOCK_D)
+    dm = d < D
+    gi = tl.arange(0, BLOCK_G)
+    gm = gi < G
+    q = tl.load(q_ptr + b * stride_qb + (hk * G + gi)[:, None] * stride_qh + d[None, :],
+                mask=gm[:, None] & dm[None, :], other=0.0)
+    k_base = k_ptr + b * stride_kb + hk * stride_kh
+    v_base = v_ptr + b * stride_vb + hk * stride_vh
+    m_i = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    hi = tl.minimum(S_SPLIT, n - lo)  # <= 0 for a split wholly past the row's length: no iteration
+    for s0 in range(0, hi, BLOCK_S):
+        s = lo + s0 + tl.arange(0, BLOCK_S)
+        valid = s < n
+        kv_mask = valid[:, None] & dm[None, :]
+        kb = tl.load(k_base + s[:, None] * stride_ks + d[None, :], mask=kv_mask, other=0.0)
+        vb = tl.load(v_base + s[:, None] * stride_vs + d[None, :], mask=kv_mask, other=0.0)
+        if IEEE:
+            sc = tl.dot(q, tl.trans(kb), input_precision="ieee")
+        else:
+            sc = tl.dot(q, tl.trans(kb))
+        sc = tl.where(valid[None, :], sc * scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(sc - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if IEEE:
+            pv = tl.dot(p, vb.to(tl.float32), input_precision="ieee")
+        else:
+            pv = tl.dot(p.to(vb.dtype), vb)
+        acc = acc * alpha[:, None] + pv
+        m_i = m_new
+    row = (pid * NS + j) * BLOCK_G + gi
+    tl.store(m_ptr + row, m_i)
+    tl.store(l_ptr + row, l_i)
+    tl.store(acc_ptr + row[:, None] * BLOCK_D + d[None, :], acc)
+
+
+@triton.jit
+def kv_decode_merge_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, stride_ob, stride_oh, Hkv, NS,
+                           D: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    b = pid // Hkv
+    hk = pid % Hkv
+    d = tl.arange(0, BLOCK_D)
+    gi = tl.arange(0, BLOCK_G)
+    m = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)
+    for j in range(0, NS):
+        m = tl.maximum(m, tl.load(m_ptr + (pid * NS + j) * BLOCK_G + gi))
+    l_sum = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    for j in range(0, NS):
+        row = (pid * NS + j) * BLOCK_G + gi
+        w = tl.exp(tl.load(m_ptr + row) - m)
+        l_sum += tl.load(l_ptr + row) * w
+        acc += tl.load(acc_ptr + row[:, None] * BLOCK_D + d[None, :]) * w[:, None]
+    o = acc / l_sum[:, None]  # key 0 is always visible, so l > 0
+    mask = (gi < G)[:, None] & (d < D)[None, :]
+    tl.store(o_ptr + b * stride_ob + (hk * G + gi)[:, None] * stride_oh + d[None, :],
+             o.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, *, scale=None):
+    """Decode attention: q (B, H, D) rotated; k, v (B, S, Hkv, D) the cache (rotated keys); pos (B,)
+    int64, the newest filled position per row (keys 0..pos[b] are attended). Returns (B, H, D)."""
+    B, H, D = q.shape
+    S, Hkv = k.shape[1], k.shape[2]
+    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D or H % Hkv:
+        raise ValueError(f"kv decode needs q (B, H, D) and a cache (B, S, Hkv, D) with H % Hkv == 0; "
+                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if D & (D - 1) or not 16 <= D <= 256:
+        raise ValueError(f"kv decode supports power-of-two head dims 16..256, got {D}")
+    if q.dtype != k.dtype or v.dtype != k.dtype:
+        raise ValueError(f"q and the cache must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if pos.shape != (B,):
+        raise ValueError(f"pos must be (B,) = ({B},), got {tuple(pos.shape)}")
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("q and the cache must be contiguous in the head dim")
+    G = H // Hkv
+    block_g = max(16, triton.next_power_of_2(G))  # tl.dot needs 16 rows
+    block_s = 64 if D <= 128 else 32
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    target = _SPLIT_TARGET if interpreting else 2 * _num_sms(q.device)
+    programs = B * Hkv
+    want = max(1, min(-(-target // programs), -(-S // block_s)))
+    s_split = -(-(-(-S // want)) // block_s) * block_s
+    ns = -(-S // s_split)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    m = torch.empty(programs * ns * block_g, **f32)
+    l_ = torch.empty_like(m)
+    acc = torch.empty(programs * ns * block_g * D, **f32)
+    o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
+    if B == 0:
+        return o
+    kv_decode_partial_kernel[(programs, ns)](
+        q, k, v, pos, m, l_, acc,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        Hkv, ns, s_split, default_scale(D, scale),
+        D=D, G=G, IEEE=q.dtype == torch.float32, BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=4,
+    )
+    kv_decode_merge_kernel[(programs,)](m, l_, acc, o, o.stride(0), o.stride(1), Hkv, ns,
+                                        D=D, G=G, BLOCK_D=D, BLOCK_G=block_g, num_warps=4)
+    return o
