@@ -34,6 +34,13 @@ def main(argv=None) -> int:
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--min-lr", type=float, default=3e-4)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--families", default="default", choices=("default", "recall"), help="synthetic family mix")
+    t.add_argument("--answer-weight", type=float, default=None, help="loss weight of answer tokens")
+    t.add_argument("--pack", action="store_true", help="pack several synthetic documents per row")
+    t.add_argument("--short-frac", type=float, default=0.0, help="fraction of steps with short documents only")
+    t.add_argument("--warmup", type=int, default=100, help="warmup steps (at most a tenth of the run)")
+    t.add_argument("--reference-attention", action="store_true",
+                   help="train through the kernels' chunked references instead of rattn_eval.train.fastattn")
     r = sub.add_parser("run", help="train one model from a JSON TrainConfig")
     r.add_argument("--config", required=True)
     args = p.parse_args(argv)
@@ -51,7 +58,9 @@ def main(argv=None) -> int:
             train_tiny(args.data, args.out, budget_s=args.budget_s, batch_size=args.batch_size, seq_len=args.seq_len,
                        num_workers=args.workers, max_steps=args.max_steps, names=tuple(args.names.split(",")),
                        init_from=args.init_from, synthetic=args.synthetic, lr=args.lr, min_lr=args.min_lr,
-                       seed=args.seed)
+                       seed=args.seed, families=args.families, answer_weight=args.answer_weight, pack=args.pack,
+                       short_frac=args.short_frac, warmup_steps=args.warmup,
+                       fast_attention=not args.reference_attention)
         else:
             from ..models.config import ModelConfig, preset
             from .trainer import TrainConfig, train

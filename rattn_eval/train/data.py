@@ -204,13 +204,23 @@ def build_dataset(out_dir: str | Path, *, seed: int = 0, log=print) -> dict:
 class Batches:
     """Infinite iterator of (B, T + 1) int64 token batches (inputs = [:, :-1], targets = [:, 1:]).
 
-    A row is, with probability `synthetic`, one recall document (<bos> doc <eos>) of a random
-    length up to the row, padded out with a slice of the text stream; otherwise a random slice
-    of the text stream. Deterministic for a given (seed, worker).
+    A row is, with probability `synthetic`, recall documents (<bos> doc <eos>), otherwise a random
+    slice of the text stream. Without `pack` a recall row holds one document of a random length up
+    to the row, padded out with text; with `pack` it holds as many documents as fit (lengths from the
+    curriculum below), the rest text. Deterministic for a given (seed, worker).
+
+    answer_weight: when set, each batch is (rows, weights): float32 (B, T + 1), the loss weight of
+    predicting each token: answer_weight on the answer tokens of recall documents (and the <eos>
+    after them), 1 elsewhere. families: the recall family mix (synthetic.FAMILIES by default).
+    Curriculum: the first `short_batches` batches (counted over all workers, batch i of worker w
+    being batch w + i * num_workers) draw documents of 64..short_max tokens; later ones draw half
+    from 0.6 T..T (facts at every depth of a full-length row) and half from 64..T.
     """
 
     def __init__(self, data_dir: str | Path, *, seq_len: int, batch_size: int, synthetic: float, seed: int,
-                 worker: int = 0):
+                 worker: int = 0, num_workers: int = 1, families: dict[str, float] | None = None,
+                 answer_weight: float | None = None, pack: bool = False, short_batches: int = 0,
+                 short_max: int = 384):
         from tokenizers import Tokenizer
 
         data_dir = Path(data_dir)
@@ -223,23 +233,48 @@ class Batches:
         words = json.loads((data_dir / "words.json").read_text())
         with gzip.open(data_dir / "sentences.txt.gz", "rt", encoding="utf-8") as f:
             sentences = f.read().splitlines()
-        self.gen = RecallGenerator(Pools(sentences=sentences, nouns=words["nouns"], adjectives=words["adjectives"]))
+        self.gen = RecallGenerator(Pools(sentences=sentences, nouns=words["nouns"], adjectives=words["adjectives"]),
+                                   families)
         self.tok = Tokenizer.from_file(str(data_dir / "tokenizer" / "tokenizer.json"))
         self.T, self.B, self.synthetic = seq_len, batch_size, synthetic
+        self.answer_weight, self.pack = answer_weight, pack
+        self.short_batches, self.short_max = short_batches, min(short_max, seq_len)
+        self.index, self.stride = worker, max(1, num_workers)  # global batch index of the next batch
         self.rng = random.Random(f"{seed}|{worker}")
         self.np_rng = np.random.default_rng([seed, worker])
         if self.text.size <= seq_len + 1:
             raise DataError(f"the text stream ({self.text.size} tokens) is shorter than one row ({seq_len + 1}).")
 
+    def _target_tokens(self, room: int) -> int:
+        lo = min(64, self.T)
+        if self.index < self.short_batches:
+            hi = self.short_max
+        elif self.pack and self.rng.random() < 0.5:
+            lo, hi = int(0.6 * self.T), self.T
+        else:
+            hi = self.T
+        return min(room, self.rng.randint(lo, max(lo, hi)))
+
+    def recall_doc(self, max_tokens: int, target: int | None = None) -> tuple[list[int], list[float]]:
+        """(<bos> synthetic document <eos>, per-token answer flags), at most max_tokens tokens."""
+        target = self.rng.randint(min(64, self.T), self.T) if target is None else target
+        chars = int(min(target, max_tokens) * 2.6)  # synthetic text runs about 2.8 chars per token
+        while True:
+            text, spans = self.gen.document_spans(self.rng, chars)
+            enc = self.tok.encode(text, add_special_tokens=False)
+            if len(enc.ids) + 2 <= max_tokens:
+                break
+            chars = int(chars * 0.8)
+        off = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        flags = np.zeros(len(enc.ids) + 2, dtype=np.float32)
+        for a, b in spans:
+            flags[1:-1] += (off[:, 0] < b) & (off[:, 1] > a)
+        flags[-1] = 1.0  # the <eos> that ends the answer: stopping is part of answering
+        return [BOS] + enc.ids + [EOS], np.minimum(flags, 1.0)
+
     def recall_row(self) -> list[int]:
         """<bos> synthetic document <eos>, at most T + 1 tokens."""
-        target = self.rng.randint(min(64, self.T), self.T)
-        chars = int(target * 3.0)
-        while True:
-            ids = [BOS] + self.tok.encode(self.gen.document(self.rng, chars), add_special_tokens=False).ids + [EOS]
-            if len(ids) <= self.T + 1:
-                return ids
-            chars = int(chars * 0.75)
+        return self.recall_doc(self.T + 1)[0]
 
     def text_slice(self, n: int) -> np.ndarray:
         start = int(self.np_rng.integers(0, self.text.size - n))
@@ -248,14 +283,25 @@ class Batches:
     def __iter__(self):
         return self
 
-    def __next__(self) -> np.ndarray:
+    def __next__(self):
         rows = np.empty((self.B, self.T + 1), dtype=np.int64)
+        weights = np.ones((self.B, self.T + 1), dtype=np.float32)
         for b in range(self.B):
-            if self.rng.random() < self.synthetic:
-                ids = self.recall_row()
-                rows[b, : len(ids)] = ids
-                if len(ids) < self.T + 1:
-                    rows[b, len(ids):] = self.text_slice(self.T + 1 - len(ids))
-            else:
+            if self.rng.random() >= self.synthetic:
                 rows[b] = self.text_slice(self.T + 1)
-        return rows
+                continue
+            ids, flags = [], []
+            while True:
+                room = self.T + 1 - len(ids)
+                if room < min(64, self.T) or (ids and not self.pack):
+                    break
+                d_ids, d_flags = self.recall_doc(room, self._target_tokens(room))
+                ids += d_ids
+                flags.append(d_flags)
+            rows[b, : len(ids)] = ids
+            if self.answer_weight is not None:
+                weights[b, : len(ids)] += (self.answer_weight - 1.0) * np.concatenate(flags)
+            if len(ids) < self.T + 1:
+                rows[b, len(ids):] = self.text_slice(self.T + 1 - len(ids))
+        self.index += self.stride
+        return rows if self.answer_weight is None else (rows, weights)

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 ATTRS = ("code", "number", "key", "id", "tag", "pin", "label", "token", "serial", "ticket", "password",
          "reference", "locker", "badge", "account", "channel", "room", "seat", "order", "batch", "value", "word")
 QUALIFIERS = ("", "", "", "secret ", "private ", "hidden ", "assigned ", "lucky ", "personal ", "backup ",
-              "access ", "reserve ", "official ", "unique ")
+              "access ", "reserve ", "official ", "unique ", "special ", "chosen ", "stored ", "given ", "odd ",
+              "mystery ", "current ", "main ")
 
 # {k} key, {a} attribute (qualifier included), {v} value
 FACTS = (
@@ -45,6 +46,16 @@ FACTS = (
     "{k} = {v}",
     "Our {a} for {k} is {v}, do not forget it.",
     "Whoever asks about {k} should hear {v}.",
+    "One {a} for {k} is {v}.",
+    "A {a} for {k} is: {v}.",
+    "The {a} for {k} is: {v}.",
+    "Here is the {a} for {k}: {v}.",
+    "{k} was assigned the {a} {v}.",
+    "Memo - the {a} of {k} is {v}.",
+    "Keep this {a} for {k} safe: {v}.",
+    "The {a} kept for {k} is {v}.",
+    "Listed {a} for {k}: {v}.",
+    "{k} holds the {a} {v}.",
 )
 
 # (question, answer prefix): the answer follows the prefix after one space
@@ -63,6 +74,34 @@ QUESTIONS = (
     ("Which {a} was written for {k} earlier?", "For {k} it was"),
 )
 
+# Compositional questions and answer lines: the question names the key with some trailing words,
+# the answer line restates the key (usually) with its own trailing words and ends in the value.
+RELS = ("of", "for", "for", "for", "belonging to", "given to", "linked to", "attached to", "that goes with")
+TAILS = ("", "", "", "", " in the notes", " in the passage", " from the passage", " from the document",
+         " that appeared earlier", " written earlier", " stated before", " noted somewhere above",
+         " given in the text", " found in the text before this question", " recorded above",
+         " that was hidden in the text", " quoted in the document", " mentioned earlier", " mentioned before this line",
+         " in the material above", " listed earlier in this text", " in the text you just read",
+         " spelled out in the passage", " named in the document above", " from the lines above")
+Q_FORMS = (
+    "What is the {a} {r} {k}{t}?", "What was the {a} {r} {k}{t}?", "Which {a} was given to {k}{t}?",
+    "Tell me the {a} {r} {k}{t}.", "Recall the {a} {r} {k}{t}.", "Can you find the {a} {r} {k}{t}?",
+    "Do you remember the {a} {r} {k}{t}?", "Question: what is the {a} {r} {k}{t}?", "Find the {a} {r} {k}{t}.",
+    "Please state the {a} {r} {k}{t}.", "Now, what {a} did {k} get{t}?", "Which {a} is {r} {k}{t}?",
+    "What {a} is {r} {k}{t}?", "Report the {a} {r} {k}{t}.",
+)
+A_FORMS = (
+    "The {a} {r} {k}{t} is", "The {a} {r} {k}{t} is", "The {a} {r} {k}{t} is", "The {a} {r} {k}{t} was",
+    "The {a} {r} {k}{t} reads", "The {a} {r} {k}{t} is:", "{k}{t} has the {a}", "For {k}{t}, the {a} is",
+    "Answer: the {a} {r} {k} is", "The {a} that {k} got{t} is", "So the {a} {r} {k}{t} is", "{k} ->", "{k}:",
+    "Answer:", "A:", "It is",
+)
+MULTI_Q_FORMS = (
+    "What are the {a}s {r} {ks}{t}?", "List the {a}s {r} {ks}{t}.", "Give every {a} {r} {ks}{t}.",
+    "Which {a}s go with {ks}{t}?",
+)
+MULTI_A_FORMS = ("The {a}s {r} {ks}{t} are", "The {a}s {r} {ks}{t}, in order, are", "In order:", "They are")
+
 MULTI_QUESTIONS = (
     ("List every {a} of {k}.", "The {a}s of {k} are"),
     ("What are all the {a}s that belong to {k}?", "They are"),
@@ -78,6 +117,11 @@ HEADERS = (
     "Below is a long passage. Hidden in it are one or more entries of the form name and {a}.\n\n",
     "Study this document carefully, then answer the question at the end.\n\n",
     "Text follows.\n\n",
+    "A {a} is tucked into the passage that follows. Remember it; a question about it comes at the end.\n\n",
+    "Several {a}s are buried in the following text. Memorize them, since one will be asked for later.\n\n",
+    "Hidden somewhere below is a {a}. Read closely and be ready to give it back.\n\n",
+    "The document below contains a few {a}s among ordinary sentences. After it comes a question.\n\n",
+    "Pay attention to every {a} in this passage; you will need one of them afterwards.\n\n",
 )
 
 CHAIN_FORMS = (
@@ -97,6 +141,9 @@ COUNT_QUESTIONS = (
     ("Count the words and give the {n} that repeat the most.", "Answer:"),
 )
 FAMILIES = {"single": 0.3, "multikey": 0.2, "multivalue": 0.1, "lines": 0.15, "chain": 0.1, "counting": 0.15}
+# the mix of the recall-heavy training (issue 6): mostly key -> value retrieval at every depth
+RECALL_FAMILIES = {"single": 0.3, "multikey": 0.3, "multiquery": 0.08, "multivalue": 0.08, "lines": 0.12,
+                   "chain": 0.06, "counting": 0.06}
 
 
 @dataclass
@@ -112,6 +159,7 @@ class RecallGenerator:
     """`document(rng, max_chars)` -> one training document (text without BOS/EOS), about max_chars long."""
 
     def __init__(self, pools: Pools, families: dict[str, float] | None = None):
+        """families: name -> weight (FAMILIES by default; RECALL_FAMILIES for the recall-heavy mix)."""
         self.p = pools
         self.all_words = pools.nouns + pools.adjectives
         fam = FAMILIES if families is None else families
@@ -130,7 +178,7 @@ class RecallGenerator:
         return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
     def _number(self, rng: random.Random) -> str:
-        n = rng.choice((4, 5, 6, 7, 7, 7, 8, 9))
+        n = rng.choice((4, 5, 6, 7, 7, 7, 7, 7, 7, 8, 9))
         return str(rng.randint(10 ** (n - 1), 10**n - 1))
 
     def key(self, rng: random.Random, kind: str | None = None) -> str:
@@ -197,21 +245,47 @@ class RecallGenerator:
     # ---- families ---------------------------------------------------------------------------------
 
     def document(self, rng: random.Random, max_chars: int) -> str:
+        return self.document_spans(rng, max_chars)[0]
+
+    def document_spans(self, rng: random.Random, max_chars: int) -> tuple[str, list[tuple[int, int]]]:
+        """(text, answer spans): the character ranges [start, end) of the answers in text."""
         family = rng.choices(self.names, self.weights)[0]
         return getattr(self, f"_{family}")(rng, max_chars)
 
     def _attr(self, rng):
         return rng.choice(QUALIFIERS) + rng.choice(ATTRS)
 
-    def _frame(self, rng, a, body, question, prefix, answer):
+    def _qa(self, rng, a, key, *, compositional=None):
+        """(question, answer prefix) about `key`: the fixed pairs, or a composed question whose answer
+        line restates the key with trailing words (its own or the question's)."""
+        if compositional is None:
+            compositional = rng.random() < 0.75
+        if not compositional:
+            q, p = rng.choice(QUESTIONS)
+            return q.format(k=key, a=a), p.format(k=key, a=a)
+        qa_attr = a if rng.random() < 0.8 else a.split()[-1]
+        r, t = rng.choice(RELS), rng.choice(TAILS)
+        t2 = t if rng.random() < 0.6 else rng.choice(TAILS)
+        return (rng.choice(Q_FORMS).format(a=qa_attr, r=r, k=key, t=t),
+                rng.choice(A_FORMS).format(a=qa_attr, r=r, k=key, t=t2))
+
+    def _frame(self, rng, a, body, qas):
+        """header + body + each (question, prefix, answer); returns (text, answer spans)."""
         header = rng.choice(HEADERS).format(a=a)
-        gap = rng.choice(("\n\n", "\n", " "))
-        return f"{header}{body}{gap}{question}\n{prefix} {answer}"
+        text = header + body + rng.choice(("\n\n", "\n", " "))
+        spans = []
+        for i, (q, p, v) in enumerate(qas):
+            if i:
+                text += "\n"
+            text += f"{q}\n{p} "
+            spans.append((len(text), len(text) + len(v)))
+            text += v
+        return text, spans
 
     def _kv_doc(self, rng, max_chars, n_keys, n_asked, filler=True):
         a = self._attr(rng)
-        kkind = rng.choice(("pair", "pair", "word", "name", "hex", "item"))
-        vkind = rng.choice(("number", "number", "number", "hex", "word", "pair"))
+        kkind = rng.choice(("pair", "pair", "pair", "word", "name", "hex", "item"))
+        vkind = rng.choice(("number", "number", "number", "number", "hex", "word", "pair"))
         keys = list(dict.fromkeys(self.key(rng, kkind) for _ in range(n_keys)))
         vals = [self.value(rng, vkind) for _ in keys]
         form = rng.choice(FACTS) if rng.random() < 0.7 else None  # one wording per document, or mixed
@@ -219,14 +293,7 @@ class RecallGenerator:
         budget = max(0, max_chars - sum(len(f) + 1 for f in facts) - 200)
         body = self._weave(rng, self._filler(rng, rng.randint(budget // 4, budget)) if filler and budget else [], facts)
         asked = rng.sample(range(len(keys)), min(n_asked, len(keys)))
-        qa = []
-        for i in asked:
-            q, p = rng.choice(QUESTIONS)
-            qa.append((q.format(k=keys[i], a=a), p.format(k=keys[i], a=a), vals[i]))
-        text = self._frame(rng, a, body, *qa[0])
-        for q, p, v in qa[1:]:
-            text += f"\n{q}\n{p} {v}"
-        return text
+        return self._frame(rng, a, body, [(*self._qa(rng, a, keys[i]), vals[i]) for i in asked])
 
     def _single(self, rng, max_chars):
         return self._kv_doc(rng, max_chars, 1, 1)
@@ -236,7 +303,26 @@ class RecallGenerator:
 
     def _lines(self, rng, max_chars):
         n = max(2, min(60, max_chars // 60))
-        return self._kv_doc(rng, max_chars, rng.randint(2, n), 1, filler=False)
+        return self._kv_doc(rng, max_chars, rng.randint(2, n), rng.choice((1, 1, 2)), filler=False)
+
+    def _multiquery(self, rng, max_chars):
+        """Several facts, one question naming several keys; the values in the order asked."""
+        a = self._attr(rng)
+        kkind = rng.choice(("pair", "pair", "word", "name"))
+        vkind = rng.choice(("number", "number", "number", "hex", "word"))
+        keys = list(dict.fromkeys(self.key(rng, kkind) for _ in range(rng.randint(2, 6))))
+        vals = [self.value(rng, vkind) for _ in keys]
+        form = rng.choice(FACTS)
+        facts = [form.format(k=k, a=a, v=v) for k, v in zip(keys, vals)]
+        budget = max(0, max_chars - sum(len(f) + 1 for f in facts) - 300)
+        body = self._weave(rng, self._filler(rng, rng.randint(budget // 4, budget)) if budget else [], facts)
+        asked = rng.sample(range(len(keys)), rng.randint(2, len(keys)))
+        names = [keys[i] for i in asked]
+        ks = ", ".join(names[:-1]) + rng.choice((", and ", " and ", ", ")) + names[-1]
+        r, t = rng.choice(RELS), rng.choice(TAILS)
+        q = rng.choice(MULTI_Q_FORMS).format(a=a, r=r, ks=ks, t=t)
+        p = rng.choice(MULTI_A_FORMS).format(a=a, r=r, ks=ks, t=t)
+        return self._frame(rng, a, body, [(q, p, ", ".join(vals[i] for i in asked))])
 
     def _multivalue(self, rng, max_chars):
         a = self._attr(rng)
@@ -252,7 +338,7 @@ class RecallGenerator:
         # facts are shuffled by _weave; the answer lists the values in the order they appear
         vals.sort(key=body.find)
         q, p = rng.choice(MULTI_QUESTIONS)
-        return self._frame(rng, a, body, q.format(a=a, k=key), p.format(a=a, k=key), ", ".join(vals))
+        return self._frame(rng, a, body, [(q.format(a=a, k=key), p.format(a=a, k=key), ", ".join(vals))])
 
     def _chain(self, rng, max_chars):
         x_form, y_form = rng.choice(CHAIN_FORMS)
@@ -284,7 +370,7 @@ class RecallGenerator:
                 out.append(filler[j])
         body = rng.choice((" ", "\n")).join(out)
         q, p = rng.choice(CHAIN_QUESTIONS)
-        return self._frame(rng, "value", body, q.format(v=v), p.format(v=v), ", ".join(names))
+        return self._frame(rng, "value", body, [(q.format(v=v), p.format(v=v), ", ".join(names))])
 
     def _counting(self, rng, max_chars):
         top = rng.choice((3, 3, 5, 10))
@@ -307,7 +393,7 @@ class RecallGenerator:
         else:
             body = ", ".join(seq)
         q, p = rng.choice(COUNT_QUESTIONS)
-        return self._frame(rng, "word", body, q.format(n=top), p.format(n=top), ", ".join(common))
+        return self._frame(rng, "word", body, [(q.format(n=top), p.format(n=top), ", ".join(common))])
 
 
 def all_phrases() -> list[str]:
@@ -318,4 +404,6 @@ def all_phrases() -> list[str]:
     for group in (QUESTIONS, MULTI_QUESTIONS, CHAIN_QUESTIONS, COUNT_QUESTIONS, CHAIN_FORMS):
         for pair in group:
             out += list(pair)
+    out += list(RELS) + [t.strip() for t in TAILS if t.strip()]
+    out += list(Q_FORMS) + list(A_FORMS) + list(MULTI_Q_FORMS) + list(MULTI_A_FORMS)
     return out

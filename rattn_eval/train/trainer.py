@@ -4,8 +4,9 @@ a JSONL loss log, tokens/s, and a checkpoint in our format at the end.
     from rattn_eval.train import TrainConfig, train
     summary = train(TrainConfig(name="tiny-rattn", model=cfg, data_dir=".cache/train-data", out_dir="runs/x"))
 
-Gradients flow through the attention ops of rattn_eval.kernels on the `torch` backend (the chunked
-PyTorch references, which support autograd); the Triton kernels are forward-only.
+Gradients flow through the training-time attention ops of rattn_eval.train.fastattn (SDPA and a
+materialized fp32 RLA, exact and fast at the training length; `fast_attention=False` uses the
+chunked PyTorch references of rattn_eval.kernels instead); the Triton kernels are forward-only.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from ..models.config import ModelConfig
 from .data import Batches
+from .fastattn import training_attention
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,6 +39,11 @@ class TrainConfig:
     time_limit_s: stop early (and still save) when the loop has run this long; the summary says so.
     save_dtype: dtype of the saved weights ("float16" keeps the shipped checkpoints small).
     init_from: a checkpoint directory to continue from (same architecture; optimizer state starts fresh).
+    families: the synthetic family mix, "default" (synthetic.FAMILIES) or "recall" (RECALL_FAMILIES).
+    answer_weight: loss weight of the answer tokens of synthetic documents (None: plain mean loss).
+    pack: several synthetic documents per row; short_frac: the fraction of steps whose documents are
+        at most short_max tokens (curriculum: short documents first, then up to full rows).
+    fast_attention: train through rattn_eval.train.fastattn (False: the kernels' chunked references).
     """
 
     name: str
@@ -62,12 +69,20 @@ class TrainConfig:
     time_limit_s: float | None = None
     num_workers: int = 0
     init_from: str | None = None
+    families: str = "default"
+    answer_weight: float | None = None
+    pack: bool = False
+    short_frac: float = 0.0
+    short_max: int = 384
+    fast_attention: bool = True
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.seq_len < 2:
             raise ConfigError("steps, batch_size must be >= 1 and seq_len >= 2.")
         if not 0.0 <= self.synthetic <= 1.0:
             raise ConfigError(f"synthetic must lie in [0, 1], got {self.synthetic}.")
+        if self.families not in ("default", "recall"):
+            raise ConfigError(f"families must be 'default' or 'recall', got {self.families!r}.")
         if self.save_dtype not in ("float16", "bfloat16", "float32"):
             raise ConfigError(f"save_dtype must be float16, bfloat16 or float32, got {self.save_dtype!r}.")
 
@@ -107,12 +122,17 @@ class _Stream(torch.utils.data.IterableDataset):
         self.cfg = cfg
 
     def __iter__(self):
+        from .synthetic import FAMILIES, RECALL_FAMILIES
+
         info = torch.utils.data.get_worker_info()
         worker = 0 if info is None else info.id
         c = self.cfg
-        for rows in Batches(c.data_dir, seq_len=c.seq_len, batch_size=c.batch_size, synthetic=c.synthetic,
-                            seed=c.seed, worker=worker):
-            yield torch.from_numpy(rows)
+        for batch in Batches(c.data_dir, seq_len=c.seq_len, batch_size=c.batch_size, synthetic=c.synthetic,
+                             seed=c.seed, worker=worker, num_workers=max(1, c.num_workers),
+                             families=RECALL_FAMILIES if c.families == "recall" else FAMILIES,
+                             answer_weight=c.answer_weight, pack=c.pack,
+                             short_batches=int(c.short_frac * c.steps), short_max=c.short_max):
+            yield tuple(torch.from_numpy(x) for x in batch) if isinstance(batch, tuple) else torch.from_numpy(batch)
 
 
 def _loader(cfg: TrainConfig):
@@ -145,19 +165,31 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
 
 
-def train_step(model, opt, batch: torch.Tensor, cfg: TrainConfig, step: int, device: torch.device):
-    """One optimizer step on a (B, T + 1) batch. Returns (loss, grad norm) as Python floats."""
+def train_step(model, opt, batch, cfg: TrainConfig, step: int, device: torch.device, weights=None):
+    """One optimizer step on a (B, T + 1) batch; weights (B, T + 1): the loss weight of predicting
+    each token (None: plain mean). Returns (loss, grad norm, answer-token loss or None) as tensors;
+    the loss returned is the unweighted mean cross-entropy either way."""
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
     inputs, targets = batch[:, :-1], batch[:, 1:]
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
+    with (training_attention(cfg.fast_attention),
+          torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")):
         logits = model(inputs)  # (B, T, V)
-    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
+    plain = ce.mean()
+    ans_loss = None
+    if weights is None:
+        loss = plain
+    else:
+        w = weights[:, 1:].reshape(-1)
+        loss = (ce * w).sum() / w.sum()
+        is_ans = w > 1
+        ans_loss = (ce * is_ans).sum() / is_ans.sum().clamp_min(1)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     opt.step()
-    return loss.detach(), gnorm
+    return plain.detach(), gnorm, None if ans_loss is None else ans_loss.detach()
 
 
 def _sync(device):
@@ -203,8 +235,11 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
     stopped_early = False
     with (out / "loss.jsonl").open("w") as f:
         for step in range(cfg.steps):
-            batch = next(batches).to(device, non_blocking=True)
-            loss, gnorm = train_step(model, opt, batch, cfg, step, device)
+            item = next(batches)
+            batch, weights = item if isinstance(item, (tuple, list)) else (item, None)
+            batch = batch.to(device, non_blocking=True)
+            weights = None if weights is None else weights.to(device, non_blocking=True)
+            loss, gnorm, ans_loss = train_step(model, opt, batch, cfg, step, device, weights)
             tokens_since += cfg.batch_size * cfg.seq_len
             if step == 10:
                 _sync(device)
@@ -216,6 +251,8 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
                 now = time.perf_counter()
                 rec = {"step": step + 1, "loss": round(lv, 4), "lr": lr_at(step, cfg), "grad_norm": round(gv, 4),
                        "tokens_per_s": round(tokens_since / (now - t_log)), "elapsed_s": round(now - t_start, 2)}
+                if ans_loss is not None:
+                    rec["answer_loss"] = round(float(ans_loss), 4)
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
                 losses.append(lv)
@@ -223,7 +260,8 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
                 if not math.isfinite(lv):
                     raise FloatingPointError(f"[{cfg.name}] loss became {lv} at step {step + 1}.")
                 if (step + 1) % (cfg.log_every * 10) == 0:
-                    log(f"[{cfg.name}] step {step + 1}/{cfg.steps} loss {lv:.3f} lr {rec['lr']:.2e} "
+                    log(f"[{cfg.name}] step {step + 1}/{cfg.steps} loss {lv:.3f} "
+                        f"answer {rec.get('answer_loss', float('nan')):.3f} lr {rec['lr']:.2e} "
                         f"{rec['tokens_per_s']:,} tok/s")
             if cfg.time_limit_s is not None and time.perf_counter() - t_start > cfg.time_limit_s:
                 stopped_early = step + 1 < cfg.steps
