@@ -49,9 +49,10 @@ echo "model=$MODEL tasks=$TASKS len=$LEN n=$N batch=$BATCH" | tee "$DIR/settings
 ARGS=(run -q -t "$TASKS" -l "$LEN" -n "$N" -m "$MODEL" -b "$BATCH" "${DEVICE[@]}")
 port() { "$PY" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])"; }
 
-# Warm-up (not measured): fills the sample cache and Triton's kernel cache, so neither timed run
+# Warm-up (not measured), one full batch per task: fills the sample cache and compiles the kernels for
+# the timed runs' batch shapes (a 1-sample warm-up left that compilation inside the first timed batch), so neither timed run
 # pays for compilation or sample generation that the other does not.
-"$PY" -m rattn_eval.cli "${ARGS[@]}" --limit 1 --out "$DIR/warmup" > "$DIR/warmup.log" 2>&1
+"$PY" -m rattn_eval.cli "${ARGS[@]}" --limit "$BATCH" --out "$DIR/warmup" > "$DIR/warmup.log" 2>&1
 
 "$PY" -m rattn_eval.cli "${ARGS[@]}" --out "$DIR/single" 2>&1 | tee "$DIR/single.log"
 "$PY" -m torch.distributed.run --nproc-per-node 2 --master-addr 127.0.0.1 --master-port "$(port)" \

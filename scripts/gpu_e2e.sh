@@ -183,8 +183,8 @@ else
 fi
 RUN=(run -q -t niah_single_1 -l "$RULER_LEN" -n "$RULER_N" -b "$RULER_BATCH" -m "$CKPT")
 for be in "$FAST" hf; do
-  # warm-up (not measured): sample cache, kernel compilation, transformers' first-call setup
-  step "ruler_${be}_warmup" "$PY" -m rattn_eval.cli "${RUN[@]}" --backend "$be" --limit 1 --out "$DIR/ruler_${be}_warmup"
+  # warm-up (not measured), one full batch: sample cache, kernel compilation for the batch shape, transformers' first-call setup
+  step "ruler_${be}_warmup" "$PY" -m rattn_eval.cli "${RUN[@]}" --backend "$be" --limit "$RULER_BATCH" --out "$DIR/ruler_${be}_warmup"
   step "ruler_${be}" "$PY" -m rattn_eval.cli "${RUN[@]}" --backend "$be" --out "$DIR/ruler_${be}"
 done
 

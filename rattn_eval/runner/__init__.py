@@ -316,6 +316,9 @@ def environment(model: Any, config: RunConfig) -> dict[str, Any]:
 def _device_name(model: Any) -> str:
     torch = sys.modules.get("torch")
     dev = getattr(model, "device", None)
+    if dev is None and torch is not None and isinstance(model, torch.nn.Module):  # native models: their weights' device
+        first = next(model.parameters(), None)
+        dev = None if first is None else first.device
     if torch is not None and dev is not None and str(dev).startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(dev))
     return f"cpu ({platform.processor() or platform.machine()})"
