@@ -1,15 +1,15 @@
-"""RAttention prefill in Triton: both branches in one output pass.
+"""RAttention prefill in Triton.
 
     o = rms(SWA(rope(q), rope(k), v)) * g_swa + rms(RLA(q, k, v)) * g_rla
 
-Two launches (plus a tiny carry pass for long sequences):
-  1. `rla_chunk_state_kernel` (rla/chunk.py) reads k and v once: it stores the fp32-accumulated
-     RLA chunk state at every query-block boundary and, on the way, writes RoPE-rotated k.
-  2. `swa_fwd_kernel` (swa/parallel.py) with DO_SWA and DO_RLA: per query block it rotates q,
-     computes phi(q) in-kernel, reads one chunk state, walks the window; the window-edge k/v
-     tiles feed the softmax branch (t - j <= w) and the linear branch (t - j > w) from a single
-     load; both RMS norms and the sum happen in the epilogue, so neither branch output touches
-     memory.
+  1. `rla_prefix_states` (rla/chunk.py) reads k and v: it stores the RLA chunk state at every
+     query-block boundary (carry included) and, on the way, writes RoPE-rotated k.
+  2. `swa_fwd_kernel` (swa/parallel.py), per the design in RLA_TUNING (swa/parallel.py):
+     "two_kernel" (the H200 default): an RLA pass writes rms(o_rla) * g_rla, then the SWA pass,
+     with the plain-SWA tiles, rotates q in-kernel and adds rms(o_swa) * g_swa.
+     "fused": one pass per query block; the window-edge k/v tiles feed the softmax branch
+     (t - j <= w) and the linear branch (t - j > w) from a single load, and both norms and the
+     sum happen in the epilogue.
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ def _norm_weight(w, H, D, device):
 
 
 DESIGNS = ("fused", "fused_two_pass", "two_kernel")
-# "fused": one pass over the window, edge tiles shared by both branches (default, fastest on the H200).
+# "fused": one pass over the window, edge tiles shared by both branches.
 # "fused_two_pass": one kernel, but the RLA edge tiles get their own (cached) pass before the softmax loop.
-# "two_kernel": an RLA output pass writes rms(o_rla) * g_rla, the SWA pass adds rms(o_swa) * g_swa to it.
+# "two_kernel": an RLA output pass writes rms(o_rla) * g_rla, the SWA pass adds rms(o_swa) * g_swa to it
+#   (the H200 default: results/bench/prefill_sweep_h200.txt).
 DEFAULT_DESIGN = RLA_TUNING["design"]
 
 

@@ -12,8 +12,9 @@ So the output pass is `swa_fwd_kernel` with DO_RLA (and, for RAttention, DO_SWA 
 Chunk states are per KV head (the state depends on k and v only), accumulated in fp32 and
 stored once per query block: fp32 for fp32/fp16 inputs, bf16 for bf16 inputs (the output pass
 feeds them to bf16 tensor-core products anyway). The sequential scan over blocks is cut into
-segments that run in parallel; each stores states relative to its segment start, and a small
-carry pass turns the segment totals into exclusive prefixes that the output pass adds back.
+segments that run in parallel, one program per (segment, KV head, feature half): a totals pass,
+a carry pass (exclusive prefix of the totals), then a second scan that starts from its carry and
+stores absolute states, so the output pass reads one state tile per query block and nothing else.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import triton.language as tl
 
 from ..common import cdiv, check_feature_map, check_qkv
 from ..swa.parallel import (
-    INTERPRET, RLA_TUNING, SequenceTable, sequence_table, block_config, check_head_dim, _dummy, feature_map_one, launch_swa_fwd, precision_for,
+    INTERPRET, RLA_TUNING, SequenceTable, _dummy, block_config, check_head_dim, feature_map_one, launch_swa_fwd,
+    precision_for, sequence_table,
 )
 
 FEATURES = {"softmax": 0, "relu": 1, "identity": 2}
