@@ -78,8 +78,34 @@ def plot_probe(results: Path) -> Path:
     return out
 
 
+def plot_finetune(results: Path, name: str = "tiny-rattn") -> Path:
+    """Stage 3 (issue 6, CPU fine-tune): loss on all tokens and on answer tokens vs step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = _read_jsonl(results / f"loss_stage3_{name}.jsonl")
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["loss"] for r in rows], lw=1, label="all tokens")
+    ax.plot(steps, [r["answer_loss"] for r in rows], lw=1, label="answer tokens (+ <eos>)")
+    ax.set_xlabel("fine-tuning step (4 x 512 tokens)")
+    ax.set_ylabel("cross-entropy")
+    ax.set_title(f"{name}: recall fine-tune on 1 CPU core (stage 3)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    out = results / f"loss_stage3_{name}.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
 if __name__ == "__main__":
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "results/train")
     print(plot_loss(folder))
+    if (folder / "loss_stage3_tiny-rattn.jsonl").is_file():
+        print(plot_finetune(folder))
     if (folder / "recall_probe.jsonl").is_file():
         print(plot_probe(folder))

@@ -7,13 +7,19 @@ instructions and questions is drawn from many variants, keys and values come in 
 (words, word pairs, made-up names, numbers, hex codes), and fillers are real sentences, repeated
 sentences or nothing at all.
 
-Families (weights in FAMILIES):
+Families (weights in FAMILIES, and in RECALL_FAMILIES for the recall-heavy mix of issue 6):
     single     one fact in filler, one question
     multikey   several facts with distinct keys, one to three questions
+    multiquery several facts, one question naming several keys, values in the order asked
     multivalue one key with several values among distractors, asked for all of them
-    lines      nothing but fact lines (no filler), one question
+    lines      nothing but fact lines (no filler), one or two questions
     chain      a value passed from name to name; asked which names hold it
     counting   a word list; asked for the most frequent words
+
+Most questions are composed (Q_FORMS x RELS x TAILS): the question names the key with varied
+trailing words, and the answer line restates the key with its own trailing words before the
+value, so a model learns to find the key wherever it sits and copy what follows it, whatever
+the words around it. `document_spans` also returns where the answers are, for loss weighting.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from dataclasses import dataclass
 ATTRS = ("code", "number", "key", "id", "tag", "pin", "label", "token", "serial", "ticket", "password",
          "reference", "locker", "badge", "account", "channel", "room", "seat", "order", "batch", "value", "word")
 QUALIFIERS = ("", "", "", "secret ", "private ", "hidden ", "assigned ", "lucky ", "personal ", "backup ",
-              "access ", "reserve ", "official ", "unique ", "special ", "chosen ", "stored ", "given ", "odd ",
+              "access ", "reserve ", "official ", "unique ", "chosen ", "stored ", "given ", "odd ",
               "mystery ", "current ", "main ")
 
 # {k} key, {a} attribute (qualifier included), {v} value

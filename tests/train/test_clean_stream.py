@@ -13,7 +13,7 @@ import pytest
 
 from rattn_eval.train import corpora
 from rattn_eval.train.data import evaluation_phrases, select_documents, split_sentences, word_lists
-from rattn_eval.train.synthetic import Pools, RecallGenerator, all_phrases
+from rattn_eval.train.synthetic import FAMILIES, RECALL_FAMILIES, Pools, RecallGenerator, all_phrases
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "results" / "train" / "data_manifest.json"
@@ -61,10 +61,28 @@ def test_training_text_is_the_manifest_text_and_clean(phrases, essays):
     assert not hits, {flat[i][:60]: r for i, r in list(hits.items())[:5]}
 
 
-def test_synthetic_documents_are_clean(phrases, essays):
-    assert not corpora.find_contamination(all_phrases(), phrases), "a generator phrase is an evaluation phrase"
+def five_word_windows(phrases):
+    """Every 5-word run of every evaluation phrase: stricter than whole phrases."""
+    out = set()
+    for p in phrases:
+        w = corpora.words(p)
+        out.update(" ".join(w[i : i + 5]) for i in range(len(w) - 4))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("families", [FAMILIES, RECALL_FAMILIES], ids=["default-mix", "recall-mix"])
+def test_synthetic_documents_are_clean(phrases, essays, families):
+    windows = five_word_windows(phrases)
+    assert not corpora.find_contamination(all_phrases(), windows), "a generator phrase overlaps an evaluation phrase"
     sents = [s for d in corpora.news_documents() + corpora.fortunes_documents()[:3000] for s in split_sentences(d)]
-    gen = RecallGenerator(Pools(sentences=sents, **word_lists()))
+    gen = RecallGenerator(Pools(sentences=sents, **word_lists()), families)
     rng = random.Random(0)
     docs = [gen.document(rng, rng.randint(200, 4000)) for _ in range(600)]
-    assert not corpora.find_contamination(docs, phrases, essay_docs=essays, essay_n=10)
+    hits = corpora.find_contamination(docs, windows, essay_docs=essays, essay_n=10)
+    assert not hits, {docs[i][-120:]: r for i, r in list(hits.items())[:3]}
+
+
+def test_five_word_check_can_fail(phrases):
+    """A recall document that reuses five words of a template's question is caught."""
+    doc = "Note: code for ab-cd = 1234567. What is the special magic code for ab-cd?\nIt is 1234567"
+    assert corpora.find_contamination([doc], five_word_windows(phrases)) == {0: ["what is the special magic"]}
