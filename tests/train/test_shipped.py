@@ -30,3 +30,10 @@ def test_shipped_checkpoint_loads_by_name_and_runs(name):
     # a trained model, not random weights: it predicts the obvious continuation better than chance
     logp = torch.log_softmax(logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None]).mean()
     assert logp > -5.0, f"mean log-prob {float(logp):.2f} looks untrained (uniform is {-torch.log(torch.tensor(cfg.vocab_size)):.2f})"
+
+
+def test_default_model_is_the_shipped_rattention_checkpoint():
+    from rattn_eval.runner import DEFAULT_MODEL, RunConfig
+
+    assert DEFAULT_MODEL == "tiny-rattn" and DEFAULT_MODEL in SHIPPED
+    assert RunConfig(tasks=("niah_single_1",), lengths=(1024,)).model == "tiny-rattn"
