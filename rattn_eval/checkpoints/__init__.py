@@ -2,7 +2,8 @@
 
     tiny-full   8 global layers (RoPE)
     tiny-swa    [swa x3, global] x 2, window 64, NoPE global layers
-    tiny-rattn  [rattn x3, global] x 2, window 64, NoPE global layers
+    tiny-rattn  [rattn x3, global] x 2, window 64, NoPE global layers; + a recall fine-tune (stage 3);
+                the default model of `rattn-eval run`
 
 Each folder is a checkpoint directory (config.json, model.safetensors in float16, tokenizer.json).
 How they were trained: scripts/train_tiny.sh and results/train/README.md.
