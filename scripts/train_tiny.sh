@@ -6,12 +6,15 @@
 #   bash scripts/train_tiny.sh ship DIR # copy DIR/<name>/checkpoint into the package
 #   bash scripts/train_tiny.sh train2   # on one GPU: continue the shipped checkpoints
 #   bash scripts/train_tiny.sh ship DIR
+#   bash scripts/train_tiny.sh stage3   # on a CPU: recall fine-tune of the shipped tiny-rattn (issue 6)
 #   bash scripts/train_tiny.sh recall   # on one GPU: the recall-heavy recipe of issue 6, from scratch
 #   bash scripts/train_tiny.sh gpu      # one device call: `recall` + harness evaluation, packed into $OUT
 #
-# The models shipped before issue 6 came from data, train1, ship, train2, ship on one H200.
-# The shipped models now come from `gpu` (one H200 call, which runs `recall`; its packed outputs
-# were copied back and shipped with `ship`). results/train/ holds the logs, summaries and throughput.
+# The shipped tiny-full and tiny-swa came from data, train1, ship, train2, ship on one H200; the
+# shipped tiny-rattn from the same and then stage3 (one CPU core, 30 minutes; its checkpoint copied
+# into rattn_eval/checkpoints/tiny-rattn). `recall` / `gpu` were prepared to retrain all three with
+# the stage-3 data on a GPU and dry-run on a CPU, but have not run on a GPU yet (no device time).
+# results/train/ holds the logs, summaries and throughput.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -39,6 +42,14 @@ case "${1:-}" in
     python3 -m rattn_eval.train tiny --data .cache/train-data --out "${OUT_DIR:-runs/tiny2}" \
       --budget-s "${BUDGET_S:-125}" --batch-size 64 --seq-len 1024 --workers "${WORKERS:-10}" \
       --init-from rattn_eval/checkpoints --synthetic 0.8 --lr 1e-3 --min-lr 1e-4 --seed 1
+    ;;
+  stage3)
+    # one CPU thread (two threads on two shared cores ran 5x slower); 900 steps of 4 x 512 tokens
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false \
+      "$PY" -m rattn_eval.train run --config results/train/finetune_cpu_tiny-rattn.json
+    mkdir -p rattn_eval/checkpoints/tiny-rattn
+    cp runs/ft-tiny-rattn/checkpoint/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json} \
+      rattn_eval/checkpoints/tiny-rattn/
     ;;
   recall)
     # issue 6: from scratch, 85% synthetic rows of the recall mix (mostly key -> value retrieval),
@@ -89,7 +100,7 @@ case "${1:-}" in
     done
     ;;
   *)
-    echo "usage: $0 data | train1 | train2 | recall | gpu | ship DIR" >&2
+    echo "usage: $0 data | train1 | train2 | stage3 | recall | gpu | ship DIR" >&2
     exit 2
     ;;
 esac
