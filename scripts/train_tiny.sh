@@ -44,7 +44,9 @@ case "${1:-}" in
       --init-from rattn_eval/checkpoints --synthetic 0.8 --lr 1e-3 --min-lr 1e-4 --seed 1
     ;;
   stage3)
-    # one CPU thread (two threads on two shared cores ran 5x slower); 900 steps of 4 x 512 tokens
+    # one CPU thread (two threads on two shared cores ran 5x slower); 900 steps of 4 x 512 tokens.
+    # The config continues rattn_eval/checkpoints/tiny-rattn: run it on the stage-2 checkpoint
+    # (`git checkout cd0e875 -- rattn_eval/checkpoints/tiny-rattn`) to reproduce the shipped one.
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false \
       "$PY" -m rattn_eval.train run --config results/train/finetune_cpu_tiny-rattn.json
     mkdir -p rattn_eval/checkpoints/tiny-rattn
