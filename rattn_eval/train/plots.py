@@ -105,7 +105,8 @@ def plot_finetune(results: Path, name: str = "tiny-rattn") -> Path:
 if __name__ == "__main__":
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "results/train")
     print(plot_loss(folder))
-    if (folder / "loss_stage3_tiny-rattn.jsonl").is_file():
-        print(plot_finetune(folder))
+    for name in ("tiny-full", "tiny-swa", "tiny-rattn"):
+        if (folder / f"loss_stage3_{name}.jsonl").is_file():
+            print(plot_finetune(folder, name))
     if (folder / "recall_probe.jsonl").is_file():
         print(plot_probe(folder))
