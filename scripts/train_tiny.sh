@@ -44,14 +44,18 @@ case "${1:-}" in
       --init-from rattn_eval/checkpoints --synthetic 0.8 --lr 1e-3 --min-lr 1e-4 --seed 1
     ;;
   stage3)
-    # one CPU thread (two threads on two shared cores ran 5x slower); 900 steps of 4 x 512 tokens.
-    # The config continues rattn_eval/checkpoints/tiny-rattn: run it on the stage-2 checkpoint
-    # (`git checkout cd0e875 -- rattn_eval/checkpoints/tiny-rattn`) to reproduce the shipped one.
+    # CPU recall fine-tune of one shipped model (default tiny-rattn; also tiny-full, tiny-swa), one
+    # CPU thread (two threads on two shared cores ran 5x slower): 900 steps of 4 x 512 tokens,
+    # config results/train/finetune_cpu_<name>.json. It continues rattn_eval/checkpoints/<name>: to
+    # reproduce the shipped models run it on the stage-2 checkpoints
+    # (`git checkout cd0e875 -- rattn_eval/checkpoints`). The two others ran side by side:
+    #   bash scripts/train_tiny.sh stage3 tiny-full & bash scripts/train_tiny.sh stage3 tiny-swa; wait
+    name=${2:-tiny-rattn}
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false \
-      "$PY" -m rattn_eval.train run --config results/train/finetune_cpu_tiny-rattn.json
-    mkdir -p rattn_eval/checkpoints/tiny-rattn
-    cp runs/ft-tiny-rattn/checkpoint/{config.json,model.safetensors,tokenizer.json,tokenizer_config.json} \
-      rattn_eval/checkpoints/tiny-rattn/
+      "$PY" -m rattn_eval.train run --config "results/train/finetune_cpu_$name.json"
+    mkdir -p "rattn_eval/checkpoints/$name"
+    cp "runs/ft-$name/checkpoint/"{config.json,model.safetensors,tokenizer.json,tokenizer_config.json} \
+      "rattn_eval/checkpoints/$name/"
     ;;
   recall)
     # issue 6: from scratch, 85% synthetic rows of the recall mix (mostly key -> value retrieval),
