@@ -22,6 +22,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from ..common import default_scale
+from ..rla.chunk import _num_sms
 from .naive import LocalCache
 
 _FEATURE_MAP_CODES = {"softmax": 0, "relu": 1, "identity": 2}
@@ -204,6 +205,23 @@ def decode_swa_partial_kernel(
 
 
 @triton.jit
+def merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, gi, d, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Flash-decoding merge: the NS partial softmaxes (max m, sum l, unnormalized acc) written by the
+    split programs of `pid` -> the normalized (BLOCK_G, BLOCK_D) output. Needs l > 0 overall."""
+    m = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)
+    for j in range(0, NS):
+        m = tl.maximum(m, tl.load(m_ptr + (pid * NS + j) * BLOCK_G + gi))
+    l_sum = tl.zeros((BLOCK_G,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    for j in range(0, NS):
+        row = (pid * NS + j) * BLOCK_G + gi
+        w = tl.exp(tl.load(m_ptr + row) - m)
+        l_sum += tl.load(l_ptr + row) * w
+        acc += tl.load(acc_ptr + row[:, None] * BLOCK_D + d[None, :]) * w[:, None]
+    return acc / l_sum[:, None]
+
+
+@triton.jit
 def decode_combine_kernel(
     k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, rla_ptr, g_swa_ptr, g_rla_ptr, o_ptr,
     stride_kb, stride_kh, stride_vb, stride_vh,
@@ -224,17 +242,7 @@ def decode_combine_kernel(
     gm = gi < G
     h = hk * G + gi
     q_mask = gm[:, None] & dm[None, :]
-    m = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)
-    for j in range(0, NS):
-        m = tl.maximum(m, tl.load(m_ptr + (pid * NS + j) * BLOCK_G + gi))
-    l_sum = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-    for j in range(0, NS):
-        row = (pid * NS + j) * BLOCK_G + gi
-        w = tl.exp(tl.load(m_ptr + row) - m)
-        l_sum += tl.load(l_ptr + row) * w
-        acc += tl.load(acc_ptr + row[:, None] * BLOCK_D + d[None, :]) * w[:, None]
-    o = acc / l_sum[:, None]  # the new token is always visible, so l > 0
+    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, gi, d, BLOCK_G, BLOCK_D)  # the new token is visible: l > 0
     if HAS_STATE:
         o_rla = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
         for j in range(0, NF):
@@ -255,12 +263,6 @@ def decode_combine_kernel(
     v_new = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype)
     tl.store(ring_k_ptr + b * stride_rkb + hk * stride_rkh + slot * stride_rks + d, k_new, mask=dm)
     tl.store(ring_v_ptr + b * stride_rvb + hk * stride_rvh + slot * stride_rvs + d, v_new, mask=dm)
-
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _splits(n: int, block: int, programs: int, target: int) -> tuple[int, int]:

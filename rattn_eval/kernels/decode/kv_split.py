@@ -17,6 +17,8 @@ import triton
 import triton.language as tl
 
 from ..common import default_scale
+from ..rla.chunk import _num_sms
+from .fused_recurrent import _splits, merge_softmax_splits
 
 # Programs the splits aim for under the CPU interpreter (on a GPU: twice the SM count); small, so
 # the tests stay fast, yet above 1 so they cover the merge.
@@ -84,24 +86,10 @@ def kv_decode_merge_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, stride_ob, stride_oh, H
     hk = pid % Hkv
     d = tl.arange(0, BLOCK_D)
     gi = tl.arange(0, BLOCK_G)
-    m = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)
-    for j in range(0, NS):
-        m = tl.maximum(m, tl.load(m_ptr + (pid * NS + j) * BLOCK_G + gi))
-    l_sum = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-    for j in range(0, NS):
-        row = (pid * NS + j) * BLOCK_G + gi
-        w = tl.exp(tl.load(m_ptr + row) - m)
-        l_sum += tl.load(l_ptr + row) * w
-        acc += tl.load(acc_ptr + row[:, None] * BLOCK_D + d[None, :]) * w[:, None]
-    o = acc / l_sum[:, None]  # key 0 is always visible, so l > 0
+    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, gi, d, BLOCK_G, BLOCK_D)  # key 0 is visible: l > 0
     mask = (gi < G)[:, None] & (d < D)[None, :]
     tl.store(o_ptr + b * stride_ob + (hk * G + gi)[:, None] * stride_oh + d[None, :],
              o.to(o_ptr.dtype.element_ty), mask=mask)
-
-
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, *, scale=None):
@@ -126,9 +114,7 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     target = _SPLIT_TARGET if interpreting else 2 * _num_sms(q.device)
     programs = B * Hkv
-    want = max(1, min(-(-target // programs), -(-S // block_s)))
-    s_split = -(-(-(-S // want)) // block_s) * block_s
-    ns = -(-S // s_split)
+    s_split, ns = _splits(S, block_s, programs, target)
     f32 = dict(dtype=torch.float32, device=q.device)
     m = torch.empty(programs * ns * block_g, **f32)
     l_ = torch.empty_like(m)
