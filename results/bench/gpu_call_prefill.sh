@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One H200 call for issue 8's prefill speed work: the sweep (picks and applies RLA_TUNING), then the
 # kernel benchmark and the GPU tests on the applied setting. Output packed into $OUT/prefill.tgz.
-#   SWEEP_BUDGET_S  seconds the sweep may spend on end-to-end candidates (default 45)
+#   SWEEP_BUDGET_S  seconds after which the sweep skips further state / output-pass variants (default 170)
+# The GPU tests get whatever is left of a 590 s call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 W=/tmp/prefill_call; rm -rf $W; mkdir -p $W
@@ -12,15 +13,16 @@ export PYTHONPATH=$PWD:/tmp/site TRITON_INTERPRET=0
 nvidia-smi -L > $W/env.txt 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> $W/env.txt 2>&1
 echo "== sweep"
-timeout 120 python3 results/bench/sweep_prefill.py --apply --budget-s "${SWEEP_BUDGET_S:-45}" > $W/sweep.txt 2>&1
+timeout 280 python3 results/bench/sweep_prefill.py --apply --budget-s "${SWEEP_BUDGET_S:-170}" > $W/sweep.txt 2>&1
+echo "sweep rc=$? at ${SECONDS}s"
 grep -E "winner|applied|best state|failed" $W/sweep.txt
-grep -n "^RLA_TUNING" rattn_eval/kernels/swa/parallel.py | tee $W/applied.txt
+grep -n "^RLA_TUNING" rattn_eval/kernels/swa/parallel.py | tee $W/applied.txt; cp rattn_eval/kernels/swa/parallel.py $W/parallel_applied.py
 echo "== bench"
 timeout 170 python3 -m rattn_eval.bench.kernels --out $W > $W/bench_log.txt 2>&1
-echo "bench rc=$?"; grep -E "ours_rattention|flex_swa|ours_swa " $W/kernels.txt | head -20
+echo "bench rc=$? at ${SECONDS}s"; grep -E "ours_rattention|flex_swa|ours_swa " $W/kernels.txt | head -20
 echo "== gpu prefill tests"
-timeout 200 python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/kernels/test_gpu_prefill.py > $W/gpu_prefill_tests.txt 2>&1
+timeout $((560 - SECONDS)) python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/kernels/test_gpu_prefill.py > $W/gpu_prefill_tests.txt 2>&1
 tail -3 $W/gpu_prefill_tests.txt
 echo "== gpu decode tests"
-timeout 60 python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_decode.py -rs > $W/gpu_decode_tests.txt 2>&1
+timeout $((590 - SECONDS)) python3 -m pytest -q -p no:cacheprovider -m gpu tests/kernels/test_decode.py -rs > $W/gpu_decode_tests.txt 2>&1
 tail -3 $W/gpu_decode_tests.txt

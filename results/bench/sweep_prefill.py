@@ -1,42 +1,44 @@
-"""H200 sweep for the RAttention prefill (issue 8): state-pass settings and output-pass designs / tiles
-at T = 32k, B = 1, H = 16, Hkv = 16, D = 128, w = 512, bf16.
+"""H200 sweep for the RAttention prefill (issue 8) at T = 32k, B = 1, H = 16, Hkv = 16, D = 128, w = 512, bf16.
 
-    python3 results/bench/sweep_prefill.py [--apply] [--budget-s 70]
+    python3 results/bench/sweep_prefill.py [--apply] [--budget-s 240]
 
-Prints per-kernel times with register / spill counts, end-to-end times, and a torch.profiler
-kernel breakdown of the winner. Every variant is first checked against the fp32 chunked reference
-(T = 4k, H = 4, Hkv = 2, relative RMS <= 1e-2); only correct variants can win. With --apply, the
-winner is written into the RLA_TUNING line of rattn_eval/kernels/swa/parallel.py (the package
-default), so a benchmark run after it in the same checkout measures the committed setting.
+Times each pass of the "two_kernel" design on its own, per state-block size (64, 128, 256 rows):
+  A  the SWA pass (SWA + RoPE + norm, adds the RLA pass's output) and plain SWA, per tile config;
+  B  the chunk-state scan, per scan setting (carry "fold" / "rescan", scan step, value slice,
+     warps, stages, programs per SM);
+  C  the RLA output pass, per tile config, on the fastest states of its state-block size;
+then runs the most promising whole combinations end to end (plus the one-pass "fused" design),
+each first checked against the fp32 chunked reference (T = 4k, H = 4, Hkv = 2, relative RMS <= 1e-2):
+only correct variants can win. Prints registers / spills / shared memory of each compiled kernel
+and a torch.profiler breakdown of the winner. With --apply, the winner is written into the
+RLA_TUNING line of rattn_eval/kernels/swa/parallel.py (the package default), so a benchmark run
+after it in the same checkout measures the committed setting.
 """
 
 import argparse
 import re
 import time
+from importlib import import_module
 from pathlib import Path
 
 import torch
 import triton.testing
 
-from importlib import import_module
-
 rf = import_module("rattn_eval.kernels.rattention.fused")  # (rattn_eval.kernels.rattention is also a function)
 rc = import_module("rattn_eval.kernels.rla.chunk")
 sp = import_module("rattn_eval.kernels.swa.parallel")
-from rattn_eval.kernels import Rope
-from rattn_eval.kernels.rattention.naive import rattention_chunked
+from rattn_eval.kernels import Rope  # noqa: E402
+from rattn_eval.kernels.rattention.naive import rattention_chunked  # noqa: E402
 
 T, H, D, W = 32768, 16, 128, 512
 T0 = time.time()
+CPU = not torch.cuda.is_available()  # dry run of the script under TRITON_INTERPRET=1 (tiny shapes)
+if CPU:
+    T, W = 512, 40
 
 
 def P(*a):
     print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
-
-
-CPU = not torch.cuda.is_available()  # dry run of the script under TRITON_INTERPRET=1 (tiny shapes)
-if CPU:
-    T = 256
 
 
 def bench(fn, rep=30):
@@ -79,17 +81,54 @@ def run_design(q, k, v, tables, gs, gr, design, tuning):
                                 tuning=tuning)
 
 
+def cfg(BM, BN, nw, ns, **extra):
+    return dict(BM=BM, BN=BN, num_warps=nw, num_stages=ns, **extra)
+
+
+SWA_CFGS = [cfg(64, 64, 4, 3), cfg(64, 64, 4, 2), cfg(128, 64, 8, 2), cfg(128, 64, 8, 3), cfg(128, 128, 8, 2),
+            cfg(64, 128, 4, 2), cfg(64, 32, 4, 4)]
+
+
+def state(block, carry="fold", block_t=None, block_v=None, num_warps=8, num_stages=2, programs_per_sm=4):
+    return dict(state_block=block, carry=carry, block_t=block_t or block, block_v=block_v, num_warps=num_warps,
+                num_stages=num_stages, programs_per_sm=programs_per_sm)
+
+
+STATE_VARIANTS = [
+    state(128, "rescan"),  # the previous default
+    state(128),
+    state(128, block_t=64, num_stages=3),
+    state(128, block_t=64, block_v=64, num_warps=4, num_stages=3),
+    state(128, block_v=64, num_warps=4),
+    state(128, block_v=64),
+    state(128, block_t=64, block_v=64, programs_per_sm=8),
+    state(128, programs_per_sm=8),
+    state(256),
+    state(256, block_t=64, num_stages=3),
+    state(256, block_t=64, block_v=64, num_warps=4, num_stages=3),
+    state(64),
+    state(64, block_v=64, num_warps=4, num_stages=3),
+]
+
+OUT_CFGS = {  # RLA output pass tiles per state block (BM divides it)
+    64: [cfg(64, 64, 4, 2), cfg(64, 32, 4, 2), cfg(64, 64, 8, 2)],
+    128: [cfg(128, 64, 8, 2), cfg(128, 32, 8, 2), cfg(128, 64, 4, 1), cfg(64, 64, 4, 2), cfg(64, 32, 4, 2)],
+    256: [cfg(128, 64, 8, 2), cfg(64, 64, 4, 2)],
+}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--apply", action="store_true")
-    ap.add_argument("--budget-s", type=float, default=70.0)
+    ap.add_argument("--budget-s", type=float, default=240.0)
     a = ap.parse_args()
     dev = "cpu" if CPU else "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
     bf = torch.float16 if CPU else torch.bfloat16
+    over = lambda: time.time() - T0 > a.budget_s  # noqa: E731
 
     # correctness set (as tests/kernels/test_gpu_prefill.py, T = 4k)
-    Tc, Hc, Hkvc = (160, 2, 1) if CPU else (4096, 4, 2)
+    Tc, Hc, Hkvc = (300, 2, 1) if CPU else (4096, 4, 2)
     qc, kc, vc = (torch.randn(1, Tc, h, D, device=dev, generator=g).to(bf) for h in (Hc, Hkvc, Hkvc))
     tc = tuple(x.contiguous() for x in Rope(D).tables(Tc, dev))
     gsc, grc = torch.rand(Hc, D, device=dev) + 0.5, torch.rand(Hc, D, device=dev) + 0.5
@@ -101,86 +140,99 @@ def main():
         return ((o - refc).norm() / refc.norm()).item()
 
     Hs = 1 if CPU else H
-    q = torch.randn(1, T, Hs, D, device=dev, generator=g).to(bf)
-    k = torch.randn(1, T, Hs, D, device=dev, generator=g).to(bf)
-    v = torch.randn(1, T, Hs, D, device=dev, generator=g).to(bf)
+    q, k, v = (torch.randn(1, T, Hs, D, device=dev, generator=g).to(bf) for _ in range(3))
     tables = tuple(x.contiguous() for x in Rope(D).tables(T, dev))
     gs, gr = torch.rand(Hs, D, device=dev) + 0.5, torch.rand(Hs, D, device=dev) + 0.5
-    P(f"plain SWA (swa_attention_triton, default tiles): {bench(lambda: sp.swa_attention_triton(q, k, v, window=W)):.3f} ms"
-      f"  {spy_out.info()}")
-    P("baseline before this change (results/bench/kernels_h200.txt): ours_rattention 2.216 ms at 32k/16")
-
-    # 1. state pass (BM = 128 blocks), alone
-    cfg128 = dict(BM=128, BN=64, num_warps=8, num_stages=2, early_norm=True)
-    seqs = sp.sequence_table(1, T, q.device, None, None, 128)
-    kr = torch.empty_like(k)
-    state_variants = [dict(num_warps=8, programs_per_sm=2), dict(num_warps=4, programs_per_sm=2),
-                      dict(num_warps=8, programs_per_sm=4), dict(num_warps=4, programs_per_sm=4),
-                      dict(num_warps=4, programs_per_sm=8)]
-    best_state, best_t = None, 1e9
-    for sv in state_variants:
-        try:
-            t = bench(lambda: rc.rla_prefix_states(k, v, seqs, window=W, feature=0, cfg=cfg128, kr=kr, rope=tables, **sv))
-        except Exception as e:  # noqa: BLE001
-            P(f"state {sv}: failed {type(e).__name__}: {str(e)[:200]}")
-            continue
-        P(f"state {sv}: {t:.3f} ms (3 launches)  states kernel {spy_state.info()}")
-        if t < best_t:
-            best_state, best_t = sv, t
-    P(f"best state settings: {best_state} {best_t:.3f} ms")
-    states = rc.rla_prefix_states(k, v, seqs, window=W, feature=0, cfg=cfg128, kr=kr, rope=tables, **best_state)
-
-    # 2. output pass alone (BM = 128 states) and end to end
     out = torch.empty_like(q)
-    kw = dict(window=W, scale=D ** -0.5, kr=kr, rope=tables, states=states, swa_norm_weight=gs, rla_norm_weight=gr,
-              eps=1e-6, feature=0)
-    for c in (dict(cfg128, early_norm=False), cfg128):
-        try:
-            t = bench(lambda: sp.launch_swa_fwd(q, k, v, out, seqs, cfg=c, do_swa=True, do_rla=True, **kw))
-            P(f"output pass fused {c}: {t:.3f} ms  {spy_out.info()}")
-        except Exception as e:  # noqa: BLE001
-            P(f"output pass fused {c}: failed {type(e).__name__}: {str(e)[:200]}")
-    try:
-        t = bench(lambda: sp.launch_swa_fwd(q, k, v, out, seqs, cfg=cfg128, do_swa=False, do_rla=True, norm_out=True, **kw))
-        P(f"output pass rla-only {cfg128}: {t:.3f} ms  {spy_out.info()}")
-        swa_cfg = dict(BM=64, BN=64, num_warps=4, num_stages=3)
-        seqs64 = sp.sequence_table(1, T, q.device, None, None, 64)
-        t = bench(lambda: sp.launch_swa_fwd(q, k, v, out, seqs64, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True, **kw))
-        P(f"output pass swa+add {swa_cfg}: {t:.3f} ms  {spy_out.info()}")
-    except Exception as e:  # noqa: BLE001
-        P(f"two-kernel parts failed {type(e).__name__}: {str(e)[:200]}")
+    kr = torch.empty_like(k)
+    P("baseline before this change (results/bench/kernels_h200.txt): ours_rattention 2.296 ms at 32k/16, "
+      "ours_swa 0.548 ms, flex_swa 0.698 ms")
 
-    candidates = [  # most likely first: the budget guard drops the tail
-        ("fused", dict(cfg128)),
-        ("fused", dict(cfg128, early_norm=False)),
-        ("two_kernel", dict(cfg128)),
-        ("fused", dict(BM=64, BN=64, num_warps=4, num_stages=2, early_norm=True)),
-        ("fused", dict(cfg128, num_warps=4)),
-        ("fused", dict(BM=64, BN=32, num_warps=4, num_stages=2, early_norm=True)),
-        ("fused", dict(cfg128, BN=32)),
-        ("fused_two_pass", dict(cfg128)),
-    ]
-    results = []
-    for design, c in candidates:
-        if time.time() - T0 > a.budget_s:
-            P(f"budget reached: skipping {design} {c}")
+    def timed(what, fn, spy):
+        try:
+            t = bench(fn)
+        except Exception as e:  # noqa: BLE001
+            P(f"{what}: failed {type(e).__name__}: {str(e)[:160]}")
+            return None
+        P(f"{what}: {t:.3f} ms  {spy.info()}")
+        return t
+
+    # A. the SWA pass of two_kernel, and plain SWA, per tile config
+    base_state = rc.rla_prefix_states(k, v, sp.sequence_table(1, T, q.device, None, None, 64), window=W, feature=0,
+                                      cfg=cfg(64, 64, 4, 2), kr=kr, rope=tables, **state(64))
+    kw = dict(window=W, scale=D ** -0.5, kr=kr, rope=tables, swa_norm_weight=gs, rla_norm_weight=gr, eps=1e-6,
+              feature=0)
+    swa_best = (1e9, None)
+    for c in SWA_CFGS:
+        seqs_c = sp.sequence_table(1, T, q.device, None, None, c["BM"])
+        t = timed(f"A swa+add pass {c}", lambda: sp.launch_swa_fwd(q, k, v, out, seqs_c, cfg=c, do_swa=True, do_rla=False,
+                                                                   add_out=True, states=None, **kw), spy_out)
+        timed(f"A plain swa     {c}", lambda: sp.launch_swa_fwd(q, k, v, out, seqs_c, window=W, scale=D ** -0.5, cfg=c),
+              spy_out)
+        if t is not None and t < swa_best[0]:
+            swa_best = (t, c)
+    P(f"A best swa+add pass: {swa_best[1]} {swa_best[0]:.3f} ms")
+    del base_state
+
+    # B. state scans, grouped by state block
+    best_state = {}
+    for sv in STATE_VARIANTS:
+        if over():
+            P(f"budget reached: skipping state {sv}")
             continue
-        tuning = dict(cfg=c, state=best_state)
+        bs = sv["state_block"]
+        c0 = OUT_CFGS[bs][0]
+        seqs = sp.sequence_table(1, T, q.device, None, None, c0["BM"])
+        t = timed(f"B state {sv}", lambda: rc.rla_prefix_states(k, v, seqs, window=W, feature=0, cfg=c0, kr=kr,
+                                                                rope=tables, **sv), spy_state)
+        if t is not None and t < best_state.get(bs, (1e9,))[0]:
+            best_state[bs] = (t, sv)
+    for bs, (t, sv) in sorted(best_state.items()):
+        P(f"B best state for block {bs}: {sv} {t:.3f} ms")
+
+    # C. RLA output pass per state block, on that block's best states
+    combos = []
+    for bs, (ts, sv) in sorted(best_state.items()):
+        for c in OUT_CFGS[bs]:
+            if over():
+                P(f"budget reached: skipping output pass {c} (block {bs})")
+                continue
+            c = dict(c, early_norm=True)
+            seqs = sp.sequence_table(1, T, q.device, None, None, c["BM"])
+            try:
+                st = rc.rla_prefix_states(k, v, seqs, window=W, feature=0, cfg=c, kr=kr, rope=tables, **sv)
+            except Exception as e:  # noqa: BLE001
+                P(f"C states for {c}: failed {type(e).__name__}: {str(e)[:160]}")
+                continue
+            t = timed(f"C rla output pass {c} state block {bs}",
+                      lambda: sp.launch_swa_fwd(q, k, v, out, seqs, cfg=c, do_swa=False, do_rla=True, norm_out=True,
+                                                states=st, **kw), spy_out)
+            if t is not None:
+                combos.append((ts + t + swa_best[0], sv, c))
+    combos.sort(key=lambda r: r[0])
+    for est, sv, c in combos[:5]:
+        P(f"C estimate {est:.3f} ms = state {sv} + output {c} + swa {swa_best[1]}")
+
+    # D. end to end: the best few two_kernel combinations and the fused design
+    candidates = [("two_kernel", dict(cfg=c, swa_cfg=swa_best[1], state=sv)) for _, sv, c in combos[:3]]
+    if 128 in best_state:
+        candidates.append(("fused", dict(cfg=cfg(128, 64, 8, 2, early_norm=True), state=best_state[128][1])))
+    results = []
+    for design, tuning in candidates:
         try:
             err = rel_err(design, tuning)
             t = bench(lambda: run_design(q, k, v, tables, gs, gr, design, tuning), rep=50)
         except Exception as e:  # noqa: BLE001
-            P(f"end-to-end {design} {c}: failed {type(e).__name__}: {str(e)[:200]}")
+            P(f"D end-to-end {design} {tuning}: failed {type(e).__name__}: {str(e)[:200]}")
             continue
         ok = err <= 1e-2
-        P(f"end-to-end {design} {c}: {t:.3f} ms, 4k rel.err vs fp32 ref {err:.2e} {'ok' if ok else 'WRONG'}")
+        P(f"D end-to-end {design} {tuning}: {t:.3f} ms, 4k rel.err vs fp32 ref {err:.2e} {'ok' if ok else 'WRONG'}")
         if ok:
-            results.append((t, design, c))
+            results.append((t, design, tuning))
     results.sort(key=lambda r: r[0])
-    t, design, c = results[0]
-    P(f"winner: {design} {c} state {best_state}: {t:.3f} ms")
+    t, design, tuning = results[0]
+    P(f"winner: {design} {tuning}: {t:.3f} ms")
 
-    tuning = dict(cfg=c, state=best_state)
     from torch.profiler import ProfilerActivity, profile
     for _ in range(3):
         run_design(q, k, v, tables, gs, gr, design, tuning)
@@ -191,12 +243,13 @@ def main():
             run_design(q, k, v, tables, gs, gr, design, tuning)
         if not CPU:
             torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cpu_time_total" if CPU else "cuda_time_total", row_limit=14), flush=True)
+    print(prof.key_averages().table(sort_by="cpu_time_total" if CPU else "cuda_time_total", row_limit=8), flush=True)
 
     if a.apply:
         path = Path(sp.__file__)
         src = path.read_text()
-        tuned = dict(design=design, cfg=c, state=dict(best_state, block_v=best_state.get("block_v")))
+        tuned = dict(design=design, cfg=dict(tuning["cfg"], early_norm=True),
+                     swa_cfg=tuning.get("swa_cfg") or swa_best[1], state=tuning["state"])
         line = "RLA_TUNING = " + repr(tuned).replace("'", '"')
         src, n = re.subn(r"^RLA_TUNING = .*?(  # noqa: E501)?$", line.replace("\\", "\\\\") + "  # noqa: E501", src,
                          count=1, flags=re.M)

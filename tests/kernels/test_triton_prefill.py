@@ -242,23 +242,44 @@ def test_padded_and_packed_equal_one_by_one():
             assert out[b, n:].abs().max().item() == 0 if n < T else True
 
 
-def test_many_scan_segments():
-    # Chunk states scanned in many segments (totals + carry + rescan), value slices, or one segment: all equal.
+@pytest.mark.parametrize("carry", ["fold", "rescan"])
+def test_many_scan_segments(carry):
+    # Chunk states scanned in many segments (carry folded into the output pass, or a second scan from
+    # it), value slices, scan steps smaller than a state block, state blocks larger than the output
+    # pass's query blocks, or one segment: all equal.
     q, k, v, _ = make_inputs(dict(T=200, D=64, heads=(2, 1), B=1, layout="dense", dtype="fp32"))
-    for fm, feature in (("softmax", 0), ("relu", 1), ("identity", 2)):
-        ref = residual_linear_attention_naive(q, k, v, window=3, feature_map=fm)
-        for bps, bv in ((1, 32), (3, None), (100, None)):
-            cfg = swa_parallel.block_config(64, True)
-            seqs = swa_parallel.SequenceTable(1, 200, q.device, None, None, cfg["BM"])
+    cfg = swa_parallel.block_config(64, True)
+    bm = cfg["BM"]
+    seqs = swa_parallel.SequenceTable(1, 200, q.device, None, None, bm)
+    for fm, feature, w in (("softmax", 0, 3), ("softmax", 0, 37), ("relu", 1, 3), ("identity", 2, 3)):
+        ref = residual_linear_attention_naive(q, k, v, window=w, feature_map=fm)
+        for bps, bv, bs, bt in ((1, 32, bm, bm), (3, None, bm, bm // 2), (100, None, bm, bm), (2, None, 2 * bm, bm // 2),
+                                (1, 32, 4 * bm, 2 * bm)):
             before = dict(rla_chunk.launch_counts)
-            states = rla_chunk.rla_prefix_states(k, v, seqs, window=3, feature=feature, cfg=cfg, blocks_per_segment=bps,
-                                                 block_v=bv)
-            several = rla_chunk.cdiv(200, cfg["BM"]) > bps
-            assert rla_chunk.launch_counts["rla_segment_totals"] == before["rla_segment_totals"] + several
+            st = rla_chunk.rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, blocks_per_segment=bps,
+                                             block_v=bv, state_block=bs, block_t=bt, carry=carry)
+            several = rla_chunk.cdiv(200, bs) > bps
+            assert rla_chunk.launch_counts["rla_segment_totals"] == before["rla_segment_totals"] + (
+                several and carry == "rescan")
+            assert rla_chunk.launch_counts["rla_carry_kernel"] == before["rla_carry_kernel"] + several
             assert rla_chunk.launch_counts["rla_chunk_state_kernel"] == before["rla_chunk_state_kernel"] + 1
-            out = swa_parallel.launch_swa_fwd(q, k, v, torch.empty_like(q), seqs, window=3, scale=1.0, cfg=cfg,
-                                              states=states, do_swa=False, do_rla=True, feature=feature)
-            assert_close(out, ref, 1e-4, f"{fm} blocks_per_segment={bps} block_v={bv}")
+            assert (st.carry is not None) == (several and carry == "fold")
+            out = swa_parallel.launch_swa_fwd(q, k, v, torch.empty_like(q), seqs, window=w, scale=1.0, cfg=cfg,
+                                              states=st, do_swa=False, do_rla=True, feature=feature)
+            assert_close(out, ref, 1e-4, f"{fm} w={w} carry={carry} blocks_per_segment={bps} block_v={bv} state_block={bs} "
+                                         f"block_t={bt}")
+
+
+def test_state_block_must_fit_the_output_blocks():
+    q, k, v, _ = make_inputs(dict(T=40, D=64, heads=(1, 1), B=1, layout="dense", dtype="fp32"))
+    cfg = swa_parallel.block_config(64, True)
+    seqs = swa_parallel.SequenceTable(1, 40, q.device, None, None, cfg["BM"])
+    with pytest.raises(ValueError, match="multiple of BM"):
+        rla_chunk.rla_prefix_states(k, v, seqs, window=3, feature=0, cfg=cfg, state_block=cfg["BM"] + 8)
+    st = rla_chunk.rla_prefix_states(k, v, seqs, window=3, feature=0, cfg=cfg, state_block=2 * cfg["BM"])
+    with pytest.raises(ValueError, match="equal when fused"):
+        swa_parallel.launch_swa_fwd(q, k, v, torch.empty_like(q), seqs, window=3, scale=1.0, cfg=cfg, states=st,
+                                    do_swa=True, do_rla=True)
 
 
 @pytest.mark.parametrize("design", ["fused", "fused_two_pass", "two_kernel"])

@@ -3,7 +3,8 @@
     o = rms(SWA(rope(q), rope(k), v)) * g_swa + rms(RLA(q, k, v)) * g_rla
 
   1. `rla_prefix_states` (rla/chunk.py) reads k and v: it stores the RLA chunk state at every
-     query-block boundary (carry included) and, on the way, writes RoPE-rotated k.
+     state-block boundary (segment-relative, plus a per-segment carry) and, on the way, writes
+     RoPE-rotated k.
   2. `swa_fwd_kernel` (swa/parallel.py), per the design in RLA_TUNING (swa/parallel.py):
      "two_kernel" (the H200 default): an RLA pass writes rms(o_rla) * g_rla, then the SWA pass,
      with the plain-SWA tiles, rotates q in-kernel and adds rms(o_swa) * g_swa.
@@ -88,8 +89,10 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
     B, T, H, D = q.shape
     tables = None if rope is None else _rope_tables(rope, B, T, D, q.device)
     kr = torch.empty_like(k) if tables is not None else None
-    states = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, kr=kr, rope=tables,
-                               **tuning.get("state", {}))
+    state_kw = dict(tuning.get("state", {}))
+    if design != "two_kernel":
+        state_kw["state_block"] = cfg["BM"]  # one pass over both branches: states at its query blocks
+    states = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, kr=kr, rope=tables, **state_kw)
     kw = dict(window=w, scale=default_scale(D, scale), kr=kr, rope=tables, states=states,
               swa_norm_weight=_norm_weight(swa_norm_weight, H, D, q.device),
               rla_norm_weight=_norm_weight(rla_norm_weight, H, D, q.device), eps=eps, feature=feature)

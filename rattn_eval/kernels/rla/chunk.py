@@ -19,6 +19,8 @@ stores absolute states, so the output pass reads one state tile per query block 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -37,30 +39,33 @@ launch_counts: dict[str, int] = {"rla_chunk_state_kernel": 0, "rla_segment_total
 @triton.jit
 def rla_chunk_state_kernel(
     k_ptr, v_ptr, kr_ptr, cos_ptr, sin_ptr, states_ptr, carry_ptr,
-    seq_row_ptr, seq_start_ptr, seq_len_ptr, block_base_ptr,
+    seq_row_ptr, seq_start_ptr, seq_len_ptr, state_base_ptr,
     T, Hkv, window, BPS, NSEG, stride_rope_b,
-    D: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, ROPE: tl.constexpr,
-    PRECISION: tl.constexpr, TOTALS: tl.constexpr, HAS_CARRY: tl.constexpr,
+    D: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
+    ROPE: tl.constexpr, PRECISION: tl.constexpr, STORE_STATES: tl.constexpr, STORE_TOTAL: tl.constexpr,
+    HAS_CARRY: tl.constexpr,
 ):
-    """Grid (segments, sequences, Hkv * halves * D/BV); one program scans the key blocks of one
-    segment for one feature half (phi(x) = [f(x), f(-x)], half 1 is f(-x)) and one value slice.
-    Block m' holds the keys [m'*BT - window, (m'+1)*BT - window).
+    """Grid (halves * D/BV, segments, sequences * Hkv): the programs that share a key tile (its two
+    feature halves phi(x) = [f(x), f(-x)] and its value slices) launch next to each other, so the tile
+    comes from HBM once. One program scans the state blocks of one segment for one feature half and
+    one value slice, BT keys per step. State block m' holds the keys [m'*BS - window, (m'+1)*BS - window).
 
-    TOTALS: writes the segment total sum_m' phi(K_m')^T V_m' (fp32) to carry (sequences, Hkv,
-    NSEG, F, D), nothing else (the carry pass then turns totals into exclusive prefixes).
-    Otherwise: starts from the carry of its segment (HAS_CARRY) and stores the absolute state
-    sum_{m' < m} phi(K_m')^T V_m' at every block m (states (blocks, Hkv, F, D)); with ROPE the
-    programs of half 0, value slice 0 also write k rotated (kr) for the SWA branch."""
-    seg = tl.program_id(0)
-    n = tl.program_id(1)
+    STORE_STATES: store, before adding block m, the running state at every block m (states
+    (blocks, Hkv, F, D)): relative to the segment start, or absolute when the scan starts from the
+    segment's carry (HAS_CARRY, carry (sequences, Hkv, NSEG, F, D) fp32). With ROPE it also writes k
+    rotated (kr) for the SWA branch (the programs of half 0, value slice 0).
+    STORE_TOTAL: store the segment total (fp32) into carry, for `rla_carry_kernel`."""
     NV: tl.constexpr = D // BV
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
-    hk = tl.program_id(2) // (NF * NV)
-    f = (tl.program_id(2) // NV) % NF
-    iv = tl.program_id(2) % NV
+    NSUB: tl.constexpr = BS // BT
+    f = tl.program_id(0) // NV
+    iv = tl.program_id(0) % NV
+    seg = tl.program_id(1)
+    n = tl.program_id(2) // Hkv
+    hk = tl.program_id(2) % Hkv
     L = tl.load(seq_len_ptr + n)
-    nb = tl.cdiv(L, BT)
+    nb = tl.cdiv(L, BS)
     m0 = seg * BPS
     if m0 >= nb:
         return
@@ -68,7 +73,7 @@ def rla_chunk_state_kernel(
     start = tl.load(seq_start_ptr + n)
     row = tl.load(seq_row_ptr + n).to(tl.int64)
     tok0 = row * T + start
-    sbase = tl.load(block_base_ptr + n).to(tl.int64)
+    sbase = tl.load(state_base_ptr + n).to(tl.int64)
     dt = k_ptr.dtype.element_ty
     sign_f = tl.where(f == 0, 1.0, -1.0)
 
@@ -81,11 +86,12 @@ def rla_chunk_state_kernel(
         s = tl.load(cr + s_off)
     else:
         s = tl.zeros([D, BV], dtype=tl.float32)
-    for m in range(m0, m1):
-        if not TOTALS:
-            st = states_ptr + ((sbase + m) * Hkv + hk) * (FD * D)
-            tl.store(st + s_off, s.to(states_ptr.dtype.element_ty))
-        offs_j = m * BT - window + offs_t
+    for i in range(m0 * NSUB, m1 * NSUB):
+        if STORE_STATES:
+            if i % NSUB == 0:
+                st = states_ptr + ((sbase + i // NSUB) * Hkv + hk) * (FD * D)
+                tl.store(st + s_off, s.to(states_ptr.dtype.element_ty))
+        offs_j = i * BT - window + offs_t
         ok = (offs_j >= 0) & (offs_j < L)
         rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
         kx = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32) * sign_f
@@ -93,9 +99,9 @@ def rla_chunk_state_kernel(
         pk = feature_map_one(kx, FEATURE)
         pk = tl.where(ok[:, None], pk, 0.0)  # phi(0) is not 0 for softmax: drop the padding rows
         s += tl.dot(tl.trans(pk.to(dt)), v, input_precision=PRECISION)
-        if ROPE and not TOTALS:
+        if ROPE and STORE_STATES:
             if f == 0 and iv == 0:
-                offs_r = m * BT + offs_t
+                offs_r = i * BT + offs_t
                 rok = offs_r < L
                 rrows = (tok0 + offs_r).to(tl.int64) * (Hkv * D) + hk * D
                 x = tl.load(k_ptr + rrows[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
@@ -107,23 +113,29 @@ def rla_chunk_state_kernel(
                 sign = tl.where(offs_d < D // 2, -1.0, 1.0)
                 xr = x * c + xs * sn * sign[None, :]
                 tl.store(kr_ptr + rrows[:, None] + offs_d[None, :], xr.to(kr_ptr.dtype.element_ty), mask=rok[:, None])
-    if TOTALS:
+    if STORE_TOTAL:
         tl.store(cr + s_off, s)
 
 
 @triton.jit
-def rla_carry_kernel(totals_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BT: tl.constexpr, BLK: tl.constexpr):
-    """Grid (SIZE/BLK, sequences * Hkv). Replace segment totals (in place) by exclusive prefix sums."""
+def rla_carry_kernel(totals_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BS: tl.constexpr, SB: tl.constexpr,
+                     BLK: tl.constexpr):
+    """Grid (SIZE/BLK, sequences * Hkv). Replace the segment totals (in place) by their exclusive
+    prefix sums, SB segments per step."""
     n = tl.program_id(1) // Hkv
-    nseg = tl.cdiv(tl.cdiv(tl.load(seq_len_ptr + n), BT), BPS)
+    nseg = tl.cdiv(tl.cdiv(tl.load(seq_len_ptr + n), BS), BPS)
     offs = tl.program_id(0) * BLK + tl.arange(0, BLK)
     ok = offs < SIZE
     base = totals_ptr + tl.program_id(1).to(tl.int64) * NSEG * SIZE
     run = tl.zeros([BLK], dtype=tl.float32)
-    for s in range(0, nseg):
-        x = tl.load(base + s * SIZE + offs, mask=ok, other=0.0)
-        tl.store(base + s * SIZE + offs, run, mask=ok)
-        run += x
+    for s0 in range(0, nseg, SB):
+        segs = s0 + tl.arange(0, SB)
+        m = (segs < nseg)[:, None] & ok[None, :]
+        ptr = base + segs.to(tl.int64)[:, None] * SIZE + offs[None, :]
+        x = tl.load(ptr, mask=m, other=0.0)
+        c = tl.cumsum(x, axis=0)
+        tl.store(ptr, c - x + run[None, :], mask=m)
+        run += tl.sum(x, axis=0)
 
 
 def _num_sms(device) -> int:
@@ -132,60 +144,103 @@ def _num_sms(device) -> int:
     return 4
 
 
+class ChunkStates(NamedTuple):
+    """RLA chunk states for the output pass. State block m of a sequence (index base[seq] + m of
+    `states`) holds sum phi(k_j)^T v_j over j < m*block - window; with `carry`, `states` holds that
+    sum relative to the start of its segment (blocks m // per_segment) and carry[seq, hk, segment]
+    (fp32) the rest."""
+    states: torch.Tensor  # (blocks, Hkv, F, D): bf16 for bf16 inputs, fp32 otherwise
+    carry: torch.Tensor | None  # (sequences, Hkv, segments, F, D) fp32, or None (states are absolute)
+    block: int
+    per_segment: int
+    base: torch.Tensor  # (sequences,) int32
+
+
+CARRY_MODES = ("fold", "rescan")
+
+
 def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=None, rope=None, blocks_per_segment=None,
-                      block_v=None, num_warps=None, programs_per_sm=None):
-    """Chunk states at every query-block boundary (s0 - window) of every sequence.
+                      block_v=None, num_warps=None, programs_per_sm=None, state_block=None, block_t=None, carry=None,
+                      num_stages=None) -> ChunkStates:
+    """Chunk states at every state-block boundary (m * state_block - window) of every sequence.
 
-    Three launches when the scan is cut into several segments: segment totals, their exclusive
-    prefix (the carry), then the states of every segment scanned again from its carry; one launch
-    otherwise. Every program owns one feature half (and one value slice), so a scan step holds a
-    [D, BV] fp32 accumulator.
+    The scan over blocks is cut into segments that run in parallel, one program per (feature half,
+    value slice, segment, sequence, KV head), each holding a [D, BV] fp32 accumulator. With several
+    segments, carry mode
+      "fold" (one scan): the scan stores states relative to its segment and the segment total; the
+        carry pass turns the totals into exclusive prefixes, which the output pass adds;
+      "rescan": a totals scan, the carry pass, then a second scan from the carry that stores
+        absolute states (the output pass reads one tile, but k and v are scanned twice).
 
-    Args: k, v (B, T, Hkv, D) contiguous; kr: (B, T, Hkv, D) output for rotated k (with rope).
-    Returns: states (blocks, Hkv, F, D): bf16 for bf16 inputs, fp32 otherwise (absolute, carry included).
+    Args: k, v (B, T, Hkv, D) contiguous; kr: (B, T, Hkv, D) output for rotated k (with rope);
+      state_block: rows per state block, a multiple of the output pass's BM (default BM);
+      block_t: keys per scan step, dividing state_block (default state_block).
     """
     B, T, Hkv, D = k.shape
-    BT = cfg["BM"]
-    nf = 1 if feature == 2 else 2
-    FD = nf * D
     tuned = {} if INTERPRET else RLA_TUNING["state"]
     block_v = block_v or tuned.get("block_v")
     num_warps = num_warps or tuned.get("num_warps")
+    num_stages = num_stages or tuned.get("num_stages") or 2
     programs_per_sm = programs_per_sm or tuned.get("programs_per_sm")
+    BS = state_block or tuned.get("state_block") or cfg["BM"]
+    if not state_block and BS % cfg["BM"]:
+        BS = cfg["BM"]  # the tuned block does not fit these tiles (e.g. fp32 inputs)
+    BT = min(block_t or tuned.get("block_t") or BS, BS)
+    if not block_t and BS % BT:
+        BT = BS
+    carry = carry or tuned.get("carry") or "fold"
+    if BS % cfg["BM"] or BS % BT or carry not in CARRY_MODES:
+        raise ValueError(f"state block {BS} must be a multiple of BM = {cfg['BM']} and of the scan step {BT}; "
+                         f"carry one of {CARRY_MODES}, got {carry!r}")
+    nf = 1 if feature == 2 else 2
+    FD = nf * D
     BV = min(block_v or D, D)  # one value slice: phi(k) is computed once per key block and half
     nv = D // BV
-    nb_max = cdiv(seqs.max_len, BT)
+    nb_max = cdiv(seqs.max_len, BS)
     if blocks_per_segment is None:
         if INTERPRET:
             blocks_per_segment = 2  # several segments even at test sizes, so the carry path runs
         else:
             want = max(1, cdiv((programs_per_sm or 2) * _num_sms(k.device), max(1, seqs.count * Hkv * nf * nv)))
-            blocks_per_segment = max(4, cdiv(nb_max, want))
+            blocks_per_segment = max(2 if carry == "fold" else 4, cdiv(nb_max, want))
     nseg = max(1, cdiv(nb_max, blocks_per_segment))
+    base, total = seqs.blocks_of(BS)
     sdt = torch.bfloat16 if k.dtype == torch.bfloat16 else torch.float32
-    states = torch.empty(max(seqs.num_blocks, 1), Hkv, FD, D, dtype=sdt, device=k.device)
+    states = torch.empty(max(total, 1), Hkv, FD, D, dtype=sdt, device=k.device)
+    several = nseg > 1 and seqs.count > 0
+    carry_t = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device) if several else None
+    result = ChunkStates(states, carry_t if carry == "fold" else None, BS, blocks_per_segment, base)
     if seqs.count == 0:
-        return states
-    carry = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device) if nseg > 1 else states
+        return result
     dummy = _dummy(k.device)
     cos, sin = rope if rope is not None else (dummy, dummy)
     stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
-    grid = (nseg, seqs.count, Hkv * nf * nv)
-    args = (k, v, kr if kr is not None else k, cos, sin, states, carry, seqs.row, seqs.start, seqs.length,
-            seqs.block_base, T, Hkv, window, blocks_per_segment, nseg, stride_rope_b)
-    meta = dict(D=D, BT=BT, BV=BV, FEATURE=feature, PRECISION=precision_for(k.dtype),
-                num_warps=num_warps or (4 if D <= 64 else 8), num_stages=2)
-    if nseg > 1:
-        rla_chunk_state_kernel[grid](*args, ROPE=False, TOTALS=True, HAS_CARRY=False, **meta)
-        launch_counts["rla_segment_totals"] += 1
+    grid = (nf * nv, nseg, seqs.count * Hkv)
+    args = (k, v, kr if kr is not None else k, cos, sin, states, carry_t if several else states,
+            seqs.row, seqs.start, seqs.length, base, T, Hkv, window, blocks_per_segment, nseg, stride_rope_b)
+    meta = dict(D=D, BS=BS, BT=BT, BV=BV, FEATURE=feature, PRECISION=precision_for(k.dtype),
+                num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
+
+    def carry_pass():
         size = FD * D
-        blk = 1024
-        rla_carry_kernel[(cdiv(size, blk), seqs.count * Hkv)](carry, seqs.length, Hkv, nseg, blocks_per_segment, size,
-                                                             BT=BT, BLK=blk, num_warps=4)
+        blk = 128
+        rla_carry_kernel[(cdiv(size, blk), seqs.count * Hkv)](carry_t, seqs.length, Hkv, nseg, blocks_per_segment,
+                                                             size, BS=BS, SB=16, BLK=blk, num_warps=4)
         launch_counts["rla_carry_kernel"] += 1
-    rla_chunk_state_kernel[grid](*args, ROPE=rope is not None, TOTALS=False, HAS_CARRY=nseg > 1, **meta)
+
+    if several and carry == "rescan":
+        rla_chunk_state_kernel[grid](*args, ROPE=False, STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, **meta)
+        launch_counts["rla_segment_totals"] += 1
+        carry_pass()
+        rla_chunk_state_kernel[grid](*args, ROPE=rope is not None, STORE_STATES=True, STORE_TOTAL=False, HAS_CARRY=True,
+                                     **meta)
+    else:
+        rla_chunk_state_kernel[grid](*args, ROPE=rope is not None, STORE_STATES=True, STORE_TOTAL=several,
+                                     HAS_CARRY=False, **meta)
+        if several:
+            carry_pass()
     launch_counts["rla_chunk_state_kernel"] += 1
-    return states
+    return result
 
 
 def check_rla_args(q, k, v, window, feature_map):

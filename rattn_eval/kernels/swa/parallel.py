@@ -70,17 +70,19 @@ def feature_map_one(x, FEATURE: tl.constexpr):
 @triton.jit
 def swa_fwd_kernel(
     q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
-    cos_ptr, sin_ptr, states_ptr, gs_ptr, gr_ptr,
-    seq_row_ptr, seq_start_ptr, seq_len_ptr, block_base_ptr,
-    T, H, Hkv, window, stride_rope_b, qk_scale, eps,
-    D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+    cos_ptr, sin_ptr, states_ptr, carry_ptr, gs_ptr, gr_ptr,
+    seq_row_ptr, seq_start_ptr, seq_len_ptr, state_base_ptr,
+    T, H, Hkv, window, stride_rope_b, qk_scale, eps, BPS, NSEG,
+    D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr,
     DO_SWA: tl.constexpr, DO_RLA: tl.constexpr, ROPE: tl.constexpr, FEATURE: tl.constexpr,
     PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
-    ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr,
+    ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
-    kr is k after RoPE (only read when ROPE); states (blocks, Hkv, F, D) hold, for block m of a
-    sequence, sum of phi(k_j)^T v_j over j < m*BM - window."""
+    kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
+    m (BS rows) of a sequence, at states[state_base[seq] + m] (+ carry[seq, hk, m // BPS] with
+    HAS_CARRY), is the sum of phi(k_j)^T v_j over j < m*BS - window. BS is a multiple of BM, and
+    equals it when both branches run in one pass."""
     pid_m = tl.program_id(0)
     pid_nh = tl.program_id(1)
     n = pid_nh // H
@@ -104,6 +106,9 @@ def swa_fwd_kernel(
     lo = tl.maximum(s0 - window, 0)
     hi = tl.minimum(s0 + BM, L)
     edge_end = s0 + BM - 1 - window  # keys below this bound are outside some row's window
+    ms = s0 // BS  # the state block of this query block
+    if DO_RLA and not DO_SWA:
+        lo = tl.maximum(ms * BS - window, 0)  # RLA alone: linear keys from the state boundary on
     n_tot = tl.cdiv(hi - lo, BN)
     n_a = tl.minimum(tl.cdiv(tl.maximum(edge_end - lo, 0), BN), n_tot)
     n_b = tl.minimum(tl.maximum((s0 - lo + 1) // BN, n_a), n_tot)
@@ -114,14 +119,23 @@ def swa_fwd_kernel(
         nq = nq.to(dt)
         acc_r = tl.zeros([BM, D], dtype=tl.float32)
         FD: tl.constexpr = D if FEATURE == 2 else 2 * D
-        if s0 - window > 0:
-            sidx = (tl.load(block_base_ptr + n) + pid_m).to(tl.int64) * Hkv + hk
+        if ms * BS - window > 0:
+            sidx = (tl.load(state_base_ptr + n) + ms).to(tl.int64) * Hkv + hk
             s_off = offs_d[:, None] * D + offs_d[None, :]
             st = states_ptr + sidx * (FD * D)
-            # bf16 inputs: the state is stored in bf16 and goes straight into the tensor-core product.
-            acc_r += tl.dot(pq, tl.load(st + s_off).to(dt), input_precision=PRECISION)
-            if FEATURE != 2:
-                acc_r += tl.dot(nq, tl.load(st + D * D + s_off).to(dt), input_precision=PRECISION)
+            if HAS_CARRY:
+                # segment-relative state + the segment's carry (fp32), summed before the product
+                cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + ms // BPS) * (FD * D)
+                acc_r += tl.dot(pq, (tl.load(st + s_off).to(tl.float32) + tl.load(cr + s_off)).to(dt),
+                                input_precision=PRECISION)
+                if FEATURE != 2:
+                    acc_r += tl.dot(nq, (tl.load(st + D * D + s_off).to(tl.float32) + tl.load(cr + D * D + s_off)).to(dt),
+                                    input_precision=PRECISION)
+            else:
+                # bf16 inputs: the state is stored in bf16 and goes straight into the tensor-core product.
+                acc_r += tl.dot(pq, tl.load(st + s_off).to(dt), input_precision=PRECISION)
+                if FEATURE != 2:
+                    acc_r += tl.dot(nq, tl.load(st + D * D + s_off).to(dt), input_precision=PRECISION)
         if RLA_SEPARATE:
             # Variant: the linear branch takes its own pass over the edge tiles (a second, cached
             # load), so its operands are dead before the softmax loop starts.
@@ -293,6 +307,17 @@ class SequenceTable:
         self.max_len = max((n for _, _, n in spans), default=0)
         self.num_blocks = sum(blocks)
         self.block = block
+        self._lengths = [n for _, _, n in spans]
+        self._bases = {block: (self.block_base, self.num_blocks)}
+
+    def blocks_of(self, block: int):
+        """(base, total) for another block size: base (count,) int32 = index of each sequence's first
+        block in a flat per-block array, total = number of blocks of all sequences (cached)."""
+        if block not in self._bases:
+            sizes = [cdiv(n, block) for n in self._lengths]
+            base = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], dtype=torch.int32)
+            self._bases[block] = (base.to(self.length.device), sum(sizes))
+        return self._bases[block]
 
 
 _DENSE_TABLES: dict = {}
@@ -315,7 +340,7 @@ def sequence_table(B, T, device, lengths, cu_seqlens, block) -> SequenceTable:
 # Hkv = 16 by results/bench/sweep_prefill.py, which rewrites this one line with the fastest correct variant):
 # design (rattention/fused.py DESIGNS), cfg = output-pass tiles (BM is also the chunk-state block), state =
 # rla_prefix_states settings.
-RLA_TUNING = {"design": "two_kernel", "cfg": {"BM": 128, "BN": 64, "num_warps": 8, "num_stages": 2, "early_norm": True}, "state": {"num_warps": 8, "programs_per_sm": 4, "block_v": None}}  # noqa: E501
+RLA_TUNING = {"design": "two_kernel", "cfg": {"BM": 128, "BN": 64, "num_warps": 4, "num_stages": 1, "early_norm": True}, "swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3}, "state": {"state_block": 128, "carry": "fold", "block_t": 64, "block_v": None, "num_warps": 8, "num_stages": 3, "programs_per_sm": 4}}  # noqa: E501
 
 
 def block_config(D: int, rla: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
@@ -356,7 +381,8 @@ def _dummy(device):
 def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=None, rope=None, states=None,
                    swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, do_swa=True, do_rla=False, feature=0,
                    rla_separate=False, norm_out=False, add_out=False):
-    """Launch `swa_fwd_kernel` over every (query block, sequence, head). Tensors contiguous."""
+    """Launch `swa_fwd_kernel` over every (query block, sequence, head). Tensors contiguous;
+    states: rla.chunk.ChunkStates (needed with do_rla)."""
     B, T, H, D = q.shape
     Hkv = k.shape[2]
     if seqs.count == 0:
@@ -364,19 +390,25 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     if seqs.block != cfg["BM"]:
         raise ValueError(f"sequence table built for blocks of {seqs.block}, launch uses BM = {cfg['BM']}")
     dummy = _dummy(q.device)
+    BS = states.block if states is not None else cfg["BM"]
+    if do_rla and (BS % cfg["BM"] or (do_swa and BS != cfg["BM"])):
+        raise ValueError(f"state block {BS} must be a multiple of BM = {cfg['BM']} (equal when fused with SWA)")
+    carry = states.carry if states is not None else None
     cos, sin = rope if rope is not None else (dummy, dummy)
     stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
     grid = (cdiv(seqs.max_len, cfg["BM"]), seqs.count * H)
     swa_fwd_kernel[grid](
         q, k, kr if kr is not None else k, v, out,
-        cos, sin, states if states is not None else dummy,
+        cos, sin, states.states if states is not None else dummy, carry if carry is not None else dummy,
         swa_norm_weight if swa_norm_weight is not None else dummy,
         rla_norm_weight if rla_norm_weight is not None else dummy,
-        seqs.row, seqs.start, seqs.length, seqs.block_base,
+        seqs.row, seqs.start, seqs.length, states.base if states is not None else seqs.block_base,
         T, H, Hkv, window, stride_rope_b, float(scale) * LOG2E, float(eps),
-        D=D, BM=cfg["BM"], BN=cfg["BN"], DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None, FEATURE=feature,
-        PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out, ADD_OUT=add_out,
-        EARLY_NORM=cfg.get("early_norm", False), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        states.per_segment if states is not None else 1, carry.shape[2] if carry is not None else 1,
+        D=D, BM=cfg["BM"], BN=cfg["BN"], BS=BS, DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None,
+        FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
+        ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
     return out
