@@ -2,6 +2,7 @@
 # One H200 call for issue 8's prefill speed work: the sweep (picks and applies RLA_TUNING), then the
 # kernel benchmark and the GPU tests on the applied setting. Output packed into $OUT/prefill.tgz.
 #   SWEEP_BUDGET_S  seconds after which the sweep skips further state / output-pass variants (default 170)
+#   SWEEP_ONLY=1    stop after the sweep (an exploratory call)
 # The GPU tests get whatever is left of a 590 s call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,6 +18,7 @@ timeout 280 python3 results/bench/sweep_prefill.py --apply --budget-s "${SWEEP_B
 echo "sweep rc=$? at ${SECONDS}s"
 grep -E "winner|applied|best state|failed" $W/sweep.txt
 grep -n "^RLA_TUNING" rattn_eval/kernels/swa/parallel.py | tee $W/applied.txt; cp rattn_eval/kernels/swa/parallel.py $W/parallel_applied.py
+[ "${SWEEP_ONLY:-0}" = 1 ] && exit 0
 echo "== bench"
 timeout 170 python3 -m rattn_eval.bench.kernels --out $W > $W/bench_log.txt 2>&1
 echo "bench rc=$? at ${SECONDS}s"; grep -E "ours_rattention|flex_swa|ours_swa " $W/kernels.txt | head -20

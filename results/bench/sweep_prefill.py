@@ -85,35 +85,34 @@ def cfg(BM, BN, nw, ns, **extra):
     return dict(BM=BM, BN=BN, num_warps=nw, num_stages=ns, **extra)
 
 
-SWA_CFGS = [cfg(64, 64, 4, 3), cfg(64, 64, 4, 2), cfg(128, 64, 8, 2), cfg(128, 64, 8, 3), cfg(128, 128, 8, 2),
-            cfg(64, 128, 4, 2), cfg(64, 32, 4, 4)]
+# (results/bench/prefill_iterations/1_sweep.txt tried 128x64, 128x128, 64x128 and 64x32 tiles as well: slower)
+SWA_CFGS = [cfg(64, 64, 4, 3), cfg(64, 64, 4, 2)]
 
 
-def state(block, carry="fold", block_t=None, block_v=None, num_warps=8, num_stages=2, programs_per_sm=4):
+def state(block, carry="fold", block_t=None, block_v=None, num_warps=8, num_stages=2, programs_per_sm=4,
+          phi_pass=False):
     return dict(state_block=block, carry=carry, block_t=block_t or block, block_v=block_v, num_warps=num_warps,
-                num_stages=num_stages, programs_per_sm=programs_per_sm)
+                num_stages=num_stages, programs_per_sm=programs_per_sm, phi_pass=phi_pass)
 
 
+# (1_sweep.txt: value slices of 64, 4 warps and state blocks of 64 were slower; 256 x 256-key steps do not fit)
 STATE_VARIANTS = [
-    state(128, "rescan"),  # the previous default
-    state(128),
-    state(128, block_t=64, num_stages=3),
-    state(128, block_t=64, block_v=64, num_warps=4, num_stages=3),
-    state(128, block_v=64, num_warps=4),
-    state(128, block_v=64),
-    state(128, block_t=64, block_v=64, programs_per_sm=8),
-    state(128, programs_per_sm=8),
-    state(256),
+    state(128, block_t=64, num_stages=3),  # the best of 1_sweep.txt
+    state(128, block_t=64, num_stages=4),
+    state(128, block_t=32, num_stages=4),
+    state(128, block_t=64, num_stages=3, programs_per_sm=2),
+    state(128, block_t=64, num_stages=3, programs_per_sm=8),
+    state(128, block_t=64, num_stages=3, phi_pass=True),
+    state(128, block_t=64, num_stages=4, phi_pass=True),
+    state(128, block_t=128, num_stages=3, phi_pass=True),
+    state(128, block_t=64, num_stages=3, num_warps=4, phi_pass=True),
     state(256, block_t=64, num_stages=3),
-    state(256, block_t=64, block_v=64, num_warps=4, num_stages=3),
-    state(64),
-    state(64, block_v=64, num_warps=4, num_stages=3),
+    state(256, block_t=64, num_stages=3, phi_pass=True),
 ]
 
 OUT_CFGS = {  # RLA output pass tiles per state block (BM divides it)
-    64: [cfg(64, 64, 4, 2), cfg(64, 32, 4, 2), cfg(64, 64, 8, 2)],
-    128: [cfg(128, 64, 8, 2), cfg(128, 32, 8, 2), cfg(128, 64, 4, 1), cfg(64, 64, 4, 2), cfg(64, 32, 4, 2)],
-    256: [cfg(128, 64, 8, 2), cfg(64, 64, 4, 2)],
+    128: [cfg(128, 64, 4, 1), cfg(128, 64, 8, 2), cfg(128, 128, 8, 2), cfg(128, 128, 4, 1), cfg(128, 64, 4, 2)],
+    256: [cfg(128, 64, 8, 2)],
 }
 
 
@@ -172,6 +171,11 @@ def main():
         if t is not None and t < swa_best[0]:
             swa_best = (t, c)
     P(f"A best swa+add pass: {swa_best[1]} {swa_best[0]:.3f} ms")
+    c = swa_best[1]
+    seqs_c = sp.sequence_table(1, T, q.device, None, None, c["BM"])
+    timed(f"A (diagnostic) swa+add pass without RoPE {c}",
+          lambda: sp.launch_swa_fwd(q, k, v, out, seqs_c, cfg=c, do_swa=True, do_rla=False, add_out=True, states=None,
+                                    **dict(kw, rope=None)), spy_out)
     del base_state
 
     # B. state scans, grouped by state block
@@ -189,14 +193,20 @@ def main():
             best_state[bs] = (t, sv)
     for bs, (t, sv) in sorted(best_state.items()):
         P(f"B best state for block {bs}: {sv} {t:.3f} ms")
+    for bs, (t, sv) in sorted(best_state.items()):
+        c0 = OUT_CFGS[bs][0]
+        seqs = sp.sequence_table(1, T, q.device, None, None, c0["BM"])
+        timed(f"B (diagnostic) state without RoPE {sv}", lambda: rc.rla_prefix_states(k, v, seqs, window=W, feature=0,
+                                                                                      cfg=c0, **sv), spy_state)
 
     # C. RLA output pass per state block, on that block's best states
     combos = []
-    for bs, (ts, sv) in sorted(best_state.items()):
-        for c in OUT_CFGS[bs]:
+    for bs, (ts, sv0) in sorted(best_state.items()):
+        for c, carry_dtype in [(c, d) for c in OUT_CFGS[bs] for d in ("fp32", "state")]:
             if over():
                 P(f"budget reached: skipping output pass {c} (block {bs})")
                 continue
+            sv = dict(sv0, carry_dtype=carry_dtype)
             c = dict(c, early_norm=True)
             seqs = sp.sequence_table(1, T, q.device, None, None, c["BM"])
             try:
@@ -204,7 +214,7 @@ def main():
             except Exception as e:  # noqa: BLE001
                 P(f"C states for {c}: failed {type(e).__name__}: {str(e)[:160]}")
                 continue
-            t = timed(f"C rla output pass {c} state block {bs}",
+            t = timed(f"C rla output pass {c} state block {bs} carry {carry_dtype}",
                       lambda: sp.launch_swa_fwd(q, k, v, out, seqs, cfg=c, do_swa=False, do_rla=True, norm_out=True,
                                                 states=st, **kw), spy_out)
             if t is not None:

@@ -257,7 +257,7 @@ def test_many_scan_segments(carry):
                                 (1, 32, 4 * bm, 2 * bm)):
             before = dict(rla_chunk.launch_counts)
             st = rla_chunk.rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, blocks_per_segment=bps,
-                                             block_v=bv, state_block=bs, block_t=bt, carry=carry)
+                                             block_v=bv, state_block=bs, block_t=bt, carry=carry, phi_pass=bps == 3)
             several = rla_chunk.cdiv(200, bs) > bps
             assert rla_chunk.launch_counts["rla_segment_totals"] == before["rla_segment_totals"] + (
                 several and carry == "rescan")
@@ -268,6 +268,30 @@ def test_many_scan_segments(carry):
                                               states=st, do_swa=False, do_rla=True, feature=feature)
             assert_close(out, ref, 1e-4, f"{fm} w={w} carry={carry} blocks_per_segment={bps} block_v={bv} state_block={bs} "
                                          f"block_t={bt}")
+
+
+def test_scan_carry_in_half_precision_and_rotated_k():
+    # The carry may be handed to the output pass in 16 bits (rounding only: fp16 tolerance); and the
+    # programs sharing a key tile each rotate a slice of its rows: together every row of kr, exactly.
+    T, D = 150, 64
+    q, k, v, _ = make_inputs(dict(T=T, D=D, heads=(2, 1), B=1, layout="dense", dtype="fp32"))
+    cfg = swa_parallel.block_config(D, True)
+    seqs = swa_parallel.SequenceTable(1, T, q.device, None, None, cfg["BM"])
+    cos, sin = Rope(D).tables(T, "cpu")
+    ref_kr = k * cos[None, :, None] + torch.cat([-k[..., D // 2:], k[..., : D // 2]], -1) * sin[None, :, None]
+    ref = residual_linear_attention_naive(q, k, v, window=11)
+    for bv, phi_pass in ((None, False), (16, False), (None, True)):
+        kr = torch.full_like(k, float("nan"))
+        before = rla_chunk.launch_counts["rla_phi_kernel"]
+        st = rla_chunk.rla_prefix_states(k, v, seqs, window=11, feature=0, cfg=cfg, blocks_per_segment=1, block_v=bv,
+                                         carry="fold", carry_dtype=torch.float16, kr=kr, rope=(cos, sin),
+                                         phi_pass=phi_pass)
+        assert rla_chunk.launch_counts["rla_phi_kernel"] == before + phi_pass
+        assert st.carry is not None and st.carry.dtype == torch.float16
+        assert_close(kr, ref_kr, 1e-6, f"rotated k, block_v={bv} phi_pass={phi_pass}")
+        out = swa_parallel.launch_swa_fwd(q, k, v, torch.empty_like(q), seqs, window=11, scale=1.0, cfg=cfg, states=st,
+                                          do_swa=False, do_rla=True)
+        assert_close(out, ref, TOL[torch.float16], f"fp16 carry, block_v={bv} phi_pass={phi_pass}")
 
 
 def test_state_block_must_fit_the_output_blocks():

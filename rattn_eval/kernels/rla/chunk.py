@@ -33,17 +33,18 @@ from ..swa.parallel import (
 
 FEATURES = {"softmax": 0, "relu": 1, "identity": 2}
 
-launch_counts: dict[str, int] = {"rla_chunk_state_kernel": 0, "rla_segment_totals": 0, "rla_carry_kernel": 0}
+launch_counts: dict[str, int] = {"rla_chunk_state_kernel": 0, "rla_segment_totals": 0, "rla_carry_kernel": 0,
+                                 "rla_phi_kernel": 0}
 
 
 @triton.jit
 def rla_chunk_state_kernel(
-    k_ptr, v_ptr, kr_ptr, cos_ptr, sin_ptr, states_ptr, carry_ptr,
+    k_ptr, v_ptr, kr_ptr, cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr,
     seq_row_ptr, seq_start_ptr, seq_len_ptr, state_base_ptr,
     T, Hkv, window, BPS, NSEG, stride_rope_b,
     D: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
     ROPE: tl.constexpr, PRECISION: tl.constexpr, STORE_STATES: tl.constexpr, STORE_TOTAL: tl.constexpr,
-    HAS_CARRY: tl.constexpr,
+    HAS_CARRY: tl.constexpr, FROM_PHI: tl.constexpr,
 ):
     """Grid (halves * D/BV, segments, sequences * Hkv): the programs that share a key tile (its two
     feature halves phi(x) = [f(x), f(-x)] and its value slices) launch next to each other, so the tile
@@ -53,8 +54,9 @@ def rla_chunk_state_kernel(
     STORE_STATES: store, before adding block m, the running state at every block m (states
     (blocks, Hkv, F, D)): relative to the segment start, or absolute when the scan starts from the
     segment's carry (HAS_CARRY, carry (sequences, Hkv, NSEG, F, D) fp32). With ROPE it also writes k
-    rotated (kr) for the SWA branch (the programs of half 0, value slice 0).
-    STORE_TOTAL: store the segment total (fp32) into carry, for `rla_carry_kernel`."""
+    rotated (kr) for the SWA branch: each of the programs sharing a key tile rotates a slice of it.
+    STORE_TOTAL: store the segment total (fp32) into carry, for `rla_carry_kernel`.
+    FROM_PHI: read phi(k) (B, T, Hkv, F) written by `rla_phi_kernel` instead of computing it."""
     NV: tl.constexpr = D // BV
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
@@ -94,34 +96,69 @@ def rla_chunk_state_kernel(
         offs_j = i * BT - window + offs_t
         ok = (offs_j >= 0) & (offs_j < L)
         rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
-        kx = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32) * sign_f
         v = tl.load(v_ptr + rows[:, None] + offs_v[None, :], mask=ok[:, None], other=0.0).to(dt)
-        pk = feature_map_one(kx, FEATURE)
-        pk = tl.where(ok[:, None], pk, 0.0)  # phi(0) is not 0 for softmax: drop the padding rows
-        s += tl.dot(tl.trans(pk.to(dt)), v, input_precision=PRECISION)
+        if FROM_PHI:
+            prow = (tok0 + offs_j).to(tl.int64) * (Hkv * FD) + hk * FD + f * D
+            pk = tl.load(phi_ptr + prow[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(dt)
+            s += tl.dot(tl.trans(pk), v, input_precision=PRECISION)
+        else:
+            kx = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32) * sign_f
+            pk = feature_map_one(kx, FEATURE)
+            pk = tl.where(ok[:, None], pk, 0.0)  # phi(0) is not 0 for softmax: drop the padding rows
+            s += tl.dot(tl.trans(pk.to(dt)), v, input_precision=PRECISION)
         if ROPE and STORE_STATES:
-            if f == 0 and iv == 0:
-                offs_r = i * BT + offs_t
-                rok = offs_r < L
-                rrows = (tok0 + offs_r).to(tl.int64) * (Hkv * D) + hk * D
-                x = tl.load(k_ptr + rrows[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
-                half = (offs_d + D // 2) % D
-                xs = tl.load(k_ptr + rrows[:, None] + half[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
-                rp = stride_rope_b * row + (start + offs_r).to(tl.int64) * D
-                c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0)
-                sn = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0)
-                sign = tl.where(offs_d < D // 2, -1.0, 1.0)
-                xr = x * c + xs * sn * sign[None, :]
-                tl.store(kr_ptr + rrows[:, None] + offs_d[None, :], xr.to(kr_ptr.dtype.element_ty), mask=rok[:, None])
+            # the NF * NV programs of this tile each rotate a slice of its rows (balanced work)
+            RB: tl.constexpr = BT // (NF * NV)
+            offs_r = i * BT + tl.program_id(0) * RB + tl.arange(0, RB)
+            rok = offs_r < L
+            rrows = (tok0 + offs_r).to(tl.int64) * (Hkv * D) + hk * D
+            x = tl.load(k_ptr + rrows[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
+            half = (offs_d + D // 2) % D
+            xs = tl.load(k_ptr + rrows[:, None] + half[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
+            rp = stride_rope_b * row + (start + offs_r).to(tl.int64) * D
+            c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
+            sn = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
+            sign = tl.where(offs_d < D // 2, -1.0, 1.0)
+            xr = x * c + xs * sn * sign[None, :]
+            tl.store(kr_ptr + rrows[:, None] + offs_d[None, :], xr.to(kr_ptr.dtype.element_ty), mask=rok[:, None])
     if STORE_TOTAL:
         tl.store(cr + s_off, s)
 
 
 @triton.jit
-def rla_carry_kernel(totals_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BS: tl.constexpr, SB: tl.constexpr,
+def rla_phi_kernel(k_ptr, phi_ptr, kr_ptr, cos_ptr, sin_ptr, T, Hkv, NROWS, stride_rope_b,
+                   D: tl.constexpr, BR: tl.constexpr, FEATURE: tl.constexpr, ROPE: tl.constexpr):
+    """Grid (rows / BR, Hkv) over all B * T rows: phi(k) (B, T, Hkv, F) in k's dtype and, with ROPE,
+    k rotated (kr) at table row t of batch row b (as the scan would)."""
+    NF: tl.constexpr = 1 if FEATURE == 2 else 2
+    FD: tl.constexpr = NF * D
+    hk = tl.program_id(1)
+    r = tl.program_id(0) * BR + tl.arange(0, BR)
+    ok = r < NROWS
+    offs_d = tl.arange(0, D)
+    rows = r.to(tl.int64) * (Hkv * D) + hk * D
+    x = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    prow = r.to(tl.int64) * (Hkv * FD) + hk * FD
+    pdt = phi_ptr.dtype.element_ty
+    tl.store(phi_ptr + prow[:, None] + offs_d[None, :], feature_map_one(x, FEATURE).to(pdt), mask=ok[:, None])
+    if NF == 2:
+        tl.store(phi_ptr + prow[:, None] + D + offs_d[None, :], feature_map_one(-x, FEATURE).to(pdt), mask=ok[:, None])
+    if ROPE:
+        half = (offs_d + D // 2) % D
+        xs = tl.load(k_ptr + rows[:, None] + half[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        rp = stride_rope_b * (r // T).to(tl.int64) + (r % T).to(tl.int64) * D
+        c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        sn = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        sign = tl.where(offs_d < D // 2, -1.0, 1.0)
+        tl.store(kr_ptr + rows[:, None] + offs_d[None, :], (x * c + xs * sn * sign[None, :]).to(kr_ptr.dtype.element_ty),
+                 mask=ok[:, None])
+
+
+@triton.jit
+def rla_carry_kernel(totals_ptr, out_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BS: tl.constexpr, SB: tl.constexpr,
                      BLK: tl.constexpr):
-    """Grid (SIZE/BLK, sequences * Hkv). Replace the segment totals (in place) by their exclusive
-    prefix sums, SB segments per step."""
+    """Grid (SIZE/BLK, sequences * Hkv). Write the exclusive prefix sums of the segment totals
+    (fp32) to out (same layout; fp32, possibly in place, or the states' dtype), SB segments per step."""
     n = tl.program_id(1) // Hkv
     nseg = tl.cdiv(tl.cdiv(tl.load(seq_len_ptr + n), BS), BPS)
     offs = tl.program_id(0) * BLK + tl.arange(0, BLK)
@@ -134,7 +171,8 @@ def rla_carry_kernel(totals_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BS: tl.const
         ptr = base + segs.to(tl.int64)[:, None] * SIZE + offs[None, :]
         x = tl.load(ptr, mask=m, other=0.0)
         c = tl.cumsum(x, axis=0)
-        tl.store(ptr, c - x + run[None, :], mask=m)
+        optr = out_ptr + tl.program_id(1).to(tl.int64) * NSEG * SIZE + segs.to(tl.int64)[:, None] * SIZE + offs[None, :]
+        tl.store(optr, (c - x + run[None, :]).to(out_ptr.dtype.element_ty), mask=m)
         run += tl.sum(x, axis=0)
 
 
@@ -150,7 +188,7 @@ class ChunkStates(NamedTuple):
     sum relative to the start of its segment (blocks m // per_segment) and carry[seq, hk, segment]
     (fp32) the rest."""
     states: torch.Tensor  # (blocks, Hkv, F, D): bf16 for bf16 inputs, fp32 otherwise
-    carry: torch.Tensor | None  # (sequences, Hkv, segments, F, D) fp32, or None (states are absolute)
+    carry: torch.Tensor | None  # (sequences, Hkv, segments, F, D) fp32 or the states' dtype; None: states absolute
     block: int
     per_segment: int
     base: torch.Tensor  # (sequences,) int32
@@ -161,7 +199,7 @@ CARRY_MODES = ("fold", "rescan")
 
 def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=None, rope=None, blocks_per_segment=None,
                       block_v=None, num_warps=None, programs_per_sm=None, state_block=None, block_t=None, carry=None,
-                      num_stages=None) -> ChunkStates:
+                      num_stages=None, carry_dtype=None, phi_pass=None) -> ChunkStates:
     """Chunk states at every state-block boundary (m * state_block - window) of every sequence.
 
     The scan over blocks is cut into segments that run in parallel, one program per (feature half,
@@ -174,7 +212,11 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
 
     Args: k, v (B, T, Hkv, D) contiguous; kr: (B, T, Hkv, D) output for rotated k (with rope);
       state_block: rows per state block, a multiple of the output pass's BM (default BM);
-      block_t: keys per scan step, dividing state_block (default state_block).
+      block_t: keys per scan step, dividing state_block (default state_block);
+      carry_dtype ("fold"): "fp32" (default), "state" (the states' dtype: half the bytes the output
+        pass reads) or a torch dtype; the prefix sums themselves are always accumulated in fp32;
+      phi_pass: a first, fully parallel pass writes phi(k) (and rotated k), so the scan only
+        loads and multiplies (default: the scan computes phi(k) itself).
     """
     B, T, Hkv, D = k.shape
     tuned = {} if INTERPRET else RLA_TUNING["state"]
@@ -189,6 +231,8 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     if not block_t and BS % BT:
         BT = BS
     carry = carry or tuned.get("carry") or "fold"
+    carry_dtype = carry_dtype or tuned.get("carry_dtype") or "fp32"
+    phi_pass = tuned.get("phi_pass", False) if phi_pass is None else phi_pass
     if BS % cfg["BM"] or BS % BT or carry not in CARRY_MODES:
         raise ValueError(f"state block {BS} must be a multiple of BM = {cfg['BM']} and of the scan step {BT}; "
                          f"carry one of {CARRY_MODES}, got {carry!r}")
@@ -196,6 +240,8 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     FD = nf * D
     BV = min(block_v or D, D)  # one value slice: phi(k) is computed once per key block and half
     nv = D // BV
+    if BT < nf * nv:
+        raise ValueError(f"scan step {BT} is smaller than the {nf * nv} programs that share a key tile (block_v {BV})")
     nb_max = cdiv(seqs.max_len, BS)
     if blocks_per_segment is None:
         if INTERPRET:
@@ -209,22 +255,37 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     states = torch.empty(max(total, 1), Hkv, FD, D, dtype=sdt, device=k.device)
     several = nseg > 1 and seqs.count > 0
     carry_t = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device) if several else None
-    result = ChunkStates(states, carry_t if carry == "fold" else None, BS, blocks_per_segment, base)
+    cdt = {"fp32": torch.float32, "state": sdt}.get(carry_dtype, carry_dtype)
+    carry_out = carry_t
+    if several and carry == "fold" and cdt != torch.float32:
+        carry_out = torch.empty(carry_t.shape, dtype=cdt, device=k.device)
+    result = ChunkStates(states, carry_out if carry == "fold" else None, BS, blocks_per_segment, base)
     if seqs.count == 0:
         return result
     dummy = _dummy(k.device)
     cos, sin = rope if rope is not None else (dummy, dummy)
     stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
+    phi = None
+    if phi_pass:
+        phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device)
+        br = 32
+        rla_phi_kernel[(cdiv(B * T, br), Hkv)](k, phi, kr if kr is not None else k, cos, sin, T, Hkv, B * T,
+                                               stride_rope_b, D=D, BR=br, FEATURE=feature, ROPE=rope is not None,
+                                               num_warps=4)
+        launch_counts["rla_phi_kernel"] += 1
     grid = (nf * nv, nseg, seqs.count * Hkv)
     args = (k, v, kr if kr is not None else k, cos, sin, states, carry_t if several else states,
-            seqs.row, seqs.start, seqs.length, base, T, Hkv, window, blocks_per_segment, nseg, stride_rope_b)
+            phi if phi is not None else k, seqs.row, seqs.start, seqs.length, base, T, Hkv, window,
+            blocks_per_segment, nseg, stride_rope_b)
     meta = dict(D=D, BS=BS, BT=BT, BV=BV, FEATURE=feature, PRECISION=precision_for(k.dtype),
-                num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
+                num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages, FROM_PHI=phi is not None)
+    scan_rope = rope is not None and phi is None
 
     def carry_pass():
         size = FD * D
         blk = 128
-        rla_carry_kernel[(cdiv(size, blk), seqs.count * Hkv)](carry_t, seqs.length, Hkv, nseg, blocks_per_segment,
+        out = carry_out if carry == "fold" else carry_t  # rescan: the second scan starts from fp32 carries
+        rla_carry_kernel[(cdiv(size, blk), seqs.count * Hkv)](carry_t, out, seqs.length, Hkv, nseg, blocks_per_segment,
                                                              size, BS=BS, SB=16, BLK=blk, num_warps=4)
         launch_counts["rla_carry_kernel"] += 1
 
@@ -232,10 +293,10 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
         rla_chunk_state_kernel[grid](*args, ROPE=False, STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, **meta)
         launch_counts["rla_segment_totals"] += 1
         carry_pass()
-        rla_chunk_state_kernel[grid](*args, ROPE=rope is not None, STORE_STATES=True, STORE_TOTAL=False, HAS_CARRY=True,
+        rla_chunk_state_kernel[grid](*args, ROPE=scan_rope, STORE_STATES=True, STORE_TOTAL=False, HAS_CARRY=True,
                                      **meta)
     else:
-        rla_chunk_state_kernel[grid](*args, ROPE=rope is not None, STORE_STATES=True, STORE_TOTAL=several,
+        rla_chunk_state_kernel[grid](*args, ROPE=scan_rope, STORE_STATES=True, STORE_TOTAL=several,
                                      HAS_CARRY=False, **meta)
         if several:
             carry_pass()

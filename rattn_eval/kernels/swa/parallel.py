@@ -126,11 +126,11 @@ def swa_fwd_kernel(
             if HAS_CARRY:
                 # segment-relative state + the segment's carry (fp32), summed before the product
                 cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + ms // BPS) * (FD * D)
-                acc_r += tl.dot(pq, (tl.load(st + s_off).to(tl.float32) + tl.load(cr + s_off)).to(dt),
+                acc_r += tl.dot(pq, (tl.load(st + s_off).to(tl.float32) + tl.load(cr + s_off).to(tl.float32)).to(dt),
                                 input_precision=PRECISION)
                 if FEATURE != 2:
-                    acc_r += tl.dot(nq, (tl.load(st + D * D + s_off).to(tl.float32) + tl.load(cr + D * D + s_off)).to(dt),
-                                    input_precision=PRECISION)
+                    s_n = tl.load(st + D * D + s_off).to(tl.float32) + tl.load(cr + D * D + s_off).to(tl.float32)
+                    acc_r += tl.dot(nq, s_n.to(dt), input_precision=PRECISION)
             else:
                 # bf16 inputs: the state is stored in bf16 and goes straight into the tensor-core product.
                 acc_r += tl.dot(pq, tl.load(st + s_off).to(dt), input_precision=PRECISION)
@@ -163,8 +163,8 @@ def swa_fwd_kernel(
             q_sw = tl.load(q_ptr + q_rows[:, None] + half[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
             rp = stride_rope_b * (tok0 // T) + (start + offs_m).to(tl.int64) * D
             rmask = row_ok[:, None]
-            c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=rmask, other=0.0)
-            s = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=rmask, other=0.0)
+            c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=rmask, other=0.0).to(tl.float32)
+            s = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=rmask, other=0.0).to(tl.float32)
             sign = tl.where(offs_d < D // 2, -1.0, 1.0)
             qs = q * c + q_sw * s * sign[None, :]
         else:
