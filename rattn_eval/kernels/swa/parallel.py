@@ -340,7 +340,7 @@ def sequence_table(B, T, device, lengths, cu_seqlens, block) -> SequenceTable:
 # Hkv = 16 by results/bench/sweep_prefill.py, which rewrites this one line with the fastest correct variant):
 # design (rattention/fused.py DESIGNS), cfg = output-pass tiles (BM is also the chunk-state block), state =
 # rla_prefix_states settings.
-RLA_TUNING = {"design": "two_kernel", "cfg": {"BM": 128, "BN": 64, "num_warps": 4, "num_stages": 1, "early_norm": True}, "swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3}, "state": {"state_block": 128, "carry": "fold", "block_t": 64, "block_v": None, "num_warps": 8, "num_stages": 3, "programs_per_sm": 4}}  # noqa: E501
+RLA_TUNING = {"design": "two_kernel", "cfg": {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 2, "early_norm": True}, "swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3}, "state": {"state_block": 128, "carry": "fold", "block_t": 128, "block_v": None, "num_warps": 8, "num_stages": 3, "programs_per_sm": 4, "phi_pass": True, "carry_dtype": "state"}}  # noqa: E501
 
 
 def block_config(D: int, rla: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
