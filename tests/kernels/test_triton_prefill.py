@@ -264,7 +264,9 @@ def test_many_scan_segments(carry):
             assert rla_chunk.launch_counts["rla_carry_kernel"] == before["rla_carry_kernel"] + several
             assert rla_chunk.launch_counts["rla_chunk_state_kernel"] == before["rla_chunk_state_kernel"] + 1
             assert (st.carry is not None) == (several and carry == "fold")
-            out = swa_parallel.launch_swa_fwd(q, k, v, torch.empty_like(q), seqs, window=w, scale=1.0, cfg=cfg,
+            # with the phi(k) pre-pass, the output pass reads phi(k) too, on a heads-first grid
+            c = dict(cfg, phi_k=True, heads_first=True) if bps == 3 else cfg
+            out = swa_parallel.launch_swa_fwd(q, k, v, torch.empty_like(q), seqs, window=w, scale=1.0, cfg=c,
                                               states=st, do_swa=False, do_rla=True, feature=feature)
             assert_close(out, ref, 1e-4, f"{fm} w={w} carry={carry} blocks_per_segment={bps} block_v={bv} state_block={bs} "
                                          f"block_t={bt}")
@@ -307,8 +309,8 @@ def test_state_block_must_fit_the_output_blocks():
 
 
 @pytest.mark.parametrize("design", ["fused", "fused_two_pass", "two_kernel"])
-@pytest.mark.parametrize("early_norm", [False, True])
-def test_rattention_designs_agree(design, early_norm):
+@pytest.mark.parametrize("early_norm,phi", [(False, False), (True, False), (True, True)])
+def test_rattention_designs_agree(design, early_norm, phi):
     # every design the H200 sweep may pick as the default (swa/parallel.py RLA_TUNING), with RoPE and norms
     from rattn_eval.kernels.rattention.fused import rattention_design
 
@@ -317,10 +319,16 @@ def test_rattention_designs_agree(design, early_norm):
     kw = dict(window=9, rope=Rope(D).tables(T, "cpu"), scale=None, feature_map="softmax",
               swa_norm_weight=torch.rand(H, D) + 0.5, rla_norm_weight=torch.rand(H, D) + 0.5, eps=1e-6)
     cfg = dict(swa_parallel.block_config(D, True), early_norm=early_norm)
+    swa_cfg = dict(BM=16, BN=16, num_warps=4, num_stages=1)
+    state = {}
+    if phi:  # phi(k) pre-pass (it also rotates k), read back by the output pass; heads-first grids
+        cfg, swa_cfg, state = dict(cfg, phi_k=True, heads_first=True), dict(swa_cfg, heads_first=True), dict(phi_pass=True)
+    before = rla_chunk.launch_counts["rla_phi_kernel"]
     out = rattention_design(q, k, v, lengths=None, cu_seqlens=None, design=design,
-                            tuning=dict(cfg=cfg, swa_cfg=dict(BM=16, BN=16, num_warps=4, num_stages=1)), **kw)
+                            tuning=dict(cfg=cfg, swa_cfg=swa_cfg, state=state), **kw)
+    assert rla_chunk.launch_counts["rla_phi_kernel"] == before + phi
     ref = rattention_naive(q.float(), k.float(), v.float(), **{a: b for a, b in kw.items() if a != "scale"})
-    assert_close(out.float(), ref, TOL[torch.float16], f"{design} early_norm={early_norm}")
+    assert_close(out.float(), ref, TOL[torch.float16], f"{design} early_norm={early_norm} phi={phi}")
 
 
 def test_bad_arguments_raise():

@@ -128,12 +128,13 @@ def rla_chunk_state_kernel(
 @triton.jit
 def rla_phi_kernel(k_ptr, phi_ptr, kr_ptr, cos_ptr, sin_ptr, T, Hkv, NROWS, stride_rope_b,
                    D: tl.constexpr, BR: tl.constexpr, FEATURE: tl.constexpr, ROPE: tl.constexpr):
-    """Grid (rows / BR, Hkv) over all B * T rows: phi(k) (B, T, Hkv, F) in k's dtype and, with ROPE,
-    k rotated (kr) at table row t of batch row b (as the scan would)."""
+    """Grid (Hkv, rows / BR) over all B * T rows: phi(k) (B, T, Hkv, F) in k's dtype and, with ROPE,
+    k rotated (kr) at table row t of batch row b (as the scan would). The heads of a row block launch
+    together, so its table rows are read from HBM once."""
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
-    hk = tl.program_id(1)
-    r = tl.program_id(0) * BR + tl.arange(0, BR)
+    hk = tl.program_id(0)
+    r = tl.program_id(1) * BR + tl.arange(0, BR)
     ok = r < NROWS
     offs_d = tl.arange(0, D)
     rows = r.to(tl.int64) * (Hkv * D) + hk * D
@@ -192,6 +193,7 @@ class ChunkStates(NamedTuple):
     block: int
     per_segment: int
     base: torch.Tensor  # (sequences,) int32
+    phi: torch.Tensor | None = None  # phi(k) (B, T, Hkv, F) when the pre-pass wrote it (the output pass may read it)
 
 
 CARRY_MODES = ("fold", "rescan")
@@ -269,7 +271,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     if phi_pass:
         phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device)
         br = 32
-        rla_phi_kernel[(cdiv(B * T, br), Hkv)](k, phi, kr if kr is not None else k, cos, sin, T, Hkv, B * T,
+        rla_phi_kernel[(Hkv, cdiv(B * T, br))](k, phi, kr if kr is not None else k, cos, sin, T, Hkv, B * T,
                                                stride_rope_b, D=D, BR=br, FEATURE=feature, ROPE=rope is not None,
                                                num_warps=4)
         launch_counts["rla_phi_kernel"] += 1
@@ -280,6 +282,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     meta = dict(D=D, BS=BS, BT=BT, BV=BV, FEATURE=feature, PRECISION=precision_for(k.dtype),
                 num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages, FROM_PHI=phi is not None)
     scan_rope = rope is not None and phi is None
+    result = result._replace(phi=phi)
 
     def carry_pass():
         size = FD * D

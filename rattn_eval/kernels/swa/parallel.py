@@ -70,21 +70,28 @@ def feature_map_one(x, FEATURE: tl.constexpr):
 @triton.jit
 def swa_fwd_kernel(
     q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
-    cos_ptr, sin_ptr, states_ptr, carry_ptr, gs_ptr, gr_ptr,
+    cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, gs_ptr, gr_ptr,
     seq_row_ptr, seq_start_ptr, seq_len_ptr, state_base_ptr,
     T, H, Hkv, window, stride_rope_b, qk_scale, eps, BPS, NSEG,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr,
     DO_SWA: tl.constexpr, DO_RLA: tl.constexpr, ROPE: tl.constexpr, FEATURE: tl.constexpr,
     PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
-    ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr,
+    ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
+    HEADS_FIRST: tl.constexpr,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
     m (BS rows) of a sequence, at states[state_base[seq] + m] (+ carry[seq, hk, m // BPS] with
     HAS_CARRY), is the sum of phi(k_j)^T v_j over j < m*BS - window. BS is a multiple of BM, and
-    equals it when both branches run in one pass."""
-    pid_m = tl.program_id(0)
-    pid_nh = tl.program_id(1)
+    equals it when both branches run in one pass. PHI_K: the linear branch reads phi(k) (B, T, Hkv, F)
+    from the chunk-state pre-pass instead of computing it. HEADS_FIRST: grid (sequences * H, query
+    blocks), so the heads of a query block run together and share its RoPE-table rows in L2."""
+    if HEADS_FIRST:
+        pid_m = tl.program_id(1)
+        pid_nh = tl.program_id(0)
+    else:
+        pid_m = tl.program_id(0)
+        pid_nh = tl.program_id(1)
     n = pid_nh // H
     h = pid_nh % H
     hk = h // (H // Hkv)
@@ -184,8 +191,13 @@ def swa_fwd_kernel(
         v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
         diff = offs_m[:, None] - offs_j[None, :]
         if DO_RLA and not RLA_SEPARATE:
-            kraw = tl.load(k_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(tl.float32)
-            pk, nk = feature_map_halves(kraw, FEATURE)
+            if PHI_K:
+                ph_off = ((tok0 + offs_j).to(tl.int64) * (Hkv * FD) + hk * FD)[:, None] + offs_d[None, :]
+                pk = tl.load(phi_ptr + ph_off, mask=col_ok[:, None], other=0.0)
+                nk = tl.load(phi_ptr + ph_off + D, mask=col_ok[:, None], other=0.0) if FEATURE != 2 else pk
+            else:
+                kraw = tl.load(k_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(tl.float32)
+                pk, nk = feature_map_halves(kraw, FEATURE)
             a = tl.dot(pq, tl.trans(pk.to(dt)), input_precision=PRECISION)
             if FEATURE != 2:
                 a += tl.dot(nq, tl.trans(nk.to(dt)), input_precision=PRECISION)
@@ -338,8 +350,9 @@ def sequence_table(B, T, device, lengths, cu_seqlens, block) -> SequenceTable:
 
 # RAttention / RLA launch settings for 16-bit inputs and D <= 128 (tuned on an H200 at T = 32k, w = 512,
 # Hkv = 16 by results/bench/sweep_prefill.py, which rewrites this one line with the fastest correct variant):
-# design (rattention/fused.py DESIGNS), cfg = output-pass tiles (BM is also the chunk-state block), state =
-# rla_prefix_states settings.
+# design (rattention/fused.py DESIGNS), cfg = RLA output-pass tiles (+ phi_k: read phi(k) from the pre-pass,
+# heads_first: grid order), swa_cfg = the SWA pass of "two_kernel", state = rla_prefix_states settings,
+# plain_swa_cfg = swa_attention's tiles.
 RLA_TUNING = {"design": "two_kernel", "cfg": {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 2, "early_norm": True}, "swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3}, "state": {"state_block": 128, "carry": "fold", "block_t": 128, "block_v": None, "num_warps": 8, "num_stages": 3, "programs_per_sm": 4, "phi_pass": True, "carry_dtype": "state"}}  # noqa: E501
 
 
@@ -350,8 +363,10 @@ def block_config(D: int, rla: bool, dtype: torch.dtype = torch.bfloat16) -> dict
     if dtype == torch.float32:  # fp32 tiles take twice the shared memory
         return dict(BM=64, BN=32, num_warps=4, num_stages=2) if D <= 128 else dict(BM=32, BN=32, num_warps=4, num_stages=1)
     if D <= 128:
-        # plain SWA is fastest with 64x64 tiles and 3 stages (H200 sweep, results/bench/kernels_h200_sweep.txt)
-        return dict(RLA_TUNING["cfg"]) if rla else dict(BM=64, BN=64, num_warps=4, num_stages=3)
+        # plain SWA: 64x64 tiles and 3 stages (H200 sweeps, results/bench/kernels_h200_sweep.txt), grid order
+        # from results/bench/sweep_prefill.py
+        return dict(RLA_TUNING["cfg"]) if rla else dict(RLA_TUNING.get("plain_swa_cfg") or dict(BM=64, BN=64, num_warps=4,
+                                                                                                num_stages=3))
     return dict(BM=64, BN=32, num_warps=8, num_stages=2)
 
 
@@ -396,10 +411,15 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     carry = states.carry if states is not None else None
     cos, sin = rope if rope is not None else (dummy, dummy)
     stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
+    heads_first = cfg.get("heads_first", False)
     grid = (cdiv(seqs.max_len, cfg["BM"]), seqs.count * H)
+    if heads_first:
+        grid = grid[::-1]
+    phi = states.phi if states is not None and do_rla and cfg.get("phi_k", False) else None
     swa_fwd_kernel[grid](
         q, k, kr if kr is not None else k, v, out,
         cos, sin, states.states if states is not None else dummy, carry if carry is not None else dummy,
+        phi if phi is not None else dummy,
         swa_norm_weight if swa_norm_weight is not None else dummy,
         rla_norm_weight if rla_norm_weight is not None else dummy,
         seqs.row, seqs.start, seqs.length, states.base if states is not None else seqs.block_base,
@@ -408,6 +428,7 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         D=D, BM=cfg["BM"], BN=cfg["BN"], BS=BS, DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None,
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
         ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
+        PHI_K=phi is not None, HEADS_FIRST=heads_first,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
