@@ -117,6 +117,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--apply", action="store_true")
     ap.add_argument("--budget-s", type=float, default=240.0)
+    ap.add_argument("--final", action="store_true",
+                    help="skip the per-pass sweeps: end to end, the committed RLA_TUNING and the variants in FINAL")
     a = ap.parse_args()
     dev = "cpu" if CPU else "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
@@ -152,6 +154,9 @@ def main():
             return None
         P(f"{what}: {t:.3f} ms  {spy.info()}")
         return t
+
+    if a.final:
+        return final(a, q, k, v, tables, gs, gr, rel_err)
 
     # A. the SWA pass of two_kernel, and plain SWA, per tile config
     base_state = rc.rla_prefix_states(k, v, sp.sequence_table(1, T, q.device, None, None, 64), window=W, feature=0,
@@ -225,7 +230,7 @@ def main():
     # D. end to end: the best few two_kernel combinations and the fused design
     candidates = [("two_kernel", dict(cfg=c, swa_cfg=swa_best[1], state=sv)) for _, sv, c in combos[:3]]
     if 128 in best_state:
-        candidates.append(("fused", dict(cfg=cfg(128, 64, 8, 2, early_norm=True, phi_k=True),
+        candidates.append(("fused", dict(cfg=cfg(128, 64, 8, 2, early_norm=True, phi_k=True), swa_cfg=swa_best[1],
                                          state=dict(best_state[128][1], carry_dtype="state"))))
     results = []
     for design, tuning in candidates:
@@ -239,6 +244,40 @@ def main():
         P(f"D end-to-end {design} {tuning}: {t:.3f} ms, 4k rel.err vs fp32 ref {err:.2e} {'ok' if ok else 'WRONG'}")
         if ok:
             results.append((t, design, tuning))
+    pick(a, results, q, k, v, tables, gs, gr, plain_best[1])
+
+
+def final(a, q, k, v, tables, gs, gr, rel_err):
+    """End to end only: the committed RLA_TUNING against the variants of it in FINAL_VARIANTS."""
+    base = sp.RLA_TUNING
+    results = []
+    for name, design, tuning in FINAL_VARIANTS(base):
+        try:
+            err = rel_err(design, tuning)
+            t = bench(lambda: run_design(q, k, v, tables, gs, gr, design, tuning), rep=50)
+        except Exception as e:  # noqa: BLE001
+            P(f"D end-to-end {name}: failed {type(e).__name__}: {str(e)[:200]}")
+            continue
+        ok = err <= 1e-2
+        P(f"D end-to-end {name} {design} {tuning}: {t:.3f} ms, 4k rel.err vs fp32 ref {err:.2e} {'ok' if ok else 'WRONG'}")
+        if ok:
+            results.append((t, design, tuning))
+    pick(a, results, q, k, v, tables, gs, gr, base.get("plain_swa_cfg"))
+
+
+def FINAL_VARIANTS(base):
+    d, c, sw, st = base["design"], base["cfg"], base.get("swa_cfg"), base["state"]
+    other = "two_kernel" if d == "fused" else "fused"
+    return [
+        ("committed", d, dict(cfg=c, swa_cfg=sw, state=st)),
+        ("heads-first output pass", d, dict(cfg=dict(c, heads_first=True), swa_cfg=sw, state=st)),
+        ("rescan states (no carry in the output pass)", d, dict(cfg=c, swa_cfg=sw, state=dict(st, carry="rescan"))),
+        ("heads-first + rescan", d, dict(cfg=dict(c, heads_first=True), swa_cfg=sw, state=dict(st, carry="rescan"))),
+        (f"design {other}", other, dict(cfg=c, swa_cfg=sw, state=st)),
+    ]
+
+
+def pick(a, results, q, k, v, tables, gs, gr, plain_swa_cfg):
     results.sort(key=lambda r: r[0])
     t, design, tuning = results[0]
     P(f"winner: {design} {tuning}: {t:.3f} ms")
@@ -258,8 +297,8 @@ def main():
     if a.apply:
         path = Path(sp.__file__)
         src = path.read_text()
-        tuned = dict(design=design, cfg=dict(tuning["cfg"], early_norm=True),
-                     swa_cfg=tuning.get("swa_cfg") or swa_best[1], state=tuning["state"], plain_swa_cfg=plain_best[1])
+        tuned = dict(design=design, cfg=dict(tuning["cfg"], early_norm=True), swa_cfg=tuning["swa_cfg"],
+                     state=tuning["state"], plain_swa_cfg=plain_swa_cfg)
         line = "RLA_TUNING = " + repr(tuned).replace("'", '"')
         src, n = re.subn(r"^RLA_TUNING = .*?(  # noqa: E501)?$", line.replace("\\", "\\\\") + "  # noqa: E501", src,
                          count=1, flags=re.M)

@@ -221,7 +221,8 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
         loads and multiplies (default: the scan computes phi(k) itself).
     """
     B, T, Hkv, D = k.shape
-    tuned = {} if INTERPRET else RLA_TUNING["state"]
+    # the tuned settings are for 16-bit inputs (fp32 tiles take twice the shared memory)
+    tuned = {} if INTERPRET or k.dtype == torch.float32 else RLA_TUNING["state"]
     block_v = block_v or tuned.get("block_v")
     num_warps = num_warps or tuned.get("num_warps")
     num_stages = num_stages or tuned.get("num_stages") or 2
