@@ -353,7 +353,7 @@ def sequence_table(B, T, device, lengths, cu_seqlens, block) -> SequenceTable:
 # design (rattention/fused.py DESIGNS), cfg = RLA output-pass tiles (+ phi_k: read phi(k) from the pre-pass,
 # heads_first: grid order), swa_cfg = the SWA pass of "two_kernel", state = rla_prefix_states settings,
 # plain_swa_cfg = swa_attention's tiles.
-RLA_TUNING = {"design": "fused", "cfg": {"BM": 128, "BN": 64, "num_warps": 8, "num_stages": 2, "early_norm": True, "phi_k": True}, "swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "heads_first": True}, "state": {"state_block": 128, "carry": "fold", "block_t": 128, "block_v": None, "num_warps": 8, "num_stages": 3, "programs_per_sm": 4, "phi_pass": True, "carry_dtype": "state"}, "plain_swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3}}  # noqa: E501
+RLA_TUNING = {"design": "fused", "cfg": {"BM": 128, "BN": 64, "num_warps": 8, "num_stages": 2, "early_norm": True, "phi_k": True, "heads_first": True}, "swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "heads_first": True}, "state": {"state_block": 128, "carry": "fold", "block_t": 128, "block_v": None, "num_warps": 8, "num_stages": 3, "programs_per_sm": 4, "phi_pass": True, "carry_dtype": "state"}, "plain_swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3}}  # noqa: E501
 
 
 def block_config(D: int, rla: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
