@@ -2,15 +2,15 @@
 
     o = rms(SWA(rope(q), rope(k), v)) * g_swa + rms(RLA(q, k, v)) * g_rla
 
-  1. `rla_prefix_states` (rla/chunk.py) reads k and v: it stores the RLA chunk state at every
-     state-block boundary (segment-relative, plus a per-segment carry) and, on the way, writes
-     RoPE-rotated k.
+  1. `rla_prefix_states` (rla/chunk.py) reads k and v: (with the tuned default) a pre-pass writes
+     phi(k) and RoPE-rotated k, then a scan stores the RLA chunk state at every state-block
+     boundary (segment-relative, plus a per-segment carry).
   2. `swa_fwd_kernel` (swa/parallel.py), per the design in RLA_TUNING (swa/parallel.py):
-     "two_kernel" (the H200 default): an RLA pass writes rms(o_rla) * g_rla, then the SWA pass,
-     with the plain-SWA tiles, rotates q in-kernel and adds rms(o_swa) * g_swa.
-     "fused": one pass per query block; the window-edge k/v tiles feed the softmax branch
-     (t - j <= w) and the linear branch (t - j > w) from a single load, and both norms and the
-     sum happen in the epilogue.
+     "fused" (the H200 default): one pass per query block; the window-edge tiles feed the softmax
+     branch (t - j <= w) and the linear branch (t - j > w) from a single load of v, and both norms
+     and the sum happen in the epilogue.
+     "two_kernel": an RLA pass writes rms(o_rla) * g_rla, then the SWA pass, with the plain-SWA
+     tiles, rotates q in-kernel and adds rms(o_swa) * g_swa.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ def _norm_weight(w, H, D, device):
 DESIGNS = ("fused", "fused_two_pass", "two_kernel")
 # "fused": one pass over the window, edge tiles shared by both branches.
 # "fused_two_pass": one kernel, but the RLA edge tiles get their own (cached) pass before the softmax loop.
-# "two_kernel": an RLA output pass writes rms(o_rla) * g_rla, the SWA pass adds rms(o_swa) * g_swa to it
-#   (the H200 default: results/bench/prefill_sweep_h200.txt).
+# "two_kernel": an RLA output pass writes rms(o_rla) * g_rla, the SWA pass adds rms(o_swa) * g_swa to it.
+# The H200 default is whichever results/bench/sweep_prefill.py measured fastest (prefill_sweep_h200.txt).
 DEFAULT_DESIGN = RLA_TUNING["design"]
 
 

@@ -10,11 +10,13 @@ j <= t - w - 1. Split them at the boundary s0 - w:
 So the output pass is `swa_fwd_kernel` with DO_RLA (and, for RAttention, DO_SWA as well).
 
 Chunk states are per KV head (the state depends on k and v only), accumulated in fp32 and
-stored once per query block: fp32 for fp32/fp16 inputs, bf16 for bf16 inputs (the output pass
-feeds them to bf16 tensor-core products anyway). The sequential scan over blocks is cut into
-segments that run in parallel, one program per (segment, KV head, feature half): a totals pass,
-a carry pass (exclusive prefix of the totals), then a second scan that starts from its carry and
-stores absolute states, so the output pass reads one state tile per query block and nothing else.
+stored once per state block: fp32 for fp32/fp16 inputs, bf16 for bf16 inputs (the output pass
+feeds them to bf16 tensor-core products anyway). Optionally a fully parallel pre-pass writes
+phi(k) first, so the scan only loads and multiplies. The sequential scan over blocks is cut into
+segments that run in parallel, one program per (feature half, value slice, segment, KV head);
+each stores its states relative to the segment start plus the segment total, and a carry pass
+turns the totals into exclusive prefixes, which the output pass adds to the state tile it reads
+(or, carry mode "rescan", a second scan starts from the carry and stores absolute states).
 """
 
 from __future__ import annotations
