@@ -3,6 +3,7 @@
 # kernel benchmark and the GPU tests on the applied setting. Output packed into $OUT/prefill.tgz.
 #   SWEEP_BUDGET_S  seconds after which the sweep skips further state / output-pass variants (default 170)
 #   SWEEP_ONLY=1    stop after the sweep (an exploratory call)
+#   SKIP_SWEEP=1    no sweep: benchmark and test the committed RLA_TUNING
 #   SWEEP_ARGS      extra sweep arguments (--final: end to end only, the committed setting and its variants)
 # The GPU tests get whatever is left of a 590 s call.
 set -uo pipefail
@@ -15,7 +16,7 @@ export PYTHONPATH=$PWD:/tmp/site TRITON_INTERPRET=0
 nvidia-smi -L > $W/env.txt 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> $W/env.txt 2>&1
 echo "== sweep"
-timeout 280 python3 results/bench/sweep_prefill.py --apply ${SWEEP_ARGS:-} --budget-s "${SWEEP_BUDGET_S:-170}" > $W/sweep.txt 2>&1
+[ "${SKIP_SWEEP:-0}" = 1 ] && echo "skipped (SKIP_SWEEP=1)" > $W/sweep.txt || timeout 280 python3 results/bench/sweep_prefill.py --apply ${SWEEP_ARGS:-} --budget-s "${SWEEP_BUDGET_S:-170}" > $W/sweep.txt 2>&1
 echo "sweep rc=$? at ${SECONDS}s"
 grep -E "winner|applied|best state|failed" $W/sweep.txt
 grep -n "^RLA_TUNING" rattn_eval/kernels/swa/parallel.py | tee $W/applied.txt; cp rattn_eval/kernels/swa/parallel.py $W/parallel_applied.py

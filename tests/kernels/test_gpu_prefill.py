@@ -95,3 +95,22 @@ def test_varlen_bf16_and_auto_backend_runs_triton():
     ref = rattention_chunked(q.float(), k.float(), v.float(), window=300, cu_seqlens=cu)
     _check(out, ref, BF16_RMS, BF16_ROW, "rattention packed")
     assert out[:, 4990:].abs().max().item() == 0
+
+
+def test_grids_beyond_65535_blocks():
+    # CUDA grids allow at most 65535 blocks in dimensions 2 and 3: more (sequence, head) pairs than
+    # that, and more phi(k) row blocks than that (B * T / 32 > 65535), must still run, in one launch.
+    g = torch.Generator(device="cuda").manual_seed(1)
+    B, T, H, D = 4100, 16, 16, 64
+    q, k, v = (torch.randn(B, T, H, D, device="cuda", generator=g).to(torch.bfloat16) for _ in range(3))
+    f = lambda x: x.float()  # noqa: E731
+    for op in (K.swa_attention, K.residual_linear_attention, K.rattention):
+        out = op(q, k, v, window=5, backend="triton")
+        ref = op(f(q), f(k), f(v), window=5, backend="torch")
+        _check(out, ref, BF16_RMS, BF16_ROW, f"{op.__name__} B={B} H={H} T={T}")
+    B, T = 70, 32768
+    q, k, v = (torch.randn(B, T, 1, D, device="cuda", generator=g).to(torch.bfloat16) for _ in range(3))
+    out = K.rattention(q, k, v, window=64, backend="triton")
+    for b in (0, B - 1):
+        ref = rattention_chunked(f(q[b:b + 1]), f(k[b:b + 1]), f(v[b:b + 1]), window=64)
+        _check(out[b:b + 1], ref, BF16_RMS, BF16_ROW, f"rattention B={B} T={T} row {b}")

@@ -48,9 +48,9 @@ def rla_chunk_state_kernel(
     ROPE: tl.constexpr, PRECISION: tl.constexpr, STORE_STATES: tl.constexpr, STORE_TOTAL: tl.constexpr,
     HAS_CARRY: tl.constexpr, FROM_PHI: tl.constexpr,
 ):
-    """Grid (halves * D/BV, segments, sequences * Hkv): the programs that share a key tile (its two
-    feature halves phi(x) = [f(x), f(-x)] and its value slices) launch next to each other, so the tile
-    comes from HBM once. One program scans the state blocks of one segment for one feature half and
+    """1-D grid over (sequences * Hkv, segments, halves * D/BV), the last fastest (a 1-D grid has no
+    65535 limit on any factor): the programs that share a key tile (its two feature halves
+    phi(x) = [f(x), f(-x)] and its value slices) launch next to each other, so the tile comes from HBM once. One program scans the state blocks of one segment for one feature half and
     one value slice, BT keys per step. State block m' holds the keys [m'*BS - window, (m'+1)*BS - window).
 
     STORE_STATES: store, before adding block m, the running state at every block m (states
@@ -63,11 +63,14 @@ def rla_chunk_state_kernel(
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
     NSUB: tl.constexpr = BS // BT
-    f = tl.program_id(0) // NV
-    iv = tl.program_id(0) % NV
-    seg = tl.program_id(1)
-    n = tl.program_id(2) // Hkv
-    hk = tl.program_id(2) % Hkv
+    pid = tl.program_id(0)
+    p = pid % (NF * NV)  # this program's place among the sharers of a key tile
+    f = p // NV
+    iv = p % NV
+    seg = (pid // (NF * NV)) % NSEG
+    nh = pid // (NF * NV * NSEG)
+    n = nh // Hkv
+    hk = nh % Hkv
     L = tl.load(seq_len_ptr + n)
     nb = tl.cdiv(L, BS)
     m0 = seg * BPS
@@ -111,7 +114,7 @@ def rla_chunk_state_kernel(
         if ROPE and STORE_STATES:
             # the NF * NV programs of this tile each rotate a slice of its rows (balanced work)
             RB: tl.constexpr = BT // (NF * NV)
-            offs_r = i * BT + tl.program_id(0) * RB + tl.arange(0, RB)
+            offs_r = i * BT + p * RB + tl.arange(0, RB)
             rok = offs_r < L
             rrows = (tok0 + offs_r).to(tl.int64) * (Hkv * D) + hk * D
             x = tl.load(k_ptr + rrows[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
@@ -130,13 +133,13 @@ def rla_chunk_state_kernel(
 @triton.jit
 def rla_phi_kernel(k_ptr, phi_ptr, kr_ptr, cos_ptr, sin_ptr, T, Hkv, NROWS, stride_rope_b,
                    D: tl.constexpr, BR: tl.constexpr, FEATURE: tl.constexpr, ROPE: tl.constexpr):
-    """Grid (Hkv, rows / BR) over all B * T rows: phi(k) (B, T, Hkv, F) in k's dtype and, with ROPE,
-    k rotated (kr) at table row t of batch row b (as the scan would). The heads of a row block launch
-    together, so its table rows are read from HBM once."""
+    """1-D grid (rows / BR * Hkv) over all B * T rows: phi(k) (B, T, Hkv, F) in k's dtype and, with
+    ROPE, k rotated (kr) at table row t of batch row b (as the scan would). The heads of a row block
+    launch together, so its table rows are read from HBM once."""
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
-    hk = tl.program_id(0)
-    r = tl.program_id(1) * BR + tl.arange(0, BR)
+    hk = tl.program_id(0) % Hkv
+    r = (tl.program_id(0) // Hkv).to(tl.int64) * BR + tl.arange(0, BR)
     ok = r < NROWS
     offs_d = tl.arange(0, D)
     rows = r.to(tl.int64) * (Hkv * D) + hk * D
@@ -160,13 +163,13 @@ def rla_phi_kernel(k_ptr, phi_ptr, kr_ptr, cos_ptr, sin_ptr, T, Hkv, NROWS, stri
 @triton.jit
 def rla_carry_kernel(totals_ptr, out_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BS: tl.constexpr, SB: tl.constexpr,
                      BLK: tl.constexpr):
-    """Grid (SIZE/BLK, sequences * Hkv). Write the exclusive prefix sums of the segment totals
+    """Grid (sequences * Hkv, SIZE/BLK). Write the exclusive prefix sums of the segment totals
     (fp32) to out (same layout; fp32, possibly in place, or the states' dtype), SB segments per step."""
-    n = tl.program_id(1) // Hkv
+    n = tl.program_id(0) // Hkv
     nseg = tl.cdiv(tl.cdiv(tl.load(seq_len_ptr + n), BS), BPS)
-    offs = tl.program_id(0) * BLK + tl.arange(0, BLK)
+    offs = tl.program_id(1) * BLK + tl.arange(0, BLK)
     ok = offs < SIZE
-    base = totals_ptr + tl.program_id(1).to(tl.int64) * NSEG * SIZE
+    base = totals_ptr + tl.program_id(0).to(tl.int64) * NSEG * SIZE
     run = tl.zeros([BLK], dtype=tl.float32)
     for s0 in range(0, nseg, SB):
         segs = s0 + tl.arange(0, SB)
@@ -174,7 +177,7 @@ def rla_carry_kernel(totals_ptr, out_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BS:
         ptr = base + segs.to(tl.int64)[:, None] * SIZE + offs[None, :]
         x = tl.load(ptr, mask=m, other=0.0)
         c = tl.cumsum(x, axis=0)
-        optr = out_ptr + tl.program_id(1).to(tl.int64) * NSEG * SIZE + segs.to(tl.int64)[:, None] * SIZE + offs[None, :]
+        optr = out_ptr + tl.program_id(0).to(tl.int64) * NSEG * SIZE + segs.to(tl.int64)[:, None] * SIZE + offs[None, :]
         tl.store(optr, (c - x + run[None, :]).to(out_ptr.dtype.element_ty), mask=m)
         run += tl.sum(x, axis=0)
 
@@ -274,11 +277,11 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     if phi_pass:
         phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device)
         br = 32
-        rla_phi_kernel[(Hkv, cdiv(B * T, br))](k, phi, kr if kr is not None else k, cos, sin, T, Hkv, B * T,
+        rla_phi_kernel[(cdiv(B * T, br) * Hkv,)](k, phi, kr if kr is not None else k, cos, sin, T, Hkv, B * T,
                                                stride_rope_b, D=D, BR=br, FEATURE=feature, ROPE=rope is not None,
                                                num_warps=4)
         launch_counts["rla_phi_kernel"] += 1
-    grid = (nf * nv, nseg, seqs.count * Hkv)
+    grid = (nf * nv * nseg * seqs.count * Hkv,)
     args = (k, v, kr if kr is not None else k, cos, sin, states, carry_t if several else states,
             phi if phi is not None else k, seqs.row, seqs.start, seqs.length, base, T, Hkv, window,
             blocks_per_segment, nseg, stride_rope_b)
@@ -291,7 +294,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
         size = FD * D
         blk = 128
         out = carry_out if carry == "fold" else carry_t  # rescan: the second scan starts from fp32 carries
-        rla_carry_kernel[(cdiv(size, blk), seqs.count * Hkv)](carry_t, out, seqs.length, Hkv, nseg, blocks_per_segment,
+        rla_carry_kernel[(seqs.count * Hkv, cdiv(size, blk))](carry_t, out, seqs.length, Hkv, nseg, blocks_per_segment,
                                                              size, BS=BS, SB=16, BLK=blk, num_warps=4)
         launch_counts["rla_carry_kernel"] += 1
 

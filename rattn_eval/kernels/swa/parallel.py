@@ -413,6 +413,11 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
     heads_first = cfg.get("heads_first", False)
     grid = (cdiv(seqs.max_len, cfg["BM"]), seqs.count * H)
+    if max(grid) > 65535:  # only the first grid dimension may exceed 65535: put the large one there
+        if min(grid) > 65535:
+            raise ValueError(f"{seqs.count} sequences x {H} heads and {grid[0]} query blocks per sequence are too many "
+                             f"for one launch; split the batch")
+        heads_first = grid[1] > 65535
     if heads_first:
         grid = grid[::-1]
     phi = states.phi if states is not None and do_rla and cfg.get("phi_k", False) else None
