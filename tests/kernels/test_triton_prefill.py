@@ -232,7 +232,17 @@ def test_padded_and_packed_equal_one_by_one():
     v = torch.cat([pad(s[2], -3.0) for s in seqs])
     packed = [torch.cat([s[i] for s in seqs], 1) for i in range(3)]
     cu = torch.tensor([0, 13, 43, 44])
-    for fn in (swa_attention_triton, residual_linear_attention_triton, rattention_triton):
+    from rattn_eval.kernels.rattention.fused import rattention_design
+
+    def rattention_phi(q, k, v, *, window, lengths=None, cu_seqlens=None):
+        # the H200 default's path: phi(k) pre-pass read back by the output pass, heads-first grids, 16-bit carry
+        cfg = dict(swa_parallel.block_config(64, True), phi_k=True, heads_first=True)
+        tuning = dict(cfg=cfg, state=dict(phi_pass=True, blocks_per_segment=1, carry_dtype=torch.float16))
+        return rattention_design(q, k, v, window=window, rope=None, scale=None, feature_map="softmax",
+                                 swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, lengths=lengths,
+                                 cu_seqlens=cu_seqlens, design="fused", tuning=tuning)
+
+    for fn in (swa_attention_triton, residual_linear_attention_triton, rattention_triton, rattention_phi):
         out = fn(q, k, v, window=5, lengths=torch.tensor(lens))
         outp = fn(*packed, window=5, cu_seqlens=cu)
         for b, n in enumerate(lens):
