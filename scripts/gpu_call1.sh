@@ -5,11 +5,7 @@
 # at most 8 files).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-W=/tmp/gpu_call1; rm -rf $W; mkdir -p $W
-pack() { tar czf "${OUT:-.}/gpu_call1.tgz" -C $W . ; }
-trap pack EXIT
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-export PYTHONPATH=$PWD:/tmp/site TRITON_INTERPRET=0
+source scripts/gpu_prelude.sh gpu_call1
 nvidia-smi > $W/nvidia-smi.txt 2>&1
 echo "== pytest -m gpu tests/kernels/test_decode.py" | tee $W/commands.txt
 timeout 150 python3 -m pytest -p no:cacheprovider -m gpu tests/kernels/test_decode.py -q -rs > $W/gpu_decode_tests.txt 2>&1

@@ -5,11 +5,8 @@
 # scripts/gpu_2x.sh (1 vs 2 GPUs). Everything is packed into $OUT/gpu_call4.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-W=/tmp/gpu_call4; rm -rf $W; mkdir -p $W
-trap 'tar czf "${OUT:-.}/gpu_call4.tgz" -C $W .' EXIT
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+source scripts/gpu_prelude.sh gpu_call4
 tar xzf .whl/head_kernels.tgz  # the committed prefill kernels, not edits in progress
-export PYTHONPATH=$PWD:/tmp/site TRITON_INTERPRET=0
 nvidia-smi > $W/nvidia-smi.txt 2>&1
 CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -p no:cacheprovider -m gpu tests/kernels/test_pointwise_kv_decode.py \
   tests/kernels/test_decode.py tests/models/test_debug_model.py -q -rs > $W/gpu_tests.txt 2>&1

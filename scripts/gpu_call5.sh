@@ -3,11 +3,8 @@
 # warm-up and 3 timed batches per backend: scripts/gpu_e2e.sh part 3 only. Packed into $OUT/gpu_call5.tgz.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-W=/tmp/gpu_call5; rm -rf $W; mkdir -p $W
-trap 'tar czf "${OUT:-.}/gpu_call5.tgz" -C $W .' EXIT
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+source scripts/gpu_prelude.sh gpu_call5
 tar xzf .whl/head_kernels.tgz  # the committed prefill kernels, not edits in progress
-export PYTHONPATH=$PWD:/tmp/site TRITON_INTERPRET=0
 PARTS=ruler RULER_N=24 OUT=$W bash scripts/gpu_e2e.sh > $W/gpu_e2e_stdout.txt 2>&1
 tail -12 $W/gpu_e2e_stdout.txt
 python3 results/bench/batch_times.py $W/gpu_e2e/ruler_triton $W/gpu_e2e/ruler_hf > $W/ruler_batches.txt 2>&1

@@ -8,11 +8,7 @@
 # The GPU tests get whatever is left of a 590 s call.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-W=/tmp/prefill_call; rm -rf $W; mkdir -p $W
-pack() { tar czf "${OUT:-.}/prefill.tgz" -C $W . ; }
-trap pack EXIT
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-export PYTHONPATH=$PWD:/tmp/site TRITON_INTERPRET=0
+source scripts/gpu_prelude.sh prefill
 nvidia-smi -L > $W/env.txt 2>&1
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> $W/env.txt 2>&1
 echo "== sweep"

@@ -159,8 +159,9 @@ def main():
         return final(a, q, k, v, tables, gs, gr, rel_err)
 
     # A. the SWA pass of two_kernel, and plain SWA, per tile config
-    base_state = rc.rla_prefix_states(k, v, sp.sequence_table(1, T, q.device, None, None, 64), window=W, feature=0,
-                                      cfg=cfg(64, 64, 4, 2), kr=kr, rope=tables, **state(64))
+    # the state pass writes kr (rotated k), which the SWA pass reads; its states are not needed here
+    rc.rla_prefix_states(k, v, sp.sequence_table(1, T, q.device, None, None, 64), window=W, feature=0,
+                         cfg=cfg(64, 64, 4, 2), kr=kr, rope=tables, **state(64))
     kw = dict(window=W, scale=D ** -0.5, kr=kr, rope=tables, swa_norm_weight=gs, rla_norm_weight=gr, eps=1e-6,
               feature=0)
     swa_best, plain_best = (1e9, None), (1e9, None)
@@ -180,7 +181,6 @@ def main():
     timed(f"A (diagnostic) swa+add pass without RoPE {c}",
           lambda: sp.launch_swa_fwd(q, k, v, out, seqs_c, cfg=c, do_swa=True, do_rla=False, add_out=True, states=None,
                                     **dict(kw, rope=None)), spy_out)
-    del base_state
 
     # B. state scans, grouped by state block
     best_state = {}

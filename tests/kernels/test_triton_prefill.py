@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import rattn_eval.kernels as K
 from rattn_eval.kernels import Rope, rattention_naive, residual_linear_attention_naive, swa_attention_naive
-from rattn_eval.kernels.rattention.fused import rattention_triton
+from rattn_eval.kernels.rattention.fused import rattention_design, rattention_triton
 from rattn_eval.kernels.rla import chunk as rla_chunk
 from rattn_eval.kernels.rla.chunk import residual_linear_attention_triton
 from rattn_eval.kernels.rla.naive import residual_linear_attention_recurrent
@@ -232,8 +232,6 @@ def test_padded_and_packed_equal_one_by_one():
     v = torch.cat([pad(s[2], -3.0) for s in seqs])
     packed = [torch.cat([s[i] for s in seqs], 1) for i in range(3)]
     cu = torch.tensor([0, 13, 43, 44])
-    from rattn_eval.kernels.rattention.fused import rattention_design
-
     def rattention_phi(q, k, v, *, window, lengths=None, cu_seqlens=None):
         # the H200 default's path: phi(k) pre-pass read back by the output pass, heads-first grids, 16-bit carry
         cfg = dict(swa_parallel.block_config(64, True), phi_k=True, heads_first=True)
@@ -322,8 +320,6 @@ def test_state_block_must_fit_the_output_blocks():
 @pytest.mark.parametrize("early_norm,phi", [(False, False), (True, False), (True, True)])
 def test_rattention_designs_agree(design, early_norm, phi):
     # every design the H200 sweep may pick as the default (swa/parallel.py RLA_TUNING), with RoPE and norms
-    from rattn_eval.kernels.rattention.fused import rattention_design
-
     T, H, D = 70, 4, 64
     q, k, v, _ = make_inputs(dict(T=T, D=D, heads=(H, 2), B=1, layout="dense", dtype="fp16"))
     kw = dict(window=9, rope=Rope(D).tables(T, "cpu"), scale=None, feature_map="softmax",

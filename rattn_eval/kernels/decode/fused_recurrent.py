@@ -198,6 +198,13 @@ def decode_swa_partial_kernel(
         l_i = l_i * alpha + tl.sum(pr, axis=1)
         acc = acc * alpha[:, None] + tl.sum(pr[:, :, None] * vb[None, :, :], axis=1)
         m_i = m_new
+    store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, BLOCK_G, BLOCK_D)
+
+
+@triton.jit
+def store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, BLOCK_G: tl.constexpr,
+                        BLOCK_D: tl.constexpr):
+    """Write split j of `pid`'s partial softmax (max m, sum l, unnormalized acc) for `merge_softmax_splits`."""
     row = (pid * NS + j) * BLOCK_G + gi
     tl.store(m_ptr + row, m_i)
     tl.store(l_ptr + row, l_i)

@@ -18,7 +18,7 @@ import triton.language as tl
 
 from ..common import default_scale
 from ..rla.chunk import _num_sms
-from .fused_recurrent import _splits, merge_softmax_splits
+from .fused_recurrent import _splits, merge_softmax_splits, store_softmax_split
 
 # Programs the splits aim for under the CPU interpreter (on a GPU: twice the SM count); small, so
 # the tests stay fast, yet above 1 so they cover the merge.
@@ -72,10 +72,7 @@ def kv_decode_partial_kernel(
             pv = tl.dot(p.to(vb.dtype), vb)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
-    row = (pid * NS + j) * BLOCK_G + gi
-    tl.store(m_ptr + row, m_i)
-    tl.store(l_ptr + row, l_i)
-    tl.store(acc_ptr + row[:, None] * BLOCK_D + d[None, :], acc)
+    store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, BLOCK_G, BLOCK_D)
 
 
 @triton.jit

@@ -29,8 +29,8 @@ import triton.language as tl
 
 from ..common import cdiv, check_feature_map, check_qkv
 from ..swa.parallel import (
-    INTERPRET, RLA_TUNING, SequenceTable, _dummy, block_config, check_head_dim, feature_map_one, launch_swa_fwd,
-    precision_for, sequence_table,
+    INTERPRET, RLA_TUNING, SequenceTable, _dummy, block_config, check_head_dim, feature_map_halves, feature_map_one,
+    launch_swa_fwd, precision_for, rope_rows, sequence_table,
 )
 
 FEATURES = {"softmax": 0, "relu": 1, "identity": 2}
@@ -118,13 +118,8 @@ def rla_chunk_state_kernel(
             rok = offs_r < L
             rrows = (tok0 + offs_r).to(tl.int64) * (Hkv * D) + hk * D
             x = tl.load(k_ptr + rrows[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
-            half = (offs_d + D // 2) % D
-            xs = tl.load(k_ptr + rrows[:, None] + half[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
             rp = stride_rope_b * row + (start + offs_r).to(tl.int64) * D
-            c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
-            sn = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=rok[:, None], other=0.0).to(tl.float32)
-            sign = tl.where(offs_d < D // 2, -1.0, 1.0)
-            xr = x * c + xs * sn * sign[None, :]
+            xr = rope_rows(x, k_ptr, rrows, cos_ptr, sin_ptr, rp, rok, D)
             tl.store(kr_ptr + rrows[:, None] + offs_d[None, :], xr.to(kr_ptr.dtype.element_ty), mask=rok[:, None])
     if STORE_TOTAL:
         tl.store(cr + s_off, s)
@@ -146,18 +141,14 @@ def rla_phi_kernel(k_ptr, phi_ptr, kr_ptr, cos_ptr, sin_ptr, T, Hkv, NROWS, stri
     x = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     prow = r.to(tl.int64) * (Hkv * FD) + hk * FD
     pdt = phi_ptr.dtype.element_ty
-    tl.store(phi_ptr + prow[:, None] + offs_d[None, :], feature_map_one(x, FEATURE).to(pdt), mask=ok[:, None])
+    pos, neg = feature_map_halves(x, FEATURE)
+    tl.store(phi_ptr + prow[:, None] + offs_d[None, :], pos.to(pdt), mask=ok[:, None])
     if NF == 2:
-        tl.store(phi_ptr + prow[:, None] + D + offs_d[None, :], feature_map_one(-x, FEATURE).to(pdt), mask=ok[:, None])
+        tl.store(phi_ptr + prow[:, None] + D + offs_d[None, :], neg.to(pdt), mask=ok[:, None])
     if ROPE:
-        half = (offs_d + D // 2) % D
-        xs = tl.load(k_ptr + rows[:, None] + half[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
         rp = stride_rope_b * (r // T).to(tl.int64) + (r % T).to(tl.int64) * D
-        c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        sn = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        sign = tl.where(offs_d < D // 2, -1.0, 1.0)
-        tl.store(kr_ptr + rows[:, None] + offs_d[None, :], (x * c + xs * sn * sign[None, :]).to(kr_ptr.dtype.element_ty),
-                 mask=ok[:, None])
+        xr = rope_rows(x, k_ptr, rows, cos_ptr, sin_ptr, rp, ok, D)
+        tl.store(kr_ptr + rows[:, None] + offs_d[None, :], xr.to(kr_ptr.dtype.element_ty), mask=ok[:, None])
 
 
 @triton.jit
@@ -293,8 +284,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     def carry_pass():
         size = FD * D
         blk = 128
-        out = carry_out if carry == "fold" else carry_t  # rescan: the second scan starts from fp32 carries
-        rla_carry_kernel[(seqs.count * Hkv, cdiv(size, blk))](carry_t, out, seqs.length, Hkv, nseg, blocks_per_segment,
+        rla_carry_kernel[(seqs.count * Hkv, cdiv(size, blk))](carry_t, carry_out, seqs.length, Hkv, nseg, blocks_per_segment,
                                                              size, BS=BS, SB=16, BLK=blk, num_warps=4)
         launch_counts["rla_carry_kernel"] += 1
 

@@ -68,6 +68,19 @@ def feature_map_one(x, FEATURE: tl.constexpr):
 
 
 @triton.jit
+def rope_rows(x, x_ptr, rows, cos_ptr, sin_ptr, rp, ok, D: tl.constexpr):
+    """x (R, D) fp32, the rows at x_ptr + rows, rotated rotate-half style with the table rows at
+    cos_ptr / sin_ptr + rp: x * cos + roll(x, D/2) * (-sin | +sin). Tables of any float dtype; fp32 math."""
+    offs_d = tl.arange(0, D)
+    half = (offs_d + D // 2) % D
+    xs = tl.load(x_ptr + rows[:, None] + half[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    s = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    sign = tl.where(offs_d < D // 2, -1.0, 1.0)
+    return x * c + xs * s * sign[None, :]
+
+
+@triton.jit
 def swa_fwd_kernel(
     q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
     cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, gs_ptr, gr_ptr,
@@ -165,15 +178,8 @@ def swa_fwd_kernel(
 
     if DO_SWA:
         if ROPE:
-            # rotate-half: x_rot = x * cos + roll(x, D/2) * (-sin | +sin)
-            half = (offs_d + D // 2) % D
-            q_sw = tl.load(q_ptr + q_rows[:, None] + half[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
             rp = stride_rope_b * (tok0 // T) + (start + offs_m).to(tl.int64) * D
-            rmask = row_ok[:, None]
-            c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=rmask, other=0.0).to(tl.float32)
-            s = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=rmask, other=0.0).to(tl.float32)
-            sign = tl.where(offs_d < D // 2, -1.0, 1.0)
-            qs = q * c + q_sw * s * sign[None, :]
+            qs = rope_rows(q, q_ptr, q_rows, cos_ptr, sin_ptr, rp, row_ok, D)
         else:
             qs = q
         qs = (qs * qk_scale).to(dt)  # qk_scale = softmax scale * log2(e): scores come out in base 2
