@@ -18,8 +18,9 @@ from __future__ import annotations
 import torch
 
 from ..common import default_scale
-from ..rla.chunk import prepare_rla_launch, rla_prefix_states
-from ..swa.parallel import RLA_TUNING, block_config, launch_swa_fwd, sequence_table
+from ..rla.chunk import prepare_rla_launch, rla_prefix_states, rla_segment_carry
+from ..rla.segment import launch_rla_segments, segment_config, segment_length
+from ..swa.parallel import INTERPRET, RLA_TUNING, block_config, launch_swa_fwd, sequence_table
 
 
 def _rope_tables(rope, B, T, D, device, dtype=torch.float32):
@@ -47,10 +48,12 @@ def _norm_weight(w, H, D, device):
     return w.to(device=device, dtype=torch.float32).contiguous()
 
 
-DESIGNS = ("fused", "fused_two_pass", "two_kernel")
+DESIGNS = ("fused", "fused_two_pass", "two_kernel", "segment")
 # "fused": one pass over the window, edge tiles shared by both branches.
 # "fused_two_pass": one kernel, but the RLA edge tiles get their own (cached) pass before the softmax loop.
 # "two_kernel": an RLA output pass writes rms(o_rla) * g_rla, the SWA pass adds rms(o_swa) * g_swa to it.
+# "segment": segment totals + carry, then rla/segment.py writes the raw o_rla with the state kept on
+#   chip, and the SWA pass normalizes it and adds rms(o_swa) * g_swa.
 # The H200 default is whichever results/bench/sweep_prefill.py measured fastest (prefill_sweep_h200.txt).
 DEFAULT_DESIGN = RLA_TUNING["design"]
 
@@ -93,16 +96,30 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
     tdt = torch.float16 if q.dtype == torch.bfloat16 else torch.float32
     tables = None if rope is None else _rope_tables(rope, B, T, D, q.device, tdt)
     kr = torch.empty_like(k) if tables is not None else None
+    kw = dict(window=w, scale=default_scale(D, scale), kr=kr, rope=tables,
+              swa_norm_weight=_norm_weight(swa_norm_weight, H, D, q.device),
+              rla_norm_weight=_norm_weight(rla_norm_weight, H, D, q.device), eps=eps, feature=feature)
+    swa_cfg = tuning.get("swa_cfg") or (RLA_TUNING.get("swa_cfg") if q.dtype != torch.float32 and not INTERPRET else None)
+    swa_cfg = swa_cfg or block_config(D, rla=False, dtype=q.dtype)  # the tuned tiles are for 16-bit inputs
+    if design == "segment":
+        seg_cfg = dict(segment_config(D, q.dtype), **tuning.get("segment", {}))
+        unit = seg_cfg.get("scan_block", 64) if not INTERPRET else 16
+        seg_len = tuning.get("seg_len") or segment_length(seqs, H, D // min(seg_cfg["BV"], D), seg_cfg["BC"], unit,
+                                                          seg_cfg["programs_per_sm"], q.device)
+        carry = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
+                                  rope=tables, num_warps=seg_cfg.get("scan_warps"))
+        # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
+        raw = out if q.dtype != torch.float16 else torch.empty(q.shape, dtype=torch.float32, device=q.device)
+        launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry)
+        seqs_swa = sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
+        return launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True,
+                              add_src=raw, add_raw=True, states=None, **kw)
     state_kw = dict(tuning.get("state", {}))
     if design != "two_kernel":
         state_kw["state_block"] = cfg["BM"]  # one pass over both branches: states at its query blocks
-    states = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, kr=kr, rope=tables, **state_kw)
-    kw = dict(window=w, scale=default_scale(D, scale), kr=kr, rope=tables, states=states,
-              swa_norm_weight=_norm_weight(swa_norm_weight, H, D, q.device),
-              rla_norm_weight=_norm_weight(rla_norm_weight, H, D, q.device), eps=eps, feature=feature)
+    kw["states"] = rla_prefix_states(k, v, seqs, window=w, feature=feature, cfg=cfg, kr=kr, rope=tables, **state_kw)
     if design == "two_kernel":
         launch_swa_fwd(q, k, v, out, seqs, cfg=cfg, do_swa=False, do_rla=True, norm_out=True, **kw)
-        swa_cfg = tuning.get("swa_cfg") or RLA_TUNING.get("swa_cfg") or block_config(D, rla=False, dtype=q.dtype)
         seqs_swa = seqs if swa_cfg["BM"] == cfg["BM"] else sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
         return launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True, **kw)
     return launch_swa_fwd(q, k, v, out, seqs, cfg=cfg, do_swa=True, do_rla=True, rla_separate=design == "fused_two_pass",

@@ -111,7 +111,7 @@ def rla_chunk_state_kernel(
             pk = feature_map_one(kx, FEATURE)
             pk = tl.where(ok[:, None], pk, 0.0)  # phi(0) is not 0 for softmax: drop the padding rows
             s += tl.dot(tl.trans(pk.to(dt)), v, input_precision=PRECISION)
-        if ROPE and STORE_STATES:
+        if ROPE:
             # the NF * NV programs of this tile each rotate a slice of its rows (balanced work)
             RB: tl.constexpr = BT // (NF * NV)
             offs_r = i * BT + p * RB + tl.arange(0, RB)
@@ -127,10 +127,11 @@ def rla_chunk_state_kernel(
 
 @triton.jit
 def rla_phi_kernel(k_ptr, phi_ptr, kr_ptr, cos_ptr, sin_ptr, T, Hkv, NROWS, stride_rope_b,
-                   D: tl.constexpr, BR: tl.constexpr, FEATURE: tl.constexpr, ROPE: tl.constexpr):
-    """1-D grid (rows / BR * Hkv) over all B * T rows: phi(k) (B, T, Hkv, F) in k's dtype and, with
-    ROPE, k rotated (kr) at table row t of batch row b (as the scan would). The heads of a row block
-    launch together, so its table rows are read from HBM once."""
+                   D: tl.constexpr, BR: tl.constexpr, FEATURE: tl.constexpr, ROPE: tl.constexpr,
+                   STORE_PHI: tl.constexpr = True):
+    """1-D grid (rows / BR * Hkv) over all B * T rows: phi(k) (B, T, Hkv, F) in k's dtype (STORE_PHI)
+    and, with ROPE, k rotated (kr) at table row t of batch row b (as the scan would). The heads of a
+    row block launch together, so its table rows are read from HBM once."""
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
     hk = tl.program_id(0) % Hkv
@@ -140,11 +141,12 @@ def rla_phi_kernel(k_ptr, phi_ptr, kr_ptr, cos_ptr, sin_ptr, T, Hkv, NROWS, stri
     rows = r.to(tl.int64) * (Hkv * D) + hk * D
     x = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     prow = r.to(tl.int64) * (Hkv * FD) + hk * FD
-    pdt = phi_ptr.dtype.element_ty
-    pos, neg = feature_map_halves(x, FEATURE)
-    tl.store(phi_ptr + prow[:, None] + offs_d[None, :], pos.to(pdt), mask=ok[:, None])
-    if NF == 2:
-        tl.store(phi_ptr + prow[:, None] + D + offs_d[None, :], neg.to(pdt), mask=ok[:, None])
+    if STORE_PHI:
+        pdt = phi_ptr.dtype.element_ty
+        pos, neg = feature_map_halves(x, FEATURE)
+        tl.store(phi_ptr + prow[:, None] + offs_d[None, :], pos.to(pdt), mask=ok[:, None])
+        if NF == 2:
+            tl.store(phi_ptr + prow[:, None] + D + offs_d[None, :], neg.to(pdt), mask=ok[:, None])
     if ROPE:
         rp = stride_rope_b * (r // T).to(tl.int64) + (r % T).to(tl.int64) * D
         xr = rope_rows(x, k_ptr, rows, cos_ptr, sin_ptr, rp, ok, D)
@@ -301,6 +303,48 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
             carry_pass()
     launch_counts["rla_chunk_state_kernel"] += 1
     return result
+
+
+def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, block, kr=None, rope=None,
+                      num_warps=None, num_stages=2):
+    """The state each segment of `seg_len` rows starts from (rla/segment.py), for the keys
+    j < segment * seg_len - window: (sequences, Hkv, segments, F, D) fp32, or None with one segment.
+    A totals scan (`block` keys per step, one program per feature half and segment) and the carry
+    pass. With rope, also writes k rotated into kr (in the scan, or in a rotation-only pass when
+    there is a single segment)."""
+    B, T, Hkv, D = k.shape
+    if seg_len % block:
+        raise ValueError(f"segment length {seg_len} must be a multiple of the scan block {block}")
+    nf = 1 if feature == 2 else 2
+    FD = nf * D
+    nseg = cdiv(seqs.max_len, seg_len)
+    dummy = _dummy(k.device)
+    cos, sin = rope if rope is not None else (dummy, dummy)
+    stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
+    if seqs.count == 0:
+        return None
+    if nseg <= 1:
+        if rope is not None:
+            br = 32
+            rla_phi_kernel[(cdiv(B * T, br) * Hkv,)](k, dummy, kr, cos, sin, T, Hkv, B * T, stride_rope_b, D=D, BR=br,
+                                                   FEATURE=feature, ROPE=True, STORE_PHI=False, num_warps=4)
+            launch_counts["rla_phi_kernel"] += 1
+        return None
+    if rope is not None and block < nf:
+        raise ValueError(f"scan block {block} is smaller than the {nf} programs that rotate its rows")
+    carry = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device)
+    rla_chunk_state_kernel[(nf * nseg * seqs.count * Hkv,)](
+        k, v, kr if kr is not None else k, cos, sin, dummy, carry, k, seqs.row, seqs.start, seqs.length, seqs.block_base,
+        T, Hkv, window, seg_len // block, nseg, stride_rope_b,
+        D=D, BS=block, BT=block, BV=D, FEATURE=feature, ROPE=rope is not None, PRECISION=precision_for(k.dtype),
+        STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, FROM_PHI=False,
+        num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
+    launch_counts["rla_segment_totals"] += 1
+    size = FD * D
+    rla_carry_kernel[(seqs.count * Hkv, cdiv(size, 128))](carry, carry, seqs.length, Hkv, nseg, seg_len // block, size,
+                                                          BS=block, SB=16, BLK=128, num_warps=4)
+    launch_counts["rla_carry_kernel"] += 1
+    return carry
 
 
 def check_rla_args(q, k, v, window, feature_map):

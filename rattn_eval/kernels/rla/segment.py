@@ -1,0 +1,158 @@
+"""Residual linear attention in Triton, recurrent within segments: no chunk states in HBM.
+
+o_t = phi(q_t) S_{t-w-1}. Shift the keys by w: a chunk of BC query rows starting at t0 meets the
+key chunk starting at t0 - w, and inside that pair query row c sees key row c' when c > c'
+(t - j = w + c - c' > w). One program walks the query chunks of one segment for one head and one
+slice of value columns, holding the state S (F x BV, fp32) in registers:
+
+    o   = phi(q) @ S + tril(phi(q) phi(k)^T, -1) @ v      (raw, unnormalized)
+    S  += phi(k)^T @ v
+
+The state a segment starts from (the keys before its first key chunk) is the exclusive prefix of
+the segment totals: `rla_chunk_state_kernel` computes the totals (STORE_TOTAL, no states) and
+`rla_carry_kernel` the prefixes, so segments run in parallel. Compared with the chunk-state design
+(rla/chunk.py + the output pass of swa/parallel.py), no per-block state is written or read back,
+and phi(q) @ S sits inside a pipelined loop instead of a one-off load per query block.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..common import cdiv
+from ..swa.parallel import INTERPRET, SequenceTable, _dummy, feature_map_halves, precision_for
+
+launch_counts: dict[str, int] = {"rla_segment_kernel": 0}
+
+
+@triton.jit
+def rla_segment_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr, carry_ptr,
+    seq_row_ptr, seq_start_ptr, seq_len_ptr,
+    T, H, Hkv, window, NSEG, SEGLEN,
+    D: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_CARRY: tl.constexpr,
+):
+    """1-D grid over (sequences * H, segments, D / BV), the last fastest. q (B, T, H, D), k/v
+    (B, T, Hkv, D) contiguous; o (B, T, H, D) receives the raw RLA output (fp32 accumulation, stored
+    in o's dtype). carry (sequences, Hkv, NSEG, F, D) fp32: sum phi(k_j)^T v_j over j < seg * SEGLEN - w
+    (HAS_CARRY; otherwise every segment starts from zero, which is right only for NSEG == 1)."""
+    NV: tl.constexpr = D // BV
+    NF: tl.constexpr = 1 if FEATURE == 2 else 2
+    FD: tl.constexpr = NF * D
+    pid = tl.program_id(0)
+    iv = pid % NV
+    seg = (pid // NV) % NSEG
+    nh = pid // (NV * NSEG)
+    n = nh // H
+    h = nh % H
+    hk = h // (H // Hkv)
+    L = tl.load(seq_len_ptr + n)
+    t_first = seg * SEGLEN
+    if t_first >= L:
+        return
+    t_end = tl.minimum(t_first + SEGLEN, L)
+    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
+    dt = k_ptr.dtype.element_ty
+
+    offs_c = tl.arange(0, BC)
+    offs_d = tl.arange(0, D)
+    offs_v = iv * BV + tl.arange(0, BV)
+    below = offs_c[:, None] > offs_c[None, :]  # query row c sees key row c' of the shifted chunk
+    s_off = offs_d[:, None] * D + offs_v[None, :]
+    if HAS_CARRY:
+        cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
+        s_p = tl.load(cr + s_off)
+        if NF == 2:
+            s_n = tl.load(cr + D * D + s_off)
+        else:
+            s_n = s_p
+    else:
+        s_p = tl.zeros([D, BV], dtype=tl.float32)
+        s_n = tl.zeros([D, BV], dtype=tl.float32)
+    for t0 in range(t_first, t_end, BC):
+        offs_t = t0 + offs_c
+        t_ok = offs_t < L
+        offs_j = offs_t - window
+        j_ok = (offs_j >= 0) & (offs_j < L)
+        q_rows = (tok0 + offs_t).to(tl.int64) * (H * D) + h * D
+        k_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
+        q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+        kx = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(tl.float32)
+        # rows of keys outside the sequence have v = 0, so their (finite) phi(k) adds nothing
+        v = tl.load(v_ptr + k_rows[:, None] + offs_v[None, :], mask=j_ok[:, None], other=0.0).to(dt)
+        pq, nq = feature_map_halves(q, FEATURE)
+        pk, nk = feature_map_halves(kx, FEATURE)
+        pq = pq.to(dt)
+        pk = pk.to(dt)
+        a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)
+        o = tl.dot(pq, s_p.to(dt), input_precision=PRECISION)
+        if NF == 2:
+            nq = nq.to(dt)
+            nk = nk.to(dt)
+            a += tl.dot(nq, tl.trans(nk), input_precision=PRECISION)
+            o += tl.dot(nq, s_n.to(dt), input_precision=PRECISION)
+        a = tl.where(below, a, 0.0)
+        o += tl.dot(a.to(dt), v, input_precision=PRECISION)
+        tl.store(o_ptr + q_rows[:, None] + offs_v[None, :], o.to(o_ptr.dtype.element_ty), mask=t_ok[:, None])
+        s_p += tl.dot(tl.trans(pk), v, input_precision=PRECISION)
+        if NF == 2:
+            s_n += tl.dot(tl.trans(nk), v, input_precision=PRECISION)
+
+
+def segment_config(D: int, dtype: torch.dtype) -> dict:
+    """Chunk rows (BC), value slice (BV) and launch settings of `rla_segment_kernel`."""
+    from ..swa.parallel import RLA_TUNING
+    if INTERPRET:
+        return dict(BC=16, BV=max(16, D // 2), num_warps=4, num_stages=1, programs_per_sm=2)
+    if dtype == torch.float32:
+        return dict(BC=32, BV=min(D, 32), num_warps=4, num_stages=2, programs_per_sm=4)
+    tuned = RLA_TUNING.get("segment") or {}
+    cfg = dict(BC=64, BV=min(D, 64), num_warps=8, num_stages=2, programs_per_sm=4)
+    cfg.update(tuned)
+    cfg["BV"] = min(cfg["BV"], D)
+    return cfg
+
+
+def segment_length(seqs: SequenceTable, heads: int, nv: int, BC: int, unit: int, programs_per_sm: int,
+                   device) -> int:
+    """Rows per segment: a multiple of BC and of `unit` (the totals scan's block), long enough that
+    the grid is about programs_per_sm programs per SM."""
+    step = BC * unit // _gcd(BC, unit)
+    if INTERPRET:
+        return step * 2  # several segments even at test sizes, so the carry path runs
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    want = max(1, cdiv(programs_per_sm * sms, max(1, seqs.count * heads * nv)))
+    return max(step, cdiv(cdiv(seqs.max_len, want), step) * step)
+
+
+def _gcd(a: int, b: int) -> int:
+    while b:
+        a, b = b, a % b
+    return a
+
+
+def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, feature: int, cfg: dict, seg_len: int,
+                        carry: torch.Tensor | None):
+    """Run `rla_segment_kernel`: out (B, T, H, D) gets the raw RLA output at every valid row."""
+    B, T, H, D = q.shape
+    Hkv = k.shape[2]
+    if seqs.count == 0:
+        return out
+    BV = cfg["BV"]
+    nseg = cdiv(seqs.max_len, seg_len)
+    if nseg > 1 and carry is None:
+        raise ValueError(f"{nseg} segments need the carry of their segment totals")
+    if carry is not None and carry.shape[2] != nseg:
+        raise ValueError(f"carry has {carry.shape[2]} segments, the launch {nseg}")
+    grid = (seqs.count * H * nseg * (D // BV),)
+    rla_segment_kernel[grid](
+        q, k, v, out, carry if carry is not None else _dummy(q.device),
+        seqs.row, seqs.start, seqs.length, T, H, Hkv, window, nseg, seg_len,
+        D=D, BC=cfg["BC"], BV=BV, FEATURE=feature, PRECISION=precision_for(q.dtype), HAS_CARRY=carry is not None,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+    launch_counts["rla_segment_kernel"] += 1
+    return out
