@@ -1,13 +1,12 @@
 """H200 exploration of the "segment" RAttention design (rla/segment.py) at T = 32k, B = 1, H = 16,
 D = 128, w = 512, bf16, Hkv 16 and 4:
 
-    python3 results/bench/segment_explore.py [--budget-s 400] [--quick]
+    python3 results/bench/segment_explore.py            # baselines: the committed design, the SWA passes
+    python3 results/bench/segment_explore.py --cfg I    # config I of SEG_CFGS (one process per config:
+                                                        # a failing launch cannot poison the others)
 
-1. correctness: each segment-kernel config end to end at T = 4k (H 4, Hkv 2) against the fp32 chunked
-   reference (relative RMS <= 1e-2 to count);
-2. per pass: segment totals + carry, the segment kernel per config (registers / spills), the SWA pass
-   that normalizes and adds o_rla;
-3. end to end: the best segment configs against the committed design (RLA_TUNING).
+Per config: the end-to-end error at T = 4k (H 4, Hkv 2) against the fp32 chunked reference, then at
+32k: phi pre-pass + segment totals + carry, the segment kernel (registers / spills), end to end.
 """
 
 import argparse
@@ -63,21 +62,22 @@ def seg(BC, BV, nw, ns, pps=4, **extra):
 
 
 SEG_CFGS = [
-    seg(64, 64, 8, 2), seg(64, 64, 4, 2), seg(64, 64, 8, 3), seg(64, 32, 4, 2), seg(64, 32, 4, 3),
-    seg(32, 64, 4, 2), seg(64, 128, 8, 2), seg(128, 64, 8, 2), seg(128, 32, 8, 2), seg(64, 64, 8, 2, pps=8),
-    seg(64, 64, 8, 2, pps=2), seg(64, 32, 4, 2, pps=8), seg(32, 32, 4, 2), seg(64, 64, 8, 1),
+    seg(64, 128, 8, 2, split_f=True, phi_k=True), seg(64, 64, 4, 2, split_f=True, phi_k=True),
+    seg(64, 64, 8, 2, split_f=True, phi_k=True), seg(64, 128, 8, 2, split_f=True),
+    seg(128, 64, 8, 2, split_f=True, phi_k=True), seg(64, 128, 8, 3, split_f=True, phi_k=True),
+    seg(64, 64, 8, 2, phi_k=True), seg(64, 32, 4, 2, split_f=True, phi_k=True), seg(64, 64, 8, 2),
+    seg(64, 32, 4, 2),
 ]
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--budget-s", type=float, default=400.0)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--cfg", type=int, default=None, help="index into SEG_CFGS (default: only the baselines)")
     a = ap.parse_args()
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
     bf = torch.bfloat16
-    cfgs = SEG_CFGS[:4] if a.quick else SEG_CFGS
+    c = SEG_CFGS[a.cfg] if a.cfg is not None else None
 
     Tc, Hc, Hkvc = 4096, 4, 2
     qc, kc, vc = (torch.randn(1, Tc, h, D, device=dev, generator=g).to(bf) for h in (Hc, Hkvc, Hkvc))
@@ -97,56 +97,48 @@ def main():
 
     base = sp.RLA_TUNING
     committed = (base["design"], dict(cfg=base["cfg"], swa_cfg=base.get("swa_cfg"), state=base["state"]))
-    P(f"committed 4k rel.err {rel_err(*committed):.2e}")
+    if c is None:
+        P(f"committed 4k rel.err {rel_err(*committed):.2e}")
+    else:
+        P(f"cfg {a.cfg} {c}: 4k rel.err {rel_err('segment', dict(segment=c)):.2e}")
 
     for hkv in (16, 4):
         q = torch.randn(1, T, H, D, device=dev, generator=g).to(bf)
         k, v = (torch.randn(1, T, hkv, D, device=dev, generator=g).to(bf) for _ in range(2))
         tables = tuple(x.to(torch.float16).contiguous() for x in Rope(D).tables(T, dev))
         gs, gr = torch.rand(H, D, device=dev) + 0.5, torch.rand(H, D, device=dev) + 0.5
-        t_comm = bench(lambda: run(q, k, v, tables, gs, gr, *committed), rep=50)
-        P(f"Hkv {hkv}: committed {committed[0]} end to end {t_comm:.3f} ms")
         seqs = sp.sequence_table(1, T, q.device, None, None, 64)
         kr = torch.empty_like(k)
-        out = torch.empty_like(q)
-        results = []
-        for c in cfgs:
-            if time.time() - T0 > a.budget_s:
-                P(f"budget reached, skipping {c}")
-                continue
-            nv = D // c["BV"]
-            seg_len = rs.segment_length(seqs, H, nv, c["BC"], 64, c["programs_per_sm"], q.device)
-            try:
-                if hkv == 16:
-                    err = rel_err("segment", dict(segment=c))
-                else:
-                    err = float("nan")
-                carry = rc.rla_segment_carry(k, v, seqs, window=W, feature=0, seg_len=seg_len, block=64, kr=kr,
-                                             rope=tables)
-                t_tot = bench(lambda: rc.rla_segment_carry(k, v, seqs, window=W, feature=0, seg_len=seg_len, block=64,
-                                                           kr=kr, rope=tables))
-                t_seg = bench(lambda: rs.launch_rla_segments(q, k, v, out, seqs, window=W, feature=0, cfg=c,
-                                                              seg_len=seg_len, carry=carry))
-                info = spy_seg.info()
-                t_e2e = bench(lambda: run(q, k, v, tables, gs, gr, "segment", dict(segment=c)), rep=50)
-            except Exception as e:  # noqa: BLE001
-                P(f"Hkv {hkv} {c}: failed {type(e).__name__}: {str(e)[:200]}")
-                continue
-            nseg = (T + seg_len - 1) // seg_len
-            P(f"Hkv {hkv} {c} seg_len {seg_len} ({nseg} segs): totals+carry {t_tot:.3f} ms, segment kernel "
-              f"{t_seg:.3f} ms [{info}], end to end {t_e2e:.3f} ms; 4k rel.err {err:.2e}")
-            results.append((t_e2e, c))
         swa_cfg = base.get("swa_cfg")
         seqs_s = sp.sequence_table(1, T, q.device, None, None, swa_cfg["BM"])
         kw = dict(window=W, scale=D ** -0.5, kr=kr, rope=tables, swa_norm_weight=gs, rla_norm_weight=gr, eps=1e-6,
                   feature=0)
-        t_swa = bench(lambda: sp.launch_swa_fwd(q, k, v, out, seqs_s, cfg=swa_cfg, do_swa=True, do_rla=False,
-                                                add_out=True, add_src=out, add_raw=True, states=None, **kw))
-        t_plain = bench(lambda: sp.launch_swa_fwd(q, k, v, out, seqs_s, window=W, scale=D ** -0.5, cfg=swa_cfg))
-        P(f"Hkv {hkv}: SWA pass (rope, norms, adds o_rla) {t_swa:.3f} ms; plain SWA {t_plain:.3f} ms")
-        results.sort(key=lambda r: r[0])
-        for t, c in results[:3]:
-            P(f"Hkv {hkv} best: {t:.3f} ms {c} (committed {t_comm:.3f})")
+        if c is None:
+            t_comm = bench(lambda: run(q, k, v, tables, gs, gr, *committed), rep=50)
+            P(f"Hkv {hkv}: committed {committed[0]} end to end {t_comm:.3f} ms")
+            out = torch.empty_like(q)
+            parts = torch.zeros((2,) + tuple(q.shape), dtype=q.dtype, device=dev)
+            for name, src in (("one raw o_rla", out), ("two partials", parts)):
+                t_swa = bench(lambda: sp.launch_swa_fwd(q, k, v, out, seqs_s, cfg=swa_cfg, do_swa=True, do_rla=False,
+                                                        add_out=True, add_src=src, add_raw=True, states=None, **kw))
+                P(f"Hkv {hkv}: SWA pass (rope, norms, adds {name}) {t_swa:.3f} ms")
+            t_plain = bench(lambda: sp.launch_swa_fwd(q, k, v, out, seqs_s, window=W, scale=D ** -0.5, cfg=swa_cfg))
+            P(f"Hkv {hkv}: plain SWA {t_plain:.3f} ms")
+            continue
+        split = c.get("split_f", False)
+        out = torch.empty(((2,) if split else ()) + tuple(q.shape), dtype=q.dtype, device=dev)
+        nv = D // c["BV"]
+        seg_len = rs.segment_length(seqs, H, nv * (2 if split else 1), c["BC"], 64, c["programs_per_sm"], q.device)
+        ck = dict(window=W, feature=0, seg_len=seg_len, block=64, kr=kr, rope=tables, phi_pass=bool(c.get("phi_k")))
+        carry, phi = rc.rla_segment_carry(k, v, seqs, **ck)
+        t_tot = bench(lambda: rc.rla_segment_carry(k, v, seqs, **ck))
+        t_seg = bench(lambda: rs.launch_rla_segments(q, k, v, out, seqs, window=W, feature=0, cfg=c, seg_len=seg_len,
+                                                      carry=carry, phi=phi))
+        info = spy_seg.info()
+        t_e2e = bench(lambda: run(q, k, v, tables, gs, gr, "segment", dict(segment=c)), rep=50)
+        nseg = (T + seg_len - 1) // seg_len
+        P(f"Hkv {hkv} cfg {a.cfg} seg_len {seg_len} ({nseg} segs): phi/totals/carry {t_tot:.3f} ms, segment kernel "
+          f"{t_seg:.3f} ms [{info}], end to end {t_e2e:.3f} ms")
 
 
 if __name__ == "__main__":

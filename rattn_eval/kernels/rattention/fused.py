@@ -106,11 +106,17 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         unit = seg_cfg.get("scan_block", 64) if not INTERPRET else 16
         seg_len = tuning.get("seg_len") or segment_length(seqs, H, D // min(seg_cfg["BV"], D), seg_cfg["BC"], unit,
                                                           seg_cfg["programs_per_sm"], q.device)
-        carry = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
-                                  rope=tables, num_warps=seg_cfg.get("scan_warps"))
+        carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
+                                       rope=tables, num_warps=seg_cfg.get("scan_warps"),
+                                       phi_pass=bool(seg_cfg.get("phi_k")))
         # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
-        raw = out if q.dtype != torch.float16 else torch.empty(q.shape, dtype=torch.float32, device=q.device)
-        launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry)
+        rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
+        if seg_cfg.get("split_f") and feature != 2:
+            raw = torch.empty((2,) + tuple(q.shape), dtype=rdt, device=q.device)
+        else:
+            raw = out if rdt == q.dtype else torch.empty(q.shape, dtype=rdt, device=q.device)
+        launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
+                            phi=phi)
         seqs_swa = sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
         return launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True,
                               add_src=raw, add_raw=True, states=None, **kw)

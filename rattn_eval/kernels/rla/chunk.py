@@ -306,12 +306,13 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
 
 
 def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, block, kr=None, rope=None,
-                      num_warps=None, num_stages=2):
+                      num_warps=None, num_stages=2, phi_pass=False):
     """The state each segment of `seg_len` rows starts from (rla/segment.py), for the keys
     j < segment * seg_len - window: (sequences, Hkv, segments, F, D) fp32, or None with one segment.
     A totals scan (`block` keys per step, one program per feature half and segment) and the carry
     pass. With rope, also writes k rotated into kr (in the scan, or in a rotation-only pass when
-    there is a single segment)."""
+    there is a single segment). phi_pass: `rla_phi_kernel` first writes phi(k) (and kr), the scan
+    reads it. Returns (carry, phi) with phi None without phi_pass."""
     B, T, Hkv, D = k.shape
     if seg_len % block:
         raise ValueError(f"segment length {seg_len} must be a multiple of the scan block {block}")
@@ -322,29 +323,31 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     cos, sin = rope if rope is not None else (dummy, dummy)
     stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
     if seqs.count == 0:
-        return None
+        return None, None
+    phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device) if phi_pass else None
+    if phi_pass or (nseg <= 1 and rope is not None):
+        br = 32
+        rla_phi_kernel[(cdiv(B * T, br) * Hkv,)](k, phi if phi_pass else dummy, kr if rope is not None else k, cos, sin,
+                                               T, Hkv, B * T, stride_rope_b, D=D, BR=br, FEATURE=feature,
+                                               ROPE=rope is not None, STORE_PHI=phi_pass, num_warps=4)
+        launch_counts["rla_phi_kernel"] += 1
     if nseg <= 1:
-        if rope is not None:
-            br = 32
-            rla_phi_kernel[(cdiv(B * T, br) * Hkv,)](k, dummy, kr, cos, sin, T, Hkv, B * T, stride_rope_b, D=D, BR=br,
-                                                   FEATURE=feature, ROPE=True, STORE_PHI=False, num_warps=4)
-            launch_counts["rla_phi_kernel"] += 1
-        return None
+        return None, phi
     if rope is not None and block < nf:
         raise ValueError(f"scan block {block} is smaller than the {nf} programs that rotate its rows")
     carry = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device)
     rla_chunk_state_kernel[(nf * nseg * seqs.count * Hkv,)](
-        k, v, kr if kr is not None else k, cos, sin, dummy, carry, k, seqs.row, seqs.start, seqs.length, seqs.block_base,
-        T, Hkv, window, seg_len // block, nseg, stride_rope_b,
-        D=D, BS=block, BT=block, BV=D, FEATURE=feature, ROPE=rope is not None, PRECISION=precision_for(k.dtype),
-        STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, FROM_PHI=False,
+        k, v, kr if kr is not None else k, cos, sin, dummy, carry, phi if phi_pass else k, seqs.row, seqs.start,
+        seqs.length, seqs.block_base, T, Hkv, window, seg_len // block, nseg, stride_rope_b,
+        D=D, BS=block, BT=block, BV=D, FEATURE=feature, ROPE=rope is not None and not phi_pass,
+        PRECISION=precision_for(k.dtype), STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, FROM_PHI=phi_pass,
         num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
     launch_counts["rla_segment_totals"] += 1
     size = FD * D
     rla_carry_kernel[(seqs.count * Hkv, cdiv(size, 128))](carry, carry, seqs.length, Hkv, nseg, seg_len // block, size,
                                                           BS=block, SB=16, BLK=128, num_warps=4)
     launch_counts["rla_carry_kernel"] += 1
-    return carry
+    return carry, phi
 
 
 def check_rla_args(q, k, v, window, feature_map):

@@ -22,30 +22,35 @@ import triton
 import triton.language as tl
 
 from ..common import cdiv
-from ..swa.parallel import INTERPRET, SequenceTable, _dummy, feature_map_halves, precision_for
+from ..swa.parallel import INTERPRET, SequenceTable, _dummy, feature_map_halves, feature_map_one, precision_for
 
 launch_counts: dict[str, int] = {"rla_segment_kernel": 0}
 
 
 @triton.jit
 def rla_segment_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, carry_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, carry_ptr, phi_ptr,
     seq_row_ptr, seq_start_ptr, seq_len_ptr,
-    T, H, Hkv, window, NSEG, SEGLEN,
+    T, H, Hkv, window, NSEG, SEGLEN, part_stride,
     D: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, PRECISION: tl.constexpr,
-    HAS_CARRY: tl.constexpr,
+    HAS_CARRY: tl.constexpr, SPLIT_F: tl.constexpr, PHI_K: tl.constexpr,
 ):
     """1-D grid over (sequences * H, segments, D / BV), the last fastest. q (B, T, H, D), k/v
     (B, T, Hkv, D) contiguous; o (B, T, H, D) receives the raw RLA output (fp32 accumulation, stored
     in o's dtype). carry (sequences, Hkv, NSEG, F, D) fp32: sum phi(k_j)^T v_j over j < seg * SEGLEN - w
-    (HAS_CARRY; otherwise every segment starts from zero, which is right only for NSEG == 1)."""
+    (HAS_CARRY; otherwise every segment starts from zero, which is right only for NSEG == 1).
+    SPLIT_F (softmax / relu maps): one program per feature half f, holding only S_f; it writes its
+    partial output to o + f * part_stride (the two partials sum to o_rla). PHI_K: read phi(k)
+    (B, T, Hkv, F) from the pre-pass instead of computing it."""
     NV: tl.constexpr = D // BV
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
+    NP: tl.constexpr = NV * NF if SPLIT_F else NV
     pid = tl.program_id(0)
     iv = pid % NV
-    seg = (pid // NV) % NSEG
-    nh = pid // (NV * NSEG)
+    f = (pid // NV) % NF if SPLIT_F else 0
+    seg = (pid // NP) % NSEG
+    nh = pid // (NP * NSEG)
     n = nh // H
     h = nh % H
     hk = h // (H // Hkv)
@@ -62,6 +67,9 @@ def rla_segment_kernel(
     offs_v = iv * BV + tl.arange(0, BV)
     below = offs_c[:, None] > offs_c[None, :]  # query row c sees key row c' of the shifted chunk
     s_off = offs_d[:, None] * D + offs_v[None, :]
+    if SPLIT_F:
+        o_ptr += f * part_stride
+        s_off += f * (D * D)
     if HAS_CARRY:
         cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
         s_p = tl.load(cr + s_off)
@@ -80,16 +88,32 @@ def rla_segment_kernel(
         q_rows = (tok0 + offs_t).to(tl.int64) * (H * D) + h * D
         k_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
         q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
-        kx = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(tl.float32)
         # rows of keys outside the sequence have v = 0, so their (finite) phi(k) adds nothing
         v = tl.load(v_ptr + k_rows[:, None] + offs_v[None, :], mask=j_ok[:, None], other=0.0).to(dt)
-        pq, nq = feature_map_halves(q, FEATURE)
-        pk, nk = feature_map_halves(kx, FEATURE)
+        if PHI_K:
+            p_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * FD) + hk * FD + f * D
+            pk = tl.load(phi_ptr + p_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(dt)
+            if NF == 2 and not SPLIT_F:
+                nk = tl.load(phi_ptr + p_rows[:, None] + D + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(dt)
+            else:
+                nk = pk
+        else:
+            kx = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(tl.float32)
+            if SPLIT_F:
+                pk = feature_map_one(kx * tl.where(f == 0, 1.0, -1.0), FEATURE)
+                nk = pk
+            else:
+                pk, nk = feature_map_halves(kx, FEATURE)
+        if SPLIT_F:
+            pq = feature_map_one(q * tl.where(f == 0, 1.0, -1.0), FEATURE)
+            nq = pq
+        else:
+            pq, nq = feature_map_halves(q, FEATURE)
         pq = pq.to(dt)
         pk = pk.to(dt)
         a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)
         o = tl.dot(pq, s_p.to(dt), input_precision=PRECISION)
-        if NF == 2:
+        if NF == 2 and not SPLIT_F:
             nq = nq.to(dt)
             nk = nk.to(dt)
             a += tl.dot(nq, tl.trans(nk), input_precision=PRECISION)
@@ -98,7 +122,7 @@ def rla_segment_kernel(
         o += tl.dot(a.to(dt), v, input_precision=PRECISION)
         tl.store(o_ptr + q_rows[:, None] + offs_v[None, :], o.to(o_ptr.dtype.element_ty), mask=t_ok[:, None])
         s_p += tl.dot(tl.trans(pk), v, input_precision=PRECISION)
-        if NF == 2:
+        if NF == 2 and not SPLIT_F:
             s_n += tl.dot(tl.trans(nk), v, input_precision=PRECISION)
 
 
@@ -135,8 +159,11 @@ def _gcd(a: int, b: int) -> int:
 
 
 def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, feature: int, cfg: dict, seg_len: int,
-                        carry: torch.Tensor | None):
-    """Run `rla_segment_kernel`: out (B, T, H, D) gets the raw RLA output at every valid row."""
+                        carry: torch.Tensor | None, phi: torch.Tensor | None = None):
+    """Run `rla_segment_kernel`: out gets the raw RLA output at every valid row: (B, T, H, D), or
+    with cfg["split_f"] (softmax / relu maps) (2, B, T, H, D), two partials that sum to it.
+    phi: phi(k) from the pre-pass (read instead of computed)."""
+    split = bool(cfg.get("split_f")) and feature != 2
     B, T, H, D = q.shape
     Hkv = k.shape[2]
     if seqs.count == 0:
@@ -147,11 +174,15 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
         raise ValueError(f"{nseg} segments need the carry of their segment totals")
     if carry is not None and carry.shape[2] != nseg:
         raise ValueError(f"carry has {carry.shape[2]} segments, the launch {nseg}")
-    grid = (seqs.count * H * nseg * (D // BV),)
+    if split and (out.dim() != 5 or out.shape[0] != 2):
+        raise ValueError("split_f needs an output of two partials, (2, B, T, H, D)")
+    grid = (seqs.count * H * nseg * (D // BV) * (2 if split else 1),)
+    dummy = _dummy(q.device)
     rla_segment_kernel[grid](
-        q, k, v, out, carry if carry is not None else _dummy(q.device),
-        seqs.row, seqs.start, seqs.length, T, H, Hkv, window, nseg, seg_len,
+        q, k, v, out, carry if carry is not None else dummy, phi if phi is not None else dummy,
+        seqs.row, seqs.start, seqs.length, T, H, Hkv, window, nseg, seg_len, out[0].numel() if split else 0,
         D=D, BC=cfg["BC"], BV=BV, FEATURE=feature, PRECISION=precision_for(q.dtype), HAS_CARRY=carry is not None,
+        SPLIT_F=split, PHI_K=phi is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["rla_segment_kernel"] += 1

@@ -85,12 +85,12 @@ def swa_fwd_kernel(
     q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
     cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, gs_ptr, gr_ptr, add_ptr,
     seq_row_ptr, seq_start_ptr, seq_len_ptr, state_base_ptr,
-    T, H, Hkv, window, stride_rope_b, qk_scale, eps, BPS, NSEG,
+    T, H, Hkv, window, stride_rope_b, qk_scale, eps, BPS, NSEG, part_stride,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr,
     DO_SWA: tl.constexpr, DO_RLA: tl.constexpr, ROPE: tl.constexpr, FEATURE: tl.constexpr,
     PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
     ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
-    HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr,
+    HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
@@ -100,7 +100,8 @@ def swa_fwd_kernel(
     from the chunk-state pre-pass instead of computing it. HEADS_FIRST: grid (sequences * H, query
     blocks), so the heads of a query block run together and share its RoPE-table rows in L2.
     ADD_OUT: add the rows of add_ptr (B, T, H, D) to the output; ADD_RAW: they are a raw RLA output,
-    normalized here (rms * g_rla) before the sum."""
+    normalized here (rms * g_rla) before the sum; ADD_PARTS = 2: the raw output is the sum of two
+    partials, at add_ptr and add_ptr + part_stride."""
     if HEADS_FIRST:
         pid_m = tl.program_id(1)
         pid_nh = tl.program_id(0)
@@ -282,6 +283,9 @@ def swa_fwd_kernel(
         if ADD_OUT:
             # two-kernel variants: the RLA pass left rms(o_rla) * g_rla (or, ADD_RAW, o_rla) in add_ptr
             r = tl.load(add_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+            if ADD_PARTS == 2:
+                r += tl.load(add_ptr + part_stride + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None],
+                             other=0.0).to(tl.float32)
             if ADD_RAW:
                 gr = tl.load(gr_ptr + h * D + offs_d)
                 r = r * tl.rsqrt(tl.sum(r * r, axis=1) / D + eps)[:, None] * gr[None, :]
@@ -410,7 +414,9 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
                    rla_separate=False, norm_out=False, add_out=False, add_src=None, add_raw=False):
     """Launch `swa_fwd_kernel` over every (query block, sequence, head). Tensors contiguous;
     states: rla.chunk.ChunkStates (needed with do_rla). add_out: add add_src (default: out itself)
-    to the SWA branch; add_raw: add_src holds the raw RLA output, normalized in the kernel."""
+    to the SWA branch; add_raw: add_src holds the raw RLA output, normalized in the kernel, either
+    (B, T, H, D) or two partials (2, B, T, H, D) that sum to it."""
+    parts = 2 if add_src is not None and add_src.dim() == 5 else 1
     B, T, H, D = q.shape
     Hkv = k.shape[2]
     if seqs.count == 0:
@@ -444,10 +450,11 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         seqs.row, seqs.start, seqs.length, states.base if states is not None else seqs.block_base,
         T, H, Hkv, window, stride_rope_b, float(scale) * LOG2E, float(eps),
         states.per_segment if states is not None else 1, carry.shape[2] if carry is not None else 1,
+        add_src[0].numel() if parts == 2 else 0,
         D=D, BM=cfg["BM"], BN=cfg["BN"], BS=BS, DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None,
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
         ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
-        PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw,
+        PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
