@@ -10,7 +10,10 @@ Per config: the end-to-end error at T = 4k (H 4, Hkv 2) against the fp32 chunked
 """
 
 import argparse
+import json
+import re
 import time
+from pathlib import Path
 from importlib import import_module
 
 import torch
@@ -61,19 +64,27 @@ def seg(BC, BV, nw, ns, pps=4, **extra):
     return dict(BC=BC, BV=BV, num_warps=nw, num_stages=ns, programs_per_sm=pps, **extra)
 
 
+# Round 1 (segment_iterations/1_explore.txt, 2_explore.txt) tried BV 32 / 64 / 128, BC 64 / 128, 4 and 8
+# warps, halves in one program or split, phi(k) computed or read: split + phi(k) read + BV 64 + 4 warps won.
+# (BC 64, BV 32, 4 warps, halves together, phi(k) computed failed to run there: illegal memory access.)
 SEG_CFGS = [
-    seg(64, 128, 8, 2, split_f=True, phi_k=True), seg(64, 64, 4, 2, split_f=True, phi_k=True),
-    seg(64, 64, 8, 2, split_f=True, phi_k=True), seg(64, 128, 8, 2, split_f=True),
-    seg(128, 64, 8, 2, split_f=True, phi_k=True), seg(64, 128, 8, 3, split_f=True, phi_k=True),
-    seg(64, 64, 8, 2, phi_k=True), seg(64, 32, 4, 2, split_f=True, phi_k=True), seg(64, 64, 8, 2),
-    seg(64, 32, 4, 2),
+    seg(64, 64, 4, 2, split_f=True, phi_k=True), seg(64, 64, 4, 2, 8, split_f=True, phi_k=True),
+    seg(64, 64, 4, 2, 2, split_f=True, phi_k=True), seg(64, 64, 4, 3, split_f=True, phi_k=True),
+    seg(32, 64, 4, 2, split_f=True, phi_k=True), seg(64, 64, 4, 1, split_f=True, phi_k=True),
+    seg(64, 64, 4, 2, split_f=True, phi_k=True, scan_warps=4),
 ]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--cfg", type=int, default=None, help="index into SEG_CFGS (default: only the baselines)")
+    ap.add_argument("--log", default=None, help="append one JSON line per measurement")
+    ap.add_argument("--apply", default=None, metavar="LOG",
+                    help="read LOG; if the best segment config beats the committed design at 32k (Hkv 16 + Hkv 4, "
+                         "correct at 4k), make it the default (RLA_TUNING design 'segment')")
     a = ap.parse_args()
+    if a.apply:
+        return apply(a.apply)
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
     bf = torch.bfloat16
@@ -98,9 +109,12 @@ def main():
     base = sp.RLA_TUNING
     committed = (base["design"], dict(cfg=base["cfg"], swa_cfg=base.get("swa_cfg"), state=base["state"]))
     if c is None:
-        P(f"committed 4k rel.err {rel_err(*committed):.2e}")
+        err = rel_err(*committed)
+        P(f"committed 4k rel.err {err:.2e}")
     else:
-        P(f"cfg {a.cfg} {c}: 4k rel.err {rel_err('segment', dict(segment=c)):.2e}")
+        err = rel_err("segment", dict(segment=c))
+        P(f"cfg {a.cfg} {c}: 4k rel.err {err:.2e}")
+    rec = dict(cfg=c, err=err)
 
     for hkv in (16, 4):
         q = torch.randn(1, T, H, D, device=dev, generator=g).to(bf)
@@ -116,6 +130,7 @@ def main():
         if c is None:
             t_comm = bench(lambda: run(q, k, v, tables, gs, gr, *committed), rep=50)
             P(f"Hkv {hkv}: committed {committed[0]} end to end {t_comm:.3f} ms")
+            rec[f"t{hkv}"] = t_comm
             out = torch.empty_like(q)
             parts = torch.zeros((2,) + tuple(q.shape), dtype=q.dtype, device=dev)
             for name, src in (("one raw o_rla", out), ("two partials", parts)):
@@ -136,9 +151,39 @@ def main():
                                                       carry=carry, phi=phi))
         info = spy_seg.info()
         t_e2e = bench(lambda: run(q, k, v, tables, gs, gr, "segment", dict(segment=c)), rep=50)
+        rec[f"t{hkv}"] = t_e2e
         nseg = (T + seg_len - 1) // seg_len
         P(f"Hkv {hkv} cfg {a.cfg} seg_len {seg_len} ({nseg} segs): phi/totals/carry {t_tot:.3f} ms, segment kernel "
           f"{t_seg:.3f} ms [{info}], end to end {t_e2e:.3f} ms")
+
+
+    if a.log:
+        with open(a.log, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def apply(log):
+    recs = [json.loads(x) for x in open(log) if x.strip()]
+    base = [r for r in recs if r["cfg"] is None and "t4" in r]
+    segs = [r for r in recs if r["cfg"] is not None and "t4" in r and r["err"] <= 1e-2]
+    if not base or not segs:
+        P("apply: nothing to compare")
+        return
+    b = base[0]["t16"] + base[0]["t4"]
+    best = min(segs, key=lambda r: r["t16"] + r["t4"])
+    P(f"apply: committed {base[0]['t16']:.3f} + {base[0]['t4']:.3f} ms; best segment {best['cfg']}: "
+      f"{best['t16']:.3f} + {best['t4']:.3f} ms")
+    if best["t16"] + best["t4"] >= b:
+        P("apply: the committed design stays")
+        return
+    tuned = dict(sp.RLA_TUNING, design="segment", segment={k: v for k, v in best["cfg"].items()})
+    path = Path(sp.__file__)
+    line = "RLA_TUNING = " + repr(tuned).replace("'", '"')
+    src, n = re.subn(r"^RLA_TUNING = .*?(  # noqa: E501)?$", line.replace("\\", "\\\\") + "  # noqa: E501",
+                     path.read_text(), count=1, flags=re.M)
+    assert n == 1
+    path.write_text(src)
+    P(f"applied to {path}: {line}")
 
 
 if __name__ == "__main__":

@@ -299,6 +299,8 @@ def pick(a, results, q, k, v, tables, gs, gr, plain_swa_cfg):
         src = path.read_text()
         tuned = dict(design=design, cfg=dict(tuning["cfg"], early_norm=True), swa_cfg=tuning["swa_cfg"],
                      state=tuning["state"], plain_swa_cfg=plain_swa_cfg)
+        if "segment" in sp.RLA_TUNING:  # the segment design's own tuning (results/bench/segment_explore.py)
+            tuned["segment"] = sp.RLA_TUNING["segment"]
         line = "RLA_TUNING = " + repr(tuned).replace("'", '"')
         src, n = re.subn(r"^RLA_TUNING = .*?(  # noqa: E501)?$", line.replace("\\", "\\\\") + "  # noqa: E501", src,
                          count=1, flags=re.M)

@@ -18,6 +18,7 @@ import rattn_eval.kernels as K
 from rattn_eval.kernels import Rope, rattention_naive, residual_linear_attention_naive, swa_attention_naive
 from rattn_eval.kernels.rattention.fused import rattention_design, rattention_triton
 from rattn_eval.kernels.rla import chunk as rla_chunk
+from rattn_eval.kernels.rla import segment as rla_segment
 from rattn_eval.kernels.rla.chunk import residual_linear_attention_triton
 from rattn_eval.kernels.rla.naive import residual_linear_attention_recurrent
 from rattn_eval.kernels.swa import parallel as swa_parallel
@@ -316,7 +317,64 @@ def test_state_block_must_fit_the_output_blocks():
                                     do_swa=True, do_rla=True)
 
 
-@pytest.mark.parametrize("design", ["fused", "fused_two_pass", "two_kernel"])
+SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or split; phi(k) computed or read
+    "both-halves": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2),
+    "split-phi_k": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True),
+    "split-full-value": dict(BC=32, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True),
+    "phi_k": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, phi_k=True),
+}
+
+
+@pytest.mark.parametrize("variant", list(SEGMENT_CFGS))
+def test_segment_design_matches_reference(variant):
+    # "segment" design: segment totals + carry, state kept on chip, raw o_rla (or two partials) normalized
+    # by the SWA pass. Many segments (seg_len 32: a carry per segment) and one segment (no carry),
+    # padded and packed batches, GQA, every feature map, windows 0, inside a segment and past T.
+    c = SEGMENT_CFGS[variant]
+    for T, (H, Hkv), layout, B, w, fm, seg_len, dtype in (
+            (150, (4, 2), "ragged", 3, 9, "softmax", 32, "fp32"),
+            (111, (2, 1), "packed", 3, 40, "relu", 32, "fp16"),
+            (70, (2, 2), "dense", 1, 0, "identity", 32, "fp32"),
+            (63, (4, 1), "dense", 2, 70, "softmax", 32, "fp32"),
+            (100, (2, 2), "dense", 1, 17, "softmax", 128, "fp16")):
+        c0 = dict(T=T, D=64, heads=(H, Hkv), B=B, layout=layout, dtype=dtype)
+        q, k, v, lkw = make_inputs(c0)
+        kw = dict(window=w, feature_map=fm, **rattn_extra(T, H, 64))
+        before = rla_segment.launch_counts["rla_segment_kernel"]
+        out = rattention_design(q, k, v, scale=None, eps=1e-6, lengths=lkw.get("lengths"),
+                                cu_seqlens=lkw.get("cu_seqlens"), design="segment",
+                                tuning=dict(segment=c, seg_len=seg_len), **kw)
+        assert rla_segment.launch_counts["rla_segment_kernel"] == before + 1
+        ref = rattention_naive(q.float(), k.float(), v.float(), **kw, **lkw).to(q.dtype)
+        assert_close(out, ref, TOL[q.dtype], f"{variant} {c0} w={w} {fm} seg_len={seg_len}")
+
+
+def test_segment_kernel_raw_output_and_partials():
+    # the segment kernel alone: raw o_rla, exactly zero for t <= w, and the two partials of split_f sum to it
+    T, D, w = 90, 64, 20
+    q, k, v, _ = make_inputs(dict(T=T, D=D, heads=(2, 1), B=1, layout="dense", dtype="fp32"))
+    seqs = swa_parallel.SequenceTable(1, T, q.device, None, None, 16)
+    ref = residual_linear_attention_naive(q, k, v, window=w)
+    carry, phi = rla_chunk.rla_segment_carry(k, v, seqs, window=w, feature=0, seg_len=32, block=16, phi_pass=True)
+    assert carry.shape == (1, 1, 3, 2 * D, D) and phi.shape == (1, T, 1, 2 * D)
+    out = torch.full_like(q, float("nan"))
+    rla_segment.launch_rla_segments(q, k, v, out, seqs, window=w, feature=0, cfg=SEGMENT_CFGS["both-halves"],
+                                    seg_len=32, carry=carry)
+    assert_close(out, ref, 1e-4, "raw segment output")
+    assert out[:, : w + 1].abs().max().item() == 0
+    parts = torch.full((2,) + tuple(q.shape), float("nan"))
+    rla_segment.launch_rla_segments(q, k, v, parts, seqs, window=w, feature=0, cfg=SEGMENT_CFGS["split-phi_k"],
+                                    seg_len=32, carry=carry, phi=phi)
+    assert_close(parts[0] + parts[1], ref, 1e-4, "split partials")
+    with pytest.raises(ValueError, match="segments need the carry"):
+        rla_segment.launch_rla_segments(q, k, v, out, seqs, window=w, feature=0, cfg=SEGMENT_CFGS["both-halves"],
+                                        seg_len=32, carry=None)
+    with pytest.raises(ValueError, match="two partials"):
+        rla_segment.launch_rla_segments(q, k, v, out, seqs, window=w, feature=0, cfg=SEGMENT_CFGS["split-phi_k"],
+                                        seg_len=32, carry=carry)
+
+
+@pytest.mark.parametrize("design", ["fused", "fused_two_pass", "two_kernel", "segment"])
 @pytest.mark.parametrize("early_norm,phi", [(False, False), (True, False), (True, True)])
 def test_rattention_designs_agree(design, early_norm, phi):
     # every design the H200 sweep may pick as the default (swa/parallel.py RLA_TUNING), with RoPE and norms
@@ -329,9 +387,10 @@ def test_rattention_designs_agree(design, early_norm, phi):
     state = {}
     if phi:  # phi(k) pre-pass (it also rotates k), read back by the output pass; heads-first grids
         cfg, swa_cfg, state = dict(cfg, phi_k=True, heads_first=True), dict(swa_cfg, heads_first=True), dict(phi_pass=True)
+    segment = dict(SEGMENT_CFGS["split-phi_k" if phi else "both-halves"], split_f=early_norm)
     before = rla_chunk.launch_counts["rla_phi_kernel"]
     out = rattention_design(q, k, v, lengths=None, cu_seqlens=None, design=design,
-                            tuning=dict(cfg=cfg, swa_cfg=swa_cfg, state=state), **kw)
+                            tuning=dict(cfg=cfg, swa_cfg=swa_cfg, state=state, segment=segment), **kw)
     assert rla_chunk.launch_counts["rla_phi_kernel"] == before + phi
     ref = rattention_naive(q.float(), k.float(), v.float(), **{a: b for a, b in kw.items() if a != "scale"})
     assert_close(out.float(), ref, TOL[torch.float16], f"{design} early_norm={early_norm} phi={phi}")

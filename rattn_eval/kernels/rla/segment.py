@@ -131,10 +131,12 @@ def segment_config(D: int, dtype: torch.dtype) -> dict:
     from ..swa.parallel import RLA_TUNING
     if INTERPRET:
         return dict(BC=16, BV=max(16, D // 2), num_warps=4, num_stages=1, programs_per_sm=2)
-    if dtype == torch.float32:
-        return dict(BC=32, BV=min(D, 32), num_warps=4, num_stages=2, programs_per_sm=4)
+    if dtype == torch.float32:  # fp32 tiles take twice the shared memory
+        return dict(BC=32, BV=min(D, 64), num_warps=4, num_stages=2, programs_per_sm=4, split_f=True, phi_k=True)
     tuned = RLA_TUNING.get("segment") or {}
-    cfg = dict(BC=64, BV=min(D, 64), num_warps=8, num_stages=2, programs_per_sm=4)
+    # results/bench/segment_iterations/2_explore.txt (H200, 32k): feature halves split over programs and
+    # phi(k) from the pre-pass; value slices of 64 with 4 warps
+    cfg = dict(BC=64, BV=min(D, 64), num_warps=4, num_stages=2, programs_per_sm=4, split_f=True, phi_k=True)
     cfg.update(tuned)
     cfg["BV"] = min(cfg["BV"], D)
     return cfg
