@@ -64,14 +64,12 @@ def seg(BC, BV, nw, ns, pps=4, **extra):
     return dict(BC=BC, BV=BV, num_warps=nw, num_stages=ns, programs_per_sm=pps, **extra)
 
 
-# Round 1 (segment_iterations/1_explore.txt, 2_explore.txt) tried BV 32 / 64 / 128, BC 64 / 128, 4 and 8
+# Rounds 1-3 (segment_iterations/1_explore.txt .. 3_explore.txt) tried BV 32 / 64 / 128, BC 64 / 128, 4 and 8
 # warps, halves in one program or split, phi(k) computed or read: split + phi(k) read + BV 64 + 4 warps won.
 # (BC 64, BV 32, 4 warps, halves together, phi(k) computed failed to run there: illegal memory access.)
-SEG_CFGS = [
-    seg(64, 64, 4, 2, split_f=True, phi_k=True), seg(64, 64, 4, 2, 8, split_f=True, phi_k=True),
-    seg(64, 64, 4, 2, 2, split_f=True, phi_k=True), seg(64, 64, 4, 3, split_f=True, phi_k=True),
-    seg(32, 64, 4, 2, split_f=True, phi_k=True), seg(64, 64, 4, 1, split_f=True, phi_k=True),
-    seg(64, 64, 4, 2, split_f=True, phi_k=True, scan_warps=4),
+SEG_CFGS = [  # round 4: around the round-3 winner (programs_per_sm 8)
+    seg(64, 64, 4, 2, 8, split_f=True, phi_k=True), seg(64, 64, 4, 2, 12, split_f=True, phi_k=True),
+    seg(64, 64, 4, 2, 16, split_f=True, phi_k=True), seg(64, 64, 4, 2, 8, split_f=True, phi_k=True, scan_warps=4),
 ]
 
 
@@ -82,9 +80,13 @@ def main():
     ap.add_argument("--apply", default=None, metavar="LOG",
                     help="read LOG; if the best segment config beats the committed design at 32k (Hkv 16 + Hkv 4, "
                          "correct at 4k), make it the default (RLA_TUNING design 'segment')")
+    ap.add_argument("--compare", action="store_true",
+                    help="end to end, the fused and segment designs at T 4k / 16k, Hkv 16 / 4, interleaved 3 times")
     a = ap.parse_args()
     if a.apply:
         return apply(a.apply)
+    if a.compare:
+        return compare()
     dev = "cuda"
     g = torch.Generator(device=dev).manual_seed(0)
     bf = torch.bfloat16
@@ -160,6 +162,27 @@ def main():
     if a.log:
         with open(a.log, "a") as f:
             f.write(json.dumps(rec) + "\n")
+
+
+def compare():
+    g = torch.Generator(device="cuda").manual_seed(0)
+    base = sp.RLA_TUNING
+    designs = {"fused": dict(cfg=base["cfg"], swa_cfg=base.get("swa_cfg"), state=base["state"]),
+               "segment": dict(segment=base.get("segment", {}))}
+    for t in (4096, 16384):
+        for hkv in (16, 4):
+            q = torch.randn(1, t, H, D, device="cuda", generator=g).to(torch.bfloat16)
+            k, v = (torch.randn(1, t, hkv, D, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2))
+            tables = Rope(D).tables(t, "cuda")
+            times = {d: [] for d in designs}
+            for _ in range(3):
+                for d, tuning in designs.items():
+                    times[d].append(bench(lambda: rf.rattention_design(
+                        q, k, v, window=W, rope=tables, scale=None, feature_map="softmax", swa_norm_weight=None,
+                        rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None, design=d, tuning=tuning),
+                        rep=50))
+            P(f"T {t} Hkv {hkv}: " + ", ".join(f"{d} " + " / ".join(f"{x:.3f}" for x in ts) + " ms"
+                                               for d, ts in times.items()))
 
 
 def apply(log):

@@ -4,7 +4,7 @@ TRITON_INTERPRET=0 so conftest does not switch the interpreter on:
     TRITON_INTERPRET=0 python -m pytest -m gpu tests/kernels/test_gpu_prefill.py
 
 bf16 inputs against the fp32 chunked references (computed on the same bf16 values) at T = 4k, 32k,
-128k; fp32 inputs with TF32 off at 1e-4.
+128k; fp32 inputs with TF32 off at 1e-4; fp16 inputs at 2e-3.
 """
 
 import pytest
@@ -73,6 +73,12 @@ def test_fp32_tf32_off(T):
         _run_all(T, torch.float32, FP32_TOL, FP32_TOL)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+@pytest.mark.parametrize("T", [4096, 32768])
+def test_fp16(T):
+    # fp16 keeps 11 significant bits (rounding ~5e-4 relative): the CPU suite's fp16 tolerance, 2e-3
+    _run_all(T, torch.float16, 2e-3, 2e-3)
 
 
 def test_head_dim_256_swa_and_64_rattention_bf16():

@@ -2,15 +2,21 @@
 
     o = rms(SWA(rope(q), rope(k), v)) * g_swa + rms(RLA(q, k, v)) * g_rla
 
-  1. `rla_prefix_states` (rla/chunk.py) reads k and v: (with the tuned default) a pre-pass writes
-     phi(k) and RoPE-rotated k, then a scan stores the RLA chunk state at every state-block
-     boundary (segment-relative, plus a per-segment carry).
-  2. `swa_fwd_kernel` (swa/parallel.py), per the design in RLA_TUNING (swa/parallel.py):
-     "fused" (the H200 default): one pass per query block; the window-edge tiles feed the softmax
+The design is picked in RLA_TUNING (swa/parallel.py); the H200 default is "segment":
+  1. `rla_segment_carry` (rla/chunk.py): a pre-pass writes phi(k) and RoPE-rotated k, a scan sums
+     phi(k)^T v per segment of the sequence, and the carry pass turns the sums into the state each
+     segment starts from.
+  2. `rla_segment_kernel` (rla/segment.py): per (segment, head, feature half, value slice), walks the
+     segment's query chunks with the state on chip and writes the raw o_rla (two partials).
+  3. `swa_fwd_kernel` (swa/parallel.py), with the plain-SWA tiles: rotates q, runs the window, and
+     adds rms(o_swa) * g_swa + rms(partial_0 + partial_1) * g_rla.
+The chunk-state designs (the default until results/bench/segment_iterations/3_explore.txt):
+  1. `rla_prefix_states` (rla/chunk.py) stores the RLA state at every state-block boundary
+     (segment-relative, plus a per-segment carry), after the same phi(k) pre-pass.
+  2. "fused": one `swa_fwd_kernel` pass per query block; the window-edge tiles feed the softmax
      branch (t - j <= w) and the linear branch (t - j > w) from a single load of v, and both norms
-     and the sum happen in the epilogue.
-     "two_kernel": an RLA pass writes rms(o_rla) * g_rla, then the SWA pass, with the plain-SWA
-     tiles, rotates q in-kernel and adds rms(o_swa) * g_swa.
+     and the sum happen in the epilogue. "two_kernel": an RLA pass writes rms(o_rla) * g_rla, then
+     the SWA pass adds rms(o_swa) * g_swa.
 """
 
 from __future__ import annotations

@@ -365,11 +365,12 @@ def sequence_table(B, T, device, lengths, cu_seqlens, block) -> SequenceTable:
 
 
 # RAttention / RLA launch settings for 16-bit inputs and D <= 128 (tuned on an H200 at T = 32k, w = 512,
-# Hkv = 16 by results/bench/sweep_prefill.py, which rewrites this one line with the fastest correct variant):
+# Hkv = 16 by results/bench/sweep_prefill.py, which rewrites this one line with the fastest correct variant;
+# design and segment by results/bench/segment_explore.py --apply, on Hkv 16 + Hkv 4):
 # design (rattention/fused.py DESIGNS), cfg = RLA output-pass tiles (+ phi_k: read phi(k) from the pre-pass,
-# heads_first: grid order), swa_cfg = the SWA pass of "two_kernel", state = rla_prefix_states settings,
-# plain_swa_cfg = swa_attention's tiles.
-RLA_TUNING = {"design": "fused", "cfg": {"BM": 128, "BN": 64, "num_warps": 8, "num_stages": 2, "early_norm": True, "phi_k": True, "heads_first": True}, "swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "heads_first": True}, "state": {"state_block": 128, "carry": "fold", "block_t": 128, "block_v": None, "num_warps": 8, "num_stages": 3, "programs_per_sm": 4, "phi_pass": True, "carry_dtype": "state"}, "plain_swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3}}  # noqa: E501
+# heads_first: grid order), swa_cfg = the SWA pass of "two_kernel" and "segment", state = rla_prefix_states
+# settings, plain_swa_cfg = swa_attention's tiles, segment = rla/segment.py's kernel (segment_config).
+RLA_TUNING = {"design": "segment", "cfg": {"BM": 128, "BN": 64, "num_warps": 8, "num_stages": 2, "early_norm": True, "phi_k": True, "heads_first": True}, "swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "heads_first": True}, "state": {"state_block": 128, "carry": "fold", "block_t": 128, "block_v": None, "num_warps": 8, "num_stages": 3, "programs_per_sm": 4, "phi_pass": True, "carry_dtype": "state"}, "plain_swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3}, "segment": {"BC": 64, "BV": 64, "num_warps": 4, "num_stages": 2, "programs_per_sm": 8, "split_f": True, "phi_k": True}}  # noqa: E501
 
 
 def block_config(D: int, rla: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
