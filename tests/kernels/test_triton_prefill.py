@@ -179,6 +179,7 @@ def test_triton_kernel_launched_through_public_api(op):
     before_api = K.launches[f"triton.{op}"]
     before_kernel = swa_parallel.launch_counts["swa_fwd_kernel"]
     before_state = rla_chunk.launch_counts["rla_chunk_state_kernel"]
+    before_segment = rla_segment.launch_counts["rla_segment_kernel"]
     fn = {"swa": K.swa_attention, "rla": K.residual_linear_attention, "rattention": K.rattention}[op]
     out = fn(q, k, v, window=7, backend="triton")
     assert K.launches[f"triton.{op}"] == before_api + 1
@@ -186,7 +187,11 @@ def test_triton_kernel_launched_through_public_api(op):
 
     passes = 2 if op == "rattention" and DEFAULT_DESIGN == "two_kernel" else 1  # two_kernel: RLA pass + SWA pass
     assert swa_parallel.launch_counts["swa_fwd_kernel"] == before_kernel + passes
-    assert rla_chunk.launch_counts["rla_chunk_state_kernel"] == before_state + (op != "swa")
+    if op == "rattention" and DEFAULT_DESIGN == "segment":  # segment totals + the segment kernel, no chunk states
+        assert rla_segment.launch_counts["rla_segment_kernel"] == before_segment + 1
+        assert rla_chunk.launch_counts["rla_chunk_state_kernel"] == before_state
+    else:
+        assert rla_chunk.launch_counts["rla_chunk_state_kernel"] == before_state + (op != "swa")
     ref = {"swa": swa_attention_naive, "rla": residual_linear_attention_naive, "rattention": rattention_naive}[op]
     assert_close(out, ref(q, k, v, window=7), 1e-4, op)
 

@@ -219,8 +219,9 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
         loads and multiplies (default: the scan computes phi(k) itself).
     """
     B, T, Hkv, D = k.shape
-    # the tuned settings are for 16-bit inputs (fp32 tiles take twice the shared memory)
-    tuned = {} if INTERPRET or k.dtype == torch.float32 else RLA_TUNING["state"]
+    # the tuned settings are for bf16 inputs, whose states are stored in bf16: with fp16 / fp32 inputs the
+    # states are fp32 and the tuned 3-stage scan needs 256 KiB of shared memory (H200 limit 227 KiB)
+    tuned = RLA_TUNING["state"] if k.dtype == torch.bfloat16 and not INTERPRET else {}
     block_v = block_v or tuned.get("block_v")
     num_warps = num_warps or tuned.get("num_warps")
     num_stages = num_stages or tuned.get("num_stages") or 2
