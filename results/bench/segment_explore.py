@@ -64,12 +64,14 @@ def seg(BC, BV, nw, ns, pps=4, **extra):
     return dict(BC=BC, BV=BV, num_warps=nw, num_stages=ns, programs_per_sm=pps, **extra)
 
 
-# Rounds 1-3 (segment_iterations/1_explore.txt .. 3_explore.txt) tried BV 32 / 64 / 128, BC 64 / 128, 4 and 8
-# warps, halves in one program or split, phi(k) computed or read: split + phi(k) read + BV 64 + 4 warps won.
+# Rounds 1-4 (segment_iterations/1_explore.txt .. 4_explore.txt) tried BV 32 / 64 / 128, BC 64 / 128, 4 and 8
+# warps, halves in one program or split, phi(k) computed or read, 2 to 16 programs per SM: split + phi(k) read +
+# BV 64 + 4 warps + 8 programs per SM won.
 # (BC 64, BV 32, 4 warps, halves together, phi(k) computed failed to run there: illegal memory access.)
-SEG_CFGS = [  # round 4: around the round-3 winner (programs_per_sm 8)
-    seg(64, 64, 4, 2, 8, split_f=True, phi_k=True), seg(64, 64, 4, 2, 12, split_f=True, phi_k=True),
-    seg(64, 64, 4, 2, 16, split_f=True, phi_k=True), seg(64, 64, 4, 2, 8, split_f=True, phi_k=True, scan_warps=4),
+SEG_CFGS = [  # round 5: the round-4 winner with one program per KV head (group_heads), programs per SM 4 / 8 / 16
+    seg(64, 64, 4, 2, 8, split_f=True, phi_k=True, group_heads=True),
+    seg(64, 64, 4, 2, 16, split_f=True, phi_k=True, group_heads=True),
+    seg(64, 64, 4, 2, 4, split_f=True, phi_k=True, group_heads=True),
 ]
 
 
@@ -145,7 +147,8 @@ def main():
         split = c.get("split_f", False)
         out = torch.empty(((2,) if split else ()) + tuple(q.shape), dtype=q.dtype, device=dev)
         nv = D // c["BV"]
-        seg_len = rs.segment_length(seqs, H, nv * (2 if split else 1), c["BC"], 64, c["programs_per_sm"], q.device)
+        heads = hkv if c.get("group_heads") else H
+        seg_len = rs.segment_length(seqs, heads, nv * (2 if split else 1), c["BC"], 64, c["programs_per_sm"], q.device)
         ck = dict(window=W, feature=0, seg_len=seg_len, block=64, kr=kr, rope=tables, phi_pass=bool(c.get("phi_k")))
         carry, phi = rc.rla_segment_carry(k, v, seqs, **ck)
         t_tot = bench(lambda: rc.rla_segment_carry(k, v, seqs, **ck))

@@ -327,6 +327,10 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
     "split-phi_k": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True),
     "split-full-value": dict(BC=32, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True),
     "phi_k": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, phi_k=True),
+    # one program per KV head serving its H / Hkv query heads
+    "grouped-split-phi_k": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
+                                group_heads=True),
+    "grouped-both-halves": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, group_heads=True),
 }
 
 

@@ -110,14 +110,16 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
     if design == "segment":
         seg_cfg = dict(segment_config(D, q.dtype), **tuning.get("segment", {}))
         unit = seg_cfg.get("scan_block", 64) if not INTERPRET else 16
-        seg_len = tuning.get("seg_len") or segment_length(seqs, H, D // min(seg_cfg["BV"], D), seg_cfg["BC"], unit,
-                                                          seg_cfg["programs_per_sm"], q.device)
+        split = 2 if seg_cfg.get("split_f") and feature != 2 else 1
+        heads = k.shape[2] if seg_cfg.get("group_heads") else H  # programs per (sequence, segment) / slices
+        seg_len = tuning.get("seg_len") or segment_length(seqs, heads, split * D // min(seg_cfg["BV"], D),
+                                                          seg_cfg["BC"], unit, seg_cfg["programs_per_sm"], q.device)
         carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
                                        rope=tables, num_warps=seg_cfg.get("scan_warps"),
                                        phi_pass=bool(seg_cfg.get("phi_k")))
         # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
         rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
-        if seg_cfg.get("split_f") and feature != 2:
+        if split == 2:
             raw = torch.empty((2,) + tuple(q.shape), dtype=rdt, device=q.device)
         else:
             raw = out if rdt == q.dtype else torch.empty(q.shape, dtype=rdt, device=q.device)

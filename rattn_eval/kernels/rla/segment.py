@@ -33,7 +33,7 @@ def rla_segment_kernel(
     seq_row_ptr, seq_start_ptr, seq_len_ptr,
     T, H, Hkv, window, NSEG, SEGLEN, part_stride,
     D: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, PRECISION: tl.constexpr,
-    HAS_CARRY: tl.constexpr, SPLIT_F: tl.constexpr, PHI_K: tl.constexpr,
+    HAS_CARRY: tl.constexpr, SPLIT_F: tl.constexpr, PHI_K: tl.constexpr, GH: tl.constexpr,
 ):
     """1-D grid over (sequences * H, segments, D / BV), the last fastest. q (B, T, H, D), k/v
     (B, T, Hkv, D) contiguous; o (B, T, H, D) receives the raw RLA output (fp32 accumulation, stored
@@ -41,7 +41,8 @@ def rla_segment_kernel(
     (HAS_CARRY; otherwise every segment starts from zero, which is right only for NSEG == 1).
     SPLIT_F (softmax / relu maps): one program per feature half f, holding only S_f; it writes its
     partial output to o + f * part_stride (the two partials sum to o_rla). PHI_K: read phi(k)
-    (B, T, Hkv, F) from the pre-pass instead of computing it."""
+    (B, T, Hkv, F) from the pre-pass instead of computing it. GH: query heads per program (a divisor
+    of H / Hkv): they share the key tiles and the state update."""
     NV: tl.constexpr = D // BV
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
@@ -51,9 +52,9 @@ def rla_segment_kernel(
     f = (pid // NV) % NF if SPLIT_F else 0
     seg = (pid // NP) % NSEG
     nh = pid // (NP * NSEG)
-    n = nh // H
-    h = nh % H
-    hk = h // (H // Hkv)
+    n = nh // (H // GH)
+    h0 = (nh % (H // GH)) * GH  # the first query head of this program
+    hk = h0 // (H // Hkv)
     L = tl.load(seq_len_ptr + n)
     t_first = seg * SEGLEN
     if t_first >= L:
@@ -85,9 +86,7 @@ def rla_segment_kernel(
         t_ok = offs_t < L
         offs_j = offs_t - window
         j_ok = (offs_j >= 0) & (offs_j < L)
-        q_rows = (tok0 + offs_t).to(tl.int64) * (H * D) + h * D
         k_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
-        q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
         # rows of keys outside the sequence have v = 0, so their (finite) phi(k) adds nothing
         v = tl.load(v_ptr + k_rows[:, None] + offs_v[None, :], mask=j_ok[:, None], other=0.0).to(dt)
         if PHI_K:
@@ -100,27 +99,32 @@ def rla_segment_kernel(
         else:
             kx = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(tl.float32)
             if SPLIT_F:
-                pk = feature_map_one(kx * tl.where(f == 0, 1.0, -1.0), FEATURE)
+                pk = feature_map_one(kx * tl.where(f == 0, 1.0, -1.0), FEATURE).to(dt)
                 nk = pk
             else:
                 pk, nk = feature_map_halves(kx, FEATURE)
-        if SPLIT_F:
-            pq = feature_map_one(q * tl.where(f == 0, 1.0, -1.0), FEATURE)
-            nq = pq
-        else:
-            pq, nq = feature_map_halves(q, FEATURE)
-        pq = pq.to(dt)
-        pk = pk.to(dt)
-        a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)
-        o = tl.dot(pq, s_p.to(dt), input_precision=PRECISION)
-        if NF == 2 and not SPLIT_F:
-            nq = nq.to(dt)
-            nk = nk.to(dt)
-            a += tl.dot(nq, tl.trans(nk), input_precision=PRECISION)
-            o += tl.dot(nq, s_n.to(dt), input_precision=PRECISION)
-        a = tl.where(below, a, 0.0)
-        o += tl.dot(a.to(dt), v, input_precision=PRECISION)
-        tl.store(o_ptr + q_rows[:, None] + offs_v[None, :], o.to(o_ptr.dtype.element_ty), mask=t_ok[:, None])
+                pk = pk.to(dt)
+                nk = nk.to(dt)
+        sp_dt = s_p.to(dt)
+        sn_dt = s_n.to(dt)
+        for g in tl.static_range(GH):
+            q_rows = (tok0 + offs_t).to(tl.int64) * (H * D) + (h0 + g) * D
+            q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+            if SPLIT_F:
+                pq = feature_map_one(q * tl.where(f == 0, 1.0, -1.0), FEATURE)
+                nq = pq
+            else:
+                pq, nq = feature_map_halves(q, FEATURE)
+            pq = pq.to(dt)
+            a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)
+            o = tl.dot(pq, sp_dt, input_precision=PRECISION)
+            if NF == 2 and not SPLIT_F:
+                nq = nq.to(dt)
+                a += tl.dot(nq, tl.trans(nk), input_precision=PRECISION)
+                o += tl.dot(nq, sn_dt, input_precision=PRECISION)
+            a = tl.where(below, a, 0.0)
+            o += tl.dot(a.to(dt), v, input_precision=PRECISION)
+            tl.store(o_ptr + q_rows[:, None] + offs_v[None, :], o.to(o_ptr.dtype.element_ty), mask=t_ok[:, None])
         s_p += tl.dot(tl.trans(pk), v, input_precision=PRECISION)
         if NF == 2 and not SPLIT_F:
             s_n += tl.dot(tl.trans(nk), v, input_precision=PRECISION)
@@ -164,7 +168,8 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
                         carry: torch.Tensor | None, phi: torch.Tensor | None = None):
     """Run `rla_segment_kernel`: out gets the raw RLA output at every valid row: (B, T, H, D), or
     with cfg["split_f"] (softmax / relu maps) (2, B, T, H, D), two partials that sum to it.
-    phi: phi(k) from the pre-pass (read instead of computed)."""
+    phi: phi(k) from the pre-pass (read instead of computed). cfg["group_heads"]: one program serves
+    the H / Hkv query heads of a KV head (one state update for all of them)."""
     split = bool(cfg.get("split_f")) and feature != 2
     B, T, H, D = q.shape
     Hkv = k.shape[2]
@@ -178,13 +183,14 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
         raise ValueError(f"carry has {carry.shape[2]} segments, the launch {nseg}")
     if split and (out.dim() != 5 or out.shape[0] != 2):
         raise ValueError("split_f needs an output of two partials, (2, B, T, H, D)")
-    grid = (seqs.count * H * nseg * (D // BV) * (2 if split else 1),)
+    gh = H // Hkv if cfg.get("group_heads") else 1
+    grid = (seqs.count * (H // gh) * nseg * (D // BV) * (2 if split else 1),)
     dummy = _dummy(q.device)
     rla_segment_kernel[grid](
         q, k, v, out, carry if carry is not None else dummy, phi if phi is not None else dummy,
         seqs.row, seqs.start, seqs.length, T, H, Hkv, window, nseg, seg_len, out[0].numel() if split else 0,
         D=D, BC=cfg["BC"], BV=BV, FEATURE=feature, PRECISION=precision_for(q.dtype), HAS_CARRY=carry is not None,
-        SPLIT_F=split, PHI_K=phi is not None,
+        SPLIT_F=split, PHI_K=phi is not None, GH=gh,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["rla_segment_kernel"] += 1
