@@ -68,6 +68,7 @@ def seg(BC, BV, nw, ns, pps=4, **extra):
 # warps, halves in one program or split, phi(k) computed or read, 2 to 16 programs per SM: split + phi(k) read +
 # BV 64 + 4 warps + 8 programs per SM won.
 # (BC 64, BV 32, 4 warps, halves together, phi(k) computed failed to run there: illegal memory access.)
+# Round 5 (5_explore.txt): group_heads, below, was no faster at Hkv 16 and slower at Hkv 4 (1.49-1.57 vs 1.24 ms).
 SEG_CFGS = [  # round 5: the round-4 winner with one program per KV head (group_heads), programs per SM 4 / 8 / 16
     seg(64, 64, 4, 2, 8, split_f=True, phi_k=True, group_heads=True),
     seg(64, 64, 4, 2, 16, split_f=True, phi_k=True, group_heads=True),
