@@ -381,6 +381,22 @@ def test_segment_kernel_raw_output_and_partials():
     with pytest.raises(ValueError, match="two partials"):
         rla_segment.launch_rla_segments(q, k, v, out, seqs, window=w, feature=0, cfg=SEGMENT_CFGS["split-phi_k"],
                                         seg_len=32, carry=carry)
+    with pytest.raises(ValueError, match="must divide the head dim"):  # else no program would run
+        rla_segment.launch_rla_segments(q, k, v, out, seqs, window=w, feature=0,
+                                        cfg=dict(SEGMENT_CFGS["both-halves"], BV=2 * D), seg_len=32, carry=carry)
+    with pytest.raises(ValueError, match="multiple of the chunk rows"):
+        rla_segment.launch_rla_segments(q, k, v, out, seqs, window=w, feature=0, cfg=SEGMENT_CFGS["both-halves"],
+                                        seg_len=24, carry=carry)
+    with pytest.raises(ValueError, match="does not fit this launch"):  # a carry for another feature map
+        rla_segment.launch_rla_segments(q, k, v, out, seqs, window=w, feature=2, cfg=SEGMENT_CFGS["both-halves"],
+                                        seg_len=32, carry=carry)
+    # a value slice larger than the head dim through the design is capped, not an empty launch
+    small = dict(T=40, D=16, heads=(2, 1), B=1, layout="dense", dtype="fp32")
+    qs, ks, vs, _ = make_inputs(small)
+    out = rattention_design(qs, ks, vs, window=5, rope=None, scale=None, feature_map="softmax", swa_norm_weight=None,
+                            rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None, design="segment",
+                            tuning=dict(segment=SEGMENT_CFGS["split-full-value"], seg_len=32))
+    assert_close(out, rattention_naive(qs, ks, vs, window=5), 1e-4, "BV > D capped")
 
 
 @pytest.mark.parametrize("design", ["fused", "fused_two_pass", "two_kernel", "segment"])

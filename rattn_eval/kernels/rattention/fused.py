@@ -3,9 +3,9 @@
     o = rms(SWA(rope(q), rope(k), v)) * g_swa + rms(RLA(q, k, v)) * g_rla
 
 The design is picked in RLA_TUNING (swa/parallel.py); the H200 default is "segment":
-  1. `rla_segment_carry` (rla/chunk.py): a pre-pass writes phi(k) and RoPE-rotated k, a scan sums
-     phi(k)^T v per segment of the sequence, and the carry pass turns the sums into the state each
-     segment starts from.
+  1. `rla_segment_carry` (rla/chunk.py): a pre-pass writes phi(k) and RoPE-rotated k (with the
+     default `phi_k`; otherwise the scan rotates k), a scan sums phi(k)^T v per segment of the
+     sequence, and the carry pass turns the sums into the state each segment starts from.
   2. `rla_segment_kernel` (rla/segment.py): per (segment, head, feature half, value slice), walks the
      segment's query chunks with the state on chip and writes the raw o_rla (two partials).
   3. `swa_fwd_kernel` (swa/parallel.py), with the plain-SWA tiles: rotates q, runs the window, and
@@ -88,7 +88,8 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
     """`rattention_triton` with the kernel design chosen explicitly (one of DESIGNS); for benchmarks and tests.
 
     tuning (benchmarks): {"cfg": output-pass block config (also the state block), "swa_cfg": the SWA
-    pass of "two_kernel", "state": keyword arguments for `rla_prefix_states`}."""
+    pass of "two_kernel" and "segment", "state": keyword arguments for `rla_prefix_states`,
+    "segment": overrides of `segment_config` (rla/segment.py), "seg_len": rows per segment}."""
     if window is None:
         raise ValueError("rattention needs an int window; use swa_attention(window=None) for full attention")
     if design not in DESIGNS:
@@ -109,6 +110,7 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
     swa_cfg = swa_cfg or block_config(D, rla=False, dtype=q.dtype)  # the tuned tiles are for 16-bit inputs
     if design == "segment":
         seg_cfg = dict(segment_config(D, q.dtype), **tuning.get("segment", {}))
+        seg_cfg["BV"] = min(seg_cfg["BV"], D)
         unit = seg_cfg.get("scan_block", 64) if not INTERPRET else 16
         split = 2 if seg_cfg.get("split_f") and feature != 2 else 1
         heads = k.shape[2] if seg_cfg.get("group_heads") else H  # programs per (sequence, segment) / slices

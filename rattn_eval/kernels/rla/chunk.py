@@ -55,8 +55,9 @@ def rla_chunk_state_kernel(
 
     STORE_STATES: store, before adding block m, the running state at every block m (states
     (blocks, Hkv, F, D)): relative to the segment start, or absolute when the scan starts from the
-    segment's carry (HAS_CARRY, carry (sequences, Hkv, NSEG, F, D) fp32). With ROPE it also writes k
-    rotated (kr) for the SWA branch: each of the programs sharing a key tile rotates a slice of it.
+    segment's carry (HAS_CARRY, carry (sequences, Hkv, NSEG, F, D) fp32).
+    ROPE: also write k rotated (kr) for the SWA branch: each of the programs sharing a key tile
+    rotates a slice of its rows.
     STORE_TOTAL: store the segment total (fp32) into carry, for `rla_carry_kernel`.
     FROM_PHI: read phi(k) (B, T, Hkv, F) written by `rla_phi_kernel` instead of computing it."""
     NV: tl.constexpr = D // BV
@@ -325,6 +326,8 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
     if seqs.count == 0:
         return None, None
+    if nseg > 1 and rope is not None and not phi_pass and block < nf:
+        raise ValueError(f"scan block {block} is smaller than the {nf} programs that rotate its rows")
     phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device) if phi_pass else None
     if phi_pass or (nseg <= 1 and rope is not None):
         br = 32
@@ -334,8 +337,6 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
         launch_counts["rla_phi_kernel"] += 1
     if nseg <= 1:
         return None, phi
-    if rope is not None and block < nf:
-        raise ValueError(f"scan block {block} is smaller than the {nf} programs that rotate its rows")
     carry = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device)
     rla_chunk_state_kernel[(nf * nseg * seqs.count * Hkv,)](
         k, v, kr if kr is not None else k, cos, sin, dummy, carry, phi if phi_pass else k, seqs.row, seqs.start,

@@ -35,7 +35,7 @@ def rla_segment_kernel(
     D: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, PRECISION: tl.constexpr,
     HAS_CARRY: tl.constexpr, SPLIT_F: tl.constexpr, PHI_K: tl.constexpr, GH: tl.constexpr,
 ):
-    """1-D grid over (sequences * H, segments, D / BV), the last fastest. q (B, T, H, D), k/v
+    """1-D grid over (sequences * H / GH, segments, [2 feature halves with SPLIT_F,] D / BV), the last fastest. q (B, T, H, D), k/v
     (B, T, Hkv, D) contiguous; o (B, T, H, D) receives the raw RLA output (fp32 accumulation, stored
     in o's dtype). carry (sequences, Hkv, NSEG, F, D) fp32: sum phi(k_j)^T v_j over j < seg * SEGLEN - w
     (HAS_CARRY; otherwise every segment starts from zero, which is right only for NSEG == 1).
@@ -73,11 +73,11 @@ def rla_segment_kernel(
         s_off += f * (D * D)
     if HAS_CARRY:
         cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
-        s_p = tl.load(cr + s_off)
-        if NF == 2:
+        s_p = tl.load(cr + s_off)  # (with SPLIT_F, s_off already points at this program's half)
+        if NF == 2 and not SPLIT_F:
             s_n = tl.load(cr + D * D + s_off)
         else:
-            s_n = s_p
+            s_n = s_p  # unused
     else:
         s_p = tl.zeros([D, BV], dtype=tl.float32)
         s_n = tl.zeros([D, BV], dtype=tl.float32)
@@ -106,7 +106,10 @@ def rla_segment_kernel(
                 pk = pk.to(dt)
                 nk = nk.to(dt)
         sp_dt = s_p.to(dt)
-        sn_dt = s_n.to(dt)
+        if NF == 2 and not SPLIT_F:
+            sn_dt = s_n.to(dt)
+        else:
+            sn_dt = sp_dt  # unused
         for g in tl.static_range(GH):
             q_rows = (tok0 + offs_t).to(tl.int64) * (H * D) + (h0 + g) * D
             q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
@@ -175,12 +178,18 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
     Hkv = k.shape[2]
     if seqs.count == 0:
         return out
-    BV = cfg["BV"]
+    BV, BC = cfg["BV"], cfg["BC"]
+    if BV > D or D % BV:
+        raise ValueError(f"value slice BV = {BV} must divide the head dim {D}")
+    if seg_len % BC:
+        raise ValueError(f"segment length {seg_len} must be a multiple of the chunk rows BC = {BC}")
     nseg = cdiv(seqs.max_len, seg_len)
     if nseg > 1 and carry is None:
         raise ValueError(f"{nseg} segments need the carry of their segment totals")
-    if carry is not None and carry.shape[2] != nseg:
-        raise ValueError(f"carry has {carry.shape[2]} segments, the launch {nseg}")
+    fd = D if feature == 2 else 2 * D
+    if carry is not None and tuple(carry.shape) != (seqs.count, Hkv, nseg, fd, D):
+        raise ValueError(f"carry of shape {tuple(carry.shape)} does not fit this launch: expected "
+                         f"{(seqs.count, Hkv, nseg, fd, D)}")
     if split and (out.dim() != 5 or out.shape[0] != 2):
         raise ValueError("split_f needs an output of two partials, (2, B, T, H, D)")
     gh = H // Hkv if cfg.get("group_heads") else 1
@@ -189,7 +198,7 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
     rla_segment_kernel[grid](
         q, k, v, out, carry if carry is not None else dummy, phi if phi is not None else dummy,
         seqs.row, seqs.start, seqs.length, T, H, Hkv, window, nseg, seg_len, out[0].numel() if split else 0,
-        D=D, BC=cfg["BC"], BV=BV, FEATURE=feature, PRECISION=precision_for(q.dtype), HAS_CARRY=carry is not None,
+        D=D, BC=BC, BV=BV, FEATURE=feature, PRECISION=precision_for(q.dtype), HAS_CARRY=carry is not None,
         SPLIT_F=split, PHI_K=phi is not None, GH=gh,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
