@@ -11,9 +11,7 @@ Per config: the end-to-end error at T = 4k (H 4, Hkv 2) against the fp32 chunked
 
 import argparse
 import json
-import re
 import time
-from pathlib import Path
 from importlib import import_module
 
 import torch
@@ -23,6 +21,7 @@ rf = import_module("rattn_eval.kernels.rattention.fused")
 rc = import_module("rattn_eval.kernels.rla.chunk")
 rs = import_module("rattn_eval.kernels.rla.segment")
 sp = import_module("rattn_eval.kernels.swa.parallel")
+from prefill_tools import Spy, write_tuning  # noqa: E402  (results/bench, the script's folder)
 from rattn_eval.kernels import Rope  # noqa: E402
 from rattn_eval.kernels.rattention.naive import rattention_chunked  # noqa: E402
 
@@ -36,24 +35,6 @@ def P(*a):
 
 def bench(fn, rep=30):
     return triton.testing.do_bench(fn, warmup=5, rep=rep)
-
-
-class Spy:
-    def __init__(self, kern):
-        self.kern, self.last = kern, None
-
-    def __getitem__(self, grid):
-        def run(*a, **kw):
-            self.last = self.kern[grid](*a, **kw)
-            return self.last
-        return run
-
-    def info(self):
-        k = self.last
-        try:
-            return f"regs={k.n_regs} spills={k.n_spills} smem={k.metadata.shared}"
-        except Exception as e:  # noqa: BLE001
-            return f"(no info: {type(e).__name__})"
 
 
 spy_seg = Spy(rs.rla_segment_kernel)
@@ -204,13 +185,8 @@ def apply(log):
         P("apply: the committed design stays")
         return
     tuned = dict(sp.RLA_TUNING, design="segment", segment={k: v for k, v in best["cfg"].items()})
-    path = Path(sp.__file__)
-    line = "RLA_TUNING = " + repr(tuned).replace("'", '"')
-    src, n = re.subn(r"^RLA_TUNING = .*?(  # noqa: E501)?$", line.replace("\\", "\\\\") + "  # noqa: E501",
-                     path.read_text(), count=1, flags=re.M)
-    assert n == 1
-    path.write_text(src)
-    P(f"applied to {path}: {line}")
+    line = write_tuning(sp, tuned)
+    P(f"applied to {sp.__file__}: {line}")
 
 
 if __name__ == "__main__":

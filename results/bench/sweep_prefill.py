@@ -16,10 +16,8 @@ after it in the same checkout measures the committed setting.
 """
 
 import argparse
-import re
 import time
 from importlib import import_module
-from pathlib import Path
 
 import torch
 import triton.testing
@@ -27,6 +25,7 @@ import triton.testing
 rf = import_module("rattn_eval.kernels.rattention.fused")  # (rattn_eval.kernels.rattention is also a function)
 rc = import_module("rattn_eval.kernels.rla.chunk")
 sp = import_module("rattn_eval.kernels.swa.parallel")
+from prefill_tools import Spy, write_tuning  # noqa: E402  (results/bench, the script's folder)
 from rattn_eval.kernels import Rope  # noqa: E402
 from rattn_eval.kernels.rattention.naive import rattention_chunked  # noqa: E402
 
@@ -47,26 +46,6 @@ def bench(fn, rep=30):
         fn()
         return (time.perf_counter() - t) * 1e3
     return triton.testing.do_bench(fn, warmup=5, rep=rep)
-
-
-class Spy:
-    """Wraps a JIT kernel to record the compiled kernel of the last launch (registers, spills)."""
-
-    def __init__(self, kern):
-        self.kern, self.last = kern, None
-
-    def __getitem__(self, grid):
-        def run(*a, **kw):
-            self.last = self.kern[grid](*a, **kw)
-            return self.last
-        return run
-
-    def info(self):
-        k = self.last
-        try:
-            return f"regs={k.n_regs} spills={k.n_spills} smem={k.metadata.shared}"
-        except Exception as e:  # noqa: BLE001
-            return f"(no info: {type(e).__name__})"
 
 
 spy_out = Spy(sp.swa_fwd_kernel)
@@ -295,18 +274,12 @@ def pick(a, results, q, k, v, tables, gs, gr, plain_swa_cfg):
     print(prof.key_averages().table(sort_by="cpu_time_total" if CPU else "cuda_time_total", row_limit=8), flush=True)
 
     if a.apply:
-        path = Path(sp.__file__)
-        src = path.read_text()
         tuned = dict(design=design, cfg=dict(tuning["cfg"], early_norm=True), swa_cfg=tuning["swa_cfg"],
                      state=tuning["state"], plain_swa_cfg=plain_swa_cfg)
         if "segment" in sp.RLA_TUNING:  # the segment design's own tuning (results/bench/segment_explore.py)
             tuned["segment"] = sp.RLA_TUNING["segment"]
-        line = "RLA_TUNING = " + repr(tuned).replace("'", '"')
-        src, n = re.subn(r"^RLA_TUNING = .*?(  # noqa: E501)?$", line.replace("\\", "\\\\") + "  # noqa: E501", src,
-                         count=1, flags=re.M)
-        assert n == 1
-        path.write_text(src)
-        P(f"applied to {path}: {line}")
+        line = write_tuning(sp, tuned)
+        P(f"applied to {sp.__file__}: {line}")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ DESIGNS = ("fused", "fused_two_pass", "two_kernel", "segment")
 # "two_kernel": an RLA output pass writes rms(o_rla) * g_rla, the SWA pass adds rms(o_swa) * g_swa to it.
 # "segment": segment totals + carry, then rla/segment.py writes the raw o_rla with the state kept on
 #   chip, and the SWA pass normalizes it and adds rms(o_swa) * g_swa.
-# The H200 default is whichever results/bench/sweep_prefill.py measured fastest (prefill_sweep_h200.txt).
+# The H200 default is whichever was measured fastest: results/bench/sweep_prefill.py for the chunk-state
+# designs, then results/bench/segment_explore.py --apply against "segment" (segment_iterations/).
 DEFAULT_DESIGN = RLA_TUNING["design"]
 
 
@@ -114,7 +115,7 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         unit = seg_cfg.get("scan_block", 64) if not INTERPRET else 16
         split = 2 if seg_cfg.get("split_f") and feature != 2 else 1
         heads = k.shape[2] if seg_cfg.get("group_heads") else H  # programs per (sequence, segment) / slices
-        seg_len = tuning.get("seg_len") or segment_length(seqs, heads, split * D // min(seg_cfg["BV"], D),
+        seg_len = tuning.get("seg_len") or segment_length(seqs, heads, split * D // seg_cfg["BV"],
                                                           seg_cfg["BC"], unit, seg_cfg["programs_per_sm"], q.device)
         carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
                                        rope=tables, num_warps=seg_cfg.get("scan_warps"),

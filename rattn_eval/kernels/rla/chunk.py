@@ -30,7 +30,7 @@ import triton.language as tl
 from ..common import cdiv, check_feature_map, check_qkv
 from ..swa.parallel import (
     INTERPRET, RLA_TUNING, SequenceTable, _dummy, block_config, check_head_dim, feature_map_halves, feature_map_one,
-    launch_swa_fwd, precision_for, rope_rows, sequence_table,
+    launch_swa_fwd, precision_for, rope_launch_args, rope_rows, sequence_table,
 )
 
 FEATURES = {"softmax": 0, "relu": 1, "identity": 2}
@@ -176,6 +176,29 @@ def rla_carry_kernel(totals_ptr, out_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BS:
         run += tl.sum(x, axis=0)
 
 
+def launch_phi_pass(k, phi, kr, rope, feature):
+    """`rla_phi_kernel` over every row of k: phi(k) into phi (skipped when phi is None) and, with
+    rope, k rotated into kr."""
+    B, T, Hkv, D = k.shape
+    cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
+    br = 32
+    rla_phi_kernel[(cdiv(B * T, br) * Hkv,)](k, phi if phi is not None else _dummy(k.device),
+                                           kr if rope is not None else k, cos, sin, T, Hkv, B * T, stride_rope_b,
+                                           D=D, BR=br, FEATURE=feature, ROPE=rope is not None,
+                                           STORE_PHI=phi is not None, num_warps=4)
+    launch_counts["rla_phi_kernel"] += 1
+
+
+def launch_carry(totals, out, seqs: SequenceTable, nseg: int, blocks_per_segment: int, block: int):
+    """`rla_carry_kernel`: out (may be totals itself) = exclusive prefix over segments of totals
+    (sequences, Hkv, nseg, F, D)."""
+    Hkv, size = totals.shape[1], totals.shape[3] * totals.shape[4]
+    blk = 128
+    rla_carry_kernel[(seqs.count * Hkv, cdiv(size, blk))](totals, out, seqs.length, Hkv, nseg, blocks_per_segment, size,
+                                                         BS=block, SB=16, BLK=blk, num_warps=4)
+    launch_counts["rla_carry_kernel"] += 1
+
+
 def _num_sms(device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
@@ -265,17 +288,11 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     result = ChunkStates(states, carry_out if carry == "fold" else None, BS, blocks_per_segment, base)
     if seqs.count == 0:
         return result
-    dummy = _dummy(k.device)
-    cos, sin = rope if rope is not None else (dummy, dummy)
-    stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
+    cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
     phi = None
     if phi_pass:
         phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device)
-        br = 32
-        rla_phi_kernel[(cdiv(B * T, br) * Hkv,)](k, phi, kr if kr is not None else k, cos, sin, T, Hkv, B * T,
-                                               stride_rope_b, D=D, BR=br, FEATURE=feature, ROPE=rope is not None,
-                                               num_warps=4)
-        launch_counts["rla_phi_kernel"] += 1
+        launch_phi_pass(k, phi, kr, rope, feature)
     grid = (nf * nv * nseg * seqs.count * Hkv,)
     args = (k, v, kr if kr is not None else k, cos, sin, states, carry_t if several else states,
             phi if phi is not None else k, seqs.row, seqs.start, seqs.length, base, T, Hkv, window,
@@ -286,11 +303,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
     result = result._replace(phi=phi)
 
     def carry_pass():
-        size = FD * D
-        blk = 128
-        rla_carry_kernel[(seqs.count * Hkv, cdiv(size, blk))](carry_t, carry_out, seqs.length, Hkv, nseg, blocks_per_segment,
-                                                             size, BS=BS, SB=16, BLK=blk, num_warps=4)
-        launch_counts["rla_carry_kernel"] += 1
+        launch_carry(carry_t, carry_out, seqs, nseg, blocks_per_segment, BS)
 
     if several and carry == "rescan":
         rla_chunk_state_kernel[grid](*args, ROPE=False, STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, **meta)
@@ -321,34 +334,25 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     nf = 1 if feature == 2 else 2
     FD = nf * D
     nseg = cdiv(seqs.max_len, seg_len)
-    dummy = _dummy(k.device)
-    cos, sin = rope if rope is not None else (dummy, dummy)
-    stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
     if seqs.count == 0:
         return None, None
     if nseg > 1 and rope is not None and not phi_pass and block < nf:
         raise ValueError(f"scan block {block} is smaller than the {nf} programs that rotate its rows")
     phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device) if phi_pass else None
     if phi_pass or (nseg <= 1 and rope is not None):
-        br = 32
-        rla_phi_kernel[(cdiv(B * T, br) * Hkv,)](k, phi if phi_pass else dummy, kr if rope is not None else k, cos, sin,
-                                               T, Hkv, B * T, stride_rope_b, D=D, BR=br, FEATURE=feature,
-                                               ROPE=rope is not None, STORE_PHI=phi_pass, num_warps=4)
-        launch_counts["rla_phi_kernel"] += 1
+        launch_phi_pass(k, phi, kr, rope, feature)
     if nseg <= 1:
         return None, phi
+    cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
     carry = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device)
     rla_chunk_state_kernel[(nf * nseg * seqs.count * Hkv,)](
-        k, v, kr if kr is not None else k, cos, sin, dummy, carry, phi if phi_pass else k, seqs.row, seqs.start,
+        k, v, kr if kr is not None else k, cos, sin, _dummy(k.device), carry, phi if phi_pass else k, seqs.row, seqs.start,
         seqs.length, seqs.block_base, T, Hkv, window, seg_len // block, nseg, stride_rope_b,
         D=D, BS=block, BT=block, BV=D, FEATURE=feature, ROPE=rope is not None and not phi_pass,
         PRECISION=precision_for(k.dtype), STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, FROM_PHI=phi_pass,
         num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
     launch_counts["rla_segment_totals"] += 1
-    size = FD * D
-    rla_carry_kernel[(seqs.count * Hkv, cdiv(size, 128))](carry, carry, seqs.length, Hkv, nseg, seg_len // block, size,
-                                                          BS=block, SB=16, BLK=128, num_warps=4)
-    launch_counts["rla_carry_kernel"] += 1
+    launch_carry(carry, carry, seqs, nseg, seg_len // block, block)
     return carry, phi
 
 

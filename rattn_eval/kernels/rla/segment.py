@@ -17,12 +17,17 @@ and phi(q) @ S sits inside a pipelined loop instead of a one-off load per query 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 from ..common import cdiv
-from ..swa.parallel import INTERPRET, SequenceTable, _dummy, feature_map_halves, feature_map_one, precision_for
+from ..swa.parallel import (
+    INTERPRET, RLA_TUNING, SequenceTable, _dummy, feature_map_halves, feature_map_one, precision_for,
+)
+from .chunk import _num_sms
 
 launch_counts: dict[str, int] = {"rla_segment_kernel": 0}
 
@@ -135,7 +140,6 @@ def rla_segment_kernel(
 
 def segment_config(D: int, dtype: torch.dtype) -> dict:
     """Chunk rows (BC), value slice (BV) and launch settings of `rla_segment_kernel`."""
-    from ..swa.parallel import RLA_TUNING
     if INTERPRET:
         # CPU tests: one value slice and 32-row chunks cost the interpreter least (a 1000-token case:
         # 18.7 s against 26.8 s for 16-row chunks and two slices); tests that need value slices,
@@ -156,18 +160,12 @@ def segment_length(seqs: SequenceTable, heads: int, nv: int, BC: int, unit: int,
                    device) -> int:
     """Rows per segment: a multiple of BC and of `unit` (the totals scan's block), long enough that
     the grid is about programs_per_sm programs per SM."""
-    step = BC * unit // _gcd(BC, unit)
+    step = math.lcm(BC, unit)
     if INTERPRET:
         return step * 2  # several segments even at test sizes, so the carry path runs
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    want = max(1, cdiv(programs_per_sm * sms, max(1, seqs.count * heads * nv)))
+    want = max(1, cdiv(programs_per_sm * _num_sms(device), max(1, seqs.count * heads * nv)))
     return max(step, cdiv(cdiv(seqs.max_len, want), step) * step)
 
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, feature: int, cfg: dict, seg_len: int,

@@ -410,6 +410,15 @@ def _dummy(device):
     return _DUMMIES[key]
 
 
+def rope_launch_args(rope, D, device):
+    """(cos, sin, stride_rope_b) for a kernel launch: the tables (or dummies without rope) and the
+    element stride between the batch rows of (B, T, D) tables (0 for shared (T, D) tables)."""
+    if rope is None:
+        return _dummy(device), _dummy(device), 0
+    cos, sin = rope
+    return cos, sin, cos.shape[1] * D if cos.dim() == 3 else 0
+
+
 def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=None, rope=None, states=None,
                    swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, do_swa=True, do_rla=False, feature=0,
                    rla_separate=False, norm_out=False, add_out=False, add_src=None, add_raw=False):
@@ -429,8 +438,7 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     if do_rla and (BS % cfg["BM"] or (do_swa and BS != cfg["BM"])):
         raise ValueError(f"state block {BS} must be a multiple of BM = {cfg['BM']} (equal when fused with SWA)")
     carry = states.carry if states is not None else None
-    cos, sin = rope if rope is not None else (dummy, dummy)
-    stride_rope_b = cos.shape[1] * D if rope is not None and cos.dim() == 3 else 0
+    cos, sin, stride_rope_b = rope_launch_args(rope, D, q.device)
     heads_first = cfg.get("heads_first", False)
     grid = (cdiv(seqs.max_len, cfg["BM"]), seqs.count * H)
     if max(grid) > 65535:  # only the first grid dimension may exceed 65535: put the large one there
