@@ -25,6 +25,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from ..common import cdiv, check_qkv, check_window, default_scale
 
@@ -83,14 +84,14 @@ def rope_rows(x, x_ptr, rows, cos_ptr, sin_ptr, rp, ok, D: tl.constexpr):
 @triton.jit
 def swa_fwd_kernel(
     q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
-    cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, gs_ptr, gr_ptr, add_ptr,
+    cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, gs_ptr, gr_ptr, add_ptr, k_desc, v_desc,
     seq_row_ptr, seq_start_ptr, seq_len_ptr, state_base_ptr,
     T, H, Hkv, window, stride_rope_b, qk_scale, eps, BPS, NSEG, part_stride,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr,
     DO_SWA: tl.constexpr, DO_RLA: tl.constexpr, ROPE: tl.constexpr, FEATURE: tl.constexpr,
     PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
     ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
-    HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr,
+    HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr, TMA: tl.constexpr,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
@@ -101,7 +102,9 @@ def swa_fwd_kernel(
     blocks), so the heads of a query block run together and share its RoPE-table rows in L2.
     ADD_OUT: add the rows of add_ptr (B, T, H, D) to the output; ADD_RAW: they are a raw RLA output,
     normalized here (rms * g_rla) before the sum; ADD_PARTS = 2: the raw output is the sum of two
-    partials, at add_ptr and add_ptr + part_stride."""
+    partials, at add_ptr and add_ptr + part_stride. TMA (softmax branch alone): the key / value tiles
+    come through the tensor descriptors k_desc (of kr with ROPE, else k) and v_desc, 2-D views
+    (B * T, Hkv * D) with blocks (BN, D); rows past the sequence are zeroed (v) or masked (scores)."""
     if HEADS_FIRST:
         pid_m = tl.program_id(1)
         pid_nh = tl.program_id(0)
@@ -197,7 +200,8 @@ def swa_fwd_kernel(
         col_ok = offs_j < L
         kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
         kv_off = kv_rows[:, None] + offs_d[None, :]
-        v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
+        if not TMA:
+            v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
         diff = offs_m[:, None] - offs_j[None, :]
         if DO_RLA and not RLA_SEPARATE:
             if PHI_K:
@@ -213,7 +217,11 @@ def swa_fwd_kernel(
             a = tl.where(diff > window, a, 0.0)
             acc_r += tl.dot(a.to(dt), v, input_precision=PRECISION)
         if DO_SWA:
-            k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
+            if TMA:  # the last tile may run past the sequence (short windows): v there must be 0
+                k = k_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]).to(dt)
+                v = tl.where(col_ok[:, None], v_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]), 0.0).to(dt)
+            else:
+                k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
             sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
             ok = (diff >= 0) & (diff <= window) & col_ok[None, :]
             sc = tl.where(ok, sc, float("-inf"))
@@ -236,10 +244,14 @@ def swa_fwd_kernel(
         # Phase B: every (row, key) pair is visible; in-bounds by construction (keys <= s0 < L).
         for i in range(n_a, n_b):
             offs_j = lo + i * BN + offs_n
-            kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
-            kv_off = kv_rows[:, None] + offs_d[None, :]
-            k = tl.load(ks_ptr + kv_off).to(dt)
-            v = tl.load(v_ptr + kv_off).to(dt)
+            if TMA:
+                k = k_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]).to(dt)
+                v = v_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]).to(dt)
+            else:
+                kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
+                kv_off = kv_rows[:, None] + offs_d[None, :]
+                k = tl.load(ks_ptr + kv_off).to(dt)
+                v = tl.load(v_ptr + kv_off).to(dt)
             sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
             m_new = tl.maximum(m_i, tl.max(sc, axis=1))
             alpha = tl.exp2(m_i - m_new)
@@ -252,10 +264,14 @@ def swa_fwd_kernel(
         for i in range(n_b, n_tot):
             offs_j = lo + i * BN + offs_n
             col_ok = offs_j < L
-            kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
-            kv_off = kv_rows[:, None] + offs_d[None, :]
-            k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
-            v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
+            if TMA:  # rows past the sequence (the next one, padding, or zeros past B * T): v must be 0
+                k = k_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]).to(dt)
+                v = tl.where(col_ok[:, None], v_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]), 0.0).to(dt)
+            else:
+                kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
+                kv_off = kv_rows[:, None] + offs_d[None, :]
+                k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
+                v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
             sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
             diff = offs_m[:, None] - offs_j[None, :]
             ok = (diff >= 0) & (diff <= window) & col_ok[None, :]
@@ -419,6 +435,17 @@ def rope_launch_args(rope, D, device):
     return cos, sin, cos.shape[1] * D if cos.dim() == 3 else 0
 
 
+def tma_ok(*ts) -> bool:
+    """Whether k / v tiles can come through TMA tensor descriptors: 16-byte aligned 16-bit tensors whose
+    token rows fit int32 coordinates, on a GPU with TMA (sm_90+) or under the interpreter."""
+    for t in ts:
+        if t.dtype not in (torch.float16, torch.bfloat16) or t.data_ptr() % 16 or t.shape[0] * t.shape[1] >= 2**31:
+            return False
+    if INTERPRET:
+        return True
+    return ts[0].is_cuda and torch.cuda.get_device_capability(ts[0].device)[0] >= 9
+
+
 def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=None, rope=None, states=None,
                    swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, do_swa=True, do_rla=False, feature=0,
                    rla_separate=False, norm_out=False, add_out=False, add_src=None, add_raw=False):
@@ -449,13 +476,20 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     if heads_first:
         grid = grid[::-1]
     phi = states.phi if states is not None and do_rla and cfg.get("phi_k", False) else None
+    ks = kr if kr is not None and rope is not None else k
+    tma = bool(cfg.get("tma")) and not do_rla and tma_ok(ks, v)
+    if tma:
+        k_desc = TensorDescriptor.from_tensor(ks.view(B * T, Hkv * D), [cfg["BN"], D])
+        v_desc = TensorDescriptor.from_tensor(v.view(B * T, Hkv * D), [cfg["BN"], D])
+    else:
+        k_desc = v_desc = dummy
     swa_fwd_kernel[grid](
         q, k, kr if kr is not None else k, v, out,
         cos, sin, states.states if states is not None else dummy, carry if carry is not None else dummy,
         phi if phi is not None else dummy,
         swa_norm_weight if swa_norm_weight is not None else dummy,
         rla_norm_weight if rla_norm_weight is not None else dummy,
-        add_src if add_src is not None else out,
+        add_src if add_src is not None else out, k_desc, v_desc,
         seqs.row, seqs.start, seqs.length, states.base if states is not None else seqs.block_base,
         T, H, Hkv, window, stride_rope_b, float(scale) * LOG2E, float(eps),
         states.per_segment if states is not None else 1, carry.shape[2] if carry is not None else 1,
@@ -463,7 +497,7 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         D=D, BM=cfg["BM"], BN=cfg["BN"], BS=BS, DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None,
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
         ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
-        PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts,
+        PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1

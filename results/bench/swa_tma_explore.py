@@ -1,0 +1,107 @@
+"""H200 exploration: the softmax-window pass (swa_fwd_kernel) with its key / value tiles loaded through
+TMA tensor descriptors (cfg "tma"), at T = 32k, B = 1, H = 16, D = 128, w = 512, bf16, Hkv 16 and 4:
+
+    python3 results/bench/swa_tma_explore.py            # baselines + a per-kernel profile of the default RAttention
+    python3 results/bench/swa_tma_explore.py --cfg I    # config I of CFGS (one process per config)
+
+Per config: plain SWA (error against the pointer-load kernel and an fp32 reference at 4k), then the
+RAttention "segment" design end to end with this config as its SWA pass.
+"""
+
+import argparse
+import json
+import time
+from importlib import import_module
+
+import torch
+import triton.testing
+
+rf = import_module("rattn_eval.kernels.rattention.fused")
+sp = import_module("rattn_eval.kernels.swa.parallel")
+from rattn_eval.kernels import Rope  # noqa: E402
+from rattn_eval.kernels.swa.naive import swa_attention_chunked  # noqa: E402
+
+T, H, D, W = 32768, 16, 128, 512
+T0 = time.time()
+
+
+def P(*a):
+    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
+
+
+def bench(fn, rep=40):
+    return triton.testing.do_bench(fn, warmup=5, rep=rep)
+
+
+def c(BM, BN, nw, ns, **extra):
+    return dict(BM=BM, BN=BN, num_warps=nw, num_stages=ns, **extra)
+
+
+CFGS = [
+    c(64, 64, 4, 3, tma=True), c(64, 64, 4, 4, tma=True), c(128, 64, 8, 3, tma=True), c(128, 128, 8, 3, tma=True),
+    c(128, 64, 8, 4, tma=True), c(128, 128, 8, 2, tma=True), c(64, 128, 4, 3, tma=True), c(64, 32, 4, 4, tma=True),
+]
+
+
+def swa(q, k, v, cfg, window=W):
+    seqs = sp.sequence_table(q.shape[0], q.shape[1], q.device, None, None, cfg["BM"])
+    out = torch.empty_like(q)
+    return sp.launch_swa_fwd(q, k, v, out, seqs, window=window, scale=D ** -0.5, cfg=cfg)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cfg", type=int, default=None)
+    ap.add_argument("--log", default=None)
+    a = ap.parse_args()
+    dev = "cuda"
+    g = torch.Generator(device=dev).manual_seed(0)
+    bf = torch.bfloat16
+    base_cfg = sp.block_config(D, rla=False)
+    cfg = CFGS[a.cfg] if a.cfg is not None else base_cfg
+    tag = f"cfg {a.cfg} {cfg}" if a.cfg is not None else f"baseline {cfg}"
+    rec = dict(cfg=a.cfg, conf=cfg)
+
+    # correctness at 4k against the fp32 reference
+    qc, kc, vc = (torch.randn(1, 4096, h, D, device=dev, generator=g).to(bf) for h in (4, 2, 2))
+    ref = swa_attention_chunked(qc.float(), kc.float(), vc.float(), window=W)
+    o = swa(qc, kc, vc, cfg).float()
+    err = ((o - ref).pow(2).mean() / ref.pow(2).mean()).sqrt().item()
+    rec["err4k"] = err
+    P(tag, f"4k rel.err {err:.2e}")
+    for Hkv in (16, 4):
+        q = torch.randn(1, T, H, D, device=dev, generator=g).to(bf)
+        k = torch.randn(1, T, Hkv, D, device=dev, generator=g).to(bf)
+        v = torch.randn(1, T, Hkv, D, device=dev, generator=g).to(bf)
+        o = swa(q, k, v, cfg)
+        diff = (o.float() - swa(q, k, v, base_cfg).float()).abs().max().item()
+        t_swa = bench(lambda: swa(q, k, v, cfg))
+        tables = Rope(D).tables(T, dev)
+        kw = dict(window=W, rope=tables, scale=None, feature_map="softmax", swa_norm_weight=None,
+                  rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None, design="segment")
+        tuning = None if a.cfg is None else {"swa_cfg": cfg}
+        o_r = rf.rattention_design(q, k, v, tuning=tuning, **kw)
+        o_b = rf.rattention_design(q, k, v, tuning=None, **kw)
+        rdiff = (o_r.float() - o_b.float()).abs().max().item()
+        t_e2e = bench(lambda: rf.rattention_design(q, k, v, tuning=tuning, **kw))
+        rec[f"swa_{Hkv}"], rec[f"e2e_{Hkv}"] = t_swa, t_e2e
+        P(tag, f"Hkv {Hkv}: plain SWA {t_swa:.3f} ms (max |diff| vs pointer loads {diff:.2e}); RAttention end to end "
+               f"{t_e2e:.3f} ms (max |diff| vs default {rdiff:.2e})")
+        if a.cfg is None:
+            from torch.profiler import ProfilerActivity, profile
+            for _ in range(3):
+                rf.rattention_design(q, k, v, tuning=None, **kw)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(10):
+                    rf.rattention_design(q, k, v, tuning=None, **kw)
+                torch.cuda.synchronize()
+            P(f"Hkv {Hkv}: per-kernel CUDA time of the default RAttention (10 calls)")
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
+    if a.log:
+        with open(a.log, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+if __name__ == "__main__":
+    main()
