@@ -18,6 +18,8 @@ import triton.testing
 
 rf = import_module("rattn_eval.kernels.rattention.fused")
 sp = import_module("rattn_eval.kernels.swa.parallel")
+rs = import_module("rattn_eval.kernels.rla.segment")
+from prefill_tools import Spy  # noqa: E402  (results/bench, the script's folder)
 from rattn_eval.kernels import Rope  # noqa: E402
 from rattn_eval.kernels.swa.naive import swa_attention_chunked  # noqa: E402
 
@@ -37,10 +39,27 @@ def c(BM, BN, nw, ns, **extra):
     return dict(BM=BM, BN=BN, num_warps=nw, num_stages=ns, **extra)
 
 
-CFGS = [
-    c(64, 64, 4, 3, tma=True), c(64, 64, 4, 4, tma=True), c(128, 64, 8, 3, tma=True), c(128, 128, 8, 3, tma=True),
-    c(128, 64, 8, 4, tma=True), c(128, 128, 8, 2, tma=True), c(64, 128, 4, 3, tma=True), c(64, 32, 4, 4, tma=True),
+SWA_TMA = c(64, 64, 4, 3, tma=True)
+SEG = dict(BC=64, BV=64, num_warps=4, num_stages=2, programs_per_sm=8, split_f=True, phi_k=True)
+
+
+def seg(**kw):
+    return dict(SEG, **kw)
+
+
+# Call 1 (9cd4766, plain SWA): TMA tiles 64x64 / 4 warps / 3 stages 0.474 ms against 0.520 ms for pointer loads;
+# 128-row tiles, 4 stages and 32- or 128-key tiles slower (0.56-0.85 ms).
+# Call 2: the SWA pass of RAttention with TMA (tiles and the two raw partials), and the segment kernel on TMA tiles.
+CFGS = [  # (SWA pass config, segment kernel overrides)
+    (SWA_TMA, {}), (SWA_TMA, seg(tma=True)), (SWA_TMA, seg(tma=True, num_stages=3)),
+    (SWA_TMA, seg(tma=True, programs_per_sm=12)), (SWA_TMA, seg(tma=True, BV=128, num_warps=8)),
+    (SWA_TMA, seg(tma=True, split_f=False, num_warps=8)), (SWA_TMA, seg(tma=True, BV=32)),
+    (c(64, 64, 4, 2, tma=True), seg(tma=True)),
 ]
+
+
+spy = Spy(rs.rla_segment_kernel)
+rs.rla_segment_kernel = spy
 
 
 def swa(q, k, v, cfg, window=W):
@@ -58,9 +77,9 @@ def main():
     g = torch.Generator(device=dev).manual_seed(0)
     bf = torch.bfloat16
     base_cfg = sp.block_config(D, rla=False)
-    cfg = CFGS[a.cfg] if a.cfg is not None else base_cfg
-    tag = f"cfg {a.cfg} {cfg}" if a.cfg is not None else f"baseline {cfg}"
-    rec = dict(cfg=a.cfg, conf=cfg)
+    cfg, seg_cfg = CFGS[a.cfg] if a.cfg is not None else (base_cfg, {})
+    tag = f"cfg {a.cfg} swa {cfg} seg {seg_cfg}" if a.cfg is not None else f"baseline {cfg}"
+    rec = dict(cfg=a.cfg, conf=cfg, seg=seg_cfg)
 
     # correctness at 4k against the fp32 reference
     qc, kc, vc = (torch.randn(1, 4096, h, D, device=dev, generator=g).to(bf) for h in (4, 2, 2))
@@ -79,7 +98,7 @@ def main():
         tables = Rope(D).tables(T, dev)
         kw = dict(window=W, rope=tables, scale=None, feature_map="softmax", swa_norm_weight=None,
                   rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None, design="segment")
-        tuning = None if a.cfg is None else {"swa_cfg": cfg}
+        tuning = None if a.cfg is None else {"swa_cfg": cfg, "segment": seg_cfg}
         o_r = rf.rattention_design(q, k, v, tuning=tuning, **kw)
         o_b = rf.rattention_design(q, k, v, tuning=None, **kw)
         rdiff = (o_r.float() - o_b.float()).abs().max().item()
@@ -87,17 +106,17 @@ def main():
         rec[f"swa_{Hkv}"], rec[f"e2e_{Hkv}"] = t_swa, t_e2e
         P(tag, f"Hkv {Hkv}: plain SWA {t_swa:.3f} ms (max |diff| vs pointer loads {diff:.2e}); RAttention end to end "
                f"{t_e2e:.3f} ms (max |diff| vs default {rdiff:.2e})")
-        if a.cfg is None:
-            from torch.profiler import ProfilerActivity, profile
-            for _ in range(3):
-                rf.rattention_design(q, k, v, tuning=None, **kw)
+        from torch.profiler import ProfilerActivity, profile
+        for _ in range(3):
+            rf.rattention_design(q, k, v, tuning=tuning, **kw)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(10):
+                rf.rattention_design(q, k, v, tuning=tuning, **kw)
             torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(10):
-                    rf.rattention_design(q, k, v, tuning=None, **kw)
-                torch.cuda.synchronize()
-            P(f"Hkv {Hkv}: per-kernel CUDA time of the default RAttention (10 calls)")
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12), flush=True)
+        per = {e.key[:28]: round(e.device_time_total / 10 / 1000, 4) for e in prof.key_averages() if e.device_time_total > 0}
+        rec[f"kernels_{Hkv}"] = per
+        P(tag, f"Hkv {Hkv}: per-kernel ms {per}; segment kernel {spy.info()}")
     if a.log:
         with open(a.log, "a") as f:
             f.write(json.dumps(rec) + "\n")

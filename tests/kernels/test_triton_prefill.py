@@ -331,6 +331,10 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
     "grouped-split-phi_k": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
                                 group_heads=True),
     "grouped-both-halves": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, group_heads=True),
+    # tiles through TMA tensor descriptors (16-bit inputs; the fp32 cases take the pointer loads)
+    "split-phi_k-tma": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
+                            tma=True),
+    "both-halves-tma": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, tma=True),
 }
 
 
@@ -349,11 +353,13 @@ def test_segment_design_matches_reference(variant):
         c0 = dict(T=T, D=64, heads=(H, Hkv), B=B, layout=layout, dtype=dtype)
         q, k, v, lkw = make_inputs(c0)
         kw = dict(window=w, feature_map=fm, **rattn_extra(T, H, 64))
-        before = rla_segment.launch_counts["rla_segment_kernel"]
+        before = dict(rla_segment.launch_counts)
         out = rattention_design(q, k, v, scale=None, eps=1e-6, lengths=lkw.get("lengths"),
                                 cu_seqlens=lkw.get("cu_seqlens"), design="segment",
                                 tuning=dict(segment=c, seg_len=seg_len), **kw)
-        assert rla_segment.launch_counts["rla_segment_kernel"] == before + 1
+        assert rla_segment.launch_counts["rla_segment_kernel"] == before["rla_segment_kernel"] + 1
+        tma = c.get("tma", False) and dtype == "fp16"
+        assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before["rla_segment_kernel_tma"] + tma
         ref = rattention_naive(q.float(), k.float(), v.float(), **kw, **lkw).to(q.dtype)
         assert_close(out, ref, TOL[q.dtype], f"{variant} {c0} w={w} {fm} seg_len={seg_len}")
 
@@ -430,3 +436,37 @@ def test_bad_arguments_raise():
         residual_linear_attention_triton(q2, q2, q2, window=2)
     with pytest.raises(ValueError, match="head dims"):
         swa_attention_triton(torch.randn(1, 8, 1, 48), torch.randn(1, 8, 1, 48), torch.randn(1, 8, 1, 48), window=2)
+
+
+def test_tma_tiles_with_poisoned_padding():
+    # TMA tensor-descriptor loads (SWA pass and segment kernel) fetch whole tiles: rows of a neighbouring
+    # sequence or of padding arrive too and must be zeroed or masked. Padding here is NaN; windows 0, short,
+    # past the sequence; the SWA alone and RAttention ("segment" with both kernels on TMA tiles).
+    tma_swa = dict(BM=32, BN=16, num_warps=4, num_stages=1, tma=True)
+    tma_seg = dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True, tma=True)
+    for T, (H, Hkv), layout, B, w in ((70, (4, 2), "ragged", 3, 9), (90, (2, 1), "packed", 3, 0),
+                                      (50, (2, 2), "ragged", 2, 80)):
+        c = dict(T=T, D=64, heads=(H, Hkv), B=B, layout=layout, dtype="fp16")
+        q, k, v, lkw = make_inputs(c)
+        valid = torch.zeros(q.shape[0], T, dtype=torch.bool)
+        if layout == "ragged":
+            for b, n in enumerate(lkw["lengths"].tolist()):
+                valid[b, :n] = True
+        else:
+            valid[0, : int(lkw["cu_seqlens"][-1])] = True
+        refs = {}
+        kw = dict(window=w, **rattn_extra(T, H, 64))
+        refs["swa"] = swa_attention_naive(q.float(), k.float(), v.float(), window=w, **lkw).half()
+        refs["rattn"] = rattention_naive(q.float(), k.float(), v.float(), **kw, **lkw).half()
+        for x in (q, k, v):
+            x[~valid] = float("nan")
+        before = dict(swa_parallel.launch_counts), dict(rla_segment.launch_counts)
+        seqs = swa_parallel.sequence_table(q.shape[0], T, q.device, lkw.get("lengths"), lkw.get("cu_seqlens"), 32)
+        out = swa_parallel.launch_swa_fwd(q, k, v, torch.zeros_like(q), seqs, window=w, scale=64 ** -0.5, cfg=tma_swa)
+        assert_close(out, refs["swa"], TOL[torch.float16], f"TMA SWA {c} w={w}")
+        out = rattention_design(q, k, v, scale=None, eps=1e-6, feature_map="softmax", lengths=lkw.get("lengths"),
+                                cu_seqlens=lkw.get("cu_seqlens"), design="segment",
+                                tuning=dict(segment=tma_seg, seg_len=32, swa_cfg=tma_swa), **kw)
+        assert_close(out, refs["rattn"], TOL[torch.float16], f"TMA RAttention {c} w={w}")
+        assert swa_parallel.launch_counts["swa_fwd_kernel_tma"] == before[0]["swa_fwd_kernel_tma"] + 2
+        assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before[1]["rla_segment_kernel_tma"] + 1

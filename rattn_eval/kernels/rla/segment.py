@@ -25,20 +25,21 @@ import triton.language as tl
 
 from ..common import cdiv
 from ..swa.parallel import (
-    INTERPRET, RLA_TUNING, SequenceTable, _dummy, feature_map_halves, feature_map_one, precision_for,
+    INTERPRET, RLA_TUNING, SequenceTable, TensorDescriptor, _dummy, feature_map_halves, feature_map_one,
+    precision_for, tma_ok,
 )
 from .chunk import _num_sms
 
-launch_counts: dict[str, int] = {"rla_segment_kernel": 0}
+launch_counts: dict[str, int] = {"rla_segment_kernel": 0, "rla_segment_kernel_tma": 0}
 
 
 @triton.jit
 def rla_segment_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, carry_ptr, phi_ptr,
+    q_ptr, k_ptr, v_ptr, o_ptr, carry_ptr, phi_ptr, q_desc, k_desc, v_desc,
     seq_row_ptr, seq_start_ptr, seq_len_ptr,
     T, H, Hkv, window, NSEG, SEGLEN, part_stride,
     D: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, PRECISION: tl.constexpr,
-    HAS_CARRY: tl.constexpr, SPLIT_F: tl.constexpr, PHI_K: tl.constexpr, GH: tl.constexpr,
+    HAS_CARRY: tl.constexpr, SPLIT_F: tl.constexpr, PHI_K: tl.constexpr, GH: tl.constexpr, TMA: tl.constexpr,
 ):
     """1-D grid over (sequences * H / GH, segments, [2 feature halves with SPLIT_F,] D / BV), the last fastest. q (B, T, H, D), k/v
     (B, T, Hkv, D) contiguous; o (B, T, H, D) receives the raw RLA output (fp32 accumulation, stored
@@ -47,7 +48,9 @@ def rla_segment_kernel(
     SPLIT_F (softmax / relu maps): one program per feature half f, holding only S_f; it writes its
     partial output to o + f * part_stride (the two partials sum to o_rla). PHI_K: read phi(k)
     (B, T, Hkv, F) from the pre-pass instead of computing it. GH: query heads per program (a divisor
-    of H / Hkv): they share the key tiles and the state update."""
+    of H / Hkv): they share the key tiles and the state update. TMA: q, phi(k) (or k) and v tiles come
+    through tensor descriptors over 2-D views (B * T, heads * columns) (blocks (BC, D), (BC, D), (BC, BV));
+    key rows outside the sequence are zeroed after the load (they may belong to a neighbouring one)."""
     NV: tl.constexpr = D // BV
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
@@ -93,8 +96,19 @@ def rla_segment_kernel(
         j_ok = (offs_j >= 0) & (offs_j < L)
         k_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
         # rows of keys outside the sequence have v = 0, so their (finite) phi(k) adds nothing
-        v = tl.load(v_ptr + k_rows[:, None] + offs_v[None, :], mask=j_ok[:, None], other=0.0).to(dt)
-        if PHI_K:
+        if TMA:
+            jr = (tok0 + t0 - window).to(tl.int32)  # may be negative: TMA fills rows outside the tensor with 0
+            v = tl.where(j_ok[:, None], v_desc.load([jr, hk * D + iv * BV]), 0.0).to(dt)
+        else:
+            v = tl.load(v_ptr + k_rows[:, None] + offs_v[None, :], mask=j_ok[:, None], other=0.0).to(dt)
+        if PHI_K and TMA:
+            # other sequences' (or unwritten padding) rows: zero, so nothing non-finite meets v = 0
+            pk = tl.where(j_ok[:, None], k_desc.load([jr, hk * FD + f * D]), 0.0).to(dt)
+            if NF == 2 and not SPLIT_F:
+                nk = tl.where(j_ok[:, None], k_desc.load([jr, hk * FD + D]), 0.0).to(dt)
+            else:
+                nk = pk
+        elif PHI_K:
             p_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * FD) + hk * FD + f * D
             pk = tl.load(phi_ptr + p_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(dt)
             if NF == 2 and not SPLIT_F:
@@ -102,7 +116,10 @@ def rla_segment_kernel(
             else:
                 nk = pk
         else:
-            kx = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(tl.float32)
+            if TMA:
+                kx = tl.where(j_ok[:, None], k_desc.load([jr, hk * D]).to(tl.float32), 0.0)
+            else:
+                kx = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(tl.float32)
             if SPLIT_F:
                 pk = feature_map_one(kx * tl.where(f == 0, 1.0, -1.0), FEATURE).to(dt)
                 nk = pk
@@ -117,7 +134,10 @@ def rla_segment_kernel(
             sn_dt = sp_dt  # unused
         for g in tl.static_range(GH):
             q_rows = (tok0 + offs_t).to(tl.int64) * (H * D) + (h0 + g) * D
-            q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+            if TMA:  # rows past the sequence: finite or not, their outputs are not stored
+                q = q_desc.load([(tok0 + t0).to(tl.int32), (h0 + g) * D]).to(tl.float32)
+            else:
+                q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
             if SPLIT_F:
                 pq = feature_map_one(q * tl.where(f == 0, 1.0, -1.0), FEATURE)
                 nq = pq
@@ -194,14 +214,24 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
     if split and (out.dim() != 5 or out.shape[0] != 2):
         raise ValueError("split_f needs an output of two partials, (2, B, T, H, D)")
     gh = H // Hkv if cfg.get("group_heads") else 1
+    src = phi if phi is not None else k
+    tma = bool(cfg.get("tma")) and tma_ok(q, src, v)
+    if tma:
+        cols = src.shape[2] * src.shape[3]
+        q_desc = TensorDescriptor.from_tensor(q.view(B * T, H * D), [BC, D])
+        k_desc = TensorDescriptor.from_tensor(src.view(B * T, cols), [BC, D])
+        v_desc = TensorDescriptor.from_tensor(v.view(B * T, Hkv * D), [BC, BV])
+    else:
+        q_desc = k_desc = v_desc = _dummy(q.device)
     grid = (seqs.count * (H // gh) * nseg * (D // BV) * (2 if split else 1),)
     dummy = _dummy(q.device)
     rla_segment_kernel[grid](
-        q, k, v, out, carry if carry is not None else dummy, phi if phi is not None else dummy,
+        q, k, v, out, carry if carry is not None else dummy, phi if phi is not None else dummy, q_desc, k_desc, v_desc,
         seqs.row, seqs.start, seqs.length, T, H, Hkv, window, nseg, seg_len, out[0].numel() if split else 0,
         D=D, BC=BC, BV=BV, FEATURE=feature, PRECISION=precision_for(q.dtype), HAS_CARRY=carry is not None,
-        SPLIT_F=split, PHI_K=phi is not None, GH=gh,
+        SPLIT_F=split, PHI_K=phi is not None, GH=gh, TMA=tma,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["rla_segment_kernel"] += 1
+    launch_counts["rla_segment_kernel_tma"] += tma
     return out

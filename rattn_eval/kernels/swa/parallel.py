@@ -34,7 +34,7 @@ LOG2E = 1.4426950408889634
 # exercised per test shape, at about the same cost.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-launch_counts: dict[str, int] = {"swa_fwd_kernel": 0}
+launch_counts: dict[str, int] = {"swa_fwd_kernel": 0, "swa_fwd_kernel_tma": 0}
 
 
 @triton.jit
@@ -84,7 +84,7 @@ def rope_rows(x, x_ptr, rows, cos_ptr, sin_ptr, rp, ok, D: tl.constexpr):
 @triton.jit
 def swa_fwd_kernel(
     q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
-    cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, gs_ptr, gr_ptr, add_ptr, k_desc, v_desc,
+    cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, gs_ptr, gr_ptr, add_ptr, k_desc, v_desc, add_desc,
     seq_row_ptr, seq_start_ptr, seq_len_ptr, state_base_ptr,
     T, H, Hkv, window, stride_rope_b, qk_scale, eps, BPS, NSEG, part_stride,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr,
@@ -92,6 +92,7 @@ def swa_fwd_kernel(
     PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
     ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
     HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr, TMA: tl.constexpr,
+    ADD_TMA: tl.constexpr,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
@@ -104,7 +105,9 @@ def swa_fwd_kernel(
     normalized here (rms * g_rla) before the sum; ADD_PARTS = 2: the raw output is the sum of two
     partials, at add_ptr and add_ptr + part_stride. TMA (softmax branch alone): the key / value tiles
     come through the tensor descriptors k_desc (of kr with ROPE, else k) and v_desc, 2-D views
-    (B * T, Hkv * D) with blocks (BN, D); rows past the sequence are zeroed (v) or masked (scores)."""
+    (B * T, Hkv * D) with blocks (BN, D); rows past the sequence are zeroed (v) or masked (scores).
+    ADD_TMA: the raw RLA rows come through add_desc, a (parts * B * T, H * D) view with blocks (BM, D)
+    (rows past the sequence are loaded but never stored)."""
     if HEADS_FIRST:
         pid_m = tl.program_id(1)
         pid_nh = tl.program_id(0)
@@ -298,10 +301,15 @@ def swa_fwd_kernel(
                 o += acc_r * inv_r[:, None] * gr[None, :]
         if ADD_OUT:
             # two-kernel variants: the RLA pass left rms(o_rla) * g_rla (or, ADD_RAW, o_rla) in add_ptr
-            r = tl.load(add_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-            if ADD_PARTS == 2:
-                r += tl.load(add_ptr + part_stride + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None],
-                             other=0.0).to(tl.float32)
+            if ADD_TMA:
+                r = add_desc.load([(tok0 + s0).to(tl.int32), h * D]).to(tl.float32)
+                if ADD_PARTS == 2:
+                    r += add_desc.load([(part_stride // (H * D) + tok0 + s0).to(tl.int32), h * D]).to(tl.float32)
+            else:
+                r = tl.load(add_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+                if ADD_PARTS == 2:
+                    r += tl.load(add_ptr + part_stride + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None],
+                                 other=0.0).to(tl.float32)
             if ADD_RAW:
                 gr = tl.load(gr_ptr + h * D + offs_d)
                 r = r * tl.rsqrt(tl.sum(r * r, axis=1) / D + eps)[:, None] * gr[None, :]
@@ -483,13 +491,15 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         v_desc = TensorDescriptor.from_tensor(v.view(B * T, Hkv * D), [cfg["BN"], D])
     else:
         k_desc = v_desc = dummy
+    add_tma = tma and add_raw and add_src is not None and add_src.data_ptr() % 16 == 0
+    add_desc = (TensorDescriptor.from_tensor(add_src.view(-1, H * D), [cfg["BM"], D]) if add_tma else dummy)
     swa_fwd_kernel[grid](
         q, k, kr if kr is not None else k, v, out,
         cos, sin, states.states if states is not None else dummy, carry if carry is not None else dummy,
         phi if phi is not None else dummy,
         swa_norm_weight if swa_norm_weight is not None else dummy,
         rla_norm_weight if rla_norm_weight is not None else dummy,
-        add_src if add_src is not None else out, k_desc, v_desc,
+        add_src if add_src is not None else out, k_desc, v_desc, add_desc,
         seqs.row, seqs.start, seqs.length, states.base if states is not None else seqs.block_base,
         T, H, Hkv, window, stride_rope_b, float(scale) * LOG2E, float(eps),
         states.per_segment if states is not None else 1, carry.shape[2] if carry is not None else 1,
@@ -497,10 +507,11 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         D=D, BM=cfg["BM"], BN=cfg["BN"], BS=BS, DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None,
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
         ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
-        PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma,
+        PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma, ADD_TMA=add_tma,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
+    launch_counts["swa_fwd_kernel_tma"] += tma
     return out
 
 
