@@ -49,15 +49,15 @@ def seg(**kw):
 
 # Call 1 (9cd4766, plain SWA): TMA tiles 64x64 / 4 warps / 3 stages 0.474 ms against 0.520 ms for pointer loads;
 # 128-row tiles, 4 stages and 32- or 128-key tiles slower (0.56-0.85 ms).
-# Call 2: the SWA pass of RAttention with TMA (tiles and the two raw partials), and the segment kernel on TMA tiles.
+# Call 2 (7099b18): the SWA pass on TMA tiles (and TMA loads of the two raw partials) 0.632 against 0.662 ms; the
+# segment kernel on TMA tiles slower (0.68-1.25 against 0.49 ms: more registers, 248-255 against 217).
+# Call 3: phi(q) from a pre-pass (phi_q): no fp32 q tile in the segment kernel.
 CFGS = [  # (SWA pass config, segment kernel overrides)
-    (SWA_TMA, {}), (SWA_TMA, seg(tma=True)), (SWA_TMA, seg(tma=True, num_stages=3)),
-    (SWA_TMA, seg(tma=True, programs_per_sm=12)), (SWA_TMA, seg(tma=True, BV=128, num_warps=8)),
-    (SWA_TMA, seg(tma=True, split_f=False, num_warps=8)), (SWA_TMA, seg(tma=True, BV=32)),
-    (c(64, 64, 4, 2, tma=True), seg(tma=True)),
+    (SWA_TMA, seg(phi_q=True)), (SWA_TMA, seg(phi_q=True, programs_per_sm=12)),
+    (SWA_TMA, seg(phi_q=True, num_stages=3)), (SWA_TMA, seg(phi_q=True, BV=128, num_warps=8)),
+    (SWA_TMA, seg(phi_q=True, split_f=False, num_warps=8)), (SWA_TMA, seg(phi_q=True, programs_per_sm=4)),
+    (SWA_TMA, seg(phi_q=True, split_f=False)), (SWA_TMA, seg(phi_q=True, BV=128)),
 ]
-
-
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy
 

@@ -335,6 +335,10 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
     "split-phi_k-tma": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
                             tma=True),
     "both-halves-tma": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, tma=True),
+    # phi(q) from a pre-pass as well
+    "split-phi_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
+                        phi_q=True),
+    "both-halves-phi_q": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, phi_q=True),
 }
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 from ..common import default_scale
-from ..rla.chunk import prepare_rla_launch, rla_prefix_states, rla_segment_carry
+from ..rla.chunk import launch_phi_pass, prepare_rla_launch, rla_prefix_states, rla_segment_carry
 from ..rla.segment import launch_rla_segments, segment_config, segment_length
 from ..swa.parallel import INTERPRET, RLA_TUNING, block_config, launch_swa_fwd, sequence_table
 
@@ -126,8 +126,12 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
             raw = torch.empty((2,) + tuple(q.shape), dtype=rdt, device=q.device)
         else:
             raw = out if rdt == q.dtype else torch.empty(q.shape, dtype=rdt, device=q.device)
+        phi_q = None
+        if seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
+            phi_q = torch.empty(tuple(q.shape[:3]) + (2 * D,), dtype=q.dtype, device=q.device)
+            launch_phi_pass(q, phi_q, None, None, feature)
         launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
-                            phi=phi)
+                            phi=phi, phi_q=phi_q)
         seqs_swa = sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
         return launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True,
                               add_src=raw, add_raw=True, states=None, **kw)

@@ -35,11 +35,12 @@ launch_counts: dict[str, int] = {"rla_segment_kernel": 0, "rla_segment_kernel_tm
 
 @triton.jit
 def rla_segment_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, carry_ptr, phi_ptr, q_desc, k_desc, v_desc,
+    q_ptr, k_ptr, v_ptr, o_ptr, carry_ptr, phi_ptr, phiq_ptr, q_desc, k_desc, v_desc,
     seq_row_ptr, seq_start_ptr, seq_len_ptr,
     T, H, Hkv, window, NSEG, SEGLEN, part_stride,
     D: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, PRECISION: tl.constexpr,
     HAS_CARRY: tl.constexpr, SPLIT_F: tl.constexpr, PHI_K: tl.constexpr, GH: tl.constexpr, TMA: tl.constexpr,
+    PHI_Q: tl.constexpr,
 ):
     """1-D grid over (sequences * H / GH, segments, [2 feature halves with SPLIT_F,] D / BV), the last fastest. q (B, T, H, D), k/v
     (B, T, Hkv, D) contiguous; o (B, T, H, D) receives the raw RLA output (fp32 accumulation, stored
@@ -50,7 +51,8 @@ def rla_segment_kernel(
     (B, T, Hkv, F) from the pre-pass instead of computing it. GH: query heads per program (a divisor
     of H / Hkv): they share the key tiles and the state update. TMA: q, phi(k) (or k) and v tiles come
     through tensor descriptors over 2-D views (B * T, heads * columns) (blocks (BC, D), (BC, D), (BC, BV));
-    key rows outside the sequence are zeroed after the load (they may belong to a neighbouring one)."""
+    key rows outside the sequence are zeroed after the load (they may belong to a neighbouring one).
+    PHI_Q: read phi(q) (B, T, H, F) from a pre-pass instead of computing it (no fp32 q tile, no exp)."""
     NV: tl.constexpr = D // BV
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
@@ -134,15 +136,23 @@ def rla_segment_kernel(
             sn_dt = sp_dt  # unused
         for g in tl.static_range(GH):
             q_rows = (tok0 + offs_t).to(tl.int64) * (H * D) + (h0 + g) * D
-            if TMA:  # rows past the sequence: finite or not, their outputs are not stored
-                q = q_desc.load([(tok0 + t0).to(tl.int32), (h0 + g) * D]).to(tl.float32)
+            if PHI_Q:
+                pq_rows = (tok0 + offs_t).to(tl.int64) * (H * FD) + (h0 + g) * FD + f * D
+                pq = tl.load(phiq_ptr + pq_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(dt)
+                if NF == 2 and not SPLIT_F:
+                    nq = tl.load(phiq_ptr + pq_rows[:, None] + D + offs_d[None, :], mask=t_ok[:, None], other=0.0)
+                else:
+                    nq = pq
             else:
-                q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
-            if SPLIT_F:
-                pq = feature_map_one(q * tl.where(f == 0, 1.0, -1.0), FEATURE)
-                nq = pq
-            else:
-                pq, nq = feature_map_halves(q, FEATURE)
+                if TMA:  # rows past the sequence: finite or not, their outputs are not stored
+                    q = q_desc.load([(tok0 + t0).to(tl.int32), (h0 + g) * D]).to(tl.float32)
+                else:
+                    q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+                if SPLIT_F:
+                    pq = feature_map_one(q * tl.where(f == 0, 1.0, -1.0), FEATURE)
+                    nq = pq
+                else:
+                    pq, nq = feature_map_halves(q, FEATURE)
             pq = pq.to(dt)
             a = tl.dot(pq, tl.trans(pk), input_precision=PRECISION)
             o = tl.dot(pq, sp_dt, input_precision=PRECISION)
@@ -189,10 +199,10 @@ def segment_length(seqs: SequenceTable, heads: int, nv: int, BC: int, unit: int,
 
 
 def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, feature: int, cfg: dict, seg_len: int,
-                        carry: torch.Tensor | None, phi: torch.Tensor | None = None):
+                        carry: torch.Tensor | None, phi: torch.Tensor | None = None, phi_q: torch.Tensor | None = None):
     """Run `rla_segment_kernel`: out gets the raw RLA output at every valid row: (B, T, H, D), or
     with cfg["split_f"] (softmax / relu maps) (2, B, T, H, D), two partials that sum to it.
-    phi: phi(k) from the pre-pass (read instead of computed). cfg["group_heads"]: one program serves
+    phi: phi(k) from the pre-pass (read instead of computed); phi_q: phi(q) (B, T, H, F), likewise. cfg["group_heads"]: one program serves
     the H / Hkv query heads of a KV head (one state update for all of them)."""
     split = bool(cfg.get("split_f")) and feature != 2
     B, T, H, D = q.shape
@@ -226,10 +236,11 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
     grid = (seqs.count * (H // gh) * nseg * (D // BV) * (2 if split else 1),)
     dummy = _dummy(q.device)
     rla_segment_kernel[grid](
-        q, k, v, out, carry if carry is not None else dummy, phi if phi is not None else dummy, q_desc, k_desc, v_desc,
+        q, k, v, out, carry if carry is not None else dummy, phi if phi is not None else dummy,
+        phi_q if phi_q is not None else dummy, q_desc, k_desc, v_desc,
         seqs.row, seqs.start, seqs.length, T, H, Hkv, window, nseg, seg_len, out[0].numel() if split else 0,
         D=D, BC=BC, BV=BV, FEATURE=feature, PRECISION=precision_for(q.dtype), HAS_CARRY=carry is not None,
-        SPLIT_F=split, PHI_K=phi is not None, GH=gh, TMA=tma,
+        SPLIT_F=split, PHI_K=phi is not None, GH=gh, TMA=tma, PHI_Q=phi_q is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["rla_segment_kernel"] += 1
