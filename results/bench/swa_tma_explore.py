@@ -51,12 +51,15 @@ def seg(**kw):
 # 128-row tiles, 4 stages and 32- or 128-key tiles slower (0.56-0.85 ms).
 # Call 2 (7099b18): the SWA pass on TMA tiles (and TMA loads of the two raw partials) 0.632 against 0.662 ms; the
 # segment kernel on TMA tiles slower (0.68-1.25 against 0.49 ms: more registers, 248-255 against 217).
-# Call 3: phi(q) from a pre-pass (phi_q): no fp32 q tile in the segment kernel.
+# Call 3 (2fc9b90): phi(q) from a pre-pass: segment kernel 0.358-0.377 ms (174-182 registers) against 0.490 ms, the
+# pre-pass 0.10 ms longer; end to end 1.454 / 1.213 ms (3 stages) against 1.518 / 1.265 ms at Hkv 16 / 4.
+# Call 4: around phi_q + 3 stages: programs per SM, stages, scan block / warps, phi pass rows / warps, both halves, BC 128.
+P3 = seg(phi_q=True, num_stages=3)
 CFGS = [  # (SWA pass config, segment kernel overrides)
-    (SWA_TMA, seg(phi_q=True)), (SWA_TMA, seg(phi_q=True, programs_per_sm=12)),
-    (SWA_TMA, seg(phi_q=True, num_stages=3)), (SWA_TMA, seg(phi_q=True, BV=128, num_warps=8)),
-    (SWA_TMA, seg(phi_q=True, split_f=False, num_warps=8)), (SWA_TMA, seg(phi_q=True, programs_per_sm=4)),
-    (SWA_TMA, seg(phi_q=True, split_f=False)), (SWA_TMA, seg(phi_q=True, BV=128)),
+    (SWA_TMA, P3), (SWA_TMA, dict(P3, programs_per_sm=12)), (SWA_TMA, dict(P3, num_stages=4)),
+    (SWA_TMA, dict(P3, scan_block=128)), (SWA_TMA, dict(P3, phi_rows=64)),
+    (SWA_TMA, dict(P3, phi_rows=128, phi_warps=8)), (SWA_TMA, dict(P3, split_f=False)),
+    (SWA_TMA, dict(P3, BC=128, num_warps=8)), (SWA_TMA, dict(P3, scan_warps=4)),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy

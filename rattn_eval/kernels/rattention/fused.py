@@ -119,7 +119,8 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
                                                           seg_cfg["BC"], unit, seg_cfg["programs_per_sm"], q.device)
         carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
                                        rope=tables, num_warps=seg_cfg.get("scan_warps"),
-                                       phi_pass=bool(seg_cfg.get("phi_k")))
+                                       phi_pass=bool(seg_cfg.get("phi_k")), phi_rows=seg_cfg.get("phi_rows", 32),
+                                       phi_warps=seg_cfg.get("phi_warps", 4))
         # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
         rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
         if split == 2:
@@ -129,7 +130,7 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         phi_q = None
         if seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
             phi_q = torch.empty(tuple(q.shape[:3]) + (2 * D,), dtype=q.dtype, device=q.device)
-            launch_phi_pass(q, phi_q, None, None, feature)
+            launch_phi_pass(q, phi_q, None, None, feature, seg_cfg.get("phi_rows", 32), seg_cfg.get("phi_warps", 4))
         launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
                             phi=phi, phi_q=phi_q)
         seqs_swa = sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])

@@ -176,16 +176,16 @@ def rla_carry_kernel(totals_ptr, out_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BS:
         run += tl.sum(x, axis=0)
 
 
-def launch_phi_pass(k, phi, kr, rope, feature):
-    """`rla_phi_kernel` over every row of k: phi(k) into phi (skipped when phi is None) and, with
-    rope, k rotated into kr."""
+def launch_phi_pass(k, phi, kr, rope, feature, rows=32, num_warps=4):
+    """`rla_phi_kernel` over every row of k (`rows` rows per program): phi(k) into phi (skipped when
+    phi is None) and, with rope, k rotated into kr."""
     B, T, Hkv, D = k.shape
     cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
-    br = 32
+    br = rows
     rla_phi_kernel[(cdiv(B * T, br) * Hkv,)](k, phi if phi is not None else _dummy(k.device),
                                            kr if rope is not None else k, cos, sin, T, Hkv, B * T, stride_rope_b,
                                            D=D, BR=br, FEATURE=feature, ROPE=rope is not None,
-                                           STORE_PHI=phi is not None, num_warps=4)
+                                           STORE_PHI=phi is not None, num_warps=num_warps)
     launch_counts["rla_phi_kernel"] += 1
 
 
@@ -321,13 +321,14 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
 
 
 def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, block, kr=None, rope=None,
-                      num_warps=None, num_stages=2, phi_pass=False):
+                      num_warps=None, num_stages=2, phi_pass=False, phi_rows=32, phi_warps=4):
     """The state each segment of `seg_len` rows starts from (rla/segment.py), for the keys
     j < segment * seg_len - window: (sequences, Hkv, segments, F, D) fp32, or None with one segment.
     A totals scan (`block` keys per step, one program per feature half and segment) and the carry
     pass. With rope, also writes k rotated into kr (in the scan, or in a rotation-only pass when
     there is a single segment). phi_pass: `rla_phi_kernel` first writes phi(k) (and kr), the scan
-    reads it. Returns (carry, phi) with phi None without phi_pass."""
+    reads it (phi_rows / phi_warps: its launch settings). Returns (carry, phi) with phi None without
+    phi_pass."""
     B, T, Hkv, D = k.shape
     if seg_len % block:
         raise ValueError(f"segment length {seg_len} must be a multiple of the scan block {block}")
@@ -340,7 +341,7 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
         raise ValueError(f"scan block {block} is smaller than the {nf} programs that rotate its rows")
     phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device) if phi_pass else None
     if phi_pass or (nseg <= 1 and rope is not None):
-        launch_phi_pass(k, phi, kr, rope, feature)
+        launch_phi_pass(k, phi, kr, rope, feature, phi_rows, phi_warps)
     if nseg <= 1:
         return None, phi
     cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
