@@ -20,6 +20,7 @@ sequences and needs no segment mask.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -451,7 +452,12 @@ def tma_ok(*ts) -> bool:
             return False
     if INTERPRET:
         return True
-    return ts[0].is_cuda and torch.cuda.get_device_capability(ts[0].device)[0] >= 9
+    return ts[0].is_cuda and _has_tma(ts[0].device.index if ts[0].device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _has_tma(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
 
 def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=None, rope=None, states=None,
