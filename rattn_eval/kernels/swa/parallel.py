@@ -26,7 +26,11 @@ import os
 import torch
 import triton
 import triton.language as tl
-from triton.tools.tensor_descriptor import TensorDescriptor
+
+try:  # host-side TMA descriptors (triton >= 3.4); older releases take the pointer loads
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - depends on the installed triton
+    TensorDescriptor = None
 
 from ..common import cdiv, check_qkv, check_window, default_scale
 
@@ -447,6 +451,8 @@ def rope_launch_args(rope, D, device):
 def tma_ok(*ts) -> bool:
     """Whether k / v tiles can come through TMA tensor descriptors: 16-byte aligned 16-bit tensors whose
     token rows fit int32 coordinates, on a GPU with TMA (sm_90+) or under the interpreter."""
+    if TensorDescriptor is None:
+        return False
     for t in ts:
         if t.dtype not in (torch.float16, torch.bfloat16) or t.data_ptr() % 16 or t.shape[0] * t.shape[1] >= 2**31:
             return False
