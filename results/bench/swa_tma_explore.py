@@ -21,6 +21,7 @@ sp = import_module("rattn_eval.kernels.swa.parallel")
 rs = import_module("rattn_eval.kernels.rla.segment")
 from prefill_tools import Spy  # noqa: E402  (results/bench, the script's folder)
 from rattn_eval.kernels import Rope  # noqa: E402
+from rattn_eval.kernels.rattention.naive import rattention_chunked  # noqa: E402
 from rattn_eval.kernels.swa.naive import swa_attention_chunked  # noqa: E402
 
 T, H, D, W = 32768, 16, 128, 512
@@ -53,13 +54,13 @@ def seg(**kw):
 # segment kernel on TMA tiles slower (0.68-1.25 against 0.49 ms: more registers, 248-255 against 217).
 # Call 3 (2fc9b90): phi(q) from a pre-pass: segment kernel 0.358-0.377 ms (174-182 registers) against 0.490 ms, the
 # pre-pass 0.10 ms longer; end to end 1.454 / 1.213 ms (3 stages) against 1.518 / 1.265 ms at Hkv 16 / 4.
-# Call 4: around phi_q + 3 stages: programs per SM, stages, scan block / warps, phi pass rows / warps, both halves, BC 128.
+# Call 4 (c30315a): around phi_q + 3 stages all within 1.455-1.482 / 1.211-1.244 ms; cfg 3 (scan block 128) taken.
+# Call 5: "overlap": the SWA pass alone on a second stream, started once k is rotated, while the RLA kernels run;
+# rla_combine_kernel adds the RLA branch at the end.
 P3 = seg(phi_q=True, num_stages=3)
+DEFAULT = dict(P3, scan_block=128)
 CFGS = [  # (SWA pass config, segment kernel overrides)
-    (SWA_TMA, P3), (SWA_TMA, dict(P3, programs_per_sm=12)), (SWA_TMA, dict(P3, num_stages=4)),
-    (SWA_TMA, dict(P3, scan_block=128)), (SWA_TMA, dict(P3, phi_rows=64)),
-    (SWA_TMA, dict(P3, phi_rows=128, phi_warps=8)), (SWA_TMA, dict(P3, split_f=False)),
-    (SWA_TMA, dict(P3, BC=128, num_warps=8)), (SWA_TMA, dict(P3, scan_warps=4)),
+    (SWA_TMA, DEFAULT), (SWA_TMA, dict(DEFAULT, overlap=True)), (SWA_TMA, dict(DEFAULT, overlap=True, programs_per_sm=4)),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy
@@ -90,7 +91,14 @@ def main():
     o = swa(qc, kc, vc, cfg).float()
     err = ((o - ref).pow(2).mean() / ref.pow(2).mean()).sqrt().item()
     rec["err4k"] = err
-    P(tag, f"4k rel.err {err:.2e}")
+    tc = tuple(x.contiguous() for x in Rope(D).tables(4096, dev))
+    kw4 = dict(window=W, rope=tc, scale=None, feature_map="softmax", swa_norm_weight=None, rla_norm_weight=None,
+               eps=1e-6, lengths=None, cu_seqlens=None)
+    ref_r = rattention_chunked(qc.float(), kc.float(), vc.float(), window=W, rope=tc)
+    o_r = rf.rattention_design(qc, kc, vc, design="segment", tuning=None if a.cfg is None else {
+        "swa_cfg": cfg, "segment": seg_cfg}, **kw4).float()
+    rec["err4k_rattn"] = ((o_r - ref_r).pow(2).mean() / ref_r.pow(2).mean()).sqrt().item()
+    P(tag, f"4k rel.err SWA {err:.2e}, RAttention {rec['err4k_rattn']:.2e}")
     for Hkv in (16, 4):
         q = torch.randn(1, T, H, D, device=dev, generator=g).to(bf)
         k = torch.randn(1, T, Hkv, D, device=dev, generator=g).to(bf)

@@ -339,6 +339,10 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
     "split-phi_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
                         phi_q=True),
     "both-halves-phi_q": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, phi_q=True),
+    # the SWA pass normalizes its branch alone (a second stream on a GPU), rla_combine_kernel adds the RLA branch
+    "split-phi_q-overlap": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
+                                phi_q=True, overlap=True),
+    "both-halves-overlap": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, overlap=True),
 }
 
 
@@ -472,5 +476,9 @@ def test_tma_tiles_with_poisoned_padding():
                                 cu_seqlens=lkw.get("cu_seqlens"), design="segment",
                                 tuning=dict(segment=tma_seg, seg_len=32, swa_cfg=tma_swa), **kw)
         assert_close(out, refs["rattn"], TOL[torch.float16], f"TMA RAttention {c} w={w}")
-        assert swa_parallel.launch_counts["swa_fwd_kernel_tma"] == before[0]["swa_fwd_kernel_tma"] + 2
-        assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before[1]["rla_segment_kernel_tma"] + 1
+        out = rattention_design(q, k, v, scale=None, eps=1e-6, feature_map="softmax", lengths=lkw.get("lengths"),
+                                cu_seqlens=lkw.get("cu_seqlens"), design="segment",
+                                tuning=dict(segment=dict(tma_seg, overlap=True), seg_len=32, swa_cfg=tma_swa), **kw)
+        assert_close(out, refs["rattn"], TOL[torch.float16], f"TMA RAttention, SWA pass alone + combine {c} w={w}")
+        assert swa_parallel.launch_counts["swa_fwd_kernel_tma"] == before[0]["swa_fwd_kernel_tma"] + 3
+        assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before[1]["rla_segment_kernel_tma"] + 2

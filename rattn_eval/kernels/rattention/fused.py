@@ -21,9 +21,13 @@ The chunk-state designs (the default until results/bench/segment_iterations/3_ex
 
 from __future__ import annotations
 
-import torch
+import contextlib
 
-from ..common import default_scale
+import torch
+import triton
+import triton.language as tl
+
+from ..common import cdiv, default_scale
 from ..rla.chunk import launch_phi_pass, prepare_rla_launch, rla_prefix_states, rla_segment_carry
 from ..rla.segment import launch_rla_segments, segment_config, segment_length
 from ..swa.parallel import INTERPRET, RLA_TUNING, block_config, launch_swa_fwd, sequence_table
@@ -52,6 +56,59 @@ def _norm_weight(w, H, D, device):
     if tuple(w.shape) != (H, D):
         raise ValueError(f"norm weights must be (H, D) = ({H}, {D}), got {tuple(w.shape)}")
     return w.to(device=device, dtype=torch.float32).contiguous()
+
+
+@triton.jit
+def rla_combine_kernel(out_ptr, raw_ptr, gr_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr, T, H, part_stride, eps,
+                       D: tl.constexpr, BR: tl.constexpr, PARTS: tl.constexpr):
+    """Grid (sequences * H, row blocks of BR). out (B, T, H, D) holds rms(o_swa) * g_swa; add
+    rms(o_rla) * g_rla, o_rla the raw RLA output at raw (PARTS = 2: two partials part_stride apart
+    that sum to it). fp32 math; rows outside the sequences are not touched."""
+    n = tl.program_id(0) // H
+    h = tl.program_id(0) % H
+    L = tl.load(seq_len_ptr + n)
+    s0 = tl.program_id(1) * BR
+    if s0 >= L:
+        return
+    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
+    offs = s0 + tl.arange(0, BR)
+    ok = offs < L
+    offs_d = tl.arange(0, D)
+    ptr = ((tok0 + offs).to(tl.int64) * (H * D) + h * D)[:, None] + offs_d[None, :]
+    r = tl.load(raw_ptr + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
+    if PARTS == 2:
+        r += tl.load(raw_ptr + part_stride + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
+    g = tl.load(gr_ptr + h * D + offs_d)
+    o = tl.load(out_ptr + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
+    o += r * tl.rsqrt(tl.sum(r * r, axis=1) / D + eps)[:, None] * g[None, :]
+    tl.store(out_ptr + ptr, o.to(out_ptr.dtype.element_ty), mask=ok[:, None])
+
+
+def launch_rla_combine(out, raw, seqs, rla_norm_weight, eps, rows=64):
+    """`rla_combine_kernel`: out += rms(o_rla) * g_rla at every valid row; raw is (B, T, H, D) or two
+    partials (2, B, T, H, D)."""
+    B, T, H, D = out.shape
+    if seqs.count == 0:
+        return out
+    blocks = cdiv(seqs.max_len, rows)
+    if blocks > 65535:
+        raise ValueError(f"sequences of {seqs.max_len} tokens are too long for one combine launch")
+    parts = 2 if raw.dim() == 5 else 1
+    rla_combine_kernel[(seqs.count * H, blocks)](out, raw, rla_norm_weight, seqs.row, seqs.start, seqs.length, T, H,
+                                                 raw[0].numel() if parts == 2 else 0, float(eps), D=D, BR=rows,
+                                                 PARTS=parts, num_warps=4)
+    return out
+
+
+_SIDE_STREAMS: dict = {}
+
+
+def _side_stream(device):
+    """One extra CUDA stream per device for the overlapped SWA pass (created once)."""
+    key = str(device)
+    if key not in _SIDE_STREAMS:
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device=device)
+    return _SIDE_STREAMS[key]
 
 
 DESIGNS = ("fused", "fused_two_pass", "two_kernel", "segment")
@@ -117,23 +174,39 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         heads = k.shape[2] if seg_cfg.get("group_heads") else H  # programs per (sequence, segment) / slices
         seg_len = tuning.get("seg_len") or segment_length(seqs, heads, split * D // seg_cfg["BV"],
                                                           seg_cfg["BC"], unit, seg_cfg["programs_per_sm"], q.device)
+        seqs_swa = sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
+        overlap = bool(seg_cfg.get("overlap"))
+        side = _side_stream(q.device) if overlap and q.is_cuda else None
+
+        def swa_alone():
+            # "overlap": the SWA pass writes rms(o_swa) * g_swa on its own (a second stream on a GPU) while
+            # the RLA kernels run; rla_combine_kernel adds the RLA branch afterwards
+            if side is not None:
+                side.wait_stream(torch.cuda.current_stream(q.device))
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, norm_out=True,
+                               states=None, **kw)
+
         carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
                                        rope=tables, num_warps=seg_cfg.get("scan_warps"),
                                        phi_pass=bool(seg_cfg.get("phi_k")), phi_rows=seg_cfg.get("phi_rows", 32),
-                                       phi_warps=seg_cfg.get("phi_warps", 4))
+                                       phi_warps=seg_cfg.get("phi_warps", 4), on_phi=swa_alone if overlap else None)
         # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
         rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
         if split == 2:
             raw = torch.empty((2,) + tuple(q.shape), dtype=rdt, device=q.device)
         else:
-            raw = out if rdt == q.dtype else torch.empty(q.shape, dtype=rdt, device=q.device)
+            raw = out if rdt == q.dtype and not overlap else torch.empty(q.shape, dtype=rdt, device=q.device)
         phi_q = None
         if seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
             phi_q = torch.empty(tuple(q.shape[:3]) + (2 * D,), dtype=q.dtype, device=q.device)
             launch_phi_pass(q, phi_q, None, None, feature, seg_cfg.get("phi_rows", 32), seg_cfg.get("phi_warps", 4))
         launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
                             phi=phi, phi_q=phi_q)
-        seqs_swa = sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
+        if overlap:
+            if side is not None:
+                torch.cuda.current_stream(q.device).wait_stream(side)
+            return launch_rla_combine(out, raw, seqs_swa, kw["rla_norm_weight"], eps)
         return launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True,
                               add_src=raw, add_raw=True, states=None, **kw)
     state_kw = dict(tuning.get("state", {}))

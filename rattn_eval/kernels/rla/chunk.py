@@ -321,14 +321,15 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
 
 
 def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, block, kr=None, rope=None,
-                      num_warps=None, num_stages=2, phi_pass=False, phi_rows=32, phi_warps=4):
+                      num_warps=None, num_stages=2, phi_pass=False, phi_rows=32, phi_warps=4, on_phi=None):
     """The state each segment of `seg_len` rows starts from (rla/segment.py), for the keys
     j < segment * seg_len - window: (sequences, Hkv, segments, F, D) fp32, or None with one segment.
     A totals scan (`block` keys per step, one program per feature half and segment) and the carry
     pass. With rope, also writes k rotated into kr (in the scan, or in a rotation-only pass when
     there is a single segment). phi_pass: `rla_phi_kernel` first writes phi(k) (and kr), the scan
-    reads it (phi_rows / phi_warps: its launch settings). Returns (carry, phi) with phi None without
-    phi_pass."""
+    reads it (phi_rows / phi_warps: its launch settings). on_phi: called once k is rotated (after the
+    phi pass, or before the scan when the scan rotates k itself), e.g. to start the SWA pass on another
+    stream. Returns (carry, phi) with phi None without phi_pass."""
     B, T, Hkv, D = k.shape
     if seg_len % block:
         raise ValueError(f"segment length {seg_len} must be a multiple of the scan block {block}")
@@ -342,6 +343,9 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device) if phi_pass else None
     if phi_pass or (nseg <= 1 and rope is not None):
         launch_phi_pass(k, phi, kr, rope, feature, phi_rows, phi_warps)
+    rotated_by_scan = rope is not None and not phi_pass and nseg > 1
+    if on_phi is not None and not rotated_by_scan:
+        on_phi()
     if nseg <= 1:
         return None, phi
     cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
@@ -353,6 +357,8 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
         PRECISION=precision_for(k.dtype), STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, FROM_PHI=phi_pass,
         num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
     launch_counts["rla_segment_totals"] += 1
+    if on_phi is not None and rotated_by_scan:
+        on_phi()
     launch_carry(carry, carry, seqs, nseg, seg_len // block, block)
     return carry, phi
 

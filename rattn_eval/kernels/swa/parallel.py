@@ -293,7 +293,7 @@ def swa_fwd_kernel(
             m_i = m_new
 
         o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        if DO_RLA or ADD_OUT:
+        if DO_RLA or ADD_OUT or NORM_OUT:  # NORM_OUT with the softmax branch alone: rms(o_swa) * g_swa
             gs = tl.load(gs_ptr + h * D + offs_d)
             inv_s = tl.rsqrt(tl.sum(o * o, axis=1) / D + eps)
             o = o * inv_s[:, None] * gs[None, :]
