@@ -187,28 +187,34 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
                 launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, norm_out=True,
                                states=None, **kw)
 
-        carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
-                                       rope=tables, num_warps=seg_cfg.get("scan_warps"),
-                                       phi_pass=bool(seg_cfg.get("phi_k")), phi_rows=seg_cfg.get("phi_rows", 32),
-                                       phi_warps=seg_cfg.get("phi_warps", 4), on_phi=swa_alone if overlap else None)
-        # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
-        rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
-        if split == 2:
-            raw = torch.empty((2,) + tuple(q.shape), dtype=rdt, device=q.device)
-        else:
-            raw = out if rdt == q.dtype and not overlap else torch.empty(q.shape, dtype=rdt, device=q.device)
-        phi_q = None
-        if seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
-            phi_q = torch.empty(tuple(q.shape[:3]) + (2 * D,), dtype=q.dtype, device=q.device)
-            launch_phi_pass(q, phi_q, None, None, feature, seg_cfg.get("phi_rows", 32), seg_cfg.get("phi_warps", 4))
-        launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
-                            phi=phi, phi_q=phi_q)
-        if overlap:
+        try:
+            carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
+                                           rope=tables, num_warps=seg_cfg.get("scan_warps"),
+                                           phi_pass=bool(seg_cfg.get("phi_k")), phi_rows=seg_cfg.get("phi_rows", 32),
+                                           phi_warps=seg_cfg.get("phi_warps", 4), on_phi=swa_alone if overlap else None)
+            # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
+            rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
+            if split == 2:
+                raw = torch.empty((2,) + tuple(q.shape), dtype=rdt, device=q.device)
+            else:
+                raw = out if rdt == q.dtype and not overlap else torch.empty(q.shape, dtype=rdt, device=q.device)
+            phi_q = None
+            if seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
+                phi_q = torch.empty(tuple(q.shape[:3]) + (2 * D,), dtype=q.dtype, device=q.device)
+                launch_phi_pass(q, phi_q, None, None, feature, seg_cfg.get("phi_rows", 32), seg_cfg.get("phi_warps", 4))
+            launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
+                                phi=phi, phi_q=phi_q)
+            if overlap:
+                if side is not None:
+                    torch.cuda.current_stream(q.device).wait_stream(side)
+                return launch_rla_combine(out, raw, seqs_swa, kw["rla_norm_weight"], eps)
+            return launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True,
+                                  add_src=raw, add_raw=True, states=None, **kw)
+        finally:
             if side is not None:
+                # joined on every exit, errors included: nothing the side stream still uses may be freed or
+                # reused by the main stream before it is done
                 torch.cuda.current_stream(q.device).wait_stream(side)
-            return launch_rla_combine(out, raw, seqs_swa, kw["rla_norm_weight"], eps)
-        return launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True,
-                              add_src=raw, add_raw=True, states=None, **kw)
     state_kw = dict(tuning.get("state", {}))
     if design != "two_kernel":
         state_kw["state_block"] = cfg["BM"]  # one pass over both branches: states at its query blocks

@@ -328,7 +328,7 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     pass. With rope, also writes k rotated into kr (in the scan, or in a rotation-only pass when
     there is a single segment). phi_pass: `rla_phi_kernel` first writes phi(k) (and kr), the scan
     reads it (phi_rows / phi_warps: its launch settings). on_phi: called once k is rotated (after the
-    phi pass, or before the scan when the scan rotates k itself), e.g. to start the SWA pass on another
+    phi pass, or after the scan when the scan rotates k itself), e.g. to start the SWA pass on another
     stream. Returns (carry, phi) with phi None without phi_pass."""
     B, T, Hkv, D = k.shape
     if seg_len % block:
