@@ -4,9 +4,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu_prelude.sh final
-nvidia-smi -L > $W/env.txt 2>&1
-git log -1 --format=%h >> $W/env.txt 2>&1
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> $W/env.txt 2>&1
 timeout 150 python3 -m rattn_eval.bench.kernels --out $W > $W/bench_log.txt 2>&1
 echo "bench rc=$? at ${SECONDS}s"; grep -E "ours_rattention|flex_swa|ours_swa |fla|sdpa" $W/kernels.txt | head -40
 timeout $((480 - SECONDS)) python3 -m pytest -q -s -p no:cacheprovider -m gpu tests/kernels/test_gpu_prefill.py > $W/gpu_prefill_tests.txt 2>&1

@@ -6,8 +6,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu_prelude.sh overlap
-nvidia-smi -L > $W/env.txt 2>&1
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> $W/env.txt 2>&1
 for i in ${CFGS:-0 1 2}; do
   timeout 90 python3 results/bench/swa_tma_explore.py --cfg $i --log $W/log.jsonl 2>&1 | grep -v "^ \|^Search\|^CUDA kernel\|UserWarning" | tail -8 | tee -a $W/explore.txt
 done

@@ -9,8 +9,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu_prelude.sh prefill
-nvidia-smi -L > $W/env.txt 2>&1
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> $W/env.txt 2>&1
 echo "== sweep"
 [ "${SKIP_SWEEP:-0}" = 1 ] && echo "skipped (SKIP_SWEEP=1)" > $W/sweep.txt || timeout 280 python3 results/bench/sweep_prefill.py --apply ${SWEEP_ARGS:-} --budget-s "${SWEEP_BUDGET_S:-170}" > $W/sweep.txt 2>&1
 echo "sweep rc=$? at ${SECONDS}s"

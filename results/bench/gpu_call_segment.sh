@@ -7,8 +7,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu_prelude.sh segment
-nvidia-smi -L > $W/env.txt 2>&1
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> $W/env.txt 2>&1
 N=$(python3 -c "import sys; sys.path.insert(0, 'results/bench'); import segment_explore as s; print(len(s.SEG_CFGS))")
 timeout 100 python3 results/bench/segment_explore.py --log $W/log.jsonl 2>&1 | tee -a $W/explore.txt
 for i in ${CFGS:-$(seq 0 $((N - 1)))}; do

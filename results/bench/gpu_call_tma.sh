@@ -4,9 +4,6 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 source scripts/gpu_prelude.sh tma
-nvidia-smi -L > $W/env.txt 2>&1
-git log -1 --format=%h >> $W/env.txt 2>&1
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" >> $W/env.txt 2>&1
 N=$(python3 -c "import sys; sys.path.insert(0, 'results/bench'); import swa_tma_explore as s; print(len(s.CFGS))")
 [ "${BASELINE:-1}" = 1 ] && timeout 150 python3 results/bench/swa_tma_explore.py --log $W/log.jsonl 2>&1 | tee -a $W/explore.txt
 for i in ${CFGS:-$(seq 0 $((N - 1)))}; do

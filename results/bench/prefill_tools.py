@@ -1,7 +1,22 @@
 """Helpers shared by the H200 prefill tuning scripts (sweep_prefill.py, segment_explore.py)."""
 
 import re
+import time
 from pathlib import Path
+
+import triton.testing
+
+T0 = time.time()
+
+
+def P(*a):
+    """print with the seconds since the script started"""
+    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
+
+
+def bench(fn, rep=30):
+    """GPU milliseconds per call of fn (CUDA events, triton's do_bench)."""
+    return triton.testing.do_bench(fn, warmup=5, rep=rep)
 
 
 class Spy:

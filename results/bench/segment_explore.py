@@ -11,30 +11,19 @@ Per config: the end-to-end error at T = 4k (H 4, Hkv 2) against the fp32 chunked
 
 import argparse
 import json
-import time
 from importlib import import_module
 
 import torch
-import triton.testing
 
 rf = import_module("rattn_eval.kernels.rattention.fused")
 rc = import_module("rattn_eval.kernels.rla.chunk")
 rs = import_module("rattn_eval.kernels.rla.segment")
 sp = import_module("rattn_eval.kernels.swa.parallel")
-from prefill_tools import Spy, write_tuning  # noqa: E402  (results/bench, the script's folder)
+from prefill_tools import P, Spy, bench, write_tuning  # noqa: E402  (results/bench, the script's folder)
 from rattn_eval.kernels import Rope  # noqa: E402
 from rattn_eval.kernels.rattention.naive import rattention_chunked  # noqa: E402
 
 T, H, D, W = 32768, 16, 128, 512
-T0 = time.time()
-
-
-def P(*a):
-    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
-
-
-def bench(fn, rep=30):
-    return triton.testing.do_bench(fn, warmup=5, rep=rep)
 
 
 spy_seg = Spy(rs.rla_segment_kernel)

@@ -9,31 +9,24 @@ RAttention "segment" design end to end with this config as its SWA pass.
 """
 
 import argparse
+import functools
 import json
-import time
 from importlib import import_module
 
 import torch
-import triton.testing
 
 rf = import_module("rattn_eval.kernels.rattention.fused")
 sp = import_module("rattn_eval.kernels.swa.parallel")
 rs = import_module("rattn_eval.kernels.rla.segment")
-from prefill_tools import Spy  # noqa: E402  (results/bench, the script's folder)
+import prefill_tools  # noqa: E402  (results/bench, the script's folder)
+from prefill_tools import P, Spy  # noqa: E402
 from rattn_eval.kernels import Rope  # noqa: E402
 from rattn_eval.kernels.rattention.naive import rattention_chunked  # noqa: E402
 from rattn_eval.kernels.swa.naive import swa_attention_chunked  # noqa: E402
 
+bench = functools.partial(prefill_tools.bench, rep=40)
+
 T, H, D, W = 32768, 16, 128, 512
-T0 = time.time()
-
-
-def P(*a):
-    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
-
-
-def bench(fn, rep=40):
-    return triton.testing.do_bench(fn, warmup=5, rep=rep)
 
 
 def c(BM, BN, nw, ns, **extra):

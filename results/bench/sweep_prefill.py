@@ -25,7 +25,7 @@ import triton.testing
 rf = import_module("rattn_eval.kernels.rattention.fused")  # (rattn_eval.kernels.rattention is also a function)
 rc = import_module("rattn_eval.kernels.rla.chunk")
 sp = import_module("rattn_eval.kernels.swa.parallel")
-from prefill_tools import Spy, write_tuning  # noqa: E402  (results/bench, the script's folder)
+from prefill_tools import P, Spy, write_tuning  # noqa: E402  (results/bench, the script's folder)
 from rattn_eval.kernels import Rope  # noqa: E402
 from rattn_eval.kernels.rattention.naive import rattention_chunked  # noqa: E402
 
@@ -34,10 +34,6 @@ T0 = time.time()
 CPU = not torch.cuda.is_available()  # dry run of the script under TRITON_INTERPRET=1 (tiny shapes)
 if CPU:
     T, W = 512, 40
-
-
-def P(*a):
-    print(f"[{time.time() - T0:6.1f}s]", *a, flush=True)
 
 
 def bench(fn, rep=30):

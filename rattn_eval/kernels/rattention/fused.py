@@ -175,6 +175,7 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         seg_len = tuning.get("seg_len") or segment_length(seqs, heads, split * D // seg_cfg["BV"],
                                                           seg_cfg["BC"], unit, seg_cfg["programs_per_sm"], q.device)
         seqs_swa = sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
+        phi_rows, phi_warps = seg_cfg.get("phi_rows", 32), seg_cfg.get("phi_warps", 4)  # the phi(k) / phi(q) passes
         overlap = bool(seg_cfg.get("overlap"))
         side = _side_stream(q.device) if overlap and q.is_cuda else None
 
@@ -190,8 +191,8 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         try:
             carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
                                            rope=tables, num_warps=seg_cfg.get("scan_warps"),
-                                           phi_pass=bool(seg_cfg.get("phi_k")), phi_rows=seg_cfg.get("phi_rows", 32),
-                                           phi_warps=seg_cfg.get("phi_warps", 4), on_phi=swa_alone if overlap else None)
+                                           phi_pass=bool(seg_cfg.get("phi_k")), phi_rows=phi_rows, phi_warps=phi_warps,
+                                           on_phi=swa_alone if overlap else None)
             # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
             rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
             if split == 2:
@@ -201,7 +202,7 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
             phi_q = None
             if seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
                 phi_q = torch.empty(tuple(q.shape[:3]) + (2 * D,), dtype=q.dtype, device=q.device)
-                launch_phi_pass(q, phi_q, None, None, feature, seg_cfg.get("phi_rows", 32), seg_cfg.get("phi_warps", 4))
+                launch_phi_pass(q, phi_q, None, None, feature, phi_rows, phi_warps)
             launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
                                 phi=phi, phi_q=phi_q)
             if overlap:

@@ -226,8 +226,9 @@ def swa_fwd_kernel(
             acc_r += tl.dot(a.to(dt), v, input_precision=PRECISION)
         if DO_SWA:
             if TMA:  # the last tile may run past the sequence (short windows): v there must be 0
-                k = k_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]).to(dt)
-                v = tl.where(col_ok[:, None], v_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]), 0.0).to(dt)
+                row = (tok0 + lo + i * BN).to(tl.int32)
+                k = k_desc.load([row, kv_head]).to(dt)
+                v = tl.where(col_ok[:, None], v_desc.load([row, kv_head]), 0.0).to(dt)
             else:
                 k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
             sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
@@ -253,8 +254,9 @@ def swa_fwd_kernel(
         for i in range(n_a, n_b):
             offs_j = lo + i * BN + offs_n
             if TMA:
-                k = k_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]).to(dt)
-                v = v_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]).to(dt)
+                row = (tok0 + lo + i * BN).to(tl.int32)
+                k = k_desc.load([row, kv_head]).to(dt)
+                v = v_desc.load([row, kv_head]).to(dt)
             else:
                 kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
                 kv_off = kv_rows[:, None] + offs_d[None, :]
@@ -273,8 +275,9 @@ def swa_fwd_kernel(
             offs_j = lo + i * BN + offs_n
             col_ok = offs_j < L
             if TMA:  # rows past the sequence (the next one, padding, or zeros past B * T): v must be 0
-                k = k_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]).to(dt)
-                v = tl.where(col_ok[:, None], v_desc.load([(tok0 + lo + i * BN).to(tl.int32), kv_head]), 0.0).to(dt)
+                row = (tok0 + lo + i * BN).to(tl.int32)
+                k = k_desc.load([row, kv_head]).to(dt)
+                v = tl.where(col_ok[:, None], v_desc.load([row, kv_head]), 0.0).to(dt)
             else:
                 kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
                 kv_off = kv_rows[:, None] + offs_d[None, :]
