@@ -52,8 +52,15 @@ def seg(**kw):
 # rla_combine_kernel adds the RLA branch at the end.
 P3 = seg(phi_q=True, num_stages=3)
 DEFAULT = dict(P3, scan_block=128)
-CFGS = [  # (SWA pass config, segment kernel overrides)
-    (SWA_TMA, DEFAULT), (SWA_TMA, dict(DEFAULT, overlap=True)), (SWA_TMA, dict(DEFAULT, overlap=True, programs_per_sm=4)),
+# Call 6 (sixth session): "prep": rla_prep_kernel writes phi(k), phi(q), rotated k (and with rot_q rotated q)
+# and the segment totals in one pass; native_tables: no per-call cast of the RoPE tables; ws: warp specialization
+# of the SWA pass's interior loop.
+PREP = dict(DEFAULT, prep=True)
+CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
+    (SWA_TMA, DEFAULT), (SWA_TMA, PREP), (SWA_TMA, dict(PREP, scan_block=64)), (SWA_TMA, dict(PREP, rot_q=True)),
+    (SWA_TMA, dict(PREP, rot_q=True, scan_block=64)), (SWA_TMA, dict(PREP, rot_q=True), {"native_tables": True}),
+    (dict(SWA_TMA, ws=True), DEFAULT), (SWA_TMA, dict(PREP, rot_q=True, prep_stages=3)),
+    (SWA_TMA, dict(PREP, rot_q=True, scan_block=64, prep_warps=4)), (SWA_TMA, DEFAULT, {"native_tables": True}),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy
@@ -74,9 +81,9 @@ def main():
     g = torch.Generator(device=dev).manual_seed(0)
     bf = torch.bfloat16
     base_cfg = sp.block_config(D, rla=False)
-    cfg, seg_cfg = CFGS[a.cfg] if a.cfg is not None else (base_cfg, {})
-    tag = f"cfg {a.cfg} swa {cfg} seg {seg_cfg}" if a.cfg is not None else f"baseline {cfg}"
-    rec = dict(cfg=a.cfg, conf=cfg, seg=seg_cfg)
+    cfg, seg_cfg, extra = (tuple(CFGS[a.cfg]) + ({},))[:3] if a.cfg is not None else (base_cfg, {}, {})
+    tag = f"cfg {a.cfg} swa {cfg} seg {seg_cfg} {extra or ''}" if a.cfg is not None else f"baseline {cfg}"
+    rec = dict(cfg=a.cfg, conf=cfg, seg=seg_cfg, extra=extra)
 
     # correctness at 4k against the fp32 reference
     qc, kc, vc = (torch.randn(1, 4096, h, D, device=dev, generator=g).to(bf) for h in (4, 2, 2))
@@ -89,7 +96,7 @@ def main():
                eps=1e-6, lengths=None, cu_seqlens=None)
     ref_r = rattention_chunked(qc.float(), kc.float(), vc.float(), window=W, rope=tc)
     o_r = rf.rattention_design(qc, kc, vc, design="segment", tuning=None if a.cfg is None else {
-        "swa_cfg": cfg, "segment": seg_cfg}, **kw4).float()
+        "swa_cfg": cfg, "segment": seg_cfg, **extra}, **kw4).float()
     rec["err4k_rattn"] = ((o_r - ref_r).pow(2).mean() / ref_r.pow(2).mean()).sqrt().item()
     P(tag, f"4k rel.err SWA {err:.2e}, RAttention {rec['err4k_rattn']:.2e}")
     for Hkv in (16, 4):
@@ -102,7 +109,7 @@ def main():
         tables = Rope(D).tables(T, dev)
         kw = dict(window=W, rope=tables, scale=None, feature_map="softmax", swa_norm_weight=None,
                   rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None, design="segment")
-        tuning = None if a.cfg is None else {"swa_cfg": cfg, "segment": seg_cfg}
+        tuning = None if a.cfg is None else {"swa_cfg": cfg, "segment": seg_cfg, **extra}
         o_r = rf.rattention_design(q, k, v, tuning=tuning, **kw)
         o_b = rf.rattention_design(q, k, v, tuning=None, **kw)
         rdiff = (o_r.float() - o_b.float()).abs().max().item()

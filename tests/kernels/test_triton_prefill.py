@@ -343,6 +343,12 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
     "split-phi_q-overlap": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
                                 phi_q=True, overlap=True),
     "both-halves-overlap": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, overlap=True),
+    # rla_prep_kernel: phi(k), phi(q), rotated k and the segment totals in one pass (rot_q: rotated q too)
+    "split-prep": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, prep=True),
+    "split-prep-rot_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, prep=True,
+                             rot_q=True, prep_warps=4),
+    "both-halves-prep-rot_q-overlap": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, prep=True,
+                                           rot_q=True, overlap=True),
 }
 
 
@@ -366,6 +372,7 @@ def test_segment_design_matches_reference(variant):
                                 cu_seqlens=lkw.get("cu_seqlens"), design="segment",
                                 tuning=dict(segment=c, seg_len=seg_len), **kw)
         assert rla_segment.launch_counts["rla_segment_kernel"] == before["rla_segment_kernel"] + 1
+        assert rla_segment.launch_counts["rla_prep_kernel"] == before["rla_prep_kernel"] + c.get("prep", False)
         tma = c.get("tma", False) and dtype == "fp16"
         assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before["rla_segment_kernel_tma"] + tma
         ref = rattention_naive(q.float(), k.float(), v.float(), **kw, **lkw).to(q.dtype)

@@ -29,18 +29,23 @@ import triton.language as tl
 
 from ..common import cdiv, default_scale
 from ..rla.chunk import launch_phi_pass, prepare_rla_launch, rla_prefix_states, rla_segment_carry
-from ..rla.segment import launch_rla_segments, segment_config, segment_length
+from ..rla.segment import launch_rla_segments, rla_segment_prep, segment_config, segment_length
 from ..swa.parallel import INTERPRET, RLA_TUNING, block_config, launch_swa_fwd, sequence_table
 
 
 def _rope_tables(rope, B, T, D, device, dtype=torch.float32):
-    """(cos, sin) as contiguous (T, D) or (B, T, D) tables in `dtype` (the kernels compute in fp32)."""
+    """(cos, sin) as contiguous (T, D) or (B, T, D) tables in `dtype` (None: their own; the kernels
+    compute in fp32)."""
     cos, sin = rope
     shape_ok = cos.shape == sin.shape and (cos.shape == (T, D) or (cos.dim() == 3 and cos.shape in ((B, T, D), (1, T, D))))
     if not shape_ok:
         raise ValueError(f"rope tables must be (T, D) or (B, T, D) = ({B}, {T}, {D}); got {tuple(cos.shape)}, {tuple(sin.shape)}")
     if cos.dim() == 3 and cos.shape[0] == 1:
         cos, sin = cos[0], sin[0]
+    if dtype is None:  # the caller's dtype (the kernels read any float table in fp32)
+        if not (cos.is_floating_point() and sin.is_floating_point()):
+            raise ValueError(f"rope tables must be floating point, got {cos.dtype} and {sin.dtype}")
+        dtype = cos.dtype
     return cos.to(device=device, dtype=dtype).contiguous(), sin.to(device=device, dtype=dtype).contiguous()
 
 
@@ -159,6 +164,8 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
     # bf16 inputs: fp16 tables (2^-11 relative, four times finer than the inputs' own rounding) halve
     # the table bytes every query block and key tile reads; fp16 / fp32 inputs keep fp32 tables.
     tdt = torch.float16 if q.dtype == torch.bfloat16 else torch.float32
+    if tuning.get("native_tables"):
+        tdt = None  # no cast per call: the kernels read the caller's tables
     tables = None if rope is None else _rope_tables(rope, B, T, D, q.device, tdt)
     kr = torch.empty_like(k) if tables is not None else None
     kw = dict(window=w, scale=default_scale(D, scale), kr=kr, rope=tables,
@@ -177,6 +184,11 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         seqs_swa = sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
         phi_rows, phi_warps = seg_cfg.get("phi_rows", 32), seg_cfg.get("phi_warps", 4)  # the phi(k) / phi(q) passes
         overlap = bool(seg_cfg.get("overlap"))
+        # "prep": rla_prep_kernel instead of the phi passes and the totals scan; "rot_q": it also rotates q,
+        # so the SWA pass reads rotated q and k and no tables
+        prep = bool(seg_cfg.get("prep"))
+        qr = torch.empty_like(q) if prep and seg_cfg.get("rot_q") and tables is not None else None
+        swa_q, swa_k, swa_kw = (qr, kr, dict(kw, kr=None, rope=None)) if qr is not None else (q, k, kw)
         side = _side_stream(q.device) if overlap and q.is_cuda else None
 
         def swa_alone():
@@ -185,22 +197,31 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
             if side is not None:
                 side.wait_stream(torch.cuda.current_stream(q.device))
             with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-                launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, norm_out=True,
-                               states=None, **kw)
+                launch_swa_fwd(swa_q, swa_k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, norm_out=True,
+                               states=None, **swa_kw)
 
         try:
-            carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
-                                           rope=tables, num_warps=seg_cfg.get("scan_warps"),
-                                           phi_pass=bool(seg_cfg.get("phi_k")), phi_rows=phi_rows, phi_warps=phi_warps,
-                                           on_phi=swa_alone if overlap else None)
+            phi_q = None
+            if prep:
+                # one pass writes phi(k), phi(q), rotated k (and q) and the segment totals; then the carry pass
+                carry, phi, phi_q = rla_segment_prep(q, k, v, seqs, window=w, feature=feature, seg_len=seg_len,
+                                                     kr=kr, qr=qr, rope=tables, phi_q=feature != 2, block=unit,
+                                                     num_warps=seg_cfg.get("prep_warps", 8),
+                                                     num_stages=seg_cfg.get("prep_stages", 2))
+                if overlap:
+                    swa_alone()
+            else:
+                carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit,
+                                               kr=kr, rope=tables, num_warps=seg_cfg.get("scan_warps"),
+                                               phi_pass=bool(seg_cfg.get("phi_k")), phi_rows=phi_rows,
+                                               phi_warps=phi_warps, on_phi=swa_alone if overlap else None)
             # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
             rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
             if split == 2:
                 raw = torch.empty((2,) + tuple(q.shape), dtype=rdt, device=q.device)
             else:
                 raw = out if rdt == q.dtype and not overlap else torch.empty(q.shape, dtype=rdt, device=q.device)
-            phi_q = None
-            if seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
+            if not prep and seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
                 phi_q = torch.empty(tuple(q.shape[:3]) + (2 * D,), dtype=q.dtype, device=q.device)
                 launch_phi_pass(q, phi_q, None, None, feature, phi_rows, phi_warps)
             launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
@@ -209,8 +230,8 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
                 if side is not None:
                     torch.cuda.current_stream(q.device).wait_stream(side)
                 return launch_rla_combine(out, raw, seqs_swa, kw["rla_norm_weight"], eps)
-            return launch_swa_fwd(q, k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True,
-                                  add_src=raw, add_raw=True, states=None, **kw)
+            return launch_swa_fwd(swa_q, swa_k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True,
+                                  add_src=raw, add_raw=True, states=None, **swa_kw)
         finally:
             if side is not None:
                 # joined on every exit, errors included: nothing the side stream still uses may be freed or

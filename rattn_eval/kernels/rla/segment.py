@@ -26,11 +26,123 @@ import triton.language as tl
 from ..common import cdiv
 from ..swa.parallel import (
     INTERPRET, RLA_TUNING, SequenceTable, TensorDescriptor, _dummy, feature_map_halves, feature_map_one,
-    precision_for, tma_ok,
+    precision_for, rope_launch_args, rope_rows, tma_ok,
 )
-from .chunk import _num_sms
+from .chunk import _num_sms, launch_carry
 
-launch_counts: dict[str, int] = {"rla_segment_kernel": 0, "rla_segment_kernel_tma": 0}
+launch_counts: dict[str, int] = {"rla_segment_kernel": 0, "rla_segment_kernel_tma": 0, "rla_prep_kernel": 0}
+
+
+@triton.jit
+def rla_prep_kernel(
+    q_ptr, k_ptr, v_ptr, phik_ptr, phiq_ptr, kr_ptr, qr_ptr, cos_ptr, sin_ptr, carry_ptr,
+    seq_row_ptr, seq_start_ptr, seq_len_ptr,
+    T, H, Hkv, window, NSEG, SEGLEN, stride_rope_b,
+    D: tl.constexpr, BT: tl.constexpr, G: tl.constexpr, FEATURE: tl.constexpr, PRECISION: tl.constexpr,
+    ROPE: tl.constexpr, PHI_Q: tl.constexpr, ROT_Q: tl.constexpr, STORE_TOTAL: tl.constexpr,
+):
+    """Everything the segment kernel and the SWA pass need from k (and q), in one pass over the rows.
+
+    1-D grid over (sequences * Hkv, segments, feature halves), the halves fastest. Segment s of a
+    sequence owns the key rows [s * SEGLEN - w, (s + 1) * SEGLEN - w) clipped to [0, L), the last
+    segment every row up to L: exactly the keys that segment s of the segment kernel meets, and
+    together every row once. For its feature half f, a program computes phi_f(k) from k on chip,
+    stores it (phik (B, T, Hkv, F)) and, with STORE_TOTAL, sums phi_f(k)^T v (fp32) into the segment
+    total (carry (sequences, Hkv, NSEG, F, D), for `rla_carry_kernel`; the last segment's total is
+    never used). PHI_Q: phi_f(q) of the G = H / Hkv query heads of this KV head at the same rows
+    (phiq (B, T, H, F)). ROPE: the first half's program writes k rotated (kr); ROT_Q: the last
+    half's program writes q rotated (qr), so the SWA pass needs no tables."""
+    NF: tl.constexpr = 1 if FEATURE == 2 else 2
+    FD: tl.constexpr = NF * D
+    pid = tl.program_id(0)
+    f = pid % NF
+    seg = (pid // NF) % NSEG
+    nh = pid // (NF * NSEG)
+    n = nh // Hkv
+    hk = nh % Hkv
+    L = tl.load(seq_len_ptr + n)
+    if seg * SEGLEN >= L:
+        return
+    r0 = tl.maximum(seg * SEGLEN - window, 0)
+    r1 = tl.where((seg + 1) * SEGLEN >= L, L, tl.maximum((seg + 1) * SEGLEN - window, 0))
+    start = tl.load(seq_start_ptr + n)
+    brow = tl.load(seq_row_ptr + n).to(tl.int64)
+    tok0 = brow * T + start
+    dt = k_ptr.dtype.element_ty
+    sign = tl.where(f == 0, 1.0, -1.0)
+    offs_t = tl.arange(0, BT)
+    offs_d = tl.arange(0, D)
+    s = tl.zeros([D, D], dtype=tl.float32)
+    for r in range(r0, r1, BT):
+        rows = r + offs_t
+        ok = rows < r1
+        tok = (tok0 + rows).to(tl.int64)
+        k_rows = tok * (Hkv * D) + hk * D
+        x = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+        pk = tl.where(ok[:, None], feature_map_one(x * sign, FEATURE), 0.0).to(dt)
+        tl.store(phik_ptr + (tok * (Hkv * FD) + hk * FD + f * D)[:, None] + offs_d[None, :], pk, mask=ok[:, None])
+        if STORE_TOTAL:
+            v = tl.load(v_ptr + k_rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(dt)
+            s += tl.dot(tl.trans(pk), v, input_precision=PRECISION)
+        rp = stride_rope_b * brow + (start + rows).to(tl.int64) * D
+        if ROPE:
+            if f == 0:
+                xr = rope_rows(x, k_ptr, k_rows, cos_ptr, sin_ptr, rp, ok, D)
+                tl.store(kr_ptr + k_rows[:, None] + offs_d[None, :], xr.to(kr_ptr.dtype.element_ty), mask=ok[:, None])
+        if PHI_Q or ROT_Q:
+            for g in tl.static_range(G):
+                q_rows = tok * (H * D) + (hk * G + g) * D
+                xq = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+                if PHI_Q:
+                    pq = feature_map_one(xq * sign, FEATURE).to(dt)
+                    pq_rows = tok * (H * FD) + (hk * G + g) * FD + f * D
+                    tl.store(phiq_ptr + pq_rows[:, None] + offs_d[None, :], pq, mask=ok[:, None])
+                if ROT_Q:
+                    if f == NF - 1:
+                        xr = rope_rows(xq, q_ptr, q_rows, cos_ptr, sin_ptr, rp, ok, D)
+                        tl.store(qr_ptr + q_rows[:, None] + offs_d[None, :], xr.to(qr_ptr.dtype.element_ty),
+                                 mask=ok[:, None])
+    if STORE_TOTAL:
+        tl.store(carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D) + (f * D + offs_d)[:, None] * D
+                 + offs_d[None, :], s)
+
+
+def rla_segment_prep(q, k, v, seqs: SequenceTable, *, window: int, feature: int, seg_len: int, kr=None, qr=None,
+                     rope=None, phi_q: bool = True, block: int = 64, num_warps: int = 8, num_stages: int = 2):
+    """`rla_prep_kernel` and the carry pass: (carry, phi, phi_q) for `launch_rla_segments`.
+
+    carry: (sequences, Hkv, segments, F, D) fp32, the state each segment of seg_len rows starts from
+    (None with one segment); phi: phi(k) (B, T, Hkv, F); phi_q: phi(q) (B, T, H, F) or None. With
+    rope (tables as for `rope_rows`), k rotated goes to kr and, when qr is given, q rotated to qr."""
+    B, T, H, D = q.shape
+    Hkv = k.shape[2]
+    nf = 1 if feature == 2 else 2
+    FD = nf * D
+    if qr is not None and rope is None:
+        raise ValueError("rotating q (qr) needs rope tables")
+    if rope is not None and kr is None:
+        raise ValueError("rope tables need an output for the rotated k (kr)")
+    if seg_len % block:
+        raise ValueError(f"segment length {seg_len} must be a multiple of the prep block {block}")
+    phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device)
+    pq = torch.empty(B, T, H, FD, dtype=q.dtype, device=q.device) if phi_q else None
+    if seqs.count == 0:
+        return None, phi, pq
+    nseg = cdiv(seqs.max_len, seg_len)
+    several = nseg > 1
+    carry = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device) if several else None
+    cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
+    dummy = _dummy(k.device)
+    rla_prep_kernel[(nf * nseg * seqs.count * Hkv,)](
+        q, k, v, phi, pq if pq is not None else dummy, kr if kr is not None else dummy,
+        qr if qr is not None else dummy, cos, sin, carry if several else dummy, seqs.row, seqs.start, seqs.length,
+        T, H, Hkv, window, nseg, seg_len, stride_rope_b,
+        D=D, BT=block, G=H // Hkv, FEATURE=feature, PRECISION=precision_for(k.dtype), ROPE=rope is not None,
+        PHI_Q=pq is not None, ROT_Q=qr is not None, STORE_TOTAL=several, num_warps=num_warps, num_stages=num_stages)
+    launch_counts["rla_prep_kernel"] += 1
+    if several:
+        launch_carry(carry, carry, seqs, nseg, seg_len // block, block)
+    return carry, phi, pq
 
 
 @triton.jit
