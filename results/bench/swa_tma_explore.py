@@ -52,15 +52,19 @@ def seg(**kw):
 # rla_combine_kernel adds the RLA branch at the end.
 P3 = seg(phi_q=True, num_stages=3)
 DEFAULT = dict(P3, scan_block=128)
-# Call 6 (sixth session): "prep": rla_prep_kernel writes phi(k), phi(q), rotated k (and with rot_q rotated q)
-# and the segment totals in one pass; native_tables: no per-call cast of the RoPE tables; ws: warp specialization
-# of the SWA pass's interior loop.
-PREP = dict(DEFAULT, prep=True)
+# Call 6 (0a43224, segment_iterations/11_prep.txt; its cfg rows lack heads_first, the baseline row has it):
+# rla_prep_kernel (phi(k), phi(q), rotated k and q and the segment totals in one scan over each segment) 0.79-2.85 ms
+# against 0.41 ms for the passes it replaces (too few programs for a memory-bound pass): removed. Rotated q for the
+# SWA pass (rot_q) cut that pass from 0.630 to 0.563 ms. Warp specialization of the SWA loop did not compile on the
+# H200 (NVGPUWarpSpecialization pass failure): removed. fp32 tables without the per-call cast: slower SWA pass.
+# Call 7: rot_q from the fully parallel phi(q) pass; phi(k) computed in-kernel by the scan and the segment kernel
+# (rot_pass: the k pass only rotates k).
+SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
+ROTQ = dict(DEFAULT, rot_q=True)
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
-    (SWA_TMA, DEFAULT), (SWA_TMA, PREP), (SWA_TMA, dict(PREP, scan_block=64)), (SWA_TMA, dict(PREP, rot_q=True)),
-    (SWA_TMA, dict(PREP, rot_q=True, scan_block=64)), (SWA_TMA, dict(PREP, rot_q=True), {"native_tables": True}),
-    (dict(SWA_TMA, ws=True), DEFAULT), (SWA_TMA, dict(PREP, rot_q=True, prep_stages=3)),
-    (SWA_TMA, dict(PREP, rot_q=True, scan_block=64, prep_warps=4)), (SWA_TMA, DEFAULT, {"native_tables": True}),
+    (SWA_HF, DEFAULT), (SWA_HF, ROTQ), (SWA_HF, ROTQ, {"native_tables": True}),
+    (SWA_HF, dict(ROTQ, phi_k=False, rot_pass=True)), (SWA_HF, dict(ROTQ, phi_k=False, rot_pass=True, num_stages=2)),
+    (SWA_TMA, ROTQ), (SWA_HF, dict(ROTQ, phi_rows=64)), (SWA_HF, dict(ROTQ, scan_block=64)),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy

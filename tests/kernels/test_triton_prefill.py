@@ -343,12 +343,14 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
     "split-phi_q-overlap": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
                                 phi_q=True, overlap=True),
     "both-halves-overlap": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, overlap=True),
-    # rla_prep_kernel: phi(k), phi(q), rotated k and the segment totals in one pass (rot_q: rotated q too)
-    "split-prep": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, prep=True),
-    "split-prep-rot_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, prep=True,
-                             rot_q=True, prep_warps=4),
-    "both-halves-prep-rot_q-overlap": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, prep=True,
-                                           rot_q=True, overlap=True),
+    # rot_q: the phi(q) pass also rotates q (without phi_q: a rotation-only pass), so the SWA pass reads no tables
+    "split-phi_q-rot_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
+                              phi_q=True, rot_q=True),
+    "both-halves-rot_q-overlap": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, rot_q=True,
+                                      overlap=True),
+    # rot_pass: the k pre-pass only rotates k; the totals scan and the segment kernel compute phi(k) themselves
+    "split-rot_pass-phi_q-rot_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True,
+                                       rot_pass=True, phi_q=True, rot_q=True),
 }
 
 
@@ -368,11 +370,22 @@ def test_segment_design_matches_reference(variant):
         q, k, v, lkw = make_inputs(c0)
         kw = dict(window=w, feature_map=fm, **rattn_extra(T, H, 64))
         before = dict(rla_segment.launch_counts)
+        phi_before = rla_chunk.launch_counts["rla_phi_kernel"]
         out = rattention_design(q, k, v, scale=None, eps=1e-6, lengths=lkw.get("lengths"),
                                 cu_seqlens=lkw.get("cu_seqlens"), design="segment",
                                 tuning=dict(segment=c, seg_len=seg_len), **kw)
         assert rla_segment.launch_counts["rla_segment_kernel"] == before["rla_segment_kernel"] + 1
-        assert rla_segment.launch_counts["rla_prep_kernel"] == before["rla_prep_kernel"] + c.get("prep", False)
+        # rla_phi_kernel launches: the k pass (phi(k), rotation only, or k rotated for a single segment) and the
+        # q pass (phi(q) and / or q rotated)
+        if "lengths" in lkw:
+            max_len = int(lkw["lengths"].max())
+        elif "cu_seqlens" in lkw:
+            max_len = int(lkw["cu_seqlens"].diff().max())
+        else:
+            max_len = T
+        k_pass = c.get("phi_k", False) or c.get("rot_pass", False) or max_len <= seg_len
+        q_pass = (c.get("phi_q", False) and fm != "identity") or c.get("rot_q", False)
+        assert rla_chunk.launch_counts["rla_phi_kernel"] == phi_before + k_pass + q_pass, variant
         tma = c.get("tma", False) and dtype == "fp16"
         assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before["rla_segment_kernel_tma"] + tma
         ref = rattention_naive(q.float(), k.float(), v.float(), **kw, **lkw).to(q.dtype)

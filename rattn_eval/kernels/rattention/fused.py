@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ..common import cdiv, default_scale
 from ..rla.chunk import launch_phi_pass, prepare_rla_launch, rla_prefix_states, rla_segment_carry
-from ..rla.segment import launch_rla_segments, rla_segment_prep, segment_config, segment_length
+from ..rla.segment import launch_rla_segments, segment_config, segment_length
 from ..swa.parallel import INTERPRET, RLA_TUNING, block_config, launch_swa_fwd, sequence_table
 
 
@@ -184,11 +184,11 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         seqs_swa = sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
         phi_rows, phi_warps = seg_cfg.get("phi_rows", 32), seg_cfg.get("phi_warps", 4)  # the phi(k) / phi(q) passes
         overlap = bool(seg_cfg.get("overlap"))
-        # "prep": rla_prep_kernel instead of the phi passes and the totals scan; "rot_q": it also rotates q,
-        # so the SWA pass reads rotated q and k and no tables
-        prep = bool(seg_cfg.get("prep"))
-        qr = torch.empty_like(q) if prep and seg_cfg.get("rot_q") and tables is not None else None
+        # "rot_q": the phi(q) pass also rotates q, so the SWA pass reads rotated q and k and no RoPE tables
+        qr = torch.empty_like(q) if seg_cfg.get("rot_q") and tables is not None else None
         swa_q, swa_k, swa_kw = (qr, kr, dict(kw, kr=None, rope=None)) if qr is not None else (q, k, kw)
+        # "phi_k" False with "rot_pass": the pre-pass only rotates k; the scan and the segment kernel compute phi(k)
+        phi_k = bool(seg_cfg.get("phi_k"))
         side = _side_stream(q.device) if overlap and q.is_cuda else None
 
         def swa_alone():
@@ -201,29 +201,24 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
                                states=None, **swa_kw)
 
         try:
-            phi_q = None
-            if prep:
-                # one pass writes phi(k), phi(q), rotated k (and q) and the segment totals; then the carry pass
-                carry, phi, phi_q = rla_segment_prep(q, k, v, seqs, window=w, feature=feature, seg_len=seg_len,
-                                                     kr=kr, qr=qr, rope=tables, phi_q=feature != 2, block=unit,
-                                                     num_warps=seg_cfg.get("prep_warps", 8),
-                                                     num_stages=seg_cfg.get("prep_stages", 2))
-                if overlap:
-                    swa_alone()
-            else:
-                carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit,
-                                               kr=kr, rope=tables, num_warps=seg_cfg.get("scan_warps"),
-                                               phi_pass=bool(seg_cfg.get("phi_k")), phi_rows=phi_rows,
-                                               phi_warps=phi_warps, on_phi=swa_alone if overlap else None)
+            carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
+                                           rope=tables, num_warps=seg_cfg.get("scan_warps"),
+                                           phi_pass=phi_k or bool(seg_cfg.get("rot_pass")), phi_store=phi_k,
+                                           phi_rows=phi_rows, phi_warps=phi_warps,
+                                           on_phi=swa_alone if overlap and qr is None else None)
             # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
             rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
             if split == 2:
                 raw = torch.empty((2,) + tuple(q.shape), dtype=rdt, device=q.device)
             else:
                 raw = out if rdt == q.dtype and not overlap else torch.empty(q.shape, dtype=rdt, device=q.device)
-            if not prep and seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
+            phi_q = None
+            if seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
                 phi_q = torch.empty(tuple(q.shape[:3]) + (2 * D,), dtype=q.dtype, device=q.device)
-                launch_phi_pass(q, phi_q, None, None, feature, phi_rows, phi_warps)
+            if phi_q is not None or qr is not None:
+                launch_phi_pass(q, phi_q, qr, tables if qr is not None else None, feature, phi_rows, phi_warps)
+            if overlap and qr is not None:
+                swa_alone()  # rotated q exists only now
             launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
                                 phi=phi, phi_q=phi_q)
             if overlap:

@@ -97,7 +97,7 @@ def swa_fwd_kernel(
     PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
     ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
     HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr, TMA: tl.constexpr,
-    ADD_TMA: tl.constexpr, WS: tl.constexpr = False,
+    ADD_TMA: tl.constexpr,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
@@ -251,7 +251,7 @@ def swa_fwd_kernel(
 
     if DO_SWA:
         # Phase B: every (row, key) pair is visible; in-bounds by construction (keys <= s0 < L).
-        for i in tl.range(n_a, n_b, warp_specialize=WS):  # WS: Triton's warp specialization (cfg "ws")
+        for i in range(n_a, n_b):
             offs_j = lo + i * BN + offs_n
             if TMA:
                 row = (tok0 + lo + i * BN).to(tl.int32)
@@ -524,7 +524,7 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
         ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
         PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma, ADD_TMA=add_tma,
-        WS=bool(cfg.get("ws")) and not INTERPRET, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
     launch_counts["swa_fwd_kernel_tma"] += tma
