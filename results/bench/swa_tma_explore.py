@@ -59,12 +59,15 @@ DEFAULT = dict(P3, scan_block=128)
 # H200 (NVGPUWarpSpecialization pass failure): removed. fp32 tables without the per-call cast: slower SWA pass.
 # Call 7: rot_q from the fully parallel phi(q) pass; phi(k) computed in-kernel by the scan and the segment kernel
 # (rot_pass: the k pass only rotates k).
+# Call 7 (63335b9, segment_iterations/12_rotq.txt): rot_q: SWA pass 0.582 -> 0.542 ms but the phi(q) pass
+# 0.268 -> 0.336 ms (1.424 against 1.404 ms); phi(k) in-kernel: segment kernel 0.56-0.74 ms, totals 0.29 ms;
+# fp32 tables: slower. None taken.
+# Call 8: the SWA pass loads the raw partials before its key loop (prefetch_add 1: fp32, 2: input dtype).
 SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
 ROTQ = dict(DEFAULT, rot_q=True)
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
-    (SWA_HF, DEFAULT), (SWA_HF, ROTQ), (SWA_HF, ROTQ, {"native_tables": True}),
-    (SWA_HF, dict(ROTQ, phi_k=False, rot_pass=True)), (SWA_HF, dict(ROTQ, phi_k=False, rot_pass=True, num_stages=2)),
-    (SWA_TMA, ROTQ), (SWA_HF, dict(ROTQ, phi_rows=64)), (SWA_HF, dict(ROTQ, scan_block=64)),
+    (SWA_HF, DEFAULT), (dict(SWA_HF, prefetch_add=1), DEFAULT), (dict(SWA_HF, prefetch_add=2), DEFAULT),
+    (dict(SWA_HF, prefetch_add=2), ROTQ),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy

@@ -502,3 +502,22 @@ def test_tma_tiles_with_poisoned_padding():
         assert_close(out, refs["rattn"], TOL[torch.float16], f"TMA RAttention, SWA pass alone + combine {c} w={w}")
         assert swa_parallel.launch_counts["swa_fwd_kernel_tma"] == before[0]["swa_fwd_kernel_tma"] + 3
         assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before[1]["rla_segment_kernel_tma"] + 2
+
+
+@pytest.mark.parametrize("prefetch", [1, 2])
+@pytest.mark.parametrize("tma", [False, True])
+def test_swa_pass_prefetches_the_rla_rows(prefetch, tma):
+    # swa_cfg "prefetch_add": the SWA pass loads the rows it adds (the two raw partials of "segment", the
+    # normalized RLA branch of "two_kernel") before its key loop, held in fp32 (1) or the input dtype (2)
+    T, H, Hkv, D, w = 90, 4, 2, 64, 13
+    q, k, v, lkw = make_inputs(dict(T=T, D=D, heads=(H, Hkv), B=3, layout="ragged", dtype="fp16"))
+    kw = dict(window=w, feature_map="softmax", **rattn_extra(T, H, D))
+    ref = rattention_naive(q.float(), k.float(), v.float(), **kw, **lkw).half()
+    swa_cfg = dict(BM=16, BN=16, num_warps=4, num_stages=1, tma=tma, prefetch_add=prefetch)
+    segment = dict(SEGMENT_CFGS["split-phi_q"])
+    for design in ("segment", "two_kernel"):
+        before = swa_parallel.launch_counts["swa_fwd_kernel_tma"]
+        out = rattention_design(q, k, v, scale=None, eps=1e-6, lengths=lkw["lengths"], cu_seqlens=None, design=design,
+                                tuning=dict(segment=segment, seg_len=32, swa_cfg=swa_cfg), **kw)
+        assert swa_parallel.launch_counts["swa_fwd_kernel_tma"] == before + tma
+        assert_close(out, ref, TOL[torch.float16], f"{design} prefetch_add={prefetch} tma={tma}")

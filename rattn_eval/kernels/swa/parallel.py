@@ -87,6 +87,24 @@ def rope_rows(x, x_ptr, rows, cos_ptr, sin_ptr, rp, ok, D: tl.constexpr):
 
 
 @triton.jit
+def load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H, D: tl.constexpr,
+                  ADD_PARTS: tl.constexpr, ADD_TMA: tl.constexpr):
+    """The rows [s0, s0 + BM) of head h that `swa_fwd_kernel` adds (ADD_OUT), in fp32: one tensor or the
+    sum of two partials part_stride apart; through add_desc with ADD_TMA, else masked pointer loads."""
+    offs_d = tl.arange(0, D)
+    if ADD_TMA:
+        r = add_desc.load([(tok0 + s0).to(tl.int32), h * D]).to(tl.float32)
+        if ADD_PARTS == 2:
+            r += add_desc.load([(part_stride // (H * D) + tok0 + s0).to(tl.int32), h * D]).to(tl.float32)
+    else:
+        r = tl.load(add_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+        if ADD_PARTS == 2:
+            r += tl.load(add_ptr + part_stride + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None],
+                         other=0.0).to(tl.float32)
+    return r
+
+
+@triton.jit
 def swa_fwd_kernel(
     q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
     cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, gs_ptr, gr_ptr, add_ptr, k_desc, v_desc, add_desc,
@@ -97,7 +115,7 @@ def swa_fwd_kernel(
     PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
     ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
     HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr, TMA: tl.constexpr,
-    ADD_TMA: tl.constexpr,
+    ADD_TMA: tl.constexpr, PREFETCH_ADD: tl.constexpr = 0,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
@@ -112,7 +130,9 @@ def swa_fwd_kernel(
     come through the tensor descriptors k_desc (of kr with ROPE, else k) and v_desc, 2-D views
     (B * T, Hkv * D) with blocks (BN, D); rows past the sequence are zeroed (v) or masked (scores).
     ADD_TMA: the raw RLA rows come through add_desc, a (parts * B * T, H * D) view with blocks (BM, D)
-    (rows past the sequence are loaded but never stored)."""
+    (rows past the sequence are loaded but never stored). PREFETCH_ADD (with ADD_OUT): load those rows
+    before the key loop instead of in the epilogue, so their HBM latency overlaps the loop; 1 holds
+    them in fp32, 2 in the input dtype (fewer registers)."""
     if HEADS_FIRST:
         pid_m = tl.program_id(1)
         pid_nh = tl.program_id(0)
@@ -137,6 +157,10 @@ def swa_fwd_kernel(
     q_rows = (tok0 + offs_m).to(tl.int64) * (H * D) + h * D
     q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     kv_head = hk * D
+    if ADD_OUT and PREFETCH_ADD > 0:
+        r_pre = load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H, D, ADD_PARTS, ADD_TMA)
+        if PREFETCH_ADD == 2:
+            r_pre = r_pre.to(dt)
     lo = tl.maximum(s0 - window, 0)
     hi = tl.minimum(s0 + BM, L)
     edge_end = s0 + BM - 1 - window  # keys below this bound are outside some row's window
@@ -309,15 +333,11 @@ def swa_fwd_kernel(
                 o += acc_r * inv_r[:, None] * gr[None, :]
         if ADD_OUT:
             # two-kernel variants: the RLA pass left rms(o_rla) * g_rla (or, ADD_RAW, o_rla) in add_ptr
-            if ADD_TMA:
-                r = add_desc.load([(tok0 + s0).to(tl.int32), h * D]).to(tl.float32)
-                if ADD_PARTS == 2:
-                    r += add_desc.load([(part_stride // (H * D) + tok0 + s0).to(tl.int32), h * D]).to(tl.float32)
+            if PREFETCH_ADD > 0:
+                r = r_pre.to(tl.float32)
             else:
-                r = tl.load(add_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
-                if ADD_PARTS == 2:
-                    r += tl.load(add_ptr + part_stride + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None],
-                                 other=0.0).to(tl.float32)
+                r = load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H, D, ADD_PARTS,
+                                  ADD_TMA)
             if ADD_RAW:
                 gr = tl.load(gr_ptr + h * D + offs_d)
                 r = r * tl.rsqrt(tl.sum(r * r, axis=1) / D + eps)[:, None] * gr[None, :]
@@ -524,7 +544,7 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
         ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
         PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma, ADD_TMA=add_tma,
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PREFETCH_ADD=int(cfg.get("prefetch_add", 0)) if add_out else 0, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
     launch_counts["swa_fwd_kernel_tma"] += tma
