@@ -62,12 +62,13 @@ DEFAULT = dict(P3, scan_block=128)
 # Call 7 (63335b9, segment_iterations/12_rotq.txt): rot_q: SWA pass 0.582 -> 0.542 ms but the phi(q) pass
 # 0.268 -> 0.336 ms (1.424 against 1.404 ms); phi(k) in-kernel: segment kernel 0.56-0.74 ms, totals 0.29 ms;
 # fp32 tables: slower. None taken.
-# Call 8: the SWA pass loads the raw partials before its key loop (prefetch_add 1: fp32, 2: input dtype).
+# Call 8 (bfaf747, segment_iterations/13_prefetch.txt): the SWA pass loads the raw partials before its key loop:
+# fp32 (prefetch_add 1) 0.615 / 0.601 ms, input dtype (2) 0.579 / 0.572 ms against 0.586 / 0.580 ms (Hkv 16 / 4).
+# Call 9: the totals scan split over value slices (scan_bv).
 SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
-ROTQ = dict(DEFAULT, rot_q=True)
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
-    (SWA_HF, DEFAULT), (dict(SWA_HF, prefetch_add=1), DEFAULT), (dict(SWA_HF, prefetch_add=2), DEFAULT),
-    (dict(SWA_HF, prefetch_add=2), ROTQ),
+    (SWA_HF, DEFAULT), (SWA_HF, dict(DEFAULT, scan_bv=64)), (SWA_HF, dict(DEFAULT, scan_bv=64, scan_block=64)),
+    (SWA_HF, dict(DEFAULT, scan_bv=64, scan_warps=4)), (dict(SWA_HF, prefetch_add=2), dict(DEFAULT, scan_bv=64)),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy

@@ -348,6 +348,10 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
                               phi_q=True, rot_q=True),
     "both-halves-rot_q-overlap": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, rot_q=True,
                                       overlap=True),
+    # the totals scan split over value slices (scan_bv), with phi(k) read or computed (and k rotated) in the scan
+    "split-phi_k-scan_bv": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
+                                scan_bv=32),
+    "both-halves-scan_bv": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, scan_bv=16),
     # rot_pass: the k pre-pass only rotates k; the totals scan and the segment kernel compute phi(k) themselves
     "split-rot_pass-phi_q-rot_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True,
                                        rot_pass=True, phi_q=True, rot_q=True),

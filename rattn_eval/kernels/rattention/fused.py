@@ -204,7 +204,7 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
             carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
                                            rope=tables, num_warps=seg_cfg.get("scan_warps"),
                                            phi_pass=phi_k or bool(seg_cfg.get("rot_pass")), phi_store=phi_k,
-                                           phi_rows=phi_rows, phi_warps=phi_warps,
+                                           phi_rows=phi_rows, phi_warps=phi_warps, block_v=seg_cfg.get("scan_bv"),
                                            on_phi=swa_alone if overlap and qr is None else None)
             # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
             rdt = torch.float32 if q.dtype == torch.float16 else q.dtype

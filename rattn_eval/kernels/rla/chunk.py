@@ -322,7 +322,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
 
 def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, block, kr=None, rope=None,
                       num_warps=None, num_stages=2, phi_pass=False, phi_rows=32, phi_warps=4, on_phi=None,
-                      phi_store=True):
+                      phi_store=True, block_v=None):
     """The state each segment of `seg_len` rows starts from (rla/segment.py), for the keys
     j < segment * seg_len - window: (sequences, Hkv, segments, F, D) fp32, or None with one segment.
     A totals scan (`block` keys per step, one program per feature half and segment) and the carry
@@ -331,7 +331,8 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     reads it (phi_rows / phi_warps: its launch settings). on_phi: called once k is rotated (after the
     phi pass, or after the scan when the scan rotates k itself), e.g. to start the SWA pass on another
     stream. phi_store=False (with phi_pass): the pass only rotates k, and the scan computes phi(k)
-    itself. Returns (carry, phi) with phi None without phi_pass or phi_store."""
+    itself. block_v: value columns per scan program (default D; smaller: more, smaller programs).
+    Returns (carry, phi) with phi None without phi_pass or phi_store."""
     B, T, Hkv, D = k.shape
     if seg_len % block:
         raise ValueError(f"segment length {seg_len} must be a multiple of the scan block {block}")
@@ -340,8 +341,12 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     nseg = cdiv(seqs.max_len, seg_len)
     if seqs.count == 0:
         return None, None
-    if nseg > 1 and rope is not None and not phi_pass and block < nf:
-        raise ValueError(f"scan block {block} is smaller than the {nf} programs that rotate its rows")
+    BV = min(block_v or D, D)
+    if D % BV:
+        raise ValueError(f"scan value slice {BV} must divide the head dim {D}")
+    nv = D // BV
+    if nseg > 1 and rope is not None and not phi_pass and block < nf * nv:
+        raise ValueError(f"scan block {block} is smaller than the {nf * nv} programs that rotate its rows")
     phi_pass = phi_pass and (phi_store or rope is not None)  # a pass that would write nothing is skipped
     phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device) if phi_pass and phi_store else None
     if phi_pass or (nseg <= 1 and rope is not None):
@@ -353,10 +358,10 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
         return None, phi
     cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
     carry = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device)
-    rla_chunk_state_kernel[(nf * nseg * seqs.count * Hkv,)](
+    rla_chunk_state_kernel[(nf * nv * nseg * seqs.count * Hkv,)](
         k, v, kr if kr is not None else k, cos, sin, _dummy(k.device), carry, phi if phi is not None else k, seqs.row, seqs.start,
         seqs.length, seqs.block_base, T, Hkv, window, seg_len // block, nseg, stride_rope_b,
-        D=D, BS=block, BT=block, BV=D, FEATURE=feature, ROPE=rope is not None and not phi_pass,
+        D=D, BS=block, BT=block, BV=BV, FEATURE=feature, ROPE=rope is not None and not phi_pass,
         PRECISION=precision_for(k.dtype), STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, FROM_PHI=phi is not None,
         num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
     launch_counts["rla_segment_totals"] += 1
