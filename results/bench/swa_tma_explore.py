@@ -64,11 +64,15 @@ DEFAULT = dict(P3, scan_block=128)
 # fp32 tables: slower. None taken.
 # Call 8 (bfaf747, segment_iterations/13_prefetch.txt): the SWA pass loads the raw partials before its key loop:
 # fp32 (prefetch_add 1) 0.615 / 0.601 ms, input dtype (2) 0.579 / 0.572 ms against 0.586 / 0.580 ms (Hkv 16 / 4).
-# Call 9: the totals scan split over value slices (scan_bv).
+# Call 9 (c7a45dd, segment_iterations/14_scan_bv.txt): totals scan over value slices of 64: 0.141 -> 0.136 ms; taken.
+# Call 10: overlap again, now with a 2-stage segment kernel (smem small enough to share an SM with an SWA program)
+# and "prio" (the RLA kernels on a high-priority stream, the SWA pass on the caller's).
+DEFAULT = dict(DEFAULT, scan_bv=64)
 SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
-    (SWA_HF, DEFAULT), (SWA_HF, dict(DEFAULT, scan_bv=64)), (SWA_HF, dict(DEFAULT, scan_bv=64, scan_block=64)),
-    (SWA_HF, dict(DEFAULT, scan_bv=64, scan_warps=4)), (dict(SWA_HF, prefetch_add=2), dict(DEFAULT, scan_bv=64)),
+    (SWA_HF, DEFAULT), (SWA_HF, dict(DEFAULT, overlap=True, num_stages=2)),
+    (SWA_HF, dict(DEFAULT, overlap="prio", num_stages=2)), (SWA_HF, dict(DEFAULT, overlap="prio")),
+    (SWA_HF, dict(DEFAULT, overlap="prio", num_stages=2, programs_per_sm=4)), (SWA_HF, dict(DEFAULT, overlap=True)),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy

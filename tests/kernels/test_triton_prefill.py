@@ -348,6 +348,9 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
                               phi_q=True, rot_q=True),
     "both-halves-rot_q-overlap": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, rot_q=True,
                                       overlap=True),
+    # overlap "prio": the RLA kernels on a high-priority stream, the SWA pass alone on the caller's (on a GPU)
+    "split-phi_q-overlap-prio": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True,
+                                     phi_k=True, phi_q=True, overlap="prio"),
     # the totals scan split over value slices (scan_bv), with phi(k) read or computed (and k rotated) in the scan
     "split-phi_k-scan_bv": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
                                 scan_bv=32),
@@ -435,6 +438,10 @@ def test_segment_kernel_raw_output_and_partials():
                             rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None, design="segment",
                             tuning=dict(segment=SEGMENT_CFGS["split-full-value"], seg_len=32))
     assert_close(out, rattention_naive(qs, ks, vs, window=5), 1e-4, "BV > D capped")
+    with pytest.raises(ValueError, match="overlap must be"):
+        rattention_design(qs, ks, vs, window=5, rope=None, scale=None, feature_map="softmax", swa_norm_weight=None,
+                          rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None, design="segment",
+                          tuning=dict(segment=dict(SEGMENT_CFGS["split-full-value"], overlap="yes"), seg_len=32))
 
 
 @pytest.mark.parametrize("design", ["fused", "fused_two_pass", "two_kernel", "segment"])

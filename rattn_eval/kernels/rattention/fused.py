@@ -108,11 +108,11 @@ def launch_rla_combine(out, raw, seqs, rla_norm_weight, eps, rows=64):
 _SIDE_STREAMS: dict = {}
 
 
-def _side_stream(device):
-    """One extra CUDA stream per device for the overlapped SWA pass (created once)."""
-    key = str(device)
+def _side_stream(device, high_priority=False):
+    """One extra CUDA stream per device (and priority) for the overlapped passes (created once)."""
+    key = (str(device), high_priority)
     if key not in _SIDE_STREAMS:
-        _SIDE_STREAMS[key] = torch.cuda.Stream(device=device)
+        _SIDE_STREAMS[key] = torch.cuda.Stream(device=device, priority=-1 if high_priority else 0)
     return _SIDE_STREAMS[key]
 
 
@@ -183,24 +183,37 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
                                                           seg_cfg["BC"], unit, seg_cfg["programs_per_sm"], q.device)
         seqs_swa = sequence_table(B, T, q.device, lengths, cu_seqlens, swa_cfg["BM"])
         phi_rows, phi_warps = seg_cfg.get("phi_rows", 32), seg_cfg.get("phi_warps", 4)  # the phi(k) / phi(q) passes
-        overlap = bool(seg_cfg.get("overlap"))
+        # "overlap": the SWA pass normalizes its branch alone, overlapped with the RLA kernels, and
+        # rla_combine_kernel adds the RLA branch at the end. True: the SWA pass on a second stream;
+        # "prio": the RLA kernels (the longer chain) on a high-priority stream, the SWA pass on the caller's
+        overlap = seg_cfg.get("overlap") or False
+        if overlap not in (False, True, "prio"):
+            raise ValueError(f"segment option overlap must be False, True or 'prio', got {overlap!r}")
+        prio = overlap == "prio"
         # "rot_q": the phi(q) pass also rotates q, so the SWA pass reads rotated q and k and no RoPE tables
         qr = torch.empty_like(q) if seg_cfg.get("rot_q") and tables is not None else None
         swa_q, swa_k, swa_kw = (qr, kr, dict(kw, kr=None, rope=None)) if qr is not None else (q, k, kw)
         # "phi_k" False with "rot_pass": the pre-pass only rotates k; the scan and the segment kernel compute phi(k)
         phi_k = bool(seg_cfg.get("phi_k"))
-        side = _side_stream(q.device) if overlap and q.is_cuda else None
+        main = torch.cuda.current_stream(q.device) if q.is_cuda else None
+        side = _side_stream(q.device, high_priority=prio) if overlap and q.is_cuda else None
 
         def swa_alone():
-            # "overlap": the SWA pass writes rms(o_swa) * g_swa on its own (a second stream on a GPU) while
-            # the RLA kernels run; rla_combine_kernel adds the RLA branch afterwards
-            if side is not None:
-                side.wait_stream(torch.cuda.current_stream(q.device))
-            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            # the SWA pass writes rms(o_swa) * g_swa on its own, once what it reads (rotated k / q) is written
+            if side is None:
+                target = None
+            elif prio:  # the RLA kernels run on `side`: wait for what they have written so far
+                main.wait_stream(side)
+                target = main
+            else:
+                side.wait_stream(main)
+                target = side
+            with torch.cuda.stream(target) if target is not None else contextlib.nullcontext():
                 launch_swa_fwd(swa_q, swa_k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, norm_out=True,
                                states=None, **swa_kw)
 
-        try:
+        def rla_chain():
+            """The RLA kernels; returns the raw o_rla (or its two partials)."""
             carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
                                            rope=tables, num_warps=seg_cfg.get("scan_warps"),
                                            phi_pass=phi_k or bool(seg_cfg.get("rot_pass")), phi_store=phi_k,
@@ -221,9 +234,19 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
                 swa_alone()  # rotated q exists only now
             launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
                                 phi=phi, phi_q=phi_q)
+            return raw
+
+        try:
+            if prio and side is not None:
+                side.wait_stream(main)  # the inputs, as the caller's stream sees them
+                with torch.cuda.stream(side):
+                    raw = rla_chain()
+                raw.record_stream(main)  # allocated on `side`, read by the combine pass on the caller's stream
+            else:
+                raw = rla_chain()
             if overlap:
                 if side is not None:
-                    torch.cuda.current_stream(q.device).wait_stream(side)
+                    main.wait_stream(side)
                 return launch_rla_combine(out, raw, seqs_swa, kw["rla_norm_weight"], eps)
             return launch_swa_fwd(swa_q, swa_k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True,
                                   add_src=raw, add_raw=True, states=None, **swa_kw)
@@ -231,7 +254,7 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
             if side is not None:
                 # joined on every exit, errors included: nothing the side stream still uses may be freed or
                 # reused by the main stream before it is done
-                torch.cuda.current_stream(q.device).wait_stream(side)
+                main.wait_stream(side)
     state_kw = dict(tuning.get("state", {}))
     if design != "two_kernel":
         state_kw["state_block"] = cfg["BM"]  # one pass over both branches: states at its query blocks
