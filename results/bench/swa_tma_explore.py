@@ -65,8 +65,10 @@ DEFAULT = dict(P3, scan_block=128)
 # Call 8 (bfaf747, segment_iterations/13_prefetch.txt): the SWA pass loads the raw partials before its key loop:
 # fp32 (prefetch_add 1) 0.615 / 0.601 ms, input dtype (2) 0.579 / 0.572 ms against 0.586 / 0.580 ms (Hkv 16 / 4).
 # Call 9 (c7a45dd, segment_iterations/14_scan_bv.txt): totals scan over value slices of 64: 0.141 -> 0.136 ms; taken.
-# Call 10: overlap again, now with a 2-stage segment kernel (smem small enough to share an SM with an SWA program)
-# and "prio" (the RLA kernels on a high-priority stream, the SWA pass on the caller's).
+# Call 10 (4d4a343, segment_iterations/15_overlap_prio.txt): overlap again, now with a 2-stage segment kernel (smem
+# small enough to share an SM with an SWA program) and "prio" (the RLA kernels on a high-priority stream, the SWA
+# pass on the caller's): 1.404-1.435 / 1.169-1.195 ms against 1.398 / 1.156 ms. Under "prio" the SWA pass stretches
+# to ~1.0 ms beside the RLA kernels instead of hiding behind them, and the combine pass adds 0.12 ms. Not taken.
 DEFAULT = dict(DEFAULT, scan_bv=64)
 SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
