@@ -120,3 +120,25 @@ def test_grids_beyond_65535_blocks():
     for b in (0, B - 1):
         ref = rattention_chunked(f(q[b:b + 1]), f(k[b:b + 1]), f(v[b:b + 1]), window=64)
         _check(out[b:b + 1], ref, BF16_RMS, BF16_ROW, f"rattention B={B} T={T} row {b}")
+
+
+def test_segment_design_options_bf16():
+    # options of the "segment" design that only a GPU exercises fully: the two overlap modes (CUDA
+    # streams, a race would show as garbage), rotated q from the phi(q) pass, and the SWA pass loading
+    # the raw partials early; each against the fp32 reference at 32k, twice
+    from rattn_eval.kernels.rattention.fused import rattention_design
+    from rattn_eval.kernels.swa.parallel import RLA_TUNING
+
+    T, H, Hkv, D, w = 32768, 4, 2, 128, 512
+    q, k, v = _inputs(T, H, Hkv, D, torch.bfloat16, seed=3)
+    kw = dict(window=w, rope=Rope(D).tables(T, "cuda"), swa_norm_weight=torch.rand(H, D, device="cuda") + 0.5,
+              rla_norm_weight=torch.rand(H, D, device="cuda") + 0.5)
+    ref = rattention_chunked(q.float(), k.float(), v.float(), **kw)
+    seg, swa = dict(RLA_TUNING["segment"]), dict(RLA_TUNING["swa_cfg"])
+    variants = {"overlap": (dict(seg, overlap=True), swa), "overlap prio": (dict(seg, overlap="prio", num_stages=2), swa),
+                "rot_q": (dict(seg, rot_q=True), swa), "prefetch_add": (seg, dict(swa, prefetch_add=2))}
+    for name, (seg_cfg, swa_cfg) in variants.items():
+        for rep in range(2):
+            out = rattention_design(q, k, v, scale=None, feature_map="softmax", eps=1e-6, lengths=None, cu_seqlens=None,
+                                    design="segment", tuning=dict(segment=seg_cfg, swa_cfg=swa_cfg), **kw)
+            _check(out, ref, BF16_RMS, BF16_ROW, f"segment option {name} (run {rep})")

@@ -378,12 +378,14 @@ def test_segment_design_matches_reference(variant):
         kw = dict(window=w, feature_map=fm, **rattn_extra(T, H, 64))
         before = dict(rla_segment.launch_counts)
         phi_before = rla_chunk.launch_counts["rla_phi_kernel"]
+        before_x = dict(rla_chunk.launch_counts, **swa_parallel.launch_counts)
         out = rattention_design(q, k, v, scale=None, eps=1e-6, lengths=lkw.get("lengths"),
                                 cu_seqlens=lkw.get("cu_seqlens"), design="segment",
                                 tuning=dict(segment=c, seg_len=seg_len), **kw)
         assert rla_segment.launch_counts["rla_segment_kernel"] == before["rla_segment_kernel"] + 1
         # rla_phi_kernel launches: the k pass (phi(k), rotation only, or k rotated for a single segment) and the
-        # q pass (phi(q) and / or q rotated)
+        # q pass (phi(q) and / or q rotated). rattn_extra always supplies RoPE tables: without them a rotation-only
+        # pass would not launch.
         if "lengths" in lkw:
             max_len = int(lkw["lengths"].max())
         elif "cu_seqlens" in lkw:
@@ -393,6 +395,14 @@ def test_segment_design_matches_reference(variant):
         k_pass = c.get("phi_k", False) or c.get("rot_pass", False) or max_len <= seg_len
         q_pass = (c.get("phi_q", False) and fm != "identity") or c.get("rot_q", False)
         assert rla_chunk.launch_counts["rla_phi_kernel"] == phi_before + k_pass + q_pass, variant
+        # which of those passes stored phi, whether the SWA pass rotated q itself, how the totals scan was sliced
+        phi_stores = c.get("phi_k", False) + (c.get("phi_q", False) and fm != "identity")
+        assert rla_chunk.launch_counts["rla_phi_kernel_phi"] == before_x["rla_phi_kernel_phi"] + phi_stores, variant
+        assert swa_parallel.launch_counts["swa_fwd_kernel_rope"] == before_x["swa_fwd_kernel_rope"] + (
+            not c.get("rot_q", False)), variant
+        slices = 64 // min(c.get("scan_bv") or 64, 64) if max_len > seg_len else 0
+        assert (rla_chunk.launch_counts["rla_segment_totals_slices"]
+                == before_x["rla_segment_totals_slices"] + slices), variant
         tma = c.get("tma", False) and dtype == "fp16"
         assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before["rla_segment_kernel_tma"] + tma
         ref = rattention_naive(q.float(), k.float(), v.float(), **kw, **lkw).to(q.dtype)
@@ -518,17 +528,35 @@ def test_tma_tiles_with_poisoned_padding():
 @pytest.mark.parametrize("prefetch", [1, 2])
 @pytest.mark.parametrize("tma", [False, True])
 def test_swa_pass_prefetches_the_rla_rows(prefetch, tma):
-    # swa_cfg "prefetch_add": the SWA pass loads the rows it adds (the two raw partials of "segment", the
-    # normalized RLA branch of "two_kernel") before its key loop, held in fp32 (1) or the input dtype (2)
+    # swa_cfg "prefetch_add": the SWA pass loads the rows it adds (the raw o_rla of "segment": two partials or,
+    # with the halves in one program, one tensor; the normalized RLA branch of "two_kernel") before its key
+    # loop, held in fp32 (1) or in the rows' own dtype (2); with the caller's fp32 RoPE tables (native_tables)
     T, H, Hkv, D, w = 90, 4, 2, 64, 13
     q, k, v, lkw = make_inputs(dict(T=T, D=D, heads=(H, Hkv), B=3, layout="ragged", dtype="fp16"))
     kw = dict(window=w, feature_map="softmax", **rattn_extra(T, H, D))
     ref = rattention_naive(q.float(), k.float(), v.float(), **kw, **lkw).half()
     swa_cfg = dict(BM=16, BN=16, num_warps=4, num_stages=1, tma=tma, prefetch_add=prefetch)
-    segment = dict(SEGMENT_CFGS["split-phi_q"])
-    for design in ("segment", "two_kernel"):
-        before = swa_parallel.launch_counts["swa_fwd_kernel_tma"]
+    for design, segment in (("segment", SEGMENT_CFGS["split-phi_q"]), ("segment", SEGMENT_CFGS["both-halves"]),
+                            ("two_kernel", SEGMENT_CFGS["split-phi_q"])):
+        before = dict(swa_parallel.launch_counts)
         out = rattention_design(q, k, v, scale=None, eps=1e-6, lengths=lkw["lengths"], cu_seqlens=None, design=design,
-                                tuning=dict(segment=segment, seg_len=32, swa_cfg=swa_cfg), **kw)
-        assert swa_parallel.launch_counts["swa_fwd_kernel_tma"] == before + tma
-        assert_close(out, ref, TOL[torch.float16], f"{design} prefetch_add={prefetch} tma={tma}")
+                                tuning=dict(segment=segment, seg_len=32, swa_cfg=swa_cfg, native_tables=True), **kw)
+        assert swa_parallel.launch_counts["swa_fwd_kernel_tma"] == before["swa_fwd_kernel_tma"] + tma
+        assert swa_parallel.launch_counts["swa_fwd_kernel_prefetch"] == before["swa_fwd_kernel_prefetch"] + 1
+        assert_close(out, ref, TOL[torch.float16], f"{design} {segment} prefetch_add={prefetch} tma={tma}")
+    # fp16 inputs keep the raw o_rla in fp32 (its sums can pass 65504): prefetching must not round it to fp16
+    g = torch.Generator().manual_seed(5)
+    q, k = ((torch.rand(1, 64, h, D, generator=g) * 8).half() for h in (2, 1))  # relu features ~4, 64 of them
+    v = (torch.rand(1, 64, 1, D, generator=g) * 8 + 20).half()  # raw sums reach ~1e6
+    kw = dict(window=3, feature_map="relu")
+    out = rattention_design(q, k, v, rope=None, scale=None, eps=1e-6, swa_norm_weight=None, rla_norm_weight=None,
+                            lengths=None, cu_seqlens=None, design="segment",
+                            tuning=dict(segment=SEGMENT_CFGS["split-phi_q"], seg_len=32, swa_cfg=swa_cfg), **kw)
+    assert_close(out, rattention_naive(q.float(), k.float(), v.float(), **kw).half(), TOL[torch.float16],
+                 f"large fp16 sums, prefetch_add={prefetch} tma={tma}")
+    with pytest.raises(ValueError, match="prefetch_add must be"):
+        rattention_design(q, k, v, rope=None, scale=None, eps=1e-6, swa_norm_weight=None, rla_norm_weight=None,
+                          lengths=None, cu_seqlens=None, design="segment",
+                          tuning=dict(segment=SEGMENT_CFGS["split-phi_q"], seg_len=32, swa_cfg=dict(swa_cfg,
+                                                                                                  prefetch_add=3)),
+                          **kw)

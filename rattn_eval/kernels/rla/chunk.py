@@ -36,7 +36,7 @@ from ..swa.parallel import (
 FEATURES = {"softmax": 0, "relu": 1, "identity": 2}
 
 launch_counts: dict[str, int] = {"rla_chunk_state_kernel": 0, "rla_segment_totals": 0, "rla_carry_kernel": 0,
-                                 "rla_phi_kernel": 0}
+                                 "rla_phi_kernel": 0, "rla_phi_kernel_phi": 0, "rla_segment_totals_slices": 0}
 
 
 @triton.jit
@@ -187,6 +187,7 @@ def launch_phi_pass(k, phi, kr, rope, feature, rows=32, num_warps=4):
                                            D=D, BR=br, FEATURE=feature, ROPE=rope is not None,
                                            STORE_PHI=phi is not None, num_warps=num_warps)
     launch_counts["rla_phi_kernel"] += 1
+    launch_counts["rla_phi_kernel_phi"] += phi is not None
 
 
 def launch_carry(totals, out, seqs: SequenceTable, nseg: int, blocks_per_segment: int, block: int):
@@ -342,8 +343,8 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     if seqs.count == 0:
         return None, None
     BV = min(block_v or D, D)
-    if D % BV:
-        raise ValueError(f"scan value slice {BV} must divide the head dim {D}")
+    if D % BV or BV < 16:
+        raise ValueError(f"scan value slice {BV} must divide the head dim {D} and be at least 16 (tensor-core tiles)")
     nv = D // BV
     if nseg > 1 and rope is not None and not phi_pass and block < nf * nv:
         raise ValueError(f"scan block {block} is smaller than the {nf * nv} programs that rotate its rows")
@@ -365,6 +366,7 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
         PRECISION=precision_for(k.dtype), STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, FROM_PHI=phi is not None,
         num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
     launch_counts["rla_segment_totals"] += 1
+    launch_counts["rla_segment_totals_slices"] += nv
     if on_phi is not None and rotated_by_scan:
         on_phi()
     launch_carry(carry, carry, seqs, nseg, seg_len // block, block)

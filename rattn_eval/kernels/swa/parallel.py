@@ -39,7 +39,8 @@ LOG2E = 1.4426950408889634
 # exercised per test shape, at about the same cost.
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-launch_counts: dict[str, int] = {"swa_fwd_kernel": 0, "swa_fwd_kernel_tma": 0}
+launch_counts: dict[str, int] = {"swa_fwd_kernel": 0, "swa_fwd_kernel_tma": 0, "swa_fwd_kernel_rope": 0,
+                                 "swa_fwd_kernel_prefetch": 0}
 
 
 @triton.jit
@@ -132,7 +133,7 @@ def swa_fwd_kernel(
     ADD_TMA: the raw RLA rows come through add_desc, a (parts * B * T, H * D) view with blocks (BM, D)
     (rows past the sequence are loaded but never stored). PREFETCH_ADD (with ADD_OUT): load those rows
     before the key loop instead of in the epilogue, so their HBM latency overlaps the loop; 1 holds
-    them in fp32, 2 in the input dtype (fewer registers)."""
+    them in fp32, 2 in the dtype of the added rows (fewer registers when they are 16-bit)."""
     if HEADS_FIRST:
         pid_m = tl.program_id(1)
         pid_nh = tl.program_id(0)
@@ -160,7 +161,7 @@ def swa_fwd_kernel(
     if ADD_OUT and PREFETCH_ADD > 0:
         r_pre = load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H, D, ADD_PARTS, ADD_TMA)
         if PREFETCH_ADD == 2:
-            r_pre = r_pre.to(dt)
+            r_pre = r_pre.to(add_ptr.dtype.element_ty)  # the rows' own dtype (fp32 rows stay fp32: no overflow)
     lo = tl.maximum(s0 - window, 0)
     hi = tl.minimum(s0 + BM, L)
     edge_end = s0 + BM - 1 - window  # keys below this bound are outside some row's window
@@ -508,6 +509,9 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     if do_rla and (BS % cfg["BM"] or (do_swa and BS != cfg["BM"])):
         raise ValueError(f"state block {BS} must be a multiple of BM = {cfg['BM']} (equal when fused with SWA)")
     carry = states.carry if states is not None else None
+    prefetch = int(cfg.get("prefetch_add", 0)) if add_out else 0
+    if prefetch not in (0, 1, 2):
+        raise ValueError(f"prefetch_add must be 0, 1 or 2, got {cfg.get('prefetch_add')!r}")
     cos, sin, stride_rope_b = rope_launch_args(rope, D, q.device)
     heads_first = cfg.get("heads_first", False)
     grid = (cdiv(seqs.max_len, cfg["BM"]), seqs.count * H)
@@ -544,10 +548,12 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
         ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
         PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma, ADD_TMA=add_tma,
-        PREFETCH_ADD=int(cfg.get("prefetch_add", 0)) if add_out else 0, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PREFETCH_ADD=prefetch, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
     launch_counts["swa_fwd_kernel_tma"] += tma
+    launch_counts["swa_fwd_kernel_rope"] += rope is not None
+    launch_counts["swa_fwd_kernel_prefetch"] += prefetch > 0
     return out
 
 
