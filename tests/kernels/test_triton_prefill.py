@@ -344,16 +344,14 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
                                 phi_q=True, overlap=True),
     "both-halves-overlap": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, overlap=True),
     # rot_q: the phi(q) pass also rotates q (without phi_q: a rotation-only pass), so the SWA pass reads no tables
-    "split-phi_q-rot_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
-                              phi_q=True, rot_q=True),
-    "both-halves-rot_q-overlap": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, rot_q=True,
-                                      overlap=True),
-    # overlap "prio": the RLA kernels on a high-priority stream, the SWA pass alone on the caller's (on a GPU)
-    "split-phi_q-overlap-prio": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True,
-                                     phi_k=True, phi_q=True, overlap="prio"),
-    # the totals scan split over value slices (scan_bv), with phi(k) read or computed (and k rotated) in the scan
-    "split-phi_k-scan_bv": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
-                                scan_bv=32),
+    # (with the totals scan over value slices of 32)
+    "split-phi_q-rot_q-scan_bv": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True,
+                                      phi_k=True, phi_q=True, rot_q=True, scan_bv=32),
+    # overlap "prio": the RLA kernels on a high-priority stream, the SWA pass alone on the caller's (on a GPU; the
+    # CPU runs the same launches in order)
+    "both-halves-rot_q-overlap-prio": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, rot_q=True,
+                                           overlap="prio"),
+    # the totals scan over value slices of 16, computing phi(k) and rotating k itself
     "both-halves-scan_bv": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, scan_bv=16),
     # rot_pass: the k pre-pass only rotates k; the totals scan and the segment kernel compute phi(k) themselves
     "split-rot_pass-phi_q-rot_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True,
@@ -525,8 +523,7 @@ def test_tma_tiles_with_poisoned_padding():
         assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before[1]["rla_segment_kernel_tma"] + 2
 
 
-@pytest.mark.parametrize("prefetch", [1, 2])
-@pytest.mark.parametrize("tma", [False, True])
+@pytest.mark.parametrize("prefetch,tma", [(1, False), (2, True)])  # both modes, both load paths (CI time)
 def test_swa_pass_prefetches_the_rla_rows(prefetch, tma):
     # swa_cfg "prefetch_add": the SWA pass loads the rows it adds (the raw o_rla of "segment": two partials or,
     # with the halves in one program, one tensor; the normalized RLA branch of "two_kernel") before its key
