@@ -30,7 +30,7 @@ import triton.language as tl
 from ..common import cdiv, default_scale
 from ..rla.chunk import launch_phi_pass, prepare_rla_launch, rla_prefix_states, rla_segment_carry
 from ..rla.segment import launch_rla_segments, segment_config, segment_length
-from ..swa.parallel import INTERPRET, RLA_TUNING, block_config, launch_swa_fwd, sequence_table
+from ..swa.parallel import INTERPRET, RLA_TUNING, block_config, launch_swa_fwd, load_add_rows, sequence_table
 
 
 def _rope_tables(rope, B, T, D, device, dtype=torch.float32):
@@ -79,10 +79,9 @@ def rla_combine_kernel(out_ptr, raw_ptr, gr_ptr, seq_row_ptr, seq_start_ptr, seq
     offs = s0 + tl.arange(0, BR)
     ok = offs < L
     offs_d = tl.arange(0, D)
-    ptr = ((tok0 + offs).to(tl.int64) * (H * D) + h * D)[:, None] + offs_d[None, :]
-    r = tl.load(raw_ptr + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
-    if PARTS == 2:
-        r += tl.load(raw_ptr + part_stride + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
+    rows = (tok0 + offs).to(tl.int64) * (H * D) + h * D
+    ptr = rows[:, None] + offs_d[None, :]
+    r = load_add_rows(raw_ptr, raw_ptr, rows, ok, tok0, s0, h, part_stride, H, D, PARTS, False)  # pointer loads
     g = tl.load(gr_ptr + h * D + offs_d)
     o = tl.load(out_ptr + ptr, mask=ok[:, None], other=0.0).to(tl.float32)
     o += r * tl.rsqrt(tl.sum(r * r, axis=1) / D + eps)[:, None] * g[None, :]
