@@ -106,6 +106,45 @@ def load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H
 
 
 @triton.jit
+def swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, window, L, Hkv, m_i, l_i, acc,
+             D: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr):
+    """One key / value tile [j0, j0 + BN) of the online softmax: returns the updated (m_i, l_i, acc).
+    MASK: window, causal and sequence-end masks (edge and diagonal tiles); without it every (row, key)
+    pair is visible and in bounds. Scores are in base 2 (qs carries the scale * log2(e))."""
+    dt = qs.dtype
+    offs_j = j0 + tl.arange(0, BN)
+    if TMA:  # rows past the sequence (the next one, padding, or zeros past B * T): v there must be 0
+        row = (tok0 + j0).to(tl.int32)
+        k = k_desc.load([row, kv_head]).to(dt)
+        v = v_desc.load([row, kv_head])
+        if MASK:
+            v = tl.where((offs_j < L)[:, None], v, 0.0)
+        v = v.to(dt)
+    else:
+        kv_off = ((tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head)[:, None] + tl.arange(0, D)[None, :]
+        if MASK:
+            col_ok = (offs_j < L)[:, None]
+            k = tl.load(ks_ptr + kv_off, mask=col_ok, other=0.0).to(dt)
+            v = tl.load(v_ptr + kv_off, mask=col_ok, other=0.0).to(dt)
+        else:
+            k = tl.load(ks_ptr + kv_off).to(dt)
+            v = tl.load(v_ptr + kv_off).to(dt)
+    sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
+    if MASK:
+        diff = offs_m[:, None] - offs_j[None, :]
+        sc = tl.where((diff >= 0) & (diff <= window) & (offs_j < L)[None, :], sc, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet stay finite
+    else:
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(sc - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = tl.dot(p.to(dt), v, acc * alpha[:, None], input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def swa_fwd_kernel(
     q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
     cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, gs_ptr, gr_ptr, add_ptr, k_desc, v_desc, add_desc,
@@ -116,7 +155,7 @@ def swa_fwd_kernel(
     PRECISION: tl.constexpr, RLA_SEPARATE: tl.constexpr, NORM_OUT: tl.constexpr,
     ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
     HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr, TMA: tl.constexpr,
-    ADD_TMA: tl.constexpr, PREFETCH_ADD: tl.constexpr = 0,
+    ADD_TMA: tl.constexpr, PREFETCH_ADD: tl.constexpr = 0, DENSE: tl.constexpr = False,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
@@ -133,7 +172,8 @@ def swa_fwd_kernel(
     ADD_TMA: the raw RLA rows come through add_desc, a (parts * B * T, H * D) view with blocks (BM, D)
     (rows past the sequence are loaded but never stored). PREFETCH_ADD (with ADD_OUT): load those rows
     before the key loop instead of in the epilogue, so their HBM latency overlaps the loop; 1 holds
-    them in fp32, 2 in the dtype of the added rows (fewer registers when they are 16-bit)."""
+    them in fp32, 2 in the dtype of the added rows (fewer registers when they are 16-bit). DENSE: the
+    sequences are the B rows of T tokens (no sequence-table loads)."""
     if HEADS_FIRST:
         pid_m = tl.program_id(1)
         pid_nh = tl.program_id(0)
@@ -143,12 +183,17 @@ def swa_fwd_kernel(
     n = pid_nh // H
     h = pid_nh % H
     hk = h // (H // Hkv)
-    L = tl.load(seq_len_ptr + n)
     s0 = pid_m * BM
-    if s0 >= L:
-        return
-    start = tl.load(seq_start_ptr + n)
-    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + start  # token index of position 0 of the sequence
+    if DENSE:  # sequence n is batch row n, all T tokens: no table loads ahead of the first q load
+        L = T
+        start = 0
+        tok0 = n.to(tl.int64) * T
+    else:
+        L = tl.load(seq_len_ptr + n)
+        if s0 >= L:
+            return
+        start = tl.load(seq_start_ptr + n)
+        tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + start  # token index of position 0 of the sequence
     dt = k_ptr.dtype.element_ty  # dtype of the tensor-core operands
 
     offs_m = s0 + tl.arange(0, BM)
@@ -227,16 +272,16 @@ def swa_fwd_kernel(
         acc = tl.zeros([BM, D], dtype=tl.float32)
         ks_ptr = kr_ptr if ROPE else k_ptr
 
-    # Phase A: window edge (both branches when fused).
-    for i in range(0, n_a):
-        offs_j = lo + i * BN + offs_n
-        col_ok = offs_j < L
-        kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
-        kv_off = kv_rows[:, None] + offs_d[None, :]
-        if not TMA:
+    # Phase A, fused designs: the window-edge tiles feed both branches from one load of v (pointer loads:
+    # the launcher takes TMA tiles only for the softmax branch alone). Otherwise these tiles join the
+    # diagonal ones in the masked loop after the interior.
+    if DO_RLA and not RLA_SEPARATE:
+        for i in range(0, n_a):
+            offs_j = lo + i * BN + offs_n
+            col_ok = offs_j < L
+            kv_off = ((tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head)[:, None] + offs_d[None, :]
             v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
-        diff = offs_m[:, None] - offs_j[None, :]
-        if DO_RLA and not RLA_SEPARATE:
+            diff = offs_m[:, None] - offs_j[None, :]
             if PHI_K:
                 ph_off = ((tok0 + offs_j).to(tl.int64) * (Hkv * FD) + hk * FD)[:, None] + offs_d[None, :]
                 pk = tl.load(phi_ptr + ph_off, mask=col_ok[:, None], other=0.0)
@@ -249,23 +294,17 @@ def swa_fwd_kernel(
                 a += tl.dot(nq, tl.trans(nk.to(dt)), input_precision=PRECISION)
             a = tl.where(diff > window, a, 0.0)
             acc_r += tl.dot(a.to(dt), v, input_precision=PRECISION)
-        if DO_SWA:
-            if TMA:  # the last tile may run past the sequence (short windows): v there must be 0
-                row = (tok0 + lo + i * BN).to(tl.int32)
-                k = k_desc.load([row, kv_head]).to(dt)
-                v = tl.where(col_ok[:, None], v_desc.load([row, kv_head]), 0.0).to(dt)
-            else:
+            if DO_SWA:
                 k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
-            sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
-            ok = (diff >= 0) & (diff <= window) & col_ok[None, :]
-            sc = tl.where(ok, sc, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
-            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet stay finite
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(sc - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(dt), v, input_precision=PRECISION)
-            m_i = m_new
+                sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
+                sc = tl.where((diff >= 0) & (diff <= window) & col_ok[None, :], sc, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+                m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet stay finite
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(sc - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, axis=1)
+                acc = tl.dot(p.to(dt), v, acc * alpha[:, None], input_precision=PRECISION)
+                m_i = m_new
 
     if DO_SWA and DO_RLA and EARLY_NORM and not RLA_SEPARATE:
         # The linear branch is complete after phase A: normalize it now and keep it in the input
@@ -275,50 +314,20 @@ def swa_fwd_kernel(
         o_r = (acc_r * inv_r[:, None] * gr[None, :]).to(dt)
 
     if DO_SWA:
-        # Phase B: every (row, key) pair is visible; in-bounds by construction (keys <= s0 < L).
+        # Phase B: the interior tiles, where every (row, key) pair is visible and in bounds (keys <= s0 < L).
         for i in range(n_a, n_b):
-            offs_j = lo + i * BN + offs_n
-            if TMA:
-                row = (tok0 + lo + i * BN).to(tl.int32)
-                k = k_desc.load([row, kv_head]).to(dt)
-                v = v_desc.load([row, kv_head]).to(dt)
-            else:
-                kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
-                kv_off = kv_rows[:, None] + offs_d[None, :]
-                k = tl.load(ks_ptr + kv_off).to(dt)
-                v = tl.load(v_ptr + kv_off).to(dt)
-            sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
-            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(sc - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(dt), v, input_precision=PRECISION)
-            m_i = m_new
-
-        # Phase C: the diagonal.
-        for i in range(n_b, n_tot):
-            offs_j = lo + i * BN + offs_n
-            col_ok = offs_j < L
-            if TMA:  # rows past the sequence (the next one, padding, or zeros past B * T): v must be 0
-                row = (tok0 + lo + i * BN).to(tl.int32)
-                k = k_desc.load([row, kv_head]).to(dt)
-                v = tl.where(col_ok[:, None], v_desc.load([row, kv_head]), 0.0).to(dt)
-            else:
-                kv_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head
-                kv_off = kv_rows[:, None] + offs_d[None, :]
-                k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
-                v = tl.load(v_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
-            sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
-            diff = offs_m[:, None] - offs_j[None, :]
-            ok = (diff >= 0) & (diff <= window) & col_ok[None, :]
-            sc = tl.where(ok, sc, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(sc, axis=1))
-            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(sc - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(dt), v, input_precision=PRECISION)
-            m_i = m_new
+            m_i, l_i, acc = swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, lo + i * BN, kv_head, offs_m, window, L,
+                                     Hkv, m_i, l_i, acc, D, BN, False, TMA, PRECISION)
+        # Phase C: the masked tiles, the window edge (unless the fused phase A took it) and the diagonal, in one
+        # loop (one software pipeline); the online softmax does not depend on the order of the tiles.
+        if DO_RLA and not RLA_SEPARATE:
+            n_edge = 0
+        else:
+            n_edge = n_a
+        for i in range(0, n_edge + n_tot - n_b):
+            j0 = lo + tl.where(i < n_edge, i, n_b + i - n_edge) * BN
+            m_i, l_i, acc = swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, window, L, Hkv,
+                                     m_i, l_i, acc, D, BN, True, TMA, PRECISION)
 
         o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         if DO_RLA or ADD_OUT or NORM_OUT:  # NORM_OUT with the softmax branch alone: rms(o_swa) * g_swa
@@ -379,6 +388,8 @@ class SequenceTable:
         else:
             spans = [(b, 0, T) for b in range(B)] if T > 0 else []
             self.zero_fill = False
+        # dense: sequence n is batch row n with all T tokens (kernels may skip the table loads)
+        self.dense = lengths is None and cu_seqlens is None
         blocks = [cdiv(n, block) for _, _, n in spans]
         base = [sum(blocks[:i]) for i in range(len(blocks))]
         cols = [list(c) for c in zip(*spans)] if spans else [[], [], []]
@@ -548,7 +559,8 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
         ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
         PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma, ADD_TMA=add_tma,
-        PREFETCH_ADD=prefetch, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        PREFETCH_ADD=prefetch, DENSE=seqs.dense and cfg.get("dense", True), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
     launch_counts["swa_fwd_kernel_tma"] += tma
