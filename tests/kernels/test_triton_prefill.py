@@ -480,6 +480,38 @@ def test_bad_arguments_raise():
         swa_attention_triton(torch.randn(1, 8, 1, 48), torch.randn(1, 8, 1, 48), torch.randn(1, 8, 1, 48), window=2)
 
 
+def test_dense_batches_take_the_unmasked_path():
+    # Dense batches skip the sequence-table loads (DENSE) and, when T is a multiple of BM and the window
+    # and BM of BN (EVEN), every bounds mask: the key tiles then end exactly at a block end <= T. Both
+    # paths against the reference and against the general path, with pointer and TMA loads; outputs
+    # NaN-poisoned, so every row must be written
+    H, Hkv, D = 4, 2, 64
+    for T, w, even in ((64, 0, True), (64, 16, True), (96, 48, True), (96, 40, False), (64, 200, True),
+                       (80, 16, False)):
+        q, k, v, _ = make_inputs(dict(T=T, D=D, heads=(H, Hkv), B=2, layout="dense", dtype="fp16"))
+        ref = swa_attention_naive(q.float(), k.float(), v.float(), window=w).half()
+        seqs = swa_parallel.sequence_table(2, T, q.device, None, None, 32)
+        for tma in (False, True):
+            for general in (False, True):
+                cfg = dict(BM=32, BN=16, num_warps=4, num_stages=1, tma=tma, dense=not general)
+                before = dict(swa_parallel.launch_counts)
+                out = swa_parallel.launch_swa_fwd(q, k, v, torch.full_like(q, float("nan")), seqs, window=min(w, T),
+                                                  scale=D ** -0.5, cfg=cfg)
+                assert swa_parallel.launch_counts["swa_fwd_kernel_dense"] == before["swa_fwd_kernel_dense"] + (not general)
+                assert swa_parallel.launch_counts["swa_fwd_kernel_even"] == before["swa_fwd_kernel_even"] + (
+                    even and not general)
+                assert_close(out, ref, TOL[torch.float16], f"SWA T={T} w={w} tma={tma} general path={general}")
+    # RAttention: its SWA pass takes the same path
+    T, w = 64, 16
+    q, k, v, _ = make_inputs(dict(T=T, D=D, heads=(H, Hkv), B=2, layout="dense", dtype="fp16"))
+    kw = dict(window=w, **rattn_extra(T, H, D))
+    before = dict(swa_parallel.launch_counts)
+    out = rattention_triton(q, k, v, **kw)
+    assert swa_parallel.launch_counts["swa_fwd_kernel_even"] == before["swa_fwd_kernel_even"] + 1
+    assert_close(out, rattention_naive(q.float(), k.float(), v.float(), **kw).half(), TOL[torch.float16],
+                 "RAttention, dense and even")
+
+
 def test_tma_tiles_with_poisoned_padding():
     # TMA tensor-descriptor loads (SWA pass and segment kernel) fetch whole tiles: rows of a neighbouring
     # sequence or of padding arrive too and must be zeroed or masked. Padding here is NaN; windows 0, short,

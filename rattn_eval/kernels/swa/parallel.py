@@ -40,7 +40,7 @@ LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 launch_counts: dict[str, int] = {"swa_fwd_kernel": 0, "swa_fwd_kernel_tma": 0, "swa_fwd_kernel_rope": 0,
-                                 "swa_fwd_kernel_prefetch": 0}
+                                 "swa_fwd_kernel_prefetch": 0, "swa_fwd_kernel_dense": 0, "swa_fwd_kernel_even": 0}
 
 
 @triton.jit
@@ -107,22 +107,25 @@ def load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H
 
 @triton.jit
 def swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, window, L, Hkv, m_i, l_i, acc,
-             D: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr):
+             D: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
+             IN_RANGE: tl.constexpr):
     """One key / value tile [j0, j0 + BN) of the online softmax: returns the updated (m_i, l_i, acc).
-    MASK: window, causal and sequence-end masks (edge and diagonal tiles); without it every (row, key)
-    pair is visible and in bounds. Scores are in base 2 (qs carries the scale * log2(e))."""
+    MASK: window and causal masks, plus the sequence end unless IN_RANGE says no key of the tile is
+    past it (edge and diagonal tiles); without MASK every (row, key) pair is visible and in bounds.
+    Scores are in base 2 (qs carries the scale * log2(e))."""
     dt = qs.dtype
     offs_j = j0 + tl.arange(0, BN)
+    ends: tl.constexpr = MASK and not IN_RANGE  # the tile may run past the sequence
     if TMA:  # rows past the sequence (the next one, padding, or zeros past B * T): v there must be 0
         row = (tok0 + j0).to(tl.int32)
         k = k_desc.load([row, kv_head]).to(dt)
         v = v_desc.load([row, kv_head])
-        if MASK:
+        if ends:
             v = tl.where((offs_j < L)[:, None], v, 0.0)
         v = v.to(dt)
     else:
         kv_off = ((tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head)[:, None] + tl.arange(0, D)[None, :]
-        if MASK:
+        if ends:
             col_ok = (offs_j < L)[:, None]
             k = tl.load(ks_ptr + kv_off, mask=col_ok, other=0.0).to(dt)
             v = tl.load(v_ptr + kv_off, mask=col_ok, other=0.0).to(dt)
@@ -132,7 +135,10 @@ def swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, windo
     sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
     if MASK:
         diff = offs_m[:, None] - offs_j[None, :]
-        sc = tl.where((diff >= 0) & (diff <= window) & (offs_j < L)[None, :], sc, float("-inf"))
+        ok = (diff >= 0) & (diff <= window)
+        if ends:
+            ok = ok & (offs_j < L)[None, :]
+        sc = tl.where(ok, sc, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(sc, axis=1))
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet stay finite
     else:
@@ -156,6 +162,7 @@ def swa_fwd_kernel(
     ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
     HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr, TMA: tl.constexpr,
     ADD_TMA: tl.constexpr, PREFETCH_ADD: tl.constexpr = 0, DENSE: tl.constexpr = False,
+    EVEN: tl.constexpr = False,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
@@ -201,7 +208,10 @@ def swa_fwd_kernel(
     offs_n = tl.arange(0, BN)
     row_ok = offs_m < L
     q_rows = (tok0 + offs_m).to(tl.int64) * (H * D) + h * D
-    q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    if EVEN:
+        q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :]).to(tl.float32)
+    else:
+        q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     kv_head = hk * D
     if ADD_OUT and PREFETCH_ADD > 0:
         r_pre = load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H, D, ADD_PARTS, ADD_TMA)
@@ -317,7 +327,7 @@ def swa_fwd_kernel(
         # Phase B: the interior tiles, where every (row, key) pair is visible and in bounds (keys <= s0 < L).
         for i in range(n_a, n_b):
             m_i, l_i, acc = swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, lo + i * BN, kv_head, offs_m, window, L,
-                                     Hkv, m_i, l_i, acc, D, BN, False, TMA, PRECISION)
+                                     Hkv, m_i, l_i, acc, D, BN, False, TMA, PRECISION, EVEN)
         # Phase C: the masked tiles, the window edge (unless the fused phase A took it) and the diagonal, in one
         # loop (one software pipeline); the online softmax does not depend on the order of the tiles.
         if DO_RLA and not RLA_SEPARATE:
@@ -327,7 +337,7 @@ def swa_fwd_kernel(
         for i in range(0, n_edge + n_tot - n_b):
             j0 = lo + tl.where(i < n_edge, i, n_b + i - n_edge) * BN
             m_i, l_i, acc = swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, window, L, Hkv,
-                                     m_i, l_i, acc, D, BN, True, TMA, PRECISION)
+                                     m_i, l_i, acc, D, BN, True, TMA, PRECISION, EVEN)
 
         o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         if DO_RLA or ADD_OUT or NORM_OUT:  # NORM_OUT with the softmax branch alone: rms(o_swa) * g_swa
@@ -357,7 +367,10 @@ def swa_fwd_kernel(
         o = acc_r * tl.rsqrt(tl.sum(acc_r * acc_r, axis=1) / D + eps)[:, None] * gr[None, :]
     else:
         o = acc_r
-    tl.store(o_ptr + q_rows[:, None] + offs_d[None, :], o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+    if EVEN:
+        tl.store(o_ptr + q_rows[:, None] + offs_d[None, :], o.to(o_ptr.dtype.element_ty))
+    else:
+        tl.store(o_ptr + q_rows[:, None] + offs_d[None, :], o.to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 class SequenceTable:
@@ -434,7 +447,7 @@ def sequence_table(B, T, device, lengths, cu_seqlens, block) -> SequenceTable:
 # design (rattention/fused.py DESIGNS), cfg = RLA output-pass tiles (+ phi_k: read phi(k) from the pre-pass,
 # heads_first: grid order), swa_cfg = the SWA pass of "two_kernel" and "segment", state = rla_prefix_states
 # settings, plain_swa_cfg = swa_attention's tiles, segment = rla/segment.py's kernel (segment_config).
-RLA_TUNING = {"design": "segment", "cfg": {"BM": 128, "BN": 64, "num_warps": 8, "num_stages": 2, "early_norm": True, "phi_k": True, "heads_first": True}, "swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "heads_first": True, "tma": True}, "state": {"state_block": 128, "carry": "fold", "block_t": 128, "block_v": None, "num_warps": 8, "num_stages": 3, "programs_per_sm": 4, "phi_pass": True, "carry_dtype": "state"}, "plain_swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "tma": True}, "segment": {"BC": 64, "BV": 64, "num_warps": 4, "num_stages": 3, "programs_per_sm": 8, "split_f": True, "phi_k": True, "phi_q": True, "scan_block": 128, "scan_bv": 64}}  # noqa: E501
+RLA_TUNING = {"design": "segment", "cfg": {"BM": 128, "BN": 64, "num_warps": 8, "num_stages": 2, "early_norm": True, "phi_k": True, "heads_first": True}, "swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "heads_first": True, "tma": True}, "state": {"state_block": 128, "carry": "fold", "block_t": 128, "block_v": None, "num_warps": 8, "num_stages": 3, "programs_per_sm": 4, "phi_pass": True, "carry_dtype": "state"}, "plain_swa_cfg": {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "tma": True, "heads_first": True}, "segment": {"BC": 64, "BV": 64, "num_warps": 4, "num_stages": 3, "programs_per_sm": 8, "split_f": True, "phi_k": True, "phi_q": True, "scan_block": 128, "scan_bv": 64}}  # noqa: E501
 
 
 def block_config(D: int, rla: bool, dtype: torch.dtype = torch.bfloat16) -> dict:
@@ -544,6 +557,10 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     add_tma = (tma and add_raw and add_src is not None and add_src.data_ptr() % 16 == 0
                and add_src.numel() // (H * D) < 2**31)  # int32 row coordinates over both partials
     add_desc = (TensorDescriptor.from_tensor(add_src.view(-1, H * D), [cfg["BM"], D]) if add_tma else dummy)
+    dense = seqs.dense and cfg.get("dense", True)  # ("dense" / "even" False: the general path, for benchmarks)
+    # even: the query blocks and the key tiles (which start at s0 - window, or 0) end exactly at block ends <= T
+    even = (dense and T % cfg["BM"] == 0 and cfg["BM"] % cfg["BN"] == 0 and window % cfg["BN"] == 0
+            and cfg.get("even", True))
     swa_fwd_kernel[grid](
         q, k, kr if kr is not None else k, v, out,
         cos, sin, states.states if states is not None else dummy, carry if carry is not None else dummy,
@@ -559,13 +576,15 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
         ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
         PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma, ADD_TMA=add_tma,
-        PREFETCH_ADD=prefetch, DENSE=seqs.dense and cfg.get("dense", True), num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        PREFETCH_ADD=prefetch, DENSE=dense, EVEN=even,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
     launch_counts["swa_fwd_kernel_tma"] += tma
     launch_counts["swa_fwd_kernel_rope"] += rope is not None
     launch_counts["swa_fwd_kernel_prefetch"] += prefetch > 0
+    launch_counts["swa_fwd_kernel_dense"] += dense
+    launch_counts["swa_fwd_kernel_even"] += even
     return out
 
 
