@@ -501,7 +501,7 @@ def test_dense_batches_take_the_unmasked_path():
                 assert swa_parallel.launch_counts["swa_fwd_kernel_even"] == before["swa_fwd_kernel_even"] + (
                     even and not general)
                 assert_close(out, ref, TOL[torch.float16], f"SWA T={T} w={w} tma={tma} general path={general}")
-    # RAttention: its SWA pass takes the same path
+    # RAttention's SWA pass and the RLA output pass take the same path
     T, w = 64, 16
     q, k, v, _ = make_inputs(dict(T=T, D=D, heads=(H, Hkv), B=2, layout="dense", dtype="fp16"))
     kw = dict(window=w, **rattn_extra(T, H, D))
@@ -510,6 +510,11 @@ def test_dense_batches_take_the_unmasked_path():
     assert swa_parallel.launch_counts["swa_fwd_kernel_even"] == before["swa_fwd_kernel_even"] + 1
     assert_close(out, rattention_naive(q.float(), k.float(), v.float(), **kw).half(), TOL[torch.float16],
                  "RAttention, dense and even")
+    before = dict(swa_parallel.launch_counts)
+    out = residual_linear_attention_triton(q, k, v, window=w)
+    assert swa_parallel.launch_counts["swa_fwd_kernel_even"] == before["swa_fwd_kernel_even"] + 1
+    assert_close(out, residual_linear_attention_naive(q.float(), k.float(), v.float(), window=w).half(),
+                 TOL[torch.float16], "RLA, dense and even")
 
 
 def test_tma_tiles_with_poisoned_padding():
