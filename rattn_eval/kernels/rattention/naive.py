@@ -3,8 +3,6 @@ RMS-normed per head and summed: o = rms(o_swa) * g_swa + rms(o_rla) * g_rla."""
 
 from __future__ import annotations
 
-import torch
-
 from ..common import apply_rope, rms_norm
 from ..rla.naive import residual_linear_attention_chunked, residual_linear_attention_naive
 from ..swa.naive import swa_attention_chunked, swa_attention_naive
