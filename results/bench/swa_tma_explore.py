@@ -79,11 +79,16 @@ SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
 # 1.372 / 1.129 ms (Hkv 16 / 4); the table loads cost 0.013 ms of the SWA pass ("dense" False), heads_first 0.044 ms.
 # Call 13 (18_even.txt): EVEN (dense, T a multiple of BM, window and BM multiples of BN): no bounds masks. Plain SWA
 # 0.405 ms (0.434 with the masks, "even" False), SWA pass 0.522 ms, end to end 1.333 / 1.091 ms (Hkv 16 / 4); taken.
+# Call 14: registers / shared memory of the SWA pass against plain SWA; the partials through pointer loads ("add_tma"
+# False: no shared-memory tiles for them) and 2 stages.
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
-    (SWA_HF, DEFAULT), (dict(SWA_HF, even=False), DEFAULT),
+    (dict(SWA_HF, add_tma=False), DEFAULT), (dict(SWA_HF, num_stages=2), DEFAULT),
+    (dict(SWA_HF, num_stages=2, add_tma=False), DEFAULT), (dict(SWA_HF, prefetch_add=2, add_tma=False), DEFAULT),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy
+swa_spy = Spy(sp.swa_fwd_kernel)  # the last launch: plain SWA after `swa`, the SWA pass after a RAttention call
+sp.swa_fwd_kernel = swa_spy
 
 
 def swa(q, k, v, cfg, window=W):
@@ -126,6 +131,7 @@ def main():
         o = swa(q, k, v, cfg)
         diff = (o.float() - swa(q, k, v, base_cfg).float()).abs().max().item()
         t_swa = bench(lambda: swa(q, k, v, cfg))
+        swa_info = swa_spy.info()
         tables = Rope(D).tables(T, dev)
         kw = dict(window=W, rope=tables, scale=None, feature_map="softmax", swa_norm_weight=None,
                   rla_norm_weight=None, eps=1e-6, lengths=None, cu_seqlens=None, design="segment")
@@ -147,7 +153,8 @@ def main():
             torch.cuda.synchronize()
         per = {e.key[:28]: round(e.device_time_total / 10 / 1000, 4) for e in prof.key_averages() if e.device_time_total > 0}
         rec[f"kernels_{Hkv}"] = per
-        P(tag, f"Hkv {Hkv}: per-kernel ms {per}; segment kernel {spy.info()}")
+        P(tag, f"Hkv {Hkv}: per-kernel ms {per}; segment kernel {spy.info()}; plain SWA {swa_info}; SWA pass "
+               f"{swa_spy.info()}")
     if a.log:
         with open(a.log, "a") as f:
             f.write(json.dumps(rec) + "\n")

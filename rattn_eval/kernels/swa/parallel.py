@@ -554,7 +554,7 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         v_desc = TensorDescriptor.from_tensor(v.view(B * T, Hkv * D), [cfg["BN"], D])
     else:
         k_desc = v_desc = dummy
-    add_tma = (tma and add_raw and add_src is not None and add_src.data_ptr() % 16 == 0
+    add_tma = (tma and add_raw and add_src is not None and add_src.data_ptr() % 16 == 0 and cfg.get("add_tma", True)
                and add_src.numel() // (H * D) < 2**31)  # int32 row coordinates over both partials
     add_desc = (TensorDescriptor.from_tensor(add_src.view(-1, H * D), [cfg["BM"], D]) if add_tma else dummy)
     dense = seqs.dense and cfg.get("dense", True)  # ("dense" / "even" False: the general path, for benchmarks)
