@@ -79,8 +79,10 @@ SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
 # 1.372 / 1.129 ms (Hkv 16 / 4); the table loads cost 0.013 ms of the SWA pass ("dense" False), heads_first 0.044 ms.
 # Call 13 (18_even.txt): EVEN (dense, T a multiple of BM, window and BM multiples of BN): no bounds masks. Plain SWA
 # 0.405 ms (0.434 with the masks, "even" False), SWA pass 0.522 ms, end to end 1.333 / 1.091 ms (Hkv 16 / 4); taken.
-# Call 14: registers / shared memory of the SWA pass against plain SWA; the partials through pointer loads ("add_tma"
-# False: no shared-memory tiles for them) and 2 stages.
+# Call 14 (19_smem.txt): plain SWA and the SWA pass both take 114720 bytes of shared memory (two programs per SM; the
+# partials' TMA tiles share it with the pipeline), 203 / 240 registers. The partials through pointer loads ("add_tma"
+# False): SWA pass 0.543 against 0.521 ms; 2 stages: 0.580 ms; prefetch_add 2 with pointer loads 0.508 ms (end to end
+# 1.322 against 1.332 ms) but the 4k error of prefetch_add 2 (3.05e-3 against 2.73e-3). None taken.
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
     (dict(SWA_HF, add_tma=False), DEFAULT), (dict(SWA_HF, num_stages=2), DEFAULT),
     (dict(SWA_HF, num_stages=2, add_tma=False), DEFAULT), (dict(SWA_HF, prefetch_add=2, add_tma=False), DEFAULT),
