@@ -83,9 +83,10 @@ SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
 # partials' TMA tiles share it with the pipeline), 203 / 240 registers. The partials through pointer loads ("add_tma"
 # False): SWA pass 0.543 against 0.521 ms; 2 stages: 0.580 ms; prefetch_add 2 with pointer loads 0.508 ms (end to end
 # 1.322 against 1.332 ms) but the 4k error of prefetch_add 2 (3.05e-3 against 2.73e-3). None taken.
+# Call 15: the phi(k) / phi(q) passes with smaller programs (16 rows, 2 warps; 64 and 128 rows were slower in call 4).
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
-    (dict(SWA_HF, add_tma=False), DEFAULT), (dict(SWA_HF, num_stages=2), DEFAULT),
-    (dict(SWA_HF, num_stages=2, add_tma=False), DEFAULT), (dict(SWA_HF, prefetch_add=2, add_tma=False), DEFAULT),
+    (SWA_HF, dict(DEFAULT, phi_rows=16)), (SWA_HF, dict(DEFAULT, phi_rows=16, phi_warps=2)),
+    (SWA_HF, dict(DEFAULT, phi_warps=2)), (SWA_HF, dict(DEFAULT, phi_rows=16, phi_warps=1)),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy
