@@ -83,10 +83,12 @@ SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
 # partials' TMA tiles share it with the pipeline), 203 / 240 registers. The partials through pointer loads ("add_tma"
 # False): SWA pass 0.543 against 0.521 ms; 2 stages: 0.580 ms; prefetch_add 2 with pointer loads 0.508 ms (end to end
 # 1.322 against 1.332 ms) but the 4k error of prefetch_add 2 (3.05e-3 against 2.73e-3). None taken.
-# Call 15: the phi(k) / phi(q) passes with smaller programs (16 rows, 2 warps; 64 and 128 rows were slower in call 4).
+# Call 15 (20_phi_rows.txt): the phi(k) / phi(q) passes with programs of 16 rows: 0.245 / 0.138 ms against 0.268 /
+# 0.146 ms, end to end 1.313 / 1.077 ms against 1.332 / 1.090 ms (Hkv 16 / 4); taken. 1 or 2 warps were slower.
+DEFAULT = dict(DEFAULT, phi_rows=16)
+# Call 16: 8 rows.
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
-    (SWA_HF, dict(DEFAULT, phi_rows=16)), (SWA_HF, dict(DEFAULT, phi_rows=16, phi_warps=2)),
-    (SWA_HF, dict(DEFAULT, phi_warps=2)), (SWA_HF, dict(DEFAULT, phi_rows=16, phi_warps=1)),
+    (SWA_HF, DEFAULT), (SWA_HF, dict(DEFAULT, phi_rows=8)), (SWA_HF, dict(DEFAULT, phi_rows=8, phi_warps=2)),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy
