@@ -335,9 +335,9 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
     "split-phi_k-tma": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
                             tma=True),
     "both-halves-tma": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, tma=True),
-    # phi(q) from a pre-pass as well
+    # phi(q) from a pre-pass as well (phi-pass programs of 16 rows, as the H200 default; the others take 32)
     "split-phi_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
-                        phi_q=True),
+                        phi_q=True, phi_rows=16),
     "both-halves-phi_q": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, phi_q=True),
     # the SWA pass normalizes its branch alone (a second stream on a GPU), rla_combine_kernel adds the RLA branch
     "split-phi_q-overlap": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
