@@ -180,7 +180,8 @@ def swa_fwd_kernel(
     (rows past the sequence are loaded but never stored). PREFETCH_ADD (with ADD_OUT): load those rows
     before the key loop instead of in the epilogue, so their HBM latency overlaps the loop; 1 holds
     them in fp32, 2 in the dtype of the added rows (fewer registers when they are 16-bit). DENSE: the
-    sequences are the B rows of T tokens (no sequence-table loads)."""
+    sequences are the B rows of T tokens (no sequence-table loads). EVEN (DENSE, T a multiple of BM, BM and
+    window multiples of BN): no query row and no key tile reaches past the sequence end (no bounds masks)."""
     if HEADS_FIRST:
         pid_m = tl.program_id(1)
         pid_nh = tl.program_id(0)
