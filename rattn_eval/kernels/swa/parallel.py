@@ -139,14 +139,21 @@ def swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, windo
         if ends:
             ok = ok & (offs_j < L)[None, :]
         sc = tl.where(ok, sc, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet stay finite
-    else:
-        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+    return softmax_step(sc, v, m_i, l_i, acc, MASK, PRECISION)
+
+
+@triton.jit
+def softmax_step(sc, v, m_i, l_i, acc, MASKED: tl.constexpr, PRECISION: tl.constexpr):
+    """Online-softmax update with one tile of base-2 scores sc (BM, BN) and its values v (BN, D, in the
+    operand dtype): returns (m_i, l_i, acc). MASKED: sc may hold -inf, and a row with no key yet keeps
+    a finite running maximum."""
+    m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+    if MASKED:
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(sc - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = tl.dot(p.to(dt), v, acc * alpha[:, None], input_precision=PRECISION)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
     return m_new, l_i, acc
 
 
@@ -309,13 +316,7 @@ def swa_fwd_kernel(
                 k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
                 sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
                 sc = tl.where((diff >= 0) & (diff <= window) & col_ok[None, :], sc, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(sc, axis=1))
-                m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet stay finite
-                alpha = tl.exp2(m_i - m_new)
-                p = tl.exp2(sc - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, axis=1)
-                acc = tl.dot(p.to(dt), v, acc * alpha[:, None], input_precision=PRECISION)
-                m_i = m_new
+                m_i, l_i, acc = softmax_step(sc, v, m_i, l_i, acc, True, PRECISION)
 
     if DO_SWA and DO_RLA and EARLY_NORM and not RLA_SEPARATE:
         # The linear branch is complete after phase A: normalize it now and keep it in the input
