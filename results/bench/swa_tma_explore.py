@@ -86,9 +86,15 @@ SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
 # Call 15 (20_phi_rows.txt): the phi(k) / phi(q) passes with programs of 16 rows: 0.245 / 0.138 ms against 0.268 /
 # 0.146 ms, end to end 1.313 / 1.077 ms against 1.332 / 1.090 ms (Hkv 16 / 4); taken. 1 or 2 warps were slower.
 DEFAULT = dict(DEFAULT, phi_rows=16)
-# Call 16: 8 rows.
+# Call 16 (21_phi_rows8.txt): 8 rows: 1.323 against 1.312 ms; not taken.
+# Session 8, call 1: late_carry (no totals scan: each segment starts from zero and stores its total, the SWA pass adds
+# phi(q) @ the carry of its segment), the correction held through the key loop in bf16 (prefetch_add 0), or added to
+# the raw partials loaded early (prefetch_add 2: bf16, 1: fp32), TMA or pointer loads of the partials.
+LATE = dict(DEFAULT, late_carry=True)
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
-    (SWA_HF, DEFAULT), (SWA_HF, dict(DEFAULT, phi_rows=8)), (SWA_HF, dict(DEFAULT, phi_rows=8, phi_warps=2)),
+    (SWA_HF, DEFAULT), (SWA_HF, LATE), (dict(SWA_HF, prefetch_add=2), LATE),
+    (dict(SWA_HF, prefetch_add=2, add_tma=False), LATE), (dict(SWA_HF, prefetch_add=1), LATE),
+    (dict(SWA_HF, prefetch_add=2, add_tma=False), DEFAULT),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy

@@ -40,7 +40,8 @@ LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 launch_counts: dict[str, int] = {"swa_fwd_kernel": 0, "swa_fwd_kernel_tma": 0, "swa_fwd_kernel_rope": 0,
-                                 "swa_fwd_kernel_prefetch": 0, "swa_fwd_kernel_dense": 0, "swa_fwd_kernel_even": 0}
+                                 "swa_fwd_kernel_prefetch": 0, "swa_fwd_kernel_dense": 0, "swa_fwd_kernel_even": 0,
+                                 "swa_fwd_kernel_add_carry": 0}
 
 
 @triton.jit
@@ -169,7 +170,7 @@ def swa_fwd_kernel(
     ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
     HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr, TMA: tl.constexpr,
     ADD_TMA: tl.constexpr, PREFETCH_ADD: tl.constexpr = 0, DENSE: tl.constexpr = False,
-    EVEN: tl.constexpr = False,
+    EVEN: tl.constexpr = False, ADD_CARRY: tl.constexpr = False,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
@@ -188,7 +189,10 @@ def swa_fwd_kernel(
     before the key loop instead of in the epilogue, so their HBM latency overlaps the loop; 1 holds
     them in fp32, 2 in the dtype of the added rows (fewer registers when they are 16-bit). DENSE: the
     sequences are the B rows of T tokens (no sequence-table loads). EVEN (DENSE, T a multiple of BM, BM and
-    window multiples of BN): no query row and no key tile reaches past the sequence end (no bounds masks)."""
+    window multiples of BN): no query row and no key tile reaches past the sequence end (no bounds masks).
+    ADD_CARRY (with ADD_RAW, "late carry"): the raw RLA rows were computed from a zero state at the start of
+    each segment of BS * BPS rows; add phi(q) @ C, C = carry[seq, hk, segment] (sequences, Hkv, NSEG, F, D)
+    the state that segment starts from, computed from the raw q before the key loop."""
     if HEADS_FIRST:
         pid_m = tl.program_id(1)
         pid_nh = tl.program_id(0)
@@ -221,8 +225,24 @@ def swa_fwd_kernel(
     else:
         q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     kv_head = hk * D
+    if ADD_CARRY:
+        # late carry: the part of o_rla from the keys before this block's segment, phi(q) @ C, from the raw q
+        FDC: tl.constexpr = D if FEATURE == 2 else 2 * D
+        seg = s0 // (BS * BPS)
+        corr = tl.zeros([BM, D], dtype=tl.float32)
+        if seg > 0:  # the first segment starts from zero
+            cq, cnq = feature_map_halves(q, FEATURE)
+            c_off = offs_d[:, None] * D + offs_d[None, :]
+            cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FDC * D)
+            corr = tl.dot(cq.to(dt), tl.load(cr + c_off).to(dt), corr, input_precision=PRECISION)
+            if FEATURE != 2:
+                corr = tl.dot(cnq.to(dt), tl.load(cr + D * D + c_off).to(dt), corr, input_precision=PRECISION)
+        if PREFETCH_ADD == 0:
+            corr_h = corr.to(add_ptr.dtype.element_ty)  # held through the key loop in the raw rows' dtype
     if ADD_OUT and PREFETCH_ADD > 0:
         r_pre = load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H, D, ADD_PARTS, ADD_TMA)
+        if ADD_CARRY:
+            r_pre += corr
         if PREFETCH_ADD == 2:
             r_pre = r_pre.to(add_ptr.dtype.element_ty)  # the rows' own dtype (fp32 rows stay fp32: no overflow)
     lo = tl.maximum(s0 - window, 0)
@@ -360,6 +380,8 @@ def swa_fwd_kernel(
             else:
                 r = load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H, D, ADD_PARTS,
                                   ADD_TMA)
+                if ADD_CARRY:
+                    r += corr_h.to(tl.float32)
             if ADD_RAW:
                 gr = tl.load(gr_ptr + h * D + offs_d)
                 r = r * tl.rsqrt(tl.sum(r * r, axis=1) / D + eps)[:, None] * gr[None, :]
@@ -518,11 +540,14 @@ def _has_tma(index: int) -> bool:
 
 def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=None, rope=None, states=None,
                    swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, do_swa=True, do_rla=False, feature=0,
-                   rla_separate=False, norm_out=False, add_out=False, add_src=None, add_raw=False):
+                   rla_separate=False, norm_out=False, add_out=False, add_src=None, add_raw=False, add_carry=None,
+                   carry_rows=None):
     """Launch `swa_fwd_kernel` over every (query block, sequence, head). Tensors contiguous;
     states: rla.chunk.ChunkStates (needed with do_rla). add_out: add add_src (default: out itself)
     to the SWA branch; add_raw: add_src holds the raw RLA output, normalized in the kernel, either
-    (B, T, H, D) or two partials (2, B, T, H, D) that sum to it."""
+    (B, T, H, D) or two partials (2, B, T, H, D) that sum to it. add_carry (with add_raw): the raw
+    rows started from zero at every segment of carry_rows rows (a multiple of BM); add phi(q) @ the
+    segment's state, add_carry (sequences, Hkv, segments, F, D), to them (`swa_fwd_kernel` ADD_CARRY)."""
     parts = 2 if add_src is not None and add_src.dim() == 5 else 1
     B, T, H, D = q.shape
     Hkv = k.shape[2]
@@ -535,6 +560,13 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     if do_rla and (BS % cfg["BM"] or (do_swa and BS != cfg["BM"])):
         raise ValueError(f"state block {BS} must be a multiple of BM = {cfg['BM']} (equal when fused with SWA)")
     carry = states.carry if states is not None else None
+    bps, nseg = (states.per_segment, carry.shape[2]) if carry is not None else (1, 1)
+    if add_carry is not None:
+        if not (add_out and add_raw) or states is not None or do_rla:
+            raise ValueError("add_carry goes with add_raw (the raw RLA output of the segment design) and no states")
+        if not carry_rows or carry_rows % cfg["BM"]:
+            raise ValueError(f"carry_rows = {carry_rows} must be a positive multiple of BM = {cfg['BM']}")
+        carry, bps, nseg = add_carry, carry_rows // cfg["BM"], add_carry.shape[2]
     prefetch = int(cfg.get("prefetch_add", 0)) if add_out else 0
     if prefetch not in (0, 1, 2):
         raise ValueError(f"prefetch_add must be 0, 1 or 2, got {cfg.get('prefetch_add')!r}")
@@ -572,13 +604,13 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         add_src if add_src is not None else out, k_desc, v_desc, add_desc,
         seqs.row, seqs.start, seqs.length, states.base if states is not None else seqs.block_base,
         T, H, Hkv, window, stride_rope_b, float(scale) * LOG2E, float(eps),
-        states.per_segment if states is not None else 1, carry.shape[2] if carry is not None else 1,
+        bps, nseg,
         add_src[0].numel() if parts == 2 else 0,
         D=D, BM=cfg["BM"], BN=cfg["BN"], BS=BS, DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None,
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
-        ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
+        ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None and add_carry is None,
         PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma, ADD_TMA=add_tma,
-        PREFETCH_ADD=prefetch, DENSE=dense, EVEN=even,
+        PREFETCH_ADD=prefetch, DENSE=dense, EVEN=even, ADD_CARRY=add_carry is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
@@ -587,6 +619,7 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     launch_counts["swa_fwd_kernel_prefetch"] += prefetch > 0
     launch_counts["swa_fwd_kernel_dense"] += dense
     launch_counts["swa_fwd_kernel_even"] += even
+    launch_counts["swa_fwd_kernel_add_carry"] += add_carry is not None
     return out
 
 
