@@ -91,10 +91,14 @@ DEFAULT = dict(DEFAULT, phi_rows=16)
 # phi(q) @ the carry of its segment), the correction held through the key loop in bf16 (prefetch_add 0), or added to
 # the raw partials loaded early (prefetch_add 2: bf16, 1: fp32), TMA or pointer loads of the partials.
 LATE = dict(DEFAULT, late_carry=True)
+# (Call 1, 22_late_carry.txt: the SWA pass spilled, 255 registers, 26-84 spills, 0.69-0.78 ms; end to end 1.348-1.441
+# against 1.317 ms. Call 2: the correction in the epilogue from q loaded again: 120 spills, 0.78 ms.)
+# (Call 3: the carry tiles through TMA (no register staging of the two 128 x 128 tiles), one feature half at a time:
+# still 62-82 spills, SWA pass 0.71-0.79 ms.)
+# Call 4: carry_scratch: phi(q) @ C computed before the key loop and parked in the block's own output rows.
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
-    (SWA_HF, DEFAULT), (SWA_HF, LATE), (dict(SWA_HF, prefetch_add=2), LATE),
-    (dict(SWA_HF, prefetch_add=2, add_tma=False), LATE), (dict(SWA_HF, prefetch_add=1), LATE),
-    (dict(SWA_HF, prefetch_add=2, add_tma=False), DEFAULT),
+    (SWA_HF, DEFAULT), (SWA_HF, LATE), (dict(SWA_HF, carry_tma=False), LATE),
+    (dict(SWA_HF, add_tma=False), LATE),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy
