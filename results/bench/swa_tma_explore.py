@@ -87,18 +87,15 @@ SWA_HF = dict(SWA_TMA, heads_first=True)  # the committed SWA pass config
 # 0.146 ms, end to end 1.313 / 1.077 ms against 1.332 / 1.090 ms (Hkv 16 / 4); taken. 1 or 2 warps were slower.
 DEFAULT = dict(DEFAULT, phi_rows=16)
 # Call 16 (21_phi_rows8.txt): 8 rows: 1.323 against 1.312 ms; not taken.
-# Session 8, call 1: late_carry (no totals scan: each segment starts from zero and stores its total, the SWA pass adds
-# phi(q) @ the carry of its segment), the correction held through the key loop in bf16 (prefetch_add 0), or added to
-# the raw partials loaded early (prefetch_add 2: bf16, 1: fp32), TMA or pointer loads of the partials.
-LATE = dict(DEFAULT, late_carry=True)
-# (Call 1, 22_late_carry.txt: the SWA pass spilled, 255 registers, 26-84 spills, 0.69-0.78 ms; end to end 1.348-1.441
-# against 1.317 ms. Call 2: the correction in the epilogue from q loaded again: 120 spills, 0.78 ms.)
-# (Call 3: the carry tiles through TMA (no register staging of the two 128 x 128 tiles), one feature half at a time:
-# still 62-82 spills, SWA pass 0.71-0.79 ms.)
-# Call 4: carry_scratch: phi(q) @ C computed before the key loop and parked in the block's own output rows.
+# Session 8, calls 1-4 (22_late_carry.txt; code in commits 4a939c1 / a6d8993, reverted): "late_carry", no totals scan:
+# each segment starts from zero and stores its total, the carry pass turns the totals into prefixes and the SWA pass
+# adds phi(q) @ C (C the state of its segment). The scan (0.136 ms) and 0.012 ms of the segment kernel went, but the SWA
+# pass grew from 0.52 to 0.67-0.79 ms in every placement of the correction: before the key loop (held in bf16, or
+# added to the partials loaded early), in the epilogue from q loaded again, or parked in the output rows; carry tiles
+# by pointer or TMA loads, one feature half at a time. It spilled (255 registers, 6-120 spills) and each 64-row block
+# reads a 64 KiB carry tile. Best end to end 1.339 / 1.178 ms against 1.316 / 1.084 ms (Hkv 16 / 4).
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
-    (SWA_HF, DEFAULT), (SWA_HF, LATE), (dict(SWA_HF, carry_tma=False), LATE),
-    (dict(SWA_HF, add_tma=False), LATE),
+    (SWA_HF, DEFAULT), (SWA_HF, dict(DEFAULT, phi_rows=8)), (SWA_HF, dict(DEFAULT, phi_rows=8, phi_warps=2)),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy

@@ -356,16 +356,6 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
     # rot_pass: the k pre-pass only rotates k; the totals scan and the segment kernel compute phi(k) themselves
     "split-rot_pass-phi_q-rot_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True,
                                        rot_pass=True, phi_q=True, rot_q=True),
-    # late_carry: no totals scan; each segment starts from zero and stores its total, and the SWA pass adds
-    # phi(q) @ (the prefix of the totals); "swa": the SWA pass's tiles (BM 16 and 32, raw rows loaded early)
-    "split-phi_q-late_carry": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True,
-                                   phi_k=True, phi_q=True, phi_rows=16, late_carry=True),
-    "both-halves-late_carry-prefetch": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2,
-                                            late_carry=True, swa=dict(BM=16, BN=16, num_warps=4, num_stages=1,
-                                                                      prefetch_add=2)),
-    "grouped-split-late_carry-prefetch": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2,
-                                              split_f=True, phi_k=True, group_heads=True, late_carry=True,
-                                              swa=dict(BM=32, BN=16, num_warps=4, num_stages=1, prefetch_add=1)),
 }
 
 
@@ -374,8 +364,7 @@ def test_segment_design_matches_reference(variant):
     # "segment" design: segment totals + carry, state kept on chip, raw o_rla (or two partials) normalized
     # by the SWA pass. Many segments (seg_len 32: a carry per segment) and one segment (no carry),
     # padded and packed batches, GQA, every feature map, windows 0, inside a segment and past T.
-    c = dict(SEGMENT_CFGS[variant])
-    swa_cfg = c.pop("swa", None)
+    c = SEGMENT_CFGS[variant]
     for T, (H, Hkv), layout, B, w, fm, seg_len, dtype in (
             (150, (4, 2), "ragged", 3, 9, "softmax", 32, "fp32"),
             (111, (2, 1), "packed", 3, 40, "relu", 32, "fp16"),
@@ -389,15 +378,14 @@ def test_segment_design_matches_reference(variant):
         before_x = dict(rla_chunk.launch_counts, **swa_parallel.launch_counts)
         out = rattention_design(q, k, v, scale=None, eps=1e-6, lengths=lkw.get("lengths"),
                                 cu_seqlens=lkw.get("cu_seqlens"), design="segment",
-                                tuning=dict(segment=c, seg_len=seg_len, swa_cfg=swa_cfg), **kw)
+                                tuning=dict(segment=c, seg_len=seg_len), **kw)
         assert rla_segment.launch_counts["rla_segment_kernel"] == before["rla_segment_kernel"] + 1
         # rla_phi_kernel launches: the k pass (phi(k), rotation only, or k rotated for a single segment) and the
         # q pass (phi(q) and / or q rotated). rattn_extra always supplies RoPE tables: without them a rotation-only
         # pass would not launch.
         max_len = swa_parallel.SequenceTable(q.shape[0], T, q.device, lkw.get("lengths"), lkw.get("cu_seqlens"),
                                              16).max_len
-        late = c.get("late_carry", False) and max_len > seg_len
-        k_pass = c.get("phi_k", False) or c.get("rot_pass", False) or max_len <= seg_len or late
+        k_pass = c.get("phi_k", False) or c.get("rot_pass", False) or max_len <= seg_len
         q_pass = (c.get("phi_q", False) and fm != "identity") or c.get("rot_q", False)
         assert rla_chunk.launch_counts["rla_phi_kernel"] == before_x["rla_phi_kernel"] + k_pass + q_pass, variant
         # which of those passes stored phi, whether the SWA pass rotated q itself, how the totals scan was sliced
@@ -405,13 +393,11 @@ def test_segment_design_matches_reference(variant):
         assert rla_chunk.launch_counts["rla_phi_kernel_phi"] == before_x["rla_phi_kernel_phi"] + phi_stores, variant
         assert swa_parallel.launch_counts["swa_fwd_kernel_rope"] == before_x["swa_fwd_kernel_rope"] + (
             not c.get("rot_q", False)), variant
-        slices = 64 // min(c.get("scan_bv") or 64, 64) if max_len > seg_len and not late else 0
+        slices = 64 // min(c.get("scan_bv") or 64, 64) if max_len > seg_len else 0
         assert (rla_chunk.launch_counts["rla_segment_totals_slices"]
                 == before_x["rla_segment_totals_slices"] + slices), variant
         tma = c.get("tma", False) and dtype == "fp16"
         assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before["rla_segment_kernel_tma"] + tma
-        assert rla_segment.launch_counts["rla_segment_kernel_totals"] == before["rla_segment_kernel_totals"] + late
-        assert swa_parallel.launch_counts["swa_fwd_kernel_add_carry"] == before_x["swa_fwd_kernel_add_carry"] + late
         ref = rattention_naive(q.float(), k.float(), v.float(), **kw, **lkw).to(q.dtype)
         assert_close(out, ref, TOL[q.dtype], f"{variant} {c0} w={w} {fm} seg_len={seg_len}")
 

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ..common import cdiv, default_scale
-from ..rla.chunk import launch_carry, launch_phi_pass, prepare_rla_launch, rla_prefix_states, rla_segment_carry
+from ..rla.chunk import launch_phi_pass, prepare_rla_launch, rla_prefix_states, rla_segment_carry
 from ..rla.segment import launch_rla_segments, segment_config, segment_length
 from ..swa.parallel import INTERPRET, RLA_TUNING, block_config, launch_swa_fwd, load_add_rows, sequence_table
 
@@ -194,13 +194,6 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         swa_q, swa_k, swa_kw = (qr, kr, dict(kw, kr=None, rope=None)) if qr is not None else (q, k, kw)
         # "phi_k" False with "rot_pass": the pre-pass only rotates k; the scan and the segment kernel compute phi(k)
         phi_k = bool(seg_cfg.get("phi_k"))
-        # "late_carry": no totals scan; every segment starts from zero and stores its total, and the SWA pass adds
-        # phi(q) @ (the state its segment starts from) to the raw RLA rows
-        nseg = cdiv(seqs.max_len, seg_len)
-        late = bool(seg_cfg.get("late_carry")) and nseg > 1
-        if late and (overlap or qr is not None or seg_len % swa_cfg["BM"]):
-            raise ValueError(f"late_carry needs overlap and rot_q off (the SWA pass reads the raw q) and a segment "
-                             f"length ({seg_len}) that is a multiple of the SWA pass's BM ({swa_cfg['BM']})")
         main = torch.cuda.current_stream(q.device) if q.is_cuda else None
         side = _side_stream(q.device, high_priority=prio) if overlap and q.is_cuda else None
 
@@ -219,17 +212,12 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
                                states=None, **swa_kw)
 
         def rla_chain():
-            """The RLA kernels; returns the raw o_rla (or its two partials) and, with late carry, the
-            state each segment starts from (for the SWA pass to add phi(q) @ it)."""
+            """The RLA kernels; returns the raw o_rla (or its two partials)."""
             carry, phi = rla_segment_carry(k, v, seqs, window=w, feature=feature, seg_len=seg_len, block=unit, kr=kr,
                                            rope=tables, num_warps=seg_cfg.get("scan_warps"),
                                            phi_pass=phi_k or bool(seg_cfg.get("rot_pass")), phi_store=phi_k,
                                            phi_rows=phi_rows, phi_warps=phi_warps, block_v=seg_cfg.get("scan_bv"),
-                                           on_phi=swa_alone if overlap and qr is None else None, scan=not late)
-            totals = None
-            if late:  # the segment kernel stores each segment's total; the carry pass turns them into prefixes
-                totals = torch.empty(seqs.count, k.shape[2], nseg, 2 * D if feature != 2 else D, D,
-                                     dtype=torch.float32, device=q.device)
+                                           on_phi=swa_alone if overlap and qr is None else None)
             # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
             rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
             if split == 2:
@@ -244,28 +232,23 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
             if overlap and qr is not None:
                 swa_alone()  # rotated q exists only now
             launch_rla_segments(q, k, v, raw, seqs, window=w, feature=feature, cfg=seg_cfg, seg_len=seg_len, carry=carry,
-                                phi=phi, phi_q=phi_q, totals=totals)
-            if not late:
-                return raw, None
-            # bf16: the prefixes go straight into the SWA pass's bf16 product; fp16 / fp32 keep fp32
-            start = totals if q.dtype != torch.bfloat16 else torch.empty(totals.shape, dtype=q.dtype, device=q.device)
-            launch_carry(totals, start, seqs, nseg, seg_len // unit, unit)
-            return raw, start
+                                phi=phi, phi_q=phi_q)
+            return raw
 
         try:
             if prio and side is not None:
                 side.wait_stream(main)  # the inputs, as the caller's stream sees them
                 with torch.cuda.stream(side):
-                    raw, _ = rla_chain()
+                    raw = rla_chain()
                 raw.record_stream(main)  # allocated on `side`, read by the combine pass on the caller's stream
             else:
-                raw, start = rla_chain()
+                raw = rla_chain()
             if overlap:
                 if side is not None:
                     main.wait_stream(side)
                 return launch_rla_combine(out, raw, seqs_swa, kw["rla_norm_weight"], eps)
             return launch_swa_fwd(swa_q, swa_k, v, out, seqs_swa, cfg=swa_cfg, do_swa=True, do_rla=False, add_out=True,
-                                  add_src=raw, add_raw=True, states=None, add_carry=start, carry_rows=seg_len, **swa_kw)
+                                  add_src=raw, add_raw=True, states=None, **swa_kw)
         finally:
             if side is not None:
                 # joined on every exit, errors included: nothing the side stream still uses may be freed or

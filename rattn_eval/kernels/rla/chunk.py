@@ -323,7 +323,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
 
 def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, block, kr=None, rope=None,
                       num_warps=None, num_stages=2, phi_pass=False, phi_rows=32, phi_warps=4, on_phi=None,
-                      phi_store=True, block_v=None, scan=True):
+                      phi_store=True, block_v=None):
     """The state each segment of `seg_len` rows starts from (rla/segment.py), for the keys
     j < segment * seg_len - window: (sequences, Hkv, segments, F, D) fp32, or None with one segment.
     A totals scan (`block` keys per step, one program per feature half and segment) and the carry
@@ -333,8 +333,7 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     phi pass, or after the scan when the scan rotates k itself), e.g. to start the SWA pass on another
     stream. phi_store=False (with phi_pass): the pass only rotates k, and the scan computes phi(k)
     itself. block_v: value columns per scan program (default D; smaller: more, smaller programs).
-    scan=False ("late carry": the segment kernel stores the totals itself): only the k pass runs.
-    Returns (carry, phi) with phi None without phi_pass or phi_store, carry None with one segment or no scan."""
+    Returns (carry, phi) with phi None without phi_pass or phi_store."""
     B, T, Hkv, D = k.shape
     if seg_len % block:
         raise ValueError(f"segment length {seg_len} must be a multiple of the scan block {block}")
@@ -351,13 +350,12 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
         raise ValueError(f"scan block {block} is smaller than the {nf * nv} programs that rotate its rows")
     phi_pass = phi_pass and (phi_store or rope is not None)  # a pass that would write nothing is skipped
     phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device) if phi_pass and phi_store else None
-    scan = scan and nseg > 1
-    if phi_pass or (not scan and rope is not None):
+    if phi_pass or (nseg <= 1 and rope is not None):
         launch_phi_pass(k, phi, kr, rope, feature, phi_rows, phi_warps)
-    rotated_by_scan = rope is not None and not phi_pass and scan
+    rotated_by_scan = rope is not None and not phi_pass and nseg > 1
     if on_phi is not None and not rotated_by_scan:
         on_phi()
-    if not scan:
+    if nseg <= 1:
         return None, phi
     cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
     carry = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device)

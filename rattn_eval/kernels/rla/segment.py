@@ -30,7 +30,7 @@ from ..swa.parallel import (
 )
 from .chunk import _num_sms
 
-launch_counts: dict[str, int] = {"rla_segment_kernel": 0, "rla_segment_kernel_tma": 0, "rla_segment_kernel_totals": 0}
+launch_counts: dict[str, int] = {"rla_segment_kernel": 0, "rla_segment_kernel_tma": 0}
 
 
 @triton.jit
@@ -40,7 +40,7 @@ def rla_segment_kernel(
     T, H, Hkv, window, NSEG, SEGLEN, part_stride,
     D: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, PRECISION: tl.constexpr,
     HAS_CARRY: tl.constexpr, SPLIT_F: tl.constexpr, PHI_K: tl.constexpr, GH: tl.constexpr, TMA: tl.constexpr,
-    PHI_Q: tl.constexpr, STORE_TOTAL: tl.constexpr = False,
+    PHI_Q: tl.constexpr,
 ):
     """1-D grid over (sequences * H / GH, segments, [2 feature halves with SPLIT_F,] D / BV), the last fastest. q (B, T, H, D), k/v
     (B, T, Hkv, D) contiguous; o (B, T, H, D) receives the raw RLA output (fp32 accumulation, stored
@@ -52,10 +52,7 @@ def rla_segment_kernel(
     of H / Hkv): they share the key tiles and the state update. TMA: q, phi(k) (or k) and v tiles come
     through tensor descriptors over 2-D views (B * T, heads * columns) (blocks (BC, D), (BC, D), (BC, BV));
     key rows outside the sequence are zeroed after the load (they may belong to a neighbouring one).
-    PHI_Q: read phi(q) (B, T, H, F) from a pre-pass instead of computing it (no fp32 q tile, no exp).
-    STORE_TOTAL ("late carry", without HAS_CARRY): every segment starts from zero and the first program of
-    each KV head stores its final state slice, the segment's total, into carry_ptr (same layout, fp32); the
-    SWA pass adds phi(q) @ (the prefix of those totals) later."""
+    PHI_Q: read phi(q) (B, T, H, F) from a pre-pass instead of computing it (no fp32 q tile, no exp)."""
     NV: tl.constexpr = D // BV
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
@@ -169,12 +166,6 @@ def rla_segment_kernel(
         s_p += tl.dot(tl.trans(pk), v, input_precision=PRECISION)
         if NF == 2 and not SPLIT_F:
             s_n += tl.dot(tl.trans(nk), v, input_precision=PRECISION)
-    if STORE_TOTAL:
-        if h0 % (H // Hkv) == 0:  # the query heads of a KV head share its state: one of them stores it
-            tr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
-            tl.store(tr + s_off, s_p)
-            if NF == 2 and not SPLIT_F:
-                tl.store(tr + D * D + s_off, s_n)
 
 
 def segment_config(D: int, dtype: torch.dtype) -> dict:
@@ -208,13 +199,11 @@ def segment_length(seqs: SequenceTable, heads: int, nv: int, BC: int, unit: int,
 
 
 def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, feature: int, cfg: dict, seg_len: int,
-                        carry: torch.Tensor | None, phi: torch.Tensor | None = None, phi_q: torch.Tensor | None = None,
-                        totals: torch.Tensor | None = None):
+                        carry: torch.Tensor | None, phi: torch.Tensor | None = None, phi_q: torch.Tensor | None = None):
     """Run `rla_segment_kernel`: out gets the raw RLA output at every valid row: (B, T, H, D), or
     with cfg["split_f"] (softmax / relu maps) (2, B, T, H, D), two partials that sum to it.
     phi: phi(k) from the pre-pass (read instead of computed); phi_q: phi(q) (B, T, H, F), likewise. cfg["group_heads"]: one program serves
-    the H / Hkv query heads of a KV head (one state update for all of them). totals (instead of carry, "late
-    carry"): every segment starts from zero and stores its total there, (sequences, Hkv, segments, F, D) fp32."""
+    the H / Hkv query heads of a KV head (one state update for all of them)."""
     split = bool(cfg.get("split_f")) and feature != 2
     B, T, H, D = q.shape
     Hkv = k.shape[2]
@@ -226,15 +215,12 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
     if seg_len % BC:
         raise ValueError(f"segment length {seg_len} must be a multiple of the chunk rows BC = {BC}")
     nseg = cdiv(seqs.max_len, seg_len)
-    if carry is not None and totals is not None:
-        raise ValueError("pass the carry (segments start from it) or totals (segments start from zero), not both")
-    if nseg > 1 and carry is None and totals is None:
+    if nseg > 1 and carry is None:
         raise ValueError(f"{nseg} segments need the carry of their segment totals")
     fd = D if feature == 2 else 2 * D
-    for name, t in (("carry", carry), ("totals", totals)):
-        if t is not None and (tuple(t.shape) != (seqs.count, Hkv, nseg, fd, D) or t.dtype != torch.float32):
-            raise ValueError(f"{name} of shape {tuple(t.shape)} ({t.dtype}) does not fit this launch: expected "
-                             f"{(seqs.count, Hkv, nseg, fd, D)} float32")
+    if carry is not None and tuple(carry.shape) != (seqs.count, Hkv, nseg, fd, D):
+        raise ValueError(f"carry of shape {tuple(carry.shape)} does not fit this launch: expected "
+                         f"{(seqs.count, Hkv, nseg, fd, D)}")
     if split and (out.dim() != 5 or out.shape[0] != 2):
         raise ValueError("split_f needs an output of two partials, (2, B, T, H, D)")
     gh = H // Hkv if cfg.get("group_heads") else 1
@@ -250,15 +236,13 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
     grid = (seqs.count * (H // gh) * nseg * (D // BV) * (2 if split else 1),)
     dummy = _dummy(q.device)
     rla_segment_kernel[grid](
-        q, k, v, out, carry if carry is not None else totals if totals is not None else dummy,
-        phi if phi is not None else dummy,
+        q, k, v, out, carry if carry is not None else dummy, phi if phi is not None else dummy,
         phi_q if phi_q is not None else dummy, q_desc, k_desc, v_desc,
         seqs.row, seqs.start, seqs.length, T, H, Hkv, window, nseg, seg_len, out[0].numel() if split else 0,
         D=D, BC=BC, BV=BV, FEATURE=feature, PRECISION=precision_for(q.dtype), HAS_CARRY=carry is not None,
-        SPLIT_F=split, PHI_K=phi is not None, GH=gh, TMA=tma, PHI_Q=phi_q is not None, STORE_TOTAL=totals is not None,
+        SPLIT_F=split, PHI_K=phi is not None, GH=gh, TMA=tma, PHI_Q=phi_q is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["rla_segment_kernel"] += 1
     launch_counts["rla_segment_kernel_tma"] += tma
-    launch_counts["rla_segment_kernel_totals"] += totals is not None
     return out

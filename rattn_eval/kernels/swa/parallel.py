@@ -40,8 +40,7 @@ LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 launch_counts: dict[str, int] = {"swa_fwd_kernel": 0, "swa_fwd_kernel_tma": 0, "swa_fwd_kernel_rope": 0,
-                                 "swa_fwd_kernel_prefetch": 0, "swa_fwd_kernel_dense": 0, "swa_fwd_kernel_even": 0,
-                                 "swa_fwd_kernel_add_carry": 0, "swa_fwd_kernel_carry_scratch": 0}
+                                 "swa_fwd_kernel_prefetch": 0, "swa_fwd_kernel_dense": 0, "swa_fwd_kernel_even": 0}
 
 
 @triton.jit
@@ -107,29 +106,6 @@ def load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H
 
 
 @triton.jit
-def carry_rows(q, carry_ptr, carry_desc, n, hk, Hkv, seg, NSEG, D: tl.constexpr, FEATURE: tl.constexpr,
-               PRECISION: tl.constexpr, dt: tl.constexpr, CARRY_TMA: tl.constexpr):
-    """phi(q) @ C for raw fp32 query rows q (R, D), C = carry[n, hk, seg] of a (sequences, Hkv, NSEG, F, D)
-    carry (the RLA state segment `seg` starts from); zero for the first segment. fp32 result. One feature
-    half at a time (fewer live registers); CARRY_TMA: the (D, D) halves of C come through carry_desc, a
-    (sequences * Hkv * NSEG * F, D) view, straight into shared memory."""
-    FD: tl.constexpr = D if FEATURE == 2 else 2 * D
-    NF: tl.constexpr = 1 if FEATURE == 2 else 2
-    offs_d = tl.arange(0, D)
-    corr = tl.zeros([q.shape[0], D], dtype=tl.float32)
-    if seg > 0:
-        base = ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * FD
-        for f in tl.static_range(NF):
-            phi = feature_map_one(q if f == 0 else -q, FEATURE).to(dt)
-            if CARRY_TMA:
-                c = carry_desc.load([(base + f * D).to(tl.int32), 0])
-            else:
-                c = tl.load(carry_ptr + (base + f * D + offs_d)[:, None] * D + offs_d[None, :]).to(dt)
-            corr = tl.dot(phi, c, corr, input_precision=PRECISION)
-    return corr
-
-
-@triton.jit
 def swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, window, L, Hkv, m_i, l_i, acc,
              D: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
              IN_RANGE: tl.constexpr):
@@ -185,7 +161,7 @@ def softmax_step(sc, v, m_i, l_i, acc, MASKED: tl.constexpr, PRECISION: tl.const
 def swa_fwd_kernel(
     q_ptr, k_ptr, kr_ptr, v_ptr, o_ptr,
     cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, gs_ptr, gr_ptr, add_ptr, k_desc, v_desc, add_desc,
-    carry_desc, seq_row_ptr, seq_start_ptr, seq_len_ptr, state_base_ptr,
+    seq_row_ptr, seq_start_ptr, seq_len_ptr, state_base_ptr,
     T, H, Hkv, window, stride_rope_b, qk_scale, eps, BPS, NSEG, part_stride,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BS: tl.constexpr,
     DO_SWA: tl.constexpr, DO_RLA: tl.constexpr, ROPE: tl.constexpr, FEATURE: tl.constexpr,
@@ -193,8 +169,7 @@ def swa_fwd_kernel(
     ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
     HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr, TMA: tl.constexpr,
     ADD_TMA: tl.constexpr, PREFETCH_ADD: tl.constexpr = 0, DENSE: tl.constexpr = False,
-    EVEN: tl.constexpr = False, ADD_CARRY: tl.constexpr = False, CARRY_TMA: tl.constexpr = False,
-    CARRY_SCRATCH: tl.constexpr = False,
+    EVEN: tl.constexpr = False,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
@@ -213,13 +188,7 @@ def swa_fwd_kernel(
     before the key loop instead of in the epilogue, so their HBM latency overlaps the loop; 1 holds
     them in fp32, 2 in the dtype of the added rows (fewer registers when they are 16-bit). DENSE: the
     sequences are the B rows of T tokens (no sequence-table loads). EVEN (DENSE, T a multiple of BM, BM and
-    window multiples of BN): no query row and no key tile reaches past the sequence end (no bounds masks).
-    ADD_CARRY (with ADD_RAW, "late carry"): the raw RLA rows were computed from a zero state at the start of
-    each segment of BS * BPS rows; add phi(q) @ C, C = carry[seq, hk, segment] (sequences, Hkv, NSEG, F, D)
-    the state that segment starts from: with PREFETCH_ADD, from the q tile before the key loop; otherwise
-    in the epilogue, from q loaded again; CARRY_SCRATCH: from the q tile before the key loop, parked in the
-    block's own output rows (o's dtype) and loaded back in the epilogue. CARRY_TMA: C comes through
-    carry_desc (see `carry_rows`)."""
+    window multiples of BN): no query row and no key tile reaches past the sequence end (no bounds masks)."""
     if HEADS_FIRST:
         pid_m = tl.program_id(1)
         pid_nh = tl.program_id(0)
@@ -252,19 +221,8 @@ def swa_fwd_kernel(
     else:
         q = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     kv_head = hk * D
-    if ADD_CARRY and CARRY_SCRATCH:
-        # phi(q) @ C while the q tile is at hand, parked in this block's own output rows until the epilogue
-        c_pre = carry_rows(q, carry_ptr, carry_desc, n, hk, Hkv, s0 // (BS * BPS), NSEG, D, FEATURE, PRECISION, dt,
-                           CARRY_TMA).to(o_ptr.dtype.element_ty)
-        if EVEN:
-            tl.store(o_ptr + q_rows[:, None] + offs_d[None, :], c_pre)
-        else:
-            tl.store(o_ptr + q_rows[:, None] + offs_d[None, :], c_pre, mask=row_ok[:, None])
     if ADD_OUT and PREFETCH_ADD > 0:
         r_pre = load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H, D, ADD_PARTS, ADD_TMA)
-        if ADD_CARRY and not CARRY_SCRATCH:
-            r_pre += carry_rows(q, carry_ptr, carry_desc, n, hk, Hkv, s0 // (BS * BPS), NSEG, D, FEATURE, PRECISION, dt,
-                                CARRY_TMA)
         if PREFETCH_ADD == 2:
             r_pre = r_pre.to(add_ptr.dtype.element_ty)  # the rows' own dtype (fp32 rows stay fp32: no overflow)
     lo = tl.maximum(s0 - window, 0)
@@ -402,21 +360,6 @@ def swa_fwd_kernel(
             else:
                 r = load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H, D, ADD_PARTS,
                                   ADD_TMA)
-                if ADD_CARRY and not CARRY_SCRATCH:
-                    # from the raw q again (its tile is long dead; registers are free only after the key loop)
-                    if EVEN:
-                        qa = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :]).to(tl.float32)
-                    else:
-                        qa = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None],
-                                     other=0.0).to(tl.float32)
-                    r += carry_rows(qa, carry_ptr, carry_desc, n, hk, Hkv, s0 // (BS * BPS), NSEG, D, FEATURE,
-                                    PRECISION, dt, CARRY_TMA)
-            if ADD_CARRY and CARRY_SCRATCH:
-                tl.debug_barrier()  # the rows parked before the key loop, stored by other threads of this program
-                if EVEN:
-                    r += tl.load(o_ptr + q_rows[:, None] + offs_d[None, :]).to(tl.float32)
-                else:
-                    r += tl.load(o_ptr + q_rows[:, None] + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
             if ADD_RAW:
                 gr = tl.load(gr_ptr + h * D + offs_d)
                 r = r * tl.rsqrt(tl.sum(r * r, axis=1) / D + eps)[:, None] * gr[None, :]
@@ -575,14 +518,11 @@ def _has_tma(index: int) -> bool:
 
 def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=None, rope=None, states=None,
                    swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, do_swa=True, do_rla=False, feature=0,
-                   rla_separate=False, norm_out=False, add_out=False, add_src=None, add_raw=False, add_carry=None,
-                   carry_rows=None):
+                   rla_separate=False, norm_out=False, add_out=False, add_src=None, add_raw=False):
     """Launch `swa_fwd_kernel` over every (query block, sequence, head). Tensors contiguous;
     states: rla.chunk.ChunkStates (needed with do_rla). add_out: add add_src (default: out itself)
     to the SWA branch; add_raw: add_src holds the raw RLA output, normalized in the kernel, either
-    (B, T, H, D) or two partials (2, B, T, H, D) that sum to it. add_carry (with add_raw): the raw
-    rows started from zero at every segment of carry_rows rows (a multiple of BM); add phi(q) @ the
-    segment's state, add_carry (sequences, Hkv, segments, F, D), to them (`swa_fwd_kernel` ADD_CARRY)."""
+    (B, T, H, D) or two partials (2, B, T, H, D) that sum to it."""
     parts = 2 if add_src is not None and add_src.dim() == 5 else 1
     B, T, H, D = q.shape
     Hkv = k.shape[2]
@@ -595,13 +535,6 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     if do_rla and (BS % cfg["BM"] or (do_swa and BS != cfg["BM"])):
         raise ValueError(f"state block {BS} must be a multiple of BM = {cfg['BM']} (equal when fused with SWA)")
     carry = states.carry if states is not None else None
-    bps, nseg = (states.per_segment, carry.shape[2]) if carry is not None else (1, 1)
-    if add_carry is not None:
-        if not (add_out and add_raw) or states is not None or do_rla:
-            raise ValueError("add_carry goes with add_raw (the raw RLA output of the segment design) and no states")
-        if not carry_rows or carry_rows % cfg["BM"]:
-            raise ValueError(f"carry_rows = {carry_rows} must be a positive multiple of BM = {cfg['BM']}")
-        carry, bps, nseg = add_carry, carry_rows // cfg["BM"], add_carry.shape[2]
     prefetch = int(cfg.get("prefetch_add", 0)) if add_out else 0
     if prefetch not in (0, 1, 2):
         raise ValueError(f"prefetch_add must be 0, 1 or 2, got {cfg.get('prefetch_add')!r}")
@@ -626,13 +559,6 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     add_tma = (tma and add_raw and add_src is not None and add_src.data_ptr() % 16 == 0 and cfg.get("add_tma", True)
                and add_src.numel() // (H * D) < 2**31)  # int32 row coordinates over both partials
     add_desc = (TensorDescriptor.from_tensor(add_src.view(-1, H * D), [cfg["BM"], D]) if add_tma else dummy)
-    carry_tma = (add_carry is not None and tma and cfg.get("carry_tma", True) and add_carry.dtype == q.dtype
-                 and tma_ok(add_carry) and add_carry.numel() // D < 2**31)
-    carry_desc = (TensorDescriptor.from_tensor(add_carry.view(-1, D), [D, D]) if carry_tma else dummy)
-    # park phi(q) @ C in the output rows (bf16 / fp32 outputs; fp16 could overflow there) unless the raw RLA rows
-    # live in them (add_src is out) or are loaded before the key loop anyway
-    scratch = (add_carry is not None and cfg.get("carry_scratch", True) and prefetch == 0
-               and out.dtype in (torch.bfloat16, torch.float32) and (add_src is None or add_src.data_ptr() != out.data_ptr()))
     dense = seqs.dense and cfg.get("dense", True)  # ("dense" / "even" False: the general path, for benchmarks)
     # even: the query blocks and the key tiles (which start at s0 - window, or 0) end exactly at block ends <= T
     even = (dense and T % cfg["BM"] == 0 and cfg["BM"] % cfg["BN"] == 0 and window % cfg["BN"] == 0
@@ -643,17 +569,16 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         phi if phi is not None else dummy,
         swa_norm_weight if swa_norm_weight is not None else dummy,
         rla_norm_weight if rla_norm_weight is not None else dummy,
-        add_src if add_src is not None else out, k_desc, v_desc, add_desc, carry_desc,
+        add_src if add_src is not None else out, k_desc, v_desc, add_desc,
         seqs.row, seqs.start, seqs.length, states.base if states is not None else seqs.block_base,
         T, H, Hkv, window, stride_rope_b, float(scale) * LOG2E, float(eps),
-        bps, nseg,
+        states.per_segment if states is not None else 1, carry.shape[2] if carry is not None else 1,
         add_src[0].numel() if parts == 2 else 0,
         D=D, BM=cfg["BM"], BN=cfg["BN"], BS=BS, DO_SWA=do_swa, DO_RLA=do_rla, ROPE=rope is not None,
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
-        ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None and add_carry is None,
+        ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
         PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma, ADD_TMA=add_tma,
-        PREFETCH_ADD=prefetch, DENSE=dense, EVEN=even, ADD_CARRY=add_carry is not None, CARRY_TMA=carry_tma,
-        CARRY_SCRATCH=scratch,
+        PREFETCH_ADD=prefetch, DENSE=dense, EVEN=even,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
@@ -662,8 +587,6 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     launch_counts["swa_fwd_kernel_prefetch"] += prefetch > 0
     launch_counts["swa_fwd_kernel_dense"] += dense
     launch_counts["swa_fwd_kernel_even"] += even
-    launch_counts["swa_fwd_kernel_add_carry"] += add_carry is not None
-    launch_counts["swa_fwd_kernel_carry_scratch"] += scratch
     return out
 
 
