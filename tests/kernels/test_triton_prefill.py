@@ -434,7 +434,8 @@ def test_encoded_phi_pass_all_row_ranges(fm):
     x[0, -1, :, :] = -2.0
     x[0, -1, :, 5] = 500.0  # one spike: range 502, a split row
     rng = (x.amax(-1) - x.amin(-1))
-    assert (rng < swa_parallel.ENC_RANGE).any() and (rng > swa_parallel.ENC_RANGE).any()
+    limit = swa_parallel.ENC_RANGE.value
+    assert (rng < limit).any() and (rng > limit).any()
     feature = rla_chunk.FEATURES[fm]
     phi = rla_chunk.empty_phi(x, feature, True)
     phi.e.fill_(float("nan"))
@@ -445,7 +446,7 @@ def test_encoded_phi_pass_all_row_ranges(fm):
     xd = x.double()
     if fm == "softmax":
         want_pos, want_neg = torch.softmax(xd, -1), torch.softmax(-xd, -1)
-        assert ((phi.scale[..., 1] < 0) == (rng > swa_parallel.ENC_RANGE)).all()  # which rows took the split rule
+        assert ((phi.scale[..., 1] < 0) == (rng > limit)).all()  # which rows took the split rule
     else:
         want_pos, want_neg = xd.clamp(min=0), (-xd).clamp(min=0)
     for got, want, half in ((pos, want_pos, "phi+"), (neg, want_neg, "phi-")):

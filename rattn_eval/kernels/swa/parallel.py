@@ -76,7 +76,7 @@ def feature_map_one(x, FEATURE: tl.constexpr):
 
 # phi_enc: rows whose range max(x) - min(x) is at most this take the "mid" encoding below; |x - mid| <= 60
 # keeps exp(x - mid) and its reciprocal inside the normal range of bf16 / fp32 (1e-26 .. 1e26).
-ENC_RANGE = 120.0
+ENC_RANGE = tl.constexpr(120.0)  # a constexpr: compiled kernels may read no other globals
 
 
 @triton.jit
