@@ -94,13 +94,13 @@ DEFAULT = dict(DEFAULT, phi_rows=16)
 # added to the partials loaded early), in the epilogue from q loaded again, or parked in the output rows; carry tiles
 # by pointer or TMA loads, one feature half at a time. It spilled (255 registers, 6-120 spills) and each 64-row block
 # reads a 64 KiB carry tile. Best end to end 1.339 / 1.178 ms against 1.316 / 1.084 ms (Hkv 16 / 4).
-# Session 9: "phi_enc": phi(k) and phi(q) stored as one tile of D columns per row (e = exp(x - mid) and two fp32
-# scalars per row; softmax(x) = e * sp, softmax(-x) = sn / e) instead of 2D columns: the phi passes write, and the
-# totals scan and the segment kernel read, half the bytes (the two feature-half programs share the tile through L2).
-ENC = dict(DEFAULT, phi_enc=True)
+# Session 9 (23_phi_enc.txt; code in commits ef7a425 / f75813d, reverted): "phi_enc", phi(k) and phi(q) stored as one
+# tile of D columns per row (e = exp(x - mid) and two fp32 scalars: softmax(x) = e * sp, softmax(-x) = sn / e) instead
+# of 2D columns. The phi passes went from 0.245 to 0.206 ms, but decoding the tile in the consumers (a reciprocal per
+# element for the softmax(-x) half) took the totals scan from 0.137 to 0.25-0.42 ms and the segment kernel from 0.362
+# to 1.10 ms (255 registers, one program per SM): 2.13-2.32 / 1.83-1.89 ms against 1.311 / 1.083 ms.
 CFGS = [  # (SWA pass config, segment kernel overrides[, other tuning keys])
     (SWA_HF, DEFAULT), (SWA_HF, dict(DEFAULT, phi_rows=8)), (SWA_HF, dict(DEFAULT, phi_rows=8, phi_warps=2)),
-    (SWA_HF, ENC), (SWA_HF, dict(ENC, phi_rows=32)), (SWA_HF, dict(ENC, scan_bv=128)),
 ]
 spy = Spy(rs.rla_segment_kernel)
 rs.rla_segment_kernel = spy

@@ -356,14 +356,6 @@ SEGMENT_CFGS = {  # rla/segment.py variants: feature halves in one program or sp
     # rot_pass: the k pre-pass only rotates k; the totals scan and the segment kernel compute phi(k) themselves
     "split-rot_pass-phi_q-rot_q": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True,
                                        rot_pass=True, phi_q=True, rot_q=True),
-    # phi_enc: phi(k) and phi(q) stored as one encoded tile of D columns per row (fp32 / bf16 inputs; the fp16
-    # cases take plain phi)
-    "split-phi_enc": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True, phi_k=True,
-                          phi_q=True, phi_rows=16, phi_enc=True),
-    "both-halves-phi_enc": dict(BC=16, BV=64, num_warps=4, num_stages=1, programs_per_sm=2, phi_k=True, phi_q=True,
-                                phi_enc=True),
-    "grouped-split-phi_k-enc": dict(BC=16, BV=32, num_warps=4, num_stages=1, programs_per_sm=2, split_f=True,
-                                    phi_k=True, group_heads=True, phi_enc=True),
 }
 
 
@@ -406,74 +398,8 @@ def test_segment_design_matches_reference(variant):
                 == before_x["rla_segment_totals_slices"] + slices), variant
         tma = c.get("tma", False) and dtype == "fp16"
         assert rla_segment.launch_counts["rla_segment_kernel_tma"] == before["rla_segment_kernel_tma"] + tma
-        enc = c.get("phi_enc", False) and dtype == "fp32" and fm != "identity"
-        assert rla_segment.launch_counts["rla_segment_kernel_enc"] == before["rla_segment_kernel_enc"] + enc, variant
-        assert rla_chunk.launch_counts["rla_phi_kernel_enc"] == before_x["rla_phi_kernel_enc"] + enc * phi_stores
-        assert (rla_chunk.launch_counts["rla_segment_totals_enc"]
-                == before_x["rla_segment_totals_enc"] + (enc and max_len > seg_len)), variant
         ref = rattention_naive(q.float(), k.float(), v.float(), **kw, **lkw).to(q.dtype)
         assert_close(out, ref, TOL[q.dtype], f"{variant} {c0} w={w} {fm} seg_len={seg_len}")
-
-
-def _decode_phi(phi):
-    """Both halves of phi from an EncodedPhi, in float64 (the rule of swa/parallel.py `feature_map_decode`)."""
-    e, sp, sn = phi.e.double(), phi.scale[..., :1].double(), phi.scale[..., 1:].double()
-    neg = torch.where(e < 0, -e * sn.abs(), torch.where(sn > 0, sn.abs() / e, torch.zeros_like(e)))
-    return e.clamp(min=0) * sp, neg
-
-
-@pytest.mark.parametrize("fm", ["softmax", "relu"])
-def test_encoded_phi_pass_all_row_ranges(fm):
-    # rla_phi_kernel with ENC: one tile + two scalars per row give back both halves of phi(x), for rows whose
-    # range max - min lies below ENC_RANGE ("mid" encoding, e = exp(x - mid)), just around it and far above it
-    # (the split encoding), including rows of equal values and a row of one spike
-    D = 64
-    g = torch.Generator().manual_seed(3)
-    scales = torch.tensor([0.0, 0.3, 1.0, 10.0, 25.0, 29.0, 31.0, 40.0, 100.0, 1000.0, 1e4, 1.0])
-    x = torch.randn(1, len(scales), 3, D, generator=g) * scales[None, :, None, None]
-    x[0, -1, :, :] = -2.0
-    x[0, -1, :, 5] = 500.0  # one spike: range 502, a split row
-    rng = (x.amax(-1) - x.amin(-1))
-    limit = swa_parallel.ENC_RANGE.value
-    assert (rng < limit).any() and (rng > limit).any()
-    feature = rla_chunk.FEATURES[fm]
-    phi = rla_chunk.empty_phi(x, feature, True)
-    phi.e.fill_(float("nan"))
-    phi.scale.fill_(float("nan"))
-    rla_chunk.launch_phi_pass(x, phi, None, None, feature, rows=16)
-    assert phi.e.shape == x.shape and phi.scale.shape == x.shape[:3] + (2,)
-    pos, neg = _decode_phi(phi)
-    xd = x.double()
-    if fm == "softmax":
-        want_pos, want_neg = torch.softmax(xd, -1), torch.softmax(-xd, -1)
-        assert ((phi.scale[..., 1] < 0) == (rng > limit)).all()  # which rows took the split rule
-    else:
-        want_pos, want_neg = xd.clamp(min=0), (-xd).clamp(min=0)
-    for got, want, half in ((pos, want_pos, "phi+"), (neg, want_neg, "phi-")):
-        # per row, relative to the row's largest feature: fp32 rounding (a few ulp), nothing more
-        err = ((got - want).abs().amax(-1) / want.abs().amax(-1).clamp(min=1e-300)).max().item()
-        assert err <= 2e-6, f"{fm} {half}: {err:.3g}"
-    with pytest.raises(ValueError, match="encoded phi needs"):
-        rla_chunk.launch_phi_pass(x.half(), rla_chunk.empty_phi(x.half(), feature, True), None, None, feature)
-
-
-def test_segment_design_with_encoded_phi_at_wide_ranges():
-    # the encoded phi(k) / phi(q) through the totals scan and the segment kernel against the reference, with q / k
-    # rows on both sides of ENC_RANGE (fp32, several segments, split halves and halves together)
-    T, H, Hkv, D, w = 96, 2, 1, 64, 11
-    g = torch.Generator().manual_seed(5)
-    row_scale = torch.tensor([0.5, 3.0, 20.0, 60.0])[torch.randint(0, 4, (T,), generator=g)]
-    q = torch.randn(1, T, H, D, generator=g) * row_scale[None, :, None, None]
-    k = torch.randn(1, T, Hkv, D, generator=g) * row_scale.flip(0)[None, :, None, None]
-    v = torch.randn(1, T, Hkv, D, generator=g)
-    kw = dict(window=w, feature_map="softmax", **rattn_extra(T, H, D))
-    ref = rattention_naive(q, k, v, **kw)
-    for variant in ("split-phi_enc", "both-halves-phi_enc"):
-        before = rla_segment.launch_counts["rla_segment_kernel_enc"]
-        out = rattention_design(q, k, v, scale=None, eps=1e-6, lengths=None, cu_seqlens=None, design="segment",
-                                tuning=dict(segment=SEGMENT_CFGS[variant], seg_len=32), **kw)
-        assert rla_segment.launch_counts["rla_segment_kernel_enc"] == before + 1
-        assert_close(out, ref, TOL[torch.float32], variant)
 
 
 def test_segment_kernel_raw_output_and_partials():

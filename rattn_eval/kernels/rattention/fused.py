@@ -28,9 +28,7 @@ import triton
 import triton.language as tl
 
 from ..common import cdiv, default_scale
-from ..rla.chunk import (
-    empty_phi, encoded_phi_ok, launch_phi_pass, prepare_rla_launch, rla_prefix_states, rla_segment_carry,
-)
+from ..rla.chunk import launch_phi_pass, prepare_rla_launch, rla_prefix_states, rla_segment_carry
 from ..rla.segment import launch_rla_segments, segment_config, segment_length
 from ..swa.parallel import INTERPRET, RLA_TUNING, block_config, launch_swa_fwd, load_add_rows, sequence_table
 
@@ -196,9 +194,6 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
         swa_q, swa_k, swa_kw = (qr, kr, dict(kw, kr=None, rope=None)) if qr is not None else (q, k, kw)
         # "phi_k" False with "rot_pass": the pre-pass only rotates k; the scan and the segment kernel compute phi(k)
         phi_k = bool(seg_cfg.get("phi_k"))
-        # "phi_enc": phi(k) and phi(q) stored encoded, one tile of D columns per row for both feature
-        # halves (rla/chunk.py `EncodedPhi`; softmax / relu maps, bf16 / fp32 inputs)
-        enc = bool(seg_cfg.get("phi_enc")) and encoded_phi_ok(q.dtype, feature)
         main = torch.cuda.current_stream(q.device) if q.is_cuda else None
         side = _side_stream(q.device, high_priority=prio) if overlap and q.is_cuda else None
 
@@ -222,7 +217,6 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
                                            rope=tables, num_warps=seg_cfg.get("scan_warps"),
                                            phi_pass=phi_k or bool(seg_cfg.get("rot_pass")), phi_store=phi_k,
                                            phi_rows=phi_rows, phi_warps=phi_warps, block_v=seg_cfg.get("scan_bv"),
-                                           phi_enc=enc,
                                            on_phi=swa_alone if overlap and qr is None else None)
             # bf16 keeps fp32's range, so the raw o_rla can wait in the output buffer; fp16 could overflow there
             rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
@@ -232,7 +226,7 @@ def rattention_design(q, k, v, *, window, rope, scale, feature_map, swa_norm_wei
                 raw = out if rdt == q.dtype and not overlap else torch.empty(q.shape, dtype=rdt, device=q.device)
             phi_q = None
             if seg_cfg.get("phi_q") and feature != 2:  # phi(q) from a pre-pass too (identity: phi(q) = q)
-                phi_q = empty_phi(q, feature, enc and phi is not None)
+                phi_q = torch.empty(tuple(q.shape[:3]) + (2 * D,), dtype=q.dtype, device=q.device)
             if phi_q is not None or qr is not None:
                 launch_phi_pass(q, phi_q, qr, tables if qr is not None else None, feature, phi_rows, phi_warps)
             if overlap and qr is not None:

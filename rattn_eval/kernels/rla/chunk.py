@@ -29,25 +29,24 @@ import triton.language as tl
 
 from ..common import cdiv, check_feature_map, check_qkv
 from ..swa.parallel import (
-    INTERPRET, RLA_TUNING, SequenceTable, _dummy, block_config, check_head_dim, feature_map_decode, feature_map_encode,
-    feature_map_halves, feature_map_one, launch_swa_fwd, precision_for, rope_launch_args, rope_rows, sequence_table,
+    INTERPRET, RLA_TUNING, SequenceTable, _dummy, block_config, check_head_dim, feature_map_halves, feature_map_one,
+    launch_swa_fwd, precision_for, rope_launch_args, rope_rows, sequence_table,
 )
 
 FEATURES = {"softmax": 0, "relu": 1, "identity": 2}
 
 launch_counts: dict[str, int] = {"rla_chunk_state_kernel": 0, "rla_segment_totals": 0, "rla_carry_kernel": 0,
-                                 "rla_phi_kernel": 0, "rla_phi_kernel_phi": 0, "rla_segment_totals_slices": 0,
-                                 "rla_phi_kernel_enc": 0, "rla_segment_totals_enc": 0}
+                                 "rla_phi_kernel": 0, "rla_phi_kernel_phi": 0, "rla_segment_totals_slices": 0}
 
 
 @triton.jit
 def rla_chunk_state_kernel(
-    k_ptr, v_ptr, kr_ptr, cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr, sc_ptr,
+    k_ptr, v_ptr, kr_ptr, cos_ptr, sin_ptr, states_ptr, carry_ptr, phi_ptr,
     seq_row_ptr, seq_start_ptr, seq_len_ptr, state_base_ptr,
     T, Hkv, window, BPS, NSEG, stride_rope_b,
     D: tl.constexpr, BS: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr,
     ROPE: tl.constexpr, PRECISION: tl.constexpr, STORE_STATES: tl.constexpr, STORE_TOTAL: tl.constexpr,
-    HAS_CARRY: tl.constexpr, FROM_PHI: tl.constexpr, ENC: tl.constexpr = False,
+    HAS_CARRY: tl.constexpr, FROM_PHI: tl.constexpr,
 ):
     """1-D grid over (sequences * Hkv, segments, halves * D/BV), the last fastest (a 1-D grid has no
     65535 limit on any factor): the programs that share a key tile (its two feature halves
@@ -60,9 +59,7 @@ def rla_chunk_state_kernel(
     ROPE: also write k rotated (kr) for the SWA branch: each of the programs sharing a key tile
     rotates a slice of its rows.
     STORE_TOTAL: store the segment total (fp32) into carry, for `rla_carry_kernel`.
-    FROM_PHI: read phi(k) (B, T, Hkv, F) written by `rla_phi_kernel` instead of computing it; with ENC,
-    its encoded form (phi (B, T, Hkv, D), sc (B, T, Hkv, 2), `feature_map_encode`), whose one tile
-    both feature halves read (the programs of a key tile launch together, so it comes from HBM once)."""
+    FROM_PHI: read phi(k) (B, T, Hkv, F) written by `rla_phi_kernel` instead of computing it."""
     NV: tl.constexpr = D // BV
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
@@ -106,14 +103,7 @@ def rla_chunk_state_kernel(
         ok = (offs_j >= 0) & (offs_j < L)
         rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
         v = tl.load(v_ptr + rows[:, None] + offs_v[None, :], mask=ok[:, None], other=0.0).to(dt)
-        if FROM_PHI and ENC:
-            erow = (tok0 + offs_j).to(tl.int64) * Hkv + hk
-            ek = tl.load(phi_ptr + erow[:, None] * D + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-            sp = tl.load(sc_ptr + erow * 2, mask=ok, other=0.0)
-            sn = tl.load(sc_ptr + erow * 2 + 1, mask=ok, other=0.0)
-            pk = tl.where(ok[:, None], feature_map_decode(ek, sp, sn, f), 0.0)
-            s += tl.dot(tl.trans(pk.to(dt)), v, input_precision=PRECISION)
-        elif FROM_PHI:
+        if FROM_PHI:
             prow = (tok0 + offs_j).to(tl.int64) * (Hkv * FD) + hk * FD + f * D
             pk = tl.load(phi_ptr + prow[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(dt)
             s += tl.dot(tl.trans(pk), v, input_precision=PRECISION)
@@ -137,16 +127,14 @@ def rla_chunk_state_kernel(
 
 
 @triton.jit
-def rla_phi_kernel(k_ptr, phi_ptr, kr_ptr, cos_ptr, sin_ptr, sc_ptr, T, Hkv, NROWS, stride_rope_b,
+def rla_phi_kernel(k_ptr, phi_ptr, kr_ptr, cos_ptr, sin_ptr, T, Hkv, NROWS, stride_rope_b,
                    D: tl.constexpr, BR: tl.constexpr, FEATURE: tl.constexpr, ROPE: tl.constexpr,
-                   STORE_PHI: tl.constexpr = True, ENC: tl.constexpr = False):
+                   STORE_PHI: tl.constexpr = True):
     """1-D grid (rows / BR * Hkv) over all B * T rows: phi(k) (B, T, Hkv, F) in k's dtype (STORE_PHI)
     and, with ROPE, k rotated (kr) at table row t of batch row b (as the scan would). The heads of a
-    row block launch together, so its table rows are read from HBM once. ENC (softmax / relu, with
-    STORE_PHI): phi as `feature_map_encode` writes it, one tile (B, T, Hkv, D) in phi and the two
-    fp32 scalars of each row in sc (B, T, Hkv, 2)."""
+    row block launch together, so its table rows are read from HBM once."""
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
-    FD: tl.constexpr = D if ENC else NF * D
+    FD: tl.constexpr = NF * D
     hk = tl.program_id(0) % Hkv
     r = (tl.program_id(0) // Hkv).to(tl.int64) * BR + tl.arange(0, BR)
     ok = r < NROWS
@@ -154,13 +142,7 @@ def rla_phi_kernel(k_ptr, phi_ptr, kr_ptr, cos_ptr, sin_ptr, sc_ptr, T, Hkv, NRO
     rows = r.to(tl.int64) * (Hkv * D) + hk * D
     x = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
     prow = r.to(tl.int64) * (Hkv * FD) + hk * FD
-    if STORE_PHI and ENC:
-        e, sp, sn = feature_map_encode(x, FEATURE)
-        tl.store(phi_ptr + prow[:, None] + offs_d[None, :], e.to(phi_ptr.dtype.element_ty), mask=ok[:, None])
-        srow = (r.to(tl.int64) * Hkv + hk) * 2
-        tl.store(sc_ptr + srow, sp, mask=ok)
-        tl.store(sc_ptr + srow + 1, sn, mask=ok)
-    elif STORE_PHI:
+    if STORE_PHI:
         pdt = phi_ptr.dtype.element_ty
         pos, neg = feature_map_halves(x, FEATURE)
         tl.store(phi_ptr + prow[:, None] + offs_d[None, :], pos.to(pdt), mask=ok[:, None])
@@ -194,44 +176,18 @@ def rla_carry_kernel(totals_ptr, out_ptr, seq_len_ptr, Hkv, NSEG, BPS, SIZE, BS:
         run += tl.sum(x, axis=0)
 
 
-class EncodedPhi(NamedTuple):
-    """phi(x) of softmax / relu maps as `feature_map_encode` stores it: half the bytes of phi(x)."""
-    e: torch.Tensor  # (B, T, heads, D), x's dtype (bf16 or fp32; fp16 could not hold exp(x - mid))
-    scale: torch.Tensor  # (B, T, heads, 2) fp32: sp, sn per row
-
-
-def encoded_phi_ok(dtype: torch.dtype, feature: int) -> bool:
-    """Whether `phi_enc` applies: softmax / relu maps (identity has one half) and bf16 / fp32 inputs."""
-    return feature != 2 and dtype in (torch.bfloat16, torch.float32)
-
-
-def empty_phi(x: torch.Tensor, feature: int, encoded: bool):
-    """Uninitialized storage for phi(x) of x (B, T, heads, D): (B, T, heads, F) or an EncodedPhi."""
-    if encoded:
-        return EncodedPhi(torch.empty_like(x), torch.empty(tuple(x.shape[:3]) + (2,), dtype=torch.float32,
-                                                           device=x.device))
-    F = x.shape[3] * (1 if feature == 2 else 2)
-    return torch.empty(tuple(x.shape[:3]) + (F,), dtype=x.dtype, device=x.device)
-
-
 def launch_phi_pass(k, phi, kr, rope, feature, rows=32, num_warps=4):
-    """`rla_phi_kernel` over every row of k (`rows` rows per program): phi(k) into phi (a tensor
-    (B, T, Hkv, F), an EncodedPhi, or None to skip it) and, with rope, k rotated into kr."""
+    """`rla_phi_kernel` over every row of k (`rows` rows per program): phi(k) into phi (skipped when
+    phi is None) and, with rope, k rotated into kr."""
     B, T, Hkv, D = k.shape
     cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
-    enc = isinstance(phi, EncodedPhi)
-    if enc and not encoded_phi_ok(k.dtype, feature):
-        raise ValueError(f"encoded phi needs a softmax / relu map and bf16 / fp32 inputs, got {k.dtype}")
     br = rows
-    dummy = _dummy(k.device)
-    rla_phi_kernel[(cdiv(B * T, br) * Hkv,)](k, (phi.e if enc else phi) if phi is not None else dummy,
-                                           kr if rope is not None else k, cos, sin, phi.scale if enc else dummy, T,
-                                           Hkv, B * T, stride_rope_b, D=D, BR=br, FEATURE=feature,
-                                           ROPE=rope is not None, STORE_PHI=phi is not None, ENC=enc,
-                                           num_warps=num_warps)
+    rla_phi_kernel[(cdiv(B * T, br) * Hkv,)](k, phi if phi is not None else _dummy(k.device),
+                                           kr if rope is not None else k, cos, sin, T, Hkv, B * T, stride_rope_b,
+                                           D=D, BR=br, FEATURE=feature, ROPE=rope is not None,
+                                           STORE_PHI=phi is not None, num_warps=num_warps)
     launch_counts["rla_phi_kernel"] += 1
     launch_counts["rla_phi_kernel_phi"] += phi is not None
-    launch_counts["rla_phi_kernel_enc"] += enc
 
 
 def launch_carry(totals, out, seqs: SequenceTable, nseg: int, blocks_per_segment: int, block: int):
@@ -340,7 +296,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
         launch_phi_pass(k, phi, kr, rope, feature)
     grid = (nf * nv * nseg * seqs.count * Hkv,)
     args = (k, v, kr if kr is not None else k, cos, sin, states, carry_t if several else states,
-            phi if phi is not None else k, _dummy(k.device), seqs.row, seqs.start, seqs.length, base, T, Hkv, window,
+            phi if phi is not None else k, seqs.row, seqs.start, seqs.length, base, T, Hkv, window,
             blocks_per_segment, nseg, stride_rope_b)
     meta = dict(D=D, BS=BS, BT=BT, BV=BV, FEATURE=feature, PRECISION=precision_for(k.dtype),
                 num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages, FROM_PHI=phi is not None)
@@ -367,7 +323,7 @@ def rla_prefix_states(k, v, seqs: SequenceTable, *, window, feature, cfg, kr=Non
 
 def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, block, kr=None, rope=None,
                       num_warps=None, num_stages=2, phi_pass=False, phi_rows=32, phi_warps=4, on_phi=None,
-                      phi_store=True, block_v=None, phi_enc=False):
+                      phi_store=True, block_v=None):
     """The state each segment of `seg_len` rows starts from (rla/segment.py), for the keys
     j < segment * seg_len - window: (sequences, Hkv, segments, F, D) fp32, or None with one segment.
     A totals scan (`block` keys per step, one program per feature half and segment) and the carry
@@ -377,8 +333,6 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     phi pass, or after the scan when the scan rotates k itself), e.g. to start the SWA pass on another
     stream. phi_store=False (with phi_pass): the pass only rotates k, and the scan computes phi(k)
     itself. block_v: value columns per scan program (default D; smaller: more, smaller programs).
-    phi_enc: the pass stores phi(k) encoded (an EncodedPhi, half the bytes; softmax / relu maps and
-    bf16 / fp32 inputs, else ignored) and the scan decodes it.
     Returns (carry, phi) with phi None without phi_pass or phi_store."""
     B, T, Hkv, D = k.shape
     if seg_len % block:
@@ -395,8 +349,7 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     if nseg > 1 and rope is not None and not phi_pass and block < nf * nv:
         raise ValueError(f"scan block {block} is smaller than the {nf * nv} programs that rotate its rows")
     phi_pass = phi_pass and (phi_store or rope is not None)  # a pass that would write nothing is skipped
-    enc = bool(phi_enc) and encoded_phi_ok(k.dtype, feature)
-    phi = empty_phi(k, feature, enc) if phi_pass and phi_store else None
+    phi = torch.empty(B, T, Hkv, FD, dtype=k.dtype, device=k.device) if phi_pass and phi_store else None
     if phi_pass or (nseg <= 1 and rope is not None):
         launch_phi_pass(k, phi, kr, rope, feature, phi_rows, phi_warps)
     rotated_by_scan = rope is not None and not phi_pass and nseg > 1
@@ -407,14 +360,12 @@ def rla_segment_carry(k, v, seqs: SequenceTable, *, window, feature, seg_len, bl
     cos, sin, stride_rope_b = rope_launch_args(rope, D, k.device)
     carry = torch.empty(seqs.count, Hkv, nseg, FD, D, dtype=torch.float32, device=k.device)
     rla_chunk_state_kernel[(nf * nv * nseg * seqs.count * Hkv,)](
-        k, v, kr if kr is not None else k, cos, sin, _dummy(k.device), carry,
-        (phi.e if enc else phi) if phi is not None else k, phi.scale if phi is not None and enc else _dummy(k.device),
-        seqs.row, seqs.start, seqs.length, seqs.block_base, T, Hkv, window, seg_len // block, nseg, stride_rope_b,
+        k, v, kr if kr is not None else k, cos, sin, _dummy(k.device), carry, phi if phi is not None else k, seqs.row, seqs.start,
+        seqs.length, seqs.block_base, T, Hkv, window, seg_len // block, nseg, stride_rope_b,
         D=D, BS=block, BT=block, BV=BV, FEATURE=feature, ROPE=rope is not None and not phi_pass,
         PRECISION=precision_for(k.dtype), STORE_STATES=False, STORE_TOTAL=True, HAS_CARRY=False, FROM_PHI=phi is not None,
-        ENC=phi is not None and enc, num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
+        num_warps=num_warps or (4 if D <= 64 else 8), num_stages=num_stages)
     launch_counts["rla_segment_totals"] += 1
-    launch_counts["rla_segment_totals_enc"] += phi is not None and enc
     launch_counts["rla_segment_totals_slices"] += nv
     if on_phi is not None and rotated_by_scan:
         on_phi()

@@ -25,22 +25,22 @@ import triton.language as tl
 
 from ..common import cdiv
 from ..swa.parallel import (
-    INTERPRET, RLA_TUNING, SequenceTable, TensorDescriptor, _dummy, feature_map_decode, feature_map_halves,
-    feature_map_one, precision_for, tma_ok,
+    INTERPRET, RLA_TUNING, SequenceTable, TensorDescriptor, _dummy, feature_map_halves, feature_map_one,
+    precision_for, tma_ok,
 )
-from .chunk import EncodedPhi, _num_sms
+from .chunk import _num_sms
 
-launch_counts: dict[str, int] = {"rla_segment_kernel": 0, "rla_segment_kernel_tma": 0, "rla_segment_kernel_enc": 0}
+launch_counts: dict[str, int] = {"rla_segment_kernel": 0, "rla_segment_kernel_tma": 0}
 
 
 @triton.jit
 def rla_segment_kernel(
-    q_ptr, k_ptr, v_ptr, o_ptr, carry_ptr, phi_ptr, phiq_ptr, phis_ptr, phiqs_ptr, q_desc, k_desc, v_desc,
+    q_ptr, k_ptr, v_ptr, o_ptr, carry_ptr, phi_ptr, phiq_ptr, q_desc, k_desc, v_desc,
     seq_row_ptr, seq_start_ptr, seq_len_ptr,
     T, H, Hkv, window, NSEG, SEGLEN, part_stride,
     D: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, FEATURE: tl.constexpr, PRECISION: tl.constexpr,
     HAS_CARRY: tl.constexpr, SPLIT_F: tl.constexpr, PHI_K: tl.constexpr, GH: tl.constexpr, TMA: tl.constexpr,
-    PHI_Q: tl.constexpr, ENC: tl.constexpr = False,
+    PHI_Q: tl.constexpr,
 ):
     """1-D grid over (sequences * H / GH, segments, [2 feature halves with SPLIT_F,] D / BV), the last fastest. q (B, T, H, D), k/v
     (B, T, Hkv, D) contiguous; o (B, T, H, D) receives the raw RLA output (fp32 accumulation, stored
@@ -52,9 +52,7 @@ def rla_segment_kernel(
     of H / Hkv): they share the key tiles and the state update. TMA: q, phi(k) (or k) and v tiles come
     through tensor descriptors over 2-D views (B * T, heads * columns) (blocks (BC, D), (BC, D), (BC, BV));
     key rows outside the sequence are zeroed after the load (they may belong to a neighbouring one).
-    PHI_Q: read phi(q) (B, T, H, F) from a pre-pass instead of computing it (no fp32 q tile, no exp).
-    ENC (with PHI_K / PHI_Q): phi(k) / phi(q) come encoded (`feature_map_encode`): one tile (B, T, heads, D)
-    that both feature halves decode, with its per-row scalars at phis_ptr / phiqs_ptr (B, T, heads, 2)."""
+    PHI_Q: read phi(q) (B, T, H, F) from a pre-pass instead of computing it (no fp32 q tile, no exp)."""
     NV: tl.constexpr = D // BV
     NF: tl.constexpr = 1 if FEATURE == 2 else 2
     FD: tl.constexpr = NF * D
@@ -105,21 +103,7 @@ def rla_segment_kernel(
             v = tl.where(j_ok[:, None], v_desc.load([jr, hk * D + iv * BV]), 0.0).to(dt)
         else:
             v = tl.load(v_ptr + k_rows[:, None] + offs_v[None, :], mask=j_ok[:, None], other=0.0).to(dt)
-        if PHI_K and ENC:
-            erow = (tok0 + offs_j).to(tl.int64) * Hkv + hk
-            if TMA:
-                ek = k_desc.load([jr, hk * D]).to(tl.float32)
-            else:
-                ek = tl.load(phi_ptr + erow[:, None] * D + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(tl.float32)
-            esp = tl.load(phis_ptr + erow * 2, mask=j_ok, other=0.0)
-            esn = tl.load(phis_ptr + erow * 2 + 1, mask=j_ok, other=0.0)
-            # other sequences' (or unwritten padding) rows: zero, so nothing non-finite meets v = 0
-            pk = tl.where(j_ok[:, None], feature_map_decode(ek, esp, esn, f), 0.0).to(dt)
-            if NF == 2 and not SPLIT_F:
-                nk = tl.where(j_ok[:, None], feature_map_decode(ek, esp, esn, 1), 0.0).to(dt)
-            else:
-                nk = pk
-        elif PHI_K and TMA:
+        if PHI_K and TMA:
             # other sequences' (or unwritten padding) rows: zero, so nothing non-finite meets v = 0
             pk = tl.where(j_ok[:, None], k_desc.load([jr, hk * FD + f * D]), 0.0).to(dt)
             if NF == 2 and not SPLIT_F:
@@ -152,17 +136,7 @@ def rla_segment_kernel(
             sn_dt = sp_dt  # unused
         for g in tl.static_range(GH):
             q_rows = (tok0 + offs_t).to(tl.int64) * (H * D) + (h0 + g) * D
-            if PHI_Q and ENC:
-                qrow = (tok0 + offs_t).to(tl.int64) * H + h0 + g
-                eq = tl.load(phiq_ptr + qrow[:, None] * D + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
-                qsp = tl.load(phiqs_ptr + qrow * 2, mask=t_ok, other=0.0)
-                qsn = tl.load(phiqs_ptr + qrow * 2 + 1, mask=t_ok, other=0.0)
-                pq = feature_map_decode(eq, qsp, qsn, f)  # rows past the sequence: not stored
-                if NF == 2 and not SPLIT_F:
-                    nq = feature_map_decode(eq, qsp, qsn, 1)
-                else:
-                    nq = pq
-            elif PHI_Q:
+            if PHI_Q:
                 pq_rows = (tok0 + offs_t).to(tl.int64) * (H * FD) + (h0 + g) * FD + f * D
                 pq = tl.load(phiq_ptr + pq_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(dt)
                 if NF == 2 and not SPLIT_F:
@@ -225,11 +199,10 @@ def segment_length(seqs: SequenceTable, heads: int, nv: int, BC: int, unit: int,
 
 
 def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, feature: int, cfg: dict, seg_len: int,
-                        carry: torch.Tensor | None, phi=None, phi_q=None):
+                        carry: torch.Tensor | None, phi: torch.Tensor | None = None, phi_q: torch.Tensor | None = None):
     """Run `rla_segment_kernel`: out gets the raw RLA output at every valid row: (B, T, H, D), or
     with cfg["split_f"] (softmax / relu maps) (2, B, T, H, D), two partials that sum to it.
-    phi: phi(k) from the pre-pass (read instead of computed); phi_q: phi(q) (B, T, H, F), likewise; either
-    may be an EncodedPhi (rla/chunk.py; then both that are given). cfg["group_heads"]: one program serves
+    phi: phi(k) from the pre-pass (read instead of computed); phi_q: phi(q) (B, T, H, F), likewise. cfg["group_heads"]: one program serves
     the H / Hkv query heads of a KV head (one state update for all of them)."""
     split = bool(cfg.get("split_f")) and feature != 2
     B, T, H, D = q.shape
@@ -251,14 +224,6 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
     if split and (out.dim() != 5 or out.shape[0] != 2):
         raise ValueError("split_f needs an output of two partials, (2, B, T, H, D)")
     gh = H // Hkv if cfg.get("group_heads") else 1
-    given = [x for x in (phi, phi_q) if x is not None]
-    enc = any(isinstance(x, EncodedPhi) for x in given)
-    if enc and not all(isinstance(x, EncodedPhi) for x in given):
-        raise ValueError("phi(k) and phi(q) must both be encoded or both plain")
-    if enc and feature == 2:
-        raise ValueError("the identity map has no encoded phi (phi(x) = x)")
-    scales = [x.scale if isinstance(x, EncodedPhi) else None for x in (phi, phi_q)]
-    phi, phi_q = [x.e if isinstance(x, EncodedPhi) else x for x in (phi, phi_q)]
     src = phi if phi is not None else k
     tma = bool(cfg.get("tma")) and tma_ok(q, src, v)
     if tma:
@@ -272,14 +237,12 @@ def launch_rla_segments(q, k, v, out, seqs: SequenceTable, *, window: int, featu
     dummy = _dummy(q.device)
     rla_segment_kernel[grid](
         q, k, v, out, carry if carry is not None else dummy, phi if phi is not None else dummy,
-        phi_q if phi_q is not None else dummy, scales[0] if scales[0] is not None else dummy,
-        scales[1] if scales[1] is not None else dummy, q_desc, k_desc, v_desc,
+        phi_q if phi_q is not None else dummy, q_desc, k_desc, v_desc,
         seqs.row, seqs.start, seqs.length, T, H, Hkv, window, nseg, seg_len, out[0].numel() if split else 0,
         D=D, BC=BC, BV=BV, FEATURE=feature, PRECISION=precision_for(q.dtype), HAS_CARRY=carry is not None,
-        SPLIT_F=split, PHI_K=phi is not None, GH=gh, TMA=tma, PHI_Q=phi_q is not None, ENC=enc,
+        SPLIT_F=split, PHI_K=phi is not None, GH=gh, TMA=tma, PHI_Q=phi_q is not None,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["rla_segment_kernel"] += 1
     launch_counts["rla_segment_kernel_tma"] += tma
-    launch_counts["rla_segment_kernel_enc"] += enc
     return out

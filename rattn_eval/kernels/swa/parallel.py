@@ -74,56 +74,6 @@ def feature_map_one(x, FEATURE: tl.constexpr):
     return y
 
 
-# phi_enc: rows whose range max(x) - min(x) is at most this take the "mid" encoding below; |x - mid| <= 60
-# keeps exp(x - mid) and its reciprocal inside the normal range of bf16 / fp32 (1e-26 .. 1e26).
-ENC_RANGE = tl.constexpr(120.0)  # a constexpr: compiled kernels may read no other globals
-
-
-@triton.jit
-def feature_map_encode(x, FEATURE: tl.constexpr):
-    """Both halves of phi(x) for fp32 rows x (R, D) in one tile e (R, D) and two per-row scalars
-    (sp, sn), half the bytes of phi(x) (F = 2D columns); `feature_map_decode` gives the halves back.
-
-    softmax, rows with range <= ENC_RANGE ("mid"): e = exp(x - c), c = (max + min) / 2, so
-      softmax(x) = e * sp with sp = 1 / sum(e), and softmax(-x) = sn / e with sn = 1 / sum(1 / e)
-      (exp(c - x) summed in fp32 before any rounding).
-    softmax, wider rows ("split", sn < 0 marks them): every element is then more than ENC_RANGE / 2
-      from max or from min, where its term in that half is below exp(-60) of the half's largest:
-      e = exp(x - max) for x >= c, -exp(min - x) below; softmax(x) = max(e, 0) * sp and
-      softmax(-x) = max(-e, 0) * |sn| (sp, |sn| the exact fp32 normalizers of all D terms).
-    relu: e = x, sp = 1, sn = -1 (the split rule gives relu(x), relu(-x) exactly)."""
-    if FEATURE == 0:
-        hi = tl.max(x, axis=1)
-        lo = tl.min(x, axis=1)
-        c = (hi + lo) * 0.5
-        mid = (hi - lo) <= ENC_RANGE
-        p = tl.exp2((x - tl.where(mid, c, hi)[:, None]) * 1.4426950408889634)
-        n = tl.exp2((tl.where(mid, c, lo)[:, None] - x) * 1.4426950408889634)
-        sp = 1.0 / tl.sum(p, axis=1)
-        sn = 1.0 / tl.sum(n, axis=1)
-        e = tl.where(mid[:, None] | (x >= c[:, None]), p, -n)
-        sn = tl.where(mid, sn, -sn)
-    else:
-        e = x
-        sp = tl.full([x.shape[0]], 1.0, tl.float32)
-        sn = tl.full([x.shape[0]], -1.0, tl.float32)
-    return e, sp, sn
-
-
-@triton.jit
-def feature_map_decode(e, sp, sn, f):
-    """Half f (0: phi_+(x), 1: phi_-(x); f may be a runtime value) of phi(x) from `feature_map_encode`'s
-    e (R, D, fp32 after the load) and per-row scalars. Rows loaded with sp = sn = 0 give exact zeros
-    (padding), whatever finite e holds."""
-    if f == 0:
-        y = tl.maximum(e, 0.0) * sp[:, None]
-    else:
-        a = tl.abs(sn)[:, None]
-        mid = sn[:, None] > 0.0  # there e > 0; elsewhere divide by 1, so no lane overflows or divides by zero
-        y = tl.where(e < 0.0, -e * a, tl.where(mid, a / tl.where(mid, e, 1.0), 0.0))
-    return y
-
-
 @triton.jit
 def rope_rows(x, x_ptr, rows, cos_ptr, sin_ptr, rp, ok, D: tl.constexpr):
     """x (R, D) fp32, the rows at x_ptr + rows, rotated rotate-half style with the table rows at
