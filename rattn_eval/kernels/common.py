@@ -141,6 +141,12 @@ def segment_layout(
     return seg, idx[None, :] < lengths[:, None]
 
 
+def drop_padding(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """x (B, T, heads, D) with the positions outside every sequence (valid (B, T) False) set to 0, so that
+    whatever padding holds (NaN or inf included) cannot leak through a masked score times a value."""
+    return x.masked_fill(~valid[:, :, None, None], 0)
+
+
 def segments(T: int, lengths, cu_seqlens, b: int) -> list[tuple[int, int]]:
     """(start, end) spans of real tokens for batch row b."""
     if cu_seqlens is not None:

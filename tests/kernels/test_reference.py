@@ -57,17 +57,22 @@ def test_windows_differ():
     assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
 
 
-def test_padded_and_packed_equal_one_by_one():
+@pytest.mark.parametrize("junk", [(0.0, 7.0, -3.0), (float("nan"), float("inf"), float("nan"))], ids=["finite", "nan"])
+def test_padded_and_packed_equal_one_by_one(junk):
+    # junk in the padding (and past the last packed sequence) must not reach any real token: finite values, and
+    # NaN / inf, which a masked score times a value (0 * NaN) would otherwise spread
     lens = [13, 30, 1]
     seqs = [rand_qkv(1, n, 4, 2, 8, seed=i) for i, n in enumerate(lens)]
     T = max(lens)
-    q = torch.cat([torch.cat([s[0], s[0].new_zeros(1, T - s[0].shape[1], 4, 8)], 1) for s in seqs])
-    k = torch.cat([torch.cat([s[1], s[1].new_full((1, T - s[1].shape[1], 2, 8), 7.0)], 1) for s in seqs])
-    v = torch.cat([torch.cat([s[2], s[2].new_full((1, T - s[2].shape[1], 2, 8), -3.0)], 1) for s in seqs])
+    q = torch.cat([torch.cat([s[0], s[0].new_full((1, T - s[0].shape[1], 4, 8), junk[0])], 1) for s in seqs])
+    k = torch.cat([torch.cat([s[1], s[1].new_full((1, T - s[1].shape[1], 2, 8), junk[1])], 1) for s in seqs])
+    v = torch.cat([torch.cat([s[2], s[2].new_full((1, T - s[2].shape[1], 2, 8), junk[2])], 1) for s in seqs])
     lengths = torch.tensor(lens)
     cu = torch.tensor([0, 13, 43, 44])
-    packed = [torch.cat([s[i] for s in seqs], 1) for i in range(3)]
-    for fn in (rattention_naive, rattention_chunked):
+    packed = [torch.cat([torch.cat([s[i] for s in seqs], 1), torch.full_like(seqs[0][i][:, :3], junk[i])], 1)
+              for i in range(3)]  # three junk rows after the last sequence
+    for fn in (rattention_naive, rattention_chunked, swa_attention_naive, swa_attention_chunked,
+               residual_linear_attention_naive, residual_linear_attention_chunked):
         out = fn(q, k, v, window=5, lengths=lengths)
         outp = fn(*packed, window=5, cu_seqlens=cu)
         for b, n in enumerate(lens):
@@ -76,6 +81,7 @@ def test_padded_and_packed_equal_one_by_one():
             assert close(outp[:, cu[b] : cu[b + 1]], ref)
             if n < T:
                 assert out[b, n:].abs().max().item() == 0
+        assert outp[:, int(cu[-1]):].abs().max().item() == 0, fn.__name__
 
 
 @pytest.mark.parametrize("L,w,kind", [(5, 8, "rattn"), (30, 8, "rattn"), (30, 8, "swa"), (12, 0, "rattn")])

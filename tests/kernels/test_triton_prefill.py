@@ -204,6 +204,30 @@ def test_swa_full_window_equals_sdpa():
         assert_close(swa_attention_triton(q, k, v, window=w), ref, 1e-4, f"w={w}")
 
 
+@pytest.mark.parametrize("dtype,logit", [("fp32", -300.0), ("fp16", -25.0)])
+def test_swa_rows_whose_scores_all_lie_far_below_zero(dtype, logit):
+    # every score of a row near `logit` (q = a u, k = -a u plus noise): the online softmax must track the row's true
+    # maximum even when the first tile it meets is fully masked (window 7 < the key tile), or exp(s - max) underflows
+    # (fp32 below ~-87, fp16 probabilities below ~2^-24) and the row comes out as 0 instead of its softmax
+    T, H, Hkv, D, w = 50, 2, 1, 64, 7
+    g = torch.Generator().manual_seed(7)
+    u = torch.randn(D, generator=g)
+    u = u / u.norm()
+    a = (-logit * D ** 0.5) ** 0.5  # q . k * D^-0.5 = -a^2 D^-0.5 = logit
+    q = a * u + 0.3 * torch.randn(1, T, H, D, generator=g)
+    k = -a * u + 0.3 * torch.randn(1, T, Hkv, D, generator=g)
+    v = torch.randn(1, T, Hkv, D, generator=g)
+    dt = torch.float32 if dtype == "fp32" else torch.float16
+    q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    ref = swa_attention_naive(q.float(), k.float(), v.float(), window=w)
+    s_max = max(((q[0, t].float() @ k[0, max(0, t - w): t + 1, 0].float().T).amax().item() for t in range(T)))
+    assert s_max * D ** -0.5 < logit / 2  # every row's best score is far below 0
+    assert_close(swa_attention_triton(q, k, v, window=w), ref.to(dt), TOL[dt], f"swa {dtype}")
+    # the SWA pass of RAttention (no RoPE, which would rotate the scores away from `logit`)
+    assert_close(rattention_triton(q, k, v, window=w), rattention_naive(q.float(), k.float(), v.float(), window=w).to(dt),
+                 TOL[dt], f"rattention {dtype}")
+
+
 @pytest.mark.parametrize("fm", ["softmax", "relu", "identity"])
 def test_rla_matches_recurrence_and_is_zero_inside_window(fm):
     q, k, v, _ = make_inputs(dict(T=70, D=64, heads=(4, 2), B=2, layout="dense", dtype="fp32"))
@@ -233,9 +257,9 @@ def test_padded_and_packed_equal_one_by_one():
     seqs = [make_inputs(dict(T=n, D=64, heads=(4, 2), B=1, layout="dense", dtype="fp32"), seed=i)[:3]
             for i, n in enumerate(lens)]
     pad = lambda x, fill: torch.cat([x, x.new_full((1, T - x.shape[1], *x.shape[2:]), fill)], 1)  # noqa: E731
-    q = torch.cat([pad(s[0], 0.0) for s in seqs])
-    k = torch.cat([pad(s[1], 7.0) for s in seqs])  # junk in the padding must not leak
-    v = torch.cat([pad(s[2], -3.0) for s in seqs])
+    q = torch.cat([pad(s[0], float("nan")) for s in seqs])
+    k = torch.cat([pad(s[1], float("inf")) for s in seqs])  # junk in the padding must not leak (any leak is non-finite)
+    v = torch.cat([pad(s[2], float("nan")) for s in seqs])
     packed = [torch.cat([s[i] for s in seqs], 1) for i in range(3)]
     cu = torch.tensor([0, 13, 43, 44])
     def rattention_phi(q, k, v, *, window, lengths=None, cu_seqlens=None):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..common import apply_feature_map, check_qkv, check_window, segment_layout, segments
+from ..common import apply_feature_map, check_qkv, check_window, drop_padding, segment_layout, segments
 
 
 def _check(window):
@@ -26,6 +26,7 @@ def residual_linear_attention_naive(q, k, v, *, window, feature_map="softmax", l
     B, T, H, Hkv, D = check_qkv(q, k, v)
     _check(window)
     seg, valid = segment_layout(B, T, q.device, lengths, cu_seqlens)
+    q, k, v = (drop_padding(x, valid) for x in (q, k, v))
     g = H // Hkv
     pq = apply_feature_map(q, feature_map)  # (B, T, H, F)
     pk = apply_feature_map(k, feature_map).repeat_interleave(g, dim=2)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..common import check_qkv, check_window, default_scale, segment_layout
+from ..common import check_qkv, check_window, default_scale, drop_padding, segment_layout
 
 
 def visible(T: int, window: int | None, device) -> torch.Tensor:
@@ -33,6 +33,7 @@ def swa_attention_naive(q, k, v, *, window, scale=None, lengths=None, cu_seqlens
     check_window(window)
     scale = default_scale(D, scale)
     seg, valid = segment_layout(B, T, q.device, lengths, cu_seqlens)
+    q, k, v = (drop_padding(x, valid) for x in (q, k, v))
     g = H // Hkv
     qf = q.float()
     kf = k.float().repeat_interleave(g, dim=2)
@@ -54,6 +55,8 @@ def swa_attention_chunked(q, k, v, *, window, scale=None, lengths=None, cu_seqle
     check_window(window)
     scale = default_scale(D, scale)
     seg, valid = segment_layout(B, T, q.device, lengths, cu_seqlens)
+    if lengths is not None or cu_seqlens is not None:
+        q, k, v = (drop_padding(x, valid) for x in (q, k, v))
     g = H // Hkv
     out = torch.zeros(B, T, H, D, dtype=torch.float32, device=q.device)
     for s0 in range(0, T, chunk):

@@ -145,13 +145,17 @@ def swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, windo
 @triton.jit
 def softmax_step(sc, v, m_i, l_i, acc, MASKED: tl.constexpr, PRECISION: tl.constexpr):
     """Online-softmax update with one tile of base-2 scores sc (BM, BN) and its values v (BN, D, in the
-    operand dtype): returns (m_i, l_i, acc). MASKED: sc may hold -inf, and a row with no key yet keeps
-    a finite running maximum."""
+    operand dtype): returns (m_i, l_i, acc). MASKED: sc may hold -inf. A row with no key yet keeps its
+    running maximum at -inf and takes its exponentials against 0 (no NaN from -inf - -inf); the maximum
+    itself must not be clamped, or a later tile whose scores all lie far below 0 would underflow to
+    p = 0 (the row's output then 0 instead of its softmax)."""
     m_new = tl.maximum(m_i, tl.max(sc, axis=1))
     if MASKED:
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(sc - m_new[:, None])
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(sc - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
     return m_new, l_i, acc
