@@ -65,6 +65,29 @@ def test_bf16_against_fp32_reference(T):
     _run_all(T, torch.bfloat16, BF16_RMS, BF16_ROW)
 
 
+@pytest.mark.parametrize("dtype,logit,w", [(torch.bfloat16, -300.0, 100), (torch.float16, -25.0, 100),
+                                           (torch.bfloat16, -300.0, 512)])
+def test_scores_far_below_zero(dtype, logit, w):
+    # every score near `logit` (q = a u, k = -a u plus noise), windows whose first tiles are fully masked for some
+    # rows (100) and aligned ones (512): the online softmax must follow each row's true maximum
+    T, H, Hkv, D = 4096, 4, 2, 128
+    g = torch.Generator(device="cuda").manual_seed(3)
+    u = torch.randn(D, device="cuda", generator=g)
+    u = u / u.norm()
+    a = (-logit * D ** 0.5) ** 0.5
+    q = (a * u + 0.3 * torch.randn(1, T, H, D, device="cuda", generator=g)).to(dtype)
+    k = (-a * u + 0.3 * torch.randn(1, T, Hkv, D, device="cuda", generator=g)).to(dtype)
+    v = torch.randn(1, T, Hkv, D, device="cuda", generator=g).to(dtype)
+    rms_tol, row_tol = (BF16_RMS, BF16_ROW) if dtype == torch.bfloat16 else (2e-3, 2e-3)
+    f = lambda x: x.float()  # noqa: E731
+    with torch.no_grad():
+        out = K.swa_attention(q, k, v, window=w, backend="triton")
+        _check(out, swa_attention_chunked(f(q), f(k), f(v), window=w), rms_tol, row_tol, f"swa logit {logit} {dtype} w={w}")
+        out = K.rattention(q, k, v, window=w, backend="triton")
+        _check(out, rattention_chunked(f(q), f(k), f(v), window=w), rms_tol, row_tol,
+               f"rattention logit {logit} {dtype} w={w}")
+
+
 @pytest.mark.parametrize("T", [4096, 32768])
 def test_fp32_tf32_off(T):
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
