@@ -177,7 +177,8 @@ def kv_decode_naive(q, k, v, pos, *, scale=None):
     s = torch.einsum("bkgd,bskd->bkgs", qf, k.float()) * default_scale(D, scale)
     visible = torch.arange(S, device=q.device)[None, :] <= pos[:, None]  # (B, S)
     s = s.masked_fill(~visible[:, None, None, :], float("-inf"))
-    o = torch.einsum("bkgs,bskd->bkgd", torch.softmax(s, dim=-1), v.float())
+    vf = v.float().masked_fill(~visible[:, :, None, None], 0)  # unfilled slots may hold anything, NaN included
+    o = torch.einsum("bkgs,bskd->bkgd", torch.softmax(s, dim=-1), vf)
     return o.reshape(B, H, D).to(q.dtype)
 
 

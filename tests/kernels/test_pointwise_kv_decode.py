@@ -79,6 +79,13 @@ def test_kv_decode_matches_reference(case, target, monkeypatch):
     got = kv_decode(q, k, v, pos, scale=0.07, backend="triton")
     assert launches["triton.kv_decode"] == before + 1
     _close(got, exp, 1e-5, "kv decode")
+    # unfilled slots may hold NaN (a cache from torch.empty): neither path may let them through
+    kn, vn = k.clone(), v.clone()
+    for b, p in enumerate(positions):
+        kn[b, p + 1:] = float("nan")
+        vn[b, p + 1:] = float("nan")
+    _close(kv_decode_naive(q, kn, vn, pos, scale=0.07), exp, 1e-6, "reference with NaN slots")
+    _close(kv_decode(q, kn, vn, pos, scale=0.07, backend="triton"), exp, 1e-5, "kv decode with NaN slots")
     # the reference itself: explicit softmax over the visible keys of each row
     for b, p in enumerate(positions):
         kk = k[b, : p + 1].repeat_interleave(H // Hkv, dim=1)  # (p+1, H, D)
