@@ -88,6 +88,20 @@ def test_scores_far_below_zero(dtype, logit, w):
                f"rattention logit {logit} {dtype} w={w}")
 
 
+def test_large_scores_fp16_swa():
+    # q, k of std 20 (scores q.k / sqrt(D) of std ~400): the scale multiplies the fp32 scores, so q is
+    # rounded to fp16 only once (it is an fp16 input already); plain SWA must stay at the fp16 tolerance
+    T, H, Hkv, D = 4096, 4, 2, 128
+    g = torch.Generator(device="cuda").manual_seed(5)
+    q, k = ((torch.randn(1, T, h, D, device="cuda", generator=g) * 20).half() for h in (H, Hkv))
+    v = torch.randn(1, T, Hkv, D, device="cuda", generator=g).half()
+    with torch.no_grad():
+        for w in (100, 512):
+            out = K.swa_attention(q, k, v, window=w, backend="triton")
+            ref = swa_attention_chunked(q.float(), k.float(), v.float(), window=w)
+            _check(out, ref, 2e-3, 2e-3, f"swa fp16 std-20 q / k w={w}")
+
+
 @pytest.mark.parametrize("T", [4096, 32768])
 def test_fp32_tf32_off(T):
     old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

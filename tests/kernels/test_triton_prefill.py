@@ -228,6 +228,29 @@ def test_swa_rows_whose_scores_all_lie_far_below_zero(dtype, logit):
                  TOL[dt], f"rattention {dtype}")
 
 
+def test_large_scores_in_fp16_and_scales_of_any_sign():
+    # q, k of std 20 (scores of std ~400): the softmax scale multiplies the fp32 scores, so q is not rounded to fp16
+    # a second time after a multiply (that rounding alone gave 3e-3-5e-3 here); scales <= 0 take the folded path
+    T, H, Hkv, D, w = 70, 4, 2, 32, 40
+    g = torch.Generator().manual_seed(11)
+    q, k, v = (torch.randn(1, T, h, D, generator=g) * s for h, s in ((H, 20.0), (Hkv, 20.0), (Hkv, 1.0)))
+    q, k, v = q.half(), k.half(), v.half()
+    f = lambda x: x.float()  # noqa: E731
+    ref = swa_attention_naive(f(q), f(k), f(v), window=w).half()
+    assert_close(swa_attention_triton(q, k, v, window=w), ref, TOL[torch.float16], "swa fp16, large scores")
+    # RAttention without RoPE: with it, q and k rotated in fp32 must be rounded to fp16 for the tensor cores,
+    # which at scores of std ~400 alone costs ~6e-3 against an fp32 reference (any fp16 kernel pays that)
+    kw = dict(window=w, swa_norm_weight=rattn_extra(T, H, D)["swa_norm_weight"])
+    assert_close(rattention_triton(q, k, v, **kw), rattention_naive(f(q), f(k), f(v), **kw).half(), TOL[torch.float16],
+                 "rattention fp16, large scores")
+    before = swa_parallel.launch_counts["swa_fwd_kernel"]
+    for scale in (0.0, -0.05, 0.05):
+        qs, ks, vs = (x.float() / 20 for x in (q, k, v))
+        ref = swa_attention_naive(qs, ks, vs, window=w, scale=scale)
+        assert_close(swa_attention_triton(qs, ks, vs, window=w, scale=scale), ref, TOL[torch.float32], f"scale {scale}")
+    assert swa_parallel.launch_counts["swa_fwd_kernel"] == before + 3
+
+
 @pytest.mark.parametrize("fm", ["softmax", "relu", "identity"])
 def test_rla_matches_recurrence_and_is_zero_inside_window(fm):
     q, k, v, _ = make_inputs(dict(T=70, D=64, heads=(4, 2), B=2, layout="dense", dtype="fp32"))

@@ -106,13 +106,14 @@ def load_add_rows(add_ptr, add_desc, q_rows, row_ok, tok0, s0, h, part_stride, H
 
 
 @triton.jit
-def swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, window, L, Hkv, m_i, l_i, acc,
+def swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, window, L, Hkv, m_i, l_i, acc, qk_scale,
              D: tl.constexpr, BN: tl.constexpr, MASK: tl.constexpr, TMA: tl.constexpr, PRECISION: tl.constexpr,
-             IN_RANGE: tl.constexpr):
+             IN_RANGE: tl.constexpr, SCALE_SCORES: tl.constexpr):
     """One key / value tile [j0, j0 + BN) of the online softmax: returns the updated (m_i, l_i, acc).
     MASK: window and causal masks, plus the sequence end unless IN_RANGE says no key of the tile is
     past it (edge and diagonal tiles); without MASK every (row, key) pair is visible and in bounds.
-    Scores are in base 2 (qs carries the scale * log2(e))."""
+    Scores in base 2: qk_scale (softmax scale * log2(e)) multiplies them in fp32 (SCALE_SCORES), or qs
+    already carries it."""
     dt = qs.dtype
     offs_j = j0 + tl.arange(0, BN)
     ends: tl.constexpr = MASK and not IN_RANGE  # the tile may run past the sequence
@@ -139,23 +140,33 @@ def swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, windo
         if ends:
             ok = ok & (offs_j < L)[None, :]
         sc = tl.where(ok, sc, float("-inf"))
-    return softmax_step(sc, v, m_i, l_i, acc, MASK, PRECISION)
+    return softmax_step(sc, v, m_i, l_i, acc, qk_scale, MASK, PRECISION, SCALE_SCORES)
 
 
 @triton.jit
-def softmax_step(sc, v, m_i, l_i, acc, MASKED: tl.constexpr, PRECISION: tl.constexpr):
+def softmax_step(sc, v, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, PRECISION: tl.constexpr,
+                 SCALE_SCORES: tl.constexpr):
     """Online-softmax update with one tile of base-2 scores sc (BM, BN) and its values v (BN, D, in the
     operand dtype): returns (m_i, l_i, acc). MASKED: sc may hold -inf. A row with no key yet keeps its
     running maximum at -inf and takes its exponentials against 0 (no NaN from -inf - -inf); the maximum
     itself must not be clamped, or a later tile whose scores all lie far below 0 would underflow to
-    p = 0 (the row's output then 0 instead of its softmax)."""
-    m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+    p = 0 (the row's output then 0 instead of its softmax).
+    SCALE_SCORES (qk_scale > 0): sc are raw q.k products, scaled here in fp32 (one FMA with the max), so q
+    is not rounded to the operand dtype a second time after a multiply by the scale; otherwise sc are
+    already in base 2."""
+    if SCALE_SCORES:
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1) * qk_scale)
+    else:
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
     if MASKED:
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_use = m_new
     alpha = tl.exp2(m_i - m_use)
-    p = tl.exp2(sc - m_use[:, None])
+    if SCALE_SCORES:
+        p = tl.exp2(sc * qk_scale - m_use[:, None])
+    else:
+        p = tl.exp2(sc - m_use[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
     return m_new, l_i, acc
@@ -173,7 +184,7 @@ def swa_fwd_kernel(
     ADD_OUT: tl.constexpr, EARLY_NORM: tl.constexpr, HAS_CARRY: tl.constexpr, PHI_K: tl.constexpr,
     HEADS_FIRST: tl.constexpr, ADD_RAW: tl.constexpr, ADD_PARTS: tl.constexpr, TMA: tl.constexpr,
     ADD_TMA: tl.constexpr, PREFETCH_ADD: tl.constexpr = 0, DENSE: tl.constexpr = False,
-    EVEN: tl.constexpr = False,
+    EVEN: tl.constexpr = False, SCALE_SCORES: tl.constexpr = False,
 ):
     """Grid (query blocks, sequences * H). q/o (B, T, H, D), k/kr/v (B, T, Hkv, D), contiguous.
     kr is k after RoPE (only read when ROPE). RLA chunk states (rla.chunk.ChunkStates): state block
@@ -288,7 +299,10 @@ def swa_fwd_kernel(
             qs = rope_rows(q, q_ptr, q_rows, cos_ptr, sin_ptr, rp, row_ok, D)
         else:
             qs = q
-        qs = (qs * qk_scale).to(dt)  # qk_scale = softmax scale * log2(e): scores come out in base 2
+        if SCALE_SCORES:  # qk_scale = softmax scale * log2(e) multiplies the fp32 scores
+            qs = qs.to(dt)
+        else:  # a scale <= 0: folded into q, so the scores come out in base 2
+            qs = (qs * qk_scale).to(dt)
         m_i = tl.full([BM], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BM], dtype=tl.float32)
         acc = tl.zeros([BM, D], dtype=tl.float32)
@@ -320,7 +334,7 @@ def swa_fwd_kernel(
                 k = tl.load(ks_ptr + kv_off, mask=col_ok[:, None], other=0.0).to(dt)
                 sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
                 sc = tl.where((diff >= 0) & (diff <= window) & col_ok[None, :], sc, float("-inf"))
-                m_i, l_i, acc = softmax_step(sc, v, m_i, l_i, acc, True, PRECISION)
+                m_i, l_i, acc = softmax_step(sc, v, m_i, l_i, acc, qk_scale, True, PRECISION, SCALE_SCORES)
 
     if DO_SWA and DO_RLA and EARLY_NORM and not RLA_SEPARATE:
         # The linear branch is complete after phase A: normalize it now and keep it in the input
@@ -333,7 +347,7 @@ def swa_fwd_kernel(
         # Phase B: the interior tiles, where every (row, key) pair is visible and in bounds (keys <= s0 < L).
         for i in range(n_a, n_b):
             m_i, l_i, acc = swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, lo + i * BN, kv_head, offs_m, window, L,
-                                     Hkv, m_i, l_i, acc, D, BN, False, TMA, PRECISION, EVEN)
+                                     Hkv, m_i, l_i, acc, qk_scale, D, BN, False, TMA, PRECISION, EVEN, SCALE_SCORES)
         # Phase C: the masked tiles, the window edge (unless the fused phase A took it) and the diagonal, in one
         # loop (one software pipeline); the online softmax does not depend on the order of the tiles.
         if DO_RLA and not RLA_SEPARATE:
@@ -343,7 +357,7 @@ def swa_fwd_kernel(
         for i in range(0, n_edge + n_tot - n_b):
             j0 = lo + tl.where(i < n_edge, i, n_b + i - n_edge) * BN
             m_i, l_i, acc = swa_tile(qs, ks_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, window, L, Hkv,
-                                     m_i, l_i, acc, D, BN, True, TMA, PRECISION, EVEN)
+                                     m_i, l_i, acc, qk_scale, D, BN, True, TMA, PRECISION, EVEN, SCALE_SCORES)
 
         o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         if DO_RLA or ADD_OUT or NORM_OUT:  # NORM_OUT with the softmax branch alone: rms(o_swa) * g_swa
@@ -567,6 +581,9 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
     # even: the query blocks and the key tiles (which start at s0 - window, or 0) end exactly at block ends <= T
     even = (dense and T % cfg["BM"] == 0 and cfg["BM"] % cfg["BN"] == 0 and window % cfg["BN"] == 0
             and cfg.get("even", True))
+    # the scale multiplies the fp32 scores (as FlashAttention does) unless it is <= 0, where the max of the
+    # raw products is not the max of the scaled ones; "scale_scores" False folds it into q (benchmarks)
+    scale_scores = float(scale) > 0 and cfg.get("scale_scores", True)
     swa_fwd_kernel[grid](
         q, k, kr if kr is not None else k, v, out,
         cos, sin, states.states if states is not None else dummy, carry if carry is not None else dummy,
@@ -582,7 +599,7 @@ def launch_swa_fwd(q, k, v, out, seqs: SequenceTable, *, window, scale, cfg, kr=
         FEATURE=feature, PRECISION=precision_for(q.dtype), RLA_SEPARATE=rla_separate, NORM_OUT=norm_out,
         ADD_OUT=add_out, EARLY_NORM=cfg.get("early_norm", False), HAS_CARRY=carry is not None,
         PHI_K=phi is not None, HEADS_FIRST=heads_first, ADD_RAW=add_raw, ADD_PARTS=parts, TMA=tma, ADD_TMA=add_tma,
-        PREFETCH_ADD=prefetch, DENSE=dense, EVEN=even,
+        PREFETCH_ADD=prefetch, DENSE=dense, EVEN=even, SCALE_SCORES=scale_scores,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     launch_counts["swa_fwd_kernel"] += 1
