@@ -14,7 +14,7 @@ from collections import Counter
 
 import torch
 
-from .common import Rope, apply_feature_map, apply_rope, default_scale, feature_dim, rms_norm
+from .common import Rope, apply_feature_map, apply_rope, default_scale, drop_padding, feature_dim, rms_norm
 from .decode.naive import LocalCache, build_local_cache, empty_local_cache, local_decode_step_naive
 from .rattention.naive import rattention_chunked, rattention_naive
 from .rla.naive import residual_linear_attention_chunked, residual_linear_attention_naive
@@ -177,7 +177,7 @@ def kv_decode_naive(q, k, v, pos, *, scale=None):
     s = torch.einsum("bkgd,bskd->bkgs", qf, k.float()) * default_scale(D, scale)
     visible = torch.arange(S, device=q.device)[None, :] <= pos[:, None]  # (B, S)
     s = s.masked_fill(~visible[:, None, None, :], float("-inf"))
-    vf = v.float().masked_fill(~visible[:, :, None, None], 0)  # unfilled slots may hold anything, NaN included
+    vf = drop_padding(v.float(), visible)  # unfilled slots may hold anything, NaN included
     o = torch.einsum("bkgs,bskd->bkgd", torch.softmax(s, dim=-1), vf)
     return o.reshape(B, H, D).to(q.dtype)
 
