@@ -14,8 +14,11 @@ from collections import Counter
 
 import torch
 
-from .common import Rope, apply_feature_map, apply_rope, default_scale, drop_padding, feature_dim, rms_norm
-from .decode.naive import LocalCache, build_local_cache, empty_local_cache, local_decode_step_naive
+from .common import (Rope, apply_feature_map, apply_rope, check_eps, check_feature_map, check_input_dtype,
+                     check_norm_weights, check_qkv, check_rope_tables, check_varlen, check_window, default_scale,
+                     drop_padding, feature_dim, rms_norm)
+from .decode.naive import (LocalCache, build_local_cache, check_decode_args, check_positions, empty_local_cache,
+                           local_decode_step_naive)
 from .rattention.naive import rattention_chunked, rattention_naive
 from .rla.naive import residual_linear_attention_chunked, residual_linear_attention_naive
 from .swa.naive import swa_attention_chunked, swa_attention_naive
@@ -77,6 +80,20 @@ def _pick(backend: str, q: torch.Tensor, *, rla: bool) -> str:
     return be
 
 
+def _check_prefill(q, k, v, window, lengths, cu_seqlens, *, rla: bool, feature_map=None):
+    """The checks every prefill op makes before either backend runs, so both raise the same clear error."""
+    B, T, H, Hkv, D = check_qkv(q, k, v)
+    check_input_dtype(q)
+    if rla and (window is None or isinstance(window, bool) or not isinstance(window, int)):
+        raise ValueError(f"residual linear attention / rattention need a non-negative int window, got {window!r} "
+                         "(use swa_attention(window=None) for full attention)")
+    check_window(window)
+    check_varlen(B, T, lengths, cu_seqlens)
+    if feature_map is not None:
+        check_feature_map(feature_map)
+    return B, T, H, Hkv, D
+
+
 def _triton(op: str):
     module, name = _TRITON_IMPLS[op]
     return getattr(importlib.import_module(module), name)
@@ -93,6 +110,7 @@ def swa_attention(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None,
     Returns:
         (B, T, H, D) in q.dtype; zero at padded positions.
     """
+    _check_prefill(q, k, v, window, lengths, cu_seqlens, rla=False)
     be = _pick(backend, q, rla=False)
     launches[f"{be}.swa"] += 1
     if be == "triton":
@@ -106,6 +124,7 @@ def residual_linear_attention(q, k, v, *, window, feature_map="softmax", lengths
     Args: q (B, T, H, D); k, v (B, T, Hkv, D); feature_map "softmax" | "relu" | "identity".
     Returns: (B, T, H, D) in q.dtype (accumulated in fp32); exactly zero for t <= window.
     """
+    _check_prefill(q, k, v, window, lengths, cu_seqlens, rla=True, feature_map=feature_map)
     be = _pick(backend, q, rla=True)
     launches[f"{be}.rla"] += 1
     if be == "triton":
@@ -124,6 +143,11 @@ def rattention(q, k, v, *, window, rope=None, scale=None, feature_map="softmax",
     Returns:
         (B, T, H, D) in q.dtype.
     """
+    B, T, H, Hkv, D = _check_prefill(q, k, v, window, lengths, cu_seqlens, rla=True, feature_map=feature_map)
+    if rope is not None:
+        check_rope_tables(rope, B, T, D, q.device)
+    check_norm_weights(H, D, q.device, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight)
+    check_eps(eps)
     be = _pick(backend, q, rla=True)
     launches[f"{be}.rattention"] += 1
     kw = dict(window=window, rope=rope, scale=scale, feature_map=feature_map, swa_norm_weight=swa_norm_weight,
@@ -159,8 +183,12 @@ def local_decode_step(q, k, v, cache: LocalCache, *, rope: Rope | None = None, s
     """One decode step for a batch whose sequences may sit at different positions.
 
     Args: q (B, H, D) raw; k, v (B, Hkv, D) raw; cache from `local_prefill` / `empty_local_cache` (updated in place).
-    Returns: (B, H, D) in q.dtype.
+    Returns: (B, H, D) in q.dtype. A position below 0 (a damaged cache) raises ValueError for CPU tensors;
+    on a GPU (where checking would cost a sync per layer and step) that row's output is NaN and its cache
+    rows are left alone.
     """
+    check_decode_args(q, k, v, cache, rope, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight)
+    check_positions(cache.pos)
     be = resolve_backend(backend, q.device)
     launches[f"{be}.decode"] += 1
     kw = dict(rope=rope, scale=scale, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight, eps=eps)
@@ -169,16 +197,34 @@ def local_decode_step(q, k, v, cache: LocalCache, *, rope: Rope | None = None, s
     return local_decode_step_naive(q, k, v, cache, **kw)
 
 
+def _check_kv_decode(q, k, v, pos) -> None:
+    if not all(isinstance(x, torch.Tensor) for x in (q, k, v, pos)):
+        raise TypeError("q, k, v and pos must be torch tensors")
+    if q.dim() != 3 or k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"kv decode needs q (B, H, D) and a cache k, v (B, S, Hkv, D); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D or k.shape[2] < 1 or H < 1 or H % k.shape[2]:
+        raise ValueError(f"kv decode needs a cache (B, S, Hkv, D) with H % Hkv == 0 for q {tuple(q.shape)}; got {tuple(k.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q and the cache must share one dtype, float16, bfloat16 or float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if pos.shape != (B,) or pos.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"pos must be an int32 / int64 ({B},) tensor, got {pos.dtype} {tuple(pos.shape)}")
+    if not (q.device == k.device == v.device == pos.device):
+        raise ValueError("q, the cache and pos must be on one device")
+
+
 def kv_decode_naive(q, k, v, pos, *, scale=None):
     """Reference decode attention of a global layer, fp32: q (B, H, D) against cache keys 0..pos[b]."""
     B, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
-    qf = q.float().view(B, Hkv, H // Hkv, D)
+    qf = q.float().reshape(B, Hkv, H // Hkv, D)
     s = torch.einsum("bkgd,bskd->bkgs", qf, k.float()) * default_scale(D, scale)
     visible = torch.arange(S, device=q.device)[None, :] <= pos[:, None]  # (B, S)
     s = s.masked_fill(~visible[:, None, None, :], float("-inf"))
     vf = drop_padding(v.float(), visible)  # unfilled slots may hold anything, NaN included
-    o = torch.einsum("bkgs,bskd->bkgd", torch.softmax(s, dim=-1), vf)
+    o = torch.einsum("bkgs,bskd->bkgd", torch.softmax(s, dim=-1), vf)  # pos < 0: no key, NaN
+    o = o.masked_fill((pos >= S)[:, None, None, None], float("nan"))  # past the cache: NaN, as the Triton kernel
     return o.reshape(B, H, D).to(q.dtype)
 
 
@@ -187,8 +233,11 @@ def kv_decode(q, k, v, pos, *, scale=None, backend="auto"):
 
     Args: q (B, H, D) rotated; k, v (B, S, Hkv, D) the cache (rotated keys); pos (B,) int64, the newest
     filled position of each row (keys 0..pos[b] are attended; later slots are ignored).
-    Returns: (B, H, D) in q.dtype.
+    Returns: (B, H, D) in q.dtype. A position outside [0, S-1] raises ValueError for CPU tensors; on a GPU
+    (no sync per layer and step to check it) that row's output is NaN.
     """
+    _check_kv_decode(q, k, v, pos)
+    check_positions(pos, k.shape[1])
     be = _pick(backend, q, rla=False)
     launches[f"{be}.kv_decode"] += 1
     if be == "triton":

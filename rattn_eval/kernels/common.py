@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -97,22 +99,98 @@ def default_scale(head_dim: int, scale: float | None) -> float:
     return head_dim**-0.5 if scale is None else float(scale)
 
 
+INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[int, int, int, int, int]:
-    """Validate [B, T, H, D] / [B, T, Hkv, D] shapes. Returns B, T, H, Hkv, D."""
+    """Validate [B, T, H, D] / [B, T, Hkv, D] shapes, one device and one floating dtype. Returns B, T, H, Hkv, D."""
+    if not all(isinstance(x, torch.Tensor) for x in (q, k, v)):
+        raise TypeError("q, k and v must be torch tensors")
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
         raise ValueError(f"expected 4-d q, k, v in [B, T, H, D] layout, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     B, T, H, D = q.shape
     if k.shape != v.shape or k.shape[0] != B or k.shape[1] != T or k.shape[3] != D:
         raise ValueError(f"k and v must be [B, T, Hkv, D] matching q {tuple(q.shape)}; got k {tuple(k.shape)}, v {tuple(v.shape)}")
     Hkv = k.shape[2]
+    if H < 1 or Hkv < 1 or D < 1:
+        raise ValueError(f"q and k need at least one head and a head dim >= 1; got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if H % Hkv:
         raise ValueError(f"query heads ({H}) must be a multiple of kv heads ({Hkv})")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if not (q.dtype == k.dtype == v.dtype) or not q.is_floating_point():
+        raise ValueError(f"q, k and v must share one floating dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
     return B, T, H, Hkv, D
 
 
+def check_input_dtype(x: torch.Tensor) -> None:
+    """The public ops take fp16, bf16 and fp32 (the references compute in fp32)."""
+    if x.dtype not in INPUT_DTYPES:
+        raise ValueError(f"attention inputs must be float16, bfloat16 or float32, got {x.dtype}")
+
+
 def check_window(window: int | None) -> None:
-    if window is not None and (not isinstance(window, int) or window < 0):
+    if window is not None and (not isinstance(window, int) or isinstance(window, bool) or window < 0):
         raise ValueError(f"window must be a non-negative int or None, got {window!r}")
+
+
+def check_varlen(B: int, T: int, lengths, cu_seqlens) -> None:
+    """Per-sequence lengths of a right-padded batch ((B,) integers in [0, T]) or the offsets of a packed
+    one ((N+1,) integers from 0, non-decreasing, ending <= T, with B == 1); never both."""
+    if lengths is not None and cu_seqlens is not None:
+        raise ValueError("pass either lengths (padded batch) or cu_seqlens (packed batch), not both")
+    for name, x in (("lengths", lengths), ("cu_seqlens", cu_seqlens)):
+        if x is None:
+            continue
+        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integers, got dtype {t.dtype}")
+        if t.dim() != 1:
+            raise ValueError(f"{name} must be a 1-d tensor, got shape {tuple(t.shape)}")
+    if lengths is not None:
+        ls = torch.as_tensor(lengths).tolist()
+        if len(ls) != B or any(x < 0 or x > T for x in ls):
+            raise ValueError(f"lengths must be a [B] = [{B}] tensor with values in [0, T = {T}]; got {ls}")
+    if cu_seqlens is not None:
+        if B != 1:
+            raise ValueError(f"packed sequences (cu_seqlens) need B == 1, got B = {B}")
+        cu = torch.as_tensor(cu_seqlens).tolist()
+        if not cu or cu[0] != 0 or cu[-1] > T or any(b < a for a, b in zip(cu, cu[1:])):
+            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end <= T = {T}; got {cu}")
+
+
+def check_rope_tables(rope, B: int, T: int, D: int, device) -> None:
+    """rope = (cos, sin), each (T, D), (1, T, D) or (B, T, D), floating, on the inputs' device; D even."""
+    if not (isinstance(rope, (tuple, list)) and len(rope) == 2 and all(isinstance(x, torch.Tensor) for x in rope)):
+        raise ValueError("rope must be a (cos, sin) pair of tensors or None")
+    cos, sin = rope
+    if D % 2:
+        raise ValueError(f"RoPE (rotate-half) needs an even head dim, got {D}")
+    ok = cos.shape == sin.shape and (tuple(cos.shape) == (T, D) or (cos.dim() == 3 and tuple(cos.shape) in ((B, T, D), (1, T, D))))
+    if not ok:
+        raise ValueError(f"rope tables must be (T, D) or (B, T, D) = ({B}, {T}, {D}); got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    if not (cos.is_floating_point() and sin.is_floating_point()):
+        raise ValueError(f"rope tables must be floating point, got {cos.dtype} and {sin.dtype}")
+    if cos.device != device or sin.device != device:
+        raise ValueError(f"rope tables must be on the inputs' device {device}; got {cos.device}, {sin.device}")
+
+
+def check_norm_weights(H: int, D: int, device, **weights) -> None:
+    """Each weight None or an (H, D) floating tensor on `device`."""
+    for name, w in weights.items():
+        if w is None:
+            continue
+        if not isinstance(w, torch.Tensor) or tuple(w.shape) != (H, D) or not w.is_floating_point():
+            shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+            raise ValueError(f"{name} must be a floating (H, D) = ({H}, {D}) tensor or None, got {shape}")
+        if w.device != device:
+            raise ValueError(f"{name} must be on the inputs' device {device}, got {w.device}")
+
+
+def check_eps(eps) -> None:
+    """RMSNorm epsilon: a positive finite number (with 0, the all-zero RLA rows t <= window give 0/0)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not (0 < eps < float("inf")):
+        raise ValueError(f"eps must be a positive finite number, got {eps!r}")
 
 
 def segment_layout(

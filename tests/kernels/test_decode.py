@@ -209,16 +209,88 @@ def test_cache_size_analytic_and_context_independent(kind, dtype):
     assert sizes[0] == sizes[1]
 
 
-def test_bad_inputs_raise():
+DECODE_STEPS = {"torch": local_decode_step_naive, "triton": local_decode_step_triton}
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_bad_inputs_raise_and_leave_the_cache_alone(backend):
+    """Both backends (and the public entry point) refuse bad inputs with one clear ValueError before
+    writing anything: ring, state and pos are bit-for-bit as they were."""
     cache = empty_local_cache(2, 3, 1, 64, dtype=torch.float32, device="cpu")
+    cache.k.normal_(), cache.v.normal_(), cache.state.normal_()
+    before = copy.deepcopy(cache)
     q, kv = torch.randn(2, 4, 64), torch.randn(2, 1, 64)
-    with pytest.raises(ValueError, match="cache ring"):
-        local_decode_step_triton(q, torch.randn(2, 2, 64), torch.randn(2, 2, 64), cache)
-    with pytest.raises(ValueError, match="H % Hkv"):
-        local_decode_step_triton(torch.randn(2, 3, 64), torch.randn(2, 2, 64), torch.randn(2, 2, 64), cache)
-    with pytest.raises(ValueError, match="rope head dim"):
-        local_decode_step_triton(q, kv, kv, cache, rope=Rope(32))
-    assert cache.pos.tolist() == [0, 0], "a rejected call must leave the cache untouched"
+    bad = {
+        "cache ring": (q, torch.randn(2, 2, 64), torch.randn(2, 2, 64), {}),
+        "H % Hkv": (torch.randn(2, 3, 64), torch.randn(2, 2, 64), torch.randn(2, 2, 64), {}),
+        "Rope of head dim": (q, kv, kv, {"rope": Rope(32)}),
+        "share one dtype": (q, kv.half(), kv.half(), {}),
+        "swa_norm_weight must be": (q, kv, kv, {"swa_norm_weight": torch.ones(64)}),
+        "cache ring is": (q[:1], kv[:1], kv[:1], {}),
+    }
+    for match, (qq, kk, vv, kw) in bad.items():
+        for step in (DECODE_STEPS[backend], lambda *a, **k: local_decode_step(*a, backend=backend, **k)):
+            with pytest.raises(ValueError, match=match):
+                step(qq, kk, vv, cache, **kw)
+    assert_cache_equal(cache, before, 0.0)
+    assert torch.equal(cache.state, before.state)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_negative_position(backend):
+    """A damaged cache with a negative position: the public step raises on the CPU (the check is free
+    there); the backends themselves (what runs on a GPU, where checking costs a sync per step) give
+    that row NaN and leave its ring and state alone, and the other rows are computed as usual."""
+    B, w, H, Hkv, D = 2, 4, 4, 2, 64
+    gen = torch.Generator().manual_seed(5)
+    F = feature_dim(D, "softmax")
+    cache = LocalCache(torch.randn(B, w + 1, Hkv, D, generator=gen), torch.randn(B, w + 1, Hkv, D, generator=gen),
+                       torch.randn(B, Hkv, F, D, generator=gen), torch.tensor([-3, 9]), w, "softmax")
+    q, kn, vn = (torch.randn(B, n, D, generator=gen) for n in (H, Hkv, Hkv))
+    with pytest.raises(ValueError, match="non-negative"):
+        local_decode_step(q, kn, vn, cache, rope=Rope(D), backend=backend)
+    assert cache.pos.tolist() == [-3, 9]
+    good = cache.select(torch.tensor([1]))
+    before = copy.deepcopy(cache)
+    out = DECODE_STEPS[backend](q, kn, vn, cache, rope=Rope(D))
+    assert torch.isnan(out[0]).all(), "the row at a negative position must come out NaN"
+    assert torch.equal(cache.k[0], before.k[0]) and torch.equal(cache.v[0], before.v[0]), "its ring was written"
+    assert torch.equal(cache.state[0], before.state[0]), "its state was changed"
+    exp = local_decode_step_naive(q[1:], kn[1:], vn[1:], good, rope=Rope(D))
+    assert_close(out[1:], exp, 1e-4, "the row at a valid position")
+    assert torch.equal(cache.k[1], good.k[0]) and torch.equal(cache.v[1], good.v[0])
+    assert_close(cache.state[1], good.state[0], 1e-5, "state of the row at a valid position")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("kind", ["rattn", "swa"])
+def test_unfilled_slots_may_hold_anything(backend, kind):
+    """Slots not filled yet (position < window) are masked: NaN there must not reach the output or the
+    state (0 * NaN through a masked weight or a fold that does not happen)."""
+    B, w, H, Hkv, D = 2, 8, 2, 1, 64
+    clean = empty_local_cache(B, w, Hkv, D, dtype=torch.float32, device="cpu", kind=kind)
+    gen = torch.Generator().manual_seed(6)
+    clean.pos.copy_(torch.tensor([3, 0]))
+    for b, n in enumerate(clean.pos.tolist()):
+        clean.k[b, :n], clean.v[b, :n] = torch.randn(2, n, Hkv, D, generator=gen)
+    poisoned = copy.deepcopy(clean)
+    for b, n in enumerate(clean.pos.tolist()):
+        poisoned.k[b, n:], poisoned.v[b, n:] = float("nan"), float("inf")
+    for step in range(3):
+        q, kn, vn = (torch.randn(B, n, D, generator=gen) for n in (H, Hkv, Hkv))
+        exp = local_decode_step_naive(q, kn, vn, clean, rope=Rope(D))
+        got = DECODE_STEPS[backend](q, kn, vn, poisoned, rope=Rope(D))
+        assert_close(got, exp, 1e-4, f"step {step}")
+    if kind == "rattn":
+        assert torch.equal(poisoned.state, clean.state), "the state took in a slot that never left the window"
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("kind", ["rattn", "swa"])
+def test_empty_batch(backend, kind):
+    cache = empty_local_cache(0, 8, 2, 64, dtype=torch.float32, device="cpu", kind=kind)
+    out = DECODE_STEPS[backend](torch.randn(0, 4, 64), torch.randn(0, 2, 64), torch.randn(0, 2, 64), cache, rope=Rope(64))
+    assert out.shape == (0, 4, 64)
 
 
 GPU_CASES = [("rattn", 128, "softmax"), ("rattn", 128, "relu"), ("rattn", 64, "identity"), ("swa", 128, "softmax"),
@@ -254,3 +326,26 @@ def test_gpu_bf16_ring_vs_fp32_reference(kind, D, fm):
         assert_close(out, exp, 1e-2, f"bf16 output at step {step}")
     assert launches["triton.decode"] == before + 4
     assert_cache_equal(got, ref, 1e-4)
+
+
+@pytest.mark.gpu
+def test_gpu_negative_position_gives_nan_and_writes_nothing():
+    """On CUDA the public step does not sync to check positions: a row at a negative position comes out
+    NaN, its ring and state stay as they were (no write out of bounds), the other rows are exact."""
+    B, w, H, Hkv, D = 4, 512, 16, 4, 128
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(6)
+    cache = LocalCache(torch.randn(B, w + 1, Hkv, D, generator=gen, device=dev),
+                       torch.randn(B, w + 1, Hkv, D, generator=gen, device=dev),
+                       torch.randn(B, Hkv, feature_dim(D, "softmax"), D, generator=gen, device=dev),
+                       torch.tensor([-5, 3, 700, 513], device=dev), w, "softmax")
+    before = copy.deepcopy(cache)
+    good = before.select(torch.tensor([1, 2, 3], device=dev))
+    q, kn, vn = (torch.randn(B, n, D, generator=gen, device=dev) for n in (H, Hkv, Hkv))
+    out = local_decode_step(q, kn, vn, cache, rope=Rope(D), backend="auto")
+    torch.cuda.synchronize()
+    assert torch.isnan(out[0]).all()
+    assert torch.equal(cache.k[0], before.k[0]) and torch.equal(cache.v[0], before.v[0])
+    assert torch.equal(cache.state[0], before.state[0])
+    exp = local_decode_step_naive(q[1:], kn[1:], vn[1:], good, rope=Rope(D))
+    assert_close(out[1:], exp, 1e-4, "rows at valid positions")

@@ -102,6 +102,24 @@ def test_kv_decode_errors():
         kv_decode(q, torch.randn(2, 10, 2, 64).half(), torch.randn(2, 10, 2, 64).half(), pos, backend="triton")
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_kv_decode_positions_outside_the_cache(backend):
+    """pos < 0 or >= S: the public op raises on the CPU; the backends (what runs on a GPU, without a sync
+    per step) give that row NaN, never read past the cache, and compute the other rows as usual."""
+    gen = torch.Generator().manual_seed(5)
+    B, S, H, Hkv, D = 3, 20, 4, 2, 64
+    q = torch.randn(B, H, D, generator=gen)
+    k = torch.randn(B, S, Hkv, D, generator=gen)
+    v = torch.randn(B, S, Hkv, D, generator=gen)
+    pos = torch.tensor([S, 7, -1])
+    with pytest.raises(ValueError, match=r"in \[0, 19\]"):
+        kv_decode(q, k, v, pos, backend=backend)
+    impl = kv_decode_naive if backend == "torch" else kv_split.kv_decode_triton
+    got = impl(q, k, v, pos)
+    assert torch.isnan(got[0]).all() and torch.isnan(got[2]).all(), "rows at positions outside the cache must be NaN"
+    _close(got[1:2], kv_decode_naive(q[1:2], k[1:2], v[1:2], pos[1:2]), 1e-5, "the row at a valid position")
+
+
 @pytest.mark.gpu
 def test_kv_decode_bf16_gpu():
     gen = torch.Generator().manual_seed(4)
@@ -114,3 +132,17 @@ def test_kv_decode_bf16_gpu():
     got = kv_decode(q.bfloat16(), k.bfloat16(), v.bfloat16(), pos, backend="triton")
     rel = ((got.float() - exp).pow(2).mean().sqrt() / exp.pow(2).mean().sqrt()).item()
     assert rel <= 1e-2, rel
+
+
+@pytest.mark.gpu
+def test_kv_decode_positions_outside_the_cache_gpu():
+    """On CUDA no sync checks pos: rows past the cache or below 0 come out NaN (nothing read past it)."""
+    gen = torch.Generator().manual_seed(6)
+    B, S, H, Hkv, D = 4, 300, 8, 2, 128
+    q = torch.randn(B, H, D, generator=gen).cuda()
+    k = torch.randn(B, S, Hkv, D, generator=gen).cuda()
+    v = torch.randn(B, S, Hkv, D, generator=gen).cuda()
+    pos = torch.tensor([S, 17, -1, S + 10_000]).cuda()
+    got = kv_decode(q, k, v, pos, backend="auto")
+    assert torch.isnan(got[[0, 2, 3]]).all()
+    _close(got[1:2], kv_decode_naive(q[1:2], k[1:2], v[1:2], pos[1:2]), 1e-5, "the row at a valid position")

@@ -23,9 +23,9 @@ from triton.language.extra import libdevice
 
 from ..common import default_scale
 from ..rla.chunk import _num_sms
-from .naive import LocalCache
+from .naive import LocalCache, check_decode_args
 
-_FEATURE_MAP_CODES = {"softmax": 0, "relu": 1, "identity": 2}
+_FEATURE_MAP_CODES = {"softmax": 0, "relu": 1, "identity": 2}  # common.FEATURE_MAPS
 
 # rope.inv_freq copied to the kernel's device once, not every step: id(rope), device -> (source, copy)
 _inv_freq_copies: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -69,7 +69,7 @@ def decode_rla_partial_kernel(
     b = pid // Hkv
     hk = pid % Hkv
     t = tl.load(pos_ptr + b)
-    slot = t % W1
+    slot = tl.where(t >= 0, t % W1, 0)  # a negative position (a damaged cache) reads slot 0 and changes nothing
     leaving = t >= W1  # the slot holds token t - W1, which leaves the window now
 
     d = tl.arange(0, BLOCK_D)
@@ -144,7 +144,7 @@ def decode_swa_partial_kernel(
     b = pid // Hkv
     hk = pid % Hkv
     t = tl.load(pos_ptr + b)
-    slot = t % W1
+    slot = tl.where(t >= 0, t % W1, 0)  # t < 0: every slot is masked below, so the row's output is NaN
 
     d = tl.arange(0, BLOCK_D)
     dm = d < D
@@ -264,12 +264,13 @@ def decode_combine_kernel(
         o = o + o_rla
     tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :], o.to(o_ptr.dtype.element_ty), mask=q_mask)
     t = tl.load(pos_ptr + b)
-    slot = t % W1
+    ok = t >= 0  # a negative position (a damaged cache): NaN output (merged above), the ring is left alone
+    slot = tl.where(ok, t % W1, 0)
     ring_dtype = ring_k_ptr.dtype.element_ty
     k_new = tl.load(k_ptr + b * stride_kb + hk * stride_kh + d, mask=dm, other=0.0).to(ring_dtype)
     v_new = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype)
-    tl.store(ring_k_ptr + b * stride_rkb + hk * stride_rkh + slot * stride_rks + d, k_new, mask=dm)
-    tl.store(ring_v_ptr + b * stride_rvb + hk * stride_rvh + slot * stride_rvs + d, v_new, mask=dm)
+    tl.store(ring_k_ptr + b * stride_rkb + hk * stride_rkh + slot * stride_rks + d, k_new, mask=dm & ok)
+    tl.store(ring_v_ptr + b * stride_rvb + hk * stride_rvh + slot * stride_rvs + d, v_new, mask=dm & ok)
 
 
 def _splits(n: int, block: int, programs: int, target: int) -> tuple[int, int]:
@@ -356,37 +357,6 @@ def _last_dim_contiguous(x: torch.Tensor) -> torch.Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def _check(q, k, v, cache: LocalCache, rope, norms) -> None:
-    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
-        raise ValueError(f"decode expects q (B, H, D) and k, v (B, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
-    B, H, D = q.shape
-    if k.shape != v.shape or k.shape[0] != B or k.shape[2] != D or H % k.shape[1]:
-        raise ValueError(f"k and v must be (B, Hkv, D) with H % Hkv == 0 for q {tuple(q.shape)}; got {tuple(k.shape)}, {tuple(v.shape)}")
-    Hkv = k.shape[1]
-    ring_shape = (B, cache.window + 1, Hkv, D)
-    if tuple(cache.k.shape) != ring_shape or tuple(cache.v.shape) != ring_shape:
-        raise ValueError(f"cache ring is {tuple(cache.k.shape)}, expected {ring_shape} for these inputs")
-    if cache.k.stride(-1) != 1 or cache.v.stride(-1) != 1:
-        raise ValueError("the cache ring must be contiguous in the head dim (it is updated in place)")
-    if cache.state is not None:
-        F = cache.state.shape[2]
-        if tuple(cache.state.shape) != (B, Hkv, F, D) or cache.state.dtype != torch.float32 or cache.state.stride(-1) != 1:
-            raise ValueError(f"cache state must be fp32 (B, Hkv, F, D) = ({B}, {Hkv}, F, {D}), contiguous in D; "
-                             f"got {cache.state.dtype} {tuple(cache.state.shape)}")
-    if cache.feature_map not in _FEATURE_MAP_CODES:
-        raise ValueError(f"unknown feature_map {cache.feature_map!r}; choose one of {', '.join(_FEATURE_MAP_CODES)}")
-    if cache.pos.shape != (B,) or cache.pos.dtype != torch.int64:
-        raise ValueError(f"cache.pos must be an int64 ({B},) tensor, got {cache.pos.dtype} {tuple(cache.pos.shape)}")
-    if rope is not None and rope.head_dim != D:
-        raise ValueError(f"rope head dim {rope.head_dim} does not match the head dim {D}")
-    for name, w in norms.items():
-        if w is not None and tuple(w.shape) != (H, D):
-            raise ValueError(f"{name} must be ({H}, {D}), got {tuple(w.shape)}")
-    tensors = [k, v, cache.k, cache.v, cache.pos] + ([] if cache.state is None else [cache.state])
-    if any(x.device != q.device for x in tensors):
-        raise ValueError("q, k, v and the cache must be on one device")
-
-
 def local_decode_step_triton(q, k, v, cache: LocalCache, *, rope=None, scale=None, swa_norm_weight=None,
                              rla_norm_weight=None, eps=1e-6):
     """One decode step of a local layer, in Triton; same semantics as `local_decode_step_naive`.
@@ -402,7 +372,7 @@ def local_decode_step_triton(q, k, v, cache: LocalCache, *, rope=None, scale=Non
     Returns:
         (B, H, D) in q.dtype: o_swa for a plain SWA cache, else rms(o_swa) * g_swa + rms(o_rla) * g_rla.
     """
-    _check(q, k, v, cache, rope, {"swa_norm_weight": swa_norm_weight, "rla_norm_weight": rla_norm_weight})
+    check_decode_args(q, k, v, cache, rope, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight)
     B, H, D = q.shape
     o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     if B > 0:

@@ -29,7 +29,7 @@ _SPLIT_TARGET = 4
 def kv_decode_partial_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
-    Hkv, NS, S_SPLIT, scale,
+    S, Hkv, NS, S_SPLIT, scale,
     D: tl.constexpr, G: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
@@ -37,7 +37,8 @@ def kv_decode_partial_kernel(
     j = tl.program_id(1)
     b = pid // Hkv
     hk = pid % Hkv
-    n = tl.load(pos_ptr + b) + 1  # keys 0..pos are visible
+    t = tl.load(pos_ptr + b)
+    n = tl.where((t >= 0) & (t < S), t + 1, 0)  # keys 0..pos are visible; a position outside the cache: none (NaN row)
     lo = j * S_SPLIT
     d = tl.arange(0, BLOCK_D)
     dm = d < D
@@ -83,7 +84,7 @@ def kv_decode_merge_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, stride_ob, stride_oh, H
     hk = pid % Hkv
     d = tl.arange(0, BLOCK_D)
     gi = tl.arange(0, BLOCK_G)
-    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, gi, d, BLOCK_G, BLOCK_D)  # key 0 is visible: l > 0
+    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, gi, d, BLOCK_G, BLOCK_D)  # l = 0 (NaN) only for a bad pos
     mask = (gi < G)[:, None] & (d < D)[None, :]
     tl.store(o_ptr + b * stride_ob + (hk * G + gi)[:, None] * stride_oh + d[None, :],
              o.to(o_ptr.dtype.element_ty), mask=mask)
@@ -91,7 +92,8 @@ def kv_decode_merge_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, stride_ob, stride_oh, H
 
 def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, *, scale=None):
     """Decode attention: q (B, H, D) rotated; k, v (B, S, Hkv, D) the cache (rotated keys); pos (B,)
-    int64, the newest filled position per row (keys 0..pos[b] are attended). Returns (B, H, D)."""
+    int64, the newest filled position per row (keys 0..pos[b] are attended). Returns (B, H, D); a row whose
+    pos lies outside [0, S-1] gets NaN (the kernel never reads past the cache)."""
     B, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
     if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D or H % Hkv:
@@ -122,7 +124,7 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     kv_decode_partial_kernel[(programs, ns)](
         q, k, v, pos, m, l_, acc,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        Hkv, ns, s_split, default_scale(D, scale),
+        S, Hkv, ns, s_split, default_scale(D, scale),
         D=D, G=G, IEEE=q.dtype == torch.float32, BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=4,
     )
     kv_decode_merge_kernel[(programs,)](m, l_, acc, o, o.stride(0), o.stride(1), Hkv, ns,

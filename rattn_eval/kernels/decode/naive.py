@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..common import Rope, apply_feature_map, default_scale, feature_dim, rms_norm, rotate_half
+from ..common import Rope, apply_feature_map, check_feature_map, default_scale, feature_dim, rms_norm, rotate_half
 
 
 @dataclass
@@ -52,6 +52,58 @@ class LocalCache:
         """Keep batch rows `index` (e.g. drop finished sequences)."""
         st = None if self.state is None else self.state[index]
         return LocalCache(self.k[index], self.v[index], st, self.pos[index], self.window, self.feature_map)
+
+
+def check_decode_args(q, k, v, cache: LocalCache, rope, **norms) -> None:
+    """Shapes, dtypes and devices of one decode step against its cache; raises ValueError before anything
+    is written, so a refused call leaves the cache as it was. Positions are not read here (on a GPU that
+    would cost a sync per layer and step): see `check_positions`."""
+    if not all(isinstance(x, torch.Tensor) for x in (q, k, v)):
+        raise TypeError("q, k and v must be torch tensors")
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"decode expects q (B, H, D) and k, v (B, Hkv, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, D = q.shape
+    if k.shape != v.shape or k.shape[0] != B or k.shape[2] != D or k.shape[1] < 1 or H < 1 or H % k.shape[1]:
+        raise ValueError(f"k and v must be (B, Hkv, D) with H % Hkv == 0 for q {tuple(q.shape)}; got {tuple(k.shape)}, {tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q, k and v must share one dtype, float16, bfloat16 or float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    Hkv = k.shape[1]
+    ring_shape = (B, cache.window + 1, Hkv, D)
+    if tuple(cache.k.shape) != ring_shape or tuple(cache.v.shape) != ring_shape:
+        raise ValueError(f"cache ring is {tuple(cache.k.shape)}, expected {ring_shape} for these inputs")
+    if not (cache.k.is_floating_point() and cache.v.dtype == cache.k.dtype):
+        raise ValueError(f"the cache ring must hold one floating dtype, got {cache.k.dtype} and {cache.v.dtype}")
+    if cache.k.stride(-1) != 1 or cache.v.stride(-1) != 1:
+        raise ValueError("the cache ring must be contiguous in the head dim (it is updated in place)")
+    if cache.state is not None:
+        F = cache.state.shape[2] if cache.state.dim() == 4 else -1
+        if (tuple(cache.state.shape) != (B, Hkv, F, D) or F != feature_dim(D, cache.feature_map)
+                or cache.state.dtype != torch.float32 or cache.state.stride(-1) != 1):
+            raise ValueError(f"cache state must be fp32 (B, Hkv, F, D) = ({B}, {Hkv}, {feature_dim(D, cache.feature_map)}, {D}), "
+                             f"contiguous in D; got {cache.state.dtype} {tuple(cache.state.shape)}")
+    check_feature_map(cache.feature_map)
+    if cache.pos.shape != (B,) or cache.pos.dtype != torch.int64:
+        raise ValueError(f"cache.pos must be an int64 ({B},) tensor, got {cache.pos.dtype} {tuple(cache.pos.shape)}")
+    if rope is not None and (not isinstance(rope, Rope) or rope.head_dim != D):
+        raise ValueError(f"rope must be a Rope of head dim {D} or None, got {rope!r}")
+    for name, w in norms.items():
+        if w is not None and (not isinstance(w, torch.Tensor) or tuple(w.shape) != (H, D)):
+            raise ValueError(f"{name} must be ({H}, {D}), got {tuple(w.shape) if isinstance(w, torch.Tensor) else w!r}")
+    tensors = [k, v, cache.k, cache.v, cache.pos] + ([] if cache.state is None else [cache.state])
+    tensors += [w for w in norms.values() if w is not None]
+    if any(x.device != q.device for x in tensors):
+        raise ValueError("q, k, v, the norm weights and the cache must be on one device")
+
+
+def check_positions(pos: torch.Tensor, limit: int | None = None) -> None:
+    """Raise for positions outside [0, limit) where reading them is free (CPU tensors). On a GPU the
+    kernels give such rows NaN output and leave the cache alone instead of spending a sync per step."""
+    if pos.device.type != "cpu" or pos.numel() == 0:
+        return
+    lo, hi = int(pos.min()), int(pos.max())
+    if lo < 0 or (limit is not None and hi >= limit):
+        span = "non-negative" if limit is None else f"in [0, {limit - 1}]"
+        raise ValueError(f"decode positions must be {span}; got values from {lo} to {hi}")
 
 
 def build_local_cache(k, v, *, window, kind="rattn", feature_map="softmax", lengths=None) -> LocalCache:
@@ -94,20 +146,23 @@ def local_decode_step_naive(q, k, v, cache: LocalCache, *, rope: Rope | None = N
     Returns (B, H, D) in q.dtype: the SWA output for a plain SWA cache, else
     rms(o_swa) * g_swa + rms(o_rla) * g_rla.
     """
+    check_decode_args(q, k, v, cache, rope, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight)
     B, H, D = q.shape
     Hkv = k.shape[1]
     g = H // Hkv
     W1 = cache.window + 1
     t = cache.pos  # (B,)
+    ok = t >= 0  # a negative position (a damaged cache): NaN output, the cache left alone (as the Triton step)
     slot = t % W1
     rows = torch.arange(B, device=q.device)
     if cache.state is not None:
-        leaving = t >= W1  # slot holds token t - W1, which now leaves the window
+        leaving = ok & (t >= W1)  # slot holds token t - W1, which now leaves the window
         pk = apply_feature_map(cache.k[rows, slot], cache.feature_map)  # (B, Hkv, F)
         upd = pk[..., :, None] * cache.v[rows, slot].float()[..., None, :]  # (B, Hkv, F, D)
-        cache.state += upd * leaving[:, None, None, None]
-    cache.k[rows, slot] = k.to(cache.k.dtype)
-    cache.v[rows, slot] = v.to(cache.v.dtype)
+        cache.state += torch.where(leaving[:, None, None, None], upd, 0.0)  # where, not *: a slot may hold NaN
+    keep = ~ok[:, None, None]
+    cache.k[rows, slot] = torch.where(keep, cache.k[rows, slot], k.to(cache.k.dtype))
+    cache.v[rows, slot] = torch.where(keep, cache.v[rows, slot], v.to(cache.v.dtype))
 
     # absolute position held by each slot i: t - ((t - i) mod W1); filled if >= 0
     i = torch.arange(W1, device=q.device)
@@ -120,13 +175,14 @@ def local_decode_step_naive(q, k, v, cache: LocalCache, *, rope: Rope | None = N
         ck, sk = rope.cos_sin(p_slot.clamp(min=0))  # (B, W1, D)
         kf = kf * ck[:, :, None] + rotate_half(kf) * sk[:, :, None]
     kf = kf.repeat_interleave(g, dim=2)  # (B, W1, H, D)
-    vf = cache.v.float().repeat_interleave(g, dim=2)
+    vf = cache.v.float().masked_fill(~filled[:, :, None, None], 0.0)  # unfilled slots may hold anything
+    vf = vf.repeat_interleave(g, dim=2)
     s = torch.einsum("bhd,bshd->bhs", qf, kf) * default_scale(D, scale)
     s = s.masked_fill(~filled[:, None, :], float("-inf"))
-    o_swa = torch.einsum("bhs,bshd->bhd", torch.softmax(s, dim=-1), vf)
+    o_swa = torch.einsum("bhs,bshd->bhd", torch.softmax(s, dim=-1), vf)  # no filled slot (t < 0): NaN
     cache.pos.add_(1)  # in place (t aliases it; not read below): a captured CUDA graph keeps the same tensor
     if cache.state is None:
         return o_swa.to(q.dtype)
-    pq = apply_feature_map(q, cache.feature_map).reshape(B, Hkv, g, -1)  # (B, Hkv, g, F)
-    o_rla = torch.einsum("bkgf,bkfd->bkgd", pq, cache.state).reshape(B, H, D)
+    pq = apply_feature_map(q, cache.feature_map)  # (B, H, F)
+    o_rla = torch.einsum("bkgf,bkfd->bkgd", pq.reshape(B, Hkv, g, pq.shape[-1]), cache.state).reshape(B, H, D)
     return (rms_norm(o_swa, swa_norm_weight, eps) + rms_norm(o_rla, rla_norm_weight, eps)).to(q.dtype)
