@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from rattn_eval.errors import ConfigError, DataError
+from rattn_eval.tasks.metrics import postprocess
 
 CONFIG_FILE = "config.json"
 ENV_FILE = "env.json"
@@ -245,7 +246,8 @@ def summarize(
             # Sum in index order so a resumed run (records in another order) gives identical floats.
             cell = sorted(by_cell.get((t, L), []), key=lambda r: r["index"])
             counts[t][str(L)] = len(cell)
-            nulls[t][str(L)] = sum(1 for r in cell if not str(r.get("prediction", "")).strip())
+            # empty after RULER's post-processing (control characters count as nothing)
+            nulls[t][str(L)] = sum(1 for r in cell if not postprocess(str(r.get("prediction") or "")))
             scores[t][str(L)] = sum(r["score"] for r in cell) / len(cell) if cell else None
             if not cell:
                 missing.append([t, L])

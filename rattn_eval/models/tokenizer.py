@@ -10,6 +10,7 @@ convention of the tokenizer is counted once, here, and nowhere else.
 
 from __future__ import annotations
 
+import bisect
 import difflib
 import hashlib
 import importlib.util
@@ -254,7 +255,15 @@ class HFTokenizer(Tokenizer):
 
     def token_indices(self, text: str, char_positions: list[int], ids: list[int] | None = None) -> list[int]:
         if self._fast is None or (self._fast[1] is not None and self._fast[1].search(text)):
-            return [super(HFTokenizer, self).token_index(text, p, ids) for p in char_positions]
+            # the character offsets of the tokens: the token holding a character is the first one ending
+            # after it (counting the tokens of the prefix instead is one too many wherever a token
+            # straddles the offset, e.g. " One" holding the space before a needle)
+            enc = self._tk.encode(text, add_special_tokens=False)
+            skip = self._prepended_bos(text)
+            ends = [e for _, e in enc.offsets]
+            if ids is not None and len(ids) != skip + len(ends):
+                return [super(HFTokenizer, self).token_index(text, p, ids) for p in char_positions]
+            return [skip + bisect.bisect_right(ends, p) for p in char_positions]
         return _token_indices_by_bytes(self, self._fast[0], text, char_positions, ids)
 
     def token_index(self, text: str, char_pos: int, ids: list[int] | None = None) -> int:

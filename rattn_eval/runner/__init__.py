@@ -139,6 +139,10 @@ def resolved_config(config: RunConfig, tasks: list[str], out: Path) -> dict[str,
     d["depths"] = list(config.depths) if config.depths is not None else None
     d["tasks"] = list(config.tasks)
     d["out"] = str(out)
+    # samples of another generator version differ under the same ids: such a run directory does not resume
+    from rattn_eval.tasks import GENERATOR_VERSION
+
+    d["generator_version"] = GENERATOR_VERSION
     return d
 
 

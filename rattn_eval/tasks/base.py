@@ -18,7 +18,7 @@ from typing import Callable
 
 from rattn_eval.errors import ConfigError
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 MIN_FILL = 0.95
 CONTEXT_MARK = "\ue000CONTEXT\ue000"  # a private-use placeholder no template or corpus contains
 

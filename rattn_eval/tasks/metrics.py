@@ -12,8 +12,8 @@ PART_MATCH = "part"
 
 
 def postprocess(pred: str) -> str:
-    """Strip the prediction and turn control characters into newlines, as RULER does."""
-    return _CONTROL.sub("\n", (pred or "").strip())
+    """Strip the prediction, turn control characters into newlines and strip again, as RULER does."""
+    return _CONTROL.sub("\n", (pred or "").strip()).strip()
 
 
 def _all(pred: str, refs: list[str]) -> float:

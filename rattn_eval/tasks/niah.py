@@ -2,6 +2,11 @@
 
 Haystacks: `noise` (a repeated block of plain statements), `essay` (Paul Graham essays, sized
 in words, needles at sentence ends) or `needle` (every line is a distractor needle).
+
+Prompt + budget must land in [0.95 L, L]. Where whole units are too coarse for that window (short
+lengths: a `needle` line of two UUIDs is ~40-50 tokens against a 50-token window at 1k), the lines are
+redrawn up to 12 times, and failing that a few filler words follow the last unit to close the gap
+(RULER has no lower bound and would leave such a prompt short instead).
 """
 
 from __future__ import annotations
@@ -189,14 +194,16 @@ def _essay_renderer(units: list[str], ends: list[int], needles, n_gold: int):
         marks = [0] * n_gold
         size = 0
         nxt = 0
-        for at, tag, text in placed:
+        for i, (at, tag, text) in enumerate(placed):
             if at > nxt:
                 chunk = "".join(units[nxt:at])
                 parts.append(chunk)
                 size += len(chunk)
                 nxt = at
             lead = " " if size else ""
-            trail = " " if size == 0 and nxt < k and not units[nxt][:1].isspace() else ""
+            # the last needle before a word that brings no leading space of its own (the text's first)
+            last_here = i + 1 == len(placed) or placed[i + 1][0] > at
+            trail = " " if last_here and nxt < k and not units[nxt][:1].isspace() else ""
             if tag < n_gold:
                 marks[tag] = size + len(lead)
             piece = lead + text + trail

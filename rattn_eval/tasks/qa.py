@@ -1,5 +1,11 @@
 """Question answering over many documents (RULER's qa_1 / qa_2): the gold paragraph(s) of a
-SQuAD v2 or HotpotQA question hidden among distractor paragraphs of the same file."""
+SQuAD v2 or HotpotQA question hidden among distractor paragraphs of the same file.
+
+As in RULER, the question's own hard distractors come first: the other paragraphs of its SQuAD
+article, or the non-supporting paragraphs of its HotpotQA example (the dataset's distractor
+setting); random paragraphs of the file pad the rest. The distractors are shuffled; the first gold
+paragraph sits at the sample's depth, any further gold paragraph (HotpotQA's second supporting
+fact) at a random place."""
 
 from __future__ import annotations
 
@@ -47,8 +53,9 @@ def data_file(cfg: QAConfig, qa_data) -> Path:
 
 
 @lru_cache(maxsize=4)
-def load_qa(dataset: str, path: str, mtime_ns: int) -> tuple[list[str], list[tuple[str, list[str], list[int]]]]:
-    """(documents, [(question, answers, gold document indices)]), answerable questions only."""
+def load_qa(dataset: str, path: str, mtime_ns: int) -> tuple[list[str], list[tuple[str, list[str], list[int], list[int]]]]:
+    """(documents, [(question, answers, gold document indices, the question's own distractor indices)]),
+    answerable questions only."""
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8"))
         docs: dict[str, int] = {}
@@ -57,10 +64,11 @@ def load_qa(dataset: str, path: str, mtime_ns: int) -> tuple[list[str], list[tup
             for article in raw["data"]:
                 para_ids = [docs.setdefault(p["context"], len(docs)) for p in article["paragraphs"]]
                 for p, pid in zip(article["paragraphs"], para_ids):
+                    same_article = list(dict.fromkeys(j for j in para_ids if j != pid))
                     for qa in p["qas"]:
                         answers = list(dict.fromkeys(a["text"] for a in qa.get("answers", [])))
                         if not qa.get("is_impossible") and answers:
-                            items.append((qa["question"], answers, [pid]))
+                            items.append((qa["question"], answers, [pid], same_article))
         else:
             for ex in raw:
                 gold = []
@@ -68,7 +76,8 @@ def load_qa(dataset: str, path: str, mtime_ns: int) -> tuple[list[str], list[tup
                     gold.append(docs.setdefault(f"{title}\n{''.join(sents)}", len(docs)))
                 supporting = {t for t, _ in ex.get("supporting_facts", [])}
                 keep = [g for (title, _), g in zip(ex["context"], gold) if title in supporting] or gold
-                items.append((ex["question"], [ex["answer"]], keep))
+                own = list(dict.fromkeys(g for g in gold if g not in keep))
+                items.append((ex["question"], [ex["answer"]], list(dict.fromkeys(keep)), own))
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path} is not a {dataset} file in the original format ({e}).") from e
     if not items:
@@ -88,24 +97,31 @@ def generate(cfg: QAConfig, tokenizer, *, length: int, n: int, seed: int, task: 
     order = random.Random(sample_seed(task, length, seed, -1)).sample(range(len(items)), len(items))
     def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
-        question, answers, gold = items[order[i % len(order)]]
+        question, answers, gold, own = items[order[i % len(order)]]
         gold_set = set(gold)
-        distract = [j for j in rng.sample(range(len(docs)), len(docs)) if j not in gold_set]
+        own = [j for j in rng.sample(own, len(own)) if j not in gold_set]
+        taken = gold_set | set(own)
+        distract = own + [j for j in rng.sample(range(len(docs)), len(docs)) if j not in taken]
         pre = prefix_sums(doc_cost[j] for j in distract)
         gold_cost = sum(doc_cost[j] for j in gold)
         frame = make_frame(tokenizer, chat_template, INSTRUCTION, _after(question), PREFIX)
+        shuffle_seed = rng.getrandbits(64)
 
-        def render(k: int, distract=distract, gold=gold, d=depths[i]):
-            at = min(k, max(0, round(d * k)))
-            seq = distract[:at] + list(gold) + distract[at:k]
-            parts, marks, size = [], [], 0
+        def render(k: int, distract=distract, gold=gold, d=depths[i], shuffle_seed=shuffle_seed):
+            # the k distractors (own ones first) in a random order fixed by (sample, k), then the gold
+            rk = random.Random(shuffle_seed + k)
+            seq = rk.sample(distract[:k], k)
+            seq.insert(min(k, max(0, round(d * k))), gold[0])
+            for j in gold[1:]:
+                seq.insert(rk.randrange(len(seq) + 1), j)
+            parts, marks, size = [], {}, 0
             for num, j in enumerate(seq):
                 piece = f"Document {num + 1}:\n{docs[j]}" + ("\n\n" if num + 1 < len(seq) else "")
                 if j in gold_set:
-                    marks.append(size)
+                    marks[j] = size
                 parts.append(piece)
                 size += len(piece)
-            return "".join(parts), marks
+            return "".join(parts), [marks[j] for j in gold]  # the paragraph placed at the depth first
 
         make = lambda attempt, frame=frame, render=render, pre=pre, gc=gold_cost, nd=len(distract): Draft(  # noqa: E731
             frame, render, lambda k: gc + pre[k], 0, nd, pad=corpora.PAD_WORDS)

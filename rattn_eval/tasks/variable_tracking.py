@@ -53,12 +53,21 @@ def _chains(rng: random.Random, cfg: VTConfig) -> tuple[list[list[str]], list[st
     return [c[0] for c in chains], chains[0][1], values
 
 
+def _spots(rng: random.Random, stmts: list[list[str]]) -> list[float]:
+    """A depth per statement, in the order of `stmts` flattened: each chain takes its own sorted draws
+    (RULER inserts every chain at sorted random positions), so each assignment comes after the one it
+    copies, while different chains interleave."""
+    return [d for c in stmts for d in sorted(rng.random() for _ in c)]
+
+
 def _example(rng: random.Random, cfg: VTConfig, length: int) -> str:
-    """A short worked example: noise with one chain, the question and its answer."""
+    """A short worked example, built like the question: noise with the chains in order, the question
+    and its answer."""
     stmts, chain, values = _chains(rng, cfg)
     flat = [s for c in stmts for s in c]
     k = 0 if length < 2048 else min(cfg.example_blocks, 2) if length < 8192 else cfg.example_blocks
-    needles = sorted((rng.random(), 99, s) for s in flat)
+    spots = _spots(rng, stmts)
+    needles = sorted((spots[j], j, flat[j]) for j in range(len(flat)))  # by depth; ties keep chain order
     context, _ = _line_renderer([" " + corpora.NOISE_BLOCK] * k, needles, 0, sep=" ")(k)
     return INSTRUCTION + context + _question(values[0]) + "\n" + _prefix(len(chain), values[0]) + " " + " ".join(chain) + ".\n\n"
 
@@ -72,11 +81,9 @@ def generate(cfg: VTConfig, tokenizer, *, length: int, n: int, seed: int, task: 
         rng = random.Random(sample_seed(task, length, seed, i))
         example = _example(rng, cfg, length)
         stmts, chain, values = _chains(rng, cfg)
-        spots = sorted(rng.random() for _ in range(sum(len(c) for c in stmts)))
-        # chain statements keep their order so each assignment follows the one it copies
+        spots = _spots(rng, stmts)  # chain statements keep their order: each assignment follows the one it copies
         flat = [s for c in stmts for s in c]
-        order = list(range(len(flat)))
-        needles = [(spots[j], j, flat[j]) for j in order]
+        needles = sorted((spots[j], j, flat[j]) for j in range(len(flat)))  # by depth; ties keep chain order
         n_gold = len(stmts[0])
         prefix = _prefix(len(chain), values[0])
         frame = make_frame(tokenizer, chat_template, example + INSTRUCTION, _question(values[0]), prefix)

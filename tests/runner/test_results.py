@@ -50,6 +50,10 @@ def test_summarize_means_and_gaps():
     assert s["length_scores"] == {"1": 37.5, "2": None}  # never averaged over the smaller task set
     assert s["avg"] is None and s["missing"] == [["b", 2]] and s["incomplete"] == [["b", 1]]
     assert s["nulls"]["b"]["1"] == 1 and not s["complete"]
+    # RULER's "nulls": empty after post-processing, so control characters alone count as empty
+    s = summarize([rec("a", 1, 0, 0.0, prediction="\x00\x01 \n"), rec("a", 1, 1, 0.0, prediction="x\x00")],
+                  tasks=["a"], lengths=[1])
+    assert s["nulls"]["a"]["1"] == 1
 
 
 def test_torn_last_line_is_dropped_and_repaired(tmp_path):
@@ -74,6 +78,21 @@ def test_rundir_refuses_other_config(tmp_path):
         RunDir.prepare(tmp_path / "r", {**base, "seed": 1})
     rd = RunDir.prepare(tmp_path / "r", {**base, "seed": 1}, overwrite=True)
     assert rd.read_config()["seed"] == 1
+
+
+def test_run_from_another_task_generator_does_not_resume(tmp_path):
+    """Sample ids stay the same across generator versions while the prompts change, so config.json
+    records the version and a directory written by another one refuses to resume."""
+    from pathlib import Path
+
+    from rattn_eval.runner import RunConfig, resolved_config
+    from rattn_eval.tasks import GENERATOR_VERSION
+
+    cfg = resolved_config(RunConfig(tasks=("vt",), lengths=(1024,), model="debug"), ["vt"], Path(tmp_path / "r"))
+    assert cfg["generator_version"] == GENERATOR_VERSION
+    RunDir.prepare(tmp_path / "r", {**cfg, "generator_version": GENERATOR_VERSION - 1})
+    with pytest.raises(ConfigError, match=rf"generator_version: {GENERATOR_VERSION - 1} there vs {GENERATOR_VERSION} now"):
+        RunDir.prepare(tmp_path / "r", cfg)
 
 
 def test_unwritable_output_dir(tmp_path):

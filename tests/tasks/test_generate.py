@@ -139,10 +139,90 @@ def test_depth_honoured(tokenizers, name):
 
 
 def test_answer_position_points_at_needle(tokenizers):
-    for tok in tokenizers.values():
-        s = tasks.generate("niah_single_2", tok, length=2048, n=1, seed=0, depth=0.3)[0]
-        ids = tok.encode_prompt(s.input)
-        assert "One special magic" in tok.decode(ids[s.answer_position: s.answer_position + 24])
+    """The token at answer_position holds the needle's first character, for tokenizers with the tiktoken
+    fast path (bytes, GPT-2, SmolLM2) and without it (the shipped tiny models' BPE, where counting the
+    prefix's tokens used to land one token late: " One" holds the space before the needle)."""
+    from pathlib import Path
+
+    from rattn_eval.models import load_tokenizer
+
+    tiny = load_tokenizer(Path(tasks.__file__).parents[1] / "checkpoints" / "tiny-rattn")
+    for name, tok in [*tokenizers.items(), ("tiny-rattn", tiny)]:
+        for depth in (0.0, 0.3, 0.77):
+            s = tasks.generate("niah_single_2", tok, length=2048, n=1, seed=0, depth=depth)[0]
+            ids = tok.encode_prompt(s.input)
+            p = s.answer_position
+            assert tok.decode(ids[p: p + 24]).lstrip().startswith("One special magic"), (name, depth)
+            assert "One" not in tok.decode(ids[max(0, p - 3): p]), (name, depth)
+
+
+@pytest.mark.parametrize("name", ["niah_multiquery", "niah_single_2"])
+def test_essay_needles_at_the_same_spot_are_separated(tokenizers, name):
+    """Needles placed at one sentence end (here all at depth 0) are separated from each other and from
+    the text by a space (the second of two needles at the start was glued to the first word)."""
+    for s in tasks.generate(name, tokenizers["gpt2"], length=1024, n=2, seed=0, depth=[0.0]):
+        assert not re.search(r"is: \d+\.\S", s.input), s.input[:400]
+
+
+def test_vt_chains_in_order_in_example_and_question(tokenizers):
+    """Every assignment comes after the one it copies, in the worked example as in the question
+    (RULER builds both alike; the example used to list its statements in random order)."""
+    from rattn_eval.tasks.variable_tracking import INSTRUCTION
+
+    stmt = re.compile(r"VAR ([A-Z]{5}) = (?:VAR ([A-Z]{5})|\d+)\.")
+    for length in (1024, 4096, 8192):
+        for s in tasks.generate("vt", tokenizers["gpt2"], length=length, n=3, seed=0):
+            example, question = s.input.split(INSTRUCTION)[1:3]
+            for part in (example.split("\n\nQuestion")[0], question.split("\n\nQuestion")[0]):
+                found = stmt.findall(part)
+                assert len(found) == 5
+                seen = set()
+                for var, src in found:
+                    assert not src or src in seen, (length, s.index, found)
+                    seen.add(var)
+
+
+def test_vt_several_chains_interleave_in_order():
+    from rattn_eval.models import load_tokenizer
+    from rattn_eval.tasks import variable_tracking as vt
+
+    cfg = vt.VTConfig(num_chains=3)
+    s = vt.generate(cfg, load_tokenizer("bytes"), length=4096, n=1, seed=1)[0]
+    body = s.input.split(vt.INSTRUCTION)[2].split("\n\nQuestion")[0]
+    found = re.findall(r"VAR ([A-Z]{5}) = (?:VAR ([A-Z]{5})|\d+)\.", body)
+    assert len(found) == 15
+    seen = set()
+    for var, src in found:
+        assert not src or src in seen
+        seen.add(var)
+    # the three chains interleave (each takes its own sorted depths) rather than following one another
+    heads = [i for i, (_, src) in enumerate(found) if not src]
+    assert len(heads) == 3 and heads != [0, 5, 10], heads
+
+
+def test_qa_takes_the_questions_own_distractors_first(tmp_path, tokenizers):
+    """As RULER: a SQuAD question's haystack holds the other paragraphs of its article, a HotpotQA
+    question's its non-supporting context paragraphs, before random paragraphs of the file."""
+    squad = {"version": "v2.0", "data": [
+        {"title": f"A{a}", "paragraphs": [
+            {"context": f"Article{a} paragraph {p}: the lake Mirr{a}x{p} is deep and cold. " * 2,
+             "qas": [{"id": f"q{a}{p}", "question": f"How is lake Mirr{a}x{p}?", "is_impossible": False,
+                      "answers": [{"text": f"deep{a}x{p}", "answer_start": 0}]}]}
+            for p in range(5)]} for a in range(40)]}
+    hotpot = [{"_id": f"h{a}", "question": f"Where is Quell{a}?", "answer": f"north{a}",
+               "supporting_facts": [[f"T{a}_0", 0], [f"T{a}_1", 0]],
+               "context": [[f"T{a}_{b}", [f"Paragraph {b} of example {a}. "]] for b in range(10)]} for a in range(40)]
+    (tmp_path / "dev-v2.0.json").write_text(json.dumps(squad))
+    (tmp_path / "hotpot_dev_distractor_v1.json").write_text(json.dumps(hotpot))
+    tok = tokenizers["gpt2"]
+    for s in tasks.generate("qa_1", tok, length=2048, n=3, seed=0, qa_data=tmp_path):
+        a = re.search(r"lake Mirr(\d+)x", s.input.rsplit("Question:", 1)[1]).group(1)
+        own = set(re.findall(rf"Document \d+:\nArticle{a} paragraph (\d)", s.input))
+        assert own == {"0", "1", "2", "3", "4"}, own
+    for s in tasks.generate("qa_2", tok, length=2048, n=3, seed=0, qa_data=tmp_path):
+        a = re.search(r"Quell(\d+)", s.input.rsplit("Question:", 1)[1]).group(1)
+        docs = re.findall(rf"Document (\d+):\nT{a}_(\d)", s.input)
+        assert sorted(b for _, b in docs) == [str(b) for b in range(10)], docs
 
 
 def test_cache_reads_instead_of_regenerating(tokenizers, tmp_path, monkeypatch):

@@ -10,6 +10,7 @@ from rattn_eval.tasks import metrics as m
 def test_postprocess():
     assert m.postprocess("  a\tb\x00c \n") == "a\nb\nc"
     assert m.postprocess("") == "" and m.postprocess(None) == ""
+    assert m.postprocess("\x00\x00\x01") == "", "RULER strips again after mapping control characters"
 
 
 def test_string_match_all():
