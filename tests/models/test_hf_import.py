@@ -107,7 +107,7 @@ def test_convert_errors(tmp_path):
 def test_gemma3_config_json_in_the_transformers_4_layout_imports_right():
     # Hub folders of Gemma-3 keep the 4.x keys: the local theta in rope_local_base_freq, a
     # global-only rope_scaling, a layer pattern instead of layer_types, tying left to the default.
-    from rattn_eval.models.convert import config_from_hf, normalize_hf_config
+    from rattn_eval.models.importers import config_from_hf, normalize_hf_config
 
     hf = {"model_type": "gemma3_text", "vocab_size": 512, "hidden_size": 64, "num_attention_heads": 4,
           "num_key_value_heads": 1, "head_dim": 16, "intermediate_size": 128, "rms_norm_eps": 1e-6,
@@ -118,3 +118,17 @@ def test_gemma3_config_json_in_the_transformers_4_layout_imports_right():
     assert (cfg.rope_theta_local, cfg.rope_theta_global, cfg.rope_scale_global) == (1e4, 1e6, 8.0)
     assert cfg.tie_embeddings and cfg.window == 511
     assert cfg.kinds == ("swa",) * 5 + ("global",)
+
+
+def test_convert_stays_the_function_after_its_module_loads():
+    """The importer module is not named like the package's `convert` function: loading a submodule binds
+    its name on the package, which once turned `from rattn_eval.models import convert` into a module
+    for every caller after the first conversion (seen as "'module' object is not callable")."""
+    import importlib
+
+    import rattn_eval.models as models
+
+    importlib.import_module("rattn_eval.models.importers")
+    from rattn_eval.models import convert as again
+
+    assert callable(again) and again is models.convert and not isinstance(again, type(importlib))
