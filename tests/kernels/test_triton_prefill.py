@@ -196,6 +196,27 @@ def test_triton_kernel_launched_through_public_api(op):
     assert_close(out, ref(q, k, v, window=7), 1e-4, op)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_non_contiguous_inputs(dtype):
+    """q, k, v as slices of one fused projection (strided heads) and a transposed layout: the Triton
+    path must read them as the references do (it makes them contiguous where a kernel needs that)."""
+    g = torch.Generator().manual_seed(12)
+    B, T, H, Hkv, D, w = 2, 40, 4, 2, 64, 9
+    fused = torch.randn(B, T, H + 2 * Hkv, D, generator=g).to(dtype)
+    q, k, v = fused[:, :, :H], fused[:, :, H:H + Hkv], fused[:, :, H + Hkv:]
+    qt = torch.randn(B, H, T, D, generator=g).to(dtype).transpose(1, 2)  # (B, T, H, D) view, T-major strides
+    cos, sin = Rope(D).tables(T)
+    f = lambda x: x.float().contiguous()  # noqa: E731
+    for qq in (q, qt):
+        assert not qq.is_contiguous()
+        assert_close(K.swa_attention(qq, k, v, window=w, backend="triton"),
+                     swa_attention_naive(f(qq), f(k), f(v), window=w).to(dtype), TOL[dtype], "swa")
+        assert_close(K.residual_linear_attention(qq, k, v, window=w, backend="triton"),
+                     residual_linear_attention_naive(f(qq), f(k), f(v), window=w).to(dtype), TOL[dtype], "rla")
+        assert_close(K.rattention(qq, k, v, window=w, rope=(cos, sin), backend="triton"),
+                     rattention_naive(f(qq), f(k), f(v), window=w, rope=(cos, sin)).to(dtype), TOL[dtype], "rattention")
+
+
 def test_swa_full_window_equals_sdpa():
     q, k, v, _ = make_inputs(dict(T=50, D=64, heads=(4, 2), B=2, layout="dense", dtype="fp32"))
     ref = F.scaled_dot_product_attention(q.transpose(1, 2), k.repeat_interleave(2, 2).transpose(1, 2),
