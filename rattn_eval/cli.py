@@ -145,6 +145,8 @@ def _eff_text(summary: dict) -> str:
     from rattn_eval.results import format_length
 
     eff, lens = summary["effective_length"], summary["lengths"]
+    if not summary.get("effective_length_determined", True):
+        return "—"  # a length it needs has no result yet
     if eff is not None:
         return format_length(eff)
     if lens and summary["length_scores"].get(str(lens[0])) is not None:

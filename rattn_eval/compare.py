@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rattn_eval.errors import DataError
+from rattn_eval.errors import ConfigError, DataError
 from rattn_eval.results import (CONFIG_FILE, DEFAULT_THRESHOLD, RECORDS_FILE, format_length, load_records,
                                 summarize)
 
@@ -35,8 +35,8 @@ class Run:
 
     @property
     def expected_per_cell(self) -> int:
-        n, limit = self.config.get("n"), self.config.get("limit")
-        return min(n, limit) if limit else n
+        """n samples per (task, length); a run that stopped at --limit is unfinished, not smaller."""
+        return self.config.get("n")
 
 
 def load_run(path: str | Path) -> Run:
@@ -47,8 +47,10 @@ def load_run(path: str | Path) -> Run:
         raise DataError(f"{path} is not a run directory (no {CONFIG_FILE}); pass directories written by rattn-eval run")
     try:
         config = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise DataError(f"{cfg_file} is not valid JSON") from None
+    if not isinstance(config, dict) or not isinstance(config.get("n"), int) or not isinstance(config.get("lengths"), list):
+        raise DataError(f"{cfg_file} is not a run config (a JSON object with n and lengths, as rattn-eval run writes)")
     records = list(load_records(path / RECORDS_FILE).values())
     return Run(path=path, config=config, records=records)
 
@@ -83,8 +85,15 @@ class Comparison:
                 "runs": self.rows, "notes": self.notes}
 
 
+def check_threshold(threshold: float) -> None:
+    """Effective-length thresholds are scores: a number in [0, 100]."""
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 100:
+        raise ConfigError(f"--threshold must be a score in [0, 100], got {threshold!r}")
+
+
 def compare(runs: list[Run], *, threshold: float = DEFAULT_THRESHOLD) -> Comparison:
     """Summaries of `runs` over the union of their tasks and lengths, with notes on mismatches."""
+    check_threshold(threshold)
     _labels(runs)
     tasks: list[str] = []
     lengths: set[int] = set()
@@ -121,6 +130,8 @@ def _fmt(v: float | None, digits: int = 1) -> str:
 
 
 def _eff(row: dict[str, Any]) -> str:
+    if not row.get("effective_length_determined", True):
+        return GAP  # a length it needs has no result
     if row["effective_length"] is not None:
         return format_length(row["effective_length"])
     first = row["lengths"][0] if row["lengths"] else None

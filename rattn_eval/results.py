@@ -111,12 +111,17 @@ class RunDir:
         if not f.exists():
             return None
         try:
-            return json.loads(f.read_text())
-        except json.JSONDecodeError:
+            config = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise DataError(f"{f} is not valid JSON; rerun with --overwrite to start this run afresh") from None
+        if not isinstance(config, dict):
+            raise DataError(f"{f} is not a run config (a JSON object); rerun with --overwrite to start this run afresh")
+        return config
 
     def write_env(self, env: dict[str, Any]) -> None:
-        """Write env.json; sessions of a resumed run are kept, newest last."""
+        """Write env.json: the newest session's environment at the top level and every session's whole
+        environment (versions, device, host, git revision, world size, ...) in "sessions", oldest first,
+        so a resumed run keeps where and with what each part of it ran."""
         f = self.path / ENV_FILE
         sessions = []
         if f.exists():
@@ -124,8 +129,7 @@ class RunDir:
                 sessions = json.loads(f.read_text()).get("sessions", [])
             except json.JSONDecodeError:
                 sessions = []
-        _write_json(f, {**env, "sessions": sessions + [{"start_time": env.get("start_time"),
-                                                         "backend": env.get("backend")}]})
+        _write_json(f, {**env, "sessions": sessions + [dict(env)]})
 
     def load_records(self) -> dict[str, dict[str, Any]]:
         """Records already written, keyed by sample id (first occurrence wins).
@@ -165,6 +169,15 @@ class RecordWriter:
         self.close()
 
 
+def _is_record(rec: Any) -> bool:
+    """The fields aggregation reads: id, task, length (int) and score (a finite or NaN number, not a bool)."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not isinstance(rec.get("task"), str):
+        return False
+    length, score = rec.get("length"), rec.get("score")
+    return (isinstance(length, int) and not isinstance(length, bool)
+            and isinstance(score, (int, float)) and not isinstance(score, bool))
+
+
 def load_records(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any]]:
     """Read records.jsonl into {id: record}. See RunDir.load_records for the torn-line rule."""
     if not path.exists():
@@ -191,8 +204,9 @@ def load_records(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any
                     fp.truncate(pos)
             break
         if rec is not None:
-            if not isinstance(rec, dict) or "id" not in rec:
-                raise DataError(f"{path} line {lineno} is not a sample record")
+            if not _is_record(rec):
+                raise DataError(f"{path} line {lineno} is not a sample record (it needs an id, a task, an int length "
+                                "and a numeric score); rerun with --overwrite to start afresh")
             records.setdefault(rec["id"], rec)
         pos = end + 1
     return records
@@ -276,8 +290,9 @@ def summarize(
 def aggregate_lengths(length_scores: dict[int, float | None], *, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
     """Avg, wAvg (inc/dec) and effective length over lengths, with the task suite's RULER formulas.
 
-    Avg and the weighted averages are None if any length lacks a score; effective length only
-    needs the lengths up to the first gap.
+    Avg and the weighted averages are None if any length lacks a score. Effective length needs the
+    lengths up to the first that fails the threshold: a gap before that leaves it undetermined
+    (None, with effective_length_determined False), as a missing shortest length does.
     """
     from rattn_eval.tasks import metrics
 
@@ -293,5 +308,7 @@ def aggregate_lengths(length_scores: dict[int, float | None], *, threshold: floa
         if length_scores[L] is None:
             break
         prefix[L] = length_scores[L]
-    eff = metrics.effective_length(prefix, threshold) if prefix else None
-    return {"avg": avg, "wavg_inc": winc, "wavg_dec": wdec, "effective_length": eff}
+    determined = bool(prefix) and (len(prefix) == len(lengths) or any(v <= threshold for v in prefix.values()))
+    eff = metrics.effective_length(prefix, threshold) if determined else None
+    return {"avg": avg, "wavg_inc": winc, "wavg_dec": wdec, "effective_length": eff,
+            "effective_length_determined": determined}

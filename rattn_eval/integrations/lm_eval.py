@@ -344,13 +344,20 @@ def render_chat(template: str, messages: list[dict[str, str]], *, add_generation
         _CHAT_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
         _CHAT_ENV.globals["raise_exception"] = raise_exception
         _CHAT_ENV.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    tag = "CONTINUE_FINAL_MESSAGE_TAG "
+    cont = not add_generation_prompt and bool(messages)
+    if cont:  # mark the end of the final message, as transformers does, to find where to cut
+        final = messages[-1]["content"]
+        messages = [*messages[:-1], {**messages[-1], "content": final + tag}]
     text = _CHAT_ENV.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                                   bos_token=bos_token or "", eos_token=eos_token or "")
-    if not add_generation_prompt and messages:
-        final = messages[-1]["content"].strip()
-        if final not in text:
+    if cont:
+        if final.strip() not in text or tag.strip() not in text:
             raise ConfigError("the chat template dropped the final message, so it cannot be continued.")
-        text = text[: text.rindex(final) + len(final)]
+        at = text.rindex(tag.strip())
+        # a template that renders the message verbatim keeps its trailing whitespace ("Answer: " stays
+        # "Answer: "); one that trims it is cut after the trimmed text
+        text = text[:at] if text[at:at + len(tag)] == tag else text[:at].rstrip()
     return text
 
 

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import ConfigError
 from .config import ModelConfig
-from .model import _check_finite, _sync, normalize_generate_args
+from .model import _check_finite, _sync, normalize_generate_args, stop_text
 
 
 class HFModel:
@@ -81,7 +81,7 @@ class HFModel:
                 if stop:
                     for b in range(B):
                         if not done[b]:
-                            done[b] = any(s in tokenizer.decode(new[b].tolist()) for s in stop)
+                            done[b] = any(s in stop_text(tokenizer, new[b].tolist()) for s in stop)
                 return done
 
         class FiniteCheck(LogitsProcessor):
@@ -125,7 +125,7 @@ class HFModel:
                 if tok in eos:
                     break
                 row.append(tok)
-                if stop and any(s in tokenizer.decode(row) for s in stop):
+                if stop and any(s in stop_text(tokenizer, row) for s in stop):
                     break
             outputs.append(row)
         self.last_stats = dict(

@@ -375,6 +375,14 @@ def normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, token
     return budgets, set(int(e) for e in eos_ids), stop, tokenizer
 
 
+def stop_text(tokenizer, ids) -> str:
+    """The generated text stop strings are matched against: special tokens written out (as lm-eval's `hf`
+    model decodes for its stop criteria), so a stop string like "<|im_end|>" that is a special token but
+    not EOS ends the row; a tokenizer without `decode_with_special` decodes plainly."""
+    decode = getattr(tokenizer, "decode_with_special", None) or tokenizer.decode
+    return decode(ids)
+
+
 def _advance(outputs, rows, toks, budgets, eos, stop, tokenizer) -> list[int]:
     """Append each slot's new token to its row's output; returns the slots that go on generating.
     A row ends at EOS (not appended), at its budget, or when its text contains a stop string."""
@@ -383,7 +391,7 @@ def _advance(outputs, rows, toks, budgets, eos, stop, tokenizer) -> list[int]:
         done = len(outputs[row]) >= budgets[row] or tok in eos
         if not done:
             outputs[row].append(tok)
-            done = len(outputs[row]) >= budgets[row] or any(s in tokenizer.decode(outputs[row]) for s in stop)
+            done = len(outputs[row]) >= budgets[row] or any(s in stop_text(tokenizer, outputs[row]) for s in stop)
         if not done:
             keep.append(slot)
     return keep

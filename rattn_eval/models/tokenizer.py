@@ -69,6 +69,14 @@ class Tokenizer:
         """Text of `ids`, special tokens skipped; invalid byte sequences become U+FFFD."""
         return self._decode([int(i) for i in ids])
 
+    def decode_with_special(self, ids) -> str:
+        """Text of `ids` with special tokens written out (`<|im_end|>`, ...): what stop strings are matched
+        against, as lm-eval's `hf` model does, so a stop string that is a special token ends a row."""
+        return self._decode_special([int(i) for i in ids])
+
+    def _decode_special(self, ids: list[int]) -> str:
+        return self._decode(ids)
+
     def encode_prompt(self, text: str) -> list[int]:
         """Ids a model sees for a prompt: `[bos] + encode(text)` when the tokenizer adds BOS
         and the text does not already start with the BOS string (a chat template may put it there)."""
@@ -140,6 +148,17 @@ class ByteTokenizer(Tokenizer):
     def _decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
+    def _decode_special(self, ids: list[int]) -> str:
+        names = {v: k for k, v in self.SPECIALS.items()}
+        out, run = [], []
+        for i in ids:
+            if i in names:
+                out.append(self._decode(run) + names[i])
+                run = []
+            else:
+                run.append(i)
+        return "".join(out) + self._decode(run)
+
     def count_prompt(self, text: str) -> int:
         if "<" in text:
             return len(self.encode_prompt(text))
@@ -189,6 +208,9 @@ class Gpt2Tokenizer(Tokenizer):
 
     def _decode(self, ids: list[int]) -> str:
         return self._enc.decode([i for i in ids if i != 50256], errors="replace")
+
+    def _decode_special(self, ids: list[int]) -> str:
+        return self._enc.decode(ids, errors="replace")
 
 
 class HFTokenizer(Tokenizer):
@@ -252,6 +274,9 @@ class HFTokenizer(Tokenizer):
 
     def _decode(self, ids: list[int]) -> str:
         return self._tk.decode(ids, skip_special_tokens=True)
+
+    def _decode_special(self, ids: list[int]) -> str:
+        return self._tk.decode(ids, skip_special_tokens=False)
 
     def token_indices(self, text: str, char_positions: list[int], ids: list[int] | None = None) -> list[int]:
         if self._fast is None or (self._fast[1] is not None and self._fast[1].search(text)):

@@ -129,6 +129,9 @@ def _validate(config: RunConfig) -> None:
             raise ConfigError(f"needle depth {d:g} is outside [0, 1] (a fraction of the context)")
     if config.backend not in BACKENDS:
         raise ConfigError(f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
+    from rattn_eval.compare import check_threshold
+
+    check_threshold(config.threshold)
 
 
 def resolved_config(config: RunConfig, tasks: list[str], out: Path) -> dict[str, Any]:
@@ -150,8 +153,9 @@ def resolved_config(config: RunConfig, tasks: list[str], out: Path) -> dict[str,
 class _Cell:
     task: str
     length: int
-    samples: list[Any]
+    samples: list[Any]  # this session's samples: the first --limit of the planned ones
     prompts: dict[str, list[int]]
+    planned: list[Any]  # all n samples: what the summary counts against (a --limit run is unfinished)
 
 
 def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dict[str, Any]:
@@ -206,10 +210,12 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
     distributed.record_timing(dist, rundir, model_load_s=model_load_s, generate_s=time.perf_counter() - t_gen,
                               samples=len(set(final) - set(done)))
 
-    planned = [s for c in cells for s in c.samples]
+    # every record of the n planned samples, so a --limit session neither hides the missing samples nor
+    # drops samples an earlier, longer session already scored
+    planned = [s for c in cells for s in c.planned]
     records = [final[s.id] for s in planned if s.id in final]
     summary = summarize(records, tasks=task_names, lengths=lengths,
-                        expected={(c.task, c.length): len(c.samples) for c in cells},
+                        expected={(c.task, c.length): len(c.planned) for c in cells},
                         threshold=config.threshold)
     summary = {"model": config.model, "backend": getattr(model, "backend", config.backend),
                "n": config.n, "seed": config.seed, "window": config.window, **summary}
@@ -229,6 +235,7 @@ def _build_cells(task_lib, config, task_names, lengths, tok, model, use_template
                 chat_template=tok.chat_template if use_template else None, depth=list(config.depths) if config.depths else None,
                 qa_data=config.qa_data,
             )
+            planned = samples
             if config.limit is not None:
                 samples = samples[: config.limit]
             prompts = {}
@@ -243,7 +250,7 @@ def _build_cells(task_lib, config, task_names, lengths, tok, model, use_template
                         f"{model.max_context}-token context of model {config.model}; choose a shorter --len"
                     )
                 prompts[s.id] = ids
-            cells.append(_Cell(task, L, samples, prompts))
+            cells.append(_Cell(task, L, samples, prompts, planned))
     return cells
 
 

@@ -61,7 +61,8 @@ def test_init_without_torchrun_creates_no_group():
 
 
 def line(rid, extra=""):
-    return json.dumps({"id": rid, "v": extra}) + "\n"
+    """A sample record as the runner writes it (the fields aggregation needs) plus a marker."""
+    return json.dumps({"id": rid, "task": "t", "length": 1, "score": 0.0, "v": extra}) + "\n"
 
 
 def test_merge_keeps_order_dedupes_and_repairs(tmp_path):

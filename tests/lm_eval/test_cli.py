@@ -133,6 +133,12 @@ def test_chat_rendering_matches_transformers():
     chats = [
         ([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}], True),
         ([{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Answer:"}], False),
+        # prefixes ending in whitespace (lm-eval's gen_prefix, e.g. "Answer: " or a code task's "...\n"):
+        # SmolLM2's template renders the content verbatim, so the whitespace stays (lm-eval then adds no
+        # space before the choices); it used to be cut off
+        ([{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Answer: "}], False),
+        ([{"role": "user", "content": "Write it."}, {"role": "assistant", "content": "The answer is\n"}], False),
+        ([{"role": "user", "content": "Q"}, {"role": "assistant", "content": " Answer:"}], False),
     ]
     for chat, add_generation_prompt in chats:
         want = hf.apply_chat_template(chat, tokenize=False, add_generation_prompt=add_generation_prompt,

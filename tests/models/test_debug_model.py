@@ -232,3 +232,19 @@ def test_cuda_graph_decoding_equals_eager(backend):
         outs[graphs] = model.generate(prompts, max_new_tokens=budgets, eos_ids=[eos])
     assert outs[True] == outs[False]
     assert len(outs[True][0]) <= 4
+
+
+def test_stop_strings_match_special_tokens_too():
+    """Stop strings are matched against the output with special tokens written out (as lm-eval's `hf`
+    does): a stop string that is a special token but not EOS (here <pad>) ends the row right there.
+    Decoding with the special tokens skipped never saw it, so generation ran on to the budget."""
+    from rattn_eval.models import load_tokenizer
+    from rattn_eval.models.model import _advance
+
+    tok = load_tokenizer("bytes")
+    assert tok.decode([104, 258, 105]) == "hi" and tok.decode_with_special([104, 258, 105]) == "h<pad>i"
+    outputs = [[104], [104]]
+    keep = _advance(outputs, [0, 1], [258, 105], budgets=[10, 10], eos={257}, stop=["<pad>"], tokenizer=tok)
+    assert keep == [1] and outputs == [[104, 258], [104, 105]]
+    gpt2 = load_tokenizer("gpt2")
+    assert gpt2.decode_with_special([40, 50256]).endswith("<|endoftext|>") and "<|" not in gpt2.decode([40, 50256])

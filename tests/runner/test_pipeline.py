@@ -73,9 +73,12 @@ def test_resume_skips_done_and_matches_uninterrupted(tmp_path):
     cfg = dict(tasks=("niah_single_1",), lengths=(1024,), model="debug", n=3, batch_size=1)
     full = run(RunConfig(**cfg, out=str(tmp_path / "full")), progress=False)
     part = tmp_path / "part"
-    run(RunConfig(**cfg, out=str(part), limit=1), progress=False)  # a smoke run, then the full one resumes it
+    smoke = run(RunConfig(**cfg, out=str(part), limit=1), progress=False)  # a smoke run, then the full one resumes it
     first = records(part)
     assert len(first) == 1
+    # the smoke run is unfinished against n, not a complete run of 1 sample
+    assert not smoke["complete"] and smoke["incomplete"] == [["niah_single_1", 1024]]
+    assert smoke["counts"]["niah_single_1"]["1024"] == 1
     with open(part / "records.jsonl", "a") as f:  # a torn line, as a kill mid-write leaves
         f.write('{"id": "niah_single_1/1024/s0/1", "ind')
     resumed = run(RunConfig(**cfg, out=str(part)), progress=False)
@@ -84,5 +87,11 @@ def test_resume_skips_done_and_matches_uninterrupted(tmp_path):
     key = lambda r: (r["id"], r["prediction"], r["score"])  # noqa: E731
     assert sorted(map(key, recs)) == sorted(map(key, records(tmp_path / "full")))
     assert resumed["scores"] == full["scores"] and resumed["avg"] == full["avg"]
+    # another --limit session on the finished directory keeps summarizing all n samples it holds
+    again = run(RunConfig(**cfg, out=str(part), limit=1), progress=False)
+    assert again["scores"] == full["scores"] and again["complete"] and again["counts"] == full["counts"]
+    # env.json keeps each session's whole environment (device, versions, ...), not only the newest
+    sessions = json.loads((part / "env.json").read_text())["sessions"]
+    assert len(sessions) == 3 and all(s["versions"]["torch"] and s["device"] for s in sessions)
     with pytest.raises(ConfigError, match="different config"):
         run(RunConfig(**{**cfg, "n": 4}, out=str(part)), progress=False)

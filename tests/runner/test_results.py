@@ -38,8 +38,16 @@ def test_ruler_aggregates():
     assert agg["wavg_dec"] == pytest.approx(sum(i * 10 * (6 - i) for i in range(6)) / 21)
     assert aggregate_lengths({4096: 95.0, 8192: 90.0, 16384: 80.0, 32768: 88.0})["effective_length"] == 8192
     assert aggregate_lengths({4096: 50.0})["effective_length"] is None
+    # a gap before the first failing length leaves the effective length open (the missing length may
+    # fail): unknown, not the last length before the gap; a failure before the gap settles it
     gap = aggregate_lengths({1: 90.0, 2: None, 3: 95.0})
-    assert gap["avg"] is None and gap["wavg_inc"] is None and gap["effective_length"] == 1
+    assert gap["avg"] is None and gap["wavg_inc"] is None
+    assert gap["effective_length"] is None and not gap["effective_length_determined"]
+    settled = aggregate_lengths({1: 90.0, 2: 40.0, 3: None})
+    assert settled["effective_length"] == 1 and settled["effective_length_determined"]
+    assert not aggregate_lengths({1: None, 2: 95.0})["effective_length_determined"]
+    below = aggregate_lengths({1: 10.0, 2: None})
+    assert below["effective_length"] is None and below["effective_length_determined"]  # below the shortest
 
 
 def test_summarize_means_and_gaps():
@@ -136,3 +144,25 @@ def test_report_files_and_heatmap(tmp_path):
     assert md.read_text().count("![") == 2
     for png in ("score_vs_length.png", "niah_heatmap.png"):
         assert (tmp_path / "rep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("bad", ['{"id": "a/1/s0/0", "task": "a", "length": 1}',
+                                 '{"id": "a/1/s0/0", "task": "a", "length": 1, "score": null}',
+                                 '{"id": "a/1/s0/0", "task": "a", "length": "1k", "score": 1.0}',
+                                 '[1, 2]'])
+def test_records_without_the_aggregated_fields_are_refused(tmp_path, bad):
+    """Valid JSON that is not a sample record (no score, a null score, a string length, not an object) is
+    one clear DataError naming the line, not a KeyError / TypeError deep in the aggregation."""
+    f = tmp_path / "records.jsonl"
+    f.write_text(json.dumps(rec("a", 1, 1, 50.0)) + "\n" + bad + "\n" + json.dumps(rec("a", 1, 2, 0.0)) + "\n")
+    with pytest.raises(DataError, match="line 2 is not a sample record"):
+        load_records(f)
+
+
+def test_compare_refuses_a_config_that_is_not_a_run_config(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text("[1, 2]")
+    with pytest.raises(DataError, match="is not a run config"):
+        cmp.load_run(tmp_path / "r")
+    with pytest.raises(DataError, match="is not a run config"):
+        RunDir.prepare(tmp_path / "r", {"model": "debug", "n": 1})
