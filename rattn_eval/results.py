@@ -39,6 +39,7 @@ DEFAULT_THRESHOLD = 85.6
 
 # Config keys that do not change any result, so a rerun may differ in them and still resume.
 RESUME_NEUTRAL_KEYS = frozenset({"out", "overwrite", "batch_size", "limit", "device", "tasks", "threshold"})
+ORDER_NEUTRAL_KEYS = frozenset({"resolved_tasks"})  # compared as sets
 
 
 def format_length(n: int) -> str:
@@ -215,7 +216,14 @@ def load_records(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     """Human-readable list of result-relevant keys whose values differ, or "" when none do."""
     keys = sorted((set(old) | set(new)) - RESUME_NEUTRAL_KEYS)
-    diffs = [f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in keys if old.get(k) != new.get(k)]
+
+    def same(k):  # the task set, not its order, decides which samples a run holds
+        a, b = old.get(k), new.get(k)
+        if k in ORDER_NEUTRAL_KEYS and isinstance(a, list) and isinstance(b, list):
+            return sorted(map(str, a)) == sorted(map(str, b))
+        return a == b
+
+    diffs = [f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in keys if not same(k)]
     return "; ".join(diffs)
 
 

@@ -82,6 +82,12 @@ def test_rundir_refuses_other_config(tmp_path):
     base = {"model": "debug", "resolved_tasks": ["a"], "lengths": [1], "n": 2, "seed": 0, "limit": None}
     RunDir.prepare(tmp_path / "r", base)
     RunDir.prepare(tmp_path / "r", {**base, "limit": 1, "batch_size": 3})  # resume-neutral keys
+    RunDir.prepare(tmp_path / "r", {**base, "resolved_tasks": ["a"]})
+    two = {**base, "resolved_tasks": ["a", "b"]}
+    RunDir.prepare(tmp_path / "r2", two)
+    RunDir.prepare(tmp_path / "r2", {**two, "resolved_tasks": ["b", "a"]})  # the same task set in another order
+    with pytest.raises(ConfigError, match="resolved_tasks"):
+        RunDir.prepare(tmp_path / "r2", {**two, "resolved_tasks": ["a"]})
     with pytest.raises(ConfigError, match=r"different config \(seed: 0 there vs 1 now\).*--overwrite"):
         RunDir.prepare(tmp_path / "r", {**base, "seed": 1})
     rd = RunDir.prepare(tmp_path / "r", {**base, "seed": 1}, overwrite=True)
