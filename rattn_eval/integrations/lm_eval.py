@@ -184,6 +184,11 @@ class RattnLM(TemplateLM):
         """
         inputs: list[list[int]] = []
         for _, context, continuation in requests:
+            if not context or not continuation:
+                # lm-eval moves a whitespace-only context into the continuation, leaving nothing to condition on
+                raise ConfigError("a loglikelihood request needs a non-empty context and continuation after "
+                                  f"tokenization, got {len(context)} and {len(continuation)} tokens (lm-eval moves a "
+                                  "whitespace-only context into the continuation).")
             if len(continuation) > self._max_length:
                 raise BudgetError(f"a continuation of {len(continuation)} tokens does not fit max_length="
                                   f"{self._max_length}, even with truncation.")

@@ -136,3 +136,16 @@ def test_rattn_runs_an_hf_folder_on_the_hf_backend(tiny_dirs, tiny_results, task
     got, _ = run_tasks(lm, task_manager, (MC_TASK, GEN_TASK))
     assert_same_scores(got, ref, (MC_TASK,))
     assert got[GEN_TASK] == ref[GEN_TASK]
+
+
+def test_whitespace_only_context_is_a_clear_error(tiny_lms):
+    """lm-eval moves a context's trailing whitespace into the continuation: with a tokenizer that adds no
+    BOS, " " + "x" leaves no context tokens (lm-eval's hf stops on an assert; ours used to fail on a
+    tensor shape): one clear ConfigError."""
+    from lm_eval.api.instance import Instance
+
+    from rattn_eval.errors import ConfigError
+
+    ours_lm, _ = tiny_lms
+    with pytest.raises(ConfigError, match="non-empty context"):
+        ours_lm.loglikelihood([Instance("loglikelihood", {}, (" ", "x"), 0)], disable_tqdm=True)
