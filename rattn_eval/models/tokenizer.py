@@ -18,7 +18,6 @@ import json
 import os
 import re
 import tempfile
-from functools import cached_property
 from pathlib import Path
 
 from rattn_eval.errors import ConfigError
