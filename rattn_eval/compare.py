@@ -40,7 +40,8 @@ class Run:
 
 
 def load_run(path: str | Path) -> Run:
-    """Read a run directory (config.json + records.jsonl); DataError if it is not one."""
+    """Read a run directory (config.json + records.jsonl, and the records.rank*.jsonl files a killed
+    torchrun run leaves); DataError if it is not one."""
     path = Path(path)
     cfg_file = path / CONFIG_FILE
     if not cfg_file.is_file():
@@ -51,8 +52,13 @@ def load_run(path: str | Path) -> Run:
         raise DataError(f"{cfg_file} is not valid JSON") from None
     if not isinstance(config, dict) or not isinstance(config.get("n"), int) or not isinstance(config.get("lengths"), list):
         raise DataError(f"{cfg_file} is not a run config (a JSON object with n and lengths, as rattn-eval run writes)")
-    records = list(load_records(path / RECORDS_FILE).values())
-    return Run(path=path, config=config, records=records)
+    records = load_records(path / RECORDS_FILE)
+    from rattn_eval.distributed import rank_files
+
+    for f in rank_files(path):  # a killed multi-process run keeps its ranks' records here until a resume merges them
+        for rid, rec in load_records(f).items():
+            records.setdefault(rid, rec)
+    return Run(path=path, config=config, records=list(records.values()))
 
 
 def _labels(runs: list[Run]) -> None:

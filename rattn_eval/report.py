@@ -42,6 +42,8 @@ def write_report(run_paths: list[str | Path], out: str | Path | None = None, *,
     heat = plot_niah_heatmap(runs, out / "niah_heatmap.png")
     if heat is not None:
         plots.append(heat)
+    else:  # a heatmap an earlier report left in this folder does not belong to these runs
+        (out / "niah_heatmap.png").unlink(missing_ok=True)
 
     lines = ["# rattn-eval report", ""]
     lines.append(f"Scores are x100 (RULER's string_match_all / string_match_part); effective length is the "

@@ -150,6 +150,21 @@ def test_report_files_and_heatmap(tmp_path):
     assert md.read_text().count("![") == 2
     for png in ("score_vs_length.png", "niah_heatmap.png"):
         assert (tmp_path / "rep" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the same folder reused for a run without NIAH records: no heatmap of the earlier runs stays behind
+    other = make_run(tmp_path / "o", model="debug", tasks=["vt"], lengths=[1024], n=1, records=[rec("vt", 1024, 0, 50.0)])
+    md = write_report([other], tmp_path / "rep")
+    assert "niah_heatmap.png" not in md.read_text() and not (tmp_path / "rep" / "niah_heatmap.png").exists()
+
+
+def test_compare_reads_the_rank_files_of_a_killed_torchrun_run(tmp_path):
+    """A multi-process run killed before its ranks' records were merged: compare counts them (the first
+    occurrence of an id wins, as the merge does), instead of showing those cells as missing."""
+    run = make_run(tmp_path / "r", model="m", tasks=["t"], lengths=[1], records=[rec("t", 1, 0, 100.0)])
+    (run / "records.rank1.jsonl").write_text(json.dumps(rec("t", 1, 1, 0.0)) + "\n"
+                                             + json.dumps(rec("t", 1, 0, 0.0)) + "\n")
+    loaded = cmp.load_run(run)
+    assert sorted((r["index"], r["score"]) for r in loaded.records) == [(0, 100.0), (1, 0.0)]
+    assert cmp.compare([loaded]).rows[0]["scores"]["t"]["1"] == 50.0
 
 
 @pytest.mark.parametrize("bad", ['{"id": "a/1/s0/0", "task": "a", "length": 1}',
