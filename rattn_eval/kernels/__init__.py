@@ -17,7 +17,7 @@ import torch
 from .common import (Rope, apply_feature_map, apply_rope, check_eps, check_feature_map, check_input_dtype,
                      check_norm_weights, check_qkv, check_rope_tables, check_varlen, check_window, default_scale,
                      drop_padding, feature_dim, rms_norm)
-from .decode.naive import (LocalCache, build_local_cache, check_decode_args, check_positions, empty_local_cache,
+from .decode.naive import (LocalCache, build_local_cache, check_kv_decode_args, check_positions, empty_local_cache,
                            local_decode_step_naive)
 from .rattention.naive import rattention_chunked, rattention_naive
 from .rla.naive import residual_linear_attention_chunked, residual_linear_attention_naive
@@ -187,31 +187,13 @@ def local_decode_step(q, k, v, cache: LocalCache, *, rope: Rope | None = None, s
     on a GPU (where checking would cost a sync per layer and step) that row's output is NaN and its cache
     rows are left alone.
     """
-    check_decode_args(q, k, v, cache, rope, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight)
-    check_positions(cache.pos)
+    check_positions(cache.pos)  # the arguments themselves are checked by either backend, before it writes
     be = resolve_backend(backend, q.device)
     launches[f"{be}.decode"] += 1
     kw = dict(rope=rope, scale=scale, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight, eps=eps)
     if be == "triton":
         return _triton("decode")(q, k, v, cache, **kw)
     return local_decode_step_naive(q, k, v, cache, **kw)
-
-
-def _check_kv_decode(q, k, v, pos) -> None:
-    if not all(isinstance(x, torch.Tensor) for x in (q, k, v, pos)):
-        raise TypeError("q, k, v and pos must be torch tensors")
-    if q.dim() != 3 or k.dim() != 4 or k.shape != v.shape:
-        raise ValueError(f"kv decode needs q (B, H, D) and a cache k, v (B, S, Hkv, D); got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    B, H, D = q.shape
-    if k.shape[0] != B or k.shape[3] != D or k.shape[2] < 1 or H < 1 or H % k.shape[2]:
-        raise ValueError(f"kv decode needs a cache (B, S, Hkv, D) with H % Hkv == 0 for q {tuple(q.shape)}; got {tuple(k.shape)}")
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f"q and the cache must share one dtype, float16, bfloat16 or float32; got {q.dtype}, {k.dtype}, {v.dtype}")
-    if pos.shape != (B,) or pos.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"pos must be an int32 / int64 ({B},) tensor, got {pos.dtype} {tuple(pos.shape)}")
-    if not (q.device == k.device == v.device == pos.device):
-        raise ValueError("q, the cache and pos must be on one device")
 
 
 def kv_decode_naive(q, k, v, pos, *, scale=None):
@@ -236,7 +218,7 @@ def kv_decode(q, k, v, pos, *, scale=None, backend="auto"):
     Returns: (B, H, D) in q.dtype. A position outside [0, S-1] raises ValueError for CPU tensors; on a GPU
     (no sync per layer and step to check it) that row's output is NaN.
     """
-    _check_kv_decode(q, k, v, pos)
+    check_kv_decode_args(q, k, v, pos)
     check_positions(pos, k.shape[1])
     be = _pick(backend, q, rla=False)
     launches[f"{be}.kv_decode"] += 1

@@ -198,15 +198,10 @@ def segment_layout(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token segment id and validity for padded (`lengths`, right padding) or packed
     (`cu_seqlens`, B == 1) batches. Returns seg (B, T) int64 and valid (B, T) bool."""
-    if lengths is not None and cu_seqlens is not None:
-        raise ValueError("pass either lengths (padded batch) or cu_seqlens (packed batch), not both")
+    check_varlen(B, T, lengths, cu_seqlens)
     idx = torch.arange(T, device=device)
     if cu_seqlens is not None:
-        if B != 1:
-            raise ValueError(f"packed sequences (cu_seqlens) need B == 1, got B = {B}")
         cu = cu_seqlens.to(device=device, dtype=torch.long)
-        if cu.dim() != 1 or cu[0].item() != 0 or int(cu[-1].item()) > T or bool((cu[1:] < cu[:-1]).any()):
-            raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end <= T = {T}; got {cu.tolist()}")
         seg = torch.bucketize(idx, cu[1:], right=True)[None]  # (1, T)
         valid = (idx < cu[-1])[None]
         return seg, valid
@@ -214,8 +209,6 @@ def segment_layout(
     if lengths is None:
         return seg, torch.ones(B, T, dtype=torch.bool, device=device)
     lengths = lengths.to(device=device, dtype=torch.long)
-    if lengths.shape != (B,) or bool((lengths < 0).any()) or bool((lengths > T).any()):
-        raise ValueError(f"lengths must be a [B] tensor with values in [0, T = {T}]; got {lengths.tolist()}")
     return seg, idx[None, :] < lengths[:, None]
 
 

@@ -19,6 +19,7 @@ import triton.language as tl
 from ..common import default_scale
 from ..rla.chunk import _num_sms
 from .fused_recurrent import _splits, merge_softmax_splits, store_softmax_split
+from .naive import check_kv_decode_args
 
 # Programs the splits aim for under the CPU interpreter (on a GPU: twice the SM count); small, so
 # the tests stay fast, yet above 1 so they cover the merge.
@@ -94,17 +95,11 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     """Decode attention: q (B, H, D) rotated; k, v (B, S, Hkv, D) the cache (rotated keys); pos (B,)
     int64, the newest filled position per row (keys 0..pos[b] are attended). Returns (B, H, D); a row whose
     pos lies outside [0, S-1] gets NaN (the kernel never reads past the cache)."""
+    check_kv_decode_args(q, k, v, pos)
     B, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
-    if k.shape != v.shape or k.shape[0] != B or k.shape[3] != D or H % Hkv:
-        raise ValueError(f"kv decode needs q (B, H, D) and a cache (B, S, Hkv, D) with H % Hkv == 0; "
-                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if D & (D - 1) or not 16 <= D <= 256:
         raise ValueError(f"kv decode supports power-of-two head dims 16..256, got {D}")
-    if q.dtype != k.dtype or v.dtype != k.dtype:
-        raise ValueError(f"q and the cache must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
-    if pos.shape != (B,):
-        raise ValueError(f"pos must be (B,) = ({B},), got {tuple(pos.shape)}")
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("q and the cache must be contiguous in the head dim")
     G = H // Hkv

@@ -95,6 +95,24 @@ def check_decode_args(q, k, v, cache: LocalCache, rope, **norms) -> None:
         raise ValueError("q, k, v, the norm weights and the cache must be on one device")
 
 
+def check_kv_decode_args(q, k, v, pos) -> None:
+    """q (B, H, D), a full cache k, v (B, S, Hkv, D) of q's dtype, pos (B,) int32 / int64, one device."""
+    if not all(isinstance(x, torch.Tensor) for x in (q, k, v, pos)):
+        raise TypeError("q, k, v and pos must be torch tensors")
+    if q.dim() != 3 or k.dim() != 4 or k.shape != v.shape:
+        raise ValueError(f"kv decode needs q (B, H, D) and a cache k, v (B, S, Hkv, D); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    B, H, D = q.shape
+    if k.shape[0] != B or k.shape[3] != D or k.shape[2] < 1 or H < 1 or H % k.shape[2]:
+        raise ValueError(f"kv decode needs a cache (B, S, Hkv, D) with H % Hkv == 0 for q {tuple(q.shape)}; got {tuple(k.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q and the cache must share one dtype, float16, bfloat16 or float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if pos.shape != (B,) or pos.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"pos must be an int32 / int64 ({B},) tensor, got {pos.dtype} {tuple(pos.shape)}")
+    if not (q.device == k.device == v.device == pos.device):
+        raise ValueError("q, the cache and pos must be on one device")
+
+
 def check_positions(pos: torch.Tensor, limit: int | None = None) -> None:
     """Raise for positions outside [0, limit) where reading them is free (CPU tensors). On a GPU the
     kernels give such rows NaN output and leave the cache alone instead of spending a sync per step."""

@@ -32,7 +32,7 @@ try:  # host-side TMA descriptors (triton >= 3.4); older releases take the point
 except ImportError:  # pragma: no cover - depends on the installed triton
     TensorDescriptor = None
 
-from ..common import cdiv, check_qkv, check_window, default_scale
+from ..common import cdiv, check_qkv, check_varlen, check_window, default_scale
 
 LOG2E = 1.4426950408889634
 # The interpreter runs programs one after another; small tiles there mean more phase boundaries
@@ -402,20 +402,13 @@ class SequenceTable:
     """
 
     def __init__(self, B, T, device, lengths, cu_seqlens, block):
-        if lengths is not None and cu_seqlens is not None:
-            raise ValueError("pass either lengths (padded batch) or cu_seqlens (packed batch), not both")
+        check_varlen(B, T, lengths, cu_seqlens)
         if cu_seqlens is not None:
-            if B != 1:
-                raise ValueError(f"packed sequences (cu_seqlens) need B == 1, got B = {B}")
             cu = [int(x) for x in cu_seqlens.tolist()]
-            if not cu or cu[0] != 0 or cu[-1] > T or any(b < a for a, b in zip(cu, cu[1:])):
-                raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end <= T = {T}; got {cu}")
             spans = [(0, a, b - a) for a, b in zip(cu, cu[1:]) if b > a]
             self.zero_fill = cu[-1] < T or len(spans) == 0
         elif lengths is not None:
             ls = [int(x) for x in lengths.tolist()]
-            if len(ls) != B or any(x < 0 or x > T for x in ls):
-                raise ValueError(f"lengths must be a [B] tensor with values in [0, T = {T}]; got {ls}")
             spans = [(b, 0, x) for b, x in enumerate(ls) if x > 0]
             self.zero_fill = any(x < T for x in ls)
         else:
