@@ -122,6 +122,7 @@ class ByteTokenizer(Tokenizer):
 
     SPECIALS = {"<bos>": 256, "<eos>": 257, "<pad>": 258}
     _SPECIAL_RE = re.compile("(" + "|".join(re.escape(s) for s in SPECIALS) + ")")
+    _SPECIAL_NAMES = {v: k for k, v in SPECIALS.items()}
 
     def __init__(self, chat_template: str | None = None):
         self.name = "bytes"
@@ -148,11 +149,10 @@ class ByteTokenizer(Tokenizer):
         return bytes(i for i in ids if 0 <= i < 256).decode("utf-8", errors="replace")
 
     def _decode_special(self, ids: list[int]) -> str:
-        names = {v: k for k, v in self.SPECIALS.items()}
         out, run = [], []
         for i in ids:
-            if i in names:
-                out.append(self._decode(run) + names[i])
+            if i in self._SPECIAL_NAMES:
+                out.append(self._decode(run) + self._SPECIAL_NAMES[i])
                 run = []
             else:
                 run.append(i)
