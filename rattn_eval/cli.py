@@ -104,10 +104,15 @@ Rerunning the same command resumes: samples already in records.jsonl are skipped
 @click.option("--limit", type=int, default=None, help="Run only the first N samples of each (task, length).")
 @click.option("--device", default=None, help="torch device, e.g. cuda:0 or cpu [default: cuda if available].")
 @click.option("--dtype", default=None, help="float32, bfloat16 or float16 [default: bf16 on CUDA, fp32 on CPU].")
+@click.option("--prompts", type=click.Choice(["ruler", "native"]), default="ruler", show_default=True,
+              help="ruler: RULER's own text and sampling (read from the installed lm-eval or --ruler-dir); "
+                   "native: this project's wording.")
+@click.option("--ruler-dir", default=None, type=click.Path(),
+              help="A RULER checkout to read RULER's text from [default: the installed lm-eval's RULER port].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory made with another config.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def run(tasks, lengths, model, backend, n, seed, batch_size, out, qa_data, window, depths, chat_template,
-        limit, device, dtype, overwrite, quiet):
+        limit, device, dtype, prompts, ruler_dir, overwrite, quiet):
     """Generate samples, run the model on them, score, and write a run directory.
 
     The run directory holds config.json, env.json, records.jsonl (one record per sample) and
@@ -122,7 +127,7 @@ def run(tasks, lengths, model, backend, n, seed, batch_size, out, qa_data, windo
     config = RunConfig(
         tasks=tuple(_split(tasks)), lengths=tuple(parse_lengths(lengths)), backend=backend,
         out=out, qa_data=qa_data, window=window, depths=_depth_fractions(depths), chat_template=chat_template,
-        limit=limit, device=device, dtype=dtype, overwrite=overwrite,
+        limit=limit, device=device, dtype=dtype, overwrite=overwrite, prompts=prompts, ruler_dir=ruler_dir,
         **{k: v for k, v in given.items() if v is not None},  # unset options keep RunConfig's defaults
     )
     err = Console(stderr=True)
@@ -273,15 +278,21 @@ Examples:
               help="Wrap prompts in the tokenizer's chat template.")
 @click.option("--depth", "depths", multiple=True, type=float, help="Needle depth(s) in percent (NIAH).")
 @click.option("--qa-data", default=None, type=click.Path(), help="Directory with the SQuAD / HotpotQA files.")
+@click.option("--prompts", type=click.Choice(["ruler", "native"]), default="ruler", show_default=True,
+              help="ruler: RULER's own text and sampling (read from the installed lm-eval or --ruler-dir); "
+                   "native: this project's wording.")
+@click.option("--ruler-dir", default=None, type=click.Path(),
+              help="A RULER checkout to read RULER's text from [default: the installed lm-eval's RULER port].")
 @click.option("--out", "-o", required=True, help="Output JSONL file.")
-def generate(task, length, n, seed, tokenizer, chat_template, depths, qa_data, out):
+def generate(task, length, n, seed, tokenizer, chat_template, depths, qa_data, prompts, ruler_dir, out):
     """Write task samples to JSON Lines (no model needed): one object per sample."""
     from rattn_eval.runner import RunConfig, write_samples
 
     defaults = RunConfig(tasks=(task,), lengths=(1,))
     path = write_samples(task, tokenizer, length=parse_lengths([length])[0], n=defaults.n if n is None else n,
                   seed=defaults.seed if seed is None else seed, chat_template=chat_template,
-                  depth=list(_depth_fractions(depths) or []) or None, qa_data=qa_data, out=out)
+                  depth=list(_depth_fractions(depths) or []) or None, qa_data=qa_data, out=out, prompts=prompts,
+                  ruler_dir=ruler_dir)
     click.echo(str(path))
 
 

@@ -38,8 +38,11 @@ SUMMARY_FILE = "summary.json"
 DEFAULT_THRESHOLD = 85.6
 
 # Config keys that do not change any result, so a rerun may differ in them and still resume.
-RESUME_NEUTRAL_KEYS = frozenset({"out", "overwrite", "batch_size", "limit", "device", "tasks", "threshold"})
+RESUME_NEUTRAL_KEYS = frozenset({"out", "overwrite", "batch_size", "limit", "device", "tasks", "threshold",
+                                 "ruler_dir"})  # the text a RULER checkout gives is compared as prompt_source
 ORDER_NEUTRAL_KEYS = frozenset({"resolved_tasks"})  # compared as sets
+# Keys that run directories made before prompt profiles existed lack, with the value they had then.
+ABSENT_MEANS = {"prompts": "native", "prompt_source": None}
 
 
 def format_length(n: int) -> str:
@@ -217,13 +220,16 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     """Human-readable list of result-relevant keys whose values differ, or "" when none do."""
     keys = sorted((set(old) | set(new)) - RESUME_NEUTRAL_KEYS)
 
+    def get(d, k):
+        return d.get(k, ABSENT_MEANS.get(k))
+
     def same(k):  # the task set, not its order, decides which samples a run holds
-        a, b = old.get(k), new.get(k)
+        a, b = get(old, k), get(new, k)
         if k in ORDER_NEUTRAL_KEYS and isinstance(a, list) and isinstance(b, list):
             return sorted(map(str, a)) == sorted(map(str, b))
         return a == b
 
-    diffs = [f"{k}: {old.get(k)!r} there vs {new.get(k)!r} now" for k in keys if not same(k)]
+    diffs = [f"{k}: {get(old, k)!r} there vs {get(new, k)!r} now" for k in keys if not same(k)]
     return "; ".join(diffs)
 
 

@@ -46,6 +46,8 @@ class RunConfig:
     chat_template: None = use the model's chat template when it has one.
     limit: run only the first `limit` samples of each (task, length), for smoke runs.
     out: run directory (None: results/runs/<name from model, tasks, lengths>).
+    prompts: "ruler" (RULER's own text and sampling) or "native" (this project's wording).
+    ruler_dir: a RULER checkout to read RULER's text from (default: the installed lm-eval's port).
     """
 
     tasks: tuple[str, ...]
@@ -65,6 +67,8 @@ class RunConfig:
     dtype: str | None = None
     overwrite: bool = False
     threshold: float = DEFAULT_THRESHOLD
+    prompts: str = "ruler"
+    ruler_dir: str | None = None
 
 
 def default_out_dir(config: RunConfig) -> Path:
@@ -132,6 +136,9 @@ def _validate(config: RunConfig) -> None:
     from rattn_eval.compare import check_threshold
 
     check_threshold(config.threshold)
+    from rattn_eval.tasks import check_prompts
+
+    check_prompts(config.prompts)
 
 
 def resolved_config(config: RunConfig, tasks: list[str], out: Path) -> dict[str, Any]:
@@ -143,9 +150,10 @@ def resolved_config(config: RunConfig, tasks: list[str], out: Path) -> dict[str,
     d["tasks"] = list(config.tasks)
     d["out"] = str(out)
     # samples of another generator version differ under the same ids: such a run directory does not resume
-    from rattn_eval.tasks import GENERATOR_VERSION
+    from rattn_eval.tasks import generator_version, prompt_source
 
-    d["generator_version"] = GENERATOR_VERSION
+    d["generator_version"] = generator_version(config.prompts)
+    d["prompt_source"] = prompt_source(config.prompts, config.ruler_dir)
     return d
 
 
@@ -233,7 +241,7 @@ def _build_cells(task_lib, config, task_names, lengths, tok, model, use_template
             samples = task_lib.generate(
                 task, tok, length=L, n=config.n, seed=config.seed,
                 chat_template=tok.chat_template if use_template else None, depth=list(config.depths) if config.depths else None,
-                qa_data=config.qa_data,
+                qa_data=config.qa_data, prompts=config.prompts, ruler_dir=config.ruler_dir,
             )
             planned = samples
             if config.limit is not None:
@@ -399,7 +407,8 @@ def builtin_models() -> list[str]:
 
 
 def write_samples(task: str, tokenizer: str, *, length: int, n: int, seed: int, chat_template: bool = False,
-                  depth: list[float] | None = None, qa_data: str | None = None, out: str) -> Path:
+                  depth: list[float] | None = None, qa_data: str | None = None, out: str, prompts: str = "ruler",
+                  ruler_dir: str | None = None) -> Path:
     """`rattn-eval generate`: samples of one task written as JSON Lines by the task suite's writer."""
     from rattn_eval import tasks as task_lib
     from rattn_eval.models import load_tokenizer
@@ -416,6 +425,6 @@ def write_samples(task: str, tokenizer: str, *, length: int, n: int, seed: int, 
     try:
         return task_lib.generate_to_file(task, tok, path, length=length, n=n, seed=seed,
                                          chat_template=tok.chat_template if chat_template else None,
-                                         depth=depth, qa_data=qa_data)
+                                         depth=depth, qa_data=qa_data, prompts=prompts, ruler_dir=ruler_dir)
     except OSError as e:
         raise ConfigError(f"cannot write {path}: {e.strerror or e}") from None

@@ -9,6 +9,10 @@
 and `ruler`. Generated samples are cached on disk under $RATTN_EVAL_CACHE (default
 ~/.cache/rattn-eval/samples; set it to "off" to disable), keyed by everything that
 determines them.
+
+Two prompt profiles (`PROMPTS`): `ruler` (the default) writes RULER's own text with RULER's
+sampling, read at run time from the installed lm-eval or a RULER checkout (`ruler_text`), so
+scores sit beside published RULER tables; `native` keeps this project's wording.
 """
 
 from __future__ import annotations
@@ -24,11 +28,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rattn_eval.errors import ConfigError
-from rattn_eval.tasks import common_words, frequent_words, niah, qa, variable_tracking
-from rattn_eval.tasks.base import GENERATOR_VERSION, Sample
+from rattn_eval.tasks import common_words, frequent_words, niah, qa, ruler_text, variable_tracking
+from rattn_eval.tasks.base import GENERATOR_VERSION, NATIVE_GENERATOR_VERSION, Sample
 
-__all__ = ["TASKS", "GROUPS", "Sample", "TaskSpec", "generate", "generate_to_file", "parse_length", "resolve",
-           "write_jsonl", "read_jsonl", "cache_dir", "GENERATOR_VERSION"]
+__all__ = ["TASKS", "GROUPS", "PROMPTS", "Sample", "TaskSpec", "generate", "generate_to_file", "parse_length",
+           "resolve", "write_jsonl", "read_jsonl", "cache_dir", "GENERATOR_VERSION", "generator_version",
+           "prompt_source"]
+
+PROMPTS = ("ruler", "native")
 
 
 @dataclass(frozen=True)
@@ -36,6 +43,7 @@ class TaskSpec:
     name: str
     family: str
     generate: Callable[..., list[Sample]]
+    generate_ruler: Callable[..., list[Sample]]
     config: Any
     needs_qa_data: bool = False
 
@@ -45,7 +53,7 @@ class TaskSpec:
 
 
 def _spec(name, family, mod, config, **kw):
-    return TaskSpec(name, family, mod.generate, config, **kw)
+    return TaskSpec(name, family, mod.generate, mod.generate_ruler, config, **kw)
 
 
 _NC = niah.NiahConfig
@@ -121,7 +129,27 @@ def cache_dir() -> Path | None:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "rattn-eval" / "samples"
 
 
-def _cache_key(name, tokenizer, length, n, seed, chat_template, depth, qa_file) -> str | None:
+def generator_version(prompts: str) -> int:
+    """The generator version behind a profile's samples (native samples are unchanged since 3)."""
+    return NATIVE_GENERATOR_VERSION if prompts == "native" else GENERATOR_VERSION
+
+
+def check_prompts(prompts: str) -> None:
+    if prompts not in PROMPTS:
+        close = difflib.get_close_matches(str(prompts), PROMPTS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown prompt profile {prompts!r}; choose one of {', '.join(PROMPTS)}.{hint}")
+
+
+def prompt_source(prompts: str, ruler_dir=None) -> str | None:
+    """Where a profile's text comes from, as recorded in config.json (None for `native`)."""
+    check_prompts(prompts)
+    if prompts == "native":
+        return None
+    return ruler_text.load(None if ruler_dir is None else str(ruler_dir)).source
+
+
+def _cache_key(name, tokenizer, length, n, seed, chat_template, depth, qa_file, prompts, text) -> str | None:
     tok_name = getattr(tokenizer, "name", None)
     if not tok_name:
         return None  # a tokenizer without an identity cannot be cached safely
@@ -130,16 +158,20 @@ def _cache_key(name, tokenizer, length, n, seed, chat_template, depth, qa_file) 
     if qa_file is not None:
         st = qa_file.stat()
         qa_id = [str(qa_file.resolve()), st.st_size, st.st_mtime_ns]
-    blob = json.dumps({
+    key = {
         "task": name, "config": asdict(spec.config), "length": length, "n": n, "seed": seed,
         "tokenizer": tok_name, "chat_template": chat_template, "depth": depth, "qa": qa_id,
-        "version": GENERATOR_VERSION,
-    }, sort_keys=True)
+        "version": generator_version(prompts),
+    }
+    if prompts != "native":  # native keys stay as they were, so its cached samples stay valid
+        key["prompts"] = {"profile": prompts, "text": asdict(text)}
+    blob = json.dumps(key, sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:24]
 
 
 def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_template: str | None = None,
-             depth: list[float] | float | None = None, qa_data=None, use_cache: bool = True) -> list[Sample]:
+             depth: list[float] | float | None = None, qa_data=None, use_cache: bool = True,
+             prompts: str = "ruler", ruler_dir=None) -> list[Sample]:
     """Samples of task `name` whose prompt tokens + generation budget lie in [0.95 L, L].
 
     Args:
@@ -148,13 +180,16 @@ def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_templa
         length: target L in tokens (int or a string like "32k").
         n, seed: number of samples and the seed everything random derives from.
         chat_template: None for a plain prompt, or a jinja chat template wrapping the user turn.
-        depth: needle depth(s) in [0, 1] cycled over samples; default spreads them evenly.
+        depth: needle depth(s) in [0, 1] cycled over samples; default: the profile's own draw.
         qa_data: folder (or file) with dev-v2.0.json / hotpot_dev_distractor_v1.json for qa_1 / qa_2.
         use_cache: read and write the on-disk cache (see `cache_dir`).
+        prompts: "ruler" (RULER's text and sampling) or "native" (this project's wording).
+        ruler_dir: a RULER checkout to read RULER's text from instead of the installed lm-eval.
     """
     if name not in TASKS:
         resolve([name])  # raises with a suggestion
         raise ConfigError(f"{name!r} is a group, not a task; expand it with resolve().")
+    check_prompts(prompts)
     spec = TASKS[name]
     length = parse_length(length)
     if n <= 0:
@@ -168,15 +203,19 @@ def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_templa
     if spec.needs_qa_data:
         qa_file = qa.data_file(spec.config, qa_data)
         kwargs["qa_data"] = qa_file
+    text = None if prompts == "native" else ruler_text.load(None if ruler_dir is None else str(ruler_dir))
     folder = cache_dir() if use_cache else None
-    key = _cache_key(name, tokenizer, length, n, seed, chat_template, depth, qa_file) if folder else None
+    key = _cache_key(name, tokenizer, length, n, seed, chat_template, depth, qa_file, prompts, text) if folder else None
     path = folder / f"{name}-{length}-{key}.jsonl" if key else None
     if path is not None and path.is_file():
         try:
             return read_jsonl(path)
         except (ValueError, TypeError, KeyError):
             pass  # a damaged cache file is regenerated and replaced
-    samples = spec.generate(spec.config, tokenizer, **kwargs)
+    if text is None:
+        samples = spec.generate(spec.config, tokenizer, **kwargs)
+    else:
+        samples = spec.generate_ruler(spec.config, text, tokenizer, **kwargs)
     if path is not None:
         write_jsonl(samples, path)
     return samples
@@ -204,7 +243,8 @@ def read_jsonl(path) -> list[Sample]:
 
 
 def generate_to_file(name: str, tokenizer, out, *, length, n: int, seed: int = 0, chat_template: str | None = None,
-                     depth=None, qa_data=None, use_cache: bool = True) -> Path:
+                     depth=None, qa_data=None, use_cache: bool = True, prompts: str = "ruler",
+                     ruler_dir=None) -> Path:
     """`rattn-eval generate`: generate (or read cached) samples and write them to `out` as JSONL.
     `tokenizer` may be a Tokenizer or a name/path for `load_tokenizer`."""
     if isinstance(tokenizer, (str, os.PathLike)):
@@ -212,5 +252,5 @@ def generate_to_file(name: str, tokenizer, out, *, length, n: int, seed: int = 0
 
         tokenizer = load_tokenizer(tokenizer)
     samples = generate(name, tokenizer, length=length, n=n, seed=seed, chat_template=chat_template, depth=depth,
-                       qa_data=qa_data, use_cache=use_cache)
+                       qa_data=qa_data, use_cache=use_cache, prompts=prompts, ruler_dir=ruler_dir)
     return write_jsonl(samples, out)

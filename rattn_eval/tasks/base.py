@@ -18,8 +18,13 @@ from typing import Callable
 
 from rattn_eval.errors import ConfigError
 
-GENERATOR_VERSION = 3
+# Version of the sample generators, recorded in config.json and in the sample cache key: samples of
+# another version differ under the same ids. The native profile's samples have not changed since 3.
+GENERATOR_VERSION = 4
+NATIVE_GENERATOR_VERSION = 3
 MIN_FILL = 0.95
+# Appended to a sizing error of the `ruler` profile, whose fixed layouts need more room at short lengths.
+RULER_HINT = "; RULER's layout needs more room than that (--prompts native fits shorter lengths)"
 CONTEXT_MARK = "\ue000CONTEXT\ue000"  # a private-use placeholder no template or corpus contains
 
 
@@ -95,12 +100,13 @@ class Frame:
     answer_prefix: str
 
 
-def make_frame(tokenizer, chat_template: str | None, before: str, after: str, answer_prefix: str) -> Frame:
-    """Wrap instruction + context + question as the user turn of `chat_template` (or plain text)
-    and append the answer prefix, where the model's reply starts."""
+def make_frame(tokenizer, chat_template: str | None, before: str, after: str, answer_prefix: str,
+               delimiter: str = "\n") -> Frame:
+    """Wrap instruction + context + question as the user turn of `chat_template` (or plain text
+    followed by `delimiter`) and append the answer prefix, where the model's reply starts."""
     user = before + CONTEXT_MARK + after
     if chat_template is None:
-        text = user + "\n" + answer_prefix
+        text = user + delimiter + answer_prefix
     else:
         from rattn_eval.models.tokenizer import render_chat_template
 
@@ -110,6 +116,16 @@ def make_frame(tokenizer, chat_template: str | None, before: str, after: str, an
         raise ConfigError("the chat template does not keep the user message intact; it cannot be used for tasks.")
     head, tail = text.split(CONTEXT_MARK)
     return Frame(head, tail, answer_prefix)
+
+
+def template_frame(tokenizer, chat_template: str | None, template: str, answer_prefix: str, delimiter: str,
+                   **fields) -> Frame:
+    """`make_frame` for a `str.format` template holding one `{context}` field (RULER's templates)."""
+    user = template.format(context=CONTEXT_MARK, **fields)
+    if user.count(CONTEXT_MARK) != 1:
+        raise ConfigError("a prompt template must hold exactly one {context} field.")
+    before, after = user.split(CONTEXT_MARK)
+    return make_frame(tokenizer, chat_template, before, after, answer_prefix, delimiter)
 
 
 def prompt_ids(tokenizer, text: str) -> list[int]:
@@ -164,12 +180,13 @@ class Fitter:
     sample's text never depends on which other samples ran before it or in parallel.
     """
 
-    def __init__(self, tokenizer, *, length: int, budget: int, task: str):
-        self.tok, self.length, self.budget, self.task = tokenizer, length, budget, task
+    def __init__(self, tokenizer, *, length: int, budget: int, task: str, hint: str = ""):
+        self.tok, self.length, self.budget, self.task, self.hint = tokenizer, length, budget, task, hint
         self.hi = length - budget  # largest allowed prompt
         self.lo = math.ceil(MIN_FILL * length) - budget  # smallest allowed prompt
         if self.hi <= 0:
-            raise ConfigError(f"length {length} is too small for {task}: its generation budget alone is {budget} tokens.")
+            raise ConfigError(f"length {length} is too small for {task}: its generation budget alone is {budget} "
+                              f"tokens{hint}.")
         # aim slightly under the ceiling so that a small estimation error rarely costs a second encode
         self.margin = max(2, min(int(0.004 * length), (self.hi - self.lo) // 3))
         self.ratio = 1.0  # measured context tokens / estimated context tokens
@@ -222,7 +239,7 @@ class Fitter:
         raise ConfigError(
             f"could not size {self.task} to length {self.length}: best prompt+budget was "
             f"{len(got.ids) + self.budget} tokens, outside [{self.lo + self.budget}, {self.length}] "
-            f"(haystack units too coarse or corpus too small)."
+            f"(haystack units too coarse or corpus too small){self.hint}."
         )
 
     def _fit_pad(self, d: Draft, got: Fitted) -> Fitted | None:
@@ -251,7 +268,7 @@ class Fitter:
             if c > self.hi:
                 raise ConfigError(
                     f"length {self.length} is too small for {self.task}: the shortest prompt has {c} tokens "
-                    f"plus {self.budget} to generate."
+                    f"plus {self.budget} to generate{self.hint}."
                 )
             self.overhead = c - d.estimate(d.k_min)
         good: tuple[int, str, list[int], list[int]] | None = None  # largest measured k that fits
@@ -277,7 +294,7 @@ class Fitter:
                 if hi_k < d.k_min:
                     raise ConfigError(
                         f"length {self.length} is too small for {self.task}: the shortest prompt has "
-                        f"{c} tokens plus {self.budget} to generate."
+                        f"{c} tokens plus {self.budget} to generate{self.hint}."
                     )
         assert good is not None
         k, text, marks, ids = good

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 
 from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import run_samples, Draft, Fitter, Sample, make_frame, prefix_sums, sample_id, sample_seed
+from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, make_frame, prefix_sums, run_samples, sample_id, sample_seed,
+                                   template_frame)
 
 BUDGET = 120
 
@@ -93,6 +95,73 @@ def generate(cfg: CWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
 
         prefix = _prefix(cfg.num_common)
         frame = make_frame(tokenizer, chat_template, example + INSTRUCTION, _question(cfg.num_common), prefix)
+        make = lambda attempt, frame=frame, render=render, pre=pre, base=base, rare=rare: Draft(  # noqa: E731
+            frame, render, lambda k: base + pre[k], 0, len(rare))
+        fitted = fitter.fit(make, redraws=0)
+        return Sample(
+            index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
+            answers=list(common), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
+            answer_prefix=prefix, depth=None, answer_position=None, answer_positions=[], seed=seed,
+        )
+    return run_samples(one, n)
+
+
+# --- the `ruler` prompt profile -------------------------------------------------------------------
+
+def _numbered(words: list[str]) -> str:
+    """RULER's list layout: "1. apple 2. pear 3. plum"."""
+    return " ".join(f"{j + 1}. {w}" for j, w in enumerate(words))
+
+
+@lru_cache(maxsize=1)
+def ruler_pool() -> tuple[tuple[str, ...], int]:
+    """RULER's word set (wonderwords' nouns, adjectives and verbs as shipped, sorted), then other
+    essay words for lengths that need more distinct words than that (RULER reads a larger English
+    word list there, which no package ships); and how many come from wonderwords."""
+    ww = corpora.wonderwords_raw()
+    first = sorted(set(ww["noun"]) | set(ww["adjective"]) | set(ww["verb"]))
+    extra = [w for w in corpora.common_word_pool() if w not in set(first)]
+    return tuple(first + extra), len(first)
+
+
+def generate_ruler(cfg: CWEConfig, text, tokenizer, *, length: int, n: int, seed: int, task: str = "cwe",
+                   chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
+    """Common words in RULER's words and layout (`text`: a `ruler_text.RulerText`): one line of
+    numbered words; 30 / 3 repeats from 4k, 6 / 1 below (RULER's regimes); the worked example (40 words
+    at 10 / 3, or 20 at 3 / 1 below 4k) precedes the question when the source has one. Sizing is this
+    project's: prompt + budget in [0.95 L, L]."""
+    fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task, hint=RULER_HINT)
+    pool, n_ww = ruler_pool()
+    short = length < cfg.short_length
+    f_common, f_rare = (cfg.short_freq_common, cfg.short_freq_uncommon) if short else (cfg.freq_common, cfg.freq_uncommon)
+    ex_words, ex_common, ex_rare = (20, 3, 1) if short else (40, 10, 3)
+    word_cost = dict(zip(pool, corpora.unit_token_counts(tokenizer, "cwe-ruler-pool", [" " + w for w in pool])))
+    item_overhead = len(tokenizer.encode(" 1234. x")) - len(tokenizer.encode(" x"))
+    prefix = text.cwe_prefix
+
+    def one(i: int) -> Sample:
+        rng = random.Random(sample_seed(task, length, seed, i))
+        example = ""
+        if text.cwe_example:
+            picks = rng.sample(pool[:n_ww], ex_words)
+            items = picks[: cfg.num_common] * ex_common + picks[cfg.num_common:] * ex_rare
+            rng.shuffle(items)
+            shown = (text.cwe_template + text.cwe_example_prefix).format(context=_numbered(items), query="")
+            example = shown + " " + _numbered(picks[: cfg.num_common]) + "\n"
+        words = rng.sample(pool[:n_ww], n_ww) + rng.sample(pool[n_ww:], len(pool) - n_ww)
+        common, rare = words[: cfg.num_common], words[cfg.num_common:]
+        order_seed = rng.getrandbits(64)
+        pre = prefix_sums(f_rare * (word_cost[w] + item_overhead) for w in rare)
+        base = f_common * sum(word_cost[w] + item_overhead for w in common)
+
+        def render(k: int, common=common, rare=rare, order_seed=order_seed):
+            items = common * f_common + rare[:k] * f_rare
+            random.Random(order_seed + k).shuffle(items)
+            return _numbered(items), []
+
+        escaped = example.replace("{", "{{").replace("}", "}}")
+        frame = template_frame(tokenizer, chat_template, escaped + text.cwe_template, prefix, text.cwe_delimiter,
+                               query="")
         make = lambda attempt, frame=frame, render=render, pre=pre, base=base, rare=rare: Draft(  # noqa: E731
             frame, render, lambda k: base + pre[k], 0, len(rare))
         fitted = fitter.fit(make, redraws=0)

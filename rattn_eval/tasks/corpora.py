@@ -91,3 +91,30 @@ def unit_token_counts(tokenizer, corpus: str, units) -> list[int]:
         got = [distinct[u] for u in units]
         _COUNTS[key] = got
     return got
+
+
+@lru_cache(maxsize=1)
+def wonderwords_raw() -> dict[str, tuple[str, ...]]:
+    """wonderwords' noun / adjective / verb lists as the package ships them (RULER draws from these
+    unfiltered lists, proper nouns and hyphenated words included), each sorted and deduplicated."""
+    folder = _package_dir("wonderwords", "wonderwords") / "assets"
+    return {kind: tuple(sorted({w.strip() for w in (folder / f"{kind}list.txt").read_text(encoding="utf-8")
+                                .split("\n") if w.strip()}))
+            for kind in ("noun", "adjective", "verb")}
+
+
+def ruler_key_word(rng) -> str:
+    """A RULER `words` key or value: an adjective-noun pair, both drawn uniformly from the raw lists
+    (RULER picks from the sorted set of all 6.2 M pairs: the same draw without building the set)."""
+    ww = wonderwords_raw()
+    return f"{rng.choice(ww['adjective'])}-{rng.choice(ww['noun'])}"
+
+
+@lru_cache(maxsize=1)
+def essay_words() -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """The essays with every run of whitespace collapsed to one space, split into words, as RULER
+    prepares its essay haystack; and the word counts after which a sentence ends."""
+    units, _ = essay_units()
+    words = tuple(re.sub(r"\s+", " ", "".join(units)).strip().split(" "))
+    ends = tuple(i + 1 for i, w in enumerate(words) if w[-1] in ".!?" or w.endswith(('."', '?"', '!"', ".)")))
+    return words, ends

@@ -7,7 +7,7 @@ import random
 import string
 from dataclasses import dataclass
 
-from rattn_eval.tasks.base import run_samples, Draft, Fitter, Sample, make_frame, sample_id, sample_seed
+from rattn_eval.tasks.base import RULER_HINT, Draft, Fitter, Sample, make_frame, run_samples, sample_id, sample_seed, template_frame
 
 BUDGET = 50
 NOISE_TOKEN = "...."
@@ -82,5 +82,57 @@ def generate(cfg: FWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=vocab[1: 1 + cfg.top], num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
             answer_prefix=PREFIX, depth=None, answer_position=None, answer_positions=[], seed=seed,
+        )
+    return run_samples(one, n)
+
+
+# --- the `ruler` prompt profile -------------------------------------------------------------------
+
+def generate_ruler(cfg: FWEConfig, text, tokenizer, *, length: int, n: int, seed: int, task: str = "fwe",
+                   chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
+    """Frequent words in RULER's words and layout (`text`: a `ruler_text.RulerText`): a vocabulary of
+    L // 50 coded words in RULER's fixed-seed order with rank 0 replaced by the source's dots token,
+    Zipf counts, the words shuffled by RULER's fixed seed and joined by spaces. Sizing is this
+    project's: prompt + budget in [0.95 L, L]."""
+    from rattn_eval.tasks.ruler_text import FIXED_SEED
+
+    fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task, hint=RULER_HINT)
+    vocab_size = max(cfg.top + 2, length // cfg.vocab_per_tokens)
+    zeta = _zeta(cfg.alpha)
+    powers = rank_powers(vocab_size, cfg.alpha)
+    prefix = text.fwe_prefix
+    frame = template_frame(tokenizer, chat_template, text.fwe_template, prefix, text.fwe_delimiter, query="")
+
+    def one(i: int) -> Sample:
+        rng = random.Random(sample_seed(task, length, seed, i))
+        vocab = {"".join(rng.choices(string.ascii_lowercase, k=cfg.word_len)) for _ in range(vocab_size)}
+        while len(vocab) < vocab_size:
+            vocab.add("".join(rng.choices(string.ascii_lowercase, k=cfg.word_len)))
+        vocab = sorted(vocab)
+        random.Random(FIXED_SEED).shuffle(vocab)
+        vocab[0] = text.fwe_noise  # rank 0 is noise; ranks 1..3 are the answers
+        cost = [len(tokenizer.encode(" " + w)) for w in vocab]
+
+        def render(k: int, vocab=vocab):
+            c = counts_for(k, powers, zeta)
+            words = [w for w, m in zip(vocab, c) for _ in range(m)]
+            random.Random(FIXED_SEED).shuffle(words)
+            return " ".join(words), []
+
+        def estimate(k: int, cost=cost):
+            return sum(m * t for m, t in zip(counts_for(k, powers, zeta), cost))
+
+        k_min = 1  # smallest count with a unique top 3 (ranks 1..4 strictly decreasing)
+        while True:
+            c = counts_for(k_min, powers[: cfg.top + 2], zeta)
+            if c[cfg.top] > c[cfg.top + 1] and all(c[j] > c[j + 1] for j in range(1, cfg.top)):
+                break
+            k_min = int(k_min * 1.2) + 1
+        fitted = fitter.fit(lambda attempt, r=render, e=estimate, k0=k_min: Draft(frame, r, e, k0, 64 * length),
+                            redraws=0)
+        return Sample(
+            index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
+            answers=vocab[1: 1 + cfg.top], num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
+            answer_prefix=prefix, depth=None, answer_position=None, answer_positions=[], seed=seed,
         )
     return run_samples(one, n)

@@ -3,6 +3,7 @@ over tasks and lengths (Avg, weighted averages, effective length). Scores are in
 
 from __future__ import annotations
 
+import math
 import re
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
@@ -90,3 +91,95 @@ def effective_length(scores_by_length: dict[int, float], threshold: float = 85.6
         else:
             break
     return best
+
+
+# --- error bars ----------------------------------------------------------------------------------
+
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def _binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (no scipy)."""
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 1.0 if k >= n else 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq
+             for i in range(k + 1)]
+    top = max(terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in terms))
+
+
+def clopper_pearson(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact (Clopper-Pearson) interval for a binomial proportion, as fractions in [0, 1]."""
+    alpha = 1.0 - level
+
+    def solve(target: float, k: int) -> float:  # the p with P(X <= k) = target (the CDF falls with p)
+        a, b = 0.0, 1.0
+        for _ in range(60):
+            mid = (a + b) / 2
+            if _binom_cdf(k, n, mid) > target:
+                a = mid
+            else:
+                b = mid
+        return (a + b) / 2
+
+    lo = 0.0 if successes == 0 else solve(1 - alpha / 2, successes - 1)
+    hi = 1.0 if successes == n else solve(alpha / 2, successes)
+    return lo, hi
+
+
+def cell_stats(scores, *, seed: int = 0) -> dict:
+    """Mean, standard error and 95% interval of one cell's per-sample scores (0..100).
+
+    The interval is exact (Clopper-Pearson) when every score is 0 or 100, and otherwise a percentile
+    bootstrap over samples (2000 resamples from a fixed seed, so the same scores give the same
+    interval). stderr is the sample standard deviation over sqrt(n); both are None for n < 2.
+    """
+    xs = [float(x) for x in scores]
+    n = len(xs)
+    if n == 0:
+        return {"n": 0, "mean": None, "stderr": None, "ci95": None, "ci_method": None}
+    m = sum(xs) / n
+    if n < 2:
+        return {"n": n, "mean": m, "stderr": None, "ci95": None, "ci_method": None}
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    if all(x in (0.0, 100.0) for x in xs):
+        lo, hi = clopper_pearson(sum(1 for x in xs if x == 100.0), n)
+        ci, method = [100 * lo, 100 * hi], "exact"
+    else:
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        arr = np.asarray(xs)
+        means = arr[rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))].mean(axis=1)
+        ci, method = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))], "bootstrap"
+    return {"n": n, "mean": m, "stderr": sd / math.sqrt(n), "ci95": ci, "ci_method": method}
+
+
+def within_noise(a: dict[str, float], b: dict[str, float]) -> bool | None:
+    """Whether two cells' scores (sample id -> score) differ by no more than their noise.
+
+    Paired by sample id where the cells share at least two samples: the mean difference lies within
+    1.96 standard errors of the differences. Otherwise unpaired: the difference of the means lies
+    within 1.96 times the combined standard error. None when either cell has fewer than two samples."""
+    shared = sorted(set(a) & set(b))
+    if len(shared) >= 2:
+        d = [a[k] - b[k] for k in shared]
+        m = sum(d) / len(d)
+        se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
+        return abs(m) <= Z95 * se
+    sa, sb = cell_stats(list(a.values())), cell_stats(list(b.values()))
+    if sa["stderr"] is None or sb["stderr"] is None:
+        return None
+    return abs(sa["mean"] - sb["mean"]) <= Z95 * math.hypot(sa["stderr"], sb["stderr"])
+
+
+def mean_stderr(stderrs) -> float | None:
+    """Standard error of an unweighted mean of independent estimates (a length's average over tasks)."""
+    ses = list(stderrs)
+    if not ses or any(s is None for s in ses):
+        return None
+    return math.sqrt(sum(s * s for s in ses)) / len(ses)

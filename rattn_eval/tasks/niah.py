@@ -11,12 +11,15 @@ redrawn up to 12 times, and failing that a few filler words follow the last unit
 
 from __future__ import annotations
 
+import bisect
 import random
+import re
 import uuid
 from dataclasses import dataclass
 
-from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import run_samples, Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, sample_id, sample_seed, token_positions
+from rattn_eval.tasks import corpora, ruler_text
+from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, run_samples, sample_id,
+                                   sample_seed, template_frame, token_positions)
 
 BUDGET = 128
 
@@ -84,7 +87,6 @@ def _place(depth: float, k: int, boundaries: list[int] | None) -> int:
     target = depth * k
     if boundaries is None:
         return min(k, max(0, round(target)))
-    import bisect
 
     i = bisect.bisect_right(boundaries, k)
     cands = [0, k] + boundaries[max(0, bisect.bisect_left(boundaries, target) - 1):i][:2]
@@ -214,5 +216,159 @@ def _essay_renderer(units: list[str], ends: list[int], needles, n_gold: int):
         stripped = context.lstrip()
         cut = len(context) - len(stripped)
         return stripped, [max(0, m - cut) for m in marks]
+
+    return render
+
+
+# --- the `ruler` prompt profile: RULER's text and sampling ----------------------------------------
+
+def _ruler_draw(rng: random.Random, kind: str) -> str:
+    if kind == "numbers":
+        return str(rng.randint(1_000_000, 9_999_999))
+    if kind == "uuids":
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+    return corpora.ruler_key_word(rng)
+
+
+def pad_words(sentence: str, sep: str) -> tuple[str, ...]:
+    """Filler of single words taken from a profile's own noise sentence, appended after a haystack
+    whose units are too coarse to land in [0.95 L, L] (short lengths only)."""
+    return tuple(re.findall(r"\s*\S+", sep + " ".join([sentence] * 40)))
+
+
+def generate_ruler(cfg: NiahConfig, text, tokenizer, *, length: int, n: int, seed: int, task: str = "niah",
+                   chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
+    """NIAH samples in RULER's words (`text`: a `ruler_text.RulerText`) and with RULER's sampling:
+    needles shuffled by RULER's fixed seed, essay needles at depths drawn from RULER's 40 and placed
+    between sentences of a whitespace-collapsed essay, noise / needle haystacks as lines with needles
+    at random lines, the queried keys drawn at random. `depth` (optional) pins the first answer's
+    needle. Sizing is this project's: prompt + budget in [0.95 L, L]."""
+    fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task, hint=RULER_HINT)
+    num_keys = max(cfg.num_keys, cfg.num_queries)
+    template, prefix_t, noun = text.niah_template, text.niah_prefix, cfg.value_type
+    if cfg.num_queries * cfg.num_values == 1:
+        template, prefix_t, noun = ruler_text.singular(template), ruler_text.singular(prefix_t), noun[:-1]
+    if cfg.haystack == "essay":
+        words, ends = corpora.essay_words()
+        counts = corpora.unit_token_counts(tokenizer, "essay-words", [" " + w for w in words])
+        reps = 1 + (2 * length) // max(1, sum(counts))  # repeat the essays when L exceeds them
+        all_words = list(words) * reps
+        all_ends = [e + r * len(words) for r in range(reps) for e in ends]
+        pre = prefix_sums(counts * reps)
+    elif cfg.haystack == "noise":
+        per_line = len(tokenizer.encode("\n" + text.noise))
+        noise_lines = [text.noise] * max(8, 2 * length // max(1, per_line))
+    pad = pad_words(text.noise, "\n") if cfg.haystack != "essay" else ()
+
+    def one(i: int) -> Sample:
+        rng = random.Random(sample_seed(task, length, seed, i))
+        taken: set[str] = set()
+        keys = _distinct_with(rng, cfg.key_type, num_keys, taken)
+        values = [[_ruler_draw(rng, cfg.value_type) for _ in range(cfg.num_values)] for _ in keys]
+        needles = [(text.needle.format(type_needle_v=cfg.value_type, key=keys[j], value=v), j, m)
+                   for j in range(num_keys) for m, v in enumerate(values[j])]
+        random.Random(ruler_text.FIXED_SEED).shuffle(needles)
+        queried = rng.sample(range(num_keys), cfg.num_queries)
+        answers = [v for j in queried for v in values[j]]
+        # gold tag of each needle: its answer's index in `answers` (the first answer is the primary one)
+        gold_of = {(j, m): q * cfg.num_values + m for q, j in enumerate(queried) for m in range(cfg.num_values)}
+        primary = next(x for x, nd in enumerate(needles) if gold_of.get((nd[1], nd[2])) == 0)
+        if cfg.haystack == "essay":
+            spots = sorted(float(d) for d in rng.sample(ruler_text.DEPTHS, len(needles)))
+        else:  # RULER: distinct random lines, the largest index for the first needle
+            spots = sorted((100 * rng.random() for _ in needles), reverse=True)
+        if depth is not None:
+            spots[primary] = 100 * float(depth[i % len(depth)])
+        placed = [(spots[x], nd[0], gold_of.get((nd[1], nd[2]))) for x, nd in enumerate(needles)]
+        query = _join_keys([keys[j] for j in queried])
+        frame = template_frame(tokenizer, chat_template, template, prefix_t.format(type_needle_v=noun, query=query),
+                               text.niah_delimiter, type_needle_v=noun, query=query)
+
+        def make(attempt: int, rng_state=rng.getstate(), taken=taken, placed=placed, frame=frame):
+            if cfg.haystack == "essay":
+                return Draft(frame, _ruler_essay(all_words, all_ends, placed, len(answers)), lambda k: pre[k],
+                             1, len(all_words))
+            if cfg.haystack == "noise":
+                lines = noise_lines
+                est = per_line
+            else:  # every line a needle for a fresh key and value; a redraw takes other ones
+                r = random.Random()
+                r.setstate(rng_state)
+                if attempt:
+                    r.seed(f"{sample_seed(task, length, seed, i)}|redraw{attempt}")
+                used = set(taken)
+                first = [text.needle.format(type_needle_v=cfg.value_type, key=k_, value=_ruler_draw(r, cfg.value_type))
+                         for k_ in _distinct_with(r, cfg.key_type, 32, used)]
+                est = sum(len(tokenizer.encode("\n" + t)) for t in first) / len(first)
+                more = int(1.5 * length / est) + 16 - len(first)
+                lines = first + [text.needle.format(type_needle_v=cfg.value_type, key=k_,
+                                                    value=_ruler_draw(r, cfg.value_type))
+                                 for k_ in _distinct_with(r, cfg.key_type, max(0, more), used)]
+            return Draft(frame, _ruler_lines(lines, placed, len(answers)), lambda k, e=est: e * k, 0, len(lines),
+                         pad=pad)
+
+        fitted = fitter.fit(make)
+        positions = token_positions(tokenizer, fitted.text, fitted.marks, fitted.ids)
+        return Sample(
+            index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
+            answers=answers, num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens, answer_prefix=frame.answer_prefix,
+            depth=round(spots[primary] / 100, 6), answer_position=positions[0], answer_positions=positions, seed=seed,
+        )
+    return run_samples(one, n)
+
+
+def _distinct_with(rng: random.Random, kind: str, count: int, taken: set[str]) -> list[str]:
+    out = []
+    while len(out) < count:
+        x = _ruler_draw(rng, kind)
+        if x not in taken:
+            taken.add(x)
+            out.append(x)
+    return out
+
+
+def _marks_of(pieces: list[tuple[str, int | None]], sep: str, n_gold: int) -> tuple[str, list[int]]:
+    """Join (text, gold tag) pieces with `sep`; the character offset of each gold tag's piece."""
+    marks = [0] * n_gold
+    size = 0
+    for j, (t, tag) in enumerate(pieces):
+        if j:
+            size += len(sep)
+        if tag is not None:
+            marks[tag] = size
+        size += len(t)
+    return sep.join(t for t, _ in pieces), marks
+
+
+def _ruler_lines(lines: list[str], placed, n_gold: int):
+    """RULER's line haystack: the first k lines, each needle inserted before line int(depth * k),
+    insertions in descending order of line (as RULER does), joined by newlines."""
+
+    def render(k: int):
+        rows: list[tuple[str, int | None]] = [(t, None) for t in lines[:k]]
+        for d, t, tag in sorted(placed, key=lambda p: -p[0]):
+            rows.insert(min(k, int(d / 100 * k)), (t, tag))
+        return _marks_of(rows, "\n", n_gold)
+
+    return render
+
+
+def _ruler_essay(words: list[str], ends: list[int], placed, n_gold: int):
+    """RULER's essay haystack: the first k words; the needle at depth d goes after sentence
+    int(S * d / 100) of the S sentences; sentence runs and needles joined by single spaces (an empty
+    run between two needles at one spot leaves the double space RULER leaves)."""
+
+    def render(k: int):
+        cut = bisect.bisect_left(ends, k)
+        bounds = [0] + list(ends[:cut]) + [k]  # word offsets of sentence starts, then the end
+        sents = len(bounds) - 1
+        order = sorted(placed, key=lambda p: p[0])
+        at = [0] + [int(sents * d / 100) for d, _, _ in order] + [sents]
+        pieces: list[tuple[str, int | None]] = []
+        for j in range(1, len(at)):
+            pieces.append((" ".join(words[bounds[at[j - 1]]:bounds[at[j]]]), None))
+            if j - 1 < len(order):
+                pieces.append((order[j - 1][1], order[j - 1][2]))
+        return _marks_of(pieces, " ", n_gold)
 
     return render

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from rattn_eval.errors import DataError
 from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import run_samples, Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, sample_id, sample_seed, token_positions
+from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, run_samples, sample_id,
+                                   sample_seed, template_frame, token_positions)
 
 BUDGET = 32
 FILES = {"squad": "dev-v2.0.json", "hotpotqa": "hotpot_dev_distractor_v1.json"}
@@ -131,5 +132,106 @@ def generate(cfg: QAConfig, tokenizer, *, length: int, n: int, seed: int, task: 
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=list(answers), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
             answer_prefix=PREFIX, depth=depths[i], answer_position=positions[0], answer_positions=positions, seed=seed,
+        )
+    return run_samples(one, n)
+
+
+# --- the `ruler` prompt profile -------------------------------------------------------------------
+
+@lru_cache(maxsize=4)
+def load_qa_ruler(dataset: str, path: str, mtime_ns: int) -> tuple[list[str], list[tuple[str, list[str], list[int], list[int]]]]:
+    """The file as RULER reads it: (documents sorted, [(question, answers, gold documents, the
+    question's own distractors)] in file order). SQuAD: answerable questions, every answer text, the
+    other paragraphs of the article as own distractors. HotpotQA: all ten paragraphs of the
+    example are gold (RULER keeps the distractor setting's paragraphs together)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        items = []
+        if dataset == "squad":
+            docs = sorted({p["context"] for a in raw["data"] for p in a["paragraphs"]})
+            index = {d: j for j, d in enumerate(docs)}
+            for article in raw["data"]:
+                same = [index[p["context"]] for p in article["paragraphs"]]
+                for p in article["paragraphs"]:
+                    own = index[p["context"]]
+                    for q in p["qas"]:
+                        if not q["is_impossible"]:
+                            items.append((q["question"], [a["text"] for a in q["answers"]], [own],
+                                          [j for j in same if j != own]))
+        else:
+            docs = sorted({f"{t}\n{''.join(p)}" for ex in raw for t, p in ex["context"]})
+            index = {d: j for j, d in enumerate(docs)}
+            for ex in raw:
+                items.append((ex["question"], [ex["answer"]], [index[f"{t}\n{''.join(p)}"] for t, p in ex["context"]], []))
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{path} is not a {dataset} file in the original format ({e}).") from e
+    if not items:
+        raise DataError(f"{path} holds no answerable questions.")
+    return docs, items
+
+
+def generate_ruler(cfg: QAConfig, text, tokenizer, *, length: int, n: int, seed: int, task: str = "qa",
+                   chat_template: str | None = None, depth: list[float] | None = None, qa_data=None) -> list[Sample]:
+    """QA in RULER's words and with RULER's sampling (`text`: a `ruler_text.RulerText`): sample i asks
+    the file's i-th question at every length; its gold documents, its own distractors and then random
+    ones are put in order by RULER's fixed-seed shuffle. `depth` is not used. Sizing is this
+    project's: prompt + budget in [0.95 L, L]; where whole documents are too coarse for that, other
+    random distractors are tried, then words of the noise sentence close the gap after the last
+    document."""
+    from rattn_eval.tasks.niah import pad_words
+    from rattn_eval.tasks.ruler_text import FIXED_SEED
+
+    f = data_file(cfg, qa_data)
+    docs, items = load_qa_ruler(cfg.dataset, str(f.resolve()), f.stat().st_mtime_ns)
+    if n > len(items):
+        raise DataError(f"{f.name} has {len(items)} usable questions, fewer than n = {n}.")
+    doc_cost = corpora.unit_token_counts(tokenizer, f"qa-ruler:{f.resolve()}:{f.stat().st_mtime_ns}",
+                                         [text.qa_document.format(i=1, document=d) + "\n\n" for d in docs])
+    fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task, hint=RULER_HINT)
+    prefix = text.qa_prefix
+    pad = pad_words(text.noise, "\n\n")
+
+    def one(i: int) -> Sample:
+        rng = random.Random(sample_seed(task, length, seed, i))
+        question, answers, gold, own = items[i]
+        gold_set = set(gold)
+        own = [j for j in rng.sample(own, len(own)) if j not in gold_set]
+        taken = gold_set | set(own)
+        state = rng.getstate()
+        gold_cost = sum(doc_cost[j] for j in gold)
+        frame = template_frame(tokenizer, chat_template, text.qa_template, prefix, text.qa_delimiter,
+                               query=question.replace("{", "{{").replace("}", "}}"))
+
+        def render(k: int, distract, gold=gold):
+            seq = list(gold) + distract[:k]
+            random.Random(FIXED_SEED).shuffle(seq)
+            parts, marks, size = [], {}, 0
+            for num, j in enumerate(seq):
+                if num:
+                    parts.append("\n\n")
+                    size += 2
+                if j in gold_set and j not in marks:
+                    marks[j] = size
+                piece = text.qa_document.format(i=num + 1, document=docs[j])
+                parts.append(piece)
+                size += len(piece)
+            return "".join(parts), sorted(marks[j] for j in gold)
+
+        def make(attempt: int, own=own, taken=taken, state=state, frame=frame, render=render, gc=gold_cost):
+            r = random.Random()
+            r.setstate(state)
+            if attempt:  # other random distractors after the question's own
+                r.seed(f"{sample_seed(task, length, seed, i)}|redraw{attempt}")
+            distract = own + [j for j in r.sample(range(len(docs)), len(docs)) if j not in taken]
+            pre = prefix_sums(doc_cost[j] for j in distract)
+            return Draft(frame, lambda k: render(k, distract), lambda k: gc + pre[k], 0, len(distract), pad=pad)
+
+        fitted = fitter.fit(make)
+        positions = token_positions(tokenizer, fitted.text, fitted.marks, fitted.ids)
+        return Sample(
+            index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
+            answers=list(answers), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
+            answer_prefix=prefix, depth=round(positions[0] / len(fitted.ids), 6), answer_position=positions[0], answer_positions=positions,
+            seed=seed,
         )
     return run_samples(one, n)

@@ -8,7 +8,8 @@ import string
 from dataclasses import dataclass
 
 from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import run_samples, Draft, Fitter, Sample, make_frame, sample_id, sample_seed, token_positions
+from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, make_frame, run_samples, sample_id, sample_seed, template_frame,
+                                   token_positions)
 from rattn_eval.tasks.niah import _line_renderer
 
 BUDGET = 30
@@ -97,5 +98,122 @@ def generate(cfg: VTConfig, tokenizer, *, length: int, n: int, seed: int, task: 
             answers=list(chain), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens, answer_prefix=prefix,
             depth=[round(spots[j], 6) for j in range(n_gold)], answer_position=positions[0],
             answer_positions=positions, seed=seed,
+        )
+    return run_samples(one, n)
+
+
+# --- the `ruler` prompt profile -------------------------------------------------------------------
+
+EXAMPLE_TOKENS = 500  # RULER sizes its worked example to 500 tokens (generation budget included)
+EXAMPLE_STEP = 5  # ... in steps of 5 noise lines
+
+
+def _ruler_chain(rng: random.Random, text, hops: int, letters: int, taken: set[str]) -> tuple[list[str], list[str], str]:
+    """(statements, variables, value) of one chain in RULER's statement formats."""
+    names = []
+    while len(names) < hops + 1:
+        v = "".join(rng.choices(string.ascii_uppercase, k=letters))
+        if v not in taken:
+            taken.add(v)
+            names.append(v)
+    value = str(rng.randint(10000, 99999))
+    stmts = [text.vt_value.format(name=names[0], value=value)]
+    stmts += [text.vt_copy.format(name=names[j + 1], src=names[j]) for j in range(hops)]
+    return stmts, names, value
+
+
+def _ruler_context(text, noise_lines: int, chains: list[list[str]], spots: list[list[float]], n_gold: int):
+    """RULER's layout: noise lines, each chain's statements inserted at sorted random lines (each after
+    the one it copies), all joined by the source's joiner. Returns (context, offsets of the first
+    chain's statements)."""
+    rows: list[tuple[str, int | None]] = [(text.vt_noise, None)] * noise_lines
+    for c, (stmts, us) in enumerate(zip(chains, spots)):
+        size = len(rows)
+        at = sorted(min(size - 1, int(u * size)) if size else 0 for u in us)
+        for j, (p, s) in enumerate(zip(at, stmts)):
+            rows.insert(p + j, (s, j if c == 0 and j < n_gold else None))
+    context, marks = "", [0] * n_gold
+    for j, (t, tag) in enumerate(rows):
+        if j:
+            context += text.vt_joiner
+        if tag is not None:
+            marks[tag] = len(context)
+        context += t
+    # RULER's clean-up of a statement that ends a noise line; offsets before each change shift back
+    fixed, shift, pos = [], [], 0
+    while True:
+        q = context.find(". \n", pos)
+        if q < 0:
+            break
+        fixed.append(context[pos:q] + ".\n")
+        shift.append(q + 1)
+        pos = q + 3
+    fixed.append(context[pos:])
+    marks = [m - sum(1 for s in shift if s < m) for m in marks]
+    return "".join(fixed), marks
+
+
+def _ruler_example(rng: random.Random, text, cfg: VTConfig, noise_lines: int) -> str:
+    """The worked example: a short chain of 3-letter variables in noise, the question, the answer
+    prefix as the source spells it and the answer, as RULER builds it."""
+    taken: set[str] = set()
+    chains = [_ruler_chain(rng, text, cfg.num_hops, 3, taken) for _ in range(cfg.num_chains)]
+    spots = [[rng.random() for _ in c[0]] for c in chains]
+    context, _ = _ruler_context(text, noise_lines, [c[0] for c in chains], spots, 0)
+    value = chains[0][2]
+    full = (text.vt_template + text.vt_example_prefix).format(context=context, query=value, num_v=cfg.num_hops + 1)
+    return full + " " + " ".join(chains[0][1])
+
+
+def _example_lines(tokenizer, text, cfg: VTConfig) -> int:
+    """Noise lines of the worked example: RULER's search, the most lines (in steps of 5) whose example
+    plus the 30-token budget stays within 500 tokens."""
+    lines = 0
+    while lines < 10_000:
+        ex = _ruler_example(random.Random(0), text, cfg, lines + EXAMPLE_STEP)
+        if len(tokenizer.encode(ex)) + cfg.max_new_tokens > EXAMPLE_TOKENS:
+            break
+        lines += EXAMPLE_STEP
+    return lines
+
+
+def generate_ruler(cfg: VTConfig, text, tokenizer, *, length: int, n: int, seed: int, task: str = "vt",
+                   chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
+    """Variable tracking in RULER's words and layout (`text`: a `ruler_text.RulerText`): noise lines
+    joined by spaces with the statements inline, one worked example of about 500 tokens before the
+    question. Sizing is this project's: prompt + budget in [0.95 L, L]."""
+    from rattn_eval.tasks.niah import pad_words
+
+    fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task, hint=RULER_HINT)
+    per_line = len(tokenizer.encode(" " + text.vt_noise))
+    ex_lines = _example_lines(tokenizer, text, cfg)
+    max_lines = max(8, 2 * length // max(1, per_line))
+    pad = pad_words(text.noise, " ")
+
+    def one(i: int) -> Sample:
+        rng = random.Random(sample_seed(task, length, seed, i))
+        example = _ruler_example(rng, text, cfg, ex_lines)
+        taken: set[str] = set()
+        chains = [_ruler_chain(rng, text, cfg.num_hops, 5, taken) for _ in range(cfg.num_chains)]
+        spots = [[rng.random() for _ in c[0]] for c in chains]
+        value, names = chains[0][2], chains[0][1]
+        prefix = text.vt_prefix.format(num_v=cfg.num_hops + 1, query=value)
+        escaped = example.replace("{", "{{").replace("}", "}}")
+        frame = template_frame(tokenizer, chat_template, escaped + text.vt_example_tail + text.vt_template, prefix,
+                               text.vt_delimiter, query=value, num_v=cfg.num_hops + 1)
+        n_gold = len(chains[0][0])
+
+        def render(k: int, chains=chains, spots=spots):
+            return _ruler_context(text, k, [c[0] for c in chains], spots, n_gold)
+
+        make = lambda attempt, frame=frame, render=render: Draft(  # noqa: E731
+            frame, render, lambda k: per_line * k, 1, max_lines, pad=pad)
+        fitted = fitter.fit(make, redraws=0)
+        positions = token_positions(tokenizer, fitted.text, fitted.marks, fitted.ids)
+        return Sample(
+            index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
+            answers=list(names), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens, answer_prefix=prefix,
+            depth=[round(u, 6) for u in sorted(spots[0])], answer_position=positions[0], answer_positions=positions,
+            seed=seed,
         )
     return run_samples(one, n)

@@ -9,10 +9,11 @@ import pytest
 
 from rattn_eval import tasks
 from rattn_eval.errors import ConfigError, DataError
+from rattn_eval.tasks import ruler_text
 from rattn_eval.tasks.base import MIN_FILL
 
 SYNTH = tasks.GROUPS["synthetic"]
-NEEDLE = re.compile(r"One special magic \w+ for (\S+) is: (\S+)\.")
+NEEDLE = re.compile(r"One (?:of the )?special magic \w+ for (.+?) is: (\S+)\.")
 
 
 def check(samples, tok, name, length, n, template=None):
@@ -47,33 +48,50 @@ def check_niah_keys(samples):
         distractors = [k for k, _ in needles if k not in queried]
         assert not set(distractors) & queried
         if s.task in ("niah_multikey_2", "niah_multikey_3"):
-            assert len(distractors) >= 3 and len(set(distractors)) == len(distractors)
+            assert len(distractors) >= 2 and len(set(distractors)) == len(distractors)
 
 
+# (task, tokenizer, length, chat template) where RULER's fixed layout cannot fit: the `ruler` profile
+# refuses them with a sentence that names --prompts native
+# (a byte tokenizer spends a token per character: RULER's 30 x 10 repeated words alone take ~3.6k)
+RULER_TOO_SHORT = {("cwe", "bytes", 1024, False), ("cwe", "bytes", 4096, False), ("cwe", "bytes", 1024, True),
+                   ("cwe", "bytes", 4096, True), ("vt", "bytes", 1024, True)}
+
+
+def generate_checked(name, tok, tok_name, length, n, seed, prompts, template=None, **kw):
+    """tasks.generate + check, or the refusal the `ruler` profile gives where its layout cannot fit."""
+    if prompts == "ruler" and (name, tok_name, length, template is not None) in RULER_TOO_SHORT:
+        with pytest.raises(ConfigError, match="--prompts native"):
+            tasks.generate(name, tok, length=length, n=n, seed=seed, chat_template=template, prompts=prompts, **kw)
+        return None
+    samples = tasks.generate(name, tok, length=length, n=n, seed=seed, chat_template=template, prompts=prompts, **kw)
+    check(samples, tok, name, length, n, template=template)
+    return samples
+
+
+@pytest.mark.parametrize("prompts", tasks.PROMPTS)
 @pytest.mark.parametrize("length", [1024, 4096, 16384])
 @pytest.mark.parametrize("tok_name", ["bytes", "gpt2"])
 @pytest.mark.parametrize("name", SYNTH)
-def test_lengths_plain(tokenizers, name, tok_name, length):
-    tok = tokenizers[tok_name]
-    check(tasks.generate(name, tok, length=length, n=2, seed=1), tok, name, length, 2)
+def test_lengths_plain(tokenizers, name, tok_name, length, prompts):
+    generate_checked(name, tokenizers[tok_name], tok_name, length, 2, 1, prompts)
 
 
+@pytest.mark.parametrize("prompts", tasks.PROMPTS)
 @pytest.mark.parametrize("length", [1024, 4096])
 @pytest.mark.parametrize("tok_name", ["bytes", "smollm2"])
 @pytest.mark.parametrize("name", SYNTH)
-def test_lengths_chat_template(tokenizers, smollm2, name, tok_name, length):
-    tok = tokenizers[tok_name]
-    t = smollm2.chat_template
-    check(tasks.generate(name, tok, length=length, n=2, seed=2, chat_template=t), tok, name, length, 2, template=t)
+def test_lengths_chat_template(tokenizers, smollm2, name, tok_name, length, prompts):
+    generate_checked(name, tokenizers[tok_name], tok_name, length, 2, 2, prompts, template=smollm2.chat_template)
 
 
-# The whole grid costs about 10 s with the disk cache off, so it runs in CI.
+# The whole grid costs about 20 s with the disk cache off, so it runs in CI.
+@pytest.mark.parametrize("prompts", tasks.PROMPTS)
 @pytest.mark.parametrize("template", [False, True])
 @pytest.mark.parametrize("length", [1024, 4096, 16384, 32768])
 @pytest.mark.parametrize("name", SYNTH)
-def test_lengths_smollm2_full_grid(smollm2, name, length, template):
-    t = smollm2.chat_template if template else None
-    check(tasks.generate(name, smollm2, length=length, n=4, seed=3, chat_template=t), smollm2, name, length, 4, t)
+def test_lengths_smollm2_full_grid(smollm2, name, length, template, prompts):
+    generate_checked(name, smollm2, "smollm2", length, 4, 3, prompts, smollm2.chat_template if template else None)
 
 
 @pytest.mark.parametrize("tok_name", ["bytes", "gpt2"])
@@ -88,7 +106,7 @@ def test_qa(tokenizers, qa_dir, name, tok_name, length):
 
 def test_qa_chat_template_and_depth(smollm2, qa_dir):
     ss = tasks.generate("qa_1", smollm2, length=4096, n=2, seed=0, qa_data=qa_dir, chat_template=smollm2.chat_template,
-                        depth=[0.0, 1.0])
+                        depth=[0.0, 1.0], prompts="native")
     check(ss, smollm2, "qa_1", 4096, 2, template=smollm2.chat_template)
     assert ss[0].answer_position < 0.2 * ss[0].num_tokens < 0.8 * ss[1].num_tokens < ss[1].answer_position
 
@@ -126,16 +144,21 @@ def test_identical_in_fresh_process(tokenizers, tmp_path):
     assert out.stdout.strip() == here
 
 
+@pytest.mark.parametrize("prompts", tasks.PROMPTS)
 @pytest.mark.parametrize("name", ["niah_single_1", "niah_single_2", "niah_multikey_2", "niah_multiquery"])
-def test_depth_honoured(tokenizers, name):
+def test_depth_honoured(tokenizers, name, prompts):
     tok = tokenizers["gpt2"]
-    ss = tasks.generate(name, tok, length=4096, n=3, seed=0, depth=[0.0, 0.5, 1.0])
+    ss = tasks.generate(name, tok, length=4096, n=3, seed=0, depth=[0.0, 0.5, 1.0], prompts=prompts)
     assert [s.depth for s in ss] == [0.0, 0.5, 1.0]
     rel = [s.answer_position / s.num_tokens for s in ss]
     assert rel[0] < 0.15 and 0.4 < rel[1] < 0.6 and rel[2] > 0.85, rel
-    # default: depths spread evenly over [0, 1)
-    ds = [s.depth for s in tasks.generate(name, tok, length=2048, n=8, seed=0)]
-    assert sorted(ds) == [j / 8 for j in range(8)]
+    ds = [s.depth for s in tasks.generate(name, tok, length=2048, n=8, seed=0, prompts=prompts)]
+    if prompts == "native":  # default: depths spread evenly over [0, 1)
+        assert sorted(ds) == [j / 8 for j in range(8)]
+    elif name in ("niah_single_1", "niah_multikey_2"):  # RULER: random lines
+        assert all(0 <= d < 1 for d in ds) and len(set(ds)) == 8
+    else:  # RULER: essay depths drawn from its 40 (percent)
+        assert all(round(100 * d) in ruler_text.DEPTHS for d in ds) and len(set(ds)) > 1
 
 
 def test_answer_position_points_at_needle(tokenizers):
@@ -149,11 +172,12 @@ def test_answer_position_points_at_needle(tokenizers):
     tiny = load_tokenizer(Path(tasks.__file__).parents[1] / "checkpoints" / "tiny-rattn")
     for name, tok in [*tokenizers.items(), ("tiny-rattn", tiny)]:
         for depth in (0.0, 0.3, 0.77):
-            s = tasks.generate("niah_single_2", tok, length=2048, n=1, seed=0, depth=depth)[0]
-            ids = tok.encode_prompt(s.input)
-            p = s.answer_position
-            assert tok.decode(ids[p: p + 24]).lstrip().startswith("One special magic"), (name, depth)
-            assert "One" not in tok.decode(ids[max(0, p - 3): p]), (name, depth)
+            for prompts, needle in (("native", "One special magic"), ("ruler", "One of the special magic")):
+                s = tasks.generate("niah_single_2", tok, length=2048, n=1, seed=0, depth=depth, prompts=prompts)[0]
+                ids = tok.encode_prompt(s.input)
+                p = s.answer_position
+                assert tok.decode(ids[p: p + 24]).lstrip().startswith(needle), (name, depth, prompts)
+                assert "One" not in tok.decode(ids[max(0, p - 3): p]), (name, depth, prompts)
 
 
 @pytest.mark.parametrize("name", ["niah_multiquery", "niah_single_2"])
@@ -171,7 +195,7 @@ def test_vt_chains_in_order_in_example_and_question(tokenizers):
 
     stmt = re.compile(r"VAR ([A-Z]{5}) = (?:VAR ([A-Z]{5})|\d+)\.")
     for length in (1024, 4096, 8192):
-        for s in tasks.generate("vt", tokenizers["gpt2"], length=length, n=3, seed=0):
+        for s in tasks.generate("vt", tokenizers["gpt2"], length=length, n=3, seed=0, prompts="native"):
             example, question = s.input.split(INSTRUCTION)[1:3]
             for part in (example.split("\n\nQuestion")[0], question.split("\n\nQuestion")[0]):
                 found = stmt.findall(part)
@@ -236,7 +260,7 @@ def test_cache_reads_instead_of_regenerating(tokenizers, tmp_path, monkeypatch):
         raise AssertionError("regenerated")
 
     spec = tasks.TASKS["vt"]
-    monkeypatch.setitem(tasks.TASKS, "vt", tasks.TaskSpec(spec.name, spec.family, boom, spec.config))
+    monkeypatch.setitem(tasks.TASKS, "vt", tasks.TaskSpec(spec.name, spec.family, boom, boom, spec.config))
     assert tasks.generate("vt", tok, length=2048, n=2, seed=0) == first
     with pytest.raises(AssertionError, match="regenerated"):  # another seed is another key
         tasks.generate("vt", tok, length=2048, n=2, seed=1)
