@@ -171,16 +171,18 @@ def _print_summary(summary: dict) -> None:
     for L in lens:
         tab.add_column(format_length(L), justify="right")
     fmt = lambda v: "—" if v is None else f"{v:.1f}"  # noqa: E731
+    pm = lambda v, se: fmt(v) if v is None or se is None else f"{v:.1f} ±{se:.1f}"  # noqa: E731
     for t in summary["tasks"]:
-        tab.add_row(t, *[fmt(summary["scores"][t][str(L)]) for L in lens])
+        tab.add_row(t, *[pm(summary["scores"][t][str(L)], summary["stats"][t][str(L)]["stderr"]) for L in lens])
     tab.add_section()
-    tab.add_row("average", *[fmt(summary["length_scores"][str(L)]) for L in lens])
+    tab.add_row("average", *[pm(summary["length_scores"][str(L)], summary["length_stderr"][str(L)]) for L in lens])
     out = Console()
     out.print(f"{summary['model']} ({summary['backend']}), n={summary['n']}, seed={summary['seed']}"
               + (f", window={summary['window']}" if summary.get("window") is not None else ""), highlight=False)
     out.print(tab)
     out.print(f"Avg {fmt(summary['avg'])}  wAvg(inc) {fmt(summary['wavg_inc'])}  wAvg(dec) {fmt(summary['wavg_dec'])}  "
               f"effective length (>{summary['threshold']:g}): {_eff_text(summary)}", highlight=False)
+    out.print("± is one standard error over the samples of a cell (95% intervals in summary.json)", highlight=False)
     if not summary["complete"]:
         out.print("[yellow]incomplete: some samples have no record yet; rerun the same command to finish[/]")
 

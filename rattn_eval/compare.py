@@ -5,6 +5,11 @@ union of the runs' tasks and lengths. A run that lacks a cell shows a gap ("—"
 average that would cover a gap is left empty too: nothing is averaged over a different set of
 tasks or lengths than its neighbours. Cells with fewer records than planned (an unfinished run)
 carry a "*". Differences in seed or sample count are stated in the notes under the table.
+
+Error bars: every cell shows its score ± one standard error (95% intervals in the CSV and JSON
+forms), and a cell of the second and later rows is marked "≈" when its difference from the first
+row lies within noise (95%): paired over the samples both runs scored with the same prompt
+(records carry the prompt's hash), unpaired otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from rattn_eval.results import (CONFIG_FILE, DEFAULT_THRESHOLD, RECORDS_FILE, fo
 
 GAP = "—"
 AVERAGE = "average"
+SAME = "≈"  # within noise of the first row
 
 
 @dataclass
@@ -128,11 +134,53 @@ def compare(runs: list[Run], *, threshold: float = DEFAULT_THRESHOLD) -> Compari
         if len(set(vals.values())) > 1:
             listing = ", ".join(f"{k}: {v}" for k, v in vals.items())
             notes.append(f"runs differ in {what} ({listing}), so they score different samples")
+    _mark_noise(runs, rows, tasks, lengths_sorted)
+    if len(rows) > 1:
+        notes.append(f"{SAME}: within noise of the first row ({rows[0]['label']}) at 95%, paired by sample where "
+                     "both runs scored the same prompts")
     return Comparison(tasks=tasks, lengths=lengths_sorted, threshold=threshold, rows=rows, notes=notes)
+
+
+def _cells(run: Run) -> dict[tuple[str, int], dict[Any, float]]:
+    """Each cell's scores keyed by (sample id, prompt hash): two runs share a key only for the same prompt."""
+    out: dict[tuple[str, int], dict[Any, float]] = {}
+    for rec in run.records:
+        sha = rec.get("input_sha")
+        key = (rec["id"], sha) if sha else (str(run.path), rec["id"])  # no hash: never paired
+        out.setdefault((rec["task"], int(rec["length"])), {})[key] = float(rec["score"])
+    return out
+
+
+def _mark_noise(runs: list[Run], rows: list[dict[str, Any]], tasks: list[str], lengths: list[int]) -> None:
+    """rows[i]["same"] = {task or "average": {len: True (within noise of row 0) / False / None}}."""
+    from rattn_eval.tasks.metrics import difference, mean_difference, same_within_noise, within_noise
+
+    first = _cells(runs[0])
+    rows[0]["same"] = {}
+    for run, row in zip(runs[1:], rows[1:]):
+        mine = _cells(run)
+        same: dict[str, dict[str, bool | None]] = {AVERAGE: {}}
+        for L in lengths:
+            diffs = []
+            for t in tasks:
+                a, b = mine.get((t, L)), first.get((t, L))
+                same.setdefault(t, {})[str(L)] = same_within_noise(a, b) if a and b else None
+                diffs.append(difference(a, b) if a and b else None)
+            avg = mean_difference(diffs)
+            same[AVERAGE][str(L)] = None if avg is None else within_noise(*avg)
+        row["same"] = same
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
     return GAP if v is None else f"{v:.{digits}f}"
+
+
+def _cell(v: float | None, se: float | None, same: bool | None, digits: int = 1) -> str:
+    """'45.0 ±9.1' (one standard error), '≈' appended when within noise of the first row."""
+    if v is None:
+        return GAP
+    text = f"{v:.{digits}f}" + ("" if se is None else f" ±{se:.{digits}f}")
+    return text + (f" {SAME}" if same else "")
 
 
 def _eff(row: dict[str, Any]) -> str:
@@ -153,7 +201,9 @@ def sections(comp: Comparison, digits: int = 1) -> list[tuple[str, list[str], li
     header = ["checkpoint", *lens, "Avg", "wAvg (inc)", "wAvg (dec)", f"Eff. length (>{comp.threshold:g})"]
     body = []
     for row in comp.rows:
-        cells = [_fmt(row["length_scores"][str(L)], digits) for L in comp.lengths]
+        same = row.get("same", {}).get(AVERAGE, {})
+        cells = [_cell(row["length_scores"][str(L)], row["length_stderr"][str(L)], same.get(str(L)), digits)
+                 for L in comp.lengths]
         body.append([row["label"], *cells, _fmt(row["avg"], digits), _fmt(row["wavg_inc"], digits),
                      _fmt(row["wavg_dec"], digits), _eff(row)])
     title = f"Average over {len(comp.tasks)} task{'s' if len(comp.tasks) != 1 else ''}"
@@ -162,9 +212,10 @@ def sections(comp: Comparison, digits: int = 1) -> list[tuple[str, list[str], li
         body = []
         for row in comp.rows:
             inc = {(a, b) for a, b in row["incomplete"]}
+            same = row.get("same", {}).get(t, {})
             cells = []
             for L in comp.lengths:
-                c = _fmt(row["scores"][t][str(L)], digits)
+                c = _cell(row["scores"][t][str(L)], row["stats"][t][str(L)]["stderr"], same.get(str(L)), digits)
                 cells.append(c + "*" if (t, L) in inc else c)
             body.append([row["label"], *cells])
         out.append((t, ["checkpoint", *lens], body))
@@ -188,18 +239,33 @@ def to_markdown(comp: Comparison) -> str:
 
 
 def to_csv(comp: Comparison) -> str:
-    """Long-and-wide CSV: one line per (checkpoint, task or "average"), one column per length."""
+    """Long-and-wide CSV: one line per (checkpoint, task or "average"); per length the score, its
+    standard error, its 95% interval (task cells) and whether it is within noise of the first row."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    lens = [format_length(L) for L in comp.lengths]
-    w.writerow(["checkpoint", "path", "task", *lens, "avg", "wavg_inc", "wavg_dec", "effective_length"])
+    per_len = []
+    for L in comp.lengths:
+        f = format_length(L)
+        per_len += [f, f"{f}_stderr", f"{f}_ci_low", f"{f}_ci_high", f"{f}_within_noise"]
+    w.writerow(["checkpoint", "path", "task", *per_len, "avg", "wavg_inc", "wavg_dec", "effective_length"])
     num = lambda v: "" if v is None else f"{v:.2f}"  # noqa: E731
+    flag = lambda v: "" if v is None else ("yes" if v else "no")  # noqa: E731
     for row in comp.rows:
-        w.writerow([row["label"], row["path"], AVERAGE, *[num(row["length_scores"][str(L)]) for L in comp.lengths],
-                    num(row["avg"]), num(row["wavg_inc"]), num(row["wavg_dec"]), row["effective_length"] or ""])
+        same = row.get("same", {})
+        cells = []
+        for L in comp.lengths:
+            cells += [num(row["length_scores"][str(L)]), num(row["length_stderr"][str(L)]), "", "",
+                      flag(same.get(AVERAGE, {}).get(str(L)))]
+        w.writerow([row["label"], row["path"], AVERAGE, *cells, num(row["avg"]), num(row["wavg_inc"]),
+                    num(row["wavg_dec"]), row["effective_length"] or ""])
         for t in comp.tasks:
-            w.writerow([row["label"], row["path"], t, *[num(row["scores"][t][str(L)]) for L in comp.lengths],
-                        "", "", "", ""])
+            cells = []
+            for L in comp.lengths:
+                st = row["stats"][t][str(L)]
+                lo, hi = st["ci95"] or (None, None)
+                cells += [num(row["scores"][t][str(L)]), num(st["stderr"]), num(lo), num(hi),
+                          flag(same.get(t, {}).get(str(L)))]
+            w.writerow([row["label"], row["path"], t, *cells, "", "", "", ""])
     return buf.getvalue()
 
 

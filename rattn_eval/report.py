@@ -3,7 +3,7 @@
 Files written to the output directory:
 
     report.md            the tables of `rattn-eval compare` plus the plots and run details
-    score_vs_length.png  average score vs length, one line per checkpoint
+    score_vs_length.png  average score vs length, one line per checkpoint, its 95% band shaded
     niah_heatmap.png     NIAH score by needle depth (rows) and length (columns), one panel per
                          checkpoint, from the per-sample depth in the records (when any NIAH ran)
 """
@@ -46,8 +46,9 @@ def write_report(run_paths: list[str | Path], out: str | Path | None = None, *,
         (out / "niah_heatmap.png").unlink(missing_ok=True)
 
     lines = ["# rattn-eval report", ""]
-    lines.append(f"Scores are x100 (RULER's string_match_all / string_match_part); effective length is the "
-                 f"longest length scoring above {threshold:g}.")
+    lines.append(f"Scores are x100 (RULER's string_match_all / string_match_part) ± one standard error; "
+                 f"effective length is the longest length scoring above {threshold:g}. The plot shades each "
+                 "average's 95% band.")
     lines.append("")
     lines.append(to_markdown(comp))
     for p in plots:
@@ -73,12 +74,20 @@ def _pyplot():
 
 
 def plot_score_vs_length(comp: Comparison, path: Path) -> Path:
-    """Average score over tasks vs length (log2 x axis), one line per checkpoint; gaps stay gaps."""
+    """Average score over tasks vs length (log2 x axis), one line per checkpoint with its 95% band
+    (1.96 standard errors of the average) shaded; gaps stay gaps."""
+    from rattn_eval.tasks.metrics import Z95
+
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    nan = float("nan")
     for row in comp.rows:
         ys = [row["length_scores"][str(L)] for L in comp.lengths]
-        ax.plot(comp.lengths, [float("nan") if y is None else y for y in ys], marker="o", label=row["label"])
+        ses = [row["length_stderr"][str(L)] for L in comp.lengths]
+        line, = ax.plot(comp.lengths, [nan if y is None else y for y in ys], marker="o", label=row["label"])
+        lo = [nan if y is None or se is None else max(0.0, y - Z95 * se) for y, se in zip(ys, ses)]
+        hi = [nan if y is None or se is None else min(100.0, y + Z95 * se) for y, se in zip(ys, ses)]
+        ax.fill_between(comp.lengths, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.axhline(comp.threshold, color="grey", linestyle=":", linewidth=1, label=f"threshold {comp.threshold:g}")
     ax.set_xscale("log", base=2)
     ax.set_xticks(comp.lengths, [format_length(L) for L in comp.lengths])

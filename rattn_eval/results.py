@@ -255,21 +255,25 @@ def summarize(
         expected: samples planned per (task, length); cells with fewer records are incomplete.
     Returns:
         {"scores": {task: {len: score|None}}, "counts": {task: {len: k}}, "nulls": ...,
-         "length_scores": {len: score|None}, "avg", "wavg_inc", "wavg_dec", "effective_length",
-         "threshold", "complete", "missing": [[task, len], ...]} with lengths as strings (JSON keys).
-        An average is None when any cell it would cover has no records (never averaged over a
-        smaller set).
+         "stats": {task: {len: {"n", "mean", "stderr", "ci95": [lo, hi], "ci_method"}}},
+         "length_scores": {len: score|None}, "length_stderr": {len: stderr|None}, "avg", "wavg_inc",
+         "wavg_dec", "effective_length", "threshold", "complete", "missing": [[task, len], ...]} with
+        lengths as strings (JSON keys). An average is None when any cell it would cover has no records
+        (never averaged over a smaller set). Error bars: `tasks.metrics.cell_stats`.
     """
+    from rattn_eval.tasks.metrics import cell_stats, mean_stderr
+
     by_cell: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records:
         by_cell.setdefault((r["task"], int(r["length"])), []).append(r)
     scores: dict[str, dict[str, float | None]] = {}
+    stats: dict[str, dict[str, dict[str, Any]]] = {}
     counts: dict[str, dict[str, int]] = {}
     nulls: dict[str, dict[str, int]] = {}
     missing: list[list[Any]] = []
     incomplete: list[list[Any]] = []
     for t in tasks:
-        scores[t], counts[t], nulls[t] = {}, {}, {}
+        scores[t], counts[t], nulls[t], stats[t] = {}, {}, {}, {}
         for L in lengths:
             # Sum in index order so a resumed run (records in another order) gives identical floats.
             cell = sorted(by_cell.get((t, L), []), key=lambda r: r["index"])
@@ -277,14 +281,18 @@ def summarize(
             # empty after RULER's post-processing (control characters count as nothing)
             nulls[t][str(L)] = sum(1 for r in cell if not postprocess(str(r.get("prediction") or "")))
             scores[t][str(L)] = sum(r["score"] for r in cell) / len(cell) if cell else None
+            stats[t][str(L)] = cell_stats([r["score"] for r in cell])
             if not cell:
                 missing.append([t, L])
             elif expected is not None and len(cell) < expected.get((t, L), 0):
                 incomplete.append([t, L])
     length_scores: dict[str, float | None] = {}
+    length_stderr: dict[str, float | None] = {}
     for L in lengths:
         cells = [scores[t][str(L)] for t in tasks]
         length_scores[str(L)] = None if any(c is None for c in cells) else sum(cells) / len(cells)
+        length_stderr[str(L)] = None if length_scores[str(L)] is None else mean_stderr(
+            stats[t][str(L)]["stderr"] for t in tasks)
     agg = aggregate_lengths({L: length_scores[str(L)] for L in lengths}, threshold=threshold)
     return {
         "tasks": list(tasks),
@@ -292,7 +300,9 @@ def summarize(
         "scores": scores,
         "counts": counts,
         "nulls": nulls,
+        "stats": stats,
         "length_scores": length_scores,
+        "length_stderr": length_stderr,
         **agg,
         "threshold": threshold,
         "complete": not missing and not incomplete,

@@ -4,7 +4,7 @@ text, which is not kept), and put lm-eval's RULER scores beside rattn-eval's.
 
     python scripts/ruler_crosscheck.py hf-folder OUT_DIR
     python scripts/ruler_crosscheck.py extract LM_EVAL_OUTPUT_DIR > lm_eval_samples.jsonl
-    python scripts/ruler_crosscheck.py table lm_eval_samples.jsonl RATTN_RUN_DIR [CONTROL.jsonl] > crosscheck.md
+    python scripts/ruler_crosscheck.py table lm_eval_samples.jsonl RATTN_RUN_DIR [CONTROL.jsonl ...] > crosscheck.md
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _read(path: str) -> dict[str, list[dict]]:
     return out
 
 
-def table(lm_samples: str, run_dir: str, control: str | None = None) -> str:
+def table(lm_samples: str, run_dir: str, *controls: str) -> str:
     from rattn_eval.results import load_records
     from rattn_eval.tasks.metrics import Z95, cell_stats
 
@@ -91,7 +91,7 @@ def table(lm_samples: str, run_dir: str, control: str | None = None) -> str:
 
     budget = {"vt": 30, "cwe": 120, "fwe": 50}
     cells = [(t, t, theirs) for t in TASKS.values()]
-    if control:
+    for control in controls:
         cells += [(f"{t} (lm-eval at max_seq_length {recs[0]['max_seq_length']})", t, {t: recs})
                   for t, recs in _read(control).items()]
     for label, task, src in cells:
@@ -115,7 +115,7 @@ if __name__ == "__main__":
         hf_folder(args[0])
     elif cmd == "extract" and len(args) == 1:
         sys.stdout.write(extract(args[0]))
-    elif cmd == "table" and len(args) in (2, 3):
+    elif cmd == "table" and len(args) >= 2:
         sys.stdout.write(table(*args))
     else:
         sys.exit(__doc__)

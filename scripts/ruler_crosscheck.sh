@@ -6,9 +6,9 @@
 #
 #   bash scripts/ruler_crosscheck.sh OUT [N] [LENGTH]     (defaults: N = 50, LENGTH = 4096)
 #
-# lm-eval sizes its common-words samples to about 60% of the length (its search counts a worked
-# example that the prompt does not show), so cwe runs a second time in lm-eval at 25/16 of the length,
-# which gives prompts as long as ours: the control row of the table.
+# lm-eval sizes its common-words samples to 60-70% of the length (its search counts a worked example
+# that the prompt does not show), so cwe runs a second time in lm-eval at 85/64 of the length, which
+# gives prompts about as long as ours: the control row of the table.
 #
 # Writes OUT/lm-eval (lm-eval's own output), OUT/lm_eval_samples.jsonl and OUT/lm_eval_cwe_control.jsonl
 # (lm-eval's per-sample scores without its prompts), OUT/rattn (a rattn-eval run directory) and
@@ -36,7 +36,7 @@ lm_eval() {  # TASKS LENGTH OUTPUT
     --log_samples --output_path "$3"
 }
 lm_eval niah_single_1,niah_multikey_2,niah_multikey_3,ruler_vt,ruler_cwe,ruler_fwe "$LEN" "$OUT/lm-eval"
-lm_eval ruler_cwe $((LEN * 25 / 16)) "$OUT/lm-eval-cwe-control"
+lm_eval ruler_cwe $((LEN * 85 / 64)) "$OUT/lm-eval-cwe-control"
 "$PY" scripts/ruler_crosscheck.py extract "$OUT/lm-eval" > "$OUT/lm_eval_samples.jsonl"
 "$PY" scripts/ruler_crosscheck.py extract "$OUT/lm-eval-cwe-control" > "$OUT/lm_eval_cwe_control.jsonl"
 "$PY" -m rattn_eval run -t niah_single_1,niah_multikey_2,niah_multikey_3,vt,cwe,fwe -l "$LEN" -n "$N" \

@@ -288,6 +288,8 @@ def _generate_all(cells, done, rundir, model, tok, task_lib, config, *, console,
                     writer.write({
                         "id": s.id, "index": s.index, "task": s.task, "length": s.length, "seed": s.seed,
                         "prediction": pred, "answers": list(s.answers),
+                        # identifies the prompt, so compare pairs two runs' records only where they scored the same text
+                        "input_sha": hashlib.sha256(s.input.encode("utf-8")).hexdigest()[:16],
                         "score": score_sample(s.task, pred, list(s.answers)),
                         "num_tokens": s.num_tokens, "output_tokens": len(new),
                         "depth": s.depth, "answer_position": getattr(s, "answer_position", None),

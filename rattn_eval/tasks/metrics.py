@@ -159,22 +159,92 @@ def cell_stats(scores, *, seed: int = 0) -> dict:
     return {"n": n, "mean": m, "stderr": sd / math.sqrt(n), "ci95": ci, "ci_method": method}
 
 
-def within_noise(a: dict[str, float], b: dict[str, float]) -> bool | None:
-    """Whether two cells' scores (sample id -> score) differ by no more than their noise.
+def _binary(xs) -> bool:
+    return all(x in (0.0, 100.0) for x in xs)
 
-    Paired by sample id where the cells share at least two samples: the mean difference lies within
-    1.96 standard errors of the differences. Otherwise unpaired: the difference of the means lies
-    within 1.96 times the combined standard error. None when either cell has fewer than two samples."""
+
+def robust_stderr(scores) -> float | None:
+    """A standard error that a cell of identical scores does not shrink to 0: for 0/100 scores the
+    Agresti-Coull one ((x + 2) / (n + 4)); otherwise the sample standard error. None for n < 2."""
+    xs = [float(x) for x in scores]
+    n = len(xs)
+    if n < 2:
+        return None
+    if _binary(xs):
+        p = (sum(1 for x in xs if x == 100.0) + 2) / (n + 4)
+        return 100 * math.sqrt(p * (1 - p) / (n + 4))
+    return cell_stats(xs)["stderr"]
+
+
+def same_within_noise(a: dict, b: dict) -> bool | None:
+    """Whether two cells' scores (keyed by sample) differ by no more than their noise, at 95%.
+
+    Paired over the keys both hold (at least two): McNemar's exact test when every score is 0 or 100,
+    else the mean per-sample difference against 1.96 of its standard error. Unpaired: Fisher's exact
+    test for 0/100 scores, else the difference of the means against 1.96 of the combined standard
+    error. None when a cell has fewer than two samples."""
+    shared = sorted(set(a) & set(b))
+    if len(shared) >= 2:
+        d = [a[k] - b[k] for k in shared]
+        if _binary([a[k] for k in shared]) and _binary([b[k] for k in shared]):
+            up, down = sum(1 for x in d if x > 0), sum(1 for x in d if x < 0)
+            if up + down == 0:
+                return True
+            return min(1.0, 2 * _binom_cdf(min(up, down), up + down, 0.5)) >= 0.05
+        m = sum(d) / len(d)
+        se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
+        return abs(m) <= Z95 * se
+    if len(a) < 2 or len(b) < 2:
+        return None
+    if _binary(a.values()) and _binary(b.values()):
+        return fisher_exact(sum(1 for x in a.values() if x == 100.0), len(a),
+                            sum(1 for x in b.values() if x == 100.0), len(b)) >= 0.05
+    d = difference(a, b)
+    return within_noise(*d)
+
+
+def fisher_exact(x1: int, n1: int, x2: int, n2: int) -> float:
+    """Two-sided p-value of Fisher's exact test for x1 of n1 against x2 of n2 successes."""
+    k, n = x1 + x2, n1 + n2
+
+    def logp(x: int) -> float:  # hypergeometric: x of the k successes fall in the first group
+        return (math.lgamma(n1 + 1) - math.lgamma(x + 1) - math.lgamma(n1 - x + 1)
+                + math.lgamma(n2 + 1) - math.lgamma(k - x + 1) - math.lgamma(n2 - k + x + 1)
+                - math.lgamma(n + 1) + math.lgamma(k + 1) + math.lgamma(n - k + 1))
+
+    observed = logp(x1)
+    total = sum(math.exp(logp(x)) for x in range(max(0, k - n2), min(k, n1) + 1)
+                if logp(x) <= observed + 1e-9)
+    return min(1.0, total)
+
+
+def difference(a: dict, b: dict) -> tuple[float, float] | None:
+    """(mean of a - mean of b, standard error) of two cells keyed by sample: paired over shared keys
+    (at least two) when their differences vary, else the two robust standard errors combined."""
     shared = sorted(set(a) & set(b))
     if len(shared) >= 2:
         d = [a[k] - b[k] for k in shared]
         m = sum(d) / len(d)
         se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
-        return abs(m) <= Z95 * se
-    sa, sb = cell_stats(list(a.values())), cell_stats(list(b.values()))
-    if sa["stderr"] is None or sb["stderr"] is None:
+        if se > 0:
+            return m, se
+    sa, sb = robust_stderr(a.values()), robust_stderr(b.values())
+    if sa is None or sb is None:
         return None
-    return abs(sa["mean"] - sb["mean"]) <= Z95 * math.hypot(sa["stderr"], sb["stderr"])
+    return sum(a.values()) / len(a) - sum(b.values()) / len(b), math.hypot(sa, sb)
+
+
+def within_noise(diff: float, stderr: float) -> bool:
+    """A difference is noise when it lies within 1.96 standard errors (a 95% two-sided test)."""
+    return abs(diff) <= Z95 * stderr
+
+
+def mean_difference(diffs) -> tuple[float, float] | None:
+    """(difference, standard error) of an unweighted mean over independent cells' differences."""
+    ds = list(diffs)
+    if not ds or any(d is None for d in ds):
+        return None
+    return sum(d[0] for d in ds) / len(ds), math.sqrt(sum(d[1] ** 2 for d in ds)) / len(ds)
 
 
 def mean_stderr(stderrs) -> float | None:

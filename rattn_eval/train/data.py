@@ -51,7 +51,8 @@ def evaluation_phrases(tasks_dir: Path | None = None) -> list[str]:
     (instructions, needle sentences, questions, answer prefixes, noise filler), cut at placeholders
     and sentence ends, keeping fragments of at least MIN_PHRASE_WORDS words. Docstrings are skipped.
 
-    Read from the source with `ast`, so every template is covered however a module stores it.
+    Read from the source with `ast`, so every template is covered however a module stores it. The
+    `ruler` profile's text, which lives in the installed lm-eval, is added when lm-eval is there.
     """
     if tasks_dir is None:
         tasks_dir = Path(__file__).resolve().parent.parent / "tasks"
@@ -73,6 +74,14 @@ def evaluation_phrases(tasks_dir: Path | None = None) -> list[str]:
                 pieces.append("\x00".join(v.value if isinstance(v, ast.Constant) else "" for v in node.values))
             elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
                 pieces.append(node.value)
+    from dataclasses import asdict
+
+    from rattn_eval.tasks import ruler_text
+
+    try:
+        pieces += [v for k, v in asdict(ruler_text.load()).items() if isinstance(v, str) and k != "source"]
+    except DataError:
+        pass  # no RULER text installed: nothing of it can be evaluated either
     out = []
     for piece in pieces:
         for frag in re.split(r"\{[^{}]*\}|\x00|[.?!:;\n]|%[sd]", piece):

@@ -18,11 +18,12 @@ def records(path):
     return [json.loads(x) for x in (Path(path) / "records.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.parametrize("prompts,tokenizer", [("native", "bytes"), ("ruler", "gpt2")])
 @pytest.mark.parametrize("mode,expected", [("correct", 100.0), ("wrong", 0.0)])
-def test_oracle_scores_exactly(tmp_path, qa_dir, mode, expected):
+def test_oracle_scores_exactly(tmp_path, qa_dir, mode, expected, prompts, tokenizer):
     tasks = resolve(["ruler"])
-    summary = run(RunConfig(tasks=("ruler",), lengths=(1024,), model=f"oracle:{mode}", n=2, out=str(tmp_path / mode),
-                            qa_data=str(qa_dir)), progress=False)
+    summary = run(RunConfig(tasks=("ruler",), lengths=(1024,), model=f"oracle:{mode}:{tokenizer}", n=2,
+                            out=str(tmp_path / mode), qa_data=str(qa_dir), prompts=prompts), progress=False)
     assert summary["complete"] and summary["backend"] == "oracle"
     assert {t: summary["scores"][t]["1024"] for t in tasks} == {t: expected for t in tasks}
     assert summary["avg"] == expected

@@ -10,9 +10,12 @@ from rattn_eval.report import depth_fraction, heatmap_grid, write_report
 from rattn_eval.results import RunDir, aggregate_lengths, format_length, load_records, summarize
 
 
-def rec(task, length, index, score, depth=None, prediction="x"):
-    return {"id": f"{task}/{length}/s0/{index}", "index": index, "task": task, "length": length, "seed": 0,
-            "prediction": prediction, "answers": ["a"], "score": score, "depth": depth}
+def rec(task, length, index, score, depth=None, prediction="x", sha=None):
+    r = {"id": f"{task}/{length}/s0/{index}", "index": index, "task": task, "length": length, "seed": 0,
+         "prediction": prediction, "answers": ["a"], "score": score, "depth": depth}
+    if sha is not None:
+        r["input_sha"] = sha
+    return r
 
 
 def make_run(path, *, model, tasks, lengths, records, n=2, seed=0, window=None):
@@ -129,14 +132,55 @@ def test_compare_marks_gaps_and_notes(tmp_path):
     assert rb["length_scores"] == {"1024": None, "2048": None, "4096": None}  # t2 missing: no average
     md = cmp.to_markdown(comp)
     assert "| m2 | — | — | — | — | — | — | — |" in md
-    assert "| m2 | 75.0 | — | 0.0* |" in md  # 4096 has 1 of 2 planned samples
+    # 4096 has 1 of 2 planned samples; 75 ±25 is within noise of m1's 100 (two samples each)
+    assert "| m2 | 75.0 ±25.0 ≈ | — | 0.0* |" in md
     notes = " ".join(comp.notes)
     assert "m2 has no results for t1@2k" in notes and "t2@1k" in notes
     assert "differ in seeds (m1: 0, m2: 1)" in notes
     csv_lines = cmp.to_csv(comp).splitlines()
-    assert csv_lines[0].startswith("checkpoint,path,task,1k,2k,4k,avg")
-    assert csv_lines[1].split(",")[3:6] == ["100.00", "0.00", ""]
+    assert csv_lines[0].startswith("checkpoint,path,task,1k,1k_stderr,1k_ci_low,1k_ci_high,1k_within_noise,2k,")
+    assert csv_lines[0].endswith(",4k_within_noise,avg,wavg_inc,wavg_dec,effective_length")
+    cols = csv_lines[1].split(",")
+    assert (cols[3], cols[8], cols[13]) == ("100.00", "0.00", "")
     assert json.loads(cmp.to_json(comp))["runs"][1]["label"] == "m2"
+
+
+def test_summary_error_bars():
+    records = [rec("a", 1, i, 100.0 * (i < 3)) for i in range(10)] + [rec("b", 1, i, 25.0 * (i % 5)) for i in range(10)]
+    s = summarize(records, tasks=["a", "b"], lengths=[1])
+    a, b = s["stats"]["a"]["1"], s["stats"]["b"]["1"]
+    assert a["n"] == 10 and a["mean"] == 30.0 and a["ci_method"] == "exact"
+    assert a["ci95"] == pytest.approx([6.67, 65.25], abs=0.01)  # Clopper-Pearson for 3 of 10
+    assert a["stderr"] == pytest.approx((sum((x - 30) ** 2 for x in [100] * 3 + [0] * 7) / 9) ** 0.5 / 10 ** 0.5)
+    assert b["ci_method"] == "bootstrap" and b["ci95"][0] < b["mean"] == 50.0 < b["ci95"][1]
+    assert s["length_stderr"]["1"] == pytest.approx((a["stderr"] ** 2 + b["stderr"] ** 2) ** 0.5 / 2)
+    # the same scores give the same interval (a seeded bootstrap)
+    assert summarize(records, tasks=["a", "b"], lengths=[1])["stats"]["b"]["1"]["ci95"] == b["ci95"]
+
+
+def test_compare_marks_differences_within_noise(tmp_path):
+    """≈ where a row is within noise of the first: paired on shared prompts (same id and prompt hash),
+    unpaired otherwise; a clear gap over many samples is not marked."""
+    n = 40
+    base = make_run(tmp_path / "base", model="m0", tasks=["t"], lengths=[1], n=n,
+                    records=[rec("t", 1, i, 100.0 * (i % 2), sha=f"p{i}") for i in range(n)])
+    # one sample flipped on the same prompts: paired, within noise
+    close = make_run(tmp_path / "close", model="m1", tasks=["t"], lengths=[1], n=n,
+                     records=[rec("t", 1, i, 100.0 * ((i % 2) or i == 0), sha=f"p{i}") for i in range(n)])
+    # everything right: far outside the noise
+    far = make_run(tmp_path / "far", model="m2", tasks=["t"], lengths=[1], n=n,
+                   records=[rec("t", 1, i, 100.0, sha=f"p{i}") for i in range(n)])
+    # other prompts (another hash), 50% as well: unpaired, within noise
+    other = make_run(tmp_path / "other", model="m3", tasks=["t"], lengths=[1], n=n,
+                     records=[rec("t", 1, i, 100.0 * (i % 2 == 0), sha=f"q{i}") for i in range(n)])
+    comp = cmp.compare([cmp.load_run(p) for p in (base, close, far, other)])
+    same = [row.get("same", {}).get("t", {}).get("1") for row in comp.rows]
+    assert same == [None, True, False, True]
+    md = cmp.to_markdown(comp)
+    assert "| m1 | 52.5 ±8.0 ≈ |" in md and "| m2 | 100.0 ±0.0 |" in md
+    assert any("within noise of the first row (m0)" in note for note in comp.notes)
+    averages = [row.get("same", {}).get(cmp.AVERAGE, {}).get("1") for row in comp.rows]
+    assert averages == [None, True, False, True]
 
 
 def test_report_files_and_heatmap(tmp_path):

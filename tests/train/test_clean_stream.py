@@ -45,10 +45,11 @@ def test_phrases_cover_a_real_evaluation_prompt(phrases):
     from rattn_eval.models import load_tokenizer
     from rattn_eval.tasks import generate
 
-    for task in ("niah_single_1", "niah_multivalue", "vt", "cwe"):
-        sample = generate(task, load_tokenizer("bytes"), length=1024, n=1, seed=0)[0]
-        hits = corpora.find_contamination([sample.input], phrases)
-        assert hits, f"no evaluation phrase found in a {task} prompt: the extractor misses its templates"
+    for prompts in ("native", "ruler"):
+        for task in ("niah_single_1", "niah_multivalue", "vt", "cwe", "fwe"):
+            sample = generate(task, load_tokenizer("gpt2"), length=2048, n=1, seed=0, prompts=prompts)[0]
+            hits = corpora.find_contamination([sample.input], phrases)
+            assert hits, f"no evaluation phrase found in a {task} prompt ({prompts}): the extractor misses its templates"
 
 
 def test_training_text_is_the_manifest_text_and_clean(phrases, essays):
