@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rattn_eval.errors import ConfigError, DataError
-from rattn_eval.results import (CONFIG_FILE, DEFAULT_THRESHOLD, RECORDS_FILE, format_length, load_records,
-                                summarize)
+from rattn_eval.results import CONFIG_FILE, DEFAULT_THRESHOLD, format_length, read_run_records, summarize
 
 GAP = "—"
 AVERAGE = "average"
@@ -58,12 +57,7 @@ def load_run(path: str | Path) -> Run:
         raise DataError(f"{cfg_file} is not valid JSON") from None
     if not isinstance(config, dict) or not isinstance(config.get("n"), int) or not isinstance(config.get("lengths"), list):
         raise DataError(f"{cfg_file} is not a run config (a JSON object with n and lengths, as rattn-eval run writes)")
-    records = load_records(path / RECORDS_FILE)
-    from rattn_eval.distributed import rank_files
-
-    for f in rank_files(path):  # a killed multi-process run keeps its ranks' records here until a resume merges them
-        for rid, rec in load_records(f).items():
-            records.setdefault(rid, rec)
+    records = read_run_records(path)  # with the rank files a killed torchrun run leaves
     return Run(path=path, config=config, records=list(records.values()))
 
 

@@ -13,21 +13,20 @@ How a sharded run stays exact and resumable:
   records, so every rank computes the same set of missing sample ids, and `assign_shares`
   splits it the same way on every rank. Nothing is exchanged but barriers and small objects.
 - Rank r appends its records to `records.rank{r}.jsonl` (flushed per record, like
-  records.jsonl). Rank 0 folds every rank file into records.jsonl (`merge_rank_files`:
+  records.jsonl). Rank 0 folds every rank file into records.jsonl (`results.merge_rank_files`:
   dedupe by id, first occurrence wins, written to a temporary file and renamed) after the
   ranks finish, and also at the start of every run, before anyone reads the records. So a
   rank that dies leaves its finished records on disk, and the next run, with any number of
   ranks, starts from all of them and generates exactly the missing samples.
-- Only rank 0 writes config.json, env.json and summary.json.
+- Only rank 0 writes config.json, env.json and summary.json. Every file is written by
+  `rattn_eval.results` (the run directory's one owner); this module only decides who writes when.
 
 On several nodes the run directory must be on a file system every node sees.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -35,10 +34,7 @@ from typing import Any, Mapping, Sequence
 
 from rattn_eval import errors
 from rattn_eval.errors import ConfigError, RattnError
-from rattn_eval.results import ENV_FILE, RECORDS_FILE, RunDir, load_records
-
-RANK_FILE = "records.rank{rank}.jsonl"
-_RANK_FILE_RE = re.compile(r"^records\.rank(\d+)\.jsonl$")
+from rattn_eval.results import RunDir, load_records
 
 # Ranks wait at a barrier for the slowest one; a long RULER cell at 128k can keep one rank busy
 # for hours while the others wait, far beyond the collectives' default 10-30 minute timeouts.
@@ -163,60 +159,6 @@ def init(device: str | None = None, environ: Mapping[str, str] | None = None) ->
     return DistContext(rank=rank, world_size=world, local_rank=local, backend=backend, device=device)
 
 
-def rank_file(path: str | Path, rank: int) -> Path:
-    return Path(path) / RANK_FILE.format(rank=rank)
-
-
-def rank_files(path: str | Path) -> list[Path]:
-    """The per-rank record files of a run directory, in rank order."""
-    found = []
-    for f in Path(path).glob("records.rank*.jsonl"):
-        m = _RANK_FILE_RE.match(f.name)
-        if m:
-            found.append((int(m.group(1)), f))
-    return [f for _, f in sorted(found)]
-
-
-def merge_rank_files(path: str | Path) -> int:
-    """Fold every records.rank*.jsonl of run directory `path` into records.jsonl, then delete them.
-
-    records.jsonl keeps its lines and order; the rank files' records whose id it lacks are
-    appended (rank order, file order; the first occurrence of an id wins), byte for byte. A
-    torn last line in any file (a kill mid-write) is dropped first. The new records.jsonl is
-    written to a temporary file, synced and renamed over the old one, and only then are the
-    rank files removed: a crash at any point loses no record (a second merge dedupes).
-    Returns the number of records added.
-    """
-    path = Path(path)
-    files = rank_files(path)
-    main = path / RECORDS_FILE
-    seen = set(load_records(main, repair=True))  # drops a torn last line in place
-    if not files:
-        return 0
-    added: list[bytes] = []
-    for f in files:
-        load_records(f, repair=True)  # torn-line repair; a corrupt middle line is a DataError
-        for line in f.read_bytes().splitlines():
-            if not line.strip():
-                continue
-            rid = json.loads(line)["id"]
-            if rid not in seen:
-                seen.add(rid)
-                added.append(line)
-    if added:
-        tmp = main.with_name(main.name + ".merge.tmp")
-        with open(tmp, "wb") as fp:
-            if main.exists():
-                fp.write(main.read_bytes())
-            fp.write(b"".join(line + b"\n" for line in added))
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, main)
-    for f in files:
-        f.unlink()
-    return len(added)
-
-
 def assign_shares(pending: Sequence[Sequence[Any]], world_size: int) -> list[list[Any]]:
     """Split missing samples over ranks: one deal across all cells, each cell longest first.
 
@@ -240,18 +182,6 @@ def assign_shares(pending: Sequence[Sequence[Any]], world_size: int) -> list[lis
     return shares
 
 
-class _RankRunDir(RunDir):
-    """A RunDir whose appends go to this rank's own record file."""
-
-    def __init__(self, path: Path, rank: int):
-        super().__init__(path)
-        self.rank = rank
-
-    @property
-    def records_path(self) -> Path:
-        return rank_file(self.path, self.rank)
-
-
 # Hooks called by rattn_eval.runner.run, in this order.
 
 def prepare(ctx: DistContext, out: Path, config: dict[str, Any], *, overwrite: bool) -> RunDir:
@@ -263,16 +193,14 @@ def prepare(ctx: DistContext, out: Path, config: dict[str, Any], *, overwrite: b
     if not ctx.sharded:
         rundir = RunDir.prepare(out, config, overwrite=overwrite)
         if overwrite:
-            for f in rank_files(out):
-                f.unlink()
+            rundir.remove_rank_files()
         return rundir
     failure = None
     if ctx.is_main:
         try:
-            RunDir.prepare(out, config, overwrite=overwrite)
+            rundir = RunDir.prepare(out, config, overwrite=overwrite)
             if overwrite:
-                for f in rank_files(out):
-                    f.unlink()
+                rundir.remove_rank_files()
         except RattnError as e:
             failure = (type(e).__name__, str(e))
     failure = ctx.broadcast(failure)
@@ -285,27 +213,26 @@ def prepare(ctx: DistContext, out: Path, config: dict[str, Any], *, overwrite: b
 def load_done(ctx: DistContext, rundir: RunDir) -> dict[str, dict[str, Any]]:
     """Records already finished by any earlier session, with any number of ranks, keyed by id."""
     if ctx.is_main:
-        merge_rank_files(rundir.path)
+        rundir.merge_ranks()
     ctx.barrier()
     return load_records(rundir.records_path, repair=ctx.is_main)
 
 
-def shard(ctx: DistContext, pending: Sequence[Sequence[Any]], done: Mapping[str, Any],
-          rundir: RunDir) -> tuple[dict[str, Any], RunDir]:
+def shard(ctx: DistContext, pending: Sequence[Sequence[Any]], done: Mapping[str, Any]) -> tuple[dict[str, Any], int | None]:
     """What this rank skips and where it writes.
 
-    Returns (skip, writer_dir): `skip` maps every id the runner must not generate here (done,
-    or dealt to another rank) and `writer_dir.append()` opens this rank's record file.
-    Without a process group: (done, rundir) unchanged.
+    Returns (skip, rank): `skip` maps every id the runner must not generate here (done, or dealt
+    to another rank); records go to `RunDir.append(rank)`, this rank's own file (rank None:
+    records.jsonl itself, without a process group).
     """
     if not ctx.sharded:
-        return dict(done), rundir
+        return dict(done), None
     shares = assign_shares(pending, ctx.world_size)
     skip = dict(done)
     for r, ids in enumerate(shares):
         if r != ctx.rank:
             skip.update((i, None) for i in ids)
-    return skip, _RankRunDir(rundir.path, ctx.rank)
+    return skip, ctx.rank
 
 
 def collect(ctx: DistContext, rundir: RunDir) -> dict[str, dict[str, Any]]:
@@ -330,13 +257,6 @@ def record_timing(ctx: DistContext, rundir: RunDir, *, model_load_s: float, gene
     timing = {"world_size": ctx.world_size, "model_load_s": round(load, 3), "generate_s": round(generate_s, 3),
               "samples": samples, "samples_per_s": round(samples / generate_s, 4) if generate_s > 0 else None}
     if ctx.is_main:
-        f = rundir.path / ENV_FILE
-        env = json.loads(f.read_text()) if f.exists() else {}
-        sessions = env.get("sessions") or [{}]
-        sessions[-1] = {**sessions[-1], **timing}
-        env["sessions"] = sessions
-        tmp = f.with_name(f.name + ".tmp")
-        tmp.write_text(json.dumps(env, indent=2) + "\n")
-        os.replace(tmp, f)
+        rundir.add_session_timing(timing)
     return timing
 

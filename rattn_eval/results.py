@@ -1,11 +1,16 @@
 """Run directories: resolved config, environment, one JSON Lines record per sample, summary.
 
-Layout of a run directory (DESIGN §6):
+This module is the one owner of a run directory: every file in it is written here (the runner and
+`distributed` call these functions), and every reader (summary, compare, report) reads it here.
+
+Layout of a run directory:
 
     config.json     the resolved RunConfig (what determines the results)
-    env.json        versions, device, backend that ran, git revision, host, start time
-    records.jsonl   one record per finished sample, appended and flushed as it finishes
-    summary.json    scores per task and length, averages, effective length
+    env.json        versions, device, backend that ran, git revision, host, start time; every
+                    session's environment and timing under "sessions"
+    records.jsonl   one record per finished sample (`sample_record`), appended and flushed as it finishes
+    records.rank{r}.jsonl  rank r's records under torchrun, until rank 0 folds them into records.jsonl
+    summary.json    scores per task and length with error bars, averages, effective length
 
 A killed run leaves at most one partially written last line in records.jsonl; `RunDir.load_records`
 drops it (and truncates the file back to the last complete record), so a rerun resumes exactly
@@ -20,8 +25,10 @@ Llama-2-7B's 4k score).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +41,8 @@ CONFIG_FILE = "config.json"
 ENV_FILE = "env.json"
 RECORDS_FILE = "records.jsonl"
 SUMMARY_FILE = "summary.json"
+RANK_FILE = "records.rank{rank}.jsonl"
+_RANK_FILE_RE = re.compile(r"^records\.rank(\d+)\.jsonl$")
 
 DEFAULT_THRESHOLD = 85.6
 
@@ -135,6 +144,16 @@ class RunDir:
                 sessions = []
         _write_json(f, {**env, "sessions": sessions + [dict(env)]})
 
+    def add_session_timing(self, timing: dict[str, Any]) -> None:
+        """Merge `timing` (world size, model load and generation times, samples/s) into the newest
+        session of env.json."""
+        f = self.path / ENV_FILE
+        env = json.loads(f.read_text()) if f.exists() else {}
+        sessions = env.get("sessions") or [{}]
+        sessions[-1] = {**sessions[-1], **timing}
+        env["sessions"] = sessions
+        _write_json(f, env)
+
     def load_records(self) -> dict[str, dict[str, Any]]:
         """Records already written, keyed by sample id (first occurrence wins).
 
@@ -143,8 +162,17 @@ class RunDir:
         """
         return load_records(self.records_path, repair=True)
 
-    def append(self) -> "RecordWriter":
-        return RecordWriter(self.records_path)
+    def append(self, rank: int | None = None) -> "RecordWriter":
+        """A writer appending to records.jsonl, or to rank `rank`'s own file under torchrun."""
+        return RecordWriter(self.records_path if rank is None else rank_file(self.path, rank))
+
+    def merge_ranks(self) -> int:
+        """Fold the rank files into records.jsonl (see `merge_rank_files`)."""
+        return merge_rank_files(self.path)
+
+    def remove_rank_files(self) -> None:
+        for f in rank_files(self.path):
+            f.unlink()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_json(self.path / SUMMARY_FILE, summary)
@@ -213,6 +241,87 @@ def load_records(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any
                                 "and a numeric score); rerun with --overwrite to start afresh")
             records.setdefault(rec["id"], rec)
         pos = end + 1
+    return records
+
+
+def sample_record(sample: Any, prediction: str, new_tokens: int, *, backend: str, batch_size: int,
+                  timings: dict[str, Any]) -> dict[str, Any]:
+    """The record of one finished sample, as records.jsonl holds it (field names as the samples')."""
+    from rattn_eval.tasks.metrics import score_sample
+
+    return {
+        "id": sample.id, "index": sample.index, "task": sample.task, "length": sample.length, "seed": sample.seed,
+        "prediction": prediction, "answers": list(sample.answers),
+        # identifies the prompt, so compare pairs two runs' records only where they scored the same text
+        "input_sha": hashlib.sha256(sample.input.encode("utf-8")).hexdigest()[:16],
+        "score": score_sample(sample.task, prediction, list(sample.answers)),
+        "num_tokens": sample.num_tokens, "output_tokens": new_tokens,
+        "depth": sample.depth, "answer_position": sample.answer_position,
+        "backend": backend, "batch_size": batch_size, "timings": timings,
+    }
+
+
+def rank_file(path: str | Path, rank: int) -> Path:
+    return Path(path) / RANK_FILE.format(rank=rank)
+
+
+def rank_files(path: str | Path) -> list[Path]:
+    """The per-rank record files of a run directory, in rank order."""
+    found = []
+    for f in Path(path).glob("records.rank*.jsonl"):
+        m = _RANK_FILE_RE.match(f.name)
+        if m:
+            found.append((int(m.group(1)), f))
+    return [f for _, f in sorted(found)]
+
+
+def merge_rank_files(path: str | Path) -> int:
+    """Fold every records.rank*.jsonl of run directory `path` into records.jsonl, then delete them.
+
+    records.jsonl keeps its lines and order; the rank files' records whose id it lacks are
+    appended (rank order, file order; the first occurrence of an id wins), byte for byte. A
+    torn last line in any file (a kill mid-write) is dropped first. The new records.jsonl is
+    written to a temporary file, synced and renamed over the old one, and only then are the
+    rank files removed: a crash at any point loses no record (a second merge dedupes).
+    Returns the number of records added.
+    """
+    path = Path(path)
+    files = rank_files(path)
+    main = path / RECORDS_FILE
+    seen = set(load_records(main, repair=True))  # drops a torn last line in place
+    if not files:
+        return 0
+    added: list[bytes] = []
+    for f in files:
+        load_records(f, repair=True)  # torn-line repair; a corrupt middle line is a DataError
+        for line in f.read_bytes().splitlines():
+            if not line.strip():
+                continue
+            rid = json.loads(line)["id"]
+            if rid not in seen:
+                seen.add(rid)
+                added.append(line)
+    if added:
+        tmp = main.with_name(main.name + ".merge.tmp")
+        with open(tmp, "wb") as fp:
+            if main.exists():
+                fp.write(main.read_bytes())
+            fp.write(b"".join(line + b"\n" for line in added))
+            fp.flush()
+            os.fsync(fp.fileno())
+        os.replace(tmp, main)
+    for f in files:
+        f.unlink()
+    return len(added)
+
+
+def read_run_records(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Every record of a run directory, keyed by id: records.jsonl, then the rank files a killed
+    torchrun run leaves until a resume merges them (the first occurrence of an id wins, as the merge)."""
+    records = load_records(Path(path) / RECORDS_FILE)
+    for f in rank_files(path):
+        for rid, rec in load_records(f).items():
+            records.setdefault(rid, rec)
     return records
 
 

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import pytest
 
 from rattn_eval import distributed as D
+from rattn_eval import results as R
 from rattn_eval.errors import ConfigError, DataError
 from rattn_eval.results import load_records
 
@@ -71,24 +72,24 @@ def test_merge_keeps_order_dedupes_and_repairs(tmp_path):
     (tmp_path / "records.rank1.jsonl").write_text(line("x4", "r1") + line("x3", "r1-dup"))
     (tmp_path / "records.rank10.jsonl").write_text(line("x5", "r10"))
     (tmp_path / "records.rankX.jsonl").write_text("not a rank file")
-    assert [f.name for f in D.rank_files(tmp_path)] == ["records.rank0.jsonl", "records.rank1.jsonl",
+    assert [f.name for f in R.rank_files(tmp_path)] == ["records.rank0.jsonl", "records.rank1.jsonl",
                                                         "records.rank10.jsonl"]
-    assert D.merge_rank_files(tmp_path) == 3
+    assert R.merge_rank_files(tmp_path) == 3
     lines = [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()]
     # records.jsonl first and untouched, then rank order; first occurrence wins; torn x9 dropped
     assert [(r["id"], r["v"]) for r in lines] == [("x1", "main"), ("x2", "main"), ("x3", "r0"), ("x4", "r1"),
                                                   ("x5", "r10")]
-    assert D.rank_files(tmp_path) == [] and (tmp_path / "records.rankX.jsonl").exists()
+    assert R.rank_files(tmp_path) == [] and (tmp_path / "records.rankX.jsonl").exists()
     assert not list(tmp_path.glob("*.tmp"))
-    assert D.merge_rank_files(tmp_path) == 0  # idempotent
+    assert R.merge_rank_files(tmp_path) == 0  # idempotent
 
 
 def test_merge_without_main_file_and_corrupt_rank_file(tmp_path):
     (tmp_path / "records.rank1.jsonl").write_text(line("y1") + line("y2"))
-    assert D.merge_rank_files(tmp_path) == 2
+    assert R.merge_rank_files(tmp_path) == 2
     assert list(load_records(tmp_path / "records.jsonl")) == ["y1", "y2"]
     (tmp_path / "records.rank0.jsonl").write_text(line("y3") + "garbage\n" + line("y4"))
     with pytest.raises(DataError, match="corrupt"):
-        D.merge_rank_files(tmp_path)
+        R.merge_rank_files(tmp_path)
     assert list(load_records(tmp_path / "records.jsonl")) == ["y1", "y2"]  # nothing lost on refusal
     assert (tmp_path / "records.rank0.jsonl").exists()

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pytest
 
 from rattn_eval import distributed as D
+from rattn_eval import results as R
 from rattn_eval.runner import RunConfig, run
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -93,7 +94,7 @@ def assert_same_as(baseline, out: Path) -> list[dict]:
     summary = json.loads((out / "summary.json").read_text())
     for k in ("scores", "counts", "length_scores", "avg", "effective_length", "complete"):
         assert summary[k] == baseline.summary[k], k
-    assert D.rank_files(out) == []  # folded into records.jsonl
+    assert R.rank_files(out) == []  # folded into records.jsonl
     return recs
 
 
@@ -145,7 +146,7 @@ def test_kill_one_rank_then_resume_with_one_process(baseline, env, tmp_path):
     deadline = time.time() + 150
     pid = rank_pid(proc.pid, 1, deadline)
     assert pid is not None, "rank 1 never started"
-    rank1 = D.rank_file(out, 1)
+    rank1 = R.rank_file(out, 1)
     while time.time() < deadline and proc.poll() is None and not lines(rank1):
         time.sleep(0.02)
     os.kill(pid, signal.SIGKILL)
@@ -154,7 +155,7 @@ def test_kill_one_rank_then_resume_with_one_process(baseline, env, tmp_path):
     assert 0 < len(written) < len(share1), text.decode(errors="replace")[-3000:]
     assert written <= share1  # a rank writes only its own share
     assert proc.returncode != 0 and not (out / "summary.json").exists()
-    before = {r["id"] for f in [out / "records.jsonl", *D.rank_files(out)] for r in lines(f)}
+    before = {r["id"] for f in [out / "records.jsonl", *R.rank_files(out)] for r in lines(f)}
     assert len(before) < TOTAL
 
     resumed = run(RunConfig(tasks=TASKS, lengths=LENGTHS, model="debug", n=N, batch_size=BATCH, out=str(out)),

@@ -96,3 +96,20 @@ def test_resume_skips_done_and_matches_uninterrupted(tmp_path):
     assert len(sessions) == 3 and all(s["versions"]["torch"] and s["device"] for s in sessions)
     with pytest.raises(ConfigError, match="different config"):
         run(RunConfig(**{**cfg, "n": 4}, out=str(part)), progress=False)
+
+
+def test_oracle_is_a_model_that_memorized_its_run():
+    """The oracle answers through the same generate() as every model, from the prompt alone; a prompt
+    that is not one of its run's samples is refused."""
+    from rattn_eval.runner.oracle import load_oracle
+
+    cfg = RunConfig(tasks=("niah_single_1",), lengths=(1024,), model="oracle:correct", n=2, prompts="native")
+    model, tok = load_oracle(cfg)
+    assert not hasattr(model, "generate_for_samples")
+    from rattn_eval.runner.pipeline import samples_for
+
+    s = samples_for(cfg, "niah_single_1", 1024, tok, False)[1]
+    out = model.generate([tok.encode_prompt(s.input)], max_new_tokens=[128], eos_ids=tok.eos_ids, tokenizer=tok)
+    assert tok.decode(out[0]).startswith(" ".join(s.answers))
+    with pytest.raises(ConfigError, match="not one of its run's samples"):
+        model.generate([tok.encode_prompt(s.input + " ")], max_new_tokens=[8])

@@ -231,3 +231,20 @@ def test_compare_refuses_a_config_that_is_not_a_run_config(tmp_path):
         cmp.load_run(tmp_path / "r")
     with pytest.raises(DataError, match="is not a run config"):
         RunDir.prepare(tmp_path / "r", {"model": "debug", "n": 1})
+
+
+def test_sample_record_is_the_records_schema():
+    from types import SimpleNamespace
+
+    from rattn_eval.results import sample_record
+
+    s = SimpleNamespace(id="vt/1024/s0/3", index=3, task="vt", length=1024, seed=0, answers=["AB", "CD"],
+                        input="some prompt", num_tokens=11, depth=[0.1], answer_position=4)
+    r = sample_record(s, "AB and CD", 5, backend="torch", batch_size=2, timings={"prefill_s": 0.1})
+    assert r["score"] == 100.0 and r["output_tokens"] == 5 and r["answers"] == ["AB", "CD"]
+    assert r["input_sha"] == sample_record(SimpleNamespace(**{**vars(s), "index": 9}), "", 0, backend="x",
+                                           batch_size=1, timings={})["input_sha"]  # the prompt's hash, not the id's
+    assert r["input_sha"] != sample_record(SimpleNamespace(**{**vars(s), "input": "other"}), "", 0, backend="x",
+                                           batch_size=1, timings={})["input_sha"]
+    assert set(r) == {"id", "index", "task", "length", "seed", "prediction", "answers", "input_sha", "score",
+                      "num_tokens", "output_tokens", "depth", "answer_position", "backend", "batch_size", "timings"}
