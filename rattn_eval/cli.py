@@ -379,7 +379,7 @@ def lm_eval_command(args):
         from rattn_eval.integrations.lm_eval import cli_main
     except ModuleNotFoundError as e:
         if e.name and e.name.split(".")[0] == "lm_eval":
-            raise ConfigError("`rattn-eval lm-eval` needs lm-evaluation-harness: pip install 'rattn-eval[lm-eval]'") from None
+            raise ConfigError("`rattn-eval lm-eval` needs lm-evaluation-harness: pip install 'lm-eval>=0.4.13,<0.5'") from None
         raise
     sys.exit(cli_main(list(args)) or 0)
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from rattn_eval.errors import ConfigError, DataError
-from rattn_eval.results import CONFIG_FILE, DEFAULT_THRESHOLD, format_length, read_run_records, summarize
+from rattn_eval.results import (ABSENT_MEANS, CONFIG_FILE, DEFAULT_THRESHOLD, format_length, read_run_records,
+                                summarize)
 
 GAP = "—"
 AVERAGE = "average"
@@ -128,6 +129,13 @@ def compare(runs: list[Run], *, threshold: float = DEFAULT_THRESHOLD) -> Compari
         if len(set(vals.values())) > 1:
             listing = ", ".join(f"{k}: {v}" for k, v in vals.items())
             notes.append(f"runs differ in {what} ({listing}), so they score different samples")
+    for key, what in (("prompts", "prompt profiles"), ("prompt_source", "RULER text sources"),
+                      ("generator_version", "sample generator versions")):
+        vals = {r.label: r.config.get(key, ABSENT_MEANS.get(key)) for r in runs}
+        if len(set(map(str, vals.values()))) > 1:
+            listing = ", ".join(f"{k}: {v}" for k, v in vals.items())
+            notes.append(f"runs differ in {what} ({listing}): their prompts differ, so their scores are not "
+                         "directly comparable")
     _mark_noise(runs, rows, tasks, lengths_sorted)
     if len(rows) > 1:
         notes.append(f"{SAME}: within noise of the first row ({rows[0]['label']}) at 95%, paired by sample where "

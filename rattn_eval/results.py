@@ -104,9 +104,11 @@ class RunDir:
         if old is not None and not overwrite:
             diff = config_differences(old, config)
             if diff:
+                hint = ("; a run made before prompt profiles existed resumes with --prompts native"
+                        if "prompts" not in old and config.get("prompts") != "native" else "")
                 raise ConfigError(
                     f"{path} holds a run with a different config ({diff}); "
-                    "rerun with --overwrite to replace it, or choose another --out"
+                    f"rerun with --overwrite to replace it, or choose another --out{hint}"
                 )
         if overwrite and path.exists():
             for name in (CONFIG_FILE, ENV_FILE, RECORDS_FILE, SUMMARY_FILE):

@@ -18,14 +18,14 @@ import sys
 import time
 
 
-def bench_ours(tok, length: int, n: int) -> list[tuple[str, float, int, float, float]]:
+def bench_ours(tok, length: int, n: int, prompts: str = "ruler") -> list[tuple[str, float, int, float, float]]:
     """(task, wall s, samples, fill, process CPU s) per synthetic task."""
     from rattn_eval import tasks
 
     rows = []
     for name in tasks.GROUPS["synthetic"]:
         t0, c0 = time.perf_counter(), time.process_time()
-        samples = tasks.generate(name, tok, length=length, n=n, seed=0, use_cache=False)
+        samples = tasks.generate(name, tok, length=length, n=n, seed=0, use_cache=False, prompts=prompts)
         dt, cpu = time.perf_counter() - t0, time.process_time() - c0
         fill = sum(s.num_tokens + s.max_new_tokens for s in samples) / (len(samples) * length)
         rows.append((name, dt, len(samples), fill, cpu))
@@ -82,6 +82,7 @@ def main(argv=None) -> None:
     ap.add_argument("--length", default="32k")
     ap.add_argument("-n", type=int, default=100, help="samples per task for ours")
     ap.add_argument("--lm-eval-n", type=int, default=50, help="samples per task for lm-eval (0: skip)")
+    ap.add_argument("--prompts", choices=("ruler", "native"), default="ruler", help="prompt profile of our samples")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
@@ -101,11 +102,12 @@ def main(argv=None) -> None:
         "# cpu s = process CPU seconds (all threads), which a busy shared machine inflates less than wall time",
         f"# load average at start: {os.getloadavg()[0]:.1f}",
         "",
-        f"ours (n={args.n} per task, disk cache off, first call includes per-corpus token counts)",
+        f"ours (n={args.n} per task, --prompts {args.prompts}, disk cache off, first call includes per-corpus "
+        "token counts)",
         f"{'task':18s} {'seconds':>8s} {'cpu s':>7s} {'samples/s':>10s} {'fill':>7s}",
     ]
     t_all, c_all = time.perf_counter(), time.process_time()
-    ours = bench_ours(tok, length, args.n)
+    ours = bench_ours(tok, length, args.n, args.prompts)
     total, total_cpu = time.perf_counter() - t_all, time.process_time() - c_all
     for name, dt, cnt, fill, cpu in ours:
         lines.append(f"{name:18s} {dt:8.2f} {cpu:7.2f} {cnt / dt:10.1f} {fill:7.4f}")

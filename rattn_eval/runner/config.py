@@ -14,7 +14,8 @@ from rattn_eval.errors import ConfigError
 from rattn_eval.results import DEFAULT_THRESHOLD, format_length
 
 # The model `rattn-eval run` uses without --model: the shipped RAttention checkpoint (package data,
-# so it runs anywhere without a download; niah_single_1 at 1k: 100, results/train/README.md).
+# so it runs anywhere without a download; niah_single_1 at 1k: 100 in this project's wording, 42 in
+# RULER's, README.md).
 # Nothing else names a default model.
 DEFAULT_MODEL = "tiny-rattn"
 DEFAULT_RUNS_DIR = Path("results") / "runs"
@@ -91,9 +92,9 @@ def validate(config: RunConfig) -> None:
     from rattn_eval.compare import check_threshold
 
     check_threshold(config.threshold)
-    from rattn_eval.tasks import check_prompts
+    from rattn_eval.tasks import prompt_source
 
-    check_prompts(config.prompts)
+    prompt_source(config.prompts, config.ruler_dir)  # a missing RULER text stops the run before the model loads
 
 
 def resolved_config(config: RunConfig, tasks: list[str], out: Path) -> dict[str, Any]:

@@ -120,10 +120,13 @@ def make_frame(tokenizer, chat_template: str | None, before: str, after: str, an
 
 def template_frame(tokenizer, chat_template: str | None, template: str, answer_prefix: str, delimiter: str,
                    **fields) -> Frame:
-    """`make_frame` for a `str.format` template holding one `{context}` field (RULER's templates)."""
+    """`make_frame` for a `str.format` template holding one `{context}` field (RULER's templates). As
+    lm-eval, the delimiter is left out where the question ends or the prefix starts with whitespace."""
     user = template.format(context=CONTEXT_MARK, **fields)
     if user.count(CONTEXT_MARK) != 1:
         raise ConfigError("a prompt template must hold exactly one {context} field.")
+    if user[-1:].isspace() or answer_prefix[:1].isspace():
+        delimiter = ""
     before, after = user.split(CONTEXT_MARK)
     return make_frame(tokenizer, chat_template, before, after, answer_prefix, delimiter)
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, make_frame, prefix_sums, run_samples, sample_id, sample_seed,
-                                   template_frame)
+from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, make_frame, prefix_sums, run_samples, sample_id,
+                                   sample_seed, template_frame)
 
 BUDGET = 120
 
@@ -106,8 +106,6 @@ def generate(cfg: CWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
     return run_samples(one, n)
 
 
-# --- the `ruler` prompt profile -------------------------------------------------------------------
-
 def _numbered(words: list[str]) -> str:
     """RULER's list layout: "1. apple 2. pear 3. plum"."""
     return " ".join(f"{j + 1}. {w}" for j, w in enumerate(words))
@@ -133,7 +131,8 @@ def generate_ruler(cfg: CWEConfig, text, tokenizer, *, length: int, n: int, seed
     fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task, hint=RULER_HINT)
     pool, n_ww = ruler_pool()
     short = length < cfg.short_length
-    f_common, f_rare = (cfg.short_freq_common, cfg.short_freq_uncommon) if short else (cfg.freq_common, cfg.freq_uncommon)
+    f_common, f_rare = ((cfg.short_freq_common, cfg.short_freq_uncommon) if short
+                        else (cfg.freq_common, cfg.freq_uncommon))
     ex_words, ex_common, ex_rare = (20, 3, 1) if short else (40, 10, 3)
     word_cost = dict(zip(pool, corpora.unit_token_counts(tokenizer, "cwe-ruler-pool", [" " + w for w in pool])))
     item_overhead = len(tokenizer.encode(" 1234. x")) - len(tokenizer.encode(" x"))

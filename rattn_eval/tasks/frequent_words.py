@@ -7,7 +7,8 @@ import random
 import string
 from dataclasses import dataclass
 
-from rattn_eval.tasks.base import RULER_HINT, Draft, Fitter, Sample, make_frame, run_samples, sample_id, sample_seed, template_frame
+from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, make_frame, run_samples, sample_id, sample_seed,
+                                   template_frame)
 
 BUDGET = 50
 NOISE_TOKEN = "...."
@@ -86,18 +87,17 @@ def generate(cfg: FWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
     return run_samples(one, n)
 
 
-# --- the `ruler` prompt profile -------------------------------------------------------------------
-
 def generate_ruler(cfg: FWEConfig, text, tokenizer, *, length: int, n: int, seed: int, task: str = "fwe",
                    chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
     """Frequent words in RULER's words and layout (`text`: a `ruler_text.RulerText`): a vocabulary of
-    L // 50 coded words in RULER's fixed-seed order with rank 0 replaced by the source's dots token,
-    Zipf counts, the words shuffled by RULER's fixed seed and joined by spaces. Sizing is this
+    L // 50 coded words ((L - budget) // 50 for a RULER checkout) in RULER's fixed-seed order with rank
+    0 replaced by the source's dots token, Zipf counts, the words shuffled by RULER's fixed seed and joined by spaces. Sizing is this
     project's: prompt + budget in [0.95 L, L]."""
     from rattn_eval.tasks.ruler_text import FIXED_SEED
 
     fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task, hint=RULER_HINT)
-    vocab_size = max(cfg.top + 2, length // cfg.vocab_per_tokens)
+    room = length - cfg.max_new_tokens if text.fwe_vocab_of_room else length
+    vocab_size = max(cfg.top + 2, room // cfg.vocab_per_tokens)
     zeta = _zeta(cfg.alpha)
     powers = rank_powers(vocab_size, cfg.alpha)
     prefix = text.fwe_prefix

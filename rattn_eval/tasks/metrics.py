@@ -93,8 +93,6 @@ def effective_length(scores_by_length: dict[int, float], threshold: float = 85.6
     return best
 
 
-# --- error bars ----------------------------------------------------------------------------------
-
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 BOOTSTRAP_RESAMPLES = 2000
 
@@ -134,9 +132,11 @@ def clopper_pearson(successes: int, n: int, level: float = 0.95) -> tuple[float,
 def cell_stats(scores, *, seed: int = 0) -> dict:
     """Mean, standard error and 95% interval of one cell's per-sample scores (0..100).
 
-    The interval is exact (Clopper-Pearson) when every score is 0 or 100, and otherwise a percentile
-    bootstrap over samples (2000 resamples from a fixed seed, so the same scores give the same
-    interval). stderr is the sample standard deviation over sqrt(n); both are None for n < 2.
+    When every score is 0 or 100 the interval is exact (Clopper-Pearson) and the standard error is
+    Agresti-Coull's, from (x + 2) / (n + 4), so a cell of identical scores does not claim an error of
+    0; otherwise the standard error is the sample standard deviation over sqrt(n) and the interval a
+    percentile bootstrap over samples (2000 resamples from a fixed seed, so the same scores give the
+    same interval). stderr and ci95 are None for n < 2.
     """
     xs = [float(x) for x in scores]
     n = len(xs)
@@ -145,35 +145,23 @@ def cell_stats(scores, *, seed: int = 0) -> dict:
     m = sum(xs) / n
     if n < 2:
         return {"n": n, "mean": m, "stderr": None, "ci95": None, "ci_method": None}
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
-    if all(x in (0.0, 100.0) for x in xs):
-        lo, hi = clopper_pearson(sum(1 for x in xs if x == 100.0), n)
-        ci, method = [100 * lo, 100 * hi], "exact"
-    else:
-        import numpy as np
+    if _binary(xs):
+        hits = sum(1 for x in xs if x == 100.0)
+        lo, hi = clopper_pearson(hits, n)
+        p = (hits + 2) / (n + 4)
+        return {"n": n, "mean": m, "stderr": 100 * math.sqrt(p * (1 - p) / (n + 4)), "ci95": [100 * lo, 100 * hi],
+                "ci_method": "exact"}
+    import numpy as np
 
-        rng = np.random.default_rng(seed)
-        arr = np.asarray(xs)
-        means = arr[rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))].mean(axis=1)
-        ci, method = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))], "bootstrap"
-    return {"n": n, "mean": m, "stderr": sd / math.sqrt(n), "ci95": ci, "ci_method": method}
+    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
+    rng = np.random.default_rng(seed)
+    means = np.asarray(xs)[rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))].mean(axis=1)
+    ci = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
+    return {"n": n, "mean": m, "stderr": sd / math.sqrt(n), "ci95": ci, "ci_method": "bootstrap"}
 
 
 def _binary(xs) -> bool:
     return all(x in (0.0, 100.0) for x in xs)
-
-
-def robust_stderr(scores) -> float | None:
-    """A standard error that a cell of identical scores does not shrink to 0: for 0/100 scores the
-    Agresti-Coull one ((x + 2) / (n + 4)); otherwise the sample standard error. None for n < 2."""
-    xs = [float(x) for x in scores]
-    n = len(xs)
-    if n < 2:
-        return None
-    if _binary(xs):
-        p = (sum(1 for x in xs if x == 100.0) + 2) / (n + 4)
-        return 100 * math.sqrt(p * (1 - p) / (n + 4))
-    return cell_stats(xs)["stderr"]
 
 
 def same_within_noise(a: dict, b: dict) -> bool | None:
@@ -200,6 +188,8 @@ def same_within_noise(a: dict, b: dict) -> bool | None:
         return fisher_exact(sum(1 for x in a.values() if x == 100.0), len(a),
                             sum(1 for x in b.values() if x == 100.0), len(b)) >= 0.05
     d = difference(a, b)
+    if d is None:  # both cells hold one repeated partial score
+        return sum(a.values()) / len(a) == sum(b.values()) / len(b)
     return within_noise(*d)
 
 
@@ -220,7 +210,8 @@ def fisher_exact(x1: int, n1: int, x2: int, n2: int) -> float:
 
 def difference(a: dict, b: dict) -> tuple[float, float] | None:
     """(mean of a - mean of b, standard error) of two cells keyed by sample: paired over shared keys
-    (at least two) when their differences vary, else the two robust standard errors combined."""
+    (at least two) when their differences vary, else the two cells' standard errors combined (None
+    when either has none, or a cell of identical partial scores leaves it at 0)."""
     shared = sorted(set(a) & set(b))
     if len(shared) >= 2:
         d = [a[k] - b[k] for k in shared]
@@ -228,8 +219,8 @@ def difference(a: dict, b: dict) -> tuple[float, float] | None:
         se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
         if se > 0:
             return m, se
-    sa, sb = robust_stderr(a.values()), robust_stderr(b.values())
-    if sa is None or sb is None:
+    sa, sb = cell_stats(list(a.values()))["stderr"], cell_stats(list(b.values()))["stderr"]
+    if not sa or not sb:
         return None
     return sum(a.values()) / len(a) - sum(b.values()) / len(b), math.hypot(sa, sb)
 

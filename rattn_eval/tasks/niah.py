@@ -18,8 +18,8 @@ import uuid
 from dataclasses import dataclass
 
 from rattn_eval.tasks import corpora, ruler_text
-from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, run_samples, sample_id,
-                                   sample_seed, template_frame, token_positions)
+from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, run_samples,
+                                   sample_id, sample_seed, template_frame, token_positions)
 
 BUDGET = 128
 
@@ -220,8 +220,6 @@ def _essay_renderer(units: list[str], ends: list[int], needles, n_gold: int):
     return render
 
 
-# --- the `ruler` prompt profile: RULER's text and sampling ----------------------------------------
-
 def _ruler_draw(rng: random.Random, kind: str) -> str:
     if kind == "numbers":
         return str(rng.randint(1_000_000, 9_999_999))
@@ -311,7 +309,8 @@ def generate_ruler(cfg: NiahConfig, text, tokenizer, *, length: int, n: int, see
         positions = token_positions(tokenizer, fitted.text, fitted.marks, fitted.ids)
         return Sample(
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
-            answers=answers, num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens, answer_prefix=frame.answer_prefix,
+            answers=answers, num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
+            answer_prefix=frame.answer_prefix,
             depth=round(spots[primary] / 100, 6), answer_position=positions[0], answer_positions=positions, seed=seed,
         )
     return run_samples(one, n)
@@ -363,7 +362,7 @@ def _ruler_essay(words: list[str], ends: list[int], placed, n_gold: int):
         bounds = [0] + list(ends[:cut]) + [k]  # word offsets of sentence starts, then the end
         sents = len(bounds) - 1
         order = sorted(placed, key=lambda p: p[0])
-        at = [0] + [int(sents * d / 100) for d, _, _ in order] + [sents]
+        at = [0] + [int(sents * (d / 100)) for d, _, _ in order] + [sents]
         pieces: list[tuple[str, int | None]] = []
         for j in range(1, len(at)):
             pieces.append((" ".join(words[bounds[at[j - 1]]:bounds[at[j]]]), None))

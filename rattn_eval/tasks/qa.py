@@ -17,8 +17,8 @@ from pathlib import Path
 
 from rattn_eval.errors import DataError
 from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, run_samples, sample_id,
-                                   sample_seed, template_frame, token_positions)
+from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, depths_for, make_frame, prefix_sums, run_samples,
+                                   sample_id, sample_seed, template_frame, token_positions)
 
 BUDGET = 32
 FILES = {"squad": "dev-v2.0.json", "hotpotqa": "hotpot_dev_distractor_v1.json"}
@@ -136,10 +136,8 @@ def generate(cfg: QAConfig, tokenizer, *, length: int, n: int, seed: int, task: 
     return run_samples(one, n)
 
 
-# --- the `ruler` prompt profile -------------------------------------------------------------------
-
 @lru_cache(maxsize=4)
-def load_qa_ruler(dataset: str, path: str, mtime_ns: int) -> tuple[list[str], list[tuple[str, list[str], list[int], list[int]]]]:
+def load_qa_ruler(dataset: str, path: str, mtime_ns: int) -> tuple[list[str], list[tuple]]:
     """The file as RULER reads it: (documents sorted, [(question, answers, gold documents, the
     question's own distractors)] in file order). SQuAD: answerable questions, every answer text, the
     other paragraphs of the article as own distractors. HotpotQA: all ten paragraphs of the
@@ -162,7 +160,8 @@ def load_qa_ruler(dataset: str, path: str, mtime_ns: int) -> tuple[list[str], li
             docs = sorted({f"{t}\n{''.join(p)}" for ex in raw for t, p in ex["context"]})
             index = {d: j for j, d in enumerate(docs)}
             for ex in raw:
-                items.append((ex["question"], [ex["answer"]], [index[f"{t}\n{''.join(p)}"] for t, p in ex["context"]], []))
+                paragraphs = [index[f"{t}\n{''.join(p)}"] for t, p in ex["context"]]
+                items.append((ex["question"], [ex["answer"]], paragraphs, []))
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{path} is not a {dataset} file in the original format ({e}).") from e
     if not items:
@@ -195,15 +194,17 @@ def generate_ruler(cfg: QAConfig, text, tokenizer, *, length: int, n: int, seed:
         rng = random.Random(sample_seed(task, length, seed, i))
         question, answers, gold, own = items[i]
         gold_set = set(gold)
-        own = [j for j in rng.sample(own, len(own)) if j not in gold_set]
+        own = [j for j in own if j not in gold_set]  # the article's other paragraphs, in file order
+        own_drawn = rng.sample(own, len(own))
         taken = gold_set | set(own)
         state = rng.getstate()
         gold_cost = sum(doc_cost[j] for j in gold)
-        frame = template_frame(tokenizer, chat_template, text.qa_template, prefix, text.qa_delimiter,
-                               query=question.replace("{", "{{").replace("}", "}}"))
+        frame = template_frame(tokenizer, chat_template, text.qa_template, prefix, text.qa_delimiter, query=question)
 
-        def render(k: int, distract, gold=gold):
-            seq = list(gold) + distract[:k]
+        def render(k: int, others, gold=gold, own=own, own_drawn=own_drawn):
+            # RULER: every own distractor (file order) and then random others when they all fit, else a
+            # random subset of the own ones; the fixed-seed shuffle orders the lot
+            seq = list(gold) + (own + others[:k - len(own)] if k >= len(own) else own_drawn[:k])
             random.Random(FIXED_SEED).shuffle(seq)
             parts, marks, size = [], {}, 0
             for num, j in enumerate(seq):
@@ -222,16 +223,17 @@ def generate_ruler(cfg: QAConfig, text, tokenizer, *, length: int, n: int, seed:
             r.setstate(state)
             if attempt:  # other random distractors after the question's own
                 r.seed(f"{sample_seed(task, length, seed, i)}|redraw{attempt}")
-            distract = own + [j for j in r.sample(range(len(docs)), len(docs)) if j not in taken]
-            pre = prefix_sums(doc_cost[j] for j in distract)
-            return Draft(frame, lambda k: render(k, distract), lambda k: gc + pre[k], 0, len(distract), pad=pad)
+            others = [j for j in r.sample(range(len(docs)), len(docs)) if j not in taken]
+            pre = prefix_sums(doc_cost[j] for j in own_drawn + others)
+            return Draft(frame, lambda k: render(k, others), lambda k: gc + pre[k], 0, len(own) + len(others), pad=pad)
 
         fitted = fitter.fit(make)
         positions = token_positions(tokenizer, fitted.text, fitted.marks, fitted.ids)
         return Sample(
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=list(answers), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
-            answer_prefix=prefix, depth=round(positions[0] / len(fitted.ids), 6), answer_position=positions[0], answer_positions=positions,
+            answer_prefix=prefix, depth=round(positions[0] / len(fitted.ids), 6), answer_position=positions[0],
+            answer_positions=positions,
             seed=seed,
         )
     return run_samples(one, n)

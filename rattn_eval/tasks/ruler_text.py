@@ -21,7 +21,9 @@ config.json. Templates keep RULER's `str.format` fields (`{context}`, `{query}`,
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
+import json
 import re
 import subprocess
 from dataclasses import dataclass
@@ -49,9 +51,12 @@ class RulerText:
     `{key}`, `{value}`). noise: the repeated haystack block of niah_single_1 (one line).
     vt_template / vt_prefix: variable tracking; vt_noise: its noise line; vt_value / vt_copy:
     statement formats (`{name}`, `{value}`, `{src}`); vt_joiner: what joins noise lines and
-    statements; vt_example_tail: what follows the worked example's answer.
+    statements; vt_example_tail: what follows the worked example's answer; vt_example_budget /
+    vt_example_step / vt_example_counts_answer: how the example is sized to 500 tokens (budget counted,
+    noise lines added per step, answer counted).
     cwe_*: common words; cwe_example: whether the worked example precedes the question.
-    fwe_*: frequent words; fwe_noise: the token that stands for rank 0.
+    fwe_*: frequent words; fwe_noise: the token that stands for rank 0; fwe_vocab_of_room: the
+    vocabulary is (L - budget) // 50 words rather than L // 50.
     qa_template / qa_prefix / qa_document: QA (`{i}`, `{document}`).
     *_prefix: the answer prefix as the prompt ends with it, after *_delimiter (without a chat
     template); *_example_prefix: the prefix as the worked example spells it before its answer.
@@ -72,6 +77,9 @@ class RulerText:
     vt_copy: str
     vt_joiner: str
     vt_example_tail: str
+    vt_example_budget: int
+    vt_example_step: int
+    vt_example_counts_answer: bool
     cwe_template: str
     cwe_prefix: str
     cwe_delimiter: str
@@ -81,6 +89,7 @@ class RulerText:
     fwe_prefix: str
     fwe_delimiter: str
     fwe_noise: str
+    fwe_vocab_of_room: bool
     qa_template: str
     qa_prefix: str
     qa_delimiter: str
@@ -94,8 +103,6 @@ def singular(text: str) -> str:
         text = text.replace(old, new)
     return text
 
-
-# --- reading Python sources without running them -------------------------------------------------
 
 def _parse(path: Path) -> ast.Module:
     try:
@@ -161,6 +168,15 @@ def _pick(items: list[str], pattern: str, path: Path, what: str) -> str:
     raise DataError(f"cannot read RULER's text: no {what} in {path}.")
 
 
+def _noise_token(tree: ast.AST, path: Path) -> str:
+    """The string the frequent-words generator puts at rank 0 (`vocab[0] = "..."`)."""
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript)
+                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str) and node.value.value):
+            return node.value.value
+    raise DataError(f"cannot read RULER's text: no noise token in {path}.")
+
+
 def _yaml_delimiter(path: Path, default: str) -> str:
     """`target_delimiter` of an lm-eval task yaml (a quoted scalar), else `default`."""
     try:
@@ -173,8 +189,6 @@ def _yaml_delimiter(path: Path, default: str) -> str:
     raw = m.group(1)
     return ast.literal_eval(raw) if raw.startswith('"') else raw[1:-1]
 
-
-# --- the two sources -----------------------------------------------------------------------------
 
 def _needle_template(needle: str) -> str:
     # sources spell the needle's fields as {type_needle_v}, {key}, {value}
@@ -210,13 +224,7 @@ def _from_lm_eval(folder: Path, version: str) -> RulerText:
     cwe = _literal(_assigned(_parse(f_cwe), "CONFIG", f_cwe), f_cwe, "CONFIG")
     fwe_tree = _parse(f_fwe)
     fwe = _literal(_assigned(fwe_tree, "CONFIG", f_fwe), f_fwe, "CONFIG")
-    fwe_noise = None
-    for node in ast.walk(fwe_tree):  # vocab[0] = "..."
-        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript)
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-            fwe_noise = node.value.value
-    if not fwe_noise:
-        raise DataError(f"cannot read RULER's text: no noise token in {f_fwe}.")
+    fwe_noise = _noise_token(fwe_tree, f_fwe)
     qa_tree = _parse(f_qa)
     qa = _literal(_assigned(qa_tree, "CONFIG", f_qa), f_qa, "CONFIG")
     qa_document = _literal(_assigned(qa_tree, "DOCUMENT_PROMPT", f_qa), f_qa, "DOCUMENT_PROMPT")
@@ -230,11 +238,12 @@ def _from_lm_eval(folder: Path, version: str) -> RulerText:
         vt_template=vt_cfg["template"], vt_prefix=vt_cfg["answer_prefix"].strip(),
         vt_delimiter=_yaml_delimiter(folder / "vt.yaml", niah_delim), vt_example_prefix=vt_cfg["answer_prefix"],
         vt_noise=vt_noise, vt_value=vt_value, vt_copy=vt_copy, vt_joiner=" ", vt_example_tail="\n\n\n\n",
+        vt_example_budget=30, vt_example_step=5, vt_example_counts_answer=True,
         cwe_template=cwe["template"], cwe_prefix=cwe["answer_prefix"].strip(),
         cwe_delimiter=_yaml_delimiter(folder / "cwe.yaml", niah_delim), cwe_example=False,
         cwe_example_prefix=cwe["answer_prefix"],
         fwe_template=fwe["template"], fwe_prefix=fwe["answer_prefix"].strip(),
-        fwe_delimiter=_yaml_delimiter(folder / "fwe.yaml", niah_delim), fwe_noise=fwe_noise,
+        fwe_delimiter=_yaml_delimiter(folder / "fwe.yaml", niah_delim), fwe_noise=fwe_noise, fwe_vocab_of_room=False,
         qa_template=qa["template"], qa_prefix=qa["answer_prefix"].strip(),
         qa_delimiter=_yaml_delimiter(folder / "qa_squad.yaml", niah_delim), qa_document=qa_document,
     )
@@ -250,8 +259,8 @@ def _from_checkout(root: Path, revision: str) -> RulerText:
         "constants.py", "niah.py", "variable_tracking.py", "freq_words_extraction.py", "qa.py"))
     tasks = _literal(_assigned(_parse(f_const), "TASKS", f_const), f_const, "TASKS")
     try:
-        niah, vt, cwe, fwe, qa = (tasks[k] for k in ("niah", "variable_tracking", "common_words_extraction",
-                                                      "freq_words_extraction", "qa"))
+        keys = ("niah", "variable_tracking", "common_words_extraction", "freq_words_extraction", "qa")
+        niah, vt, cwe, fwe, qa = (tasks[k] for k in keys)
         for d in (niah, vt, cwe, fwe, qa):
             d["template"], d["answer_prefix"]  # noqa: B018 - both keys must be there
     except (KeyError, TypeError) as e:
@@ -266,13 +275,7 @@ def _from_checkout(root: Path, revision: str) -> RulerText:
     vt_value = re.sub(r"= \{.*\}", "= {value}", vt_value.replace("{this_vars[0]}", "{name}"))
     vt_copy = _pick(chain, r"VAR \{this_vars\[j \+ 1\]\} = VAR \{this_vars\[j\]\}\s*", f_vt, "copy statement")
     vt_copy = vt_copy.replace("{this_vars[j + 1]}", "{name}").replace("{this_vars[j]}", "{src}")
-    fwe_noise = None
-    for node in ast.walk(_parse(f_fwe)):  # vocab[0] = '...'
-        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript)
-                and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
-            fwe_noise = node.value.value
-    if not fwe_noise:
-        raise DataError(f"cannot read RULER's text: no noise token in {f_fwe}.")
+    fwe_noise = _noise_token(_parse(f_fwe), f_fwe)
     qa_document = _literal(_assigned(_parse(f_qa), "DOCUMENT_PROMPT", f_qa), f_qa, "DOCUMENT_PROMPT")
     return RulerText(
         source=f"RULER checkout {revision}",
@@ -281,10 +284,11 @@ def _from_checkout(root: Path, revision: str) -> RulerText:
         # statements and noise lines one per line; one blank line after the worked example
         vt_template=vt["template"], vt_prefix=vt["answer_prefix"], vt_delimiter="",
         vt_example_prefix=vt["answer_prefix"], vt_noise=vt_noise, vt_value=vt_value, vt_copy=vt_copy,
-        vt_joiner="\n", vt_example_tail="\n\n",
+        vt_joiner="\n", vt_example_tail="\n\n", vt_example_budget=0, vt_example_step=1, vt_example_counts_answer=False,
         cwe_template=cwe["template"], cwe_prefix=cwe["answer_prefix"], cwe_delimiter="", cwe_example=True,
         cwe_example_prefix=cwe["answer_prefix"],
         fwe_template=fwe["template"], fwe_prefix=fwe["answer_prefix"], fwe_delimiter="", fwe_noise=fwe_noise,
+        fwe_vocab_of_room=True,
         qa_template=qa["template"], qa_prefix=qa["answer_prefix"], qa_delimiter="", qa_document=qa_document,
     )
 
@@ -322,8 +326,17 @@ def load(ruler_dir: str | None = None) -> RulerText:
         root = Path(ruler_dir).expanduser()
         if not (root / "scripts" / "data" / "synthetic" / "constants.py").is_file():
             raise DataError(f"{root} is not a RULER checkout: it has no scripts/data/synthetic/constants.py.")
-        return _from_checkout(root, _git_revision(root))
+        return _fingerprinted(_from_checkout(root, _git_revision(root)))
     found = lm_eval_folder()
     if found is None:
         raise DataError(MISSING_SOURCE)
-    return _from_lm_eval(*found)
+    return _fingerprinted(_from_lm_eval(*found))
+
+
+def _fingerprinted(text: RulerText) -> RulerText:
+    """`source` + a hash of every string read: two texts that differ never share a source (an edited
+    checkout, an lm-eval installed from a branch), so a run directory never resumes across them."""
+    from dataclasses import asdict, replace
+
+    blob = json.dumps({k: v for k, v in asdict(text).items() if k != "source"}, sort_keys=True)
+    return replace(text, source=f"{text.source}, text {hashlib.sha256(blob.encode()).hexdigest()[:12]}")

@@ -8,8 +8,8 @@ import string
 from dataclasses import dataclass
 
 from rattn_eval.tasks import corpora
-from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, make_frame, run_samples, sample_id, sample_seed, template_frame,
-                                   token_positions)
+from rattn_eval.tasks.base import (RULER_HINT, Draft, Fitter, Sample, make_frame, run_samples, sample_id, sample_seed,
+                                   template_frame, token_positions)
 from rattn_eval.tasks.niah import _line_renderer
 
 BUDGET = 30
@@ -102,10 +102,7 @@ def generate(cfg: VTConfig, tokenizer, *, length: int, n: int, seed: int, task: 
     return run_samples(one, n)
 
 
-# --- the `ruler` prompt profile -------------------------------------------------------------------
-
-EXAMPLE_TOKENS = 500  # RULER sizes its worked example to 500 tokens (generation budget included)
-EXAMPLE_STEP = 5  # ... in steps of 5 noise lines
+EXAMPLE_TOKENS = 500  # the `ruler` profile's worked example fits in 500 tokens (RulerText says how they count)
 
 
 def _ruler_chain(rng: random.Random, text, hops: int, letters: int, taken: set[str]) -> tuple[list[str], list[str], str]:
@@ -122,14 +119,16 @@ def _ruler_chain(rng: random.Random, text, hops: int, letters: int, taken: set[s
     return stmts, names, value
 
 
-def _ruler_context(text, noise_lines: int, chains: list[list[str]], spots: list[list[float]], n_gold: int):
-    """RULER's layout: noise lines, each chain's statements inserted at sorted random lines (each after
-    the one it copies), all joined by the source's joiner. Returns (context, offsets of the first
-    chain's statements)."""
+def _ruler_context(text, noise_lines: int, chains: list[list[str]], seeds: list[int], n_gold: int):
+    """RULER's layout: noise lines, each chain's statements inserted before distinct random lines in
+    order (each after the one it copies; `seeds` fixes the draw per chain and size), all joined by the
+    source's joiner. Returns (context, offsets of the first chain's statements)."""
     rows: list[tuple[str, int | None]] = [(text.vt_noise, None)] * noise_lines
-    for c, (stmts, us) in enumerate(zip(chains, spots)):
+    for c, (stmts, s) in enumerate(zip(chains, seeds)):
         size = len(rows)
-        at = sorted(min(size - 1, int(u * size)) if size else 0 for u in us)
+        r = random.Random(f"{s}|{size}")
+        at = sorted(r.sample(range(size), len(stmts)) if size >= len(stmts) else r.choices(range(max(1, size)),
+                                                                                           k=len(stmts)))
         for j, (p, s) in enumerate(zip(at, stmts)):
             rows.insert(p + j, (s, j if c == 0 and j < n_gold else None))
     context, marks = "", [0] * n_gold
@@ -153,35 +152,37 @@ def _ruler_context(text, noise_lines: int, chains: list[list[str]], spots: list[
     return "".join(fixed), marks
 
 
-def _ruler_example(rng: random.Random, text, cfg: VTConfig, noise_lines: int) -> str:
-    """The worked example: a short chain of 3-letter variables in noise, the question, the answer
-    prefix as the source spells it and the answer, as RULER builds it."""
+def _ruler_example(rng: random.Random, text, cfg: VTConfig, noise_lines: int) -> tuple[str, str]:
+    """The worked example as RULER builds it: a short chain of 3-letter variables in noise, the
+    question and the answer prefix as the source spells it; and its answer."""
     taken: set[str] = set()
     chains = [_ruler_chain(rng, text, cfg.num_hops, 3, taken) for _ in range(cfg.num_chains)]
-    spots = [[rng.random() for _ in c[0]] for c in chains]
-    context, _ = _ruler_context(text, noise_lines, [c[0] for c in chains], spots, 0)
+    seeds = [rng.getrandbits(64) for _ in chains]
+    context, _ = _ruler_context(text, noise_lines, [c[0] for c in chains], seeds, 0)
     value = chains[0][2]
     full = (text.vt_template + text.vt_example_prefix).format(context=context, query=value, num_v=cfg.num_hops + 1)
-    return full + " " + " ".join(chains[0][1])
+    return full, " ".join(chains[0][1])
 
 
 def _example_lines(tokenizer, text, cfg: VTConfig) -> int:
-    """Noise lines of the worked example: RULER's search, the most lines (in steps of 5) whose example
-    plus the 30-token budget stays within 500 tokens."""
+    """Noise lines of the worked example, by the source's rule: the most lines (in its steps) whose
+    example (with its answer where the source counts it) plus the source's budget stays within 500
+    tokens."""
     lines = 0
     while lines < 10_000:
-        ex = _ruler_example(random.Random(0), text, cfg, lines + EXAMPLE_STEP)
-        if len(tokenizer.encode(ex)) + cfg.max_new_tokens > EXAMPLE_TOKENS:
+        full, answer = _ruler_example(random.Random(0), text, cfg, lines + text.vt_example_step)
+        shown = full + (" " + answer if text.vt_example_counts_answer else "")
+        if len(tokenizer.encode(shown)) + text.vt_example_budget > EXAMPLE_TOKENS:
             break
-        lines += EXAMPLE_STEP
+        lines += text.vt_example_step
     return lines
 
 
 def generate_ruler(cfg: VTConfig, text, tokenizer, *, length: int, n: int, seed: int, task: str = "vt",
                    chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
     """Variable tracking in RULER's words and layout (`text`: a `ruler_text.RulerText`): noise lines
-    joined by spaces with the statements inline, one worked example of about 500 tokens before the
-    question. Sizing is this project's: prompt + budget in [0.95 L, L]."""
+    and statements joined as the source joins them, one worked example of at most 500 tokens before
+    the question. Sizing is this project's: prompt + budget in [0.95 L, L]."""
     from rattn_eval.tasks.niah import pad_words
 
     fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task, hint=RULER_HINT)
@@ -192,10 +193,11 @@ def generate_ruler(cfg: VTConfig, text, tokenizer, *, length: int, n: int, seed:
 
     def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
-        example = _ruler_example(rng, text, cfg, ex_lines)
+        full, answer = _ruler_example(rng, text, cfg, ex_lines)
+        example = full + " " + answer
         taken: set[str] = set()
         chains = [_ruler_chain(rng, text, cfg.num_hops, 5, taken) for _ in range(cfg.num_chains)]
-        spots = [[rng.random() for _ in c[0]] for c in chains]
+        seeds = [rng.getrandbits(64) for _ in chains]
         value, names = chains[0][2], chains[0][1]
         prefix = text.vt_prefix.format(num_v=cfg.num_hops + 1, query=value)
         escaped = example.replace("{", "{{").replace("}", "}}")
@@ -203,8 +205,8 @@ def generate_ruler(cfg: VTConfig, text, tokenizer, *, length: int, n: int, seed:
                                text.vt_delimiter, query=value, num_v=cfg.num_hops + 1)
         n_gold = len(chains[0][0])
 
-        def render(k: int, chains=chains, spots=spots):
-            return _ruler_context(text, k, [c[0] for c in chains], spots, n_gold)
+        def render(k: int, chains=chains, seeds=seeds):
+            return _ruler_context(text, k, [c[0] for c in chains], seeds, n_gold)
 
         make = lambda attempt, frame=frame, render=render: Draft(  # noqa: E731
             frame, render, lambda k: per_line * k, 1, max_lines, pad=pad)
@@ -213,7 +215,8 @@ def generate_ruler(cfg: VTConfig, text, tokenizer, *, length: int, n: int, seed:
         return Sample(
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=list(names), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens, answer_prefix=prefix,
-            depth=[round(u, 6) for u in sorted(spots[0])], answer_position=positions[0], answer_positions=positions,
+            depth=[round(p / len(fitted.ids), 6) for p in positions], answer_position=positions[0],
+            answer_positions=positions,
             seed=seed,
         )
     return run_samples(one, n)

@@ -113,3 +113,24 @@ def test_oracle_is_a_model_that_memorized_its_run():
     assert tok.decode(out[0]).startswith(" ".join(s.answers))
     with pytest.raises(ConfigError, match="not one of its run's samples"):
         model.generate([tok.encode_prompt(s.input + " ")], max_new_tokens=[8])
+
+
+def test_prompt_profile_is_recorded_and_decides_resume(tmp_path):
+    out = tmp_path / "r"
+    base = ["run", "-q", "-t", "niah_single_1", "-l", "1k", "-n", "1", "-m", "oracle:correct:gpt2", "--out", str(out)]
+    r = CliRunner().invoke(cli, base, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["prompts"] == "ruler" and cfg["prompt_source"].startswith("lm-eval ") and cfg["generator_version"] == 4
+    # the same directory with the other profile holds other samples: refused, naming the key
+    r = CliRunner().invoke(cli, [*base, "--prompts", "native"])
+    assert r.exit_code == 2 and "prompts" in r.output
+    r = CliRunner().invoke(cli, [*base[:-1], str(tmp_path / "n"), "--prompts", "native"], catch_exceptions=False)
+    assert r.exit_code == 0
+    cfg = json.loads((tmp_path / "n" / "config.json").read_text())
+    assert cfg["prompt_source"] is None and cfg["generator_version"] == 3
+    # a run directory made before profiles existed (no prompts key) resumes as native
+    del cfg["prompts"], cfg["prompt_source"]
+    (tmp_path / "n" / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(cli, [*base[:-1], str(tmp_path / "n"), "--prompts", "native"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output

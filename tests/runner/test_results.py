@@ -151,7 +151,8 @@ def test_summary_error_bars():
     a, b = s["stats"]["a"]["1"], s["stats"]["b"]["1"]
     assert a["n"] == 10 and a["mean"] == 30.0 and a["ci_method"] == "exact"
     assert a["ci95"] == pytest.approx([6.67, 65.25], abs=0.01)  # Clopper-Pearson for 3 of 10
-    assert a["stderr"] == pytest.approx((sum((x - 30) ** 2 for x in [100] * 3 + [0] * 7) / 9) ** 0.5 / 10 ** 0.5)
+    assert a["stderr"] == pytest.approx(100 * ((5 / 14) * (9 / 14) / 14) ** 0.5)  # Agresti-Coull: (3 + 2) / (10 + 4)
+    assert b["stderr"] == pytest.approx((sum((25.0 * (i % 5) - 50) ** 2 for i in range(10)) / 9) ** 0.5 / 10 ** 0.5)
     assert b["ci_method"] == "bootstrap" and b["ci95"][0] < b["mean"] == 50.0 < b["ci95"][1]
     assert s["length_stderr"]["1"] == pytest.approx((a["stderr"] ** 2 + b["stderr"] ** 2) ** 0.5 / 2)
     # the same scores give the same interval (a seeded bootstrap)
@@ -177,7 +178,7 @@ def test_compare_marks_differences_within_noise(tmp_path):
     same = [row.get("same", {}).get("t", {}).get("1") for row in comp.rows]
     assert same == [None, True, False, True]
     md = cmp.to_markdown(comp)
-    assert "| m1 | 52.5 ±8.0 ≈ |" in md and "| m2 | 100.0 ±0.0 |" in md
+    assert "| m1 | 52.5 ±7.5 ≈ |" in md and "| m2 | 100.0 ±3.1 |" in md  # Agresti-Coull standard errors
     assert any("within noise of the first row (m0)" in note for note in comp.notes)
     averages = [row.get("same", {}).get(cmp.AVERAGE, {}).get("1") for row in comp.rows]
     assert averages == [None, True, False, True]

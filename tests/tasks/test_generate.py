@@ -13,7 +13,10 @@ from rattn_eval.tasks import ruler_text
 from rattn_eval.tasks.base import MIN_FILL
 
 SYNTH = tasks.GROUPS["synthetic"]
-NEEDLE = re.compile(r"One (?:of the )?special magic \w+ for (.+?) is: (\S+)\.")
+# the native needle, and the ruler profile's read from its source (never spelled out here)
+_RULER_NEEDLE = re.escape(ruler_text.load().needle).replace(re.escape("{type_needle_v}"), r"\w+").replace(
+    re.escape("{key}"), "(.+?)").replace(re.escape("{value}"), r"(\S+)")
+NEEDLE = re.compile(rf"One special magic \w+ for (.+?) is: (\S+)\.|{_RULER_NEEDLE}")
 
 
 def check(samples, tok, name, length, n, template=None):
@@ -41,7 +44,7 @@ def check_niah_keys(samples):
     for s in samples:
         body = s.input[: -len(s.answer_prefix)]
         question = body[body.rindex("for ") + 4:]
-        needles = NEEDLE.findall(body)
+        needles = [(m[0] or m[2], m[1] or m[3]) for m in NEEDLE.findall(body)]
         queried = {k for k, _ in needles if k in question}
         gold = [v for k, v in needles if k in queried]
         assert sorted(gold) == sorted(s.answers)
@@ -172,7 +175,7 @@ def test_answer_position_points_at_needle(tokenizers):
     tiny = load_tokenizer(Path(tasks.__file__).parents[1] / "checkpoints" / "tiny-rattn")
     for name, tok in [*tokenizers.items(), ("tiny-rattn", tiny)]:
         for depth in (0.0, 0.3, 0.77):
-            for prompts, needle in (("native", "One special magic"), ("ruler", "One of the special magic")):
+            for prompts, needle in (("native", "One special magic"), ("ruler", ruler_text.load().needle.split("{")[0].strip())):
                 s = tasks.generate("niah_single_2", tok, length=2048, n=1, seed=0, depth=depth, prompts=prompts)[0]
                 ids = tok.encode_prompt(s.input)
                 p = s.answer_position

@@ -86,13 +86,21 @@ def _lm_sample(mods, task: str, tok) -> tuple[str, list[str]]:
     return _lm_prompt(doc, " "), doc["outputs"]
 
 
+def _needle_re(text_src, noun: str, key: str, value: str) -> str:
+    """A regex for the source's needle sentence (read at run time, never spelled out here)."""
+    pat = re.escape(text_src.needle)
+    for field, rx in (("type_needle_v", re.escape(noun)), ("key", key), ("value", value)):
+        pat = pat.replace(re.escape("{" + field + "}"), rx)
+    return pat
+
+
 def _units(task: str, text_src) -> str:
     """A regex matching one haystack unit of `task`."""
     noise = re.escape(text_src.noise)
     if task == "niah_single_1":
-        return rf"{noise}|One of the special magic numbers for [^\n]+? is: \d+\."
+        return rf"{noise}|" + _needle_re(text_src, "numbers", r"[^\n]+?", r"\d+")
     if task == "niah_multikey_3":
-        return rf"One of the special magic uuids for {UUID} is: {UUID}\."
+        return _needle_re(text_src, "uuids", UUID, UUID)
     if task == "vt":
         return rf"{re.escape(text_src.vt_noise)}|VAR [A-Z]+ = (?:VAR [A-Z]+ |\d+)"
     if task == "cwe":
@@ -133,6 +141,14 @@ def test_ruler_profile_has_lm_evals_frame(task, lm_ruler, hf_tok, smollm2):
     assert a["separators"] == b["separators"]
     # and the answers are what the question asks for, in the sample
     assert all(x in ours.input for x in ours.answers)
+    if task == "vt":
+        # the worked example holds as many noise lines as lm-eval's (sized by the same rule), and no two
+        # statements stand next to each other (RULER inserts them before distinct lines)
+        head = text_src.vt_template.split("{context}")[0]
+        assert ours.input.split(head)[1].count(text_src.vt_noise) == theirs.split(head)[1].count(text_src.vt_noise)
+        found = list(re.finditer(_units(task, text_src), ours.input))
+        kinds = ["VAR" if m.group(0).startswith("VAR") else "noise" for m in found]
+        assert all(not (x == y == "VAR") for x, y in zip(kinds, kinds[1:]))
 
 
 def test_lm_eval_modules_were_not_imported_by_the_package():
