@@ -14,6 +14,7 @@ import sys
 import click
 
 from rattn_eval.errors import ConfigError, RattnError
+from rattn_eval.tasks import PROMPTS
 
 EXIT_USER_ERROR = 2
 
@@ -104,7 +105,7 @@ Rerunning the same command resumes: samples already in records.jsonl are skipped
 @click.option("--limit", type=int, default=None, help="Run only the first N samples of each (task, length).")
 @click.option("--device", default=None, help="torch device, e.g. cuda:0 or cpu [default: cuda if available].")
 @click.option("--dtype", default=None, help="float32, bfloat16 or float16 [default: bf16 on CUDA, fp32 on CPU].")
-@click.option("--prompts", type=click.Choice(["ruler", "native"]), default="ruler", show_default=True,
+@click.option("--prompts", type=click.Choice(list(PROMPTS)), default=PROMPTS[0], show_default=True,
               help="ruler: RULER's own text and sampling (read from the installed lm-eval or --ruler-dir); "
                    "native: this project's wording.")
 @click.option("--ruler-dir", default=None, type=click.Path(),
@@ -280,7 +281,7 @@ Examples:
               help="Wrap prompts in the tokenizer's chat template.")
 @click.option("--depth", "depths", multiple=True, type=float, help="Needle depth(s) in percent (NIAH).")
 @click.option("--qa-data", default=None, type=click.Path(), help="Directory with the SQuAD / HotpotQA files.")
-@click.option("--prompts", type=click.Choice(["ruler", "native"]), default="ruler", show_default=True,
+@click.option("--prompts", type=click.Choice(list(PROMPTS)), default=PROMPTS[0], show_default=True,
               help="ruler: RULER's own text and sampling (read from the installed lm-eval or --ruler-dir); "
                    "native: this project's wording.")
 @click.option("--ruler-dir", default=None, type=click.Path(),

@@ -191,16 +191,11 @@ def prepare(ctx: DistContext, out: Path, config: dict[str, Any], *, overwrite: b
     is raised on every rank with rank 0's message, so no rank waits at a barrier for nothing.
     """
     if not ctx.sharded:
-        rundir = RunDir.prepare(out, config, overwrite=overwrite)
-        if overwrite:
-            rundir.remove_rank_files()
-        return rundir
+        return RunDir.prepare(out, config, overwrite=overwrite)
     failure = None
     if ctx.is_main:
         try:
-            rundir = RunDir.prepare(out, config, overwrite=overwrite)
-            if overwrite:
-                rundir.remove_rank_files()
+            RunDir.prepare(out, config, overwrite=overwrite)
         except RattnError as e:
             failure = (type(e).__name__, str(e))
     failure = ctx.broadcast(failure)

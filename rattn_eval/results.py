@@ -113,6 +113,7 @@ class RunDir:
         if overwrite and path.exists():
             for name in (CONFIG_FILE, ENV_FILE, RECORDS_FILE, SUMMARY_FILE):
                 (path / name).unlink(missing_ok=True)
+            rd.remove_rank_files()
             shutil.rmtree(path / "report", ignore_errors=True)
         try:
             path.mkdir(parents=True, exist_ok=True)

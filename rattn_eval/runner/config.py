@@ -53,7 +53,7 @@ class RunConfig:
     dtype: str | None = None
     overwrite: bool = False
     threshold: float = DEFAULT_THRESHOLD
-    prompts: str = "ruler"
+    prompts: str = "ruler"  # tasks.PROMPTS[0]
     ruler_dir: str | None = None
 
 

@@ -35,7 +35,7 @@ __all__ = ["TASKS", "GROUPS", "PROMPTS", "Sample", "TaskSpec", "generate", "gene
            "resolve", "write_jsonl", "read_jsonl", "cache_dir", "GENERATOR_VERSION", "generator_version",
            "prompt_source"]
 
-PROMPTS = ("ruler", "native")
+PROMPTS = ("ruler", "native")  # the first is the default of RunConfig, generate() and the CLI
 
 
 @dataclass(frozen=True)
