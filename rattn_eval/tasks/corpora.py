@@ -16,6 +16,12 @@ NOISE_BLOCK = "The river runs down to the sea. The wind moves over the hills. Th
 PAD_WORDS = tuple(re.findall(r"\s*\S+", "\n" + " ".join([NOISE_BLOCK] * 40)))
 
 
+def pad_words(sentence: str, sep: str) -> tuple[str, ...]:
+    """Filler of single words (each with its leading separator) from a noise sentence, appended after
+    a haystack whose units are too coarse to land in [0.95 L, L] (short lengths only)."""
+    return tuple(re.findall(r"\s*\S+", sep + " ".join([sentence] * 40)))
+
+
 def noise_blocks(tokenizer, length: int) -> tuple[list[str], int]:
     """Enough copies of the filler block (with its leading space) to overfill `length` tokens, and
     one block's token count: the haystack units of the noise tasks (niah_single_1, vt)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import random
-import re
 import uuid
 from dataclasses import dataclass
 
@@ -47,10 +46,10 @@ def _draw(rng: random.Random, kind: str) -> str:
     return f"{rng.choice(ww['adjective'])}-{rng.choice(ww['noun'])}"
 
 
-def _distinct(rng: random.Random, kind: str, count: int, taken: set[str]) -> list[str]:
+def _distinct(rng: random.Random, kind: str, count: int, taken: set[str], draw=_draw) -> list[str]:
     out = []
     while len(out) < count:
-        x = _draw(rng, kind)
+        x = draw(rng, kind)
         if x not in taken:
             taken.add(x)
             out.append(x)
@@ -228,12 +227,6 @@ def _ruler_draw(rng: random.Random, kind: str) -> str:
     return corpora.ruler_key_word(rng)
 
 
-def pad_words(sentence: str, sep: str) -> tuple[str, ...]:
-    """Filler of single words taken from a profile's own noise sentence, appended after a haystack
-    whose units are too coarse to land in [0.95 L, L] (short lengths only)."""
-    return tuple(re.findall(r"\s*\S+", sep + " ".join([sentence] * 40)))
-
-
 def generate_ruler(cfg: NiahConfig, text, tokenizer, *, length: int, n: int, seed: int, task: str = "niah",
                    chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
     """NIAH samples in RULER's words (`text`: a `ruler_text.RulerText`) and with RULER's sampling:
@@ -256,12 +249,12 @@ def generate_ruler(cfg: NiahConfig, text, tokenizer, *, length: int, n: int, see
     elif cfg.haystack == "noise":
         per_line = len(tokenizer.encode("\n" + text.noise))
         noise_lines = [text.noise] * max(8, 2 * length // max(1, per_line))
-    pad = pad_words(text.noise, "\n") if cfg.haystack != "essay" else ()
+    pad = corpora.pad_words(text.noise, "\n") if cfg.haystack != "essay" else ()
 
     def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
         taken: set[str] = set()
-        keys = _distinct_with(rng, cfg.key_type, num_keys, taken)
+        keys = _distinct(rng, cfg.key_type, num_keys, taken, _ruler_draw)
         values = [[_ruler_draw(rng, cfg.value_type) for _ in range(cfg.num_values)] for _ in keys]
         needles = [(text.needle.format(type_needle_v=cfg.value_type, key=keys[j], value=v), j, m)
                    for j in range(num_keys) for m, v in enumerate(values[j])]
@@ -296,12 +289,12 @@ def generate_ruler(cfg: NiahConfig, text, tokenizer, *, length: int, n: int, see
                     r.seed(f"{sample_seed(task, length, seed, i)}|redraw{attempt}")
                 used = set(taken)
                 first = [text.needle.format(type_needle_v=cfg.value_type, key=k_, value=_ruler_draw(r, cfg.value_type))
-                         for k_ in _distinct_with(r, cfg.key_type, 32, used)]
+                         for k_ in _distinct(r, cfg.key_type, 32, used, _ruler_draw)]
                 est = sum(len(tokenizer.encode("\n" + t)) for t in first) / len(first)
                 more = int(1.5 * length / est) + 16 - len(first)
                 lines = first + [text.needle.format(type_needle_v=cfg.value_type, key=k_,
                                                     value=_ruler_draw(r, cfg.value_type))
-                                 for k_ in _distinct_with(r, cfg.key_type, max(0, more), used)]
+                                 for k_ in _distinct(r, cfg.key_type, max(0, more), used, _ruler_draw)]
             return Draft(frame, _ruler_lines(lines, placed, len(answers)), lambda k, e=est: e * k, 0, len(lines),
                          pad=pad)
 
@@ -314,16 +307,6 @@ def generate_ruler(cfg: NiahConfig, text, tokenizer, *, length: int, n: int, see
             depth=round(spots[primary] / 100, 6), answer_position=positions[0], answer_positions=positions, seed=seed,
         )
     return run_samples(one, n)
-
-
-def _distinct_with(rng: random.Random, kind: str, count: int, taken: set[str]) -> list[str]:
-    out = []
-    while len(out) < count:
-        x = _ruler_draw(rng, kind)
-        if x not in taken:
-            taken.add(x)
-            out.append(x)
-    return out
 
 
 def _marks_of(pieces: list[tuple[str, int | None]], sep: str, n_gold: int) -> tuple[str, list[int]]:

@@ -177,7 +177,6 @@ def generate_ruler(cfg: QAConfig, text, tokenizer, *, length: int, n: int, seed:
     project's: prompt + budget in [0.95 L, L]; where whole documents are too coarse for that, other
     random distractors are tried, then words of the noise sentence close the gap after the last
     document."""
-    from rattn_eval.tasks.niah import pad_words
     from rattn_eval.tasks.ruler_text import FIXED_SEED
 
     f = data_file(cfg, qa_data)
@@ -188,7 +187,7 @@ def generate_ruler(cfg: QAConfig, text, tokenizer, *, length: int, n: int, seed:
                                          [text.qa_document.format(i=1, document=d) + "\n\n" for d in docs])
     fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task, hint=RULER_HINT)
     prefix = text.qa_prefix
-    pad = pad_words(text.noise, "\n\n")
+    pad = corpora.pad_words(text.noise, "\n\n")
 
     def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))

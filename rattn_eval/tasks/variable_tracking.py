@@ -113,7 +113,7 @@ def _ruler_chain(rng: random.Random, text, hops: int, letters: int, taken: set[s
         if v not in taken:
             taken.add(v)
             names.append(v)
-    value = str(rng.randint(10000, 99999))
+    value = str(rng.randint(10000, 99998))  # RULER: numpy's randint(10000, 99999), the top excluded
     stmts = [text.vt_value.format(name=names[0], value=value)]
     stmts += [text.vt_copy.format(name=names[j + 1], src=names[j]) for j in range(hops)]
     return stmts, names, value
@@ -183,13 +183,11 @@ def generate_ruler(cfg: VTConfig, text, tokenizer, *, length: int, n: int, seed:
     """Variable tracking in RULER's words and layout (`text`: a `ruler_text.RulerText`): noise lines
     and statements joined as the source joins them, one worked example of at most 500 tokens before
     the question. Sizing is this project's: prompt + budget in [0.95 L, L]."""
-    from rattn_eval.tasks.niah import pad_words
-
     fitter = Fitter(tokenizer, length=length, budget=cfg.max_new_tokens, task=task, hint=RULER_HINT)
     per_line = len(tokenizer.encode(" " + text.vt_noise))
     ex_lines = _example_lines(tokenizer, text, cfg)
     max_lines = max(8, 2 * length // max(1, per_line))
-    pad = pad_words(text.noise, " ")
+    pad = corpora.pad_words(text.noise, " ")
 
     def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
