@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from rattn_eval.errors import ConfigError, DataError
-from rattn_eval.results import (ABSENT_MEANS, CONFIG_FILE, DEFAULT_THRESHOLD, format_length, read_run_records,
-                                summarize)
+from rattn_eval.results import (ABSENT_MEANS, CONFIG_FILE, DEFAULT_THRESHOLD, belongs, format_length,
+                                read_run_records, summarize)
 
 GAP = "—"
 AVERAGE = "average"
@@ -38,6 +38,7 @@ class Run:
     config: dict[str, Any]
     records: list[dict[str, Any]]
     label: str = ""
+    foreign: int = 0  # records in the directory that are not samples of this run (not counted)
 
     @property
     def expected_per_cell(self) -> int:
@@ -58,8 +59,9 @@ def load_run(path: str | Path) -> Run:
         raise DataError(f"{cfg_file} is not valid JSON") from None
     if not isinstance(config, dict) or not isinstance(config.get("n"), int) or not isinstance(config.get("lengths"), list):
         raise DataError(f"{cfg_file} is not a run config (a JSON object with n and lengths, as rattn-eval run writes)")
-    records = read_run_records(path)  # with the rank files a killed torchrun run leaves
-    return Run(path=path, config=config, records=list(records.values()))
+    records = list(read_run_records(path).values())  # with the rank files a killed torchrun run leaves
+    mine = [r for r in records if belongs(r, config)]
+    return Run(path=path, config=config, records=mine, foreign=len(records) - len(mine))
 
 
 def _labels(runs: list[Run]) -> None:
@@ -124,6 +126,9 @@ def compare(runs: list[Run], *, threshold: float = DEFAULT_THRESHOLD) -> Compari
         if s["incomplete"]:
             cells = ", ".join(f"{t}@{format_length(L)}" for t, L in s["incomplete"])
             notes.append(f"{r.label} is unfinished (* = fewer samples than planned): {cells}")
+        if r.foreign:
+            notes.append(f"{r.label}: {r.foreign} record(s) in {r.path} are not samples of its run (another task, "
+                         "length, seed or index) and are not counted")
     for key, what in (("seed", "seeds"), ("n", "sample counts")):
         vals = {row["label"]: row[key] for row in rows}
         if len(set(vals.values())) > 1:

@@ -100,6 +100,7 @@ class RunDir:
         path = Path(path)
         check_writable(path)
         rd = cls(path)
+        rd.check_files()
         old = rd.read_config()
         if old is not None and not overwrite:
             diff = config_differences(old, config)
@@ -121,6 +122,16 @@ class RunDir:
         except OSError as e:
             raise ConfigError(f"cannot write to output directory {path}: {e.strerror or e}") from None
         return rd
+
+    def check_files(self) -> None:
+        """Refuse a run directory whose files are links or not plain files: a run writes, truncates
+        and replaces them, which must never reach a file elsewhere."""
+        for f in [self.path / n for n in (CONFIG_FILE, ENV_FILE, RECORDS_FILE, SUMMARY_FILE)] + rank_files(self.path):
+            if f.is_symlink():
+                raise DataError(f"{f} is a symbolic link; a run directory must hold its own files (copy the file "
+                                "in, or choose another --out)")
+            if f.exists() and not f.is_file():
+                raise DataError(f"{f} is not a regular file; move it away or choose another --out")
 
     def read_config(self) -> dict[str, Any] | None:
         f = self.path / CONFIG_FILE
@@ -217,6 +228,8 @@ def load_records(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any
     """Read records.jsonl into {id: record}. See RunDir.load_records for the torn-line rule."""
     if not path.exists():
         return {}
+    if repair and path.is_symlink():  # repairing truncates: never a file the link points to
+        raise DataError(f"{path} is a symbolic link; a run directory must hold its own files")
     data = path.read_bytes()
     records: dict[str, dict[str, Any]] = {}
     pos = 0
@@ -316,6 +329,21 @@ def merge_rank_files(path: str | Path) -> int:
     for f in files:
         f.unlink()
     return len(added)
+
+
+def belongs(record: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a record is one of the samples a run with this config.json plans: one of its tasks and
+    lengths, its seed, an index below its n, and the id those give. The runner's summary counts
+    exactly these (it looks the planned ids up); compare and report drop any other record."""
+    from rattn_eval.tasks.base import sample_id
+
+    try:
+        task, length, index = record["task"], int(record["length"]), int(record.get("index", -1))
+        seed, n = int(config.get("seed", 0)), int(config.get("n", 0))
+    except (TypeError, ValueError):
+        return False
+    return (task in (config.get("resolved_tasks") or []) and length in [int(L) for L in config.get("lengths") or []]
+            and 0 <= index < n and record["id"] == sample_id(task, length, seed, index))
 
 
 def read_run_records(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -84,6 +84,10 @@ def validate(config: RunConfig) -> None:
                         ("--limit", config.limit, 1), ("--window", config.window, 0)):
         if v is not None and v < lo:
             raise ConfigError(f"{name} must be at least {lo}, got {v}")
+    from rattn_eval.tasks import MAX_SAMPLES
+
+    if config.n > MAX_SAMPLES:
+        raise ConfigError(f"-n must be at most {MAX_SAMPLES} samples per (task, length), got {config.n}")
     for d in config.depths or ():
         if not 0.0 <= d <= 1.0:
             raise ConfigError(f"needle depth {d:g} is outside [0, 1] (a fraction of the context)")

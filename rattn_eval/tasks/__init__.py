@@ -29,13 +29,16 @@ from typing import Any, Callable
 
 from rattn_eval.errors import ConfigError
 from rattn_eval.tasks import common_words, frequent_words, niah, qa, ruler_text, variable_tracking
-from rattn_eval.tasks.base import GENERATOR_VERSION, NATIVE_GENERATOR_VERSION, Sample
+from rattn_eval.tasks.base import GENERATOR_VERSION, NATIVE_GENERATOR_VERSION, Sample, sample_id
 
 __all__ = ["TASKS", "GROUPS", "PROMPTS", "Sample", "TaskSpec", "generate", "generate_to_file", "parse_length",
            "resolve", "write_jsonl", "read_jsonl", "cache_dir", "GENERATOR_VERSION", "generator_version",
            "prompt_source"]
 
-PROMPTS = ("ruler", "native")  # the first is the default of RunConfig, generate() and the CLI
+PROMPTS = ("ruler", "native")
+# Samples per (task, length): RULER itself uses 500; a bound turns a typo such as -n 10000000000 into
+# one clear sentence instead of minutes of generation and tens of GB of memory.
+MAX_SAMPLES = 100_000  # the first is the default of RunConfig, generate() and the CLI
 
 
 @dataclass(frozen=True)
@@ -192,8 +195,8 @@ def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_templa
     check_prompts(prompts)
     spec = TASKS[name]
     length = parse_length(length)
-    if n <= 0:
-        raise ConfigError(f"n must be positive, got {n}.")
+    if not 0 < n <= MAX_SAMPLES:
+        raise ConfigError(f"n must lie in 1..{MAX_SAMPLES} samples per (task, length), got {n}.")
     if depth is not None:
         depth = [float(depth)] if isinstance(depth, (int, float)) else [float(d) for d in depth]
         if not depth or any(not 0.0 <= d <= 1.0 for d in depth):
@@ -209,9 +212,11 @@ def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_templa
     path = folder / f"{name}-{length}-{key}.jsonl" if key else None
     if path is not None and path.is_file():
         try:
-            return read_jsonl(path)
+            cached = read_jsonl(path)
         except (ValueError, TypeError, KeyError):
-            pass  # a damaged cache file is regenerated and replaced
+            cached = None  # a damaged cache file is regenerated and replaced
+        if cached is not None and _complete(cached, name, length, n, seed):
+            return cached
     if text is None:
         samples = spec.generate(spec.config, tokenizer, **kwargs)
     else:
@@ -219,6 +224,13 @@ def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_templa
     if path is not None:
         write_jsonl(samples, path)
     return samples
+
+
+def _complete(samples: list[Sample], task: str, length: int, n: int, seed: int) -> bool:
+    """Whether a cache file holds exactly the n samples it is named for (a cut or edited file does not)."""
+    return len(samples) == n and all(
+        s.index == i and s.id == sample_id(task, length, seed, i) and s.task == task and s.length == length
+        and s.seed == seed for i, s in enumerate(samples))
 
 
 def write_jsonl(samples: list[Sample], path) -> Path:

@@ -134,3 +134,10 @@ def test_prompt_profile_is_recorded_and_decides_resume(tmp_path):
     (tmp_path / "n" / "config.json").write_text(json.dumps(cfg))
     r = CliRunner().invoke(cli, [*base[:-1], str(tmp_path / "n"), "--prompts", "native"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
+
+
+def test_run_refuses_a_huge_n_at_once(tmp_path):
+    r = CliRunner().invoke(cli, ["run", "-q", "-t", "vt", "-l", "1k", "-n", "99999999999999999999", "-m", "debug",
+                                 "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and "-n must be at most 100000" in r.output
+    assert not (tmp_path / "r").exists()

@@ -10,8 +10,8 @@ from rattn_eval.report import depth_fraction, heatmap_grid, write_report
 from rattn_eval.results import RunDir, aggregate_lengths, format_length, load_records, summarize
 
 
-def rec(task, length, index, score, depth=None, prediction="x", sha=None):
-    r = {"id": f"{task}/{length}/s0/{index}", "index": index, "task": task, "length": length, "seed": 0,
+def rec(task, length, index, score, depth=None, prediction="x", sha=None, seed=0):
+    r = {"id": f"{task}/{length}/s{seed}/{index}", "index": index, "task": task, "length": length, "seed": seed,
          "prediction": prediction, "answers": ["a"], "score": score, "depth": depth}
     if sha is not None:
         r["input_sha"] = sha
@@ -123,7 +123,8 @@ def test_compare_marks_gaps_and_notes(tmp_path):
     a = make_run(tmp_path / "a", model="m1", tasks=["t1", "t2"], lengths=[1024, 2048],
                  records=[rec(t, L, i, 100.0 * (L == 1024)) for t in ("t1", "t2") for L in (1024, 2048) for i in range(2)])
     b = make_run(tmp_path / "b", model="m2", tasks=["t1"], lengths=[1024, 4096], seed=1,
-                 records=[rec("t1", 1024, 0, 50.0), rec("t1", 1024, 1, 100.0), rec("t1", 4096, 0, 0.0)])
+                 records=[rec("t1", 1024, 0, 50.0, seed=1), rec("t1", 1024, 1, 100.0, seed=1),
+                          rec("t1", 4096, 0, 0.0, seed=1)])
     comp = cmp.compare([cmp.load_run(a), cmp.load_run(b)])
     assert comp.lengths == [1024, 2048, 4096] and comp.tasks == ["t1", "t2"]
     ra, rb = comp.rows
@@ -249,3 +250,34 @@ def test_sample_record_is_the_records_schema():
                                            batch_size=1, timings={})["input_sha"]
     assert set(r) == {"id", "index", "task", "length", "seed", "prediction", "answers", "input_sha", "score",
                       "num_tokens", "output_tokens", "depth", "answer_position", "backend", "batch_size", "timings"}
+
+
+def test_compare_counts_only_the_runs_own_records(tmp_path):
+    """A record of another task, length, seed or index in a run directory is not one of its samples:
+    compare and report drop it (and say so), as the run's own summary does."""
+    own = [rec("vt", 1024, i, 0.0) for i in range(2)]
+    strays = [rec("vt", 1024, 5, 100.0), rec("vt", 2048, 0, 100.0), rec("cwe", 1024, 0, 100.0),
+              rec("vt", 1024, 1, 100.0, seed=3)]
+    run = make_run(tmp_path / "r", model="m", tasks=["vt"], lengths=[1024], records=own + strays)
+    comp = cmp.compare([cmp.load_run(run)])
+    assert comp.rows[0]["scores"]["vt"]["1024"] == 0.0 and comp.tasks == ["vt"]
+    assert any("4 record(s)" in note and "not counted" in note for note in comp.notes)
+
+
+def test_run_directory_files_must_be_its_own(tmp_path):
+    """A records.jsonl that is a link (a resume would truncate the file it points to) or a directory is
+    refused with one sentence, and the file outside is left alone."""
+    outside = tmp_path / "elsewhere.jsonl"
+    outside.write_text('{"id": "x", "task": "t", "length": 1, "score": 1.0}\n{"torn')
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "records.jsonl").symlink_to(outside)
+    with pytest.raises(DataError, match="symbolic link"):
+        RunDir.prepare(run, {"n": 1})
+    with pytest.raises(DataError, match="symbolic link"):
+        load_records(run / "records.jsonl", repair=True)
+    assert outside.read_text().endswith('{"torn')
+    other = tmp_path / "other"
+    (other / "records.jsonl").mkdir(parents=True)
+    with pytest.raises(DataError, match="not a regular file"):
+        RunDir.prepare(other, {"n": 1})

@@ -303,3 +303,19 @@ def test_parse_length_and_resolve():
         tasks.generate("nope", None, length=1024, n=1, seed=0)
     with pytest.raises(ConfigError, match="depths"):
         tasks.generate("vt", None, length=1024, n=1, seed=0, depth=[1.5])
+
+
+def test_a_cut_cache_file_is_regenerated(tokenizers, tmp_path, monkeypatch):
+    """A cache file cut short (or holding other samples) is not trusted: the samples are generated again."""
+    monkeypatch.setenv("RATTN_EVAL_CACHE", str(tmp_path))
+    tok = tokenizers["gpt2"]
+    full = tasks.generate("fwe", tok, length=2048, n=5, seed=0)
+    (f,) = tmp_path.glob("fwe-2048-*.jsonl")
+    f.write_text("".join(f.read_text().splitlines(keepends=True)[:2]))
+    assert tasks.generate("fwe", tok, length=2048, n=5, seed=0) == full
+    assert len(f.read_text().splitlines()) == 5  # and the cache file is whole again
+
+
+def test_sample_count_is_bounded(tokenizers):
+    with pytest.raises(ConfigError, match="n must lie in 1..100000"):
+        tasks.generate("vt", tokenizers["gpt2"], length=2048, n=10 ** 20, seed=0)
