@@ -27,9 +27,25 @@ BACKENDS = ("auto", "triton", "torch", "hf")
 
 
 def resolve_device(device) -> torch.device:
+    """None -> CUDA when available, else the CPU; a named device must exist on this machine."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r} asked for, but this machine has no CUDA device; use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {device!r} asked for, but this machine has {count} CUDA device(s)")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ConfigError(f"device {device!r} asked for, but MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ConfigError(f"device {device!r} cannot run a model here; use cpu, cuda or cuda:N")
+    return dev
 
 
 def resolve_dtype(dtype, device: torch.device) -> torch.dtype:

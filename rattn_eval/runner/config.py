@@ -96,6 +96,10 @@ def validate(config: RunConfig) -> None:
     from rattn_eval.compare import check_threshold
 
     check_threshold(config.threshold)
+    if config.device is not None:
+        from rattn_eval.models.loading import resolve_device
+
+        resolve_device(config.device)  # one sentence for a device this machine lacks, before anything runs
     from rattn_eval.tasks import prompt_source
 
     prompt_source(config.prompts, config.ruler_dir)  # a missing RULER text stops the run before the model loads

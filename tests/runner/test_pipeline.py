@@ -141,3 +141,16 @@ def test_run_refuses_a_huge_n_at_once(tmp_path):
                                  "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and "-n must be at most 100000" in r.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("device,message", [("garbage", "unknown device"), ("meta", "cannot run a model"),
+                                            ("cuda:7", "CUDA device")])
+def test_a_device_this_machine_lacks_is_one_sentence(tmp_path, device, message):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that device")
+    r = CliRunner().invoke(cli, ["run", "-q", "-t", "vt", "-l", "1k", "-n", "1", "-m", "debug", "--device", device,
+                                 "--out", str(tmp_path / "r")])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "r").exists()
