@@ -216,12 +216,13 @@ class RecordWriter:
 
 
 def _is_record(rec: Any) -> bool:
-    """The fields aggregation reads: id, task, length (int) and score (a finite or NaN number, not a bool)."""
+    """The fields aggregation reads: id, task, length (int) and score (a number in 0..100, not a bool:
+    a NaN left by a hand edit would turn every average into nan)."""
     if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not isinstance(rec.get("task"), str):
         return False
     length, score = rec.get("length"), rec.get("score")
     return (isinstance(length, int) and not isinstance(length, bool)
-            and isinstance(score, (int, float)) and not isinstance(score, bool))
+            and isinstance(score, (int, float)) and not isinstance(score, bool) and 0 <= score <= 100)
 
 
 def load_records(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any]]:
@@ -254,7 +255,7 @@ def load_records(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any
         if rec is not None:
             if not _is_record(rec):
                 raise DataError(f"{path} line {lineno} is not a sample record (it needs an id, a task, an int length "
-                                "and a numeric score); rerun with --overwrite to start afresh")
+                                "and a score in 0..100); rerun with --overwrite to start afresh")
             records.setdefault(rec["id"], rec)
         pos = end + 1
     return records

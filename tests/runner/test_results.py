@@ -281,3 +281,14 @@ def test_run_directory_files_must_be_its_own(tmp_path):
     (other / "records.jsonl").mkdir(parents=True)
     with pytest.raises(DataError, match="not a regular file"):
         RunDir.prepare(other, {"n": 1})
+
+
+def test_a_nan_score_is_refused_not_averaged(tmp_path):
+    """A score that is NaN (or outside 0..100) in records.jsonl is a clear error naming the line, not a
+    silent nan in every average."""
+    f = tmp_path / "records.jsonl"
+    good = json.dumps(rec("t", 1, 0, 100.0))
+    for bad in ("NaN", "Infinity", "150.0"):
+        f.write_text(good + "\n" + json.dumps(rec("t", 1, 1, 0.0)).replace('"score": 0.0', f'"score": {bad}') + "\n")
+        with pytest.raises(DataError, match="line 2 is not a sample record"):
+            load_records(f)
