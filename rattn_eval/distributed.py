@@ -1,4 +1,4 @@
-"""Data-parallel evaluation under `torchrun`: one process per device, samples sharded by id (DESIGN §7).
+"""Data-parallel evaluation under `torchrun`: one process per device, samples sharded by id.
 
     torchrun --nproc-per-node 2 -m rattn_eval.cli run -t niah -l 32k -m ./ckpt --out runs/a
     rattn-eval run -t niah -l 32k -m ./ckpt --out runs/a        # same directory, one process
@@ -206,7 +206,7 @@ def prepare(ctx: DistContext, out: Path, config: dict[str, Any], *, overwrite: b
 
 
 def load_done(ctx: DistContext, rundir: RunDir) -> dict[str, dict[str, Any]]:
-    """Records already finished by any earlier session, with any number of ranks, keyed by id."""
+    """Records already finished by any earlier invocation, with any number of ranks, keyed by id."""
     if ctx.is_main:
         rundir.merge_ranks()
     ctx.barrier()
@@ -239,12 +239,12 @@ def collect(ctx: DistContext, rundir: RunDir) -> dict[str, dict[str, Any]]:
 
 def record_timing(ctx: DistContext, rundir: RunDir, *, model_load_s: float, generate_s: float,
                   samples: int) -> dict[str, Any]:
-    """Add this session's speed to the last entry of env.json's "sessions" (rank 0 writes).
+    """Add this invocation's speed to the last entry of env.json's "sessions" (rank 0 writes).
 
     Args:
         model_load_s: this rank's model load time; the slowest rank's is recorded.
         generate_s: wall time from the common start of generation to the last rank's end.
-        samples: samples generated in this session, over all ranks.
+        samples: samples generated in this invocation, over all ranks.
     Returns the timing dict: world_size, model_load_s, generate_s, samples, samples_per_s
     (samples / generate_s, model load excluded).
     """

@@ -9,7 +9,7 @@ state update happens once per KV head and no two programs touch the same memory.
    slot's absolute position (RoPE cos/sin computed in-kernel from `inv_freq`, so the cache holds
    no position table); the new token is taken from the inputs, not re-read from the ring;
 3. normalizes and combines the branches, and only then overwrites the slot with the new k/v.
-Semantics are exactly `local_decode_step_naive` (DESIGN §3 "Decode").
+Semantics are exactly `local_decode_step_naive` (the decode cache of `rattn_eval/kernels/decode/README.md`).
 """
 
 from __future__ import annotations

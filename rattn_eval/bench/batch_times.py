@@ -5,8 +5,8 @@ single sample, so kernel compilation and graph capture for the timed batch shape
 run's first batch. This prints every batch and the throughput with the first batch of each run (each
 rank) left out, beside the whole-run figure.
 
-    python results/bench/batch_times.py results/bench/h200_e2e/ruler_triton results/bench/h200_e2e/ruler_hf
-    python results/bench/batch_times.py results/bench/h200x2_scaling/single results/bench/h200x2_scaling/two
+    python -m rattn_eval.bench.batch_times results/bench/h200_e2e/ruler_triton results/bench/h200_e2e/ruler_hf
+    python -m rattn_eval.bench.batch_times results/bench/h200x2_scaling/single results/bench/h200x2_scaling/two
 """
 
 import json
