@@ -52,6 +52,26 @@ def _example(rng: random.Random, pool, cfg: CWEConfig, short: bool) -> str:
             + ", ".join(common) + ".\n\n")
 
 
+def word_list_draft(rng: random.Random, pool, n_ww: int, num_common: int, f_common: int, f_rare: int,
+                    word_cost: dict[str, int], item_cost: int, layout):
+    """One sample's word draw, shared by both profiles: (its `num_common` common words, a function
+    frame -> Draft). The haystack unit is one uncommon word (all its repeats); the list of k units
+    is shuffled by (sample, k) and written by `layout`."""
+    # wonderwords first (clean dictionary words); essay words only extend the pool for long lengths
+    words = rng.sample(pool[:n_ww], n_ww) + rng.sample(pool[n_ww:], len(pool) - n_ww)
+    common, rare = words[:num_common], words[num_common:]
+    order_seed = rng.getrandbits(64)
+    pre = prefix_sums(f_rare * (word_cost[w] + item_cost) for w in rare)
+    base = f_common * sum(word_cost[w] + item_cost for w in common)
+
+    def render(k: int):
+        items = common * f_common + rare[:k] * f_rare
+        random.Random(order_seed + k).shuffle(items)
+        return layout(items), []
+
+    return common, lambda frame: Draft(frame, render, lambda k: base + pre[k], 0, len(rare))
+
+
 def generate(cfg: CWEConfig, tokenizer, *, length: int, n: int, seed: int, task: str = "cwe",
              chat_template: str | None = None, depth: list[float] | None = None) -> list[Sample]:
     """Generate `n` common-words samples; the haystack unit is one uncommon word (all its repeats)."""
@@ -81,23 +101,11 @@ def generate(cfg: CWEConfig, tokenizer, *, length: int, n: int, seed: int, task:
     def one(i: int) -> Sample:
         rng = random.Random(sample_seed(task, length, seed, i))
         example = "" if kind is None else _example(rng, pool[:n_ww], cfg, kind == "short")
-        # wonderwords first (clean dictionary words); essay words only extend the pool for long lengths
-        words = rng.sample(pool[:n_ww], n_ww) + rng.sample(pool[n_ww:], len(pool) - n_ww)
-        common, rare = words[: cfg.num_common], words[cfg.num_common:]
-        order_seed = rng.getrandbits(64)
-        pre = prefix_sums(f_rare * (word_cost[w] + line_overhead) for w in rare)
-        base = f_common * sum(word_cost[w] + line_overhead for w in common)
-
-        def render(k: int, common=common, rare=rare, order_seed=order_seed):
-            items = common * f_common + rare[:k] * f_rare
-            random.Random(order_seed + k).shuffle(items)
-            return _listing(items), []
-
+        common, draft = word_list_draft(rng, pool, n_ww, cfg.num_common, f_common, f_rare, word_cost, line_overhead,
+                                        _listing)
         prefix = _prefix(cfg.num_common)
         frame = make_frame(tokenizer, chat_template, example + INSTRUCTION, _question(cfg.num_common), prefix)
-        make = lambda attempt, frame=frame, render=render, pre=pre, base=base, rare=rare: Draft(  # noqa: E731
-            frame, render, lambda k: base + pre[k], 0, len(rare))
-        fitted = fitter.fit(make, redraws=0)
+        fitted = fitter.fit(lambda attempt: draft(frame), redraws=0)
         return Sample(
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=list(common), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,
@@ -147,23 +155,12 @@ def generate_ruler(cfg: CWEConfig, text, tokenizer, *, length: int, n: int, seed
             rng.shuffle(items)
             shown = (text.cwe_template + text.cwe_example_prefix).format(context=_numbered(items), query="")
             example = shown + " " + _numbered(picks[: cfg.num_common]) + "\n"
-        words = rng.sample(pool[:n_ww], n_ww) + rng.sample(pool[n_ww:], len(pool) - n_ww)
-        common, rare = words[: cfg.num_common], words[cfg.num_common:]
-        order_seed = rng.getrandbits(64)
-        pre = prefix_sums(f_rare * (word_cost[w] + item_overhead) for w in rare)
-        base = f_common * sum(word_cost[w] + item_overhead for w in common)
-
-        def render(k: int, common=common, rare=rare, order_seed=order_seed):
-            items = common * f_common + rare[:k] * f_rare
-            random.Random(order_seed + k).shuffle(items)
-            return _numbered(items), []
-
+        common, draft = word_list_draft(rng, pool, n_ww, cfg.num_common, f_common, f_rare, word_cost, item_overhead,
+                                        _numbered)
         escaped = example.replace("{", "{{").replace("}", "}}")
         frame = template_frame(tokenizer, chat_template, escaped + text.cwe_template, prefix, text.cwe_delimiter,
                                query="")
-        make = lambda attempt, frame=frame, render=render, pre=pre, base=base, rare=rare: Draft(  # noqa: E731
-            frame, render, lambda k: base + pre[k], 0, len(rare))
-        fitted = fitter.fit(make, redraws=0)
+        fitted = fitter.fit(lambda attempt: draft(frame), redraws=0)
         return Sample(
             index=i, id=sample_id(task, length, seed, i), task=task, length=length, input=fitted.text,
             answers=list(common), num_tokens=len(fitted.ids), max_new_tokens=cfg.max_new_tokens,

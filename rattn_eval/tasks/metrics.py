@@ -153,11 +153,16 @@ def cell_stats(scores, *, seed: int = 0) -> dict:
                 "ci_method": "exact"}
     import numpy as np
 
-    sd = math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1))
     rng = np.random.default_rng(seed)
     means = np.asarray(xs)[rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))].mean(axis=1)
     ci = [float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))]
-    return {"n": n, "mean": m, "stderr": sd / math.sqrt(n), "ci95": ci, "ci_method": "bootstrap"}
+    return {"n": n, "mean": m, "stderr": _mean_se(xs)[1], "ci95": ci, "ci_method": "bootstrap"}
+
+
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard error of at least two numbers."""
+    m = sum(xs) / len(xs)
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
 
 
 def _binary(xs) -> bool:
@@ -179,9 +184,7 @@ def same_within_noise(a: dict, b: dict) -> bool | None:
             if up + down == 0:
                 return True
             return min(1.0, 2 * _binom_cdf(min(up, down), up + down, 0.5)) >= 0.05
-        m = sum(d) / len(d)
-        se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
-        return abs(m) <= Z95 * se
+        return within_noise(*_mean_se(d))
     if len(a) < 2 or len(b) < 2:
         return None
     if _binary(a.values()) and _binary(b.values()):
@@ -203,9 +206,8 @@ def fisher_exact(x1: int, n1: int, x2: int, n2: int) -> float:
                 - math.lgamma(n + 1) + math.lgamma(k + 1) + math.lgamma(n - k + 1))
 
     observed = logp(x1)
-    total = sum(math.exp(logp(x)) for x in range(max(0, k - n2), min(k, n1) + 1)
-                if logp(x) <= observed + 1e-9)
-    return min(1.0, total)
+    logs = [logp(x) for x in range(max(0, k - n2), min(k, n1) + 1)]
+    return min(1.0, sum(math.exp(v) for v in logs if v <= observed + 1e-9))
 
 
 def difference(a: dict, b: dict) -> tuple[float, float] | None:
@@ -214,9 +216,7 @@ def difference(a: dict, b: dict) -> tuple[float, float] | None:
     when either has none, or a cell of identical partial scores leaves it at 0)."""
     shared = sorted(set(a) & set(b))
     if len(shared) >= 2:
-        d = [a[k] - b[k] for k in shared]
-        m = sum(d) / len(d)
-        se = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1) / len(d))
+        m, se = _mean_se([a[k] - b[k] for k in shared])
         if se > 0:
             return m, se
     sa, sb = cell_stats(list(a.values()))["stderr"], cell_stats(list(b.values()))["stderr"]
