@@ -23,3 +23,11 @@ class DataError(RattnError):
 
 class NumericsError(RattnError):
     """NaN or inf in model outputs."""
+
+
+def did_you_mean(name, known) -> str:
+    """" Did you mean 'x'?" for the closest of `known` to `name`, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""

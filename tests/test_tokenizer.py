@@ -7,7 +7,7 @@ import pytest
 
 from rattn_eval.errors import ConfigError
 from rattn_eval.models import load_tokenizer
-from rattn_eval.models.tokenizer import smollm2_tokenizer_dir
+from rattn_eval.tokenizer import smollm2_tokenizer_dir
 
 TEXT = "Hello, world! Ünïcödé ✓ — 1234567 numbers\n\ttabs"
 

@@ -87,7 +87,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
 
     from rattn_eval.models import load_tokenizer
-    from rattn_eval.models.tokenizer import smollm2_tokenizer_dir
+    from rattn_eval.tokenizer import smollm2_tokenizer_dir
     from rattn_eval.tasks import parse_length
 
     length = parse_length(args.length)

@@ -35,6 +35,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from rattn_eval.errors import BudgetError, ConfigError
+from rattn_eval.tokenizer import ChatTemplateRefused, render_chat
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +142,15 @@ class RattnLM(TemplateLM):
         try:
             return render_chat(template, chat_history, add_generation_prompt=add_generation_prompt,
                                bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
-        except _TemplateRefused:
+        except ChatTemplateRefused:
             # Some templates refuse a system turn; `hf` then retries without it, and so do we.
             log.warning("the chat template refused the chat; retrying without system messages.")
             chat_history = [m for m in chat_history if m["role"] != "system"]
             try:
                 return render_chat(template, chat_history, add_generation_prompt=add_generation_prompt,
                                    bos_token=self.tokenizer.bos_token, eos_token=self.tokenizer.eos_token)
-            except _TemplateRefused as err:
-                raise ConfigError(f"the chat template of {self.pretrained!r} refused the chat: {err}") from None
+            except ChatTemplateRefused as err:
+                raise ConfigError(f"{self.pretrained!r}: {err}") from None
 
     def get_model_info(self) -> dict:
         """Merged into lm-eval's results["config"] after the run."""
@@ -321,49 +322,6 @@ class RattnLM(TemplateLM):
         self.truncated_requests += n
         log.warning("truncation=True: cut a request from the left (%s); %d truncated so far.", why,
                     self.truncated_requests)
-
-
-class _TemplateRefused(Exception):
-    """A chat template called raise_exception (e.g. it does not accept a system turn)."""
-
-
-_CHAT_ENV = None
-
-
-def render_chat(template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool,
-                bos_token: str | None, eos_token: str | None) -> str:
-    """Render an HF-style jinja chat template over `messages`.
-
-    With add_generation_prompt the assistant header is appended; without it the final message is left
-    open: the text is cut right after that message's content, dropping its end-of-turn marker, so the
-    model continues it (transformers' `continue_final_message`, which lm-eval's `hf` uses).
-    """
-    global _CHAT_ENV
-    if _CHAT_ENV is None:
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        def raise_exception(message):
-            raise _TemplateRefused(message)
-
-        _CHAT_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        _CHAT_ENV.globals["raise_exception"] = raise_exception
-        _CHAT_ENV.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
-    tag = "CONTINUE_FINAL_MESSAGE_TAG "
-    cont = not add_generation_prompt and bool(messages)
-    if cont:  # mark the end of the final message, as transformers does, to find where to cut
-        final = messages[-1]["content"]
-        messages = [*messages[:-1], {**messages[-1], "content": final + tag}]
-    text = _CHAT_ENV.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                  bos_token=bos_token or "", eos_token=eos_token or "")
-    if cont:
-        if final.strip() not in text or tag.strip() not in text:
-            raise ConfigError("the chat template dropped the final message, so it cannot be continued.")
-        at = text.rindex(tag.strip())
-        # a template that renders the message verbatim keeps its trailing whitespace ("Answer: " stays
-        # "Answer: "); one that trims it is cut after the trimmed text
-        text = text[:at] if text[at:at + len(tag)] == tag else text[:at].rstrip()
-    return text
 
 
 def cli_main(argv: list[str]) -> int:

@@ -11,7 +11,7 @@ _EXPORTS = {
     "PRESETS": ".config", "ModelConfig": ".config", "preset": ".config",
     "build_model": ".loading", "load_model": ".loading",
     "KVCache": ".model", "Model": ".model",
-    "Tokenizer": ".tokenizer", "load_tokenizer": ".tokenizer",
+    "Tokenizer": "rattn_eval.tokenizer", "load_tokenizer": "rattn_eval.tokenizer",
     "BUILTIN_MODELS": ".names",
 }
 

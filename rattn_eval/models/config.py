@@ -9,11 +9,10 @@ uses Gemma's `1 + w` convention is folded at import, so one norm implementation 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 
 LAYER_KINDS = ("global", "swa", "rattn")
 FFN_KINDS = ("swiglu", "geglu")
@@ -174,7 +173,6 @@ PRESETS = {
 def preset(name: str) -> ModelConfig:
     """The named config; an unknown name gets a "did you mean" error."""
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, PRESETS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, PRESETS)
         raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}.{hint}")
     return PRESETS[name]()

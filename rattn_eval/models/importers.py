@@ -287,7 +287,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, name: str | None 
     elif src.suffix == ".gguf":
         cfg, sd = import_gguf(src, name=name)
         if tokenizer_dir is None and tokenizer is None and src.name == "SmolLM2-135M-Instruct.Q4_1.gguf":
-            from .tokenizer import smollm2_tokenizer_dir
+            from rattn_eval.tokenizer import smollm2_tokenizer_dir
 
             tokenizer_dir = smollm2_tokenizer_dir()
     else:

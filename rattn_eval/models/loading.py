@@ -7,7 +7,6 @@ Built-in names: "debug" (tiny random model), and the real checkpoints "smollm2-1
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 import os
 import shutil
@@ -16,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, did_you_mean
 from . import checkpoint as ckpt
 from .config import ModelConfig, preset
 from .model import Model
 from .names import BUILTIN_MODELS, RANDOM_NAMES, REAL_NAMES, SHIPPED_NAMES
-from .tokenizer import cache_root, load_tokenizer
+from rattn_eval.tokenizer import cache_root, load_tokenizer
 
 BACKENDS = ("auto", "triton", "torch", "hf")
 
@@ -62,8 +61,7 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
 def resolve_model_backend(backend: str, device: torch.device) -> str:
     """"auto" -> "triton" on CUDA, "torch" elsewhere; explicit choices are checked."""
     if backend not in BACKENDS:
-        close = difflib.get_close_matches(str(backend), BACKENDS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(str(backend), BACKENDS)
         raise ConfigError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}.{hint}")
     if backend in ("torch", "hf"):
         return backend
@@ -195,8 +193,7 @@ def load_model(name_or_path: str | os.PathLike, *, backend: str = "auto", device
         raise CheckpointError(f"checkpoint directory {key!r} does not exist.")
     if not path.exists():
         known = list(BUILTIN_MODELS)
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(key, known)
         raise ConfigError(f"unknown model {key!r}: not a built-in name ({', '.join(known)}) nor an existing path.{hint}")
 
     if ckpt.is_checkpoint(path):

@@ -1,6 +1,6 @@
 """What the runner needs of a model and a tokenizer. Native models (`models.Model`), the `hf`
 backend (`models.hf.HFModel`) and the test doubles (`runner.oracle`) implement `Model`; every
-`models.tokenizer.Tokenizer` implements `Tokenizer`."""
+`rattn_eval.tokenizer.Tokenizer` implements `Tokenizer`."""
 
 from __future__ import annotations
 

@@ -17,7 +17,6 @@ scores sit beside published RULER tables; `native` keeps this project's wording.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -27,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rattn_eval.errors import ConfigError
+from rattn_eval.errors import ConfigError, did_you_mean
 from rattn_eval.tasks import common_words, frequent_words, niah, qa, ruler_text, variable_tracking
 from rattn_eval.tasks.base import GENERATOR_VERSION, NATIVE_GENERATOR_VERSION, Sample, sample_id
 
@@ -97,8 +96,7 @@ def resolve(names_or_groups) -> list[str]:
             elif name in TASKS:
                 out[name] = None
             else:
-                close = difflib.get_close_matches(name, [*TASKS, *GROUPS], n=1)
-                hint = f" Did you mean {close[0]!r}?" if close else ""
+                hint = did_you_mean(name, [*TASKS, *GROUPS])
                 raise ConfigError(f"unknown task or group {name!r}.{hint} Groups: {', '.join(GROUPS)}.")
     if not out:
         raise ConfigError("no task given.")
@@ -139,8 +137,7 @@ def generator_version(prompts: str) -> int:
 
 def check_prompts(prompts: str) -> None:
     if prompts not in PROMPTS:
-        close = difflib.get_close_matches(str(prompts), PROMPTS, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(str(prompts), PROMPTS)
         raise ConfigError(f"unknown prompt profile {prompts!r}; choose one of {', '.join(PROMPTS)}.{hint}")
 
 
@@ -260,7 +257,7 @@ def generate_to_file(name: str, tokenizer, out, *, length, n: int, seed: int = 0
     """`rattn-eval generate`: generate (or read cached) samples and write them to `out` as JSONL.
     `tokenizer` may be a Tokenizer or a name/path for `load_tokenizer`."""
     if isinstance(tokenizer, (str, os.PathLike)):
-        from rattn_eval.models.tokenizer import load_tokenizer
+        from rattn_eval.tokenizer import load_tokenizer
 
         tokenizer = load_tokenizer(tokenizer)
     samples = generate(name, tokenizer, length=length, n=n, seed=seed, chat_template=chat_template, depth=depth,

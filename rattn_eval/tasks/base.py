@@ -108,7 +108,7 @@ def make_frame(tokenizer, chat_template: str | None, before: str, after: str, an
     if chat_template is None:
         text = user + delimiter + answer_prefix
     else:
-        from rattn_eval.models.tokenizer import render_chat_template
+        from rattn_eval.tokenizer import render_chat_template
 
         text = render_chat_template(chat_template, user, bos_token=getattr(tokenizer, "bos_token", None),
                                     eos_token=getattr(tokenizer, "eos_token", None)) + answer_prefix

@@ -36,7 +36,7 @@ def tiny_llama_hf_dir(root: Path) -> Path:
     SmolLM2 tokenizer files beside it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from rattn_eval.models.tokenizer import smollm2_tokenizer_dir
+    from rattn_eval.tokenizer import smollm2_tokenizer_dir
 
     cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -69,7 +69,7 @@ def export_hf_dir(name_or_path: str, root: Path) -> Path:
 def smollm2_hf_dir_from_transformers() -> Path:
     """SmolLM2-135M-Instruct as transformers itself dequantizes the packaged GGUF, saved in HF format
     (float32 safetensors + tokenizer): independent of our importer. Built once (about a minute), cached."""
-    from rattn_eval.models.tokenizer import SMOLLM2_GGUF, SMOLLM2_PACKAGE, cache_root, smollm2_tokenizer_dir
+    from rattn_eval.tokenizer import SMOLLM2_GGUF, SMOLLM2_PACKAGE, cache_root, smollm2_tokenizer_dir
 
     target = cache_root() / "test-artifacts" / "smollm2-135m-hf"
     if (target / "model.safetensors").is_file():

@@ -9,7 +9,8 @@ from lm_eval.api.instance import Instance
 
 from lmeval_support import MC_TASK, TASKS_DIR
 from rattn_eval.errors import BudgetError, ConfigError
-from rattn_eval.integrations.lm_eval import RattnLM, cli_main, render_chat
+from rattn_eval.integrations.lm_eval import RattnLM, cli_main
+from rattn_eval.tokenizer import render_chat
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +127,7 @@ def test_chat_rendering_matches_transformers():
     prompt and with an open final assistant message (continue_final_message, used for answer prefixes)."""
     from transformers import AutoTokenizer
 
-    from rattn_eval.models.tokenizer import load_tokenizer, smollm2_tokenizer_dir
+    from rattn_eval.tokenizer import load_tokenizer, smollm2_tokenizer_dir
 
     hf = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
     ours = load_tokenizer(smollm2_tokenizer_dir())

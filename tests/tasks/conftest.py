@@ -6,7 +6,7 @@ import json
 import pytest
 
 from rattn_eval.models import load_tokenizer
-from rattn_eval.models.tokenizer import smollm2_tokenizer_dir
+from rattn_eval.tokenizer import smollm2_tokenizer_dir
 
 
 @pytest.fixture(autouse=True)

@@ -45,7 +45,7 @@ def lm_ruler(tmp_path_factory):
 def hf_tok():
     from transformers import AutoTokenizer
 
-    from rattn_eval.models.tokenizer import smollm2_tokenizer_dir
+    from rattn_eval.tokenizer import smollm2_tokenizer_dir
 
     return AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir()))
 

@@ -11,7 +11,6 @@ convention of the tokenizer is counted once, here, and nowhere else.
 from __future__ import annotations
 
 import bisect
-import difflib
 import hashlib
 import importlib.util
 import json
@@ -20,7 +19,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from rattn_eval.errors import ConfigError
+from rattn_eval.errors import ConfigError, did_you_mean
 
 BUILTIN_TOKENIZERS = ("bytes", "gpt2")
 
@@ -437,28 +436,75 @@ def _token_str(tok) -> str | None:
     return tok
 
 
-_TEMPLATE_CACHE: dict[str, object] = {}
+class ChatTemplateRefused(ConfigError):
+    """A chat template called raise_exception (e.g. it does not accept a system turn)."""
+
+
+_CHAT_ENV = None
+_TEMPLATES: dict[str, object] = {}
+
+
+def _compiled(template: str):
+    global _CHAT_ENV
+    if _CHAT_ENV is None:
+        from jinja2.ext import loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise ChatTemplateRefused(f"the chat template refused the chat: {message}")
+
+        _CHAT_ENV = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        _CHAT_ENV.globals["raise_exception"] = raise_exception
+        _CHAT_ENV.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
+    compiled = _TEMPLATES.get(template)
+    if compiled is None:
+        from jinja2 import TemplateSyntaxError
+
+        try:
+            compiled = _CHAT_ENV.from_string(template)
+        except TemplateSyntaxError as err:
+            raise ConfigError(f"the chat template is not valid jinja (line {err.lineno}: {err.message}).") from None
+        _TEMPLATES[template] = compiled
+    return compiled
+
+
+def render_chat(template: str, messages: list[dict[str, str]], *, add_generation_prompt: bool = True,
+                bos_token: str | None = None, eos_token: str | None = None) -> str:
+    """Render an HF-style jinja chat template over `messages`: the one renderer of the project.
+
+    With add_generation_prompt the assistant header is appended; without it the final message is left
+    open: the text is cut right after that message's content, dropping its end-of-turn marker, so the
+    model continues it (transformers' `continue_final_message`, which lm-eval's `hf` uses).
+    A template that fails while rendering (an undefined filter, a bad operation) is a ConfigError.
+    """
+    from jinja2 import TemplateError
+
+    compiled = _compiled(template)
+    tag = "CONTINUE_FINAL_MESSAGE_TAG "
+    cont = not add_generation_prompt and bool(messages)
+    if cont:  # mark the end of the final message, as transformers does, to find where to cut
+        final = messages[-1]["content"]
+        messages = [*messages[:-1], {**messages[-1], "content": final + tag}]
+    try:
+        text = compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                               bos_token=bos_token or "", eos_token=eos_token or "")
+    except TemplateError as err:
+        raise ConfigError(f"the chat template failed to render: {err}.") from None
+    if cont:
+        if final.strip() not in text or tag.strip() not in text:
+            raise ConfigError("the chat template dropped the final message, so it cannot be continued.")
+        at = text.rindex(tag.strip())
+        # a template that renders the message verbatim keeps its trailing whitespace ("Answer: " stays
+        # "Answer: "); one that trims it is cut after the trimmed text
+        text = text[:at] if text[at:at + len(tag)] == tag else text[:at].rstrip()
+    return text
 
 
 def render_chat_template(template: str, user_text: str, *, bos_token: str | None = None,
                          eos_token: str | None = None) -> str:
-    """Render a jinja chat template (HF conventions) for one user message plus the generation prompt."""
-    compiled = _TEMPLATE_CACHE.get(template)
-    if compiled is None:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        def raise_exception(message):
-            raise ConfigError(f"chat template error: {message}")
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
-        env.filters["tojson"] = lambda x, indent=None: json.dumps(x, ensure_ascii=False, indent=indent)
-        compiled = env.from_string(template)
-        _TEMPLATE_CACHE[template] = compiled
-    return compiled.render(
-        messages=[{"role": "user", "content": user_text}], add_generation_prompt=True,
-        bos_token=bos_token or "", eos_token=eos_token or "",
-    )
+    """One user message plus the generation prompt, rendered by `render_chat`."""
+    return render_chat(template, [{"role": "user", "content": user_text}], add_generation_prompt=True,
+                       bos_token=bos_token, eos_token=eos_token)
 
 
 _BUILTIN_CACHE: dict[str, Tokenizer] = {}
@@ -489,8 +535,7 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
     if key == "smollm2-135m":
         return HFTokenizer(smollm2_tokenizer_dir())
     known = [*BUILTIN_TOKENIZERS, "smollm2-135m"]
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
+    hint = did_you_mean(key, known)
     raise ConfigError(f"unknown tokenizer {key!r}: not a built-in ({', '.join(known)}) nor a folder.{hint}")
 
 
