@@ -72,7 +72,7 @@ def _read(path: str) -> dict[str, list[dict]]:
 
 def table(lm_samples: str, run_dir: str, *controls: str) -> str:
     from rattn_eval.results import load_records
-    from rattn_eval.tasks.metrics import Z95, cell_stats
+    from rattn_eval.aggregate import Z95, cell_stats
 
     theirs = _read(lm_samples)
     ours: dict[str, list[dict]] = {}

