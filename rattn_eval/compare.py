@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from rattn_eval.errors import ConfigError, DataError
-from rattn_eval.results import (ABSENT_MEANS, CONFIG_FILE, DEFAULT_THRESHOLD, belongs, format_length,
-                                read_run_records, summarize)
+from rattn_eval.aggregate import (DEFAULT_THRESHOLD, difference, effective_length_text, mean_difference,
+                                  same_within_noise, summarize, within_noise)
+from rattn_eval.results import ABSENT_MEANS, CONFIG_FILE, belongs, format_length, read_run_records
 
 GAP = "—"
 AVERAGE = "average"
@@ -160,8 +161,6 @@ def _cells(run: Run) -> dict[tuple[str, int], dict[Any, float]]:
 
 def _mark_noise(runs: list[Run], rows: list[dict[str, Any]], tasks: list[str], lengths: list[int]) -> None:
     """rows[i]["same"] = {task or "average": {len: True (within noise of row 0) / False / None}}."""
-    from rattn_eval.tasks.metrics import difference, mean_difference, same_within_noise, within_noise
-
     first = _cells(runs[0])
     rows[0]["same"] = {}
     for run, row in zip(runs[1:], rows[1:]):
@@ -190,17 +189,6 @@ def _cell(v: float | None, se: float | None, same: bool | None, digits: int = 1)
     return text + (f" {SAME}" if same else "")
 
 
-def _eff(row: dict[str, Any]) -> str:
-    if not row.get("effective_length_determined", True):
-        return GAP  # a length it needs has no result
-    if row["effective_length"] is not None:
-        return format_length(row["effective_length"])
-    first = row["lengths"][0] if row["lengths"] else None
-    if first is not None and row["length_scores"].get(str(first)) is not None:
-        return f"<{format_length(first)}"
-    return GAP
-
-
 def sections(comp: Comparison, digits: int = 1) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) per table: the task average first, then one per task."""
     lens = [format_length(L) for L in comp.lengths]
@@ -212,7 +200,7 @@ def sections(comp: Comparison, digits: int = 1) -> list[tuple[str, list[str], li
         cells = [_cell(row["length_scores"][str(L)], row["length_stderr"][str(L)], same.get(str(L)), digits)
                  for L in comp.lengths]
         body.append([row["label"], *cells, _fmt(row["avg"], digits), _fmt(row["wavg_inc"], digits),
-                     _fmt(row["wavg_dec"], digits), _eff(row)])
+                     _fmt(row["wavg_dec"], digits), effective_length_text(row)])
     title = f"Average over {len(comp.tasks)} task{'s' if len(comp.tasks) != 1 else ''}"
     out.append((title, header, body))
     for t in comp.tasks:

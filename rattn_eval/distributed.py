@@ -184,25 +184,28 @@ def assign_shares(pending: Sequence[Sequence[Any]], world_size: int) -> list[lis
 
 # Hooks called by rattn_eval.runner.run, in this order.
 
-def prepare(ctx: DistContext, out: Path, config: dict[str, Any], *, overwrite: bool) -> RunDir:
+def prepare(ctx: DistContext, out: Path, config: dict[str, Any], *, overwrite: bool, repair: bool = False) -> RunDir:
     """RunDir.prepare on rank 0 (the only writer of config.json); its verdict reaches every rank.
 
-    With `overwrite`, old rank files go too. A refusal (config mismatch, unwritable directory)
-    is raised on every rank with rank 0's message, so no rank waits at a barrier for nothing.
+    Rank 0's RunDir holds the directory's lock for the whole launch, so a second run on it is refused
+    while the other ranks, which never lock, work under it. With `overwrite`, old rank files go too. A
+    refusal (directory in use, config mismatch, unwritable directory) is raised on every rank with rank
+    0's message, so no rank waits at a barrier for nothing.
     """
     if not ctx.sharded:
-        return RunDir.prepare(out, config, overwrite=overwrite)
+        return RunDir.prepare(out, config, overwrite=overwrite, repair=repair)
     failure = None
+    rundir = RunDir(Path(out))
     if ctx.is_main:
         try:
-            RunDir.prepare(out, config, overwrite=overwrite)
+            rundir = RunDir.prepare(out, config, overwrite=overwrite, repair=repair)
         except RattnError as e:
             failure = (type(e).__name__, str(e))
     failure = ctx.broadcast(failure)
     if failure is not None:
         name, message = failure
         raise getattr(errors, name, RattnError)(message)
-    return RunDir(Path(out))
+    return rundir
 
 
 def load_done(ctx: DistContext, rundir: RunDir) -> dict[str, dict[str, Any]]:

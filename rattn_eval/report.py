@@ -15,7 +15,8 @@ from typing import Any
 
 from rattn_eval.compare import Comparison, Run, compare, load_run, to_markdown
 from rattn_eval.errors import ConfigError
-from rattn_eval.results import DEFAULT_THRESHOLD, check_writable, format_length
+from rattn_eval.aggregate import DEFAULT_THRESHOLD, Z95
+from rattn_eval.results import check_writable, format_length
 
 DEPTH_BINS = 10
 
@@ -76,7 +77,6 @@ def _pyplot():
 def plot_score_vs_length(comp: Comparison, path: Path) -> Path:
     """Average score over tasks vs length (log2 x axis), one line per checkpoint with its 95% band
     (1.96 standard errors of the average) shaded; gaps stay gaps."""
-    from rattn_eval.tasks.metrics import Z95
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))

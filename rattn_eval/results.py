@@ -11,31 +11,33 @@ Layout of a run directory:
     records.jsonl   one record per finished sample (`sample_record`), appended and flushed as it finishes
     records.rank{r}.jsonl  rank r's records under torchrun, until rank 0 folds them into records.jsonl
     summary.json    scores per task and length with error bars, averages, effective length
+    .lock           held (flock) by the one run writing the directory: its pid, host and start time
+    records.jsonl.bad  lines `--repair` set aside (unreadable, or not sample records), with their line numbers
+    report/         what `rattn-eval report` writes by default
 
 A killed run leaves at most one partially written last line in records.jsonl; `RunDir.load_records`
 drops it (and truncates the file back to the last complete record), so a rerun resumes exactly
 where the kill happened. Records are keyed by sample id: nothing is scored twice.
 
-Scores are aggregated as RULER does (formulas in rattn_eval.tasks.metrics): task score = mean
-over samples (x100 already in each record), length score = unweighted mean over tasks, Avg = mean
-over lengths, weighted averages with linear weights increasing (or decreasing) with length,
-effective length = the longest length whose score stays above a threshold (85.6 by default,
-Llama-2-7B's 4k score).
+summary.json is computed by `rattn_eval.aggregate.summarize` from the records this module reads.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import platform
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rattn_eval.errors import ConfigError, DataError
-from rattn_eval.tasks.metrics import postprocess
 
 CONFIG_FILE = "config.json"
 ENV_FILE = "env.json"
@@ -43,11 +45,14 @@ RECORDS_FILE = "records.jsonl"
 SUMMARY_FILE = "summary.json"
 RANK_FILE = "records.rank{rank}.jsonl"
 _RANK_FILE_RE = re.compile(r"^records\.rank(\d+)\.jsonl$")
-
-DEFAULT_THRESHOLD = 85.6
+LOCK_FILE = ".lock"
+# What `rattn_eval.report.write_report` writes into RUN/report (tests/runner keeps the two in step).
+REPORT_FILES = frozenset({"report.md", "score_vs_length.png", "niah_heatmap.png"})
+# Keys every config.json a run writes holds; a checkpoint's config.json (a model config) lacks them.
+RUN_CONFIG_KEYS = ("model", "n", "lengths", "resolved_tasks")
 
 # Config keys that do not change any result, so a rerun may differ in them and still resume.
-RESUME_NEUTRAL_KEYS = frozenset({"out", "overwrite", "batch_size", "limit", "device", "tasks", "threshold",
+RESUME_NEUTRAL_KEYS = frozenset({"out", "overwrite", "repair", "batch_size", "limit", "device", "tasks", "threshold",
                                  "ruler_dir"})  # the text a RULER checkout gives is compared as prompt_source
 ORDER_NEUTRAL_KEYS = frozenset({"resolved_tasks"})  # compared as sets
 # Keys that run directories made before prompt profiles existed lack, with the value they had then.
@@ -82,46 +87,77 @@ def check_writable(path: Path) -> None:
 
 @dataclass
 class RunDir:
-    """One run directory on disk. Create with `RunDir.prepare`, which enforces resume rules."""
+    """One run directory on disk. Create with `RunDir.prepare`, which locks it and enforces resume rules;
+    use it as a context manager (or call `close`) so the lock goes when the run ends, failed or not."""
 
     path: Path
+    _lock: "RunLock | None" = field(default=None, repr=False, compare=False)
 
     @property
     def records_path(self) -> Path:
         return self.path / RECORDS_FILE
 
     @classmethod
-    def prepare(cls, path: str | Path, config: dict[str, Any], *, overwrite: bool = False) -> "RunDir":
-        """Create `path`, or reopen it to resume when its config.json matches `config`.
+    def prepare(cls, path: str | Path, config: dict[str, Any], *, overwrite: bool = False,
+                repair: bool = False) -> "RunDir":
+        """Create and lock `path`, or lock and reopen it to resume when its config.json matches `config`.
 
-        A directory holding results of a different config is never mixed into: it is refused
-        with a message naming the differing keys, or wiped first when `overwrite` is set.
+        The lock is taken before config.json is trusted and before anything is written or deleted: a
+        second run on the same directory is refused rather than computing every sample twice or writing
+        into files another run deletes. Only a run directory (or an empty folder) is written into. One
+        holding results of a different config is refused, naming the differing keys, or with `overwrite`
+        cleared of the files a run writes (nothing else). `repair` sets unreadable record lines and a
+        broken env.json aside.
         """
         path = Path(path)
         check_writable(path)
         rd = cls(path)
         rd.check_files()
-        old = rd.read_config()
+        rd.check_is_run_dir()  # before locking too, so that a folder of someone else's gets no lock file
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create output directory {path}: {e.strerror or e}") from None
+        rd._lock = RunLock.acquire(path)
+        try:
+            rd._open(config, overwrite=overwrite, repair=repair)
+        except BaseException:
+            rd.close()
+            raise
+        return rd
+
+    def _open(self, config: dict[str, Any], *, overwrite: bool, repair: bool) -> None:
+        """`prepare`'s checks and writes, under the lock."""
+        self.check_files()
+        old = self.check_is_run_dir()
         if old is not None and not overwrite:
             diff = config_differences(old, config)
             if diff:
                 hint = ("; a run made before prompt profiles existed resumes with --prompts native"
                         if "prompts" not in old and config.get("prompts") != "native" else "")
                 raise ConfigError(
-                    f"{path} holds a run with a different config ({diff}); "
+                    f"{self.path} holds a run with a different config ({diff}); "
                     f"rerun with --overwrite to replace it, or choose another --out{hint}"
                 )
-        if overwrite and path.exists():
-            for name in (CONFIG_FILE, ENV_FILE, RECORDS_FILE, SUMMARY_FILE):
-                (path / name).unlink(missing_ok=True)
-            rd.remove_rank_files()
-            shutil.rmtree(path / "report", ignore_errors=True)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            _write_json(path / CONFIG_FILE, config)
-        except OSError as e:
-            raise ConfigError(f"cannot write to output directory {path}: {e.strerror or e}") from None
-        return rd
+        if overwrite:
+            self._remove_run_files()
+        if repair:
+            for f in [self.records_path, *rank_files(self.path)]:
+                set_aside_bad_lines(f)
+        self._read_env(set_aside=repair)
+        _write_json(self.path / CONFIG_FILE, config)
+
+    def close(self) -> None:
+        """Release the lock (a no-op on ranks that do not hold it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "RunDir":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def check_files(self) -> None:
         """Refuse a run directory whose files are links or not plain files: a run writes, truncates
@@ -133,40 +169,78 @@ class RunDir:
             if f.exists() and not f.is_file():
                 raise DataError(f"{f} is not a regular file; move it away or choose another --out")
 
+    def check_is_run_dir(self) -> dict[str, Any] | None:
+        """The run config of this directory, or None when it is missing or empty of anything but files a run
+        writes; DataError for any other folder (a checkpoint, a user's folder), which a run must not write
+        into, let alone clear with --overwrite."""
+        if not self.path.is_dir():
+            return None
+        config = self.read_config()
+        if config is None:
+            others = sorted(p.name for p in self.path.iterdir() if not _written_by_run(p))
+            if others:
+                raise DataError(f"{self.path} is not a run directory (it holds {others[0]!r} and no run config); "
+                                "choose another --out")
+        return config
+
     def read_config(self) -> dict[str, Any] | None:
+        """config.json, or None when there is none; DataError when it is not a run's config."""
         f = self.path / CONFIG_FILE
         if not f.exists():
             return None
         try:
             config = json.loads(f.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise DataError(f"{f} is not valid JSON; rerun with --overwrite to start this run afresh") from None
-        if not isinstance(config, dict):
-            raise DataError(f"{f} is not a run config (a JSON object); rerun with --overwrite to start this run afresh")
+            config = None
+        if not is_run_config(config):
+            raise DataError(f"{self.path} is not a run directory: {f} is not a run config (a JSON object with "
+                            f"{', '.join(RUN_CONFIG_KEYS)}, as rattn-eval run writes); choose another --out")
         return config
+
+    def _remove_run_files(self) -> None:
+        """--overwrite: delete what a run wrote here (its report/ only if that holds nothing else)."""
+        for p in self.path.iterdir():
+            if p.name != LOCK_FILE and p.is_file() and _written_by_run(p):
+                p.unlink()
+        report = self.path / "report"
+        if _is_report_dir(report):
+            shutil.rmtree(report)
+
+    def _read_env(self, *, set_aside: bool = False) -> dict[str, Any]:
+        """env.json ({} when absent). One that is not an environment history (not JSON, not an object,
+        "sessions" not a list of objects) is a DataError naming --repair; with `set_aside` it is renamed
+        env.json.bad-<UTC time> and a new history starts, so nothing is lost."""
+        f = self.path / ENV_FILE
+        if not f.exists():
+            return {}
+        try:
+            env = json.loads(f.read_bytes())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            env = None
+        sessions = env.get("sessions", []) if isinstance(env, dict) else None
+        if isinstance(sessions, list) and all(isinstance(s, dict) for s in sessions):
+            return env
+        if not set_aside:
+            raise DataError(f"{f} is not a run's environment history (a JSON object with a list of sessions); rerun "
+                            f"with --repair to set it aside as {ENV_FILE}.bad-<time> and start a new one")
+        os.replace(f, f.with_name(f"{ENV_FILE}.bad-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}"))
+        return {}
 
     def write_env(self, env: dict[str, Any]) -> None:
         """Write env.json: the newest session's environment at the top level and every session's whole
         environment (versions, device, host, git revision, world size, ...) in "sessions", oldest first,
         so a resumed run keeps where and with what each part of it ran."""
-        f = self.path / ENV_FILE
-        sessions = []
-        if f.exists():
-            try:
-                sessions = json.loads(f.read_text()).get("sessions", [])
-            except json.JSONDecodeError:
-                sessions = []
-        _write_json(f, {**env, "sessions": sessions + [dict(env)]})
+        sessions = self._read_env().get("sessions", [])
+        _write_json(self.path / ENV_FILE, {**env, "sessions": sessions + [dict(env)]})
 
     def add_session_timing(self, timing: dict[str, Any]) -> None:
         """Merge `timing` (world size, model load and generation times, samples/s) into the newest
         session of env.json."""
-        f = self.path / ENV_FILE
-        env = json.loads(f.read_text()) if f.exists() else {}
+        env = self._read_env()
         sessions = env.get("sessions") or [{}]
         sessions[-1] = {**sessions[-1], **timing}
         env["sessions"] = sessions
-        _write_json(f, env)
+        _write_json(self.path / ENV_FILE, env)
 
     def load_records(self) -> dict[str, dict[str, Any]]:
         """Records already written, keyed by sample id (first occurrence wins).
@@ -184,28 +258,113 @@ class RunDir:
         """Fold the rank files into records.jsonl (see `merge_rank_files`)."""
         return merge_rank_files(self.path)
 
-    def remove_rank_files(self) -> None:
-        for f in rank_files(self.path):
-            f.unlink()
-
     def write_summary(self, summary: dict[str, Any]) -> None:
         _write_json(self.path / SUMMARY_FILE, summary)
 
 
+def is_run_config(config: Any) -> bool:
+    """Whether `config` (parsed config.json) is what `rattn-eval run` writes, not e.g. a model config."""
+    return (isinstance(config, dict) and all(k in config for k in RUN_CONFIG_KEYS)
+            and isinstance(config["n"], int) and isinstance(config["lengths"], list))
+
+
+def _written_by_run(p: Path) -> bool:
+    """Whether `p` is a file `rattn-eval run` writes in a run directory (with its temporary and set-aside
+    copies), or a report/ folder holding only what `rattn-eval report` writes."""
+    if p.name == "report":
+        return _is_report_dir(p)
+    base = re.sub(r"\.(tmp|merge\.tmp|bad|bad-\d{8}T\d{6}Z)$", "", p.name)
+    return base in (CONFIG_FILE, ENV_FILE, RECORDS_FILE, SUMMARY_FILE, LOCK_FILE) or bool(_RANK_FILE_RE.match(base))
+
+
+def _is_report_dir(p: Path) -> bool:
+    return (p.is_dir() and not p.is_symlink()
+            and all(f.name in REPORT_FILES and f.is_file() and not f.is_symlink() for f in p.iterdir()))
+
+
+class RunLock:
+    """The exclusive lock of one run directory: `flock` on its .lock file, kept open while the run lasts.
+
+    The kernel drops a flock when its process dies, so a killed run never leaves a lock behind that
+    needs clearing by hand; the file's content (pid, host, start time) only names the holder when a
+    second run is refused. Under torchrun, rank 0 holds it for the whole launch (the other ranks write
+    only their own rank files, and only while rank 0 runs).
+    """
+
+    def __init__(self, fd: int, path: Path):
+        self._fd: int | None = fd
+        self.path = path
+
+    @classmethod
+    def acquire(cls, directory: Path) -> "RunLock":
+        """Lock `directory`, or raise ConfigError naming the run that holds it."""
+        f = directory / LOCK_FILE
+        while True:
+            try:
+                fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise ConfigError(f"cannot create the lock file {f}: {e.strerror or e}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise ConfigError(f"cannot lock {f}: {e.strerror or e}") from None
+                raise ConfigError(f"{directory} is in use by another run ({_holder(f)}); wait for it to end "
+                                  "or choose another --out") from None
+            # The previous holder removes the file as it releases it: lock only the file still there.
+            try:
+                if os.stat(f).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        holder = {"pid": os.getpid(), "host": platform.node(),
+                  "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(holder).encode())
+        except OSError as e:
+            os.close(fd)
+            raise _write_error(f, e) from None
+        return cls(fd, f)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        self.path.unlink(missing_ok=True)  # while still locked, so no one locks a file about to vanish
+        os.close(self._fd)
+        self._fd = None
+
+
+def _holder(lock_file: Path) -> str:
+    """'pid 123 on host, since <time>' from a lock file (written right after locking: may still be empty)."""
+    try:
+        h = json.loads(lock_file.read_text())
+        return f"pid {h['pid']} on {h['host']}, since {h['since']}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return "it has just started"
+
+
 class RecordWriter:
-    """Appends one JSON object per line and flushes it, so a kill loses at most the line in flight."""
+    """Appends one JSON object per line, each in whole unbuffered writes, so a kill or a full disk leaves
+    at most a torn last line, which `load_records` repairs."""
 
     def __init__(self, path: Path):
-        import jsonlines
-
-        self._fp = open(path, "a", encoding="utf-8")
-        self._writer = jsonlines.Writer(self._fp, flush=True, sort_keys=False)
+        self.path = path
+        try:
+            self._fp = open(path, "ab", buffering=0)
+        except OSError as e:
+            raise _write_error(path, e) from None
 
     def write(self, record: dict[str, Any]) -> None:
-        self._writer.write(record)
+        line = json.dumps(record, ensure_ascii=False).encode("utf-8") + b"\n"
+        try:
+            _write_all(self._fp, line)
+        except OSError as e:
+            raise _write_error(self.path, e) from None
 
     def close(self) -> None:
-        self._writer.close()
         self._fp.close()
 
     def __enter__(self) -> "RecordWriter":
@@ -213,6 +372,18 @@ class RecordWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _write_all(fp: Any, data: bytes) -> None:
+    """Write all of `data` to an unbuffered binary file (a raw write may write only part of it)."""
+    view = memoryview(data)
+    while view:
+        view = view[fp.write(view):]
+
+
+def _write_error(path: Path, e: OSError) -> ConfigError:
+    return ConfigError(f"cannot write {path}: {e.strerror or e} (every finished record is kept; rerun the same "
+                       "command once it can be written, to resume)")
 
 
 def _is_record(rec: Any) -> bool:
@@ -235,19 +406,18 @@ def load_records(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any
     records: dict[str, dict[str, Any]] = {}
     pos = 0
     lineno = 0
+    way_out = (f"rerun with --repair to move such lines to {path.name}.bad and keep every valid record "
+               "(or with --overwrite to start afresh)")
     while pos < len(data):
         end = data.find(b"\n", pos)
         last = end == -1
         line = data[pos:] if last else data[pos:end]
         lineno += 1
-        try:
-            rec = json.loads(line) if line.strip() else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            rec = False
-        if rec is False or (last and rec is not None):
+        rec = _parse_line(line)
+        if rec is _UNREADABLE or (last and rec is not None):
             # A complete JSON object without its newline is also torn: the writer always ends lines.
             if not last and data[end + 1:].strip():
-                raise DataError(f"{path} line {lineno} is corrupt; rerun with --overwrite to start afresh")
+                raise DataError(f"{path} line {lineno} is corrupt; {way_out}")
             if repair:
                 with open(path, "r+b") as fp:
                     fp.truncate(pos)
@@ -255,10 +425,50 @@ def load_records(path: Path, *, repair: bool = False) -> dict[str, dict[str, Any
         if rec is not None:
             if not _is_record(rec):
                 raise DataError(f"{path} line {lineno} is not a sample record (it needs an id, a task, an int length "
-                                "and a score in 0..100); rerun with --overwrite to start afresh")
+                                f"and a score in 0..100); {way_out}")
             records.setdefault(rec["id"], rec)
         pos = end + 1
     return records
+
+
+_UNREADABLE = object()
+
+
+def _parse_line(line: bytes) -> Any:
+    """The JSON value on one line of a records file: None when blank, _UNREADABLE when not JSON."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _UNREADABLE
+
+
+def set_aside_bad_lines(path: Path) -> int:
+    """`run --repair`: move the complete lines of a records file that are not sample records (unreadable
+    JSON, or a value without the fields aggregation needs) to <file>.bad, appended as {"line", "text"}
+    objects, and keep every other line byte for byte. A torn last line is left for `load_records`' repair.
+    The .bad file is written and synced before the records file is replaced, so no line is ever lost.
+    Returns the number of lines set aside.
+    """
+    if not path.is_file():
+        return 0
+    *lines, tail = path.read_bytes().split(b"\n")
+    bad = [(i, line) for i, line in enumerate(lines, 1)
+           if (rec := _parse_line(line)) is not None and not _is_record(rec)]
+    if not bad:
+        return 0
+    bad_file = path.with_name(path.name + ".bad")
+    text = "".join(json.dumps({"line": i, "text": line.decode("utf-8", "backslashreplace")}) + "\n"
+                   for i, line in bad)
+    try:
+        with open(bad_file, "a", encoding="utf-8") as fp:
+            fp.write(text)
+            fp.flush()
+            os.fsync(fp.fileno())
+    except OSError as e:
+        raise _write_error(bad_file, e) from None
+    drop = {i for i, _ in bad}
+    _replace_file(path, b"".join(line + b"\n" for i, line in enumerate(lines, 1) if i not in drop) + tail)
+    return len(bad)
 
 
 def sample_record(sample: Any, prediction: str, new_tokens: int, *, backend: str, batch_size: int,
@@ -319,14 +529,7 @@ def merge_rank_files(path: str | Path) -> int:
                 seen.add(rid)
                 added.append(line)
     if added:
-        tmp = main.with_name(main.name + ".merge.tmp")
-        with open(tmp, "wb") as fp:
-            if main.exists():
-                fp.write(main.read_bytes())
-            fp.write(b"".join(line + b"\n" for line in added))
-            fp.flush()
-            os.fsync(fp.fileno())
-        os.replace(tmp, main)
+        _replace_file(main, (main.read_bytes() if main.exists() else b"") + b"".join(line + b"\n" for line in added))
     for f in files:
         f.unlink()
     return len(added)
@@ -375,105 +578,18 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    _replace_file(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
-def summarize(
-    records: Iterable[dict[str, Any]],
-    *,
-    tasks: list[str],
-    lengths: list[int],
-    expected: dict[tuple[str, int], int] | None = None,
-    threshold: float = DEFAULT_THRESHOLD,
-) -> dict[str, Any]:
-    """Aggregate per-sample records into RULER's table.
-
-    Args:
-        records: sample records (task, length, index, score, prediction).
-        tasks, lengths: the cells of the table (rows, columns).
-        expected: samples planned per (task, length); cells with fewer records are incomplete.
-    Returns:
-        {"scores": {task: {len: score|None}}, "counts": {task: {len: k}}, "nulls": ...,
-         "stats": {task: {len: {"n", "mean", "stderr", "ci95": [lo, hi], "ci_method"}}},
-         "length_scores": {len: score|None}, "length_stderr": {len: stderr|None}, "avg", "wavg_inc",
-         "wavg_dec", "effective_length", "threshold", "complete", "missing": [[task, len], ...]} with
-        lengths as strings (JSON keys). An average is None when any cell it would cover has no records
-        (never averaged over a smaller set). Error bars: `tasks.metrics.cell_stats`.
-    """
-    from rattn_eval.tasks.metrics import cell_stats, mean_stderr
-
-    by_cell: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for r in records:
-        by_cell.setdefault((r["task"], int(r["length"])), []).append(r)
-    scores: dict[str, dict[str, float | None]] = {}
-    stats: dict[str, dict[str, dict[str, Any]]] = {}
-    counts: dict[str, dict[str, int]] = {}
-    nulls: dict[str, dict[str, int]] = {}
-    missing: list[list[Any]] = []
-    incomplete: list[list[Any]] = []
-    for t in tasks:
-        scores[t], counts[t], nulls[t], stats[t] = {}, {}, {}, {}
-        for L in lengths:
-            # Sum in index order so a resumed run (records in another order) gives identical floats.
-            cell = sorted(by_cell.get((t, L), []), key=lambda r: r["index"])
-            counts[t][str(L)] = len(cell)
-            # empty after RULER's post-processing (control characters count as nothing)
-            nulls[t][str(L)] = sum(1 for r in cell if not postprocess(str(r.get("prediction") or "")))
-            scores[t][str(L)] = sum(r["score"] for r in cell) / len(cell) if cell else None
-            stats[t][str(L)] = cell_stats([r["score"] for r in cell])
-            if not cell:
-                missing.append([t, L])
-            elif expected is not None and len(cell) < expected.get((t, L), 0):
-                incomplete.append([t, L])
-    length_scores: dict[str, float | None] = {}
-    length_stderr: dict[str, float | None] = {}
-    for L in lengths:
-        cells = [scores[t][str(L)] for t in tasks]
-        length_scores[str(L)] = None if any(c is None for c in cells) else sum(cells) / len(cells)
-        length_stderr[str(L)] = None if length_scores[str(L)] is None else mean_stderr(
-            stats[t][str(L)]["stderr"] for t in tasks)
-    agg = aggregate_lengths({L: length_scores[str(L)] for L in lengths}, threshold=threshold)
-    return {
-        "tasks": list(tasks),
-        "lengths": list(lengths),
-        "scores": scores,
-        "counts": counts,
-        "nulls": nulls,
-        "stats": stats,
-        "length_scores": length_scores,
-        "length_stderr": length_stderr,
-        **agg,
-        "threshold": threshold,
-        "complete": not missing and not incomplete,
-        "missing": missing,
-        "incomplete": incomplete,
-    }
-
-
-def aggregate_lengths(length_scores: dict[int, float | None], *, threshold: float = DEFAULT_THRESHOLD) -> dict[str, Any]:
-    """Avg, wAvg (inc/dec) and effective length over lengths, with the task suite's RULER formulas.
-
-    Avg and the weighted averages are None if any length lacks a score. Effective length needs the
-    lengths up to the first that fails the threshold: a gap before that leaves it undetermined
-    (None, with effective_length_determined False), as a missing shortest length does.
-    """
-    from rattn_eval.tasks import metrics
-
-    lengths = sorted(length_scores)
-    if not lengths or any(length_scores[L] is None for L in lengths):
-        avg = winc = wdec = None
-    else:
-        avg = metrics.average(length_scores)
-        winc = metrics.weighted_average(length_scores, increasing=True)
-        wdec = metrics.weighted_average(length_scores, increasing=False)
-    prefix: dict[int, float] = {}
-    for L in lengths:
-        if length_scores[L] is None:
-            break
-        prefix[L] = length_scores[L]
-    determined = bool(prefix) and (len(prefix) == len(lengths) or any(v <= threshold for v in prefix.values()))
-    eff = metrics.effective_length(prefix, threshold) if determined else None
-    return {"avg": avg, "wavg_inc": winc, "wavg_dec": wdec, "effective_length": eff,
-            "effective_length_determined": determined}
+def _replace_file(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` atomically (written to <path>.tmp, synced, renamed), so a crash or a full
+    disk leaves the old file whole; an OSError becomes one sentence naming the file."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb", buffering=0) as fp:
+            _write_all(fp, data)
+            os.fsync(fp.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _write_error(path, e) from None

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from rattn_eval.errors import ConfigError
-from rattn_eval.results import DEFAULT_THRESHOLD, format_length
+from rattn_eval.aggregate import DEFAULT_THRESHOLD
+from rattn_eval.results import format_length
 
 # The model `rattn-eval run` uses without --model: the shipped RAttention checkpoint (package data,
 # so it runs anywhere without a download; niah_single_1 at 1k: 100 in this project's wording, 42 in
-# RULER's, README.md).
+# RULER's, results/train/README.md).
 # Nothing else names a default model.
 DEFAULT_MODEL = "tiny-rattn"
 DEFAULT_RUNS_DIR = Path("results") / "runs"
@@ -34,6 +35,7 @@ class RunConfig:
     out: run directory (None: results/runs/<name from model, tasks, lengths>).
     prompts: "ruler" (RULER's own text and sampling) or "native" (this project's wording).
     ruler_dir: a RULER checkout to read RULER's text from (default: the installed lm-eval's port).
+    repair: set aside the unreadable lines of the run directory's records and a broken env.json.
     """
 
     tasks: tuple[str, ...]
@@ -52,6 +54,7 @@ class RunConfig:
     device: str | None = None
     dtype: str | None = None
     overwrite: bool = False
+    repair: bool = False
     threshold: float = DEFAULT_THRESHOLD
     prompts: str = "ruler"  # tasks.PROMPTS[0]
     ruler_dir: str | None = None
@@ -84,6 +87,11 @@ def validate(config: RunConfig) -> None:
                         ("--limit", config.limit, 1), ("--window", config.window, 0)):
         if v is not None and v < lo:
             raise ConfigError(f"{name} must be at least {lo}, got {v}")
+    longest = max(config.lengths)
+    if config.window is not None and config.window > longest:
+        # beyond the longest prompt a window changes nothing, and a huge one would only fail mid-run
+        raise ConfigError(f"--window {config.window} is longer than the longest --len ({longest} tokens), where "
+                          f"every local layer already sees the whole prompt; choose a window of at most {longest}")
     from rattn_eval.tasks import MAX_SAMPLES
 
     if config.n > MAX_SAMPLES:

@@ -65,7 +65,7 @@ def load_oracle(config) -> tuple[OracleModel, Any]:
     """`oracle:correct[:TOKENIZER]` / `oracle:wrong[:TOKENIZER]` for the run `config` (a RunConfig)
     -> (model, tokenizer)."""
     from rattn_eval import tasks
-    from rattn_eval.models import load_tokenizer
+    from rattn_eval.tokenizer import load_tokenizer
     from rattn_eval.runner.pipeline import samples_for, use_chat_template
 
     parts = config.model.split(":")

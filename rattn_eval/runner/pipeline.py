@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rattn_eval.errors import BudgetError, ConfigError, DataError
-from rattn_eval.results import check_writable, format_length, sample_record, summarize
+from rattn_eval.aggregate import summarize
+from rattn_eval.results import check_writable, format_length, sample_record
 from rattn_eval.runner.config import RunConfig, default_out_dir, resolved_config, validate
 from rattn_eval.runner.interface import Model, Tokenizer
 from rattn_eval.runner.progress import Progress
@@ -55,7 +56,7 @@ def load_model_for_run(config: RunConfig) -> tuple[Model, Tokenizer]:
 class _Cell:
     task: str
     length: int
-    samples: list[Any]  # this session's samples: the first --limit of the planned ones
+    samples: list[Any]  # this invocation's samples: the first --limit of the planned ones
     prompts: dict[str, list[int]]
     planned: list[Any]  # all n samples: what the summary counts against (a --limit run is unfinished)
 
@@ -95,29 +96,31 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
 
     cells = _build_cells(config, task_names, lengths, tok, model, use_template)
 
-    rundir = distributed.prepare(dist, out, resolved_config(config, task_names, out), overwrite=config.overwrite)
-    if dist.is_main:
-        rundir.write_env({**environment(model, config), **dist.env_info()})
-    done = distributed.load_done(dist, rundir)
-    skip, rank = distributed.shard(dist, [[s for s in c.samples if s.id not in done] for c in cells], done)
-    t_gen = time.perf_counter()
-    _generate_all(cells, skip, rundir, rank, model, tok, config, console=console,
-                  progress=progress and dist.is_main)
-    final = distributed.collect(dist, rundir)
-    distributed.record_timing(dist, rundir, model_load_s=model_load_s, generate_s=time.perf_counter() - t_gen,
-                              samples=len(set(final) - set(done)))
+    rundir = distributed.prepare(dist, out, resolved_config(config, task_names, out), overwrite=config.overwrite,
+                                 repair=config.repair)
+    with rundir:  # the run directory's lock, held until the run ends, failed or not
+        if dist.is_main:
+            rundir.write_env({**environment(model, config), **dist.env_info()})
+        done = distributed.load_done(dist, rundir)
+        skip, rank = distributed.shard(dist, [[s for s in c.samples if s.id not in done] for c in cells], done)
+        t_gen = time.perf_counter()
+        _generate_all(cells, skip, rundir, rank, model, tok, config, console=console,
+                      progress=progress and dist.is_main)
+        final = distributed.collect(dist, rundir)
+        distributed.record_timing(dist, rundir, model_load_s=model_load_s, generate_s=time.perf_counter() - t_gen,
+                                  samples=len(set(final) - set(done)))
 
-    # every record of the n planned samples, so a --limit session neither hides the missing samples nor
-    # drops samples an earlier, longer session already scored
-    planned = [s for c in cells for s in c.planned]
-    records = [final[s.id] for s in planned if s.id in final]
-    summary = summarize(records, tasks=task_names, lengths=lengths,
-                        expected={(c.task, c.length): len(c.planned) for c in cells},
-                        threshold=config.threshold)
-    summary = {"model": config.model, "backend": model.backend,
-               "n": config.n, "seed": config.seed, "window": config.window, **summary}
-    if dist.is_main:
-        rundir.write_summary(summary)
+        # every record of the n planned samples, so a --limit invocation neither hides the missing samples nor
+        # drops samples an earlier, longer invocation already scored
+        planned = [s for c in cells for s in c.planned]
+        records = [final[s.id] for s in planned if s.id in final]
+        summary = summarize(records, tasks=task_names, lengths=lengths,
+                            expected={(c.task, c.length): len(c.planned) for c in cells},
+                            threshold=config.threshold)
+        summary = {"model": config.model, "backend": model.backend,
+                   "n": config.n, "seed": config.seed, "window": config.window, **summary}
+        if dist.is_main:
+            rundir.write_summary(summary)
     dist.close()
     return summary
 
@@ -219,7 +222,10 @@ def environment(model: Any, config: RunConfig) -> dict[str, Any]:
         "versions": versions,
         "device": _device_name(model),
         "backend": model.backend,
+        # layers that ran another backend than `backend` (e.g. softcapped attention on torch), with why
+        "fallbacks": list(getattr(model, "fallbacks", None) or []),
         "model": config.model,
+        "model_revision": getattr(model, "revision", None),  # the hub commit of an ORG/NAME model, else None
         "git_revision": _git_revision(),
         "hostname": platform.node(),
         "start_time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -265,7 +271,7 @@ def write_samples(task: str, tokenizer: str, *, length: int, n: int, seed: int, 
                   ruler_dir: str | None = None) -> Path:
     """`rattn-eval generate`: samples of one task written as JSON Lines by the task suite's writer."""
     from rattn_eval import tasks as task_lib
-    from rattn_eval.models import load_tokenizer
+    from rattn_eval.tokenizer import load_tokenizer
 
     names = task_lib.resolve([task])
     if len(names) != 1 or names[0] != task:

@@ -1,6 +1,6 @@
 """RULER-style tasks at exact token lengths.
 
-    from rattn_eval.models import load_tokenizer
+    from rattn_eval.tokenizer import load_tokenizer
     from rattn_eval import tasks
     tok = load_tokenizer("gpt2")
     samples = tasks.generate("niah_single_2", tok, length=tasks.parse_length("4k"), n=10, seed=0)
@@ -176,7 +176,7 @@ def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_templa
 
     Args:
         name: one of the 13 names in `TASKS`.
-        tokenizer: a `rattn_eval.models.Tokenizer` (or anything with encode/decode; then no disk cache).
+        tokenizer: a `rattn_eval.tokenizer.Tokenizer` (or anything with encode/decode; then no disk cache).
         length: target L in tokens (int or a string like "32k").
         n, seed: number of samples and the seed everything random derives from.
         chat_template: None for a plain prompt, or a jinja chat template wrapping the user turn.

@@ -95,6 +95,7 @@ def assert_same_as(baseline, out: Path) -> list[dict]:
     for k in ("scores", "counts", "length_scores", "avg", "effective_length", "complete"):
         assert summary[k] == baseline.summary[k], k
     assert R.rank_files(out) == []  # folded into records.jsonl
+    assert not (out / R.LOCK_FILE).exists()  # held by rank 0 (the other ranks were not refused), released at the end
     return recs
 
 
@@ -186,3 +187,18 @@ def test_kill_one_process_then_resume_with_two_ranks(baseline, env, tmp_path):
     # each rank took its deal of what was missing, nothing else
     missing = shares(baseline, 2, done=before)
     assert sorted(missing[0] + missing[1]) == sorted({r["id"] for r in recs} - before)
+
+
+def test_a_launch_on_a_directory_in_use_is_refused_on_every_rank(env, tmp_path):
+    """Rank 0 takes the run directory's lock for the launch; when another run holds it, every rank stops
+    with rank 0's one sentence (none waits at a barrier) and nothing in the directory changes."""
+    out = tmp_path / "busy"
+    with R.RunDir.prepare(out, {"model": "debug", "resolved_tasks": list(TASKS), "lengths": list(LENGTHS), "n": N}):
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        proc = torchrun(2, out, env)
+        text = proc.communicate(timeout=150)[0].decode(errors="replace")
+        assert proc.returncode != 0, text[-3000:]
+        errors = [line for line in text.splitlines() if line.startswith("rattn-eval: error:")]
+        assert len(errors) == 2 and all("in use by another run" in e for e in errors), text[-3000:]  # one per rank
+        assert "rattn_eval/" not in text  # no traceback of a rank (torchrun prints its own)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before

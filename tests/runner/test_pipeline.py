@@ -88,10 +88,10 @@ def test_resume_skips_done_and_matches_uninterrupted(tmp_path):
     key = lambda r: (r["id"], r["prediction"], r["score"])  # noqa: E731
     assert sorted(map(key, recs)) == sorted(map(key, records(tmp_path / "full")))
     assert resumed["scores"] == full["scores"] and resumed["avg"] == full["avg"]
-    # another --limit session on the finished directory keeps summarizing all n samples it holds
+    # another --limit invocation on the finished directory keeps summarizing all n samples it holds
     again = run(RunConfig(**cfg, out=str(part), limit=1), progress=False)
     assert again["scores"] == full["scores"] and again["complete"] and again["counts"] == full["counts"]
-    # env.json keeps each session's whole environment (device, versions, ...), not only the newest
+    # env.json keeps each invocation's whole environment (device, versions, ...), not only the newest
     sessions = json.loads((part / "env.json").read_text())["sessions"]
     assert len(sessions) == 3 and all(s["versions"]["torch"] and s["device"] for s in sessions)
     with pytest.raises(ConfigError, match="different config"):

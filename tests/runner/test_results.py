@@ -7,7 +7,8 @@ import pytest
 from rattn_eval import compare as cmp
 from rattn_eval.errors import ConfigError, DataError
 from rattn_eval.report import depth_fraction, heatmap_grid, write_report
-from rattn_eval.results import RunDir, aggregate_lengths, format_length, load_records, summarize
+from rattn_eval.aggregate import aggregate_lengths, summarize
+from rattn_eval.results import RunDir, format_length, load_records
 
 
 def rec(task, length, index, score, depth=None, prediction="x", sha=None, seed=0):
@@ -21,11 +22,15 @@ def rec(task, length, index, score, depth=None, prediction="x", sha=None, seed=0
 def make_run(path, *, model, tasks, lengths, records, n=2, seed=0, window=None):
     config = {"model": model, "resolved_tasks": tasks, "tasks": tasks, "lengths": lengths, "n": n, "seed": seed,
               "window": window, "limit": None, "backend": "torch"}
-    rd = RunDir.prepare(path, config)
-    with rd.append() as w:
+    with RunDir.prepare(path, config) as rd, rd.append() as w:
         for r in records:
             w.write(r)
     return path
+
+
+def prepare(path, config, **kw):
+    """RunDir.prepare, releasing the directory's lock at once (as a finished run does)."""
+    RunDir.prepare(path, config, **kw).close()
 
 
 def test_format_length():
@@ -83,12 +88,12 @@ def test_torn_last_line_is_dropped_and_repaired(tmp_path):
 
 def test_rundir_refuses_other_config(tmp_path):
     base = {"model": "debug", "resolved_tasks": ["a"], "lengths": [1], "n": 2, "seed": 0, "limit": None}
-    RunDir.prepare(tmp_path / "r", base)
-    RunDir.prepare(tmp_path / "r", {**base, "limit": 1, "batch_size": 3})  # resume-neutral keys
-    RunDir.prepare(tmp_path / "r", {**base, "resolved_tasks": ["a"]})
+    prepare(tmp_path / "r", base)
+    prepare(tmp_path / "r", {**base, "limit": 1, "batch_size": 3})  # resume-neutral keys
+    prepare(tmp_path / "r", {**base, "resolved_tasks": ["a"]})
     two = {**base, "resolved_tasks": ["a", "b"]}
-    RunDir.prepare(tmp_path / "r2", two)
-    RunDir.prepare(tmp_path / "r2", {**two, "resolved_tasks": ["b", "a"]})  # the same task set in another order
+    prepare(tmp_path / "r2", two)
+    prepare(tmp_path / "r2", {**two, "resolved_tasks": ["b", "a"]})  # the same task set in another order
     with pytest.raises(ConfigError, match="resolved_tasks"):
         RunDir.prepare(tmp_path / "r2", {**two, "resolved_tasks": ["a"]})
     with pytest.raises(ConfigError, match=r"different config \(seed: 0 there vs 1 now\).*--overwrite"):
@@ -107,7 +112,7 @@ def test_run_from_another_task_generator_does_not_resume(tmp_path):
 
     cfg = resolved_config(RunConfig(tasks=("vt",), lengths=(1024,), model="debug"), ["vt"], Path(tmp_path / "r"))
     assert cfg["generator_version"] == GENERATOR_VERSION
-    RunDir.prepare(tmp_path / "r", {**cfg, "generator_version": GENERATOR_VERSION - 1})
+    prepare(tmp_path / "r", {**cfg, "generator_version": GENERATOR_VERSION - 1})
     with pytest.raises(ConfigError, match=rf"generator_version: {GENERATOR_VERSION - 1} there vs {GENERATOR_VERSION} now"):
         RunDir.prepare(tmp_path / "r", cfg)
 

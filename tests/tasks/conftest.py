@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from rattn_eval.models import load_tokenizer
+from rattn_eval.tokenizer import load_tokenizer
 from rattn_eval.tokenizer import smollm2_tokenizer_dir
 
 

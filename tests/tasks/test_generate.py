@@ -137,7 +137,7 @@ def test_same_seed_identical_other_seed_differs(tokenizers, name):
 
 
 def test_identical_in_fresh_process(tokenizers, tmp_path):
-    code = ("import json; from rattn_eval import tasks; from rattn_eval.models import load_tokenizer; "
+    code = ("import json; from rattn_eval import tasks; from rattn_eval.tokenizer import load_tokenizer; "
             "print(json.dumps([s.to_dict() for t in ('niah_multikey_3', 'cwe') for s in tasks.generate(t, "
             "load_tokenizer('gpt2'), length=2048, n=2, seed=5)]))")
     env = {"RATTN_EVAL_CACHE": "off", "PYTHONHASHSEED": "123", "PATH": ""}
@@ -170,7 +170,7 @@ def test_answer_position_points_at_needle(tokenizers):
     prefix's tokens used to land one token late: " One" holds the space before the needle)."""
     from pathlib import Path
 
-    from rattn_eval.models import load_tokenizer
+    from rattn_eval.tokenizer import load_tokenizer
 
     tiny = load_tokenizer(Path(tasks.__file__).parents[1] / "checkpoints" / "tiny-rattn")
     for name, tok in [*tokenizers.items(), ("tiny-rattn", tiny)]:
@@ -210,7 +210,7 @@ def test_vt_chains_in_order_in_example_and_question(tokenizers):
 
 
 def test_vt_several_chains_interleave_in_order():
-    from rattn_eval.models import load_tokenizer
+    from rattn_eval.tokenizer import load_tokenizer
     from rattn_eval.tasks import variable_tracking as vt
 
     cfg = vt.VTConfig(num_chains=3)
