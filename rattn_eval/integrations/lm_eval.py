@@ -21,9 +21,14 @@ and written into the results' `config` by `get_model_info`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 import lm_eval.models  # noqa: F401  (lm-eval's own models first; see the module docstring)
 import torch
@@ -34,7 +39,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
-from rattn_eval.errors import BudgetError, ConfigError
+from rattn_eval.errors import BudgetError, ConfigError, NumericsError, did_you_mean
 from rattn_eval.tokenizer import ChatTemplateRefused, render_chat
 
 log = logging.getLogger(__name__)
@@ -156,6 +161,7 @@ class RattnLM(TemplateLM):
         """Merged into lm-eval's results["config"] after the run."""
         return {
             "rattn_pretrained": self.pretrained,
+            "rattn_revision": getattr(self.model, "revision", None),  # the hub commit of an ORG/NAME model
             "rattn_backend": self.model_backend,
             "rattn_max_length": self._max_length,
             "rattn_truncation": self.truncation,
@@ -212,15 +218,15 @@ class RattnLM(TemplateLM):
         unique = sorted(rows.values(), key=lambda members: -len(inputs[members[0]]))
 
         results: list[tuple[float, bool] | None] = [None] * len(requests)
-        pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="rattn loglikelihood")
-        for start in range(0, len(unique), self._batch_size):
-            batch = unique[start:start + self._batch_size]
-            logits = self._forward([inputs[members[0]] for members in batch])  # (B, T, V)
-            for row, members in enumerate(batch):
-                for i in members:
-                    results[i] = self._score(logits[row], len(inputs[i]), requests[i])
-                pbar.update(len(members))
-        pbar.close()
+        # closed (ending its line) before an error propagates, so the error prints on a line of its own
+        with tqdm(total=len(requests), disable=disable_tqdm, desc="rattn loglikelihood") as pbar:
+            for start in range(0, len(unique), self._batch_size):
+                batch = unique[start:start + self._batch_size]
+                logits = self._forward([inputs[members[0]] for members in batch])  # (B, T, V)
+                for row, members in enumerate(batch):
+                    for i in members:
+                        results[i] = self._score(logits[row], len(inputs[i]), requests[i])
+                    pbar.update(len(members))
         return results
 
     def _score(self, logits: torch.Tensor, n_in: int, request) -> tuple[float, bool]:
@@ -229,7 +235,11 @@ class RattnLM(TemplateLM):
         if not continuation:  # the empty string has probability 1
             return 0.0, True
         n_cont = len(continuation)
-        logprobs = F.log_softmax(logits[n_in - n_cont:n_in].float(), dim=-1)  # (n_cont, V)
+        scored = logits[n_in - n_cont:n_in]  # (n_cont, V)
+        if not bool(torch.isfinite(scored).all()):
+            raise NumericsError(f"{self.pretrained!r} produced NaN or inf logits on a loglikelihood request; "
+                                "try dtype=float32 or a smaller input.")
+        logprobs = F.log_softmax(scored.float(), dim=-1)  # (n_cont, V)
         target = torch.tensor(continuation, dtype=torch.long, device=logprobs.device)
         answer = (float(logprobs.gather(1, target[:, None]).sum()), bool((logprobs.argmax(dim=-1) == target).all()))
         if key is not None:  # rolling windows have no key; their total is cached per document
@@ -292,19 +302,18 @@ class RattnLM(TemplateLM):
             plans.append((indices, prompts, until, max_gen))
 
         out: list[str | None] = [None] * len(requests)
-        pbar = tqdm(total=len(requests), disable=disable_tqdm, desc="rattn generate_until")
-        for indices, prompts, until, max_gen in plans:
-            order = sorted(indices, key=lambda i: -len(prompts[i]))
-            for start in range(0, len(order), self._batch_size):
-                batch = order[start:start + self._batch_size]
-                new_tokens = self.model.generate([prompts[i] for i in batch], max_new_tokens=max_gen,
-                                                 stop=until, tokenizer=self.tokenizer)
-                for i, tokens in zip(batch, new_tokens):
-                    text = postprocess_generated_text(self.tokenizer.decode(tokens), until, None)
-                    out[i] = text
-                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                pbar.update(len(batch))
-        pbar.close()
+        with tqdm(total=len(requests), disable=disable_tqdm, desc="rattn generate_until") as pbar:
+            for indices, prompts, until, max_gen in plans:
+                order = sorted(indices, key=lambda i: -len(prompts[i]))
+                for start in range(0, len(order), self._batch_size):
+                    batch = order[start:start + self._batch_size]
+                    new_tokens = self.model.generate([prompts[i] for i in batch], max_new_tokens=max_gen,
+                                                     stop=until, tokenizer=self.tokenizer)
+                    for i, tokens in zip(batch, new_tokens):
+                        text = postprocess_generated_text(self.tokenizer.decode(tokens), until, None)
+                        out[i] = text
+                        self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                    pbar.update(len(batch))
         return out
 
     # ---- helpers --------------------------------------------------------------------------------
@@ -330,6 +339,9 @@ def cli_main(argv: list[str]) -> int:
     Runs lm-eval's own command line as `lm-eval run --model rattn --model_args '{"pretrained": CKPT}'`
     followed by every other argument unchanged (e.g. `--tasks`, `--limit`, `--include_path`, and more
     `--model_args k=v`, which lm-eval merges in). Returns the exit status.
+
+    Raises ConfigError for bad options (checked before the model loads) and when lm-eval could not save
+    the results; errors of the model itself (NumericsError, BudgetError) come through as raised.
     """
     rest, path = [], None
     args = iter(argv)
@@ -342,7 +354,9 @@ def cli_main(argv: list[str]) -> int:
             raise ConfigError("the model is always 'rattn' here; give the checkpoint with --model-path.")
         else:
             rest.append(arg)
-    from lm_eval.__main__ import cli_evaluate
+    from lm_eval._cli import HarnessCLI
+    from lm_eval.loggers.evaluation_tracker import eval_logger as tracker_log
+    from lm_eval.utils import setup_logging
 
     if "-h" in rest or "--help" in rest:
         print("usage: rattn-eval lm-eval --model-path CKPT [options of `lm-eval run`, below; the model is 'rattn']\n")
@@ -356,13 +370,103 @@ def cli_main(argv: list[str]) -> int:
     if not any(a == "--device" or a.startswith("--device=") for a in rest):
         # lm-eval's own default is cuda:0 even on a machine without CUDA; ours is CUDA when present.
         sys.argv += ["--device", "cuda" if torch.cuda.is_available() else "cpu"]
-    try:
-        cli_evaluate()
-    except SystemExit as stop:  # argparse errors and --help end this way
+    save_failures = _SaveFailures()
+    tracker_log.addHandler(save_failures)
+    try:  # what lm-eval's cli_evaluate does, with our checks between parsing and running
+        setup_logging()
+        parser = HarnessCLI()
+        options = _parse_args(parser)
+        _check_run_args(options)
+        try:
+            parser.execute(options)
+        except ValueError:  # lm-eval's answer to an unknown task name, among others
+            unknown = _unknown_task_error(options)
+            if unknown:
+                raise unknown from None
+            raise
+    except SystemExit as stop:  # --help ends this way
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
         sys.argv = saved
+        tracker_log.removeHandler(save_failures)
+    if save_failures.failure:
+        raise ConfigError(f"lm-eval {save_failures.failure} to --output_path {options.output_path!r} "
+                          f"({save_failures.reason}).")
     return 0
+
+
+def _parse_args(parser):
+    """lm-eval's parse of sys.argv, with an argparse error as a ConfigError instead of usage + message."""
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return parser.parse_args()
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            raise
+        message = stderr.getvalue().strip().splitlines()[-1].split("error: ", 1)[-1]
+        raise ConfigError(f"{message}.") from None
+
+
+def _check_run_args(args) -> None:
+    """Refuse, before the model loads, options that lm-eval fails on with a traceback, late, or not at all."""
+    if not args.tasks and not args.config:
+        raise ConfigError("pass --tasks, e.g. --tasks arc_easy (`lm-eval ls tasks` lists them).")
+    limit = args.limit
+    if limit is not None and not (0 < limit < 1 or (limit >= 1 and limit.is_integer())):
+        raise ConfigError(f"--limit must be a positive number of documents or a fraction in (0, 1], not {limit:g}.")
+    if args.include_path and not os.path.isdir(args.include_path):
+        raise ConfigError(f"--include_path {args.include_path!r} is not a directory of task YAML files.")
+    if args.output_path:
+        _check_writable(args.output_path)
+
+
+def _check_writable(output_path: str) -> None:
+    """lm-eval writes into OUTPUT_PATH/ (beside it for a .json path) after the run, and only logs a failure."""
+    folder = Path(output_path).absolute()
+    if folder.suffix == ".json":
+        folder = folder.parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    why = f"cannot save results under --output_path {output_path!r}:"
+    if not existing.is_dir():
+        raise ConfigError(f"{why} {existing} is a file, not a directory.")
+    try:
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as err:
+        raise ConfigError(f"{why} {existing} is not writable ({err.strerror}).") from None
+
+
+def _unknown_task_error(args) -> ConfigError | None:
+    """The error for the first --tasks name lm-eval does not know (it raises a bare ValueError), or None."""
+    from lm_eval.tasks import TaskManager
+
+    names = [t for task in args.tasks or [] for t in task.split(",")
+             if t and not t.endswith(".yaml") and not os.path.isdir(t)]
+    if not names:
+        return None
+    manager = TaskManager(include_path=args.include_path)  # seconds: it indexes every built-in task
+    for name in names:
+        if not manager.match_tasks([name]):
+            return ConfigError(f"unknown lm-eval task {name!r} (`lm-eval ls tasks` lists them)."
+                               f"{did_you_mean(name, manager.all_tasks)}")
+    return None
+
+
+class _SaveFailures(logging.Handler):
+    """Remembers the failure lm-eval's EvaluationTracker logs when it cannot save results (a warning, then
+    the exception), which it does instead of raising."""
+
+    def __init__(self):
+        super().__init__()
+        self.failure: str | None = None
+        self.reason: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Could not save"):
+            self.failure = self.failure or message[0].lower() + message[1:]
+        elif self.failure and self.reason is None:
+            self.reason = message
 
 
 def _positive_int(value, name: str) -> int:

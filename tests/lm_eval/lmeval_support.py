@@ -69,17 +69,16 @@ def export_hf_dir(name_or_path: str, root: Path) -> Path:
 def smollm2_hf_dir_from_transformers() -> Path:
     """SmolLM2-135M-Instruct as transformers itself dequantizes the packaged GGUF, saved in HF format
     (float32 safetensors + tokenizer): independent of our importer. Built once (about a minute), cached."""
-    from rattn_eval.tokenizer import SMOLLM2_GGUF, SMOLLM2_PACKAGE, cache_root, smollm2_tokenizer_dir
+    from rattn_eval.models.registry import entry
+    from rattn_eval.tokenizer import cache_root, smollm2_tokenizer_dir
 
     target = cache_root() / "test-artifacts" / "smollm2-135m-hf"
     if (target / "model.safetensors").is_file():
         return target
-    import importlib.util
-
     from transformers import AutoModelForCausalLM
 
-    pkg = Path(importlib.util.find_spec(SMOLLM2_PACKAGE).submodule_search_locations[0])
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    gguf = entry("smollm2-135m").source.gguf_path("smollm2-135m")
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained; copy its plain weights into a fresh model of its class.
     config = gguf_model.config.to_dict()
     config.pop("quantization_config", None)

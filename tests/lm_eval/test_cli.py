@@ -3,12 +3,13 @@ on the built-in random `debug` model (byte tokenizer, fast)."""
 
 import glob
 import json
+import os
 
 import pytest
 from lm_eval.api.instance import Instance
 
 from lmeval_support import MC_TASK, TASKS_DIR
-from rattn_eval.errors import BudgetError, ConfigError
+from rattn_eval.errors import BudgetError, ConfigError, NumericsError
 from rattn_eval.integrations.lm_eval import RattnLM, cli_main
 from rattn_eval.tokenizer import render_chat
 
@@ -166,3 +167,94 @@ def test_requests_with_the_same_input_share_one_row(debug_lm, monkeypatch):
     monkeypatch.setattr(debug_lm, "_forward", lambda seqs: rows.extend(seqs) or forward(seqs))
     assert debug_lm.loglikelihood(requests, disable_tqdm=True) == alone
     assert len(rows) == 1 and len({a[0] for a in alone}) == 3
+
+
+# ---- `rattn-eval lm-eval` refuses bad runs with one line and exit code 2 -------------------------
+
+def lm_eval_cli(*args, model_path="debug", include_path=TASKS_DIR):
+    """`rattn-eval lm-eval --model-path MODEL_PATH --include_path INCLUDE_PATH ... args`, in-process."""
+    from click.testing import CliRunner
+
+    from rattn_eval.cli import cli
+
+    return CliRunner().invoke(cli, ["lm-eval", "--model-path", str(model_path), "--include_path", str(include_path),
+                                    "--model_args", "backend=torch", "max_length=256", "--device", "cpu", *args])
+
+
+def assert_one_line_error(result, *needles, only_line=True):
+    """Exit code 2, no traceback, and the error is one line (the only line of stderr unless the run had started)."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("rattn-eval: error: ")]
+    assert errors == [lines[-1]], result.stderr
+    assert all(n in lines[-1] for n in needles), lines[-1]
+    if only_line:
+        assert len(lines) == 1, result.stderr
+
+
+@pytest.fixture(scope="module")
+def nan_checkpoint(tmp_path_factory):
+    """The debug model with every weight NaN, saved as a checkpoint."""
+    import torch
+
+    from rattn_eval.models import load_model
+
+    model, _ = load_model("debug", backend="torch", device="cpu", dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    return model.save(tmp_path_factory.mktemp("nan_model") / "ckpt")
+
+
+def test_nan_logits_stop_the_run(nan_checkpoint):
+    result = lm_eval_cli("--tasks", MC_TASK, "--limit", "2", model_path=nan_checkpoint)
+    assert_one_line_error(result, "NaN or inf", only_line=False)
+
+
+def test_nan_logits_raise_for_every_request_type(nan_checkpoint):
+    lm = RattnLM(str(nan_checkpoint), backend="torch", device="cpu")
+    until = {"until": ["\n"], "max_gen_toks": 2}
+    calls = [(lm.loglikelihood, Instance("loglikelihood", {}, ("Question:", " yes"), 0)),
+             (lm.loglikelihood_rolling, Instance("loglikelihood_rolling", {}, ("some text",), 0)),
+             (lm.generate_until, Instance("generate_until", {}, ("Question:", until), 0))]
+    for method, request in calls:
+        with pytest.raises(NumericsError, match="NaN or inf"):
+            method([request], disable_tqdm=True)
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "2.5", "nan", "abc"])
+def test_bad_limit(limit):
+    assert_one_line_error(lm_eval_cli("--tasks", MC_TASK, "--limit", limit), "--limit")
+
+
+def test_missing_include_path(tmp_path):
+    assert_one_line_error(lm_eval_cli("--tasks", MC_TASK, include_path=tmp_path / "no_such_dir"), "--include_path")
+
+
+def test_missing_tasks():
+    assert_one_line_error(lm_eval_cli(), "--tasks")
+
+
+def test_unknown_task_suggests_the_closest():
+    assert_one_line_error(lm_eval_cli("--tasks", MC_TASK + "x"), repr(MC_TASK + "x"), f"Did you mean {MC_TASK!r}?",
+                          only_line=False)
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "unwritable"])
+def test_unwritable_output_path_is_refused_before_the_run(tmp_path, where):
+    if where == "under_a_file":
+        (tmp_path / "file").write_text("")
+        output_path = tmp_path / "file" / "out"
+    else:  # root may write anywhere a chmod forbids, but nobody may create files in /proc
+        if not os.path.isdir("/proc"):
+            pytest.skip("needs /proc")
+        output_path = "/proc/rattn_eval_out"
+    assert_one_line_error(lm_eval_cli("--tasks", MC_TASK, "--limit", "2", "--output_path", str(output_path)),
+                          "--output_path")
+
+
+def test_results_that_cannot_be_saved_fail_the_run(tmp_path):
+    (tmp_path / "debug").write_text("")  # lm-eval saves into OUTPUT_PATH/<model name>/, here a file
+    result = lm_eval_cli("--tasks", MC_TASK, "--limit", "2", "--output_path", str(tmp_path))
+    assert_one_line_error(result, "could not save", only_line=False)
