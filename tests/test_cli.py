@@ -48,12 +48,13 @@ def test_ls_lists_tasks_groups_models_backends():
     assert "backends" not in invoke(["ls", "tasks"]).output
 
 
-def test_ls_models_matches_the_model_loader():
-    from rattn_eval.models import loading
+def test_ls_models_matches_the_model_registry():
+    from rattn_eval.models.registry import MODELS
     from rattn_eval.runner import builtin_models
 
-    expected = [n for k in dir(loading) if k.endswith("_NAMES") for n in getattr(loading, k)]
-    assert sorted(builtin_models()) == sorted(set(expected)) and "debug" in expected
+    assert builtin_models() == [n for n, e in MODELS.items() if e.loadable] and "debug" in builtin_models()
+    out = invoke(["ls", "models"]).output
+    assert all(name in out for name in MODELS)
 
 
 def test_length_parsing_and_groups():
@@ -155,3 +156,85 @@ def test_missing_bench_module_says_so(monkeypatch):
     monkeypatch.setattr(importlib, "import_module", fake)
     r = CliRunner().invoke(cli, ["bench", "e2e"])
     assert r.exit_code == 2 and "not available" in r.output
+
+
+def _one_line_error(r, *words):
+    """The CLI's answer to bad input: exit 2 and one `rattn-eval: error:` line holding `words`, no traceback."""
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("rattn-eval: error:"), r.output
+    assert all(w in lines[0] for w in words), r.output
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"n_kv_heads": 0}, "n_kv_heads"), ({"max_context": "32k"}, "max_context"), ({"window": 64.5}, "window"),
+    ({"width": [64]}, "width"), ({"colour": 1}, "colour"), ({"width": ...}, "width"),
+], ids=["zero", "string", "fraction", "list", "unknown", "missing"])
+def test_run_on_a_checkpoint_with_a_bad_config(tmp_path, change, key):
+    from rattn_eval.models import preset
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    cfg = {"format_version": 1, **preset("debug").to_dict(), **change}
+    cfg = {k: v for k, v in cfg.items() if v is not ...}
+    (ck / "config.json").write_text(json.dumps(cfg))
+    r = CliRunner().invoke(cli, ["run", "-q", "-t", "vt", "-l", "1k", "-m", str(ck), "--out", str(tmp_path / "o")])
+    _one_line_error(r, str(ck / "config.json"), key)
+
+
+def test_run_with_a_chat_template_that_is_not_jinja(tmp_path):
+    import shutil
+
+    from rattn_eval.checkpoints import checkpoint_dir
+
+    ck = tmp_path / "ck"
+    shutil.copytree(checkpoint_dir("tiny-full"), ck)
+    cfg = json.loads((ck / "tokenizer_config.json").read_text())
+    (ck / "tokenizer_config.json").write_text(json.dumps({**cfg, "chat_template": "{% if messages %}{{ x }"}))
+    r = CliRunner().invoke(cli, ["run", "-q", "-t", "vt", "-l", "1k", "-n", "1", "-m", str(ck),
+                                 "--out", str(tmp_path / "o")])
+    _one_line_error(r, "chat template", "jinja")
+
+
+def _tiny_hf_folder(path):
+    """A 1-layer random Llama saved by transformers: the smallest valid `convert` source."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=16, max_position_embeddings=256)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def test_convert_refuses_to_overwrite_and_force_replaces_only_checkpoints(tmp_path):
+    hf = _tiny_hf_folder(tmp_path / "hf")
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in hf.iterdir())
+    conv = ["convert", "--tokenizer", "bytes", str(hf)]
+    _one_line_error(CliRunner().invoke(cli, [*conv, str(hf)]), "source")
+    _one_line_error(CliRunner().invoke(cli, [*conv, str(hf / "sub"), "--force"]), "source")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in hf.iterdir()) == before
+    assert invoke([*conv, str(tmp_path / "ck")]).exit_code == 0
+    _one_line_error(CliRunner().invoke(cli, [*conv, str(tmp_path / "ck")]), "--force")
+    assert invoke([*conv, str(tmp_path / "ck"), "--force"]).exit_code == 0
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "records.jsonl").write_text("{}\n")
+    _one_line_error(CliRunner().invoke(cli, [*conv, str(run), "--force"]), "not a checkpoint")
+    assert (run / "records.jsonl").read_text() == "{}\n"
+
+
+def test_convert_onto_a_file_or_into_an_unwritable_folder(tmp_path):
+    hf = _tiny_hf_folder(tmp_path / "hf")
+    (tmp_path / "file").write_text("keep")
+    conv = ["convert", "--tokenizer", "bytes", str(hf)]
+    _one_line_error(CliRunner().invoke(cli, [*conv, str(tmp_path / "file")]), "is a file")
+    _one_line_error(CliRunner().invoke(cli, [*conv, str(tmp_path / "file" / "ck")]), "cannot write")
+    assert (tmp_path / "file").read_text() == "keep"
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file permissions")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        _one_line_error(CliRunner().invoke(cli, [*conv, str(ro / "ck")]), "cannot write")
+    finally:
+        ro.chmod(0o755)

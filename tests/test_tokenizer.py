@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from rattn_eval.errors import ConfigError
-from rattn_eval.models import load_tokenizer
+from rattn_eval.tokenizer import load_tokenizer
 from rattn_eval.tokenizer import smollm2_tokenizer_dir
 
 TEXT = "Hello, world! Ünïcödé ✓ — 1234567 numbers\n\ttabs"
@@ -101,3 +101,51 @@ def test_unknown_name_suggests():
         load_tokenizer("gtp2")
     with pytest.raises(ConfigError, match="unknown tokenizer"):
         load_tokenizer("zzzzzz")
+
+
+def _tiny_tokenizer_dir(tmp_path):
+    """A copy of a shipped checkpoint's tokenizer files (small; no conversion needed)."""
+    from rattn_eval.checkpoints import checkpoint_dir
+
+    d = tmp_path / "tok"
+    d.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copyfile(checkpoint_dir("tiny-full") / name, d / name)
+    return d
+
+
+BAD_TOKENIZER_FILES = {  # id: (file, content)
+    "tokenizer-truncated": ("tokenizer.json", "half"),
+    "tokenizer-not-json": ("tokenizer.json", "{ not json"),
+    "tokenizer-list": ("tokenizer.json", "[1, 2, 3]"),
+    "tokenizer-refused": ("tokenizer.json", '{"model": {"type": "NoSuchModel"}}'),
+    "tokenizer-not-utf8": ("tokenizer.json", b"\xff\xfe{}"),
+    "config-not-json": ("tokenizer_config.json", '{"bos_token": '),
+    "config-list": ("tokenizer_config.json", "[]"),
+    "template-number": ("tokenizer_config.json", '{"chat_template": 5}'),
+    "template-list-of-numbers": ("tokenizer_config.json", '{"chat_template": [1, 2]}'),
+    "bos-number": ("tokenizer_config.json", '{"bos_token": 5}'),
+    "generation-not-json": ("generation_config.json", "{"),
+    "generation-eos-string": ("generation_config.json", '{"eos_token_id": "</s>"}'),
+    "template-file-not-utf8": ("chat_template.jinja", b"\xff\xfe"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_TOKENIZER_FILES)
+def test_garbled_tokenizer_files_are_one_sentence_naming_the_file(tmp_path, case):
+    d = _tiny_tokenizer_dir(tmp_path)
+    assert load_tokenizer(d).vocab_size == 4096
+    name, content = BAD_TOKENIZER_FILES[case]
+    if content == "half":
+        data = (d / name).read_bytes()
+        content = data[: len(data) // 2]
+    (d / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ConfigError) as err:
+        load_tokenizer(d)
+    assert str(d / name) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_checkpoint_config_json_that_is_not_an_object(tmp_path):
+    (tmp_path / "config.json").write_text("[1]")
+    with pytest.raises(ConfigError, match="config.json"):
+        load_tokenizer(tmp_path)

@@ -1,12 +1,11 @@
 """Per-batch times of rattn-eval runs, from their records.jsonl (`timings` of each record's batch).
 
-The runs in h200_e2e/ (RULER throughput) and h200x2_scaling/ (1 vs 2 GPUs) were warmed up with a
-single sample, so kernel compilation and graph capture for the timed batch shape fell inside each
-run's first batch. This prints every batch and the throughput with the first batch of each run (each
-rank) left out, beside the whole-run figure.
+A run's first batch can include kernel compilation and CUDA-graph capture for its batch shape (when
+its warm-up used a smaller batch). This prints every batch and the throughput with the first batch of
+each run (each rank) left out, and from the median batch, beside the whole-run figure.
 
-    python -m rattn_eval.bench.batch_times results/bench/h200_e2e/ruler_triton results/bench/h200_e2e/ruler_hf
-    python -m rattn_eval.bench.batch_times results/bench/h200x2_scaling/single results/bench/h200x2_scaling/two
+    python -m rattn_eval.bench.batch_times results/bench/h200_ruler/ruler_triton results/bench/h200_ruler/ruler_hf
+    python -m rattn_eval.bench.batch_times results/bench/h200x2_scaling/two results/bench/h200x2_scaling/single
 """
 
 import json

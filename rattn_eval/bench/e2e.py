@@ -26,9 +26,25 @@ from ..models.config import ModelConfig, preset
 from ..models.loading import build_model, load_model, resolve_device, resolve_dtype, resolve_model_backend
 
 
-def _native_weights(config: ModelConfig) -> dict[str, torch.Tensor]:
-    """Deterministic random weights of `config` (fp32, CPU), shared by every backend of the run."""
-    return build_model(config, device="cpu", dtype=torch.float32).state_dict()
+def _native_weights(config: ModelConfig, device, dtype) -> dict[str, torch.Tensor]:
+    """Deterministic random weights of `config`, drawn on `device` in `dtype` (an 8B model's fp32 copy on
+    the host would take 32 GB and a minute), with the scales of Model.init_weights; shared by every
+    backend of the run."""
+    from ..models.model import Model
+
+    with torch.device("meta"):
+        shapes = Model(config).state_dict()
+    gen = torch.Generator(device).manual_seed(config.init_seed)
+    out = {}
+    for name, t in shapes.items():
+        if "norm" in name:
+            out[name] = torch.ones(t.shape, device=device, dtype=dtype)
+        elif name.endswith(".bias"):
+            out[name] = torch.zeros(t.shape, device=device, dtype=dtype)
+        else:
+            scale = 1.0 if name == "embed.weight" else t.shape[1] ** -0.5
+            out[name] = (torch.randn(t.shape, device=device, generator=gen) * scale).to(dtype)
+    return out
 
 
 def _build(config: ModelConfig, weights, backend: str, device, dtype):
@@ -87,7 +103,7 @@ def bench_e2e(model_name_or_config: str | ModelConfig, contexts: list[int], batc
     rows = []
     for window in windows or [None]:
         config = base if base is None or window is None else base.replace(window=window)
-        weights = _native_weights(config) if base is not None else None
+        weights = _native_weights(config, device, dtype) if base is not None else None
         for backend in backends:
             run_backend = resolve_model_backend(backend, device)
             if base is not None:

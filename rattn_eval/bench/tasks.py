@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
-    from rattn_eval.models import load_tokenizer
+    from rattn_eval.tokenizer import load_tokenizer
     from rattn_eval.tokenizer import smollm2_tokenizer_dir
     from rattn_eval.tasks import parse_length
 

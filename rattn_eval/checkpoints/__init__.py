@@ -14,7 +14,9 @@ from __future__ import annotations
 from importlib.resources import files
 from pathlib import Path
 
-SHIPPED = ("tiny-rattn", "tiny-swa", "tiny-full")
+from ..models.registry import ShippedCheckpoint, names
+
+SHIPPED = names(ShippedCheckpoint)
 
 
 def checkpoint_dir(name: str) -> Path:

@@ -16,7 +16,7 @@ import torch
 
 from .common import (Rope, apply_feature_map, apply_rope, check_eps, check_feature_map, check_input_dtype,
                      check_norm_weights, check_qkv, check_rope_tables, check_varlen, check_window, default_scale,
-                     drop_padding, feature_dim, rms_norm)
+                     drop_padding, feature_dim, rms_norm, softcap_scores)
 from .decode.naive import (LocalCache, build_local_cache, check_kv_decode_args, check_positions, empty_local_cache,
                            local_decode_step_naive)
 from .rattention.naive import rattention_chunked, rattention_naive
@@ -71,10 +71,16 @@ def triton_head_dim_ok(D: int, *, rla: bool) -> bool:
     return 16 <= D <= (128 if rla else 256) and D & (D - 1) == 0
 
 
-def _pick(backend: str, q: torch.Tensor, *, rla: bool) -> str:
-    """Resolve the backend; "auto" takes the PyTorch path for head dims the Triton kernels lack
-    (an explicit backend="triton" raises instead). `launches` records which one ran."""
+def _pick(backend: str, q: torch.Tensor, *, rla: bool, softcap=None) -> str:
+    """Resolve the backend; "auto" takes the PyTorch path for head dims the Triton kernels lack and for
+    softcapped scores, which they do not implement (an explicit backend="triton" raises instead).
+    `launches` records which one ran."""
     be = resolve_backend(backend, q.device)
+    if be == "triton" and softcap is not None:
+        if backend == "triton":
+            raise BackendUnavailable("the Triton attention kernels have no attention-logit softcapping; "
+                                     "use backend='torch' (or 'auto', which takes it)")
+        return "torch"
     if be == "triton" and backend == "auto" and not triton_head_dim_ok(q.shape[-1], rla=rla):
         return "torch"
     return be
@@ -99,23 +105,25 @@ def _triton(op: str):
     return getattr(importlib.import_module(module), name)
 
 
-def swa_attention(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None, backend="auto"):
+def swa_attention(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None, softcap=None, backend="auto"):
     """Sliding-window softmax attention: query t sees keys t-window..t (window=None: full causal).
 
     Args:
         q: (B, T, H, D), already rotated; k, v: (B, T, Hkv, D).
         window: previous tokens visible besides the token itself, or None.
         scale: softmax scale, default D ** -0.5.
+        softcap: scaled scores -> c * tanh(s / c) before the softmax (Gemma-2); PyTorch path only.
         lengths: (B,) valid tokens per row of a right-padded batch; cu_seqlens: (N+1,) packed offsets, B == 1.
     Returns:
         (B, T, H, D) in q.dtype; zero at padded positions.
     """
     _check_prefill(q, k, v, window, lengths, cu_seqlens, rla=False)
-    be = _pick(backend, q, rla=False)
+    be = _pick(backend, q, rla=False, softcap=softcap)
     launches[f"{be}.swa"] += 1
     if be == "triton":
         return _triton("swa")(q, k, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens)
-    return swa_attention_chunked(q, k, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens)
+    return swa_attention_chunked(q, k, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens,
+                                 softcap=softcap)
 
 
 def residual_linear_attention(q, k, v, *, window, feature_map="softmax", lengths=None, cu_seqlens=None, backend="auto"):
@@ -158,18 +166,20 @@ def rattention(q, k, v, *, window, rope=None, scale=None, feature_map="softmax",
 
 
 def local_prefill(q, k, v, *, window, kind="rattn", rope: Rope | None = None, scale=None, feature_map="softmax",
-                  swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, lengths=None, backend="auto"):
+                  swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, lengths=None, softcap=None, backend="auto"):
     """Prefill a local layer and return (output, filled LocalCache).
 
     Args: q (B, T, H, D), k, v (B, T, Hkv, D), all raw (un-rotated); kind "swa" | "rattn";
-    rope: a Rope (positions 0..T-1) or None; lengths (B,) for right-padded prompts.
+    rope: a Rope (positions 0..T-1) or None; lengths (B,) for right-padded prompts; softcap (swa only).
     Returns: o (B, T, H, D), cache whose size depends on window and shape only.
     """
     tables = None if rope is None else rope.tables(q.shape[1], q.device)
     if kind == "swa":
         qr, kr = (q, k) if tables is None else (apply_rope(q, *tables), apply_rope(k, *tables))
-        o = swa_attention(qr, kr, v, window=window, scale=scale, lengths=lengths, backend=backend)
+        o = swa_attention(qr, kr, v, window=window, scale=scale, lengths=lengths, softcap=softcap, backend=backend)
     elif kind == "rattn":
+        if softcap is not None:
+            raise ValueError("softcap applies to softmax attention (kind 'swa'), not to rattn layers")
         o = rattention(q, k, v, window=window, rope=tables, scale=scale, feature_map=feature_map,
                        swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight, eps=eps, lengths=lengths,
                        backend=backend)
@@ -179,29 +189,30 @@ def local_prefill(q, k, v, *, window, kind="rattn", rope: Rope | None = None, sc
 
 
 def local_decode_step(q, k, v, cache: LocalCache, *, rope: Rope | None = None, scale=None, swa_norm_weight=None,
-                      rla_norm_weight=None, eps=1e-6, backend="auto"):
+                      rla_norm_weight=None, eps=1e-6, softcap=None, backend="auto"):
     """One decode step for a batch whose sequences may sit at different positions.
 
-    Args: q (B, H, D) raw; k, v (B, Hkv, D) raw; cache from `local_prefill` / `empty_local_cache` (updated in place).
+    Args: q (B, H, D) raw; k, v (B, Hkv, D) raw; cache from `local_prefill` / `empty_local_cache` (updated in place);
+    softcap as in swa_attention (plain SWA caches, PyTorch path only).
     Returns: (B, H, D) in q.dtype. A position below 0 (a damaged cache) raises ValueError for CPU tensors;
     on a GPU (where checking would cost a sync per layer and step) that row's output is NaN and its cache
     rows are left alone.
     """
     check_positions(cache.pos)  # the arguments themselves are checked by either backend, before it writes
-    be = resolve_backend(backend, q.device)
+    be = resolve_backend(backend, q.device) if softcap is None else _pick(backend, q, rla=False, softcap=softcap)
     launches[f"{be}.decode"] += 1
     kw = dict(rope=rope, scale=scale, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight, eps=eps)
     if be == "triton":
         return _triton("decode")(q, k, v, cache, **kw)
-    return local_decode_step_naive(q, k, v, cache, **kw)
+    return local_decode_step_naive(q, k, v, cache, softcap=softcap, **kw)
 
 
-def kv_decode_naive(q, k, v, pos, *, scale=None):
+def kv_decode_naive(q, k, v, pos, *, scale=None, softcap=None):
     """Reference decode attention of a global layer, fp32: q (B, H, D) against cache keys 0..pos[b]."""
     B, H, D = q.shape
     S, Hkv = k.shape[1], k.shape[2]
     qf = q.float().reshape(B, Hkv, H // Hkv, D)
-    s = torch.einsum("bkgd,bskd->bkgs", qf, k.float()) * default_scale(D, scale)
+    s = softcap_scores(torch.einsum("bkgd,bskd->bkgs", qf, k.float()) * default_scale(D, scale), softcap)
     visible = torch.arange(S, device=q.device)[None, :] <= pos[:, None]  # (B, S)
     s = s.masked_fill(~visible[:, None, None, :], float("-inf"))
     vf = drop_padding(v.float(), visible)  # unfilled slots may hold anything, NaN included
@@ -210,21 +221,22 @@ def kv_decode_naive(q, k, v, pos, *, scale=None):
     return o.reshape(B, H, D).to(q.dtype)
 
 
-def kv_decode(q, k, v, pos, *, scale=None, backend="auto"):
+def kv_decode(q, k, v, pos, *, scale=None, softcap=None, backend="auto"):
     """Decode attention of a global layer over its full KV cache: one query per row.
 
     Args: q (B, H, D) rotated; k, v (B, S, Hkv, D) the cache (rotated keys); pos (B,) int64, the newest
-    filled position of each row (keys 0..pos[b] are attended; later slots are ignored).
+    filled position of each row (keys 0..pos[b] are attended; later slots are ignored); softcap as in
+    swa_attention (PyTorch path only).
     Returns: (B, H, D) in q.dtype. A position outside [0, S-1] raises ValueError for CPU tensors; on a GPU
     (no sync per layer and step to check it) that row's output is NaN.
     """
     check_kv_decode_args(q, k, v, pos)
     check_positions(pos, k.shape[1])
-    be = _pick(backend, q, rla=False)
+    be = _pick(backend, q, rla=False, softcap=softcap)
     launches[f"{be}.kv_decode"] += 1
     if be == "triton":
         return _triton("kv_decode")(q, k, v, pos, scale=scale)
-    return kv_decode_naive(q, k, v, pos, scale=scale)
+    return kv_decode_naive(q, k, v, pos, scale=scale, softcap=softcap)
 
 
 __all__ = [

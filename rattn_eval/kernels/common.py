@@ -35,14 +35,21 @@ def apply_feature_map(x: torch.Tensor, feature_map: str) -> torch.Tensor:
 class Rope:
     """Rotary embedding, rotate-half convention of the Hugging Face Llama/Gemma code.
 
-    Dimension i pairs with i + D/2. `factor` is linear position scaling (Gemma-3's global layers).
+    Dimension i pairs with i + D/2. `factor` is linear position scaling (Gemma-3's global layers);
+    `inv_freq` (D/2,) replaces the computed frequencies (scaled rope types: rattn_eval.models.rope).
     Tables are computed for whatever positions are asked, so no max-context table is kept.
     """
 
-    def __init__(self, head_dim: int, theta: float = 10000.0, factor: float = 1.0):
+    def __init__(self, head_dim: int, theta: float = 10000.0, factor: float = 1.0, *,
+                 inv_freq: torch.Tensor | None = None):
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dim, got {head_dim}")
         self.head_dim, self.theta, self.factor = head_dim, float(theta), float(factor)
+        if inv_freq is not None:
+            if tuple(inv_freq.shape) != (head_dim // 2,):
+                raise ValueError(f"inv_freq must have shape ({head_dim // 2},), got {tuple(inv_freq.shape)}")
+            self.inv_freq = inv_freq.float()
+            return
         exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
         self.inv_freq = 1.0 / (self.theta**exponent) / self.factor  # (D/2,)
 
@@ -97,6 +104,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
 
 def default_scale(head_dim: int, scale: float | None) -> float:
     return head_dim**-0.5 if scale is None else float(scale)
+
+
+def softcap_scores(s: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    """Gemma-2's attention-logit softcapping of scaled scores, c * tanh(s / c), before the mask and softmax."""
+    return s if softcap is None else torch.tanh(s / softcap) * softcap
 
 
 INPUT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

@@ -23,6 +23,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json",
                    "generation_config.json")
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, *TOKENIZER_FILES)  # all that save_checkpoint writes
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
@@ -31,9 +32,10 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
     if not cfg.is_file():
         return False
     try:
-        return "format_version" in json.loads(cfg.read_text())
+        raw = json.loads(cfg.read_text())
     except (OSError, ValueError):
         return False
+    return isinstance(raw, dict) and "format_version" in raw
 
 
 def save_checkpoint(path: str | os.PathLike, config: ModelConfig, state_dict: dict[str, torch.Tensor],
@@ -60,6 +62,7 @@ def save_checkpoint(path: str | os.PathLike, config: ModelConfig, state_dict: di
 
 
 def read_config(path: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a checkpoint directory; a bad config.json is one CheckpointError naming the file and key."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist.")
@@ -67,9 +70,13 @@ def read_config(path: str | os.PathLike) -> ModelConfig:
     if not cfg_path.is_file():
         raise CheckpointError(f"{str(path)!r} has no {CONFIG_FILE}; it is not a rattn-eval checkpoint.")
     try:
-        raw = json.loads(cfg_path.read_text())
-    except ValueError as e:
+        raw = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"{cfg_path} cannot be read ({e.strerror}).") from None
+    except ValueError as e:  # UnicodeDecodeError is a ValueError too
         raise CheckpointError(f"{cfg_path} is not valid JSON ({e}).") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{cfg_path} holds a JSON {type(raw).__name__}, expected an object of config fields.")
     version = raw.pop("format_version", None)
     if version is None:
         raise CheckpointError(f"{cfg_path} has no format_version: not a rattn-eval checkpoint "

@@ -1,14 +1,15 @@
-"""ModelConfig: the one frozen description of a native local-global decoder, and named presets.
+"""ModelConfig: the one frozen description of a native local-global decoder (named configs: registry.py).
 
 Every layer is "global" (full causal attention, full KV cache), "swa" (sliding-window softmax
 attention, ring-buffer cache) or "rattn" (SWA + residual linear attention, ring buffer + fp32
-state); DESIGN §3-4. Norm weights are always stored plain (y = rms(x) * w): a checkpoint that
+state; docs/rattention.md). Norm weights are always stored plain (y = rms(x) * w): a checkpoint that
 uses Gemma's `1 + w` convention is folded at import, so one norm implementation serves all.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
 
@@ -33,7 +34,14 @@ class ModelConfig:
     rope_theta_local / rope_theta_global: RoPE base of local / global layers; rope_scale_global is
         linear position scaling of the global layers (Gemma-3 4B+ use 8); nope_global drops RoPE
         from global layers (the paper's setting).
-    attn_scale: softmax scale, None = head_dim ** -0.5 (Gemma-3: query_pre_attn_scalar ** -0.5).
+    rope_scaling_local / rope_scaling_global: None, or a scaled rope type of those layers as a JSON dict
+        ({"type": "llama3" | "yarn" | "dynamic" | "longrope" | "linear", ...}; the keys are listed in
+        models/rope.py). "dynamic" and "longrope" change with the sequence length, so only full-attention
+        global layers take them (a windowed layer re-rotates its cached keys every step).
+    qkv_bias / o_bias / mlp_bias: bias vectors on the q/k/v, o and gate/up/down projections (Qwen2: qkv only).
+    attn_scale: softmax scale, None = head_dim ** -0.5 (Gemma-2/3: query_pre_attn_scalar ** -0.5).
+    attn_softcap: scaled scores -> c * tanh(s / c) before the softmax when set (Gemma-2); the Triton
+        kernels lack it, so such layers run the PyTorch path (Model.fallbacks records it).
     embed_scale: embeddings are multiplied by it (Gemma: sqrt(width)).
     final_softcap: logits -> c * tanh(logits / c) when set.
     tokenizer: a built-in tokenizer name ("bytes", "gpt2", "smollm2-135m") or "tokenizer.json",
@@ -58,8 +66,14 @@ class ModelConfig:
     rope_theta_local: float = 10000.0
     rope_theta_global: float = 10000.0
     rope_scale_global: float = 1.0
+    rope_scaling_local: dict | None = None
+    rope_scaling_global: dict | None = None
     nope_global: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
     attn_scale: float | None = None
+    attn_softcap: float | None = None
     embed_scale: float = 1.0
     tie_embeddings: bool = True
     final_softcap: float | None = None
@@ -68,6 +82,7 @@ class ModelConfig:
     init_seed: int = 0
 
     def __post_init__(self):
+        _check_types(self)
         object.__setattr__(self, "kinds", tuple(self.kinds))
         bad = [k for k in self.kinds if k not in LAYER_KINDS]
         if bad:
@@ -88,6 +103,26 @@ class ModelConfig:
             raise ConfigError(f"layers of kind swa/rattn need a window >= 0, got {self.window!r}.")
         if self.global_window is not None and self.global_window < 0:
             raise ConfigError(f"global_window must be >= 0 or None, got {self.global_window}.")
+        self._check_rope_scaling()
+        if self.attn_softcap is not None and "rattn" in self.kinds:
+            raise ConfigError("attn_softcap applies to softmax attention; rattn layers do not take it.")
+
+    def _check_rope_scaling(self) -> None:
+        from . import rope  # imports torch: kept out of module import, so reading a config stays light
+
+        for key in ("rope_scaling_local", "rope_scaling_global"):
+            rope.check_scaling(getattr(self, key), self.head_dim, key)
+            if getattr(self, key) is not None:  # a private copy with lists: equal to its JSON round trip
+                object.__setattr__(self, key, json.loads(json.dumps(getattr(self, key))))
+        if self.rope_scaling_global is not None and self.rope_scale_global != 1.0:
+            raise ConfigError("rope_scale_global and rope_scaling_global both scale the global layers' RoPE; "
+                              "set one (rope_scaling_global {\"type\": \"linear\", ...} says the same).")
+        if self.has_local and rope.length_dependent(self.rope_scaling_local):
+            raise ConfigError(f"rope_scaling_local of type {self.rope_scaling_local['type']!r} changes with the "
+                              "sequence length, which local layers (re-rotating their cached keys) cannot follow.")
+        if self.global_window is not None and rope.length_dependent(self.rope_scaling_global):
+            raise ConfigError(f"global_window needs static RoPE: rope_scaling_global of type "
+                              f"{self.rope_scaling_global['type']!r} changes with the sequence length.")
 
     @property
     def n_layers(self) -> int:
@@ -111,68 +146,66 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        """A config from its JSON form; unknown and missing keys are named, with a "did you mean"."""
+        fields = dataclasses.fields(cls)
+        names = [f.name for f in fields]
+        unknown = sorted(set(d) - set(names))
         if unknown:
-            raise ConfigError(f"unknown model config field(s) {unknown}.")
-        try:
-            return cls(**d)
-        except TypeError as e:  # a required field is missing
-            raise ConfigError(f"incomplete model config: {e}.") from None
+            raise ConfigError(f"unknown key(s) {', '.join(map(repr, unknown))}: not model config fields."
+                              f"{did_you_mean(unknown[0], names)}")
+        missing = [f.name for f in fields if f.name not in d
+                   and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise ConfigError(f"missing required key(s) {', '.join(map(repr, missing))}.")
+        return cls(**d)
 
 
-def _debug() -> ModelConfig:
-    return ModelConfig(
-        name="debug", vocab_size=259, width=64, n_heads=4, n_kv_heads=2, head_dim=16,
-        kinds=("rattn", "swa", "global", "rattn"), ffn="swiglu", intermediate_size=128, window=16,
-        rope_theta_local=10000.0, rope_theta_global=10000.0, max_context=1 << 20, tokenizer="bytes", init_seed=0,
-    )
+_POS_INT = ("vocab_size", "width", "n_heads", "n_kv_heads", "head_dim", "intermediate_size", "max_context")
+_POS_NUM = ("norm_eps", "rope_theta_local", "rope_theta_global", "rope_scale_global", "embed_scale")
+_BOOL = ("qk_norm", "nope_global", "tie_embeddings", "qkv_bias", "o_bias", "mlp_bias")
+_STR = ("name", "ffn", "norm", "feature_map", "tokenizer")
 
 
-def _paper(width, layers, heads, kv_heads, ffn_dim, name) -> ModelConfig:
-    # The paper's models (RAttention §3.3, Fig. 3): every 4th layer global with NoPE, the rest
-    # RAttention with RoPE theta 5e5, QK-norm, GeGLU. Tokenizer/vocab are unpublished: GPT-2's here.
-    return ModelConfig(
-        name=name, vocab_size=50257, width=width, n_heads=heads, n_kv_heads=kv_heads, head_dim=128,
-        kinds=tuple("global" if (i + 1) % 4 == 0 else "rattn" for i in range(layers)), ffn="geglu",
-        intermediate_size=ffn_dim, window=512, qk_norm=True, rope_theta_local=5e5, nope_global=True,
-        tie_embeddings=False, max_context=4096, tokenizer="gpt2",
-    )
+def _check_types(cfg: ModelConfig) -> None:
+    """Reject values of the wrong JSON type or range before they reach arithmetic: a config.json written
+    by hand or by another tool would otherwise fail deep inside the model (a ZeroDivisionError, a
+    TypeError on "32k"), far from the key that is wrong. Floats accept ints, as JSON does not tell them apart."""
 
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
 
-def _smollm2_135m() -> ModelConfig:
-    # HuggingFaceTB/SmolLM2-135M-Instruct: Llama architecture, all layers global.
-    return ModelConfig(
-        name="smollm2-135m", vocab_size=49152, width=576, n_heads=9, n_kv_heads=3, head_dim=64,
-        kinds=("global",) * 30, ffn="swiglu", intermediate_size=1536, norm="pre", norm_eps=1e-5,
-        rope_theta_global=100000.0, rope_theta_local=100000.0, tie_embeddings=True, max_context=8192,
-        tokenizer="smollm2-135m",
-    )
+    def is_pos_num(v):
+        return (is_int(v) or isinstance(v, float)) and math.isfinite(v) and v > 0
 
+    def fail(key, expected):
+        raise ConfigError(f"{key} must be {expected}, got {getattr(cfg, key)!r}.")
 
-def _gemma3_270m() -> ModelConfig:
-    # google/gemma-3-270m: 5 sliding-window layers (W = 512 -> w = 511) per global layer.
-    return ModelConfig(
-        name="gemma3-270m", vocab_size=262144, width=640, n_heads=4, n_kv_heads=1, head_dim=256,
-        kinds=tuple("global" if (i + 1) % 6 == 0 else "swa" for i in range(18)), ffn="geglu",
-        intermediate_size=2048, norm="sandwich", norm_eps=1e-6, window=511, qk_norm=True,
-        rope_theta_local=10000.0, rope_theta_global=1000000.0, attn_scale=256**-0.5, embed_scale=math.sqrt(640),
-        tie_embeddings=True, max_context=32768, tokenizer="tokenizer.json",
-    )
-
-
-PRESETS = {
-    "debug": _debug,
-    "rattn-3b": lambda: _paper(2048, 56, 16, 4, 6656, "rattn-3b"),
-    "rattn-12b": lambda: _paper(5120, 40, 40, 8, 16384, "rattn-12b"),
-    "smollm2-135m": _smollm2_135m,
-    "gemma3-270m": _gemma3_270m,
-}
+    for key in _POS_INT:
+        if not (is_int(getattr(cfg, key)) and getattr(cfg, key) > 0):
+            fail(key, "a positive integer")
+    for key in _POS_NUM:
+        if not is_pos_num(getattr(cfg, key)):
+            fail(key, "a positive number")
+    for key in ("attn_scale", "final_softcap", "attn_softcap"):
+        if getattr(cfg, key) is not None and not is_pos_num(getattr(cfg, key)):
+            fail(key, "a positive number or null")
+    for key in ("window", "global_window"):
+        if getattr(cfg, key) is not None and not (is_int(getattr(cfg, key)) and getattr(cfg, key) >= 0):
+            fail(key, "an integer >= 0 or null")
+    for key in _BOOL:
+        if not isinstance(getattr(cfg, key), bool):
+            fail(key, "true or false")
+    for key in _STR:
+        if not isinstance(getattr(cfg, key), str):
+            fail(key, "a string")
+    if not is_int(cfg.init_seed):
+        fail("init_seed", "an integer")
+    if not isinstance(cfg.kinds, (list, tuple)) or not all(isinstance(k, str) for k in cfg.kinds):
+        fail("kinds", f"a list of layer kinds ({', '.join(LAYER_KINDS)})")
 
 
 def preset(name: str) -> ModelConfig:
-    """The named config; an unknown name gets a "did you mean" error."""
-    if name not in PRESETS:
-        hint = did_you_mean(name, PRESETS)
-        raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}.{hint}")
-    return PRESETS[name]()
+    """The config of a named model (models/registry.py holds the names); an unknown name gets a "did you mean"."""
+    from .registry import entry  # the registry imports this module
+
+    return entry(name).config()

@@ -8,6 +8,7 @@ processor raises NumericsError on NaN/inf. prefill_s is the time to the first to
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ class HFModel:
 
     @property
     def max_context(self) -> int:
-        return int(self.hf.config.max_position_embeddings)
+        """The native config's (dynamic NTK stretches transformers' max_position_embeddings by its factor)."""
+        return self.config.max_context if self.config is not None else int(self.hf.config.max_position_embeddings)
 
     @property
     def device(self) -> torch.device:
@@ -98,18 +100,19 @@ class HFModel:
             # transformers fills unset generation options from the model's own generation config, whose
             # EOS ids it would stop at: clear them for the call; EOS is handled per row by RowDone
             gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=n_new, min_new_tokens=0, eos_token_id=None,
-                                       pad_token_id=0, bos_token_id=None)
+                                       pad_token_id=0, bos_token_id=None, return_dict_in_generate=True)
             saved_eos = self.hf.generation_config.eos_token_id
             self.hf.generation_config.eos_token_id = None
             try:
                 seqs = self.hf.generate(
                     input_ids=ids, attention_mask=mask, generation_config=gen_cfg,
                     stopping_criteria=StoppingCriteriaList([RowDone()]),
-                    logits_processor=LogitsProcessorList([FiniteCheck()]), return_dict_in_generate=True,
+                    logits_processor=LogitsProcessorList([FiniteCheck()]),
                 )
             finally:
                 self.hf.generation_config.eos_token_id = saved_eos
-            cache_bytes = _cache_nbytes(seqs.past_key_values)
+            # transformers 5 names the cache `cache` (`past_key_values` stays as a deprecated alias)
+            cache_bytes = _cache_nbytes(getattr(seqs, "cache", None) if hasattr(seqs, "cache") else seqs.past_key_values)
             seqs = seqs.sequences
         else:
             _check_finite(self.hf(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits, "prefill")
@@ -150,13 +153,29 @@ def _cache_nbytes(cache) -> int | None:
     return total
 
 
+def attn_implementation(model_type: str | None) -> str:
+    """SDPA, except for Gemma-2, whose attention-logit softcapping SDPA cannot do (transformers refuses it)."""
+    return "eager" if model_type == "gemma2" else "sdpa"
+
+
 def load_hf_model(path: str | os.PathLike, *, device, dtype) -> HFModel:
-    """An unmodified transformers model from a local folder (no hub access)."""
+    """An unmodified transformers model from a local folder (no hub access). A folder written by
+    `rattn-eval export --format hf` runs its own modeling file (trust_remote_code, see export.hf_load_kwargs)."""
     from transformers import AutoModelForCausalLM
 
+    from .export import hf_load_kwargs
+    from .importers import hf_weight_files
+
+    hf_weight_files(Path(path))  # transformers would follow shard names that lead out of the folder
+    kwargs = hf_load_kwargs(path)
+    if kwargs.get("attn_implementation") == "sdpa":
+        try:
+            kwargs["attn_implementation"] = attn_implementation(json.loads((Path(path) / "config.json").read_text())
+                                                                .get("model_type"))
+        except (OSError, ValueError, AttributeError):
+            pass  # from_pretrained names the problem
     try:
-        hf = AutoModelForCausalLM.from_pretrained(str(Path(path)), dtype=dtype, local_files_only=True,
-                                                  attn_implementation="sdpa")
+        hf = AutoModelForCausalLM.from_pretrained(str(Path(path)), dtype=dtype, local_files_only=True, **kwargs)
     except (OSError, ValueError) as e:
         raise ConfigError(f"transformers could not load {path} ({e}).") from None
     return HFModel(hf.to(device))
@@ -169,12 +188,12 @@ def hf_model_from_native(config: ModelConfig, state_dict: dict[str, torch.Tensor
     from .importers import hf_config_from_native, state_dict_to_hf
 
     hf_cfg = hf_config_from_native(config)
-    hf_cfg._attn_implementation = "sdpa"
+    hf_cfg._attn_implementation = attn_implementation(hf_cfg.model_type)
     # built for real (not on meta): transformers keeps derived buffers (RoPE frequencies, Gemma's
     # embedding scale) outside the state dict, and they must be initialized
     with torch.device(device):
         hf = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
-    sd = state_dict_to_hf(config, state_dict)
+    sd = state_dict_to_hf(config, state_dict, fused=hf_cfg.model_type == "phi3")
     if config.tie_embeddings:
         sd["lm_head.weight"] = sd["model.embed_tokens.weight"]
     hf.load_state_dict(sd, strict=True)

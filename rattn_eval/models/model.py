@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from .. import kernels
 from ..errors import BudgetError, ConfigError, NumericsError
+from . import rope as rope_lib
 from .config import ModelConfig
 
 
@@ -54,9 +55,9 @@ class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.kind = cfg.ffn
-        self.gate_proj = nn.Linear(cfg.width, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.width, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.width, bias=False)
+        self.gate_proj = nn.Linear(cfg.width, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.up_proj = nn.Linear(cfg.width, cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.width, bias=cfg.mlp_bias)
 
     fused = False  # set by Model.set_backend: one Triton kernel for act(gate) * up on the "triton" backend
 
@@ -103,7 +104,8 @@ class KVCache:
 
 class Attention(nn.Module):
     """One attention layer. kind "global" (full causal, or SWA when cfg.global_window is set),
-    "swa" or "rattn"; q/k/v/o projections, optional QK-norm, RoPE per layer kind."""
+    "swa" or "rattn"; q/k/v/o projections (optional biases), optional QK-norm, RoPE per layer kind,
+    optional score softcapping."""
 
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
@@ -112,24 +114,55 @@ class Attention(nn.Module):
         # the attention actually run: a global layer with a window behaves as plain SWA
         self.mode = "global" if self.window is None else ("swa" if self.kind == "global" else self.kind)
         self.H, self.Hkv, self.D = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-        self.scale = cfg.attn_scale
         self.feature_map = cfg.feature_map
         self.eps = cfg.norm_eps
-        self.q_proj = nn.Linear(cfg.width, self.H * self.D, bias=False)
-        self.k_proj = nn.Linear(cfg.width, self.Hkv * self.D, bias=False)
-        self.v_proj = nn.Linear(cfg.width, self.Hkv * self.D, bias=False)
-        self.o_proj = nn.Linear(self.H * self.D, cfg.width, bias=False)
+        self.softcap = cfg.attn_softcap
+        self.q_proj = nn.Linear(cfg.width, self.H * self.D, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(cfg.width, self.Hkv * self.D, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(cfg.width, self.Hkv * self.D, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.H * self.D, cfg.width, bias=cfg.o_bias)
         self.q_norm = RMSNorm(self.D, cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.D, cfg.norm_eps) if cfg.qk_norm else None
-        if self.kind == "rattn":  # per-head output norms of the two branches (DESIGN §3)
+        if self.kind == "rattn":  # per-head output norms of the two branches
             self.swa_norm = nn.Parameter(torch.ones(self.H, self.D))
             self.rla_norm = nn.Parameter(torch.ones(self.H, self.D))
+        if self.kind == "global":
+            theta, scaling = cfg.rope_theta_global, cfg.rope_scaling_global
+            if scaling is None and cfg.rope_scale_global != 1.0:
+                scaling = {"type": "linear", "factor": cfg.rope_scale_global}
+        else:
+            theta, scaling = cfg.rope_theta_local, cfg.rope_scaling_local
         with torch.device("cpu"):  # RoPE frequencies are plain tensors: keep them real when built on meta
-            if self.kind == "global":
-                self.rope = None if cfg.nope_global else kernels.Rope(self.D, cfg.rope_theta_global, cfg.rope_scale_global)
+            if self.kind == "global" and cfg.nope_global:
+                self.rope = None
+            elif rope_lib.length_dependent(scaling):
+                self.rope = rope_lib.LengthRope(self.D, theta, scaling)
             else:
-                self.rope = kernels.Rope(self.D, cfg.rope_theta_local)
+                self.rope = kernels.Rope(self.D, theta, inv_freq=rope_lib.inv_freq(self.D, theta, scaling))
+        # YaRN / LongRoPE scale cos and sin by a factor a, so every score by a ** 2: folded into the scale
+        a = 1.0 if self.rope is None else rope_lib.attention_factor(scaling)
+        self.scale = cfg.attn_scale if a == 1.0 else (cfg.attn_scale or self.D**-0.5) * a * a
         self.backend = "torch"
+
+    def triton_gap(self) -> str | None:
+        """Why the Triton kernels cannot run this layer's attention (then it runs the PyTorch path), or None."""
+        if self.softcap is not None:
+            return "attention-logit softcapping (attn_softcap) is not in the Triton attention kernels"
+        rla = self.mode == "rattn"
+        if not kernels.triton_head_dim_ok(self.D, rla=rla):
+            return f"head dim {self.D}: the Triton attention kernels take power-of-two head dims 16..{128 if rla else 256}"
+        return None
+
+    def _softcap(self) -> dict:
+        """The softcap keyword for kernel calls, only when set (training ops take no softcap)."""
+        return {} if self.softcap is None else {"softcap": self.softcap}
+
+    def _global_tables(self, T: int, device, lengths):
+        """cos, sin of a global layer's prefill: (T, D), or (B, T, D) for a length-dependent RoPE (each row
+        rotated with the frequencies of its own length)."""
+        if isinstance(self.rope, rope_lib.LengthRope):
+            return self.rope.tables(T, device, lengths)
+        return self.rope.tables(T, device)
 
     def _qkv(self, x: torch.Tensor):
         """x (B, T, W) -> raw q (B, T, H, D), k, v (B, T, Hkv, D), QK-normed when configured."""
@@ -158,21 +191,23 @@ class Attention(nn.Module):
             # right-padded batch needs no mask: under causality a real token never sees padding.
             fast = self.backend == "triton" and x.is_cuda
             if self.rope is not None:
-                cos, sin = self.rope.tables(T, x.device)  # (T, D)
-                rope = _pointwise().apply_rope_triton if fast and self.D & (self.D - 1) == 0 else kernels.apply_rope
+                cos, sin = self._global_tables(T, x.device, lengths)  # (T, D) or (B, T, D)
+                plain = cos.dim() == 2 and self.D & (self.D - 1) == 0
+                rope = _pointwise().apply_rope_triton if fast and plain else kernels.apply_rope
                 q, k = rope(q, cos, sin), rope(k, cos, sin)
             if fast:
                 o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                                    is_causal=True, scale=self.scale,
                                                    enable_gqa=self.H != self.Hkv).transpose(1, 2)
             else:
-                o = kernels.swa_attention(q, k, v, window=None, scale=self.scale, lengths=lengths, backend=self.backend)
+                o = kernels.swa_attention(q, k, v, window=None, scale=self.scale, lengths=lengths, backend=self.backend,
+                                          **self._softcap())
             if cache_size is not None:
                 cache = KVCache.from_prefill(k, v, cache_size)
         elif cache_size is not None:
             o, cache = kernels.local_prefill(q, k, v, window=self.window, kind=self.mode, rope=self.rope,
                                              scale=self.scale, feature_map=self.feature_map, lengths=lengths,
-                                             backend=self.backend, **self._norm_weights())
+                                             backend=self.backend, **self._norm_weights(), **self._softcap())
         elif self.mode == "rattn":
             tables = None if self.rope is None else self.rope.tables(T, x.device)
             o = kernels.rattention(q, k, v, window=self.window, rope=tables, scale=self.scale,
@@ -183,7 +218,7 @@ class Attention(nn.Module):
                 cos, sin = self.rope.tables(T, x.device)
                 q, k = kernels.apply_rope(q, cos, sin), kernels.apply_rope(k, cos, sin)
             o = kernels.swa_attention(q, k, v, window=self.window, scale=self.scale, lengths=lengths,
-                                      backend=self.backend)
+                                      backend=self.backend, **self._softcap())
         return self.o_proj(o.reshape(B, T, self.H * self.D)), cache
 
     def step(self, x: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
@@ -192,7 +227,7 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x[:, None])  # (B, 1, H, D), (B, 1, Hkv, D)
         if self.mode != "global":
             o = kernels.local_decode_step(q[:, 0], k[:, 0], v[:, 0], cache, rope=self.rope, scale=self.scale,
-                                          backend=self.backend, **self._norm_weights())  # (B, H, D)
+                                          backend=self.backend, **self._norm_weights(), **self._softcap())  # (B, H, D)
             return self.o_proj(o.reshape(B, self.H * self.D))
         if self.rope is not None:
             cos, sin = self.rope.cos_sin(pos)  # (B, D)
@@ -200,7 +235,8 @@ class Attention(nn.Module):
         cache.update(pos, k[:, 0], v[:, 0])
         # Attend over the whole cache, keys 0..pos per row: the shapes stay the same every step (no
         # host sync for the longest row, capturable in a CUDA graph); flash-decoding on the triton backend.
-        o = kernels.kv_decode(q[:, 0], cache.k, cache.v, pos, scale=self.scale, backend=self.backend)  # (B, H, D)
+        o = kernels.kv_decode(q[:, 0], cache.k, cache.v, pos, scale=self.scale, backend=self.backend,
+                              **self._softcap())  # (B, H, D)
         return self.o_proj(o.reshape(B, self.H * self.D))
 
 
@@ -236,14 +272,15 @@ class Block(nn.Module):
 class Model(nn.Module):
     """Native decoder. `model(input_ids [B, T], lengths=None) -> logits [B, T, V]`; `generate` for greedy decoding.
 
-    Attributes: config, backend ("torch" | "triton", the kernel path that runs), tokenizer (set by
-    load_model), max_context, last_stats (timings of the last generate call), cuda_graphs (decode
+    Attributes: config, backend ("torch" | "triton", the kernel path that runs), fallbacks (the layers
+    whose attention runs the PyTorch path on the triton backend, and why: see set_backend), tokenizer
+    (set by load_model), max_context, last_stats (timings of the last generate call), cuda_graphs (decode
     replays a CUDA graph on GPUs; set False, or RATTN_EVAL_CUDA_GRAPHS=0, for eager steps).
     """
 
     cuda_graphs = True
 
-    def __init__(self, cfg: ModelConfig, *, backend: str = "torch"):
+    def __init__(self, cfg: ModelConfig, *, backend: str = "torch", strict: bool = False):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.width)
@@ -252,21 +289,38 @@ class Model(nn.Module):
         self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.width, cfg.vocab_size, bias=False)
         self.tokenizer = None
         self.last_stats: dict = {}
-        self.set_backend(backend)
+        # LongRoPE switches to its long factors once a sequence passes the original length; transformers'
+        # Phi-3 generate then recomputes the whole cache (prepare_inputs_for_generation), and so does ours
+        s = cfg.rope_scaling_global
+        longrope = s is not None and s["type"] == "longrope" and not cfg.nope_global
+        self.cache_rebuild_at = s["original_max_position_embeddings"] if longrope else None
+        self.set_backend(backend, strict=strict)
 
     @property
     def max_context(self) -> int:
         return self.config.max_context
 
-    def set_backend(self, backend: str) -> None:
+    def set_backend(self, backend: str, *, strict: bool = False) -> None:
+        """Run on "torch" or "triton". On "triton", a layer whose attention the Triton kernels lack
+        (softcapping, an odd head dim) runs its attention on the PyTorch path, and `fallbacks` lists those
+        layers as [{"layers": [...], "part": "attention", "ran": "torch", "reason": ...}]; with strict=True
+        (an explicit --backend triton) such a layer raises ConfigError instead."""
         if backend not in ("torch", "triton"):
             raise ConfigError(f"a native model runs on the 'torch' or 'triton' backend, not {backend!r}.")
+        gaps = {i: block.attn.triton_gap() for i, block in enumerate(self.layers)} if backend == "triton" else {}
+        gaps = {i: why for i, why in gaps.items() if why}
+        if gaps and strict:
+            i = min(gaps)
+            raise ConfigError(f"backend 'triton' cannot run layer {i} of {self.config.name!r}: {gaps[i]}; "
+                              "use backend 'auto', which runs such layers on the PyTorch path, or 'torch'.")
         self.backend = backend
         for module in self.modules():
             if isinstance(module, (RMSNorm, FeedForward)):
                 module.fused = backend == "triton"
-        for block in self.layers:
-            block.attn.backend = backend
+        for i, block in enumerate(self.layers):
+            block.attn.backend = "torch" if i in gaps else backend
+        self.fallbacks = [{"layers": [i for i in gaps if gaps[i] == why], "part": "attention", "ran": "torch",
+                           "reason": why} for why in dict.fromkeys(gaps.values())]
 
     def init_weights(self, seed: int | None = None) -> "Model":
         """Deterministic random weights from `seed` (default config.init_seed): norms at 1, the embedding
@@ -277,6 +331,8 @@ class Model(nn.Module):
             for name, p in self.named_parameters():
                 if "norm" in name:
                     p.fill_(1.0)
+                elif name.endswith(".bias"):
+                    p.zero_()
                 elif name == "embed.weight":
                     p.copy_(torch.randn(p.shape, generator=gen))
                 else:
@@ -433,6 +489,19 @@ class _GraphedDecode:
         return self.logits
 
 
+def _rebuild_caches(model: Model, prompts, outputs, active: torch.Tensor, pos: torch.Tensor, cache_size: int):
+    """Re-prefill the active rows, each up to and including the token fed at `pos`: what transformers' Phi-3
+    does when a sequence first passes LongRoPE's original length, so that every cached key is rotated with the
+    long factors. Rows that do not cross come out as their caches were (same frequencies, same math).
+    Returns (logits at pos (B', V), new caches)."""
+    rows = active.tolist()
+    ids = torch.zeros(len(rows), int(pos.max()) + 1, dtype=torch.long, device=pos.device)  # (B', T)
+    for i, r in enumerate(rows):
+        seq = prompts[r] + outputs[r]  # the prompt and every token generated so far, the last one at pos[i]
+        ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+    return model.prefill(ids, pos + 1, cache_size)
+
+
 def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop=None, tokenizer=None):
     """Batched greedy decoding.
 
@@ -440,6 +509,8 @@ def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop
     unfinished row one token per step at its own position. A row ends at EOS (not included in its
     output), when its decoded output contains a stop string (the tokens stay; the caller trims the
     text), or at its budget. Finished rows are dropped from the batch, so they cost no more compute.
+    A LongRoPE model re-prefills the batch once when a row first passes its original length (see
+    _rebuild_caches); such a generation decodes eagerly, without a CUDA graph.
 
     Returns one list of new token ids per prompt; sets model.last_stats.
     """
@@ -465,7 +536,9 @@ def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop
     cache_bytes = sum(c.nbytes() for c in caches)
 
     pos = lengths.clone()  # absolute position of the next token of each slot
-    graphed = _GraphedDecode(model, caches) if _use_cuda_graphs(model, device) else None
+    rebuild = getattr(model, "cache_rebuild_at", None)
+    crossing = rebuild is not None and any(len(p) <= rebuild < len(p) + n for p, n in zip(prompts, budgets))
+    graphed = _GraphedDecode(model, caches) if _use_cuda_graphs(model, device) and not crossing else None
     t0 = time.perf_counter()
     decode_tokens = 0
     if graphed is None:
@@ -480,7 +553,10 @@ def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop
                 index = torch.tensor(keep, device=device)
                 active, pos, tokens = active[index], pos[index], tokens[index]
                 caches = [c.select(index) for c in caches]
-            logits = model.decode_step(tokens, pos, caches)
+            if crossing and bool((pos == rebuild).any()):
+                logits, caches = _rebuild_caches(model, prompts, outputs, active, pos, cache_size)
+            else:
+                logits = model.decode_step(tokens, pos, caches)
             _check_finite(logits, "decoding")
             decode_tokens += len(keep)
             pos = pos + 1

@@ -1,7 +1,8 @@
-"""Names `load_model` accepts without a path. Torch-free, so `rattn-eval ls` stays instant."""
+"""Views of the model registry (models/registry.py) by weight source, as tuples of names."""
 
-RANDOM_NAMES = ("debug",)
-REAL_NAMES = ("smollm2-135m", "gemma3-270m")
-# trained checkpoints shipped as package data (rattn_eval/checkpoints/<name>/)
-SHIPPED_NAMES = ("tiny-rattn", "tiny-swa", "tiny-full")
-BUILTIN_MODELS = (*RANDOM_NAMES, *REAL_NAMES, *SHIPPED_NAMES)
+from .registry import MODELS, PackagedGGUF, RandomInit, ShippedCheckpoint, names
+
+RANDOM_NAMES = names(RandomInit)
+REAL_NAMES = names(PackagedGGUF)
+SHIPPED_NAMES = names(ShippedCheckpoint)
+BUILTIN_MODELS = tuple(n for n, e in MODELS.items() if e.loadable)  # the names load_model accepts

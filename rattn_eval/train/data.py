@@ -281,10 +281,6 @@ class Batches:
         flags[-1] = 1.0  # the <eos> that ends the answer: stopping is part of answering
         return [BOS] + enc.ids + [EOS], np.minimum(flags, 1.0)
 
-    def recall_row(self) -> list[int]:
-        """<bos> synthetic document <eos>, at most T + 1 tokens."""
-        return self.recall_doc(self.T + 1)[0]
-
     def text_slice(self, n: int) -> np.ndarray:
         start = int(self.np_rng.integers(0, self.text.size - n))
         return np.asarray(self.text[start : start + n], dtype=np.int64)

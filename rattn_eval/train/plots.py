@@ -9,7 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-NAMES = ("tiny-full", "tiny-swa", "tiny-rattn")
+from ..models.registry import ShippedCheckpoint, names
+
+NAMES = names(ShippedCheckpoint)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -79,7 +81,7 @@ def plot_probe(results: Path) -> Path:
 
 
 def plot_finetune(results: Path, name: str = "tiny-rattn") -> Path:
-    """Stage 3 (issue 6, CPU fine-tune): loss on all tokens and on answer tokens vs step."""
+    """Stage 3 (recall fine-tune on a CPU): loss on all tokens and on answer tokens vs step."""
     import matplotlib
 
     matplotlib.use("Agg")

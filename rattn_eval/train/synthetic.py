@@ -7,7 +7,7 @@ instructions and questions is drawn from many variants, keys and values come in 
 (words, word pairs, made-up names, numbers, hex codes), and fillers are real sentences, repeated
 sentences or nothing at all.
 
-Families (weights in FAMILIES, and in RECALL_FAMILIES for the recall-heavy mix of issue 6):
+Families (weights in FAMILIES, and in RECALL_FAMILIES for the recall-heavy mix of the stage-3 fine-tune):
     single     one fact in filler, one question
     multikey   several facts with distinct keys, one to three questions
     multiquery several facts, one question naming several keys, values in the order asked
@@ -147,7 +147,7 @@ COUNT_QUESTIONS = (
     ("Count the words and give the {n} that repeat the most.", "Answer:"),
 )
 FAMILIES = {"single": 0.3, "multikey": 0.2, "multivalue": 0.1, "lines": 0.15, "chain": 0.1, "counting": 0.15}
-# the mix of the recall-heavy training (issue 6): mostly key -> value retrieval at every depth
+# the mix of the recall-heavy training (stage 3, scripts/train_tiny.sh): mostly key -> value retrieval at every depth
 RECALL_FAMILIES = {"single": 0.3, "multikey": 0.3, "multiquery": 0.08, "multivalue": 0.08, "lines": 0.12,
                    "chain": 0.06, "counting": 0.06}
 
@@ -400,16 +400,3 @@ class RecallGenerator:
             body = ", ".join(seq)
         q, p = rng.choice(COUNT_QUESTIONS)
         return self._frame(rng, "word", body, [(q.format(n=top), p.format(n=top), ", ".join(common))])
-
-
-def all_phrases() -> list[str]:
-    """Every fixed phrase the generator writes (placeholders removed), for the clean-stream test."""
-    out = list(ATTRS) + [q.strip() for q in QUALIFIERS if q.strip()]
-    for group in (FACTS, HEADERS):
-        out += list(group)
-    for group in (QUESTIONS, MULTI_QUESTIONS, CHAIN_QUESTIONS, COUNT_QUESTIONS, CHAIN_FORMS):
-        for pair in group:
-            out += list(pair)
-    out += list(RELS) + [t.strip() for t in TAILS if t.strip()]
-    out += list(Q_FORMS) + list(A_FORMS) + list(MULTI_Q_FORMS) + list(MULTI_A_FORMS)
-    return out

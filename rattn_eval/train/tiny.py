@@ -21,10 +21,11 @@ from pathlib import Path
 import torch
 
 from ..models.config import ModelConfig
+from ..models.registry import ShippedCheckpoint, names
 from .trainer import TrainConfig, _sync, build_for_training, make_optimizer, train, train_step
 
 TINY_WINDOW = 64
-TINY_NAMES = ("tiny-full", "tiny-swa", "tiny-rattn")
+TINY_NAMES = names(ShippedCheckpoint)  # the shipped checkpoints are these models
 
 
 def tiny_config(name: str, *, vocab_size: int = 4096) -> ModelConfig:

@@ -1,4 +1,4 @@
-"""Triton decode step for local layers == the PyTorch reference step (DESIGN §3 "Decode").
+"""Triton decode step for local layers == the PyTorch reference step (rattn_eval/kernels/decode/README.md).
 
 CPU: Triton's interpreter (TRITON_INTERPRET=1, set in conftest) against `local_decode_step_naive`,
 fp32 and fp16. GPU (marked): bf16 ring against an fp32 reference at window 512, B=64.

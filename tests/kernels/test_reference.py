@@ -1,4 +1,4 @@
-"""The PyTorch references agree with the definitions and with each other (DESIGN §3)."""
+"""The PyTorch references agree with the definitions and with each other."""
 
 import pytest
 import torch

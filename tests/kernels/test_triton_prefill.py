@@ -42,7 +42,7 @@ FACTORS = {
 
 def feasible(c: dict) -> bool:
     if c["op"] != "swa" and (c["w"] == "none" or c["D"] == 256):
-        return False  # RLA needs a window; its state at D=256 is out of scope (DESIGN §3, issue 8)
+        return False  # RLA needs a window; its state at D=256 does not fit on chip (kernels/rla/README.md)
     if c["T"] == 1000:
         # keeps the interpreter inside the CPU budget: long windows at T = 1000 with one head only
         long_window = c["w"] in ("T-1", ">T", "none")

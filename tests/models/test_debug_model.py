@@ -191,6 +191,64 @@ def test_config_round_trip_and_validation():
     assert big.n_layers == 56 and big.kinds.count("global") == 14 and big.nope_global
 
 
+BAD_CONFIGS = {  # id: (change to the debug config, words the message must hold)
+    "zero-kv-heads": ({"n_kv_heads": 0}, ["n_kv_heads", "positive integer"]),
+    "length-string": ({"max_context": "32k"}, ["max_context", "positive integer", "'32k'"]),
+    "fractional-window": ({"window": 64.5}, ["window", "integer >= 0 or null"]),
+    "negative-width": ({"width": -64}, ["width", "positive integer"]),
+    "zero-head-dim": ({"head_dim": 0}, ["head_dim", "positive integer"]),
+    "list-for-number": ({"vocab_size": [259]}, ["vocab_size", "positive integer"]),
+    "bool-for-number": ({"intermediate_size": True}, ["intermediate_size", "positive integer"]),
+    "string-for-bool": ({"qk_norm": "false"}, ["qk_norm", "true or false"]),
+    "string-kinds": ({"kinds": "global"}, ["kinds", "list"]),
+    "nan-theta": ({"rope_theta_local": float("nan")}, ["rope_theta_local", "positive number"]),
+    "null-eps": ({"norm_eps": None}, ["norm_eps", "positive number"]),
+    "number-name": ({"tokenizer": 5}, ["tokenizer", "string"]),
+    "unknown-key": ({"colour": 1}, ["'colour'", "unknown key"]),
+    "misspelt-key": ({"widht": 64}, ["'widht'", "Did you mean 'width'"]),
+    "missing-key": ({"width": ...}, ["missing", "'width'"]),
+}
+
+
+def _write_config(folder, change):
+    cfg = {"format_version": 1, **preset("debug").to_dict()}
+    for k, v in change.items():
+        if v is ...:
+            del cfg[k]
+        else:
+            cfg[k] = v
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS)
+def test_bad_checkpoint_config_is_one_sentence_naming_file_and_key(tmp_path, case):
+    from rattn_eval.models import read_config
+
+    change, words = BAD_CONFIGS[case]
+    _write_config(tmp_path / "ck", change)
+    with pytest.raises(CheckpointError) as err:
+        read_config(tmp_path / "ck")
+    msg = str(err.value)
+    assert str(tmp_path / "ck" / "config.json") in msg and "\n" not in msg
+    for w in words:
+        assert w in msg
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_model(tmp_path / "ck", backend="torch")
+
+
+@pytest.mark.parametrize("text", ['{"format_version": 1, "width": ', '[1, 2]', '"format_version"', '7'])
+def test_checkpoint_config_that_is_not_a_json_object(tmp_path, text):
+    from rattn_eval.models import read_config
+
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match="config.json") as err:
+        read_config(tmp_path)
+    assert "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_model(tmp_path, backend="torch")
+
+
 def test_triton_backend_runs_triton_kernels_and_matches_torch():
     """Under TRITON_INTERPRET=1 (conftest) the triton backend runs on CPU; launches prove it ran."""
     from rattn_eval import kernels
@@ -238,7 +296,7 @@ def test_stop_strings_match_special_tokens_too():
     """Stop strings are matched against the output with special tokens written out (as lm-eval's `hf`
     does): a stop string that is a special token but not EOS (here <pad>) ends the row right there.
     Decoding with the special tokens skipped never saw it, so generation ran on to the budget."""
-    from rattn_eval.models import load_tokenizer
+    from rattn_eval.tokenizer import load_tokenizer
     from rattn_eval.models.model import _advance
 
     tok = load_tokenizer("bytes")

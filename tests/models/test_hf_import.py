@@ -1,5 +1,8 @@
 """Importers and the hf backend on tiny random transformers models saved by the test (CPU, fp32)."""
 
+import json
+import os
+
 import pytest
 import torch
 
@@ -132,3 +135,122 @@ def test_convert_stays_the_function_after_its_module_loads():
     from rattn_eval.models import convert as again
 
     assert callable(again) and again is models.convert and not isinstance(again, type(importlib))
+
+
+def _tree(path):
+    """{relative path: bytes} of every file under `path`: what a refused conversion must leave as it was."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_convert_never_writes_into_its_source_or_a_foreign_folder(tmp_path):
+    hf = tmp_path / "hf"
+    _save_llama(hf)
+    before = _tree(hf)
+    (tmp_path / "link").symlink_to(hf)
+    for dst in (hf, hf / "ours", tmp_path / "link", tmp_path / "link" / "ours"):
+        for force in (False, True):
+            with pytest.raises(CheckpointError, match="source"):
+                convert(hf, dst, tokenizer="bytes", force=force)
+    with pytest.raises(CheckpointError, match="source"):
+        convert(tmp_path / "link", hf, tokenizer="bytes")
+    assert _tree(hf) == before
+
+    run = tmp_path / "run"  # a run directory: --force must not replace it either
+    run.mkdir()
+    (run / "config.json").write_text('{"tasks": ["vt"]}')
+    (run / "records.jsonl").write_text("{}\n")
+    with pytest.raises(CheckpointError, match="not empty.*--force"):
+        convert(hf, run, tokenizer="bytes")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        convert(hf, run, tokenizer="bytes", force=True)
+    assert _tree(run) == {"config.json": b'{"tasks": ["vt"]}', "records.jsonl": b"{}\n"}
+
+    ours = tmp_path / "ours"
+    ours.mkdir()  # an empty folder is fine
+    convert(hf, ours, tokenizer="bytes")
+    with pytest.raises(CheckpointError, match="not empty.*--force"):
+        convert(hf, ours, tokenizer="gpt2")
+    convert(hf, ours, tokenizer="gpt2", force=True)
+    assert read_config(ours).tokenizer == "gpt2"
+    (ours / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="notes.txt"):
+        convert(hf, ours, tokenizer="bytes", force=True)
+    assert read_config(ours).tokenizer == "gpt2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "link", "ours", "run"]  # no temp folders left
+
+
+def test_convert_onto_a_file_or_an_unwritable_place(tmp_path):
+    hf = tmp_path / "hf"
+    _save_llama(hf)
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    with pytest.raises(CheckpointError, match="is a file"):
+        convert(hf, blocker, tokenizer="bytes")
+    with pytest.raises(CheckpointError, match="cannot write"):
+        convert(hf, blocker / "ours", tokenizer="bytes")
+    assert blocker.read_text() == "keep"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_convert_into_a_read_only_folder(tmp_path):
+    hf = tmp_path / "hf"
+    _save_llama(hf)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        with pytest.raises(CheckpointError, match="cannot write"):
+            convert(hf, ro / "ours", tokenizer="bytes")
+    finally:
+        ro.chmod(0o755)
+
+
+def test_interrupted_convert_leaves_no_half_checkpoint(tmp_path, monkeypatch):
+    import safetensors.torch
+
+    hf = tmp_path / "hf"
+    _save_llama(hf)
+    convert(hf, tmp_path / "old", tokenizer="bytes")
+    old = _tree(tmp_path / "old")
+
+    def killed(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", killed)
+    with pytest.raises(KeyboardInterrupt):
+        convert(hf, tmp_path / "new", tokenizer="bytes")
+    with pytest.raises(KeyboardInterrupt):
+        convert(hf, tmp_path / "old", tokenizer="gpt2", force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "old"]
+    assert _tree(tmp_path / "old") == old
+
+
+def _write_index(hf, weights, shard_name):
+    """model.safetensors.index.json mapping every tensor of `weights` to `shard_name`."""
+    from safetensors.torch import load_file
+
+    keys = load_file(str(weights))
+    (hf / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: shard_name for k in keys}}))
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "missing", "not-json"])
+def test_index_shards_stay_inside_the_folder(tmp_path, where):
+    hf = tmp_path / "hf"
+    _save_llama(hf)
+    outside = tmp_path / "outside.safetensors"
+    (hf / "model.safetensors").rename(outside)
+    if where == "not-json":
+        (hf / "model.safetensors.index.json").write_text('{"weight_map": ')
+    else:
+        _write_index(hf, outside, {"parent": "../outside.safetensors", "absolute": str(outside),
+                              "missing": "model-00002-of-00002.safetensors"}[where])
+    message = {"parent": "outside", "absolute": "outside", "missing": "missing", "not-json": "not valid JSON"}[where]
+    with pytest.raises(CheckpointError, match=message) as err:
+        convert(hf, tmp_path / "ours", tokenizer="bytes")
+    assert "model.safetensors.index.json" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(hf, backend="torch")
+    with pytest.raises(CheckpointError, match=message):
+        load_model(hf, backend="hf", device="cpu")

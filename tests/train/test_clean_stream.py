@@ -13,7 +13,8 @@ import pytest
 
 from rattn_eval.train import corpora
 from rattn_eval.train.data import evaluation_phrases, select_documents, split_sentences, word_lists
-from rattn_eval.train.synthetic import FAMILIES, RECALL_FAMILIES, Pools, RecallGenerator, all_phrases
+from rattn_eval.train import synthetic
+from rattn_eval.train.synthetic import FAMILIES, RECALL_FAMILIES, Pools, RecallGenerator
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFEST = ROOT / "results" / "train" / "data_manifest.json"
@@ -29,6 +30,18 @@ def essays():
     return corpora.essay_texts()
 
 
+def all_phrases() -> list[str]:
+    """Every fixed phrase the synthetic generator writes (placeholders removed)."""
+    s = synthetic
+    out = list(s.ATTRS) + [q.strip() for q in s.QUALIFIERS if q.strip()] + list(s.FACTS) + list(s.HEADERS)
+    for group in (s.QUESTIONS, s.MULTI_QUESTIONS, s.CHAIN_QUESTIONS, s.COUNT_QUESTIONS, s.CHAIN_FORMS):
+        for pair in group:
+            out += list(pair)
+    out += list(s.RELS) + [t.strip() for t in s.TAILS if t.strip()]
+    return out + list(s.Q_FORMS) + list(s.A_FORMS) + list(s.MULTI_Q_FORMS) + list(s.MULTI_A_FORMS)
+
+
+
 def test_detector_finds_planted_template_and_essay_text(phrases, essays):
     essay_run = " ".join(corpora.words(essays[3])[200:215])
     docs = ["An ordinary sentence about rivers and hills.",
@@ -42,7 +55,7 @@ def test_detector_finds_planted_template_and_essay_text(phrases, essays):
 
 def test_phrases_cover_a_real_evaluation_prompt(phrases):
     """The extracted ban list catches the fixed text of an actual generated prompt."""
-    from rattn_eval.models import load_tokenizer
+    from rattn_eval.tokenizer import load_tokenizer
     from rattn_eval.tasks import generate
 
     for prompts in ("native", "ruler"):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..common import Rope, apply_feature_map, check_feature_map, default_scale, feature_dim, rms_norm, rotate_half
+from ..common import (Rope, apply_feature_map, check_feature_map, default_scale, feature_dim, rms_norm, rotate_half,
+                      softcap_scores)
 
 
 @dataclass
@@ -158,8 +159,9 @@ def empty_local_cache(B, window, Hkv, D, *, dtype, device, kind="rattn", feature
 
 
 def local_decode_step_naive(q, k, v, cache: LocalCache, *, rope: Rope | None = None, scale=None,
-                            swa_norm_weight=None, rla_norm_weight=None, eps=1e-6):
+                            swa_norm_weight=None, rla_norm_weight=None, eps=1e-6, softcap=None):
     """One token per sequence. q (B, H, D) raw; k, v (B, Hkv, D) raw. Updates `cache` in place.
+    softcap: scores -> c * tanh(s / c) before the softmax (Gemma-2).
 
     Returns (B, H, D) in q.dtype: the SWA output for a plain SWA cache, else
     rms(o_swa) * g_swa + rms(o_rla) * g_rla.
@@ -195,7 +197,7 @@ def local_decode_step_naive(q, k, v, cache: LocalCache, *, rope: Rope | None = N
     kf = kf.repeat_interleave(g, dim=2)  # (B, W1, H, D)
     vf = cache.v.float().masked_fill(~filled[:, :, None, None], 0.0)  # unfilled slots may hold anything
     vf = vf.repeat_interleave(g, dim=2)
-    s = torch.einsum("bhd,bshd->bhs", qf, kf) * default_scale(D, scale)
+    s = softcap_scores(torch.einsum("bhd,bshd->bhs", qf, kf) * default_scale(D, scale), softcap)
     s = s.masked_fill(~filled[:, None, :], float("-inf"))
     o_swa = torch.einsum("bhs,bshd->bhd", torch.softmax(s, dim=-1), vf)  # no filled slot (t < 0): NaN
     cache.pos.add_(1)  # in place (t aliases it; not read below): a captured CUDA graph keeps the same tensor

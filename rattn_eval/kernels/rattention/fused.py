@@ -10,7 +10,7 @@ The design is picked in RLA_TUNING (swa/parallel.py); the H200 default is "segme
      segment's query chunks with the state on chip and writes the raw o_rla (two partials).
   3. `swa_fwd_kernel` (swa/parallel.py), with the plain-SWA tiles: rotates q, runs the window, and
      adds rms(o_swa) * g_swa + rms(partial_0 + partial_1) * g_rla.
-The chunk-state designs (the default until results/bench/segment_iterations/3_explore.txt):
+The chunk-state designs (slower on the H200; rattention/README.md):
   1. `rla_prefix_states` (rla/chunk.py) stores the RLA state at every state-block boundary
      (segment-relative, plus a per-segment carry), after the same phi(k) pre-pass.
   2. "fused": one `swa_fwd_kernel` pass per query block; the window-edge tiles feed the softmax
@@ -121,8 +121,7 @@ DESIGNS = ("fused", "fused_two_pass", "two_kernel", "segment")
 # "two_kernel": an RLA output pass writes rms(o_rla) * g_rla, the SWA pass adds rms(o_swa) * g_swa to it.
 # "segment": segment totals + carry, then rla/segment.py writes the raw o_rla with the state kept on
 #   chip, and the SWA pass normalizes it and adds rms(o_swa) * g_swa.
-# The H200 default is whichever was measured fastest: results/bench/sweep_prefill.py for the chunk-state
-# designs, then results/bench/segment_explore.py --apply against "segment" (segment_iterations/).
+# The H200 default is the design measured fastest at 32k (rattention/README.md lists the others' figures).
 DEFAULT_DESIGN = RLA_TUNING["design"]
 
 

@@ -178,7 +178,7 @@ def segment_config(D: int, dtype: torch.dtype) -> dict:
     if dtype == torch.float32:  # fp32 tiles take twice the shared memory
         return dict(BC=32, BV=min(D, 64), num_warps=4, num_stages=2, programs_per_sm=4, split_f=True, phi_k=True)
     tuned = RLA_TUNING.get("segment") or {}
-    # results/bench/segment_iterations/2_explore.txt (H200, 32k): feature halves split over programs and
+    # fastest on the H200 at 32k (rattention/README.md): feature halves split over programs and
     # phi(k) from the pre-pass; value slices of 64 with 4 warps
     cfg = dict(BC=64, BV=min(D, 64), num_warps=4, num_stages=2, programs_per_sm=4, split_f=True, phi_k=True)
     cfg.update(tuned)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..common import check_qkv, check_window, default_scale, drop_padding, segment_layout
+from ..common import check_qkv, check_window, default_scale, drop_padding, segment_layout, softcap_scores
 
 
 def visible(T: int, window: int | None, device) -> torch.Tensor:
@@ -22,11 +22,11 @@ def visible(T: int, window: int | None, device) -> torch.Tensor:
     return ok
 
 
-def swa_attention_naive(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None):
+def swa_attention_naive(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None, softcap=None):
     """Materializing reference: builds the full (T, T) score matrix. For short T.
 
     Args: q (B, T, H, D); k, v (B, T, Hkv, D); lengths (B,) for right-padded batches;
-    cu_seqlens (N+1,) offsets of packed sequences (B == 1).
+    cu_seqlens (N+1,) offsets of packed sequences (B == 1); softcap: scores -> c * tanh(s / c) (Gemma-2).
     Returns: (B, T, H, D) in q.dtype; zero at padded positions.
     """
     B, T, H, Hkv, D = check_qkv(q, k, v)
@@ -38,7 +38,7 @@ def swa_attention_naive(q, k, v, *, window, scale=None, lengths=None, cu_seqlens
     qf = q.float()
     kf = k.float().repeat_interleave(g, dim=2)
     vf = v.float().repeat_interleave(g, dim=2)
-    s = torch.einsum("bthd,bshd->bhts", qf, kf) * scale  # (B, H, T, T)
+    s = softcap_scores(torch.einsum("bthd,bshd->bhts", qf, kf) * scale, softcap)  # (B, H, T, T)
     ok = visible(T, window, q.device)[None] & (seg[:, :, None] == seg[:, None, :]) & valid[:, None, :]  # (B, T, T)
     s = s.masked_fill(~ok[:, None], float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # rows with no key (padding) -> 0
@@ -46,10 +46,10 @@ def swa_attention_naive(q, k, v, *, window, scale=None, lengths=None, cu_seqlens
     return (o * valid[:, :, None, None]).to(q.dtype)
 
 
-def swa_attention_chunked(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None, chunk=256):
+def swa_attention_chunked(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None, chunk=256, softcap=None):
     """Chunked reference: memory O(chunk x (chunk + window)), reaches 128k. fp32 inside.
 
-    Full causal (window=None) goes through SDPA per query chunk, as it has no window to bound keys.
+    Each query chunk goes through SDPA; with softcap (which SDPA lacks) its scores are formed explicitly.
     """
     B, T, H, Hkv, D = check_qkv(q, k, v)
     check_window(window)
@@ -71,6 +71,10 @@ def swa_attention_chunked(q, k, v, *, window, scale=None, lengths=None, cu_seqle
         if window is not None:
             ok = ok & (t - j <= window)
         ok = ok[None] & (seg[:, s0:s1, None] == seg[:, None, k0:s1]) & valid[:, None, k0:s1]  # (B, C, K)
-        o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=ok[:, None], scale=scale)
+        if softcap is None:
+            o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=ok[:, None], scale=scale)
+        else:
+            s = softcap_scores(qc @ kc.transpose(-1, -2) * scale, softcap)  # (B, H, C, K)
+            o = torch.softmax(s.masked_fill(~ok[:, None], float("-inf")), dim=-1) @ vc
         out[:, s0:s1] = o.transpose(1, 2).nan_to_num(0.0)
     return (out * valid[:, :, None, None]).to(q.dtype)

@@ -454,9 +454,8 @@ def sequence_table(B, T, device, lengths, cu_seqlens, block) -> SequenceTable:
     return _DENSE_TABLES[key]
 
 
-# RAttention / RLA launch settings for 16-bit inputs and D <= 128 (tuned on an H200 at T = 32k, w = 512,
-# Hkv = 16 by results/bench/sweep_prefill.py, which rewrites this one line with the fastest correct variant;
-# design and segment by results/bench/segment_explore.py --apply, on Hkv 16 + Hkv 4):
+# RAttention / RLA launch settings for 16-bit inputs and D <= 128, edited by hand (tuned on an H200 at
+# T = 32k, w = 512, Hkv 16 and 4; the alternatives measured are in rattention/README.md and swa/README.md):
 # design (rattention/fused.py DESIGNS), cfg = RLA output-pass tiles (+ phi_k: read phi(k) from the pre-pass,
 # heads_first: grid order), swa_cfg = the SWA pass of "two_kernel" and "segment", state = rla_prefix_states
 # settings, plain_swa_cfg = swa_attention's tiles, segment = rla/segment.py's kernel (segment_config).
@@ -470,8 +469,7 @@ def block_config(D: int, rla: bool, dtype: torch.dtype = torch.bfloat16) -> dict
     if dtype == torch.float32:  # fp32 tiles take twice the shared memory
         return dict(BM=64, BN=32, num_warps=4, num_stages=2) if D <= 128 else dict(BM=32, BN=32, num_warps=4, num_stages=1)
     if D <= 128:
-        # plain SWA: 64x64 tiles and 3 stages (H200 sweeps, results/bench/kernels_h200_sweep.txt), grid order
-        # from results/bench/sweep_prefill.py
+        # plain SWA: 64x64 tiles, 3 stages, heads-first grid order (fastest on the H200, swa/README.md)
         return dict(RLA_TUNING["cfg"]) if rla else dict(RLA_TUNING.get("plain_swa_cfg") or dict(BM=64, BN=64, num_warps=4,
                                                                                                 num_stages=3))
     return dict(BM=64, BN=32, num_warps=8, num_stages=2)
