@@ -112,6 +112,7 @@ def aggregate_lengths(length_scores: dict[int, float | None], *, threshold: floa
     return {"avg": avg, "wavg_inc": winc, "wavg_dec": wdec, "effective_length": eff,
             "effective_length_determined": determined}
 
+
 def effective_length_text(summary: dict[str, Any]) -> str:
     """The effective length of a summary (or a compare row) as a table shows it: '8k', '<1k' when even
     the shortest length fails the threshold, '—' when a length it depends on has no result yet."""

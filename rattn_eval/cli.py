@@ -19,11 +19,12 @@ from rattn_eval.tasks import PROMPTS
 
 EXIT_USER_ERROR = 2
 
+# One line per name of models.registry.BACKENDS (tests/test_cli.py keeps the keys equal to it).
 BACKEND_HELP = {
     "auto": "triton on CUDA, torch otherwise",
     "triton": "rattn-eval's fused Triton kernels (CUDA)",
     "torch": "PyTorch reference kernels (any device)",
-    "hf": "an unmodified transformers model from a local directory (baseline)",
+    "hf": "the unmodified transformers model of the same weights (baseline)",
 }
 
 
@@ -255,7 +256,8 @@ def ls(what):
         for name, entry in MODELS.items():
             default = "  (default)" if name == DEFAULT_MODEL else ""
             click.echo(f"  {name:<13} {entry.source.describe():<38} {entry.description}{default}")
-        click.echo("  oracle:correct, oracle:wrong  (test doubles that answer from the sample)")
+        click.echo("  oracle:correct, oracle:wrong  (pipeline checks: answer every sample right / wrong, "
+                   "so a run must score exactly 100 / 0)")
         cached = cached_models()
         click.echo(f"Hugging Face cache ({cache_dir()}; run with -m ORG/NAME or ORG/NAME@COMMIT):"
                    + ("" if cached else " no models"))

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rattn_eval.errors import ConfigError, DataError
+from rattn_eval.errors import ConfigError
 from rattn_eval.aggregate import (DEFAULT_THRESHOLD, difference, effective_length_text, mean_difference,
                                   same_within_noise, summarize, within_noise)
-from rattn_eval.results import ABSENT_MEANS, CONFIG_FILE, belongs, format_length, read_run_records
+from rattn_eval.results import ABSENT_MEANS, belongs, format_length, read_run
 
 GAP = "—"
 AVERAGE = "average"
@@ -51,16 +51,8 @@ def load_run(path: str | Path) -> Run:
     """Read a run directory (config.json + records.jsonl, and the records.rank*.jsonl files a killed
     torchrun run leaves); DataError if it is not one."""
     path = Path(path)
-    cfg_file = path / CONFIG_FILE
-    if not cfg_file.is_file():
-        raise DataError(f"{path} is not a run directory (no {CONFIG_FILE}); pass directories written by rattn-eval run")
-    try:
-        config = json.loads(cfg_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"{cfg_file} is not valid JSON") from None
-    if not isinstance(config, dict) or not isinstance(config.get("n"), int) or not isinstance(config.get("lengths"), list):
-        raise DataError(f"{cfg_file} is not a run config (a JSON object with n and lengths, as rattn-eval run writes)")
-    records = list(read_run_records(path).values())  # with the rank files a killed torchrun run leaves
+    config, by_id = read_run(path)  # with the rank files a killed torchrun run leaves
+    records = list(by_id.values())
     mine = [r for r in records if belongs(r, config)]
     return Run(path=path, config=config, records=mine, foreign=len(records) - len(mine))
 
@@ -120,7 +112,7 @@ def compare(runs: list[Run], *, threshold: float = DEFAULT_THRESHOLD) -> Compari
         s = summarize(r.records, tasks=tasks, lengths=lengths_sorted, expected=expected, threshold=threshold)
         rows.append({"label": r.label, "path": str(r.path), "model": r.config.get("model"),
                      "window": r.config.get("window"), "seed": r.config.get("seed"), "n": r.config.get("n"),
-                     "backend": r.config.get("backend"), **s})
+                     "backend": _backends_that_ran(r.records) or r.config.get("backend"), **s})
         if s["missing"]:
             cells = ", ".join(f"{t}@{format_length(L)}" for t, L in s["missing"])
             notes.append(f"{r.label} has no results for {cells}; averages covering them are left empty")
@@ -157,6 +149,12 @@ def _cells(run: Run) -> dict[tuple[str, int], dict[Any, float]]:
         key = (rec["id"], sha) if sha else (str(run.path), rec["id"])  # no hash: never paired
         out.setdefault((rec["task"], int(rec["length"])), {})[key] = float(rec["score"])
     return out
+
+
+def _backends_that_ran(records) -> str | None:
+    """The backends the records name (config.json holds the one asked for, e.g. "auto")."""
+    ran = sorted({str(r["backend"]) for r in records if r.get("backend")})
+    return ",".join(ran) or None
 
 
 def _mark_noise(runs: list[Run], rows: list[dict[str, Any]], tasks: list[str], lengths: list[int]) -> None:

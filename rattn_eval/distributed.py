@@ -184,28 +184,44 @@ def assign_shares(pending: Sequence[Sequence[Any]], world_size: int) -> list[lis
 
 # Hooks called by rattn_eval.runner.run, in this order.
 
-def prepare(ctx: DistContext, out: Path, config: dict[str, Any], *, overwrite: bool, repair: bool = False) -> RunDir:
-    """RunDir.prepare on rank 0 (the only writer of config.json); its verdict reaches every rank.
+def lock(ctx: DistContext, out: Path) -> RunDir:
+    """RunDir.lock on rank 0, a run's first step (before the model loads); its verdict reaches every rank.
 
-    Rank 0's RunDir holds the directory's lock for the whole launch, so a second run on it is refused
-    while the other ranks, which never lock, work under it. With `overwrite`, old rank files go too. A
-    refusal (directory in use, config mismatch, unwritable directory) is raised on every rank with rank
-    0's message, so no rank waits at a barrier for nothing.
+    Rank 0's RunDir holds the directory's lock for the whole launch, so a second run on it is refused at
+    once while the other ranks, which never lock, work under it. A refusal (directory in use, not a run
+    directory, unwritable) is raised on every rank with rank 0's message, so no rank waits at a barrier
+    for nothing.
     """
     if not ctx.sharded:
-        return RunDir.prepare(out, config, overwrite=overwrite, repair=repair)
-    failure = None
+        return RunDir.lock(out)
     rundir = RunDir(Path(out))
+    return _on_main(ctx, lambda: RunDir.lock(out), rundir)
+
+
+def open_run(ctx: DistContext, rundir: RunDir, config: dict[str, Any], *, overwrite: bool, repair: bool = False,
+             model_revision: str | None = None) -> None:
+    """RunDir.open on rank 0 (the only writer of config.json), once the model is loaded; a refusal
+    (config or model commit mismatch) is raised on every rank. With `overwrite`, old rank files go too."""
+    if not ctx.sharded:
+        rundir.open(config, overwrite=overwrite, repair=repair, model_revision=model_revision)
+        return
+    _on_main(ctx, lambda: rundir.open(config, overwrite=overwrite, repair=repair, model_revision=model_revision),
+             None)
+
+
+def _on_main(ctx: DistContext, step, others: Any) -> Any:
+    """`step()` on rank 0 (its result there, `others` elsewhere); its RattnError raised on every rank."""
+    failure, result = None, others
     if ctx.is_main:
         try:
-            rundir = RunDir.prepare(out, config, overwrite=overwrite, repair=repair)
+            result = step()
         except RattnError as e:
             failure = (type(e).__name__, str(e))
     failure = ctx.broadcast(failure)
     if failure is not None:
         name, message = failure
         raise getattr(errors, name, RattnError)(message)
-    return rundir
+    return result
 
 
 def load_done(ctx: DistContext, rundir: RunDir) -> dict[str, dict[str, Any]]:

@@ -28,6 +28,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import re
@@ -48,6 +49,11 @@ _RANK_FILE_RE = re.compile(r"^records\.rank(\d+)\.jsonl$")
 LOCK_FILE = ".lock"
 # What `rattn_eval.report.write_report` writes into RUN/report (tests/runner keeps the two in step).
 REPORT_FILES = frozenset({"report.md", "score_vs_length.png", "niah_heatmap.png"})
+# flock's errors on a file system without locks (ENOTSUP is EOPNOTSUPP on Linux, not everywhere)
+_FLOCK_UNSUPPORTED = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP})
+
+log = logging.getLogger(__name__)
+
 # Keys every config.json a run writes holds; a checkpoint's config.json (a model config) lacks them.
 RUN_CONFIG_KEYS = ("model", "n", "lengths", "resolved_tasks")
 
@@ -87,11 +93,13 @@ def check_writable(path: Path) -> None:
 
 @dataclass
 class RunDir:
-    """One run directory on disk. Create with `RunDir.prepare`, which locks it and enforces resume rules;
-    use it as a context manager (or call `close`) so the lock goes when the run ends, failed or not."""
+    """One run directory on disk. Lock it with `RunDir.lock` (a run's first step), then `open` it, which
+    enforces the resume rules and writes config.json (`prepare` does both); use it as a context manager
+    (or call `close`) so the lock goes when the run ends, failed or not."""
 
     path: Path
     _lock: "RunLock | None" = field(default=None, repr=False, compare=False)
+    _created: list[Path] = field(default_factory=list, repr=False, compare=False)  # by `lock`, deepest first
 
     @property
     def records_path(self) -> Path:
@@ -99,38 +107,60 @@ class RunDir:
 
     @classmethod
     def prepare(cls, path: str | Path, config: dict[str, Any], *, overwrite: bool = False,
-                repair: bool = False) -> "RunDir":
-        """Create and lock `path`, or lock and reopen it to resume when its config.json matches `config`.
-
-        The lock is taken before config.json is trusted and before anything is written or deleted: a
-        second run on the same directory is refused rather than computing every sample twice or writing
-        into files another run deletes. Only a run directory (or an empty folder) is written into. One
-        holding results of a different config is refused, naming the differing keys, or with `overwrite`
-        cleared of the files a run writes (nothing else). `repair` sets unreadable record lines and a
-        broken env.json aside.
-        """
-        path = Path(path)
-        check_writable(path)
-        rd = cls(path)
-        rd.check_files()
-        rd.check_is_run_dir()  # before locking too, so that a folder of someone else's gets no lock file
+                repair: bool = False, model_revision: str | None = None) -> "RunDir":
+        """`lock` then `open`: create and lock `path`, or lock and reopen it to resume when its config.json
+        matches `config`. The lock is released when `open` refuses."""
+        rd = cls.lock(path)
         try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create output directory {path}: {e.strerror or e}") from None
-        rd._lock = RunLock.acquire(path)
-        try:
-            rd._open(config, overwrite=overwrite, repair=repair)
+            rd.open(config, overwrite=overwrite, repair=repair, model_revision=model_revision)
         except BaseException:
             rd.close()
             raise
         return rd
 
-    def _open(self, config: dict[str, Any], *, overwrite: bool, repair: bool) -> None:
-        """`prepare`'s checks and writes, under the lock."""
+    @classmethod
+    def lock(cls, path: str | Path) -> "RunDir":
+        """Check that `path` may hold a run, create it and take its lock; the first step of a run, before
+        the model loads, so a second run on a busy directory is refused at once.
+
+        Only a run directory (or an empty folder) is locked: a folder of someone else's gets no lock file.
+        The lock is taken before config.json is trusted and before anything is written or deleted, so a
+        second run is refused rather than computing every sample twice or writing into files another run
+        deletes. Release it with `close` (or use the RunDir as a context manager).
+        """
+        path = Path(path)
+        check_writable(path)
+        rd = cls(path)
+        rd.check_files()
+        rd.check_is_run_dir()
+        absent = path.absolute()
+        while not absent.exists():
+            rd._created.append(absent)  # deepest first
+            absent = absent.parent
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create output directory {path}: {e.strerror or e}") from None
+        try:
+            rd._lock = RunLock.acquire(path)
+        except BaseException:
+            rd.close()
+            raise
+        return rd
+
+    def open(self, config: dict[str, Any], *, overwrite: bool = False, repair: bool = False,
+             model_revision: str | None = None) -> None:
+        """Start or resume the run of `config` in this (locked) directory, writing config.json.
+
+        One holding results of a different config is refused, naming the differing keys, or with
+        `overwrite` cleared of the files a run writes (nothing else). A resume whose model is another hub
+        commit (`model_revision`) than the newest session of env.json recorded is refused too. `repair`
+        sets unreadable record lines and a broken env.json aside. Nothing is written before a refusal.
+        """
         self.check_files()
         old = self.check_is_run_dir()
         if old is not None and not overwrite:
+            old = self._check_model_revision(old, config, model_revision)
             diff = config_differences(old, config)
             if diff:
                 hint = ("; a run made before prompt profiles existed resumes with --prompts native"
@@ -147,11 +177,40 @@ class RunDir:
         self._read_env(set_aside=repair)
         _write_json(self.path / CONFIG_FILE, config)
 
+    def _check_model_revision(self, old: dict[str, Any], config: dict[str, Any],
+                              revision: str | None) -> dict[str, Any]:
+        """Refuse to resume with other weights than the newest session's hub commit (a hub id's main may
+        have moved since). Returns `old` to compare `config` with: where both name the same commit of one
+        hub repo, "ORG/NAME" and "ORG/NAME@COMMIT" are the same model, so pinning the commit resumes."""
+        try:
+            env = self._read_env()
+        except DataError:  # a broken env.json: --repair sets it aside, and without it `open` refuses
+            return old
+        sessions = env.get("sessions") or [env]
+        recorded = sessions[-1].get("model_revision")
+        if not (isinstance(recorded, str) and recorded and revision):
+            return old
+        repo = str(old.get("model", "")).split("@", 1)[0]
+        if recorded != revision:
+            raise ConfigError(f"{self.path} holds results of {repo} at commit {recorded}, but {config.get('model')} "
+                              f"is now commit {revision}; pin -m {repo}@{recorded} to resume with the same weights, "
+                              "or choose another --out (or --overwrite to start afresh)")
+        if repo == str(config.get("model", "")).split("@", 1)[0]:
+            return {**old, "model": config.get("model")}
+        return old
+
     def close(self) -> None:
-        """Release the lock (a no-op on ranks that do not hold it)."""
+        """Release the lock (a no-op on ranks that do not hold it), and remove the folders `lock` created
+        when the run wrote nothing into them (it failed before it started)."""
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        for d in self._created:
+            try:
+                d.rmdir()
+            except OSError:  # not empty: the run wrote into it
+                break
+        self._created = []
 
     def __enter__(self) -> "RunDir":
         return self
@@ -288,11 +347,12 @@ class RunLock:
     The kernel drops a flock when its process dies, so a killed run never leaves a lock behind that
     needs clearing by hand; the file's content (pid, host, start time) only names the holder when a
     second run is refused. Under torchrun, rank 0 holds it for the whole launch (the other ranks write
-    only their own rank files, and only while rank 0 runs).
+    only their own rank files, and only while rank 0 runs). Where the file system has no flock (some
+    Lustre and NFS mounts), the run goes on without a lock after a one-line warning.
     """
 
-    def __init__(self, fd: int, path: Path):
-        self._fd: int | None = fd
+    def __init__(self, fd: int | None, path: Path):
+        self._fd = fd  # None: the file system has no flock and the run goes on unlocked
         self.path = path
 
     @classmethod
@@ -308,6 +368,11 @@ class RunLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 os.close(fd)
+                if e.errno in _FLOCK_UNSUPPORTED:
+                    log.warning("the file system of %s does not support locks (flock: %s), so this run goes on "
+                                "without one: make sure no other run writes to %s at the same time",
+                                directory, e.strerror or e, directory)
+                    return cls(None, f)
                 if e.errno not in (errno.EAGAIN, errno.EACCES):
                     raise ConfigError(f"cannot lock {f}: {e.strerror or e}") from None
                 raise ConfigError(f"{directory} is in use by another run ({_holder(f)}); wait for it to end "
@@ -558,6 +623,34 @@ def read_run_records(path: str | Path) -> dict[str, dict[str, Any]]:
         for rid, rec in load_records(f).items():
             records.setdefault(rid, rec)
     return records
+
+
+def read_run_config(path: str | Path) -> dict[str, Any]:
+    """config.json of run directory `path`, for the readers (compare, report, benchmarks); DataError
+    when there is none or it is not what `rattn-eval run` writes."""
+    path = Path(path)
+    f = path / CONFIG_FILE
+    if not f.is_file():
+        raise DataError(f"{path} is not a run directory (no {CONFIG_FILE}); pass directories written by rattn-eval run")
+    try:
+        config = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(f"{f} is not valid JSON") from None
+    if not is_run_config(config):
+        raise DataError(f"{f} is not a run config (a JSON object with {', '.join(RUN_CONFIG_KEYS)}, as rattn-eval "
+                        "run writes)")
+    return config
+
+
+def read_run(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """(config.json, every record keyed by id) of run directory `path` (see `read_run_records`)."""
+    return read_run_config(path), read_run_records(path)
+
+
+def read_env(path: str | Path) -> dict[str, Any]:
+    """env.json of run directory `path` ({} when absent): the newest session at the top level, every
+    session under "sessions"; DataError when it is not an environment history."""
+    return RunDir(Path(path))._read_env()
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> str:

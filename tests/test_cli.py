@@ -48,6 +48,21 @@ def test_ls_lists_tasks_groups_models_backends():
     assert "backends" not in invoke(["ls", "tasks"]).output
 
 
+def test_backend_help_names_exactly_the_registry_backends():
+    from rattn_eval.cli import BACKEND_HELP
+    from rattn_eval.models.registry import BACKENDS
+
+    assert tuple(BACKEND_HELP) == BACKENDS
+    out = invoke(["ls", "backends"]).output
+    assert all(f"  {name:<7} {desc}" in out for name, desc in BACKEND_HELP.items())
+
+
+def test_ls_presents_the_oracles_as_pipeline_checks():
+    out = invoke(["ls", "models"]).output
+    [line] = [x for x in out.splitlines() if "oracle:correct" in x]
+    assert "pipeline checks" in line and "test" not in line
+
+
 def test_ls_models_matches_the_model_registry():
     from rattn_eval.models.registry import MODELS
     from rattn_eval.runner import builtin_models
@@ -238,3 +253,96 @@ def test_convert_onto_a_file_or_into_an_unwritable_folder(tmp_path):
         _one_line_error(CliRunner().invoke(cli, [*conv, str(ro / "ck")]), "cannot write")
     finally:
         ro.chmod(0o755)
+
+
+def _simulated_read_only(monkeypatch, folder):
+    """Every mkdir under `folder` fails as on a read-only mount: the read-only case for root (CI), whose
+    writes the folder's mode does not stop."""
+    import errno
+
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if os.path.abspath(path).startswith(os.path.join(os.path.abspath(folder), "")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def test_convert_and_export_into_a_read_only_folder_simulated(tmp_path, monkeypatch):
+    hf = _tiny_hf_folder(tmp_path / "hf")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    _simulated_read_only(monkeypatch, ro)
+    _one_line_error(CliRunner().invoke(cli, ["convert", "--tokenizer", "bytes", str(hf), str(ro / "ck")]),
+                    "cannot write a checkpoint", "Read-only file system")
+    _one_line_error(CliRunner().invoke(cli, ["export", "tiny-full", str(ro / "hf")]),
+                    "cannot write an export", "Read-only file system")
+    assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("error", ["OSError", "SafetensorError"])
+@pytest.mark.parametrize("command", ["convert", "export"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, command, error):
+    import errno
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    hf = _tiny_hf_folder(tmp_path / "hf")  # saved before the disk "fills"
+
+    def full(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"\0" * 100)  # what fitted
+        if error == "OSError":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "out"
+    args = (["convert", "--tokenizer", "bytes", str(hf), str(out)] if command == "convert"
+            else ["export", "tiny-full", str(out)])
+    _one_line_error(CliRunner().invoke(cli, args), "cannot write", str(out), "No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no half folder, no temporary one
+
+
+def _tiny_qwen2_folder(path):
+    """A 2-layer random Qwen2 whose second layer slides: every key the importer checks is in its config.json."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    cfg = Qwen2Config(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=1, max_position_embeddings=256, use_sliding_window=True, sliding_window=16,
+                      max_window_layers=1)
+    Qwen2ForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen2_folder(tmp_path_factory):
+    return _tiny_qwen2_folder(tmp_path_factory.mktemp("qwen2") / "hf")
+
+
+@pytest.mark.parametrize("change,key", [
+    ({"hidden_size": "32"}, "hidden_size"),
+    ({"max_position_embeddings": "32k"}, "max_position_embeddings"),
+    ({"sliding_window": 16.5}, "sliding_window"),
+    ({"layer_types": ["full_attention"]}, "layer_types"),
+    ({"num_attention_heads": 0}, "num_attention_heads"),
+    ({"tie_word_embeddings": "yes"}, "tie_word_embeddings"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": "x"}}, "rope_parameters.factor"),
+    # refused by transformers itself; rms_norm_eps left to its default, as once blamed for it
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}, "rms_norm_eps": ...},
+     "low_freq_factor"),
+    ({"initializer_range": "x"}, "initializer_range"),  # a key only transformers reads
+], ids=["string", "32k", "fraction", "layer-types", "zero-heads", "bool", "rope-factor", "llama3-keys", "theirs"])
+def test_run_and_convert_on_a_hf_folder_with_a_bad_config(tmp_path, qwen2_folder, change, key):
+    import shutil
+
+    hf = tmp_path / "hf"
+    shutil.copytree(qwen2_folder, hf)
+    cfg = {**json.loads((hf / "config.json").read_text()), **change}
+    (hf / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not ...}))
+    for args in (["run", "-q", "-t", "vt", "-l", "1k", "-m", str(hf), "--out", str(tmp_path / "o")],
+                 ["convert", "--tokenizer", "bytes", str(hf), str(tmp_path / "ck")]):
+        _one_line_error(CliRunner().invoke(cli, args), str(hf / "config.json"), key)

@@ -1,4 +1,5 @@
-"""Per-batch times of rattn-eval runs, from their records.jsonl (`timings` of each record's batch).
+"""Per-batch times of rattn-eval runs, from their records (`timings` of each record's batch), read
+through `rattn_eval.results`.
 
 A run's first batch can include kernel compilation and CUDA-graph capture for its batch shape (when
 its warm-up used a smaller batch). This prints every batch and the throughput with the first batch of
@@ -8,9 +9,10 @@ each run (each rank) left out, and from the median batch, beside the whole-run f
     python -m rattn_eval.bench.batch_times results/bench/h200x2_scaling/two results/bench/h200x2_scaling/single
 """
 
-import json
 import sys
 from pathlib import Path
+
+from rattn_eval.results import read_env, read_run_config, read_run_records
 
 
 def ranks_of(run: Path, records: list[dict], world: int) -> dict[str, int]:
@@ -22,7 +24,7 @@ def ranks_of(run: Path, records: list[dict], world: int) -> dict[str, int]:
 
     from rattn_eval.distributed import assign_shares
 
-    config = json.loads((run / "config.json").read_text())
+    config = read_run_config(run)
     cells = [[SimpleNamespace(**r) for r in records if r["task"] == t and r["length"] == n]
              for t in config["resolved_tasks"] for n in config["lengths"]]
     return {i: rank for rank, ids in enumerate(assign_shares(cells, world)) for i in ids}
@@ -30,7 +32,7 @@ def ranks_of(run: Path, records: list[dict], world: int) -> dict[str, int]:
 
 def batches(run: Path, world: int) -> list[tuple[int, dict, int]]:
     """[(samples, timings, rank)] per batch, in record order."""
-    records = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
+    records = list(read_run_records(run).values())
     rank = ranks_of(run, records, world)
     seen: dict[tuple, list] = {}
     for r in records:
@@ -44,7 +46,7 @@ def main(runs: list[str]) -> None:
     rates, medians = {}, {}
     for name in runs:
         run = Path(name)
-        session = json.loads((run / "env.json").read_text())["sessions"][-1]
+        session = read_env(run)["sessions"][-1]
         world = session["world_size"]
         rows = batches(run, world)
         print(f"== {run} (world size {world}): {len(rows)} batches, {session['samples']} samples, "

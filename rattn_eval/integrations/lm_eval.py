@@ -340,8 +340,9 @@ def cli_main(argv: list[str]) -> int:
     followed by every other argument unchanged (e.g. `--tasks`, `--limit`, `--include_path`, and more
     `--model_args k=v`, which lm-eval merges in). Returns the exit status.
 
-    Raises ConfigError for bad options (checked before the model loads) and when lm-eval could not save
-    the results; errors of the model itself (NumericsError, BudgetError) come through as raised.
+    Raises ConfigError for bad options (checked before the model loads), for lm-eval's ValueErrors (an
+    unknown task, or its message prefixed "lm-eval: ") and when lm-eval could not save the results; errors
+    of the model itself (NumericsError, BudgetError) come through as raised.
     """
     rest, path = [], None
     args = iter(argv)
@@ -379,11 +380,11 @@ def cli_main(argv: list[str]) -> int:
         _check_run_args(options)
         try:
             parser.execute(options)
-        except ValueError:  # lm-eval's answer to an unknown task name, among others
+        except ValueError as err:  # lm-eval's answer to an unknown task name, among others
             unknown = _unknown_task_error(options)
             if unknown:
                 raise unknown from None
-            raise
+            raise ConfigError(f"lm-eval: {' '.join(str(err).split())}") from None
     except SystemExit as stop:  # --help ends this way
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
@@ -414,7 +415,8 @@ def _check_run_args(args) -> None:
         raise ConfigError("pass --tasks, e.g. --tasks arc_easy (`lm-eval ls tasks` lists them).")
     limit = args.limit
     if limit is not None and not (0 < limit < 1 or (limit >= 1 and limit.is_integer())):
-        raise ConfigError(f"--limit must be a positive number of documents or a fraction in (0, 1], not {limit:g}.")
+        raise ConfigError(f"--limit must be a whole number of documents (1 or more) or a fraction of them "
+                          f"in (0, 1), not {limit:g}.")
     if args.include_path and not os.path.isdir(args.include_path):
         raise ConfigError(f"--include_path {args.include_path!r} is not a directory of task YAML files.")
     if args.output_path:

@@ -27,7 +27,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -35,6 +34,7 @@ import torch
 from ..errors import CheckpointError, ConfigError
 from . import checkpoint as ckpt
 from .config import ModelConfig
+from .destination import Destination
 from .model import Model
 
 FORMATS = ("hf",)
@@ -147,7 +147,7 @@ def export_hf(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: torch.dt
     dst = Path(dst).expanduser()
     config = ckpt.read_config(src_dir)
     check_exportable(config)
-    _check_destination(src_dir, dst, force)
+    DESTINATION.check(src_dir, dst, force)
     tok = load_tokenizer(src_dir)
     weights = ckpt.read_weights(src_dir)
     with torch.device("meta"):  # the names and shapes the config wants, checked before anything is written
@@ -169,7 +169,7 @@ def export_hf(src: str | os.PathLike, dst: str | os.PathLike, *, dtype: torch.dt
             (folder / name).write_text(text, encoding="utf-8")
         (folder / "config.json").write_text(json.dumps(hf_config(config, tok, weight_dtype), indent=2) + "\n")
 
-    _write_in_place_of(src_dir, dst, force, write)
+    DESTINATION.write(src_dir, dst, force, write)
     return dst
 
 
@@ -190,9 +190,6 @@ def _source_dir(src) -> Path:
         raise CheckpointError(f"cannot export {key!r}: not a rattn-eval checkpoint folder nor a built-in checkpoint "
                               f"({', '.join((*SHIPPED_NAMES, *REAL_NAMES))}); convert it first with `rattn-eval convert`.")
     return path
-
-
-# ---- tokenizer files ------------------------------------------------------------------------------
 
 
 def _tokenizer_files(config: ModelConfig, tok) -> dict[str, str]:
@@ -289,56 +286,16 @@ def _check_same_encoding(spec_text: str, tok) -> str | None:
     return None if tok.pad_id is None else hf.id_to_token(tok.pad_id)
 
 
-# ---- the destination folder -----------------------------------------------------------------------
-
-
-def _check_destination(src: Path, dst: Path, force: bool) -> None:
-    """Refuse a destination whose replacement would lose data: the source, a file, or a non-empty folder
-    unless `force` is set and the folder holds a previous export and nothing else."""
-    s, d = src.resolve(), dst.resolve()
-    if s == d or s in d.parents or d in s.parents:
-        raise CheckpointError(f"cannot export {src} into {dst}: the destination overlaps the source.")
-    if d.exists() and not d.is_dir():
-        raise CheckpointError(f"{dst} is a file; export writes a folder, so name a new one.")
-    try:
-        entries = sorted(d.iterdir()) if d.is_dir() else []
-    except OSError as e:
-        raise CheckpointError(f"cannot write an export at {dst} ({e.strerror}).") from None
-    if not entries:
-        return
-    if not force:
-        raise CheckpointError(f"{dst} exists and is not empty; pass --force to replace a previous export there.")
+def _not_replaceable(folder: Path, entries: list[Path]) -> str | None:
+    """Why --force may not replace `folder`: only a previous export holding nothing else is replaced."""
     foreign = [p.name for p in entries if p.name not in EXPORT_FILES or not p.is_file()]
-    if not is_exported(d) or foreign:
-        raise CheckpointError(f"{dst} is not a previous export (it holds {', '.join(foreign) or 'another model'}), "
-                              "so --force does not replace it; name a new folder.")
+    if not is_exported(folder) or foreign:
+        return (f"is not a previous export (it holds {', '.join(foreign) or 'another model'}), so --force does not "
+                "replace it; name a new folder")
+    return None
 
 
-def _write_in_place_of(src: Path, dst: Path, force: bool, write) -> None:
-    """write(folder) on a new folder beside `dst`, then rename it to `dst` (an interrupted export leaves
-    no half folder at `dst`, and a replaced one stays whole until the new one is complete)."""
-    target = dst.resolve()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.exporting-"))
-    except OSError as e:
-        raise CheckpointError(f"cannot write an export at {dst} ({e.strerror}).") from None
-    old = tmp / "old"
-    try:
-        write(tmp / "new")
-        _check_destination(src, dst, force)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp / "new", target)
-    except OSError as e:
-        raise CheckpointError(f"cannot write an export at {dst} ({e.strerror}: {e.filename}).") from None
-    finally:
-        if old.exists() and not target.exists():
-            os.replace(old, target)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-# ---- reading an export back -----------------------------------------------------------------------
+DESTINATION = Destination(verb="export", thing="an export", refusal=_not_replaceable)
 
 
 def _config_json(path: Path) -> dict:

@@ -25,7 +25,9 @@ from ..errors import CheckpointError
 HUB_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
              "special_tokens_map.json", "chat_template.jinja", "model*.safetensors", "model.safetensors.index.json")
 
-_PART = r"\w(?:[\w.-]{0,94}\w)?"  # huggingface_hub's repo-id rule: word characters at both ends
+# huggingface_hub's repo-id rules (validate_repo_id): 1-96 word characters, "-" or "." per part, a word
+# character at both ends, no "--" or "..", no ".git" at the end
+_PART = r"\w(?:[\w.-]{0,94}\w)?"
 _HUB_ID = re.compile(rf"(?P<repo>{_PART}/{_PART})(?:@(?P<revision>[\w.][\w./-]*))?")
 
 
@@ -42,7 +44,7 @@ class Snapshot:
 def parse_hub_id(name: str) -> tuple[str, str | None] | None:
     """("ORG/NAME", revision or None) when `name` looks like a hub id, else None (no look-up)."""
     m = _HUB_ID.fullmatch(name)
-    if m is None or "--" in m["repo"] or ".." in m["repo"]:  # huggingface_hub refuses these in repo ids
+    if m is None or "--" in m["repo"] or ".." in m["repo"] or m["repo"].endswith(".git"):
         return None
     return m["repo"], m["revision"]
 
@@ -73,7 +75,7 @@ def snapshot(repo_id: str, revision: str | None = None) -> Snapshot:
     """The cached snapshot of `repo_id` at `revision` (default "main"): from the cache without network when
     it is there, else downloaded (HUB_FILES only) unless HF_HUB_OFFLINE is set. CheckpointError otherwise."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+    from huggingface_hub.errors import (GatedRepoError, HFValidationError, HfHubHTTPError, LocalEntryNotFoundError,
                                         RepositoryNotFoundError, RevisionNotFoundError)
 
     cache = cache_dir()
@@ -81,6 +83,8 @@ def snapshot(repo_id: str, revision: str | None = None) -> Snapshot:
     kwargs = dict(revision=revision, cache_dir=str(cache), allow_patterns=list(HUB_FILES))
     try:
         folder = snapshot_download(repo_id, local_files_only=True, **kwargs)
+    except HFValidationError as e:  # a rule of huggingface_hub's that parse_hub_id does not know (yet)
+        raise CheckpointError(f"{asked} is not a valid Hugging Face id ({' '.join(str(e).split()).rstrip('.')}).") from None
     except LocalEntryNotFoundError:  # also an incomplete snapshot
         if offline():
             raise CheckpointError(f"{asked} is not a local folder and not in the Hugging Face cache ({cache}), and "

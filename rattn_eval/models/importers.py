@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -22,7 +22,9 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from . import checkpoint as ckpt
+from . import rope
 from .config import ModelConfig
+from .destination import Destination
 from .registry import HF_MODEL_TYPES as SUPPORTED_TYPES  # listed torch-free there, for `ls models`
 
 
@@ -52,21 +54,30 @@ _ROPE_KEYS = {
 def _rope(hf: dict, params: dict, where: str) -> tuple[float, dict | None]:
     """(theta, native scaling dict or None) of one transformers rope parameter dict; an unsupported type or
     a partial rotary factor raises ConfigError naming the key."""
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: rope_parameters must be an object, got {params!r}.")
     kind = params.get("rope_type", params.get("type", "default"))
     partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
     if partial not in (None, 1, 1.0):
         raise ConfigError(f"{where}: partial_rotary_factor {partial} is not supported (RoPE on the whole head only).")
-    theta = float(params["rope_theta"])
+    theta = params["rope_theta"]
+    if not _positive_number(theta):
+        raise ConfigError(f"{where}: rope_theta must be a positive number, got {theta!r}.")
     if kind == "default":
-        return theta, None
+        return float(theta), None
     if kind not in _ROPE_KEYS:
         raise ConfigError(f"{where}: rope_type {kind!r} is not supported ({', '.join(['default', *_ROPE_KEYS])}).")
     s = {"type": kind, **{k: params[k] for k in _ROPE_KEYS[kind] if params.get(k) is not None}}
-    if kind in ("yarn", "longrope") and s.get("factor") is None:  # transformers: the ratio of the two lengths
-        s["factor"] = hf["max_position_embeddings"] / s["original_max_position_embeddings"]
+    original = s.get("original_max_position_embeddings")
+    if kind in ("yarn", "longrope") and s.get("factor") is None and _positive_int(original):
+        s["factor"] = hf["max_position_embeddings"] / original  # transformers: the ratio of the two lengths
     if kind == "dynamic":  # its "original" length is transformers' max_position_embeddings
         s["original_max_position_embeddings"] = int(hf["max_position_embeddings"])
-    return theta, s
+    try:
+        rope.check_scaling(s, hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"], "rope_parameters")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    return float(theta), s
 
 
 def _max_context(hf: dict, scaling: dict | None) -> int:
@@ -197,6 +208,51 @@ _FAMILIES = {"llama": _llama, "mistral": _llama, "qwen2": _qwen, "qwen3": _qwen,
              "gemma3_text": _gemma3, "phi3": _phi3}
 
 
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+def _positive_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+
+# config.json keys config_from_hf reads -> (test, what the value must be), checked before transformers' own
+# config class sees them and again on what it returns. null is "not set", which only the keys in _REQUIRED
+# may not be; a required key absent from the file is reported by import_hf_dir.
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+             "max_position_embeddings", "rms_norm_eps")
+_VALUE_RULES = {
+    **{k: (_positive_int, "a positive integer") for k in ("vocab_size", "hidden_size", "intermediate_size",
+       "num_hidden_layers", "num_attention_heads", "max_position_embeddings", "num_key_value_heads", "head_dim",
+       "sliding_window")},
+    **{k: (_positive_number, "a positive number") for k in ("rms_norm_eps", "query_pre_attn_scalar", "rope_theta",
+       "attn_logit_softcapping", "final_logit_softcapping")},
+    **{k: (lambda v: isinstance(v, bool), "true or false") for k in ("tie_word_embeddings", "attention_bias",
+       "mlp_bias", "use_sliding_window", "use_bidirectional_attention")},
+    **{k: (lambda v: isinstance(v, dict), "an object") for k in ("rope_parameters", "rope_scaling")},
+}
+
+
+def check_hf_values(hf: dict) -> None:
+    """Raise ConfigError naming the first key config_from_hf reads whose value has the wrong type or range
+    (a string for a number, a zero head count, layer_types of the wrong length); absent keys pass."""
+    for key, (ok, what) in _VALUE_RULES.items():
+        v = hf.get(key)
+        if v is not None and not ok(v):
+            raise ConfigError(f"{key} must be {what}, got {v!r}.")
+    for key in _REQUIRED:
+        if key in hf and hf[key] is None:
+            raise ConfigError(f"{key} must be set, got null.")
+    heads, kv = hf.get("num_attention_heads"), hf.get("num_key_value_heads")
+    if heads is not None and kv is not None and heads % kv:
+        raise ConfigError(f"num_attention_heads ({heads}) must be a multiple of num_key_value_heads ({kv}).")
+    types, n = hf.get("layer_types"), hf.get("num_hidden_layers")
+    if types is not None and not (isinstance(types, list) and all(isinstance(t, str) for t in types)
+                                  and (n is None or len(types) == n)):
+        raise ConfigError(f"layer_types must be a list of {n if n is not None else 'num_hidden_layers'} layer type "
+                          f"names (one per layer), got {types!r}.")
+
+
 def config_from_hf(hf: dict, *, name: str = "custom", tokenizer: str = "tokenizer.json") -> ModelConfig:
     """A transformers config dict (config.json, as normalize_hf_config returns it) -> ModelConfig.
     Supports llama (incl. 3.x RoPE), mistral, qwen2, qwen3, gemma2, gemma3_text, phi3; a variant it
@@ -204,8 +260,9 @@ def config_from_hf(hf: dict, *, name: str = "custom", tokenizer: str = "tokenize
     mtype = hf.get("model_type")
     if mtype == "gemma3" and "text_config" in hf:
         raise ConfigError("multimodal Gemma-3 folders are not supported; use a text-only (gemma3_text) checkpoint.")
-    if mtype not in _FAMILIES:
+    if not isinstance(mtype, str) or mtype not in _FAMILIES:
         raise ConfigError(f"model_type {mtype!r} is not supported; importers exist for {', '.join(SUPPORTED_TYPES)}.")
+    check_hf_values(hf)
     heads = hf["num_attention_heads"]
     head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
     common = dict(
@@ -437,14 +494,19 @@ def _read_hf_weights(path: Path) -> dict[str, torch.Tensor]:
 def normalize_hf_config(hf: dict) -> dict:
     """A config.json as transformers itself reads it: older files (Gemma-3's `rope_local_base_freq`,
     `sliding_window_pattern`, a global-only `rope_scaling`, tying left to the class default) come out
-    with per-layer-type `rope_parameters`, `layer_types` and an explicit `tie_word_embeddings`."""
+    with per-layer-type `rope_parameters`, `layer_types` and an explicit `tie_word_embeddings`. A value of
+    the wrong type or range, or one transformers' config class refuses, raises ConfigError naming the key."""
     from transformers import AutoConfig
 
     mtype = hf.get("model_type")
+    if not isinstance(mtype, str) or mtype not in _FAMILIES:
+        return hf  # config_from_hf names the unsupported model_type
+    check_hf_values(hf)  # in our words first: transformers' messages run over several lines
     try:
         return AutoConfig.for_model(mtype, **{k: v for k, v in hf.items() if k != "model_type"}).to_dict()
-    except (ValueError, KeyError):
-        return hf  # unknown to transformers: config_from_hf names the unsupported model_type
+    except Exception as e:  # its config classes raise TypeError, ValueError, KeyError, StrictDataclassError
+        why = " ".join(str(e.args[0] if isinstance(e, KeyError) and e.args else e).split())
+        raise ConfigError(f"transformers' {mtype} config refuses it ({why}).") from None
 
 
 def import_hf_dir(path: str | os.PathLike, *, name: str | None = None) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
@@ -482,7 +544,12 @@ def import_gguf(path: str | os.PathLike, *, name: str | None = None) -> tuple[Mo
         )
     except Exception as e:
         raise CheckpointError(f"transformers could not read the GGUF file {path} ({type(e).__name__}: {e}).") from None
-    cfg = config_from_hf(hf_model.config.to_dict(), name=name or path.stem)
+    try:
+        cfg = config_from_hf(hf_model.config.to_dict(), name=name or path.stem)
+    except KeyError as e:
+        raise CheckpointError(f"{path} lacks the metadata key {e}, which a {hf_model.config.model_type} model needs.") from None
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
     return cfg, state_dict_from_hf(cfg, hf_model.state_dict(), str(path))
 
 
@@ -494,62 +561,19 @@ def _gguf_tokenizer_dir(path: Path, out: Path) -> Path:
     return out
 
 
-def _check_destination(src: Path, dst: Path, force: bool) -> None:
-    """Refuse a destination whose replacement would lose data: the source itself (also through links, or
-    a folder inside it or around it), a file, or a non-empty folder unless `force` is set and the folder
-    holds nothing but a checkpoint's own files, so a run directory or any other folder is never deleted."""
-    s, d = src.resolve(), dst.resolve()
-    if s == d or s in d.parents or d in s.parents:
-        raise CheckpointError(f"cannot convert {src} into {dst}: the destination overlaps the source, "
-                              "and the source is never written to.")
-    if d.exists() and not d.is_dir():
-        raise CheckpointError(f"{dst} is a file; convert writes a checkpoint directory, so name a new folder.")
-    try:
-        entries = sorted(d.iterdir()) if d.is_dir() else []
-    except OSError as e:
-        raise CheckpointError(f"cannot write a checkpoint at {dst} ({e.strerror}).") from None
-    if not entries:
-        return
-    if not force:
-        raise CheckpointError(f"{dst} exists and is not empty; pass --force (force=True) to replace a checkpoint "
-                              "there.")
-    if not ckpt.is_checkpoint(d):
-        raise CheckpointError(f"{dst} is not a checkpoint, so --force does not replace it; name a new folder.")
+def _not_replaceable(folder: Path, entries: list[Path]) -> str | None:
+    """Why --force may not replace `folder`: only a folder holding nothing but a checkpoint's own files is
+    replaced, so a run directory or any other folder is never deleted."""
+    if not ckpt.is_checkpoint(folder):
+        return "is not a checkpoint, so --force does not replace it; name a new folder"
     foreign = [p.name for p in entries if p.name not in ckpt.CHECKPOINT_FILES or not p.is_file()]
     if foreign:
-        raise CheckpointError(f"{dst} holds {', '.join(foreign)} besides checkpoint files, so --force does not "
-                              "replace it; remove those or name a new folder.")
+        return (f"holds {', '.join(foreign)} besides checkpoint files, so --force does not replace it; remove "
+                "those or name a new folder")
+    return None
 
 
-def _write_in_place_of(src: Path, dst: Path, force: bool, write) -> None:
-    """Call write(folder) on a new folder beside `dst`, then rename it to `dst`.
-
-    A conversion killed midway leaves no half checkpoint at `dst` (at most a hidden temporary folder
-    beside it), and a checkpoint replaced under `force` stays whole until the new one is complete.
-    """
-    from safetensors import SafetensorError
-
-    target = dst.resolve()  # a link to a checkpoint folder: replace the folder, keep the link
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.converting-"))
-    except OSError as e:
-        raise CheckpointError(f"cannot write a checkpoint at {dst} ({e.strerror}).") from None
-    old = tmp / "old"
-    try:
-        write(tmp / "new")  # a folder inside mkdtemp's private one, so it gets the usual permissions
-        _check_destination(src, dst, force)  # again: the folder may have changed during a long conversion
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp / "new", target)
-    except OSError as e:  # the file is named: it may be a tokenizer file being read, not one being written
-        raise CheckpointError(f"cannot write a checkpoint at {dst} ({e.strerror}: {e.filename}).") from None
-    except SafetensorError as e:
-        raise CheckpointError(f"cannot write a checkpoint at {dst} ({e}).") from None
-    finally:
-        if old.exists() and not target.exists():  # interrupted between the two renames
-            os.replace(old, target)
-        shutil.rmtree(tmp, ignore_errors=True)
+DESTINATION = Destination(verb="convert", thing="a checkpoint", refusal=_not_replaceable)
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, name: str | None = None, dtype: torch.dtype | None = None,
@@ -570,7 +594,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, name: str | None 
         Path of the written checkpoint, renamed into place only once complete.
     """
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
-    _check_destination(src, dst, force)
+    DESTINATION.check(src, dst, force)
     if src.is_dir():
         cfg, sd = import_hf_dir(src, name=name)
         if tokenizer_dir is None and tokenizer is None:
@@ -586,13 +610,13 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, name: str | None 
     if dtype is not None:
         sd = {k: v.to(dtype) for k, v in sd.items()}
     if tokenizer is not None:
-        _write_in_place_of(src, dst, force, lambda out: ckpt.save_checkpoint(out, cfg.replace(tokenizer=tokenizer), sd))
+        DESTINATION.write(src, dst, force, lambda out: ckpt.save_checkpoint(out, cfg.replace(tokenizer=tokenizer), sd))
         return dst
     if tokenizer_dir is None and src.is_dir():
         raise CheckpointError(f"{src} has no tokenizer.json; pass tokenizer_dir=<folder> or tokenizer='bytes'|'gpt2'.")
     with tempfile.TemporaryDirectory() as tmp:
         if tokenizer_dir is None:
             tokenizer_dir = _gguf_tokenizer_dir(src, Path(tmp))
-        _write_in_place_of(src, dst, force, lambda out: ckpt.save_checkpoint(
+        DESTINATION.write(src, dst, force, lambda out: ckpt.save_checkpoint(
             out, cfg.replace(tokenizer="tokenizer.json"), sd, tokenizer_dir=tokenizer_dir))
     return dst

@@ -20,10 +20,8 @@ from ..errors import CheckpointError, ConfigError, did_you_mean
 from . import checkpoint as ckpt
 from .config import ModelConfig
 from .model import Model
-from .registry import MODELS, ModelEntry, PackagedGGUF, RandomInit, ShippedCheckpoint, names, unknown_model
+from .registry import BACKENDS, MODELS, ModelEntry, PackagedGGUF, RandomInit, ShippedCheckpoint, names, unknown_model
 from rattn_eval.tokenizer import cache_root, load_tokenizer
-
-BACKENDS = ("auto", "triton", "torch", "hf")
 
 
 def resolve_device(device) -> torch.device:

@@ -346,8 +346,6 @@ class Model(nn.Module):
         folder = getattr(self.tokenizer, "folder", None)
         return save_checkpoint(path, self.config, self.state_dict(), tokenizer_dir=folder)
 
-    # ---- the forward pass -------------------------------------------------------------------------
-
     def _embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         x = self.embed(input_ids)  # (B, T, W)
         return x if self.config.embed_scale == 1.0 else x * torch.tensor(self.config.embed_scale, dtype=x.dtype)
@@ -390,8 +388,6 @@ class Model(nn.Module):
         for block, cache in zip(self.layers, caches):
             x = block.step(x, pos, cache)
         return self._logits(x)
-
-    # ---- generation -------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int | list[int],
@@ -505,10 +501,12 @@ def _rebuild_caches(model: Model, prompts, outputs, active: torch.Tensor, pos: t
 def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop=None, tokenizer=None):
     """Batched greedy decoding.
 
-    Prompts are right-padded and prefilled together with per-row lengths; decoding then runs every
+    Prompts are right-padded and prefilled together with per-row lengths; decoding then advances every
     unfinished row one token per step at its own position. A row ends at EOS (not included in its
     output), when its decoded output contains a stop string (the tokens stay; the caller trims the
-    text), or at its budget. Finished rows are dropped from the batch, so they cost no more compute.
+    text), or at its budget. Decoding eagerly, finished rows are dropped from the batch, so they cost
+    no more compute; the CUDA-graph path (the default on CUDA, see _use_cuda_graphs) keeps every row
+    in the batch (fixed shapes), so finished rows are still computed each step and their tokens ignored.
     A LongRoPE model re-prefills the batch once when a row first passes its original length (see
     _rebuild_caches); such a generation decodes eagerly, without a CUDA graph.
 
@@ -575,6 +573,7 @@ def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop
                 break
             logits = graphed(tokens, pos)
             decode_tokens += len(live)
+            # a finished row's `pos` holds but its local caches' cache.pos still advance: harmless, its outputs are ignored
             moving = torch.zeros(B, dtype=torch.long)
             moving[live] = 1
             pos = pos + moving.to(device, non_blocking=True)

@@ -25,6 +25,10 @@ from .config import ModelConfig
 # so `rattn-eval ls models` can mark the cached Hugging Face repos we load without importing torch.
 HF_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3")
 
+# What runs a model: auto (triton on CUDA, torch otherwise), the fused Triton kernels, the PyTorch
+# reference kernels, or the unmodified transformers model. The one list; everything else imports it.
+BACKENDS = ("auto", "triton", "torch", "hf")
+
 
 @dataclass(frozen=True)
 class RandomInit:

@@ -11,7 +11,7 @@ where it stopped with nothing lost or scored twice.
 
 Modules: `config` (RunConfig, its checks, the default run directory, the resolved config.json),
 `pipeline` (run), `interface` (what the runner needs of a model and a tokenizer), `progress`
-(progress bars), `oracle` (test doubles). The run directory itself is `rattn_eval.results`'s.
+(progress bars), `oracle` (pipeline checks with known answers). The run directory itself is `rattn_eval.results`'s.
 """
 
 from rattn_eval.runner.config import (BACKENDS, DEFAULT_MODEL, DEFAULT_RUNS_DIR, RunConfig, default_out_dir,

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rattn_eval.errors import ConfigError
+from rattn_eval.errors import ConfigError, did_you_mean
+from rattn_eval.models.registry import BACKENDS
 from rattn_eval.aggregate import DEFAULT_THRESHOLD
 from rattn_eval.results import format_length
 
@@ -20,7 +21,6 @@ from rattn_eval.results import format_length
 # Nothing else names a default model.
 DEFAULT_MODEL = "tiny-rattn"
 DEFAULT_RUNS_DIR = Path("results") / "runs"
-BACKENDS = ("auto", "triton", "torch", "hf")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -100,7 +100,8 @@ def validate(config: RunConfig) -> None:
         if not 0.0 <= d <= 1.0:
             raise ConfigError(f"needle depth {d:g} is outside [0, 1] (a fraction of the context)")
     if config.backend not in BACKENDS:
-        raise ConfigError(f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
+        raise ConfigError(f"unknown backend {config.backend!r}; choose one of {', '.join(BACKENDS)}."
+                          f"{did_you_mean(config.backend, BACKENDS)}")
     from rattn_eval.compare import check_threshold
 
     check_threshold(config.threshold)

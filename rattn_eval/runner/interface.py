@@ -1,5 +1,5 @@
 """What the runner needs of a model and a tokenizer. Native models (`models.Model`), the `hf`
-backend (`models.hf.HFModel`) and the test doubles (`runner.oracle`) implement `Model`; every
+backend (`models.hf.HFModel`) and the oracle pipeline checks (`runner.oracle`) implement `Model`; every
 `rattn_eval.tokenizer.Tokenizer` implements `Tokenizer`."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ class Tokenizer(Protocol):
 
 
 class Model(Protocol):
-    backend: str  # the backend that runs: "triton", "torch", "hf" (or a test double's name)
+    backend: str  # the backend that runs: "triton", "torch", "hf" (or "oracle")
     max_context: int  # tokens a prompt plus its generation budget may take
     last_stats: dict[str, Any]  # timings of the last generate call (prefill_s, decode_s, ...)
 

@@ -1,5 +1,5 @@
-"""Oracle models for testing the pipeline: `oracle:correct` answers every sample with its reference
-answers, `oracle:wrong` with a string that contains none of them. Scored through the whole
+"""Oracle models, pipeline checks with known answers: `oracle:correct` answers every sample with its
+reference answers, `oracle:wrong` with a string that contains none of them. Scored through the whole
 pipeline they must give exactly 100 and 0 for every task, which checks prompt building, budgets,
 decoding, EOS cutting, scoring and aggregation without trusting any real model.
 

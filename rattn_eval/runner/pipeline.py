@@ -21,20 +21,20 @@ from rattn_eval.runner.config import RunConfig, default_out_dir, resolved_config
 from rattn_eval.runner.interface import Model, Tokenizer
 from rattn_eval.runner.progress import Progress
 
-# Models that live in the runner rather than in rattn_eval.models: test doubles only. Each is
-# loaded for one run: its loader gets the RunConfig.
-TEST_MODELS: dict[str, Callable[[RunConfig], tuple[Model, Tokenizer]]] = {}
+# Models that live in the runner rather than in rattn_eval.models: pipeline checks, which run the whole
+# pipeline with known answers (`runner.oracle`). Each is loaded for one run: its loader gets the RunConfig.
+RUNNER_MODELS: dict[str, Callable[[RunConfig], tuple[Model, Tokenizer]]] = {}
 
 
-def register_test_model(prefix: str):
+def register_runner_model(prefix: str):
     def deco(fn):
-        TEST_MODELS[prefix] = fn
+        RUNNER_MODELS[prefix] = fn
         return fn
 
     return deco
 
 
-@register_test_model("oracle")
+@register_runner_model("oracle")
 def _oracle(config: RunConfig):
     from rattn_eval.runner.oracle import load_oracle
 
@@ -42,10 +42,10 @@ def _oracle(config: RunConfig):
 
 
 def load_model_for_run(config: RunConfig) -> tuple[Model, Tokenizer]:
-    """(model, tokenizer) for `config.model`: a runner test double or `rattn_eval.models.load_model`."""
+    """(model, tokenizer) for `config.model`: a pipeline check (oracle) or `rattn_eval.models.load_model`."""
     prefix = config.model.split(":", 1)[0]
-    if ":" in config.model and prefix in TEST_MODELS:
-        return TEST_MODELS[prefix](config)
+    if ":" in config.model and prefix in RUNNER_MODELS:
+        return RUNNER_MODELS[prefix](config)
     from rattn_eval.models import load_model
 
     return load_model(config.model, backend=config.backend, device=config.device, dtype=config.dtype,
@@ -80,25 +80,27 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
     dist = distributed.init(config.device)
     config = dataclasses.replace(config, lengths=tuple(lengths), device=dist.device)
 
-    t_load = time.perf_counter()
-    model, tok = load_model_for_run(config)
-    model_load_s = time.perf_counter() - t_load
-    too_long = [L for L in lengths if L > model.max_context]
-    if too_long:
-        raise BudgetError(
-            f"--len {format_length(too_long[0])} ({too_long[0]} tokens) exceeds the context of model "
-            f"{config.model} ({model.max_context} tokens); choose a length <= {format_length(model.max_context)}"
-        )
+    # The run directory's lock comes first, so a second run on a busy --out is refused at once rather than
+    # after its model has loaded; held until the run ends, failed or not.
+    with distributed.lock(dist, out) as rundir:
+        t_load = time.perf_counter()
+        model, tok = load_model_for_run(config)
+        model_load_s = time.perf_counter() - t_load
+        too_long = [L for L in lengths if L > model.max_context]
+        if too_long:
+            raise BudgetError(
+                f"--len {format_length(too_long[0])} ({too_long[0]} tokens) exceeds the context of model "
+                f"{config.model} ({model.max_context} tokens); choose a length <= {format_length(model.max_context)}"
+            )
 
-    use_template = use_chat_template(config, tok)
-    # Stored resolved, so a rerun that spells the default out (--chat-template) still resumes.
-    config = dataclasses.replace(config, chat_template=use_template)
+        use_template = use_chat_template(config, tok)
+        # Stored resolved, so a rerun that spells the default out (--chat-template) still resumes.
+        config = dataclasses.replace(config, chat_template=use_template)
 
-    cells = _build_cells(config, task_names, lengths, tok, model, use_template)
+        cells = _build_cells(config, task_names, lengths, tok, model, use_template)
 
-    rundir = distributed.prepare(dist, out, resolved_config(config, task_names, out), overwrite=config.overwrite,
-                                 repair=config.repair)
-    with rundir:  # the run directory's lock, held until the run ends, failed or not
+        distributed.open_run(dist, rundir, resolved_config(config, task_names, out), overwrite=config.overwrite,
+                             repair=config.repair, model_revision=getattr(model, "revision", None))
         if dist.is_main:
             rundir.write_env({**environment(model, config), **dist.env_info()})
         done = distributed.load_done(dist, rundir)

@@ -8,7 +8,7 @@
 `TASKS` maps RULER's 13 task names to (family, config); `GROUPS` holds `niah`, `synthetic`
 and `ruler`. Generated samples are cached on disk under $RATTN_EVAL_CACHE (default
 ~/.cache/rattn-eval/samples; set it to "off" to disable), keyed by everything that
-determines them.
+determines them, each file with a checksum of its samples: an edited or damaged file is generated again.
 
 Two prompt profiles (`PROMPTS`): `ruler` (the default) writes RULER's own text with RULER's
 sampling, read at run time from the installed lm-eval or a RULER checkout (`ruler_text`), so
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import tempfile
@@ -33,6 +34,8 @@ from rattn_eval.tasks.base import GENERATOR_VERSION, NATIVE_GENERATOR_VERSION, S
 __all__ = ["TASKS", "GROUPS", "PROMPTS", "Sample", "TaskSpec", "generate", "generate_to_file", "parse_length",
            "resolve", "write_jsonl", "read_jsonl", "cache_dir", "GENERATOR_VERSION", "generator_version",
            "prompt_source"]
+
+log = logging.getLogger(__name__)
 
 PROMPTS = ("ruler", "native")
 # Samples per (task, length): RULER itself uses 500; a bound turns a typo such as -n 10000000000 into
@@ -208,10 +211,7 @@ def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_templa
     key = _cache_key(name, tokenizer, length, n, seed, chat_template, depth, qa_file, prompts, text) if folder else None
     path = folder / f"{name}-{length}-{key}.jsonl" if key else None
     if path is not None and path.is_file():
-        try:
-            cached = read_jsonl(path)
-        except (ValueError, TypeError, KeyError):
-            cached = None  # a damaged cache file is regenerated and replaced
+        cached = _read_cache(path)
         if cached is not None and _complete(cached, name, length, n, seed):
             return cached
     if text is None:
@@ -219,8 +219,33 @@ def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_templa
     else:
         samples = spec.generate_ruler(spec.config, text, tokenizer, **kwargs)
     if path is not None:
-        write_jsonl(samples, path)
+        _write_cache(samples, path)
     return samples
+
+
+def _write_cache(samples: list[Sample], path: Path) -> None:
+    """A cache file: a header line {"sha256": <hash of the lines below>}, then the samples as JSON Lines."""
+    body = _jsonl(samples).encode("utf-8")
+    header = json.dumps({"sha256": hashlib.sha256(body).hexdigest()}) + "\n"
+    _write_atomic(path, header.encode("utf-8") + body)
+
+
+def _read_cache(path: Path) -> list[Sample] | None:
+    """The samples of a cache file, or None (then they are generated again and the file replaced) when it
+    is damaged, edited (its content no longer matches its checksum) or written before checksums."""
+    try:
+        header, _, body = path.read_bytes().partition(b"\n")
+        want = json.loads(header).get("sha256") if header.startswith(b'{"sha256"') else None
+        if want is None:
+            log.info("sample cache file %s has no checksum; generating its samples again", path)
+            return None
+        if hashlib.sha256(body).hexdigest() != want:
+            log.warning("sample cache file %s does not match its checksum (edited or damaged); generating its "
+                        "samples again", path)
+            return None
+        return [Sample.from_dict(json.loads(line)) for line in body.decode("utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None  # a damaged cache file is regenerated and replaced
 
 
 def _complete(samples: list[Sample], task: str, length: int, n: int, seed: int) -> bool:
@@ -233,17 +258,25 @@ def _complete(samples: list[Sample], task: str, length: int, n: int, seed: int) 
 def write_jsonl(samples: list[Sample], path) -> Path:
     """Write samples as JSON Lines atomically (temporary file + rename)."""
     path = Path(path)
+    _write_atomic(path, _jsonl(samples).encode("utf-8"))
+    return path
+
+
+def _jsonl(samples: list[Sample]) -> str:
+    return "".join(json.dumps(s.to_dict(), ensure_ascii=False) + "\n" for s in samples)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for s in samples:
-                f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def read_jsonl(path) -> list[Sample]:

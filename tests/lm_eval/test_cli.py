@@ -228,6 +228,27 @@ def test_bad_limit(limit):
     assert_one_line_error(lm_eval_cli("--tasks", MC_TASK, "--limit", limit), "--limit")
 
 
+def test_limit_message_says_what_one_means():
+    """1 is one document, so the fraction range is open at 1."""
+    assert_one_line_error(lm_eval_cli("--tasks", MC_TASK, "--limit", "2.5"),
+                          "a whole number of documents (1 or more) or a fraction of them in (0, 1), not 2.5")
+
+
+def test_other_lm_eval_value_errors_are_one_line(monkeypatch):
+    """A ValueError of lm-eval that is not an unknown task is one sentence, lm-eval's message kept."""
+    from lm_eval._cli import HarnessCLI
+
+    from rattn_eval.integrations import lm_eval as integration
+
+    def execute(self, options):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(HarnessCLI, "execute", execute)
+    monkeypatch.setattr(integration, "_unknown_task_error", lambda options: None)  # MC_TASK is known
+    assert_one_line_error(lm_eval_cli("--tasks", MC_TASK, "--limit", "2"), "rattn-eval: error: lm-eval: boom",
+                          only_line=False)
+
+
 def test_missing_include_path(tmp_path):
     assert_one_line_error(lm_eval_cli("--tasks", MC_TASK, include_path=tmp_path / "no_such_dir"), "--include_path")
 

@@ -187,6 +187,20 @@ def test_family_matches_transformers(family, tmp_path):
     assert via_hf.generate([prompt], max_new_tokens=NEW, eos_ids=[])[0] == ref_greedy
 
 
+@pytest.mark.parametrize("family", CASES)
+def test_family_loads_by_hub_id_from_the_cache(family, tmp_path, cache_repo):
+    """The saved folder as a hub repo in a populated cache: `-m org/NAME` imports it as the folder does."""
+    case = CASES[family]
+    hf = _save(case["config"], tmp_path / "src", case.get("qk_gain", 1.0))
+    snap = cache_repo(f"org/tiny-{family}", tmp_path / "src")
+    ours, _ = load_model(f"org/tiny-{family}", backend="torch", device="cpu", dtype=torch.float32)
+    assert ours.revision == snap.name and ours.config.name == f"org/tiny-{family}"
+    assert {k: getattr(ours.config, k) for k in case["expected"]} == case["expected"]
+    x = torch.randint(0, 256, (1, case["T"]), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        assert _rel_err(ours(x), hf(input_ids=x).logits) <= 1e-4
+
+
 # The Triton interpreter takes ~6 s a family on CPU: by default the three whose kernels differ (global
 # layers with biases and llama3 RoPE; sliding layers with YaRN frequencies read in-kernel; LongRoPE
 # frequencies per row), the rest with -m slow.

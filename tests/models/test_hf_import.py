@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,6 +204,30 @@ def test_convert_into_a_read_only_folder(tmp_path):
             convert(hf, ro / "ours", tokenizer="bytes")
     finally:
         ro.chmod(0o755)
+
+
+def test_convert_into_a_read_only_place_simulated(tmp_path, monkeypatch):
+    """The read-only case for root (CI), which ignores the folder's mode: every mkdir under `ro` fails
+    as it would on a read-only mount."""
+    import errno
+
+    hf = tmp_path / "hf"
+    _save_llama(hf)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if ro in Path(path).parents:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    for dst in (ro / "ours", ro / "a" / "b"):
+        with pytest.raises(CheckpointError, match="cannot write a checkpoint at .*Read-only file system") as err:
+            convert(hf, dst, tokenizer="bytes")
+        assert "\n" not in str(err.value)
+    assert list(ro.iterdir()) == []
 
 
 def test_interrupted_convert_leaves_no_half_checkpoint(tmp_path, monkeypatch):

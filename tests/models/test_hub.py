@@ -1,14 +1,13 @@
 """Hub ids (ORG/NAME[@REVISION]) and the model registry, on CPU without network.
 
-Each test builds a Hugging Face cache in tmp_path (models--ORG--NAME/{refs/main, blobs/, snapshots/<commit>/
-with links into blobs/}, as huggingface_hub writes it) holding tiny random transformers Llamas, and points
-HF_HOME / HF_HUB_CACHE at it with HF_HUB_OFFLINE=1; HOME is moved to tmp_path too, so the on-disk caches of
-rattn-eval (~/.cache/rattn-eval) start empty and can be checked for weight copies.
+Each test builds a Hugging Face cache in tmp_path (conftest.py's `hub` and `cache_repo`, laid out as
+huggingface_hub writes it) holding tiny random transformers Llamas, and points HF_HOME / HF_HUB_CACHE at it
+with HF_HUB_OFFLINE=1; HOME is moved to tmp_path too, so the on-disk caches of rattn-eval
+(~/.cache/rattn-eval) start empty and can be checked for weight copies. Every other family loads by hub id
+in test_families.py.
 """
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from rattn_eval.models import load_model
 from rattn_eval.models.hub import parse_hub_id
 from rattn_eval.models.registry import MODELS, ConfigOnly, PackagedGGUF, RandomInit, ShippedCheckpoint, entry, names
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # conftest.py's cache_repo default
 OTHER_COMMIT = "fedcba9876543210fedcba9876543210fedcba98"
 
 
@@ -50,39 +49,11 @@ def _save_llama(folder: Path, *, max_shard_size=None):
     return model
 
 
-def _cache_repo(hub: Path, repo_id: str, src: Path, commit: str = COMMIT, ref: str | None = "main") -> Path:
-    """Put the files of `src` into the cache as huggingface_hub lays out a download; returns the snapshot."""
-    repo = hub / ("models--" + repo_id.replace("/", "--"))
-    snap = repo / "snapshots" / commit
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    snap.mkdir(parents=True)
-    for f in sorted(src.iterdir()):
-        data = f.read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
-    if ref is not None:
-        (repo / "refs").mkdir(exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)
-    return snap
-
-
 @pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """An empty HF cache and HOME under tmp_path, offline; returns the hub cache folder."""
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    (tmp_path / "hf" / "hub").mkdir(parents=True)
-    return tmp_path / "hf" / "hub"
-
-
-@pytest.fixture
-def tiny_llama(tmp_path, hub):
+def tiny_llama(tmp_path, cache_repo):
     """org/tiny-llama cached at COMMIT (main); returns the transformers model it holds."""
     model = _save_llama(tmp_path / "src")
-    _cache_repo(hub, "org/tiny-llama", tmp_path / "src")
+    cache_repo("org/tiny-llama", tmp_path / "src")
     return model
 
 
@@ -124,11 +95,11 @@ def test_a_local_folder_wins_over_the_hub_id_it_looks_like(tmp_path, hub, tiny_l
     assert local.revision is None and local.config.name == "tiny-llama"
 
 
-def test_sharded_checkpoint_and_revisions(tmp_path, hub):
+def test_sharded_checkpoint_and_revisions(tmp_path, cache_repo):
     model = _save_llama(tmp_path / "sharded", max_shard_size="300KB")
     shards = sorted(p.name for p in (tmp_path / "sharded").glob("model-*.safetensors"))
     assert len(shards) >= 2 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
-    _cache_repo(hub, "org/tiny-sharded", tmp_path / "sharded", commit=OTHER_COMMIT, ref="v1")
+    cache_repo("org/tiny-sharded", tmp_path / "sharded", commit=OTHER_COMMIT, ref="v1")
     with pytest.raises(CheckpointError, match="HF_HUB_OFFLINE"):  # no "main" ref in this repo
         load_model("org/tiny-sharded", backend="torch")
     ours, _ = load_model("org/tiny-sharded@v1", backend="torch", device="cpu", dtype=torch.float32)
@@ -161,10 +132,10 @@ def test_uncached_hub_id_offline_is_one_line(tmp_path, hub):
     assert not (tmp_path / "run").exists()
 
 
-def test_ls_models_lists_the_cache(tmp_path, hub, tiny_llama):
+def test_ls_models_lists_the_cache(tmp_path, hub, cache_repo, tiny_llama):
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    _cache_repo(hub, "org/a-bert", tmp_path / "bert", commit=OTHER_COMMIT)
+    cache_repo("org/a-bert", tmp_path / "bert", commit=OTHER_COMMIT)
     out = CliRunner().invoke(cli, ["ls", "models"], catch_exceptions=False).output
     line = next(s for s in out.splitlines() if "org/tiny-llama" in s)
     assert COMMIT in line and "main" in line and "llama (native)" in line and "1.4 MB" in line
@@ -182,13 +153,21 @@ def test_ls_models_lists_the_cache(tmp_path, hub, tiny_llama):
     ("Qwen/Qwen2.5-0.5B-Instruct@refs/pr/1", ("Qwen/Qwen2.5-0.5B-Instruct", "refs/pr/1")),
     ("org/x@" + COMMIT, ("org/x", COMMIT)),
     ("debug", None), ("./ckpt", None), ("~/ckpt", None), ("a/b/c", None), ("/abs/x", None), ("org/a--b", None),
-    ("org/x@", None),
+    ("org/x@", None), ("org/name.git", None), ("org/a..b", None), ("org/-x", None), ("org/" + "x" * 97, None),
 ])
 def test_what_counts_as_a_hub_id(name, expected):
     assert parse_hub_id(name) == expected
 
 
-# ---- the registry -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["org/name.git", "org/-x", "org/a--b"])
+def test_ids_huggingface_hub_refuses_are_one_line(tmp_path, hub, name):
+    from rattn_eval.models.hub import snapshot
+
+    r = CliRunner().invoke(cli, ["run", "-q", "-m", name, "-t", "vt", "-l", "1k", "--out", str(tmp_path / "run")])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1 and name in lines[0], r.output
+    with pytest.raises(CheckpointError, match="not a valid Hugging Face id"):  # its own check, should ours miss a rule
+        snapshot(name)
 
 
 @pytest.mark.parametrize("name", list(MODELS))

@@ -154,3 +154,11 @@ def test_a_device_this_machine_lacks_is_one_sentence(tmp_path, device, message):
                                  "--out", str(tmp_path / "r")])
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
     assert not (tmp_path / "r").exists()
+
+
+def test_an_unknown_backend_suggests_the_closest():
+    from rattn_eval.runner.config import validate
+
+    with pytest.raises(ConfigError, match=r"unknown backend 'tirton'; choose one of auto, triton, torch, hf\. "
+                                          r"Did you mean 'triton'\?"):
+        validate(RunConfig(tasks=("vt",), lengths=(1024,), backend="tirton"))

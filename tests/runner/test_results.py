@@ -297,3 +297,28 @@ def test_a_nan_score_is_refused_not_averaged(tmp_path):
         f.write_text(good + "\n" + json.dumps(rec("t", 1, 1, 0.0)).replace('"score": 0.0', f'"score": {bad}') + "\n")
         with pytest.raises(DataError, match="line 2 is not a sample record"):
             load_records(f)
+
+
+def test_batch_times_reads_the_run_through_results(tmp_path, capsys):
+    """bench/batch_times reads config, records and env.json through results' readers (rank files too)."""
+    from rattn_eval.bench import batch_times
+    from rattn_eval.results import read_env, read_run
+
+    out = tmp_path / "r"
+    config = {"model": "m", "resolved_tasks": ["a"], "tasks": ["a"], "lengths": [1], "n": 3, "seed": 0}
+    timings = [{"prefill_s": 0.1, "decode_s": 0.2, "batch_s": 0.5}, {"prefill_s": 0.1, "decode_s": 0.1, "batch_s": 0.25}]
+    with RunDir.prepare(out, config) as rd:
+        rd.write_env({"world_size": 1})
+        rd.add_session_timing({"world_size": 1, "samples": 3, "generate_s": 0.75, "samples_per_s": 4.0})
+        with rd.append() as w:
+            for i, t in enumerate([0, 0, 1]):
+                w.write({**rec("a", 1, i, 100.0), "timings": timings[t]})
+    assert read_env(out)["sessions"][-1]["samples"] == 3
+    cfg, records = read_run(out)
+    assert cfg == config and list(records) == [f"a/1/s0/{i}" for i in range(3)]
+    batch_times.main([str(out)])
+    text = capsys.readouterr().out
+    assert "2 batches, 3 samples" in text and "steady state (first batch of each rank left out): 4.000" in text
+    (out / "config.json").write_text('{"n": 1, "lengths": [1]}')  # not what run writes: one reader, one rule
+    with pytest.raises(DataError, match="is not a run config"):
+        cmp.load_run(out)

@@ -72,6 +72,105 @@ def test_the_lock_is_released_when_the_run_fails(tmp_path, monkeypatch):
     assert cli_run(tmp_path / "r").exit_code == 0
 
 
+@pytest.mark.parametrize("fresh", [True, False], ids=["new-dir", "resume"])
+def test_a_second_run_is_refused_before_its_model_loads(tmp_path, monkeypatch, fresh):
+    """The lock is a run's first step: a busy --out is refused before the model loads or any sample is
+    generated, not minutes later."""
+    from rattn_eval.runner import pipeline
+
+    out = tmp_path / "r"
+    if not fresh:
+        assert cli_run(out).exit_code == 0
+    held = RunDir.lock(out)  # a run in progress, still loading its model
+    try:
+        def loader(config):
+            raise AssertionError("the model loader was called on a locked run directory")
+
+        monkeypatch.setattr(pipeline, "load_model_for_run", loader)
+        r = cli_run(out)
+        assert r.exit_code == 2 and "in use by another run" in r.output, r.output
+    finally:
+        held.close()
+
+
+def test_the_lock_is_held_while_the_model_loads_and_released_when_loading_fails(tmp_path, monkeypatch):
+    from rattn_eval.runner import pipeline
+
+    out = tmp_path / "new" / "r"
+    seen = []
+
+    def loader(config):
+        with pytest.raises(ConfigError, match="in use by another run"):
+            RunDir.lock(out)
+        seen.append(json.loads((out / LOCK_FILE).read_text())["pid"])
+        raise ConfigError("no such model")
+
+    monkeypatch.setattr(pipeline, "load_model_for_run", loader)
+    r = cli_run(out)
+    assert r.exit_code == 2 and "no such model" in r.output and seen == [os.getpid()]
+    assert not (tmp_path / "new").exists()  # the folders the lock created go with it when nothing was written
+
+
+@pytest.mark.parametrize("err", [errno.ENOLCK, errno.EOPNOTSUPP], ids=["ENOLCK", "EOPNOTSUPP"])
+def test_a_file_system_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog, err):
+    """Lustre and some NFS mounts have no flock: the run goes on (one warning) instead of every run being
+    refused; other lock errors still refuse."""
+    def no_flock(fd, op):
+        raise OSError(err, os.strerror(err))
+
+    monkeypatch.setattr(R.fcntl, "flock", no_flock)
+    out = tmp_path / "r"
+    with caplog.at_level("WARNING", logger="rattn_eval.results"):
+        assert cli_run(out).exit_code == 0
+    [warning] = [rec for rec in caplog.records if rec.levelname == "WARNING"]
+    assert "does not support locks" in warning.getMessage() and "\n" not in warning.getMessage()
+    assert len(lines(out / "records.jsonl")) == N
+
+    def broken_flock(fd, op):
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(R.fcntl, "flock", broken_flock)
+    with pytest.raises(ConfigError, match="cannot lock"):
+        RunDir.lock(out)
+
+
+def test_a_resume_with_another_hub_commit_is_refused_and_writes_nothing(tmp_path, monkeypatch):
+    """env.json records the hub commit of each session: a resume whose ORG/NAME now resolves to another
+    commit (the cache's main moved) is refused instead of mixing two sets of weights; pinning the
+    recorded commit resumes."""
+    import dataclasses
+
+    from rattn_eval.runner import RunConfig, pipeline, run
+
+    real = pipeline.load_model_for_run
+    commit = {"now": "a" * 40}
+
+    def hub_loader(config):  # an oracle standing in for a hub model: ORG/NAME[@COMMIT] at commit["now"]
+        model, tok = real(dataclasses.replace(config, model=config.model.split("@")[0]))
+        model.revision = commit["now"]
+        return model, tok
+
+    monkeypatch.setattr(pipeline, "load_model_for_run", hub_loader)
+    out = tmp_path / "r"
+    cfg = dict(tasks=("niah_single_1",), lengths=(1024,), n=2, prompts="native", out=str(out))
+    run(RunConfig(model="oracle:correct", limit=1, **cfg), progress=False)
+    assert json.loads((out / "env.json").read_text())["sessions"][-1]["model_revision"] == "a" * 40
+
+    commit["now"] = "b" * 40
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ConfigError, match=(f"holds results of oracle:correct at commit {'a' * 40}, but oracle:correct "
+                                           f"is now commit {'b' * 40}; pin -m oracle:correct@{'a' * 40} to resume")):
+        run(RunConfig(model="oracle:correct", **cfg), progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    commit["now"] = "a" * 40  # the pinned commit resumes the same run
+    summary = run(RunConfig(model=f"oracle:correct@{'a' * 40}", **cfg), progress=False)
+    assert summary["complete"] and len(lines(out / "records.jsonl")) == 2
+    commit["now"] = "b" * 40  # and --overwrite starts afresh with the new weights
+    assert run(RunConfig(model="oracle:correct", overwrite=True, **cfg), progress=False)["complete"]
+    assert [s["model_revision"] for s in json.loads((out / "env.json").read_text())["sessions"]] == ["b" * 40]
+
+
 def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path):
     out = tmp_path / "r"
     code = ("import sys, time; from rattn_eval.results import RunDir\n"

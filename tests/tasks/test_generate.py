@@ -313,7 +313,28 @@ def test_a_cut_cache_file_is_regenerated(tokenizers, tmp_path, monkeypatch):
     (f,) = tmp_path.glob("fwe-2048-*.jsonl")
     f.write_text("".join(f.read_text().splitlines(keepends=True)[:2]))
     assert tasks.generate("fwe", tok, length=2048, n=5, seed=0) == full
-    assert len(f.read_text().splitlines()) == 5  # and the cache file is whole again
+    assert len(f.read_text().splitlines()) == 1 + 5  # and the cache file is whole again (checksum line + samples)
+
+
+@pytest.mark.parametrize("field", ["answers", "input"])
+def test_an_edited_cache_file_is_regenerated(tokenizers, tmp_path, monkeypatch, caplog, field):
+    """Each cache file carries a checksum of its samples: one whose answers or prompt were edited (count
+    and ids intact) is not trusted, and the samples are generated again, correct."""
+    monkeypatch.setenv("RATTN_EVAL_CACHE", str(tmp_path))
+    tok = tokenizers["gpt2"]
+    full = tasks.generate("vt", tok, length=2048, n=3, seed=0)
+    (f,) = tmp_path.glob("vt-2048-*.jsonl")
+    header, *rows = f.read_text().splitlines(keepends=True)
+    assert "sha256" in json.loads(header)
+    row = json.loads(rows[1])
+    row[field] = ["EDITED"] if field == "answers" else row["input"].replace("VAR", "VAX", 1)
+    assert row != json.loads(rows[1])
+    f.write_text(header + rows[0] + json.dumps(row) + "\n" + "".join(rows[2:]))
+    with caplog.at_level("WARNING", logger="rattn_eval.tasks"):
+        again = tasks.generate("vt", tok, length=2048, n=3, seed=0)
+    assert again == full and again[1].answers != ["EDITED"]
+    assert any("does not match its checksum" in r.getMessage() for r in caplog.records)
+    assert f.read_text().splitlines(keepends=True) == [header, *rows]  # the cache file is whole again
 
 
 def test_sample_count_is_bounded(tokenizers):

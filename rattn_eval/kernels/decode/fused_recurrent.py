@@ -1,14 +1,23 @@
 """Triton decode step for local layers (plain SWA and RAttention): one new token per sequence.
 
-One program per (batch row, KV head). It owns that row's ring-buffer slice and RLA state, so the
-state update happens once per KV head and no two programs touch the same memory. In order it
-1. folds the token leaving the window (slot t mod (w+1), position t-w-1) into the fp32 state S,
-   block by block over the F feature rows, and reads phi(q) S for the group's query heads from
-   the updated block while it is on chip;
-2. attends over the w+1 slots with an online softmax, rotating each slot's raw key with that
-   slot's absolute position (RoPE cos/sin computed in-kernel from `inv_freq`, so the cache holds
-   no position table); the new token is taken from the inputs, not re-read from the ring;
-3. normalizes and combines the branches, and only then overwrites the slot with the new k/v.
+`_launch_decode` runs up to three kernels, in stream order, over the B * Hkv (batch row, KV head)
+pairs; each of the first two also splits its work over a second grid axis (flash-decoding):
+1. `decode_rla_partial_kernel` (RAttention only; grid (B * Hkv, nf)): split j takes a range of the
+   F feature rows of the fp32 state S, folds the token leaving the window (slot t mod (w+1), still
+   holding position t-w-1 when t >= w+1) into those rows block by block, and writes its share of
+   phi(q) S for the group's query heads, read from the updated block while it is on chip;
+2. `decode_swa_partial_kernel` (grid (B * Hkv, ns)): split j runs an online softmax over a range
+   of the w+1 ring slots, rotating each slot's raw key with that slot's absolute position (RoPE
+   cos/sin computed in-kernel from `inv_freq`, so the cache holds no position table); the new
+   token's slot is taken from the inputs k/v, not from the ring, and the split writes its max,
+   sum and unnormalized accumulator;
+3. `decode_combine_kernel` (grid (B * Hkv,)): merges the softmax splits, sums the RLA splits,
+   applies both RMS norms and gains (RAttention only), writes the output, and only then
+   overwrites the slot t mod (w+1) with the new k/v (every partial kernel has read it by then).
+`_splits` picks the split counts ns (slots) and nf (feature rows): it aims for B * Hkv * splits to
+reach the target (twice the SM count on a GPU, `_SPLIT_TARGET` under the interpreter), never more
+splits than there are BLOCK_S-slot / BLOCK_F-row blocks, and each split covers a whole number of
+blocks (block sizes come from `_TILE_BUDGET`). After the kernels the host advances `cache.pos`.
 Semantics are exactly `local_decode_step_naive` (the decode cache of `rattn_eval/kernels/decode/README.md`).
 """
 

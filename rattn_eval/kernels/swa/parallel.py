@@ -2,11 +2,23 @@
 
 One kernel, `swa_fwd_kernel`, serves all three prefill ops: plain SWA (DO_SWA), residual linear
 attention (DO_RLA) and RAttention (both, plus RoPE and the two RMS norms). Each program owns BM
-query rows of one head of one sequence and walks the key tiles of its window in three phases:
+query rows of one head of one sequence and walks only the key tiles it needs, of three kinds:
 
-    A  window-edge tiles  [s0 - w, s0 + BM - 1 - w):  masked; RLA keys (t - j > w) live here too
-    B  interior tiles                                  no mask at all
-    C  diagonal tiles     (.., s0 + BM):               causal mask
+    window-edge tiles  [s0 - w, s0 + BM - 1 - w):      masked; RLA keys (t - j > w) live here too
+    interior tiles     between the two, keys <= s0:    every (row, key) pair visible, no mask at all
+    diagonal tiles     (.., s0 + BM):                  causal mask
+
+The order depends on the op:
+- plain SWA (DO_SWA alone; also the softmax pass of the two-kernel RAttention designs): the
+  interior tiles first (phase B, unmasked), then the edge and the diagonal tiles in one masked
+  loop (phase C, `swa_tile` with MASK), so a program runs two software pipelines; the online
+  softmax does not depend on the order of the tiles.
+- RAttention (DO_SWA and DO_RLA): phi(q) @ S, then the edge tiles feeding both branches from one
+  load of v (phase A), then the interior tiles (phase B), then the diagonal tiles alone in the
+  masked loop (phase C). With RLA_SEPARATE (the `fused_two_pass` design) the linear branch takes
+  its own pass over the edge tiles first, and the softmax branch then walks them as plain SWA does.
+- RLA alone (DO_RLA): phi(q) @ S, then only the edge tiles, starting at the state boundary; no
+  softmax branch, so no phase B or C.
 
 Phase A is where the two RAttention branches meet: a key j of such a tile belongs to the window of
 row t when t - j <= w and to its linear-attention residual when t - j > w, so the same k/v tile
