@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import BudgetError, ConfigError
 from ..models.config import ModelConfig, preset
 from ..models.loading import build_model, load_model, resolve_device, resolve_dtype, resolve_model_backend
 
@@ -122,6 +122,8 @@ def bench_e2e(model_name_or_config: str | ModelConfig, contexts: list[int], batc
                     except torch.cuda.OutOfMemoryError:
                         row["error"] = "out of memory"
                         torch.cuda.empty_cache()
+                    except BudgetError as e:  # prompt + new tokens past the model's context: this cell only
+                        row["error"] = str(e)
                     else:
                         row.update(
                             prefill_s=s["prefill_s"], prefill_tok_s=s["prefill_tok_s"], decode_s=s["decode_s"],

@@ -306,3 +306,15 @@ def test_stop_strings_match_special_tokens_too():
     assert keep == [1] and outputs == [[104, 258], [104, 105]]
     gpt2 = load_tokenizer("gpt2")
     assert gpt2.decode_with_special([40, 50256]).endswith("<|endoftext|>") and "<|" not in gpt2.decode([40, 50256])
+
+
+def test_bench_e2e_records_a_cell_past_the_context_and_goes_on():
+    """A context that leaves no room for the new tokens is an error row of its own, not the end of the run."""
+    from rattn_eval.bench.e2e import bench_e2e
+    from rattn_eval.models.registry import entry
+
+    cfg = entry("debug").config().replace(max_context=128)
+    rows = bench_e2e(cfg, [126, 32], [1], ["torch"], device="cpu", dtype="float32", new_tokens=4, log=lambda _: None)
+    assert [r["context"] for r in rows] == [126, 32]
+    assert "more than the model's context" in rows[0]["error"]
+    assert "error" not in rows[1] and rows[1]["prefill_s"] > 0
