@@ -81,10 +81,16 @@ def _rope(hf: dict, params: dict, where: str) -> tuple[float, dict | None]:
 
 
 def _max_context(hf: dict, scaling: dict | None) -> int:
-    """Dynamic NTK stretches max_position_embeddings by its factor; every other type already names the
-    extended length there (Llama 3.1: 131072, with original_max_position_embeddings 8192)."""
+    """The context the model is made for. Dynamic NTK stretches max_position_embeddings by its factor;
+    YaRN reaches factor x original_max_position_embeddings, which configs often leave out of
+    max_position_embeddings (Qwen2.5's model cards add only the rope_scaling block: 4 x 32768 = 131072);
+    the other types name the extended length there (Llama 3.1: 131072, with an original 8192)."""
     n = int(hf["max_position_embeddings"])
-    return int(n * scaling["factor"]) if scaling is not None and scaling["type"] == "dynamic" else n
+    if scaling is not None and scaling["type"] == "dynamic":
+        return int(n * scaling["factor"])
+    if scaling is not None and scaling["type"] == "yarn" and scaling.get("factor"):
+        return max(n, int(scaling["factor"] * scaling["original_max_position_embeddings"]))
+    return n
 
 
 def _check_act(hf: dict, key: str, allowed: str, mtype: str) -> None:

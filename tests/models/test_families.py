@@ -380,3 +380,11 @@ def test_softcap_references_agree_and_triton_refuses_it():
         assert _rel_err(swa_attention_naive(q, k, v, window=window, lengths=lengths), ref) > 1e-2
     with pytest.raises(kernels.BackendUnavailable, match="softcapping"):
         kernels.swa_attention(q, k, v, window=7, softcap=5.0, backend="triton")
+
+
+def test_yarn_reaches_factor_times_the_original_context():
+    """A Qwen2.5 config that adds YaRN x4 to its 32k positions serves 128k prompts, as its model card says."""
+    from rattn_eval.models.registry import entry
+
+    assert entry("qwen2.5-1.5b").config().max_context == 4 * 32768
+    assert entry("llama-3.2-1b").config().max_context == 131072  # llama3 names the extended length itself
