@@ -27,24 +27,14 @@ from ..models.loading import build_model, load_model, resolve_device, resolve_dt
 
 
 def _native_weights(config: ModelConfig, device, dtype) -> dict[str, torch.Tensor]:
-    """Deterministic random weights of `config`, drawn on `device` in `dtype` (an 8B model's fp32 copy on
-    the host would take 32 GB and a minute), with the scales of Model.init_weights; shared by every
-    backend of the run."""
-    from ..models.model import Model
+    """Deterministic random weights of `config` (Model.init_weights' rule), drawn on `device` in `dtype`
+    (an 8B model's fp32 copy on the host would take 32 GB and a minute); shared by every backend."""
+    from ..models.model import Model, initial_weight
 
     with torch.device("meta"):
         shapes = Model(config).state_dict()
     gen = torch.Generator(device).manual_seed(config.init_seed)
-    out = {}
-    for name, t in shapes.items():
-        if "norm" in name:
-            out[name] = torch.ones(t.shape, device=device, dtype=dtype)
-        elif name.endswith(".bias"):
-            out[name] = torch.zeros(t.shape, device=device, dtype=dtype)
-        else:
-            scale = 1.0 if name == "embed.weight" else t.shape[1] ** -0.5
-            out[name] = (torch.randn(t.shape, device=device, generator=gen) * scale).to(dtype)
-    return out
+    return {name: initial_weight(name, t.shape, gen).to(dtype) for name, t in shapes.items()}
 
 
 def _build(config: ModelConfig, weights, backend: str, device, dtype):

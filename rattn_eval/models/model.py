@@ -269,6 +269,18 @@ class Block(nn.Module):
         return self._add(x, self.post_ffn_norm, self.ffn(self.ffn_norm(x)))
 
 
+def initial_weight(name: str, shape, gen: torch.Generator) -> torch.Tensor:
+    """The random initial value of parameter `name` (fp32, on gen's device): norms at 1, biases at 0, the
+    embedding N(0, 1), projections N(0, 1/fan_in), so activations and attention scores are O(1) and a
+    random model's outputs depend visibly on every token it can see (what the tests need)."""
+    if "norm" in name:
+        return torch.ones(shape, device=gen.device)
+    if name.endswith(".bias"):
+        return torch.zeros(shape, device=gen.device)
+    x = torch.randn(shape, generator=gen, device=gen.device)
+    return x if name == "embed.weight" else x * shape[1] ** -0.5
+
+
 class Model(nn.Module):
     """Native decoder. `model(input_ids [B, T], lengths=None) -> logits [B, T, V]`; `generate` for greedy decoding.
 
@@ -323,20 +335,11 @@ class Model(nn.Module):
                            "reason": why} for why in dict.fromkeys(gaps.values())]
 
     def init_weights(self, seed: int | None = None) -> "Model":
-        """Deterministic random weights from `seed` (default config.init_seed): norms at 1, the embedding
-        N(0, 1), projections N(0, 1/fan_in), so activations and attention scores are O(1) and a
-        random model's outputs depend visibly on every token it can see (what the tests need)."""
+        """Deterministic random weights from `seed` (default config.init_seed), by `initial_weight`."""
         gen = torch.Generator().manual_seed(self.config.init_seed if seed is None else seed)
         with torch.no_grad():
             for name, p in self.named_parameters():
-                if "norm" in name:
-                    p.fill_(1.0)
-                elif name.endswith(".bias"):
-                    p.zero_()
-                elif name == "embed.weight":
-                    p.copy_(torch.randn(p.shape, generator=gen))
-                else:
-                    p.copy_(torch.randn(p.shape, generator=gen) * p.shape[1] ** -0.5)
+                p.copy_(initial_weight(name, p.shape, gen))
         return self
 
     def save(self, path):
