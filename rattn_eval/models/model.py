@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import kernels
+from ..kernels import LocalCache
 from ..errors import BudgetError, ConfigError, NumericsError
 from . import rope as rope_lib
 from .config import ModelConfig
@@ -39,11 +40,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    fused = False  # set by Model.set_backend: the Triton kernel on the "triton" backend
+    fused = False  # set by Model.set_backend: the Triton kernel on the "triton" backend (forward-only)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         """norm(x), or residual + norm(x) (norm rounded to x.dtype first, as an unfused add would)."""
-        if self.fused:
+        if self.fused and not torch.is_grad_enabled():
             return _pointwise().rms_norm_triton(x, self.weight, self.eps, residual=residual)
         y = kernels.rms_norm(x, self.weight, self.eps).to(x.dtype)
         return y if residual is None else residual + y
@@ -59,11 +60,11 @@ class FeedForward(nn.Module):
         self.up_proj = nn.Linear(cfg.width, cfg.intermediate_size, bias=cfg.mlp_bias)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.width, bias=cfg.mlp_bias)
 
-    fused = False  # set by Model.set_backend: one Triton kernel for act(gate) * up on the "triton" backend
+    fused = False  # set by Model.set_backend: one Triton kernel for act(gate) * up on the "triton" backend (forward-only)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         g = self.gate_proj(x)
-        if self.fused:
+        if self.fused and not torch.is_grad_enabled():
             return self.down_proj(_pointwise().gated_act_triton(g, self.up_proj(x), "silu" if self.kind == "swiglu" else "gelu_tanh"))
         g = F.silu(g) if self.kind == "swiglu" else F.gelu(g, approximate="tanh")
         return self.down_proj(g * self.up_proj(x))
@@ -72,22 +73,26 @@ class FeedForward(nn.Module):
 class KVCache:
     """Full KV cache of one global layer (gpt-fast style): k, v (B, S, Hkv, D), rotated keys.
 
-    S is sized by the caller to prompt + new tokens of the current generate call, never to
-    max_context. Rows may sit at different positions: `update` writes row b at pos[b].
+    S is sized by the caller to prompt + new tokens of the current generate call (rounded up when
+    the cache is kept for a CUDA graph), never to max_context. Rows may sit at different positions:
+    `update` writes row b at pos[b]. Slots past a row's position are never read (decode masks them).
     """
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor):
         self.k, self.v = k, v
 
     @classmethod
-    def from_prefill(cls, k: torch.Tensor, v: torch.Tensor, size: int) -> "KVCache":
-        """k, v (B, T, Hkv, D) of a right-padded prefill -> cache of S = size slots; padding slots are
-        never read because decode masks keys past each row's position."""
-        B, T, Hkv, D = k.shape
-        ck = k.new_zeros(B, max(size, T), Hkv, D)
-        cv = torch.zeros_like(ck)
-        ck[:, :T], cv[:, :T] = k, v
-        return cls(ck, cv)
+    def empty(cls, B: int, size: int, Hkv: int, D: int, *, dtype, device) -> "KVCache":
+        k = torch.zeros(B, size, Hkv, D, dtype=dtype, device=device)
+        return cls(k, torch.zeros_like(k))
+
+    def write_prefill(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v (B, T, Hkv, D) of a right-padded prefill -> slots 0..T-1 (padding slots are never read)."""
+        T = k.shape[1]
+        if T > self.k.shape[1]:
+            raise ValueError(f"a prefill of {T} tokens does not fit a cache of {self.k.shape[1]} slots")
+        self.k[:, :T] = k
+        self.v[:, :T] = v
 
     def update(self, pos: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """pos (B,) int64; k, v (B, Hkv, D): write each row's new token at its own position."""
@@ -98,8 +103,27 @@ class KVCache:
     def select(self, index: torch.Tensor) -> "KVCache":
         return KVCache(self.k[index], self.v[index])
 
+    def rows(self, r0: int, r1: int) -> "KVCache":
+        """Rows r0..r1-1 as a view: writes land in this cache."""
+        return KVCache(self.k[r0:r1], self.v[r0:r1])
+
     def nbytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
+
+
+def _local_rows(cache: LocalCache, r0: int, r1: int) -> LocalCache:
+    """Rows r0..r1-1 of a local-layer cache as views: writes land in `cache`."""
+    state = None if cache.state is None else cache.state[r0:r1]
+    return LocalCache(cache.k[r0:r1], cache.v[r0:r1], state, cache.pos[r0:r1], cache.window, cache.feature_map)
+
+
+def _copy_local(dst: LocalCache, src: LocalCache) -> None:
+    """Copy a freshly built local cache into `dst` in place (a captured decode graph keeps addressing dst)."""
+    dst.k.copy_(src.k)
+    dst.v.copy_(src.v)
+    dst.pos.copy_(src.pos)
+    if dst.state is not None:
+        dst.state.copy_(src.state)
 
 
 class Attention(nn.Module):
@@ -179,12 +203,19 @@ class Attention(nn.Module):
             return {}
         return dict(swa_norm_weight=self.swa_norm, rla_norm_weight=self.rla_norm, eps=self.eps)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, cache_size: int | None = None):
-        """x (B, T, W), lengths (B,) of a right-padded batch. Returns (out (B, T, W), cache or None);
-        a cache is built only when cache_size is given (prefill)."""
+    def new_cache(self, B: int, size: int, dtype, device):
+        """An empty decode cache for B rows: a KVCache of `size` slots (global layers) or a LocalCache
+        whose size depends on the window only."""
+        if self.mode == "global":
+            return KVCache.empty(B, size, self.Hkv, self.D, dtype=dtype, device=device)
+        return kernels.empty_local_cache(B, self.window, self.Hkv, self.D, dtype=dtype, device=device, kind=self.mode,
+                                         feature_map=self.feature_map)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, cache=None) -> torch.Tensor:
+        """x (B, T, W), lengths (B,) of a right-padded batch -> out (B, T, W). With `cache` (prefill: this
+        layer's cache for these B rows, from `new_cache`), the layer's keys and values are written into it."""
         B, T, _ = x.shape
         q, k, v = self._qkv(x)
-        cache = None
         if self.mode == "global":
             # On a GPU with the triton backend, full causal attention goes to SDPA (FlashAttention /
             # cuDNN): faster than our SWA kernel run with no window at Gemma's head dim 256. A
@@ -193,7 +224,8 @@ class Attention(nn.Module):
             if self.rope is not None:
                 cos, sin = self._global_tables(T, x.device, lengths)  # (T, D) or (B, T, D)
                 plain = cos.dim() == 2 and self.D & (self.D - 1) == 0
-                rope = _pointwise().apply_rope_triton if fast and plain else kernels.apply_rope
+                pointwise = fast and plain and not torch.is_grad_enabled()  # the Triton RoPE is forward-only
+                rope = _pointwise().apply_rope_triton if pointwise else kernels.apply_rope
                 q, k = rope(q, cos, sin), rope(k, cos, sin)
             if fast:
                 o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -202,12 +234,13 @@ class Attention(nn.Module):
             else:
                 o = kernels.swa_attention(q, k, v, window=None, scale=self.scale, lengths=lengths, backend=self.backend,
                                           **self._softcap())
-            if cache_size is not None:
-                cache = KVCache.from_prefill(k, v, cache_size)
-        elif cache_size is not None:
-            o, cache = kernels.local_prefill(q, k, v, window=self.window, kind=self.mode, rope=self.rope,
+            if cache is not None:
+                cache.write_prefill(k, v)
+        elif cache is not None:
+            o, built = kernels.local_prefill(q, k, v, window=self.window, kind=self.mode, rope=self.rope,
                                              scale=self.scale, feature_map=self.feature_map, lengths=lengths,
                                              backend=self.backend, **self._norm_weights(), **self._softcap())
+            _copy_local(cache, built)
         elif self.mode == "rattn":
             tables = None if self.rope is None else self.rope.tables(T, x.device)
             o = kernels.rattention(q, k, v, window=self.window, rope=tables, scale=self.scale,
@@ -219,7 +252,7 @@ class Attention(nn.Module):
                 q, k = kernels.apply_rope(q, cos, sin), kernels.apply_rope(k, cos, sin)
             o = kernels.swa_attention(q, k, v, window=self.window, scale=self.scale, lengths=lengths,
                                       backend=self.backend, **self._softcap())
-        return self.o_proj(o.reshape(B, T, self.H * self.D)), cache
+        return self.o_proj(o.reshape(B, T, self.H * self.D))
 
     def step(self, x: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
         """One decode token per row. x (B, W), pos (B,) absolute positions; cache updated in place."""
@@ -258,11 +291,9 @@ class Block(nn.Module):
         """x + y (pre-norm) or x + norm(y) (sandwich; one fused pass on the triton backend)."""
         return x + y if norm is None else norm(y, residual=x)
 
-    def forward(self, x, lengths=None, cache_size=None):
-        a, cache = self.attn(self.attn_norm(x), lengths, cache_size)
-        x = self._add(x, self.post_attn_norm, a)
-        x = self._add(x, self.post_ffn_norm, self.ffn(self.ffn_norm(x)))
-        return x, cache
+    def forward(self, x, lengths=None, cache=None):
+        x = self._add(x, self.post_attn_norm, self.attn(self.attn_norm(x), lengths, cache))
+        return self._add(x, self.post_ffn_norm, self.ffn(self.ffn_norm(x)))
 
     def step(self, x, pos, cache):
         x = self._add(x, self.post_attn_norm, self.attn.step(self.attn_norm(x), pos, cache))
@@ -291,6 +322,8 @@ class Model(nn.Module):
     """
 
     cuda_graphs = True
+    _graphed = None  # the decode graph kept for the next generate call (see _decode_graph)
+    prefill_tokens = 65536  # tokens per prefill pass; larger batches run in groups of rows (see prefill)
 
     def __init__(self, cfg: ModelConfig, *, backend: str = "torch", strict: bool = False):
         super().__init__()
@@ -326,6 +359,7 @@ class Model(nn.Module):
             raise ConfigError(f"backend 'triton' cannot run layer {i} of {self.config.name!r}: {gaps[i]}; "
                               "use backend 'auto', which runs such layers on the PyTorch path, or 'torch'.")
         self.backend = backend
+        self._graphed = None  # a captured decode graph runs the old backend's kernels
         for module in self.modules():
             if isinstance(module, (RMSNorm, FeedForward)):
                 module.fused = backend == "triton"
@@ -364,26 +398,48 @@ class Model(nn.Module):
         """input_ids (B, T) -> last layer's output (B, T, W), before the final norm."""
         x = self._embed(input_ids)
         for block in self.layers:
-            x, _ = block(x, lengths)
+            x = block(x, lengths)
         return x
 
     def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids (B, T) int64, lengths (B,) for right padding -> logits (B, T, V)."""
         return self._logits(self.hidden_states(input_ids, lengths))
 
-    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, cache_size: int):
-        """Run the prompts and build every layer's cache.
+    def new_caches(self, B: int, size: int) -> list:
+        """Empty decode caches for B rows, one per layer; global layers get `size` slots."""
+        w = self.embed.weight
+        return [block.attn.new_cache(B, size, w.dtype, w.device) for block in self.layers]
 
-        Args: input_ids (B, T) right-padded, lengths (B,), cache_size: slots of the global KV caches.
+    def prefill(self, input_ids: torch.Tensor, lengths: torch.Tensor, cache_size: int, caches: list | None = None):
+        """Run the prompts and fill every layer's cache.
+
+        A batch of more than `prefill_tokens` tokens runs in groups of as many rows as fit that many
+        tokens (at least one row), each group trimmed to its longest prompt, so activation memory stays
+        that of one group while the caches hold the whole batch: at long contexts the batch is then
+        bounded by the caches alone.
+
+        Args: input_ids (B, T) right-padded, lengths (B,), cache_size: slots of the global KV caches;
+            caches: caches from `new_caches(B, >= max(cache_size, T))` to fill in place (None: new ones).
         Returns: logits at each row's last prompt token (B, V), caches (one per layer).
         """
-        x = self._embed(input_ids)
-        caches = []
-        for block in self.layers:
-            x, cache = block(x, lengths, cache_size)
-            caches.append(cache)
-        last = x[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, W)
-        return self._logits(last), caches
+        B, T = input_ids.shape
+        if caches is None:
+            caches = self.new_caches(B, max(cache_size, T))
+        per = max(1, self.prefill_tokens // max(T, 1))
+        if B <= per:
+            groups = [(0, B, T)]
+        else:
+            host = lengths.tolist()
+            groups = [(r0, min(r0 + per, B), max(host[r0:r0 + per])) for r0 in range(0, B, per)]
+        last = []
+        for r0, r1, t in groups:
+            x = self._embed(input_ids[r0:r1, :t])
+            lg = lengths[r0:r1]
+            for block, cache in zip(self.layers, caches):
+                view = cache.rows(r0, r1) if isinstance(cache, KVCache) else _local_rows(cache, r0, r1)
+                x = block(x, lg, view)
+            last.append(x[torch.arange(r1 - r0, device=x.device), lg - 1])  # (rows, W)
+        return self._logits(torch.cat(last)), caches
 
     def decode_step(self, tokens: torch.Tensor, pos: torch.Tensor, caches: list) -> torch.Tensor:
         """tokens (B,) at absolute positions pos (B,) -> logits (B, V); caches updated in place."""
@@ -461,31 +517,55 @@ class _GraphedDecode:
     """`model.decode_step` as a CUDA graph: one eager step (on a side stream) compiles the kernels and
     warms the libraries, the next is captured, every later one is a replay. This removes the Python and
     launch cost of the ~20 small kernels per layer that otherwise bound batched decoding. The caches
-    are updated in place, so the graph keeps addressing the same tensors step after step."""
+    are updated in place, so the graph keeps addressing the same tensors step after step, and from one
+    generate call to the next (see `_decode_graph`)."""
 
-    def __init__(self, model: Model, caches: list):
-        self.model, self.caches = model, caches
+    def __init__(self, caches: list, key: tuple):
+        self.caches, self.key = caches, key  # no reference to the model: the model holds this object
         self.graph = None
         self.warm = False
 
-    def __call__(self, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    def __call__(self, model: Model, tokens: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         if not self.warm:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                logits = self.model.decode_step(tokens, pos, self.caches)
+                logits = model.decode_step(tokens, pos, self.caches)
             torch.cuda.current_stream().wait_stream(side)
             self.warm = True
             return logits
         if self.graph is None:
             self.tokens, self.pos = tokens.clone(), pos.clone()
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):  # records only: nothing runs, the caches are untouched
-                self.logits = self.model.decode_step(self.tokens, self.pos, self.caches)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):  # records only: nothing runs, the caches are untouched
+                self.logits = model.decode_step(self.tokens, self.pos, self.caches)
+            self.graph = graph  # only a graph whose capture finished is ever replayed
         self.tokens.copy_(tokens)
         self.pos.copy_(pos)
         self.graph.replay()
         return self.logits
+
+
+# Global caches of a graphed decode get a multiple of this many slots, so that generate calls whose
+# prompts and budgets differ a little (one RULER length) share one set of caches and one captured graph.
+GRAPH_CACHE_ROUND = 1024
+
+
+def _decode_graph(model: Model, B: int, cache_size: int) -> _GraphedDecode:
+    """The graphed decode for B rows and `cache_size` global slots: the model's last one when it was made
+    for the same rows, slots (rounded up to GRAPH_CACHE_ROUND), backend and tensors (every parameter and
+    buffer at the same address, dtype and device), else a new one with new caches. Only one is kept: the
+    old one's caches and graph are freed before the new caches are made."""
+    size = -(-cache_size // GRAPH_CACHE_ROUND) * GRAPH_CACHE_ROUND
+    tensors = tuple((t.data_ptr(), t.dtype, t.device) for t in (*model.parameters(), *model.buffers()))
+    key = (B, size, model.backend, tensors)
+    kept = model._graphed
+    if kept is not None and kept.key == key:
+        return kept
+    model._graphed = None
+    del kept
+    model._graphed = _GraphedDecode(model.new_caches(B, size), key)
+    return model._graphed
 
 
 def _rebuild_caches(model: Model, prompts, outputs, active: torch.Tensor, pos: torch.Tensor, cache_size: int):
@@ -524,22 +604,25 @@ def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop
     for b, p in enumerate(prompts):
         ids[b, : len(p)] = torch.tensor(p, dtype=torch.long)
     cache_size = max(len(p) + n for p, n in zip(prompts, budgets))
+    rebuild = getattr(model, "cache_rebuild_at", None)
+    crossing = rebuild is not None and any(len(p) <= rebuild < len(p) + n for p, n in zip(prompts, budgets))
+    if _use_cuda_graphs(model, device) and not crossing:
+        graphed = _decode_graph(model, B, max(cache_size, T))
+    else:
+        graphed = model._graphed = None  # eager decoding: a kept graph's caches would only hold memory
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     outputs: list[list[int]] = [[] for _ in range(B)]
 
     _sync(device)
     t0 = time.perf_counter()
-    logits, caches = model.prefill(ids, lengths, cache_size)  # (B, V)
+    logits, caches = model.prefill(ids, lengths, cache_size, None if graphed is None else graphed.caches)  # (B, V)
     _check_finite(logits, "prefill")
     _sync(device)
     prefill_s = time.perf_counter() - t0
     cache_bytes = sum(c.nbytes() for c in caches)
 
     pos = lengths.clone()  # absolute position of the next token of each slot
-    rebuild = getattr(model, "cache_rebuild_at", None)
-    crossing = rebuild is not None and any(len(p) <= rebuild < len(p) + n for p, n in zip(prompts, budgets))
-    graphed = _GraphedDecode(model, caches) if _use_cuda_graphs(model, device) and not crossing else None
     t0 = time.perf_counter()
     decode_tokens = 0
     if graphed is None:
@@ -574,7 +657,11 @@ def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop
             live = [live[i] for i in keep]
             if not live:
                 break
-            logits = graphed(tokens, pos)
+            try:
+                logits = graphed(model, tokens, pos)
+            except BaseException:
+                model._graphed = None  # a graph interrupted mid-capture or mid-step is not kept
+                raise
             decode_tokens += len(live)
             # a finished row's `pos` holds but its local caches' cache.pos still advance: harmless, its outputs are ignored
             moving = torch.zeros(B, dtype=torch.long)

@@ -91,6 +91,39 @@ def test_budget_and_numerics_errors(monkeypatch):
         model.generate([[1, 2, 3]], max_new_tokens=2)
 
 
+@pytest.mark.parametrize("per_pass", [1, 2, 3])
+def test_prefill_in_row_groups_equals_one_pass(per_pass):
+    """A batch larger than `prefill_tokens` runs in groups of rows, each trimmed to its longest prompt:
+    logits and every cache (global slots, local rings, RLA states, positions) equal one pass, and so
+    does generation."""
+    cfg = preset("debug").replace(kinds=("rattn", "swa", "global"), window=8)
+    model = build_model(cfg, backend="torch")
+    lens = [30, 7, 19, 30, 1]
+    ids = torch.zeros(len(lens), 30, dtype=torch.long)
+    for b, n in enumerate(lens):
+        ids[b, :n] = _ids(n, seed=b)[0]
+    lengths = torch.tensor(lens)
+    with torch.inference_mode():
+        ref_logits, ref_caches = model.prefill(ids, lengths, 40)
+        model.prefill_tokens = 30 * per_pass  # per_pass rows of 30 tokens at a time
+        logits, caches = model.prefill(ids, lengths, 40)
+    assert torch.allclose(logits, ref_logits, atol=1e-5, rtol=1e-5)
+    for got, ref in zip(caches, ref_caches):
+        if isinstance(ref, KVCache):
+            for b, n in enumerate(lens):  # slots past a row's prompt are never read
+                assert torch.allclose(got.k[b, :n], ref.k[b, :n], atol=1e-5) and torch.allclose(got.v[b, :n], ref.v[b, :n], atol=1e-5)
+        else:
+            assert torch.equal(got.pos, ref.pos)
+            assert torch.allclose(got.k, ref.k, atol=1e-5) and torch.allclose(got.v, ref.v, atol=1e-5)
+            assert (got.state is None) == (ref.state is None)
+            if ref.state is not None:
+                assert torch.allclose(got.state, ref.state, atol=1e-5, rtol=1e-5)
+    prompts = [ids[b, :n].tolist() for b, n in enumerate(lens)]
+    grouped = model.generate(prompts, max_new_tokens=6, eos_ids=[])
+    model.prefill_tokens = 1 << 20
+    assert grouped == model.generate(prompts, max_new_tokens=6, eos_ids=[])
+
+
 def test_cache_memory_is_analytic_and_context_independent():
     cfg = preset("debug")
     model = build_model(cfg)
@@ -290,6 +323,53 @@ def test_cuda_graph_decoding_equals_eager(backend):
         outs[graphs] = model.generate(prompts, max_new_tokens=budgets, eos_ids=[eos])
     assert outs[True] == outs[False]
     assert len(outs[True][0]) <= 4
+
+
+@pytest.mark.gpu
+def test_a_kept_decode_graph_serves_the_next_call():
+    """The graphed decode and its caches are kept for the next generate call of the same shape: that
+    call (other prompts, the same rows and rounded cache) replays the same graph and decodes what eager
+    decoding decodes; an eager call, another shape, a replaced parameter and set_backend drop it, and
+    deleting the model frees it without the cycle collector."""
+    from rattn_eval.models.model import GRAPH_CACHE_ROUND
+
+    cfg = preset("debug").replace(kinds=("rattn", "swa", "global", "rattn"), window=16)
+    model = build_model(cfg, backend="triton", device="cuda", dtype=torch.float32)
+    gen = torch.Generator().manual_seed(5)
+    first = [torch.randint(0, 259, (n,), generator=gen).tolist() for n in (50, 12)]
+    second = [torch.randint(0, 259, (n,), generator=gen).tolist() for n in (9, 70)]
+    model.generate(first, max_new_tokens=20, eos_ids=[])
+    kept = model._graphed
+    assert kept is not None and kept.graph is not None and kept.key[1] == GRAPH_CACHE_ROUND
+    out = model.generate(second, max_new_tokens=[20, 11], eos_ids=[])
+    assert model._graphed is kept
+    model.cuda_graphs = False
+    assert out == model.generate(second, max_new_tokens=[20, 11], eos_ids=[])
+    assert model._graphed is None  # the eager call dropped it
+    model.cuda_graphs = True
+    model.generate(second, max_new_tokens=3, eos_ids=[])
+    kept = model._graphed
+    model.generate(second[:1], max_new_tokens=3, eos_ids=[])
+    assert model._graphed is not kept
+    with torch.no_grad():
+        model.layers[0].attn.q_proj.weight = torch.nn.Parameter(model.layers[0].attn.q_proj.weight.clone())
+    kept = model._graphed
+    model.generate(second[:1], max_new_tokens=3, eos_ids=[])
+    assert model._graphed is not kept  # a replaced parameter is a new address: never replay the old graph
+    model.set_backend("torch")
+    assert model._graphed is None
+    model.set_backend("triton")
+    model.generate(second, max_new_tokens=3, eos_ids=[])
+    import gc
+    import weakref
+
+    gc.disable()  # the kept graph must not tie the model into a cycle: deleting it frees weights and caches
+    try:
+        ref = weakref.ref(model)
+        del model, kept
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 def test_stop_strings_match_special_tokens_too():
