@@ -57,8 +57,8 @@ case "${1:-}" in
   recall)
     # from scratch, 85% synthetic rows of the recall mix (mostly key -> value retrieval),
     # several documents packed per row, answer tokens weighted 5x in the loss, the first 25% of steps
-    # on documents of at most 384 tokens; the training-time attention ops of rattn_eval.train.fastattn
-    # so the three models cost about the same per step; common step count from the budget.
+    # on documents of at most 384 tokens; on a GPU every model trains on the Triton kernels (forward and
+    # backward); common step count from the budget.
     export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
     "$PY" -m rattn_eval.train tiny --data .cache/train-data --out "${OUT_DIR:-runs/tiny3}" \
       --budget-s "${BUDGET_S:-240}" --batch-size 64 --seq-len 1024 --workers "${WORKERS:-14}" \

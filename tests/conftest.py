@@ -1,5 +1,6 @@
 """Test setup: Triton runs under its CPU interpreter, threads pinned so the 2 cores do not thrash,
-and `torch.empty` poisoned with NaN so a kernel that leaves part of its output unwritten fails."""
+and `torch.empty` / `torch.empty_like` poisoned with NaN so a kernel that leaves part of its output
+unwritten fails."""
 
 import os
 
@@ -14,19 +15,23 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-_real_empty = torch.empty
+def _nan_filled(alloc):
+    def nan_alloc(*args, **kwargs):
+        t = alloc(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        return t
+
+    return nan_alloc
 
 
-def _nan_empty(*args, **kwargs):
-    t = _real_empty(*args, **kwargs)
-    if t.is_floating_point():
-        t.fill_(float("nan"))
-    return t
+_nan_empty, _nan_empty_like = _nan_filled(torch.empty), _nan_filled(torch.empty_like)
 
 
 @pytest.fixture(autouse=True)
 def poison_empty(monkeypatch):
     monkeypatch.setattr(torch, "empty", _nan_empty)
+    monkeypatch.setattr(torch, "empty_like", _nan_empty_like)
     yield
 
 

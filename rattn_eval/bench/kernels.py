@@ -7,6 +7,9 @@ Prefill (B=1, H=16, Hkv in {16, 4}, D=128, window 512, bf16, T in {4k, 16k, 32k,
   RAttention a user can assemble from fla-core: parallel_attn(window_size=w+1) + feature map +
   (w+1)-shift + chunk_linear_attn(scale=1, normalize=False) on 2D features + two RMS norms
   (q/k handed to it already rotated, so RoPE is not charged to it).
+Forward + backward (--backward; the same shapes): ours RAttention and SWA through their autograd
+  Functions (Triton forward and backward kernels), SDPA full causal, FlexAttention SWA, fla's SWA,
+  and the unfused fla composition differentiated by autograd (RoPE included).
 Decode (batch 64): one RAttention step against a ring buffer + fp32 state, vs SDPA decode
   against a full 32k / 128k KV cache.
 
@@ -190,6 +193,104 @@ def bench_decode(batch, H, Hkv, D, window, dtype, contexts, log):
     return rows
 
 
+def bench_backward(T, H, Hkv, D, window, dtype, fla_ops, log):
+    """Forward + backward of every method at one shape (gradients of q, k, v and, for RAttention, the norm
+    weights, for a random upstream gradient). Returns a list of row dicts (ms, peak memory)."""
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    from .. import kernels
+    from ..kernels import Rope, apply_rope
+
+    dev = "cuda"
+    B, w = 1, window
+    g = torch.Generator(device=dev).manual_seed(0)
+    mk = lambda h: torch.randn(B, T, h, D, device=dev, generator=g, dtype=dtype).requires_grad_()  # noqa: E731
+    q, k, v = mk(H), mk(Hkv), mk(Hkv)
+    cos, sin = Rope(D).tables(T, dev)
+    with torch.no_grad():
+        qr0, kr0 = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    qr, kr = qr0.clone().requires_grad_(), kr0.clone().requires_grad_()  # rotated leaves for the SWA-only methods
+    gs = (torch.rand(H, D, device=dev) + 0.5).requires_grad_()
+    gr = (torch.rand(H, D, device=dev) + 0.5).requires_grad_()
+    qt, krt, vt = (x.detach().transpose(1, 2).contiguous().requires_grad_() for x in (qr, kr, v))
+    do = torch.randn(B, T, H, D, device=dev, generator=g, dtype=dtype)
+    dot = do.transpose(1, 2).contiguous()
+    leaves = [q, k, v, qr, kr, gs, gr, qt, krt, vt]
+    f_swa = 3.5 * flops_swa(B, T, H, D, w)  # forward + backward (2.5x the forward's products)
+    f_rattn = f_swa + 3 * flops_rla(B, T, H, Hkv, D)
+    f_full = 3.5 * flops_swa(B, T, H, D, None)
+    rows = []
+
+    def add(method, fn, flops, note=""):
+        def step():
+            for x in leaves:
+                x.grad = None
+            fn()
+        try:
+            step()
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            ms = _do_bench(step)
+        except Exception as e:  # a method that cannot run at this size is reported, not fatal
+            log(f"  {method}: failed ({type(e).__name__}: {str(e)[:160]})")
+            rows.append(dict(T=T, H=H, Hkv=Hkv, D=D, window=w, method=method, ms=None, tflops=None, peak_mib=None,
+                             note=str(e)[:200]))
+            return
+        rows.append(dict(T=T, H=H, Hkv=Hkv, D=D, window=w, method=method, ms=ms, tflops=flops / ms * 1e-9,
+                         peak_mib=peak, note=note))
+        log(f"  {method:<22} {ms:9.3f} ms {flops / ms * 1e-9:8.1f} TFLOP/s {peak:9.0f} MiB {note}")
+
+    add("ours_rattention", lambda: kernels.rattention(q, k, v, window=w, rope=(cos, sin), swa_norm_weight=gs,
+                                                      rla_norm_weight=gr, backend="triton").backward(do), f_rattn)
+    add("ours_swa", lambda: kernels.swa_attention(qr, kr, v, window=w, backend="triton").backward(do), f_swa)
+    add("sdpa_full_causal", lambda: F.scaled_dot_product_attention(qt, krt, vt, is_causal=True,
+                                                                   enable_gqa=Hkv != H).backward(dot), f_full)
+    mask = create_block_mask(lambda b, h, qi, ki: (qi >= ki) & (qi - ki <= w), None, None, T, T, device=dev, _compile=True)
+    flex = torch.compile(flex_attention)
+    add("flex_swa", lambda: flex(qt, krt, vt, block_mask=mask, enable_gqa=Hkv != H).backward(dot), f_swa)
+    if fla_ops is not None:
+        parallel_attn, chunk_linear_attn = fla_ops
+        add("fla_swa", lambda: _first(parallel_attn(qr, kr, v, window_size=w + 1)).backward(do), f_swa)
+        grp = H // Hkv
+
+        def unfused():
+            qq, kk0 = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            o_swa = _first(parallel_attn(qq, kk0, v, window_size=w + 1))
+            kk = k.repeat_interleave(grp, dim=2) if grp > 1 else k
+            vv = v.repeat_interleave(grp, dim=2) if grp > 1 else v
+            pq = torch.cat([q.float().softmax(-1), (-q.float()).softmax(-1)], -1).to(dtype)
+            pk = torch.cat([kk.float().softmax(-1), (-kk.float()).softmax(-1)], -1).to(dtype)
+            pk = F.pad(pk, (0, 0, 0, 0, w + 1, 0))[:, :T]  # shift right by w+1 along T
+            vs = F.pad(vv, (0, 0, 0, 0, w + 1, 0))[:, :T]
+            o_rla = _first(chunk_linear_attn(pq, pk, vs, scale=1.0, normalize=False))
+            o = F.rms_norm(o_swa.float(), (D,), eps=1e-6) * gs + F.rms_norm(o_rla.float(), (D,), eps=1e-6) * gr
+            o.to(dtype).backward(do)
+
+        add("fla_unfused_rattention", unfused, f_rattn, "RoPE charged to it (autograd through apply_rope)")
+    del q, k, v, qr, kr, qt, krt, vt, leaves
+    torch.cuda.empty_cache()
+    return rows
+
+
+def backward_ratios(rows):
+    """Per (T, Hkv): the forward + backward ratios the training targets are stated in."""
+    out = []
+    for T, Hkv in sorted({(r["T"], r["Hkv"]) for r in rows}):
+        ms = {r["method"]: r["ms"] for r in rows if r["T"] == T and r["Hkv"] == Hkv and r["ms"]}
+        r = dict(T=T, Hkv=Hkv)
+        for name, (a, b) in {"unfused_over_ours_rattention": ("fla_unfused_rattention", "ours_rattention"),
+                             "sdpa_full_over_ours_rattention": ("sdpa_full_causal", "ours_rattention"),
+                             "ours_rattention_over_flex_swa": ("ours_rattention", "flex_swa"),
+                             "ours_swa_over_flex_swa": ("ours_swa", "flex_swa")}.items():
+            r[name] = ms[a] / ms[b] if a in ms and b in ms else None
+        out.append(r)
+    return out
+
+
 def ratios(rows):
     """Per (T, Hkv): the ratios the targets are stated in."""
     out = []
@@ -224,6 +325,19 @@ def format_table(result) -> str:
     lines.append(f"{'T':>7} {'Hkv':>4} " + " ".join(f"{n:>32}" for n in names))
     for r in result["ratios"]:
         lines.append(f"{r['T']:>7} {r['Hkv']:>4} " + " ".join(f"{r[n]:>32.3f}" if r[n] else f"{'-':>32}" for n in names))
+    if result.get("backward"):
+        lines += ["", "## forward + backward (ms, TFLOP/s of useful work, peak memory above the inputs)", ""]
+        lines.append(f"{'T':>7} {'Hkv':>4} {'method':<24} {'ms':>9} {'TFLOP/s':>8} {'MiB':>8}  note")
+        for r in result["backward"]:
+            ms = f"{r['ms']:9.3f}" if r["ms"] else "   failed"
+            tf = f"{r['tflops']:8.1f}" if r["tflops"] else "       -"
+            mem = f"{r['peak_mib']:8.0f}" if r["peak_mib"] is not None else "       -"
+            lines.append(f"{r['T']:>7} {r['Hkv']:>4} {r['method']:<24} {ms} {tf} {mem}  {r['note']}")
+        lines += ["", "## forward + backward ratios (time / time)", ""]
+        names = [k for k in result["backward_ratios"][0] if k not in ("T", "Hkv")] if result["backward_ratios"] else []
+        lines.append(f"{'T':>7} {'Hkv':>4} " + " ".join(f"{n:>32}" for n in names))
+        for r in result["backward_ratios"]:
+            lines.append(f"{r['T']:>7} {r['Hkv']:>4} " + " ".join(f"{r[n]:>32.3f}" if r[n] else f"{'-':>32}" for n in names))
     if result.get("decode"):
         lines += ["", "## decode (one token per sequence)", ""]
         for r in result["decode"]:
@@ -233,7 +347,8 @@ def format_table(result) -> str:
 
 
 def bench_kernels(*, lengths=DEFAULT_LENGTHS, heads=16, kv_heads=(16, 4), head_dim=128, window=512, dtype="bfloat16",
-                  decode=True, decode_batch=64, decode_contexts=(32768, 131072), out_dir=None, command="", log=print):
+                  decode=True, decode_batch=64, decode_contexts=(32768, 131072), backward=False, forward=True,
+                  out_dir=None, command="", log=print):
     """Run the kernel benchmark; returns the result dict and writes kernels.json / kernels.txt to out_dir."""
     from ..errors import ConfigError
 
@@ -249,20 +364,26 @@ def bench_kernels(*, lengths=DEFAULT_LENGTHS, heads=16, kv_heads=(16, 4), head_d
     log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; {fla_desc}")
     if fla_ops is None:
         log("NOTE: fla baselines (fla_swa, fla_unfused_rattention) are skipped: " + fla_missing)
-    prefill = []
+    prefill, bwd = [], []
     for Hkv in kv_heads:
         for T in lengths:
-            log(f"prefill T={T} H={heads} Hkv={Hkv} D={head_dim} w={window} {dtype}")
-            t0 = time.time()
-            prefill += bench_prefill(T, heads, Hkv, head_dim, window, dt, fla_ops, log)
-            log(f"  ({time.time() - t0:.1f} s)")
+            if forward:
+                log(f"prefill T={T} H={heads} Hkv={Hkv} D={head_dim} w={window} {dtype}")
+                t0 = time.time()
+                prefill += bench_prefill(T, heads, Hkv, head_dim, window, dt, fla_ops, log)
+                log(f"  ({time.time() - t0:.1f} s)")
+            if backward:
+                log(f"forward + backward T={T} H={heads} Hkv={Hkv} D={head_dim} w={window} {dtype}")
+                t0 = time.time()
+                bwd += bench_backward(T, heads, Hkv, head_dim, window, dt, fla_ops, log)
+                log(f"  ({time.time() - t0:.1f} s)")
     dec = []
     if decode:
         log(f"decode batch={decode_batch} H={heads} Hkv={min(kv_heads)} D={head_dim} w={window}")
         dec = bench_decode(decode_batch, heads, min(kv_heads), head_dim, window, dt, decode_contexts, log)
     result = dict(command=command or "python -m rattn_eval.bench.kernels", device=torch.cuda.get_device_name(),
                   torch=torch.__version__, triton=triton.__version__, fla=fla_desc, python=platform.python_version(),
-                  prefill=prefill, ratios=ratios(prefill), decode=dec)
+                  prefill=prefill, ratios=ratios(prefill), backward=bwd, backward_ratios=backward_ratios(bwd), decode=dec)
     text = format_table(result)
     log("\n" + text)
     if out_dir is not None:
@@ -280,11 +401,14 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--no-decode", action="store_true", help="skip the decode benchmark")
+    ap.add_argument("--backward", action="store_true", help="also time forward + backward (training)")
+    ap.add_argument("--no-prefill", action="store_true", help="skip the forward-only prefill benchmark")
     ap.add_argument("--out", default=None, help="directory for kernels.json and kernels.txt")
     a = ap.parse_args(argv)
     cmd = "rattn-eval bench kernels " + " ".join(sys.argv[1:] if argv is None else argv)
     bench_kernels(lengths=[int(x) for x in a.lengths.split(",")], kv_heads=[int(x) for x in a.kv_heads.split(",")],
-                  window=a.window, dtype=a.dtype, decode=not a.no_decode, out_dir=a.out, command=cmd)
+                  window=a.window, dtype=a.dtype, decode=not a.no_decode, backward=a.backward, forward=not a.no_prefill,
+                  out_dir=a.out, command=cmd)
     return 0
 
 

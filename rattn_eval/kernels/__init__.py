@@ -28,8 +28,11 @@ BACKENDS = ("auto", "triton", "torch")
 # op -> (module, function) of the Triton implementation; imported on first use.
 _TRITON_IMPLS = {
     "swa": ("rattn_eval.kernels.swa.parallel", "swa_attention_triton"),
+    "swa_grad": ("rattn_eval.kernels.swa.backward", "swa_attention_triton_autograd"),
     "rla": ("rattn_eval.kernels.rla.chunk", "residual_linear_attention_triton"),
+    "rla_grad": ("rattn_eval.kernels.rla.backward", "residual_linear_attention_triton_autograd"),
     "rattention": ("rattn_eval.kernels.rattention.fused", "rattention_triton"),
+    "rattention_grad": ("rattn_eval.kernels.rattention.autograd", "rattention_triton_autograd"),
     "decode": ("rattn_eval.kernels.decode.fused_recurrent", "local_decode_step_triton"),
     "kv_decode": ("rattn_eval.kernels.decode.kv_split", "kv_decode_triton"),
 }
@@ -65,13 +68,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "triton" if ok and (backend == "triton" or device.type == "cuda") else "torch"
 
 
-def triton_head_dim_ok(D: int, *, rla: bool) -> bool:
-    """Head dims the Triton prefill kernels take: powers of two 16..256 (SWA) or 16..128 (RLA, whose
-    fp32 state tile would not fit on chip at 256)."""
-    return 16 <= D <= (128 if rla else 256) and D & (D - 1) == 0
+def triton_head_dim_ok(D: int) -> bool:
+    """Head dims the Triton prefill kernels (SWA, RLA, RAttention; forward and backward) take: powers of
+    two 16..256. At D = 256 the RLA kernels split the value columns finer, so each program's fp32 state
+    slice stays the size it has at D = 128."""
+    return 16 <= D <= 256 and D & (D - 1) == 0
 
 
-def _pick(backend: str, q: torch.Tensor, *, rla: bool, softcap=None) -> str:
+def _pick(backend: str, q: torch.Tensor, *, softcap=None) -> str:
     """Resolve the backend; "auto" takes the PyTorch path for head dims the Triton kernels lack and for
     softcapped scores, which they do not implement (an explicit backend="triton" raises instead).
     `launches` records which one ran."""
@@ -81,7 +85,7 @@ def _pick(backend: str, q: torch.Tensor, *, rla: bool, softcap=None) -> str:
             raise BackendUnavailable("the Triton attention kernels have no attention-logit softcapping; "
                                      "use backend='torch' (or 'auto', which takes it)")
         return "torch"
-    if be == "triton" and backend == "auto" and not triton_head_dim_ok(q.shape[-1], rla=rla):
+    if be == "triton" and backend == "auto" and not triton_head_dim_ok(q.shape[-1]):
         return "torch"
     return be
 
@@ -100,6 +104,11 @@ def _check_prefill(q, k, v, window, lengths, cu_seqlens, *, rla: bool, feature_m
     return B, T, H, Hkv, D
 
 
+def _wants_grad(*tensors) -> bool:
+    """Whether autograd will need the gradient of an op over these inputs (None entries ignored)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _triton(op: str):
     module, name = _TRITON_IMPLS[op]
     return getattr(importlib.import_module(module), name)
@@ -115,13 +124,19 @@ def swa_attention(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None,
         softcap: scaled scores -> c * tanh(s / c) before the softmax (Gemma-2); PyTorch path only.
         lengths: (B,) valid tokens per row of a right-padded batch; cu_seqlens: (N+1,) packed offsets, B == 1.
     Returns:
-        (B, T, H, D) in q.dtype; zero at padded positions.
+        (B, T, H, D) in q.dtype; zero at padded positions. Differentiable in q, k, v on both backends: with
+        gradients enabled and one of them requiring grad, the Triton backend runs its forward with softmax
+        statistics and its own backward kernels (counted as "triton.swa_grad").
     """
     _check_prefill(q, k, v, window, lengths, cu_seqlens, rla=False)
-    be = _pick(backend, q, rla=False, softcap=softcap)
+    be = _pick(backend, q, softcap=softcap)
     launches[f"{be}.swa"] += 1
     if be == "triton":
-        return _triton("swa")(q, k, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens)
+        kw = dict(window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens)
+        if _wants_grad(q, k, v):
+            launches["triton.swa_grad"] += 1
+            return _triton("swa_grad")(q, k, v, **kw)
+        return _triton("swa")(q, k, v, **kw)
     return swa_attention_chunked(q, k, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens,
                                  softcap=softcap)
 
@@ -130,13 +145,19 @@ def residual_linear_attention(q, k, v, *, window, feature_map="softmax", lengths
     """o_t = phi(q_t) S_{t-window-1} with S_t = sum_{j<=t} phi(k_j)^T v_j; raw q/k, no normalizer.
 
     Args: q (B, T, H, D); k, v (B, T, Hkv, D); feature_map "softmax" | "relu" | "identity".
-    Returns: (B, T, H, D) in q.dtype (accumulated in fp32); exactly zero for t <= window.
+    Returns: (B, T, H, D) in q.dtype (accumulated in fp32); exactly zero for t <= window. Differentiable in
+    q, k, v on both backends: with gradients enabled and one of them requiring grad, the Triton backend
+    runs an autograd Function with Triton backward kernels (counted as "triton.rla_grad").
     """
     _check_prefill(q, k, v, window, lengths, cu_seqlens, rla=True, feature_map=feature_map)
-    be = _pick(backend, q, rla=True)
+    be = _pick(backend, q)
     launches[f"{be}.rla"] += 1
     if be == "triton":
-        return _triton("rla")(q, k, v, window=window, feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens)
+        kw = dict(window=window, feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens)
+        if _wants_grad(q, k, v):
+            launches["triton.rla_grad"] += 1
+            return _triton("rla_grad")(q, k, v, **kw)
+        return _triton("rla")(q, k, v, **kw)
     return residual_linear_attention_chunked(q, k, v, window=window, feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens)
 
 
@@ -149,18 +170,23 @@ def rattention(q, k, v, *, window, rope=None, scale=None, feature_map="softmax",
         rope: (cos, sin), each (T, D) or (B, T, D), rotate-half convention; applied to the SWA branch only.
         swa_norm_weight, rla_norm_weight: (H, D) or None (ones).
     Returns:
-        (B, T, H, D) in q.dtype.
+        (B, T, H, D) in q.dtype. Differentiable on both backends. With gradients enabled and q, k, v, a norm
+        weight or a RoPE table requiring grad, the Triton backend composes differentiable ops
+        (rattention/autograd.py, counted as "triton.rattention_grad") instead of the fused prefill.
     """
     B, T, H, Hkv, D = _check_prefill(q, k, v, window, lengths, cu_seqlens, rla=True, feature_map=feature_map)
     if rope is not None:
         check_rope_tables(rope, B, T, D, q.device)
     check_norm_weights(H, D, q.device, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight)
     check_eps(eps)
-    be = _pick(backend, q, rla=True)
+    be = _pick(backend, q)
     launches[f"{be}.rattention"] += 1
     kw = dict(window=window, rope=rope, scale=scale, feature_map=feature_map, swa_norm_weight=swa_norm_weight,
               rla_norm_weight=rla_norm_weight, eps=eps, lengths=lengths, cu_seqlens=cu_seqlens)
     if be == "triton":
+        if _wants_grad(q, k, v, swa_norm_weight, rla_norm_weight, *(rope or ())):
+            launches["triton.rattention_grad"] += 1
+            return _triton("rattention_grad")(q, k, v, **kw)
         return _triton("rattention")(q, k, v, **kw)
     return rattention_chunked(q, k, v, **kw)
 
@@ -199,7 +225,7 @@ def local_decode_step(q, k, v, cache: LocalCache, *, rope: Rope | None = None, s
     rows are left alone.
     """
     check_positions(cache.pos)  # the arguments themselves are checked by either backend, before it writes
-    be = resolve_backend(backend, q.device) if softcap is None else _pick(backend, q, rla=False, softcap=softcap)
+    be = resolve_backend(backend, q.device) if softcap is None else _pick(backend, q, softcap=softcap)
     launches[f"{be}.decode"] += 1
     kw = dict(rope=rope, scale=scale, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight, eps=eps)
     if be == "triton":
@@ -232,7 +258,7 @@ def kv_decode(q, k, v, pos, *, scale=None, softcap=None, backend="auto"):
     """
     check_kv_decode_args(q, k, v, pos)
     check_positions(pos, k.shape[1])
-    be = _pick(backend, q, rla=False, softcap=softcap)
+    be = _pick(backend, q, softcap=softcap)
     launches[f"{be}.kv_decode"] += 1
     if be == "triton":
         return _triton("kv_decode")(q, k, v, pos, scale=scale)

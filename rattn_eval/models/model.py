@@ -172,9 +172,8 @@ class Attention(nn.Module):
         """Why the Triton kernels cannot run this layer's attention (then it runs the PyTorch path), or None."""
         if self.softcap is not None:
             return "attention-logit softcapping (attn_softcap) is not in the Triton attention kernels"
-        rla = self.mode == "rattn"
-        if not kernels.triton_head_dim_ok(self.D, rla=rla):
-            return f"head dim {self.D}: the Triton attention kernels take power-of-two head dims 16..{128 if rla else 256}"
+        if not kernels.triton_head_dim_ok(self.D):
+            return f"head dim {self.D}: the Triton attention kernels take power-of-two head dims 16..256"
         return None
 
     def _softcap(self) -> dict:

@@ -13,6 +13,7 @@ import json
 import sys
 
 from ..models.registry import ShippedCheckpoint, names
+from .trainer import TRAIN_BACKENDS
 
 
 def main(argv=None) -> int:
@@ -41,8 +42,8 @@ def main(argv=None) -> int:
     t.add_argument("--pack", action="store_true", help="pack several synthetic documents per row")
     t.add_argument("--short-frac", type=float, default=0.0, help="fraction of steps with short documents only")
     t.add_argument("--warmup", type=int, default=100, help="warmup steps (at most a tenth of the run)")
-    t.add_argument("--reference-attention", action="store_true",
-                   help="train through the kernels' chunked references instead of rattn_eval.train.fastattn")
+    t.add_argument("--backend", default="auto", choices=TRAIN_BACKENDS,
+                   help="kernel backend to train on (auto: triton on CUDA, torch elsewhere)")
     r = sub.add_parser("run", help="train one model from a JSON TrainConfig")
     r.add_argument("--config", required=True)
     args = p.parse_args(argv)
@@ -62,12 +63,18 @@ def main(argv=None) -> int:
                        init_from=args.init_from, synthetic=args.synthetic, lr=args.lr, min_lr=args.min_lr,
                        seed=args.seed, families=args.families, answer_weight=args.answer_weight, pack=args.pack,
                        short_frac=args.short_frac, warmup_steps=args.warmup,
-                       fast_attention=not args.reference_attention)
+                       backend=args.backend)
         else:
+            from ..errors import ConfigError, did_you_mean
             from ..models.config import ModelConfig, preset
             from .trainer import TrainConfig, train
 
             raw = json.loads(open(args.config).read())
+            fields = set(TrainConfig.__dataclass_fields__)
+            unknown = sorted(set(raw) - fields)
+            if unknown:
+                hint = " (the attention path is chosen by \"backend\": auto, triton or torch)" if "fast_attention" in unknown else ""
+                raise ConfigError(f"{args.config}: unknown TrainConfig key {unknown[0]!r}{hint}.{did_you_mean(unknown[0], sorted(fields))}")
             m = raw.pop("model")
             model = preset(m) if isinstance(m, str) else ModelConfig.from_dict(m)
             train(TrainConfig(model=model, **raw))

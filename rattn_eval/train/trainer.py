@@ -4,9 +4,9 @@ a JSONL loss log, tokens/s, and a checkpoint in our format at the end.
     from rattn_eval.train import TrainConfig, train
     summary = train(TrainConfig(name="tiny-rattn", model=cfg, data_dir=".cache/train-data", out_dir="runs/x"))
 
-Gradients flow through the training-time attention ops of rattn_eval.train.fastattn (SDPA and a
-materialized fp32 RLA, exact and fast at the training length; `fast_attention=False` uses the
-chunked PyTorch references of rattn_eval.kernels instead); the Triton kernels are forward-only.
+The model trains on a kernel backend like any other run: "triton" (the default on CUDA) differentiates
+the attention through the Triton forward and backward kernels of rattn_eval.kernels (SDPA for full
+attention), "torch" through the kernels' chunked PyTorch references (the CPU path).
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from ..models.config import ModelConfig
 from .data import Batches
-from .fastattn import training_attention
+
+
+TRAIN_BACKENDS = ("auto", "triton", "torch")  # kernel backends a model trains on (no "hf")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +45,7 @@ class TrainConfig:
     answer_weight: loss weight of the answer tokens of synthetic documents (None: plain mean loss).
     pack: several synthetic documents per row; short_frac: the fraction of steps whose documents are
         at most short_max tokens (curriculum: short documents first, then up to full rows).
-    fast_attention: train through rattn_eval.train.fastattn (False: the kernels' chunked references).
+    backend: the model's kernel backend, "auto" (triton on CUDA, torch elsewhere), "triton" or "torch".
     """
 
     name: str
@@ -74,7 +76,7 @@ class TrainConfig:
     pack: bool = False
     short_frac: float = 0.0
     short_max: int = 384
-    fast_attention: bool = True
+    backend: str = "auto"
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1 or self.seq_len < 2:
@@ -83,6 +85,9 @@ class TrainConfig:
             raise ConfigError(f"synthetic must lie in [0, 1], got {self.synthetic}.")
         if self.families not in ("default", "recall"):
             raise ConfigError(f"families must be 'default' or 'recall', got {self.families!r}.")
+        if self.backend not in TRAIN_BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(TRAIN_BACKENDS)}, got {self.backend!r}."
+                              f"{did_you_mean(str(self.backend), TRAIN_BACKENDS)}")
         if self.save_dtype not in ("float16", "bfloat16", "float32"):
             raise ConfigError(f"save_dtype must be float16, bfloat16 or float32, got {self.save_dtype!r}.")
 
@@ -144,10 +149,11 @@ def _loader(cfg: TrainConfig):
 
 
 def build_for_training(cfg: TrainConfig, device: torch.device):
+    from ..models.loading import resolve_model_backend
     from ..models.model import Model
 
     torch.manual_seed(cfg.seed)
-    model = Model(cfg.model, backend="torch")
+    model = Model(cfg.model, backend=resolve_model_backend(cfg.backend, device))
     init_for_training(model, cfg.seed)
     if cfg.init_from is not None:
         from ..models.checkpoint import check_state_dict, read_weights
@@ -172,8 +178,7 @@ def train_step(model, opt, batch, cfg: TrainConfig, step: int, device: torch.dev
     for g in opt.param_groups:
         g["lr"] = lr_at(step, cfg)
     inputs, targets = batch[:, :-1], batch[:, 1:]
-    with (training_attention(cfg.fast_attention),
-          torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda")):
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
         logits = model(inputs)  # (B, T, V)
     ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="none")
     plain = ce.mean()
@@ -277,6 +282,7 @@ def train(cfg: TrainConfig, *, log=print) -> dict:
         "tokens_per_s": round(steady_steps * cfg.batch_size * cfg.seq_len / (t_end - t_steady)) if steady_steps else None,
         "wall_s": round(t_end - t_start, 2), "device": str(torch.cuda.get_device_name(device)) if device.type == "cuda" else "cpu",
         "peak_mem_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "backend": model.backend, "fallbacks": model.fallbacks,
         "config": cfg.to_dict(),
     }
     save_trained(model.eval(), cfg, out / "checkpoint")

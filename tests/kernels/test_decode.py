@@ -1,36 +1,25 @@
-"""Triton decode step for local layers == the PyTorch reference step (rattn_eval/kernels/decode/README.md).
-
-CPU: Triton's interpreter (TRITON_INTERPRET=1, set in conftest) against `local_decode_step_naive`,
-fp32 and fp16. GPU (marked): bf16 ring against an fp32 reference at window 512, B=64.
+"""Decode: the local-layer step (ring buffer + RLA state) and the global-layer `kv_decode`
+(rattn_eval/kernels/decode/README.md). The references against a full forward, the Triton kernels against
+the references on the CPU under the interpreter (TRITON_INTERPRET=1, set in conftest; fp32 and fp16), and
+on a GPU (marked gpu): bf16 against fp32 references.
 """
 
 import copy
 
 import pytest
 import torch
+from closeness import assert_close
+from prefill_cases import inputs
 
 from rattn_eval.kernels import (
-    LocalCache, Rope, build_local_cache, empty_local_cache, feature_dim, launches, local_decode_step,
-    local_decode_step_naive, local_prefill,
+    LocalCache, Rope, build_local_cache, empty_local_cache, feature_dim, kv_decode, kv_decode_naive, launches,
+    local_decode_step, local_decode_step_naive, local_prefill,
 )
-from rattn_eval.kernels.decode import fused_recurrent
+from rattn_eval.kernels.decode import fused_recurrent, kv_split
 from rattn_eval.kernels.decode.fused_recurrent import local_decode_step_triton
 
 # Triton's interpreter reads runtime int arguments (the ring length) through a numpy call numpy deprecates.
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0 to a scalar:DeprecationWarning")
-
-
-def assert_close(out, ref, tol, what):
-    """Relative RMS error over the tensor AND max-abs error per row (last dim) vs the row's scale."""
-    out, ref = out.float(), ref.float()
-    assert torch.isfinite(out).all(), f"{what}: non-finite values"
-    diff = out - ref
-    rel = (diff.norm() / ref.norm().clamp(min=1e-30)).item()
-    assert rel <= tol, f"{what}: relative RMS error {rel:.3g} > {tol}"
-    row_err = diff.abs().amax(dim=-1)
-    row_scale = ref.abs().amax(dim=-1).clamp(min=1e-30)
-    worst = (row_err / row_scale).max().item()
-    assert worst <= tol, f"{what}: per-row max-abs error {worst:.3g} x row scale > {tol}"
 
 
 def assert_cache_equal(got: LocalCache, ref: LocalCache, tol):
@@ -42,6 +31,64 @@ def assert_cache_equal(got: LocalCache, ref: LocalCache, tol):
         assert got.state.dtype == torch.float32
         assert_close(got.state, ref.state, tol, "state")
 
+
+# --- the references -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("L,w,kind", [(5, 8, "rattn"), (30, 8, "rattn"), (30, 8, "swa"), (12, 0, "rattn")])
+def test_reference_prefill_then_decode_equals_forward(L, w, kind):
+    n = 11
+    H, Hkv, D = 4, 2, 16
+    q, k, v = inputs(L + n, H, Hkv, D, B=2)
+    rope = Rope(D, theta=1000.0)
+    gs, gr = torch.rand(H, D) + 0.5, torch.rand(H, D) + 0.5
+    norms = dict(swa_norm_weight=gs, rla_norm_weight=gr) if kind == "rattn" else {}
+    full, _ = local_prefill(q, k, v, window=w, kind=kind, rope=rope, backend="torch", **norms)
+    out, cache = local_prefill(q[:, :L], k[:, :L], v[:, :L], window=w, kind=kind, rope=rope, backend="torch", **norms)
+    steps = [local_decode_step(q[:, t], k[:, t], v[:, t], cache, rope=rope, backend="torch", **norms) for t in range(L, L + n)]
+    got = torch.cat([out, torch.stack(steps, 1)], 1)
+    assert_close(got, full, 1e-5, "prefill + decode", row_tol=1e-4)
+
+
+def test_reference_decode_batch_at_different_positions():
+    H, Hkv, D, w = 2, 1, 8, 4
+    rope = Rope(D)
+    lens = [3, 9]
+    seqs = [inputs(14, H, Hkv, D, seed=s) for s in range(2)]
+    T = max(lens)
+    q = torch.cat([s[0][:, :T] for s in seqs])
+    k = torch.cat([s[1][:, :T] for s in seqs])
+    v = torch.cat([s[2][:, :T] for s in seqs])
+    _, cache = local_prefill(q, k, v, window=w, rope=rope, lengths=torch.tensor(lens), backend="torch")
+    outs = [[], []]
+    for step in range(4):
+        idx = [lens[b] + step for b in range(2)]
+        qs = torch.cat([seqs[b][0][:, idx[b]] for b in range(2)])
+        ks = torch.cat([seqs[b][1][:, idx[b]] for b in range(2)])
+        vs = torch.cat([seqs[b][2][:, idx[b]] for b in range(2)])
+        o = local_decode_step(qs, ks, vs, cache, rope=rope, backend="torch")
+        for b in range(2):
+            outs[b].append(o[b])
+    for b in range(2):
+        end = lens[b] + 4
+        ref, _ = local_prefill(*(t[:, :end] for t in seqs[b]), window=w, rope=rope, backend="torch")
+        assert_close(torch.stack(outs[b]), ref[0, lens[b] :], 1e-5, f"row {b}", row_tol=1e-4)
+
+
+def test_reference_cache_size_is_analytic_and_context_independent():
+    H, Hkv, D, w = 4, 2, 16, 32
+    sizes = []
+    for T in (64, 1024):
+        q, k, v = inputs(T, H, Hkv, D, B=2)
+        c = build_local_cache(k, v, window=w)
+        sizes.append(c.nbytes())
+        assert c.nbytes() == c.analytic_nbytes(2, w, Hkv, D, torch.float32)
+    assert sizes[0] == sizes[1]
+    e = empty_local_cache(2, w, Hkv, D, dtype=torch.float32, device="cpu", kind="swa")
+    assert e.nbytes() == e.analytic_nbytes(2, w, Hkv, D, torch.float32, kind="swa")
+
+
+
+# --- Triton on the CPU interpreter (local layers) ----------------------------------------------------------
 
 def lengths_around_window(B, w):
     """Prompt lengths whose next steps cross the window edge: positions w-1, w, w+1, and far beyond."""
@@ -116,6 +163,20 @@ def test_gpu_block_sizes_many_blocks(case, target, monkeypatch):
     monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", target)
     B, w, D, H, Hkv, kind, fm, dtype = case
     run_steps(B, w, H, Hkv, D, kind, fm, dtype, steps=2, seed=7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_head_dim_256_with_state(dtype):
+    """Gemma-3-shaped RAttention heads (D = 256): the state's value columns in two slices of 128; GQA, rows
+    below, at and past the window, softmax features."""
+    run_steps(3, 7, 4, 2, 256, "rattn", "softmax", dtype, steps=3, seed=8)
+
+
+def test_head_dim_256_gpu_blocks(monkeypatch):
+    """D = 256 with the GPU's blocks: 64 blocks of 8 feature rows per value slice, in 4 feature splits."""
+    monkeypatch.setitem(fused_recurrent._TILE_BUDGET, "interpreter", fused_recurrent._TILE_BUDGET["gpu"])
+    monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", 8)
+    run_steps(1, 7, 2, 1, 256, "rattn", "softmax", torch.float32, steps=2, seed=9, lengths=[8])
 
 
 def test_split_counts():
@@ -293,8 +354,75 @@ def test_empty_batch(backend, kind):
     assert out.shape == (0, 4, 64)
 
 
+# --- Triton on the CPU interpreter (global layers: kv_decode) ------------------------------------------------
+
+@pytest.mark.parametrize("case", [
+    # B, S, H, Hkv, D, positions
+    (3, 200, 4, 1, 256, [0, 57, 199]),
+    (2, 131, 8, 2, 64, [130, 3]),
+    (1, 40, 2, 2, 128, [17]),
+], ids=["gemma-like", "gqa-d64", "mha-d128"])
+@pytest.mark.parametrize("target", [1, 4, 1000], ids=["one-split", "4-programs", "many-splits"])
+def test_kv_decode_matches_reference(case, target, monkeypatch):
+    """Keys past each row's position (here random, not zeros) must be ignored; every split count agrees."""
+    monkeypatch.setattr(kv_split, "_SPLIT_TARGET", target)
+    B, S, H, Hkv, D, positions = case
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(B, H, D, generator=gen)
+    k = torch.randn(B, S, Hkv, D, generator=gen)
+    v = torch.randn(B, S, Hkv, D, generator=gen)
+    pos = torch.tensor(positions)
+    exp = kv_decode_naive(q, k, v, pos, scale=0.07)
+    before = launches["triton.kv_decode"]
+    got = kv_decode(q, k, v, pos, scale=0.07, backend="triton")
+    assert launches["triton.kv_decode"] == before + 1
+    assert_close(got, exp, 1e-5, "kv decode")
+    # unfilled slots may hold NaN (a cache from torch.empty): neither path may let them through
+    kn, vn = k.clone(), v.clone()
+    for b, p in enumerate(positions):
+        kn[b, p + 1:] = float("nan")
+        vn[b, p + 1:] = float("nan")
+    assert_close(kv_decode_naive(q, kn, vn, pos, scale=0.07), exp, 1e-6, "reference with NaN slots")
+    assert_close(kv_decode(q, kn, vn, pos, scale=0.07, backend="triton"), exp, 1e-5, "kv decode with NaN slots")
+    # the reference itself: explicit softmax over the visible keys of each row
+    for b, p in enumerate(positions):
+        kk = k[b, : p + 1].repeat_interleave(H // Hkv, dim=1)  # (p+1, H, D)
+        vv = v[b, : p + 1].repeat_interleave(H // Hkv, dim=1)
+        att = torch.softmax(torch.einsum("hd,shd->hs", q[b], kk) * 0.07, dim=-1)
+        assert_close(exp[b], torch.einsum("hs,shd->hd", att, vv), 1e-5, f"reference row {b}")
+
+
+def test_kv_decode_errors():
+    q, kv, pos = torch.randn(2, 4, 64), torch.randn(2, 10, 3, 64), torch.tensor([1, 2])
+    with pytest.raises(ValueError, match="H % Hkv"):
+        kv_decode(q, kv, kv, pos, backend="triton")
+    with pytest.raises(ValueError, match="dtype"):
+        kv_decode(q, torch.randn(2, 10, 2, 64).half(), torch.randn(2, 10, 2, 64).half(), pos, backend="triton")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_kv_decode_positions_outside_the_cache(backend):
+    """pos < 0 or >= S: the public op raises on the CPU; the backends (what runs on a GPU, without a sync
+    per step) give that row NaN, never read past the cache, and compute the other rows as usual."""
+    gen = torch.Generator().manual_seed(5)
+    B, S, H, Hkv, D = 3, 20, 4, 2, 64
+    q = torch.randn(B, H, D, generator=gen)
+    k = torch.randn(B, S, Hkv, D, generator=gen)
+    v = torch.randn(B, S, Hkv, D, generator=gen)
+    pos = torch.tensor([S, 7, -1])
+    with pytest.raises(ValueError, match=r"in \[0, 19\]"):
+        kv_decode(q, k, v, pos, backend=backend)
+    impl = kv_decode_naive if backend == "torch" else kv_split.kv_decode_triton
+    got = impl(q, k, v, pos)
+    assert torch.isnan(got[0]).all() and torch.isnan(got[2]).all(), "rows at positions outside the cache must be NaN"
+    assert_close(got[1:2], kv_decode_naive(q[1:2], k[1:2], v[1:2], pos[1:2]), 1e-5, "the row at a valid position")
+
+
+
+# --- Triton on a GPU -----------------------------------------------------------------------------------------
+
 GPU_CASES = [("rattn", 128, "softmax"), ("rattn", 128, "relu"), ("rattn", 64, "identity"), ("swa", 128, "softmax"),
-             ("swa", 256, "softmax")]
+             ("swa", 256, "softmax"), ("rattn", 256, "softmax")]
 
 
 @pytest.mark.gpu
@@ -349,3 +477,30 @@ def test_gpu_negative_position_gives_nan_and_writes_nothing():
     assert torch.equal(cache.state[0], before.state[0])
     exp = local_decode_step_naive(q[1:], kn[1:], vn[1:], good, rope=Rope(D))
     assert_close(out[1:], exp, 1e-4, "rows at valid positions")
+
+
+@pytest.mark.gpu
+def test_kv_decode_bf16_gpu():
+    gen = torch.Generator().manual_seed(4)
+    B, S, H, Hkv, D = 8, 32768 + 100, 4, 1, 256
+    q = torch.randn(B, H, D, generator=gen).cuda()
+    k = torch.randn(B, S, Hkv, D, generator=gen).cuda()
+    v = torch.randn(B, S, Hkv, D, generator=gen).cuda()
+    pos = torch.tensor([S - 1 - 13 * i for i in range(B)]).cuda()
+    exp = kv_decode_naive(q, k, v, pos)
+    got = kv_decode(q.bfloat16(), k.bfloat16(), v.bfloat16(), pos, backend="triton")
+    assert_close(got, exp, 1e-2, "bf16 kv decode", row_tol=3e-2)
+
+
+@pytest.mark.gpu
+def test_kv_decode_positions_outside_the_cache_gpu():
+    """On CUDA no sync checks pos: rows past the cache or below 0 come out NaN (nothing read past it)."""
+    gen = torch.Generator().manual_seed(6)
+    B, S, H, Hkv, D = 4, 300, 8, 2, 128
+    q = torch.randn(B, H, D, generator=gen).cuda()
+    k = torch.randn(B, S, Hkv, D, generator=gen).cuda()
+    v = torch.randn(B, S, Hkv, D, generator=gen).cuda()
+    pos = torch.tensor([S, 17, -1, S + 10_000]).cuda()
+    got = kv_decode(q, k, v, pos, backend="auto")
+    assert torch.isnan(got[[0, 2, 3]]).all()
+    assert_close(got[1:2], kv_decode_naive(q[1:2], k[1:2], v[1:2], pos[1:2]), 1e-5, "the row at a valid position")

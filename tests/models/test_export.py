@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from closeness import rel_err
 
 from rattn_eval.cli import cli
 from rattn_eval.errors import CheckpointError, ConfigError
@@ -39,10 +40,6 @@ DEBUG_CONFIGS = {
                                 feature_map="identity", nope_global=True, vocab_size=4096,
                                 tokenizer="tokenizer.json", max_context=1024),
 }
-
-
-def max_rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
-    return float((got.float() - ref.float()).abs().max() / ref.float().abs().max())
 
 
 def _debug_checkpoint(root: Path, name: str, tiny_tokenizer_dir: Path) -> Path:
@@ -114,7 +111,7 @@ def test_logits_equal_native(exports, name):
             ref = native(torch.tensor([p]))[0]  # (T, V)
             alone = hf(torch.tensor([p])).logits[0]
             batched = hf(ids, attention_mask=mask).logits[b, ids.shape[1] - len(p):]
-            errs += [max_rel_err(alone, ref), max_rel_err(batched, ref)]
+            errs += [rel_err(alone, ref), rel_err(batched, ref)]
     print(f"\n{name}: max relative logit error, alone / left-padded: {max(errs[0::2]):.2e} / {max(errs[1::2]):.2e} "
           f"(prompts of {[len(p) for p in prompts]} tokens, window {native.config.window})")
     assert max(errs) <= TOL

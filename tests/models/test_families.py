@@ -12,6 +12,7 @@ would have seen it missing. Run with -s to print the figures.
 
 import pytest
 import torch
+from closeness import rel_err
 
 from rattn_eval import kernels
 from rattn_eval.errors import ConfigError
@@ -138,14 +139,10 @@ def _save(make_config, path, qk_gain=1.0):
     return model
 
 
-def _rel_err(ours, ref) -> float:
-    return float((ours - ref).abs().max() / ref.abs().max())
-
-
 def _compare(tag, ours, ref_logits, ref_greedy, x, prompt):
     with torch.inference_mode():
         logits = ours(x)
-    rel = _rel_err(logits, ref_logits)
+    rel = rel_err(logits, ref_logits)
     agree = int((logits.argmax(-1) == ref_logits.argmax(-1)).sum())
     greedy = ours.generate([prompt], max_new_tokens=NEW, eos_ids=[])[0]
     same = sum(a == b for a, b in zip(greedy, ref_greedy))
@@ -179,11 +176,11 @@ def test_family_matches_transformers(family, tmp_path):
         without = cfg.replace(**CASES[family]["without"])
         keys = build_model(without).state_dict().keys()
         plain = build_model(without, {k: v for k, v in read_weights(path).items() if k in keys})
-        assert _rel_err(plain(x), ref_logits) > 1e-3
+        assert rel_err(plain(x), ref_logits) > 1e-3
 
     via_hf, _ = load_model(path, backend="hf", device="cpu")  # the converted checkpoint, back in transformers
     with torch.inference_mode():
-        assert _rel_err(via_hf(x), ref_logits) <= 1e-4
+        assert rel_err(via_hf(x), ref_logits) <= 1e-4
     assert via_hf.generate([prompt], max_new_tokens=NEW, eos_ids=[])[0] == ref_greedy
 
 
@@ -198,7 +195,7 @@ def test_family_loads_by_hub_id_from_the_cache(family, tmp_path, cache_repo):
     assert {k: getattr(ours.config, k) for k in case["expected"]} == case["expected"]
     x = torch.randint(0, 256, (1, case["T"]), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        assert _rel_err(ours(x), hf(input_ids=x).logits) <= 1e-4
+        assert rel_err(ours(x), hf(input_ids=x).logits) <= 1e-4
 
 
 # The Triton interpreter takes ~6 s a family on CPU: by default the three whose kernels differ (global
@@ -230,7 +227,7 @@ def test_phi3_longrope_rebuilds_the_cache_when_decoding_passes_the_original_leng
     x = torch.tensor([prompt])
     with torch.inference_mode():
         ref = hf.generate(x, do_sample=False, max_new_tokens=NEW, pad_token_id=0)[0, 50:].tolist()
-        assert _rel_err(ours(x), hf(input_ids=x).logits) <= 1e-4
+        assert rel_err(ours(x), hf(input_ids=x).logits) <= 1e-4
     assert ours.generate([prompt], max_new_tokens=NEW, eos_ids=[])[0] == ref
     longer = torch.randint(0, 256, (90,), generator=torch.Generator().manual_seed(3)).tolist()
     alone = ours.generate([longer], max_new_tokens=NEW, eos_ids=[])
@@ -251,7 +248,7 @@ def test_gemma2_softcap_falls_back_to_torch_and_is_recorded(tmp_path):
     x = torch.randint(0, 256, (1, 40), generator=torch.Generator().manual_seed(1))
     before = kernels.launches.copy()
     with torch.inference_mode():
-        assert _rel_err(ours(x), hf(input_ids=x).logits) <= 1e-4
+        assert rel_err(ours(x), hf(input_ids=x).logits) <= 1e-4
     ran = kernels.launches - before
     assert ran["torch.swa"] == 4 and not ran["triton.swa"]
 
@@ -272,7 +269,7 @@ def test_head_dims_run_triton_or_record_the_fallback(head_dim):
             build_model(cfg, ref.state_dict(), backend="triton", device="cpu", strict_backend=True)
     x = torch.randint(0, 64, (1, 20), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        assert _rel_err(ours(x), ref(x)) <= 1e-4
+        assert rel_err(ours(x), ref(x)) <= 1e-4
     assert ours.generate([x[0].tolist()], max_new_tokens=4, eos_ids=[]) == ref.generate([x[0].tolist()], max_new_tokens=4, eos_ids=[])
 
 
@@ -376,8 +373,8 @@ def test_softcap_references_agree_and_triton_refuses_it():
     lengths = torch.tensor([40, 23])
     for window in (7, None):
         ref = swa_attention_naive(q, k, v, window=window, softcap=5.0, lengths=lengths)
-        assert _rel_err(swa_attention_chunked(q, k, v, window=window, softcap=5.0, lengths=lengths, chunk=16), ref) < 1e-6
-        assert _rel_err(swa_attention_naive(q, k, v, window=window, lengths=lengths), ref) > 1e-2
+        assert rel_err(swa_attention_chunked(q, k, v, window=window, softcap=5.0, lengths=lengths, chunk=16), ref) < 1e-6
+        assert rel_err(swa_attention_naive(q, k, v, window=window, lengths=lengths), ref) > 1e-2
     with pytest.raises(kernels.BackendUnavailable, match="softcapping"):
         kernels.swa_attention(q, k, v, window=7, softcap=5.0, backend="triton")
 

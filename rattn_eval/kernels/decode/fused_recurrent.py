@@ -1,10 +1,12 @@
 """Triton decode step for local layers (plain SWA and RAttention): one new token per sequence.
 
 `_launch_decode` runs up to three kernels, in stream order, over the B * Hkv (batch row, KV head)
-pairs; each of the first two also splits its work over a second grid axis (flash-decoding):
-1. `decode_rla_partial_kernel` (RAttention only; grid (B * Hkv, nf)): split j takes a range of the
-   F feature rows of the fp32 state S, folds the token leaving the window (slot t mod (w+1), still
-   holding position t-w-1 when t >= w+1) into those rows block by block, and writes its share of
+pairs; each of the first two also splits its work over a second grid axis (flash-decoding), and the
+first its state's value columns over a third:
+1. `decode_rla_partial_kernel` (RAttention only; grid (B * Hkv, nf, nv)): split j takes a range of
+   the F feature rows of the fp32 state S and slice c a range of its value columns (`_STATE_BLOCK_V`;
+   two slices at D = 256, one up to 128), folds the token leaving the window (slot t mod (w+1), still
+   holding position t-w-1 when t >= w+1) into that part block by block, and writes its share of
    phi(q) S for the group's query heads, read from the updated block while it is on chip;
 2. `decode_swa_partial_kernel` (grid (B * Hkv, ns)): split j runs an online softmax over a range
    of the w+1 ring slots, rotating each slot's raw key with that slot's absolute position (RoPE
@@ -24,6 +26,7 @@ Semantics are exactly `local_decode_step_naive` (the decode cache of `rattn_eval
 from __future__ import annotations
 
 import os
+from types import MappingProxyType
 
 import torch
 import triton
@@ -31,10 +34,10 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from ..common import default_scale
-from ..rla.chunk import _num_sms
+from ..triton_common import FEATURES as _FEATURE_MAP_CODES
+from ..triton_common import num_sms as _num_sms
 from .naive import LocalCache, check_decode_args
 
-_FEATURE_MAP_CODES = {"softmax": 0, "relu": 1, "identity": 2}  # common.FEATURE_MAPS
 
 # rope.inv_freq copied to the kernel's device once, not every step: id(rope), device -> (source, copy)
 _inv_freq_copies: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -43,9 +46,15 @@ _inv_freq_copies: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 # The CPU interpreter runs every loop iteration in Python, so it takes larger blocks (same code,
 # fewer iterations); the tests also run the GPU budget there to cover many-block loops.
 _TILE_BUDGET = {"gpu": 8192, "interpreter": 131072}
+# Value columns per `decode_rla_partial_kernel` program: at D = 256 the state is split into two column
+# slices (a third grid axis), so a block of feature rows is as wide as at D = 128 and the budget above
+# gives it as many rows (not yet run on a GPU at D = 256).
+_STATE_BLOCK_V = 128
 # Programs the window / state splits aim for under the interpreter (on a GPU: twice the SM count).
 # Small, so the CPU tests stay fast, yet above 1 so they cover the split-and-combine path.
 _SPLIT_TARGET = 4
+# GPU launch settings, edited by hand: programs the splits aim for per SM, warps per program.
+GPU_LAUNCH = MappingProxyType({"programs_per_sm": 2, "num_warps": 4})
 
 
 @triton.jit
@@ -68,11 +77,12 @@ def decode_rla_partial_kernel(
     stride_sb, stride_sh, stride_sf,
     W1, Hkv, NF, F_SPLIT,
     D: tl.constexpr, F: tl.constexpr, G: tl.constexpr, FEATURE_MAP: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
-    """Program (b * Hkv + hk, j): feature rows [j * F_SPLIT, (j + 1) * F_SPLIT) of the state. Folds the
-    token leaving the window (still in its slot: the combine kernel overwrites it later) into S and
-    writes this split's share of phi(q) S, (BLOCK_G, BLOCK_D) fp32, to part[pid, j]."""
+    """Program (b * Hkv + hk, j, c): feature rows [j * F_SPLIT, (j + 1) * F_SPLIT) and value columns
+    [c * BLOCK_V, (c + 1) * BLOCK_V) of the state. Folds the token leaving the window (still in its slot:
+    the combine kernel overwrites it later) into that part of S and writes this split's share of phi(q) S
+    in those columns, (BLOCK_G, BLOCK_V) fp32, to part[pid, j] (BLOCK_G, BLOCK_D)."""
     pid = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     b = pid // Hkv
@@ -81,14 +91,16 @@ def decode_rla_partial_kernel(
     slot = tl.where(t >= 0, t % W1, 0)  # a negative position (a damaged cache) reads slot 0 and changes nothing
     leaving = t >= W1  # the slot holds token t - W1, which leaves the window now
 
-    d = tl.arange(0, BLOCK_D)
+    d = tl.arange(0, BLOCK_D)  # the whole head dim: the softmax normalizers
     dm = d < D
+    col = tl.program_id(2) * BLOCK_V + tl.arange(0, BLOCK_V)  # this program's value columns
+    cm = col < D
     gi = tl.arange(0, BLOCK_G)
     gm = gi < G
     h = hk * G + gi
     qg_ptr = q_ptr + b * stride_qb + h[:, None] * stride_qh
     rk_row = ring_k_ptr + b * stride_rkb + hk * stride_rkh + slot * stride_rks
-    v_old = tl.load(ring_v_ptr + b * stride_rvb + hk * stride_rvh + slot * stride_rvs + d, mask=dm, other=0.0)
+    v_old = tl.load(ring_v_ptr + b * stride_rvb + hk * stride_rvh + slot * stride_rvs + col, mask=cm, other=0.0)
     v_old = v_old.to(tl.float32)
     if FEATURE_MAP == 0:
         # softmax normalizers over the head dim for x and -x (phi = [softmax(x), softmax(-x)])
@@ -102,7 +114,7 @@ def decode_rla_partial_kernel(
         mq_n = tl.max(tl.where(dm[None, :], -q, float("-inf")), axis=1)
         zq_p = tl.sum(tl.where(dm[None, :], tl.exp(q - mq_p[:, None]), 0.0), axis=1)
         zq_n = tl.sum(tl.where(dm[None, :], tl.exp(-q - mq_n[:, None]), 0.0), axis=1)
-    o_rla = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+    o_rla = tl.zeros((BLOCK_G, BLOCK_V), dtype=tl.float32)
     s_base = state_ptr + b * stride_sb + hk * stride_sh
     for f0 in range(0, F_SPLIT, BLOCK_F):
         f = j * F_SPLIT + f0 + tl.arange(0, BLOCK_F)
@@ -125,13 +137,13 @@ def decode_rla_partial_kernel(
             phi_q = xq
         phi_k = tl.where(fm, phi_k, 0.0)
         phi_q = tl.where(gm[:, None] & fm[None, :], phi_q, 0.0)
-        s_ptrs = s_base + f[:, None] * stride_sf + d[None, :]
-        s_mask = fm[:, None] & dm[None, :]
-        s_blk = tl.load(s_ptrs, mask=s_mask, other=0.0)  # (BLOCK_F, BLOCK_D) fp32
+        s_ptrs = s_base + f[:, None] * stride_sf + col[None, :]
+        s_mask = fm[:, None] & cm[None, :]
+        s_blk = tl.load(s_ptrs, mask=s_mask, other=0.0)  # (BLOCK_F, BLOCK_V) fp32
         s_blk = tl.where(leaving, s_blk + phi_k[:, None] * v_old[None, :], s_blk)
         tl.store(s_ptrs, s_blk, mask=s_mask & leaving)
         o_rla += tl.sum(phi_q[:, :, None] * s_blk[None, :, :], axis=1)
-    offs = (pid * NF + j) * BLOCK_G * BLOCK_D + gi[:, None] * BLOCK_D + d[None, :]
+    offs = (pid * NF + j) * BLOCK_G * BLOCK_D + gi[:, None] * BLOCK_D + col[None, :]
     tl.store(part_ptr + offs, o_rla)
 
 
@@ -299,20 +311,27 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     F = D if state is None else state.shape[2]
     block_d = triton.next_power_of_2(D)
     block_g = triton.next_power_of_2(G)
-    # Live fp32 tiles per block row: the (heads x block x D) products plus ~4 (block x D) tiles
-    # (k, its rotate-half partner, cos, sin / the state block). ptxas (sm_90, 4 warps) keeps this
-    # budget within ~170 registers without spilling for D 64/128, G 1..8 and D 256 without state.
+    block_v = min(block_d, _STATE_BLOCK_V)
+    nv = block_d // block_v
+    # Live fp32 tiles per block row: the (heads x block x width) products plus ~4 (block x width) tiles
+    # (k, its rotate-half partner, cos, sin / the state block); width = D for the ring's slots, the value
+    # slice for the state's feature rows. ptxas (sm_90, 4 warps) keeps this budget within ~170 registers
+    # without spilling for D 64/128, G 1..8 and D 256 without state.
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     budget = _TILE_BUDGET["interpreter" if interpreting else "gpu"]
-    rows = 1 << max(0, (budget // (block_d * (block_g + 4))).bit_length() - 1)  # power of 2 floor
-    block_s = min(triton.next_power_of_2(W1), rows)
-    block_f = min(triton.next_power_of_2(F), rows)
+
+    def rows(width: int) -> int:  # power-of-2 floor of the rows the budget allows
+        return 1 << max(0, (budget // (width * (block_g + 4))).bit_length() - 1)
+
+    block_s = min(triton.next_power_of_2(W1), rows(block_d))
+    block_f = min(triton.next_power_of_2(F), rows(block_v))
     # Flash-decoding: with few (row, KV head) pairs, the window and the state are split over more
     # programs so the GPU fills up; a combine kernel merges the splits.
     programs = B * Hkv
-    target = _SPLIT_TARGET if interpreting else 2 * _num_sms(q.device)
+    target = _SPLIT_TARGET if interpreting else GPU_LAUNCH["programs_per_sm"] * _num_sms(q.device)
+    warps = 4 if interpreting else GPU_LAUNCH["num_warps"]
     s_split, ns = _splits(W1, block_s, programs, target)
-    f_split, nf = _splits(F, block_f, programs, target)
+    f_split, nf = _splits(F, block_f, programs * nv, target)
     f32 = dict(dtype=torch.float32, device=q.device)
     m = torch.empty(programs * ns * block_g, **f32)
     l_ = torch.empty_like(m)
@@ -322,13 +341,13 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
                         stride_rvb=cache.v.stride(0), stride_rvs=cache.v.stride(1), stride_rvh=cache.v.stride(2))
     dummy = o  # never read: the matching HAS_* flag is off
     if state is not None:
-        decode_rla_partial_kernel[(programs, nf)](
+        decode_rla_partial_kernel[(programs, nf, nv)](
             q_ptr=q, ring_k_ptr=cache.k, ring_v_ptr=cache.v, state_ptr=state, pos_ptr=cache.pos, part_ptr=rla,
             stride_qb=q.stride(0), stride_qh=q.stride(1), **ring_strides,
             stride_sb=state.stride(0), stride_sh=state.stride(1), stride_sf=state.stride(2),
             W1=W1, Hkv=Hkv, NF=nf, F_SPLIT=f_split,
             D=D, F=F, G=G, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map],
-            BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_F=block_f, num_warps=4,
+            BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_F=block_f, BLOCK_V=block_v, num_warps=warps,
         )
     decode_swa_partial_kernel[(programs, ns)](
         q_ptr=q, k_ptr=k, ring_k_ptr=cache.k, ring_v_ptr=cache.v, v_ptr=v, pos_ptr=cache.pos,
@@ -337,7 +356,7 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         stride_vb=v.stride(0), stride_vh=v.stride(1), **ring_strides,
         W1=W1, Hkv=Hkv, NS=ns, scale=scale, S_SPLIT=s_split,
         D=D, G=G, HAS_ROPE=inv_freq is not None, PRECISE_TRIG=q.is_cuda and not interpreting,
-        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=4,
+        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=warps,
     )
     decode_combine_kernel[(programs,)](
         k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v, pos_ptr=cache.pos, m_ptr=m, l_ptr=l_, acc_ptr=acc,

@@ -11,19 +11,24 @@ matrix product of (group, D) x (D, keys)), and splits past a row's length exit a
 from __future__ import annotations
 
 import os
+from types import MappingProxyType
 
 import torch
 import triton
 import triton.language as tl
 
 from ..common import default_scale
-from ..rla.chunk import _num_sms
+from ..triton_common import num_sms as _num_sms
 from .fused_recurrent import _splits, merge_softmax_splits, store_softmax_split
 from .naive import check_kv_decode_args
 
 # Programs the splits aim for under the CPU interpreter (on a GPU: twice the SM count); small, so
 # the tests stay fast, yet above 1 so they cover the merge.
 _SPLIT_TARGET = 4
+# GPU launch settings, edited by hand: programs the splits aim for per SM, warps and pipeline stages of the
+# partial kernel, keys per tile for head dims <= 128 / 256.
+GPU_LAUNCH = MappingProxyType({"programs_per_sm": 2, "num_warps": 4, "num_stages": 3, "block_s": 64,
+                               "block_s_256": 32})
 
 
 @triton.jit
@@ -104,9 +109,10 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         raise ValueError("q and the cache must be contiguous in the head dim")
     G = H // Hkv
     block_g = max(16, triton.next_power_of_2(G))  # tl.dot needs 16 rows
-    block_s = 64 if D <= 128 else 32
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    target = _SPLIT_TARGET if interpreting else 2 * _num_sms(q.device)
+    block_s = 64 if interpreting else GPU_LAUNCH["block_s" if D <= 128 else "block_s_256"]
+    target = _SPLIT_TARGET if interpreting else GPU_LAUNCH["programs_per_sm"] * _num_sms(q.device)
+    launch = dict(num_warps=4) if interpreting else dict(num_warps=GPU_LAUNCH["num_warps"], num_stages=GPU_LAUNCH["num_stages"])
     programs = B * Hkv
     s_split, ns = _splits(S, block_s, programs, target)
     f32 = dict(dtype=torch.float32, device=q.device)
@@ -120,7 +126,7 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         q, k, v, pos, m, l_, acc,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         S, Hkv, ns, s_split, default_scale(D, scale),
-        D=D, G=G, IEEE=q.dtype == torch.float32, BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=4,
+        D=D, G=G, IEEE=q.dtype == torch.float32, BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s, **launch,
     )
     kv_decode_merge_kernel[(programs,)](m, l_, acc, o, o.stride(0), o.stride(1), Hkv, ns,
                                         D=D, G=G, BLOCK_D=D, BLOCK_G=block_g, num_warps=4)

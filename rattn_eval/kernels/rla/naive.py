@@ -97,7 +97,10 @@ def residual_linear_attention_chunked(
     """
     B, T, H, Hkv, D = check_qkv(q, k, v)
     _check(window)
-    segment_layout(B, T, q.device, lengths, cu_seqlens)  # validates
+    _, valid = segment_layout(B, T, q.device, lengths, cu_seqlens)
+    if lengths is not None or cu_seqlens is not None:
+        # padding never reaches phi: with NaN there, the softmax backward would give NaN gradients
+        q, k, v = (drop_padding(x, valid) for x in (q, k, v))
     pq = apply_feature_map(q, feature_map)
     pk = apply_feature_map(k, feature_map)
     vf = v.float()

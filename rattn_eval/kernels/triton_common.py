@@ -1,0 +1,216 @@
+"""Triton pieces shared by the kernels: jit helpers (feature maps, RoPE rows, the online-softmax step),
+the sequence table of a dense / padded / packed batch, and launch helpers (dummies, operand precision,
+TMA availability, SM count, which row of a hand-edited tuning table applies).
+
+Imported on first use of a Triton path only (`kernels/__init__.py` imports no Triton module).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+
+import torch
+import triton
+import triton.language as tl
+
+try:  # host-side TMA descriptors (triton >= 3.4); older releases take the pointer loads
+    from triton.tools.tensor_descriptor import TensorDescriptor
+except ImportError:  # pragma: no cover - depends on the installed triton
+    TensorDescriptor = None
+
+from . import triton_head_dim_ok
+from .common import cdiv, check_varlen
+
+LOG2E = 1.4426950408889634
+# The interpreter runs programs one after another: the kernels take smaller tiles there, so short test
+# shapes still cross every tile and phase boundary, at about the same cost.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+FEATURES = {"softmax": 0, "relu": 1, "identity": 2}  # the FEATURE constexpr of the kernels (common.FEATURE_MAPS)
+
+
+@triton.jit
+def feature_map_halves(x, FEATURE: tl.constexpr):
+    """phi(x) for fp32 rows x (R, D) as its two halves: softmax -> (softmax(x), softmax(-x)),
+    relu -> (relu(x), relu(-x)), identity -> (x, x) (the second half is then unused)."""
+    if FEATURE == 0:
+        e_pos = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
+        e_neg = tl.exp2((tl.min(x, axis=1)[:, None] - x) * 1.4426950408889634)
+        pos = e_pos * (1.0 / tl.sum(e_pos, axis=1))[:, None]  # one division per row, not per element
+        neg = e_neg * (1.0 / tl.sum(e_neg, axis=1))[:, None]
+    elif FEATURE == 1:
+        pos = tl.maximum(x, 0.0)
+        neg = tl.maximum(-x, 0.0)
+    else:
+        pos = x
+        neg = x
+    return pos, neg
+
+
+@triton.jit
+def rope_rows(x, x_ptr, rows, cos_ptr, sin_ptr, rp, ok, D: tl.constexpr):
+    """x (R, D) fp32, the rows at x_ptr + rows, rotated rotate-half style with the table rows at
+    cos_ptr / sin_ptr + rp: x * cos + roll(x, D/2) * (-sin | +sin). Tables of any float dtype; fp32 math."""
+    offs_d = tl.arange(0, D)
+    half = (offs_d + D // 2) % D
+    xs = tl.load(x_ptr + rows[:, None] + half[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    c = tl.load(cos_ptr + rp[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    s = tl.load(sin_ptr + rp[:, None] + offs_d[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
+    sign = tl.where(offs_d < D // 2, -1.0, 1.0)
+    return x * c + xs * s * sign[None, :]
+
+
+@triton.jit
+def softmax_step(sc, v, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, PRECISION: tl.constexpr,
+                 SCALE_SCORES: tl.constexpr, P_RES: tl.constexpr = False):
+    """Online-softmax update with one tile of base-2 scores sc (BM, BN) and its values v (BN, D, in the
+    operand dtype): returns (m_i, l_i, acc). MASKED: sc may hold -inf. A row with no key yet keeps its
+    running maximum at -inf and takes its exponentials against 0 (no NaN from -inf - -inf); the maximum
+    itself must not be clamped, or a later tile whose scores all lie far below 0 would underflow to
+    p = 0 (the row's output then 0 instead of its softmax).
+    SCALE_SCORES (qk_scale > 0): sc are raw q.k products, scaled here in fp32 (one FMA with the max), so q
+    is not rounded to the operand dtype a second time after a multiply by the scale; otherwise sc are
+    already in base 2. P_RES (16-bit v): also multiply the rounding residual of p (p - p in v's dtype) by v,
+    one more MMA, so acc holds p @ v with p unrounded (to ~2^-16) rather than rounded to 8 or 11 bits."""
+    if SCALE_SCORES:
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1) * qk_scale)
+    else:
+        m_new = tl.maximum(m_i, tl.max(sc, axis=1))
+    if MASKED:
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    alpha = tl.exp2(m_i - m_use)
+    if SCALE_SCORES:
+        p = tl.exp2(sc * qk_scale - m_use[:, None])
+    else:
+        p = tl.exp2(sc - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    p_op = p.to(v.dtype)
+    acc = tl.dot(p_op, v, acc * alpha[:, None], input_precision=PRECISION)
+    if P_RES:
+        acc = tl.dot((p - p_op.to(tl.float32)).to(v.dtype), v, acc, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
+class SequenceTable:
+    """The sequences of a dense, right-padded or packed batch, as int32 device tensors.
+
+    row / start / length per sequence, so a program never straddles two sequences. `count` and
+    `max_len` are Python ints; `dense` says sequence n is batch row n with all T tokens (kernels may
+    skip the table loads); `zero_fill` says some output rows belong to no sequence (padding) and must
+    be zeroed. `block` is the query-block size of the launch the table was built for.
+    """
+
+    def __init__(self, B, T, device, lengths, cu_seqlens, block):
+        check_varlen(B, T, lengths, cu_seqlens)
+        if cu_seqlens is not None:
+            cu = [int(x) for x in cu_seqlens.tolist()]
+            spans = [(0, a, b - a) for a, b in zip(cu, cu[1:]) if b > a]
+            self.zero_fill = cu[-1] < T or len(spans) == 0
+        elif lengths is not None:
+            ls = [int(x) for x in lengths.tolist()]
+            spans = [(b, 0, x) for b, x in enumerate(ls) if x > 0]
+            self.zero_fill = any(x < T for x in ls)
+        else:
+            spans = [(b, 0, T) for b in range(B)] if T > 0 else []
+            self.zero_fill = False
+        self.dense = lengths is None and cu_seqlens is None
+        cols = [list(c) for c in zip(*spans)] if spans else [[], [], []]
+        table = torch.tensor(cols, dtype=torch.int32).reshape(3, len(spans)).to(device)  # one copy
+        self.row, self.start, self.length = table[0], table[1], table[2]
+        self.count = len(spans)
+        self.max_len = max((n for _, _, n in spans), default=0)
+        self.block = block
+
+
+_DENSE_TABLES: dict = {}
+
+
+def sequence_table(B, T, device, lengths, cu_seqlens, block) -> SequenceTable:
+    """SequenceTable, cached for dense batches: building one copies to the device, which syncs the
+    host with the GPU (and would expose every later launch's Python overhead)."""
+    if lengths is not None or cu_seqlens is not None:
+        return SequenceTable(B, T, device, lengths, cu_seqlens, block)
+    key = (B, T, str(device), block)
+    if key not in _DENSE_TABLES:
+        if len(_DENSE_TABLES) >= 256:
+            _DENSE_TABLES.clear()
+        _DENSE_TABLES[key] = SequenceTable(B, T, device, None, None, block)
+    return _DENSE_TABLES[key]
+
+
+def tuning_row(table: Mapping, dtype: torch.dtype, D: int) -> dict:
+    """The row of a hand-edited tuning table for inputs of this dtype and head dim: "interpreter" under
+    TRITON_INTERPRET, "fp32" for fp32 inputs (their tiles take twice the shared memory), "16-bit" for
+    fp16 / bf16; on a GPU at D > 128 the table's "fp32, D 256" / "16-bit, D 256" row, whose tiles keep
+    the per-program footprint of D = 128. A copy the caller may change (a shallow one: a table whose rows
+    nest settings copies those itself)."""
+    key = "interpreter" if INTERPRET else "fp32" if dtype == torch.float32 else "16-bit"
+    if D > 128 and not INTERPRET:
+        key += ", D 256"
+    return dict(table[key])
+
+
+def check_head_dim(D: int) -> None:
+    """The head dims the Triton prefill kernels take (`kernels.triton_head_dim_ok`), as a ValueError."""
+    if not triton_head_dim_ok(D):
+        raise ValueError(f"the Triton attention kernels support power-of-two head dims 16..256, got {D}")
+
+
+def precision_for(dtype: torch.dtype) -> str:
+    # fp32 inputs get exact fp32 products (no TF32), so they match the references to ~1e-6.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+_DUMMIES: dict = {}
+
+
+def dummy(device) -> torch.Tensor:
+    """A 1-element fp32 tensor for pointer arguments a launch does not read (cached: no fill per call)."""
+    key = str(device)
+    if key not in _DUMMIES:
+        _DUMMIES[key] = torch.zeros(1, dtype=torch.float32, device=device)
+    return _DUMMIES[key]
+
+
+def rope_launch_args(rope, D, device):
+    """(cos, sin, stride_rope_b) for a kernel launch: the tables (or dummies without rope) and the
+    element stride between the batch rows of (B, T, D) tables (0 for shared (T, D) tables)."""
+    if rope is None:
+        return dummy(device), dummy(device), 0
+    cos, sin = rope
+    return cos, sin, cos.shape[1] * D if cos.dim() == 3 else 0
+
+
+def tma_ok(*ts) -> bool:
+    """Whether tiles can come through TMA tensor descriptors: 16-byte aligned 16-bit tensors whose
+    token rows fit int32 coordinates, on a GPU with TMA (sm_90+) or under the interpreter."""
+    if TensorDescriptor is None:
+        return False
+    for t in ts:
+        if t.dtype not in (torch.float16, torch.bfloat16) or t.data_ptr() % 16 or t.shape[0] * t.shape[1] >= 2**31:
+            return False
+    if INTERPRET:
+        return True
+    return ts[0].is_cuda and _has_tma(ts[0].device.index if ts[0].device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _has_tma(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def num_sms(device) -> int:
+    """Streaming multiprocessors of a CUDA device (4 elsewhere: the interpreter's stand-in)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4
+
+
+__all__ = [
+    "FEATURES", "INTERPRET", "LOG2E", "SequenceTable", "TensorDescriptor", "cdiv", "check_head_dim", "dummy",
+    "feature_map_halves", "num_sms", "precision_for", "rope_launch_args", "rope_rows", "sequence_table",
+    "softmax_step", "tma_ok", "tuning_row",
+]
