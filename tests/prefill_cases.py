@@ -14,6 +14,7 @@ seeded RNG, run on each op against the fp32 references on the same rounded value
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import random
 
@@ -26,6 +27,18 @@ from rattn_eval.kernels import Rope
 # (relative RMS, per-row max-abs / row max-abs). bf16 (GPU only) holds 8 significant bits: one output
 # rounding is already ~4e-3 of a row's largest entry, and P, phi and the states are rounded to bf16
 # for the tensor cores as well.
+@contextlib.contextmanager
+def exact_fp32():
+    """fp32 matrix products without TF32 (cuBLAS and cuDNN) inside the block, restored after: the fp32
+    references on the GPU must be exact for the fp32 kernel checks."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
 TOL = {torch.float32: (1e-4, 1e-4), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1e-2, 3e-2)}
 
 

@@ -65,6 +65,26 @@ def _rel(a, b):
     return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
 
 
+def unfused_rattention(fla_ops, q, k, v, qr, kr, gs, gr, w):
+    """The RAttention a user can assemble from fla-core: parallel_attn(window_size=w+1) on rotated qr / kr,
+    the feature map, the (w+1)-shift, chunk_linear_attn(scale=1, normalize=False) on 2D features, and the
+    two RMS norms. Returns (B, T, H, D) in q.dtype."""
+    import torch.nn.functional as F
+
+    parallel_attn, chunk_linear_attn = fla_ops
+    T, H, D = q.shape[1], q.shape[2], q.shape[3]
+    grp = H // k.shape[2]
+    o_swa = _first(parallel_attn(qr, kr, v, window_size=w + 1))
+    kk = k.repeat_interleave(grp, dim=2) if grp > 1 else k
+    vv = v.repeat_interleave(grp, dim=2) if grp > 1 else v
+    pq = torch.cat([q.float().softmax(-1), (-q.float()).softmax(-1)], -1).to(q.dtype)
+    pk = torch.cat([kk.float().softmax(-1), (-kk.float()).softmax(-1)], -1).to(q.dtype)
+    pk = F.pad(pk, (0, 0, 0, 0, w + 1, 0))[:, :T]  # shift right by w+1 along T
+    vs = F.pad(vv, (0, 0, 0, 0, w + 1, 0))[:, :T]
+    o_rla = _first(chunk_linear_attn(pq, pk, vs, scale=1.0, normalize=False))
+    return (F.rms_norm(o_swa.float(), (D,), eps=1e-6) * gs + F.rms_norm(o_rla.float(), (D,), eps=1e-6) * gr).to(q.dtype)
+
+
 def bench_prefill(T, H, Hkv, D, window, dtype, fla_ops, log):
     """Times every method at one shape. Returns a list of row dicts."""
     import torch.nn.functional as F
@@ -115,21 +135,9 @@ def bench_prefill(T, H, Hkv, D, window, dtype, fla_ops, log):
         f"ours_swa vs flex rel.err {_rel(o_s, o_f):.2e}")
 
     if fla_ops is not None:
-        parallel_attn, chunk_linear_attn = fla_ops
+        parallel_attn = fla_ops[0]
         add("fla_swa", lambda: parallel_attn(qr, kr, v, window_size=w + 1), f_swa)
-        grp = H // Hkv
-
-        def unfused():
-            o_swa = _first(parallel_attn(qr, kr, v, window_size=w + 1))
-            kk = k.repeat_interleave(grp, dim=2) if grp > 1 else k
-            vv = v.repeat_interleave(grp, dim=2) if grp > 1 else v
-            pq = torch.cat([q.float().softmax(-1), (-q.float()).softmax(-1)], -1).to(dtype)
-            pk = torch.cat([kk.float().softmax(-1), (-kk.float()).softmax(-1)], -1).to(dtype)
-            pk = F.pad(pk, (0, 0, 0, 0, w + 1, 0))[:, :T]  # shift right by w+1 along T
-            vs = F.pad(vv, (0, 0, 0, 0, w + 1, 0))[:, :T]
-            o_rla = _first(chunk_linear_attn(pq, pk, vs, scale=1.0, normalize=False))
-            return (F.rms_norm(o_swa.float(), (D,), eps=1e-6) * gs + F.rms_norm(o_rla.float(), (D,), eps=1e-6) * gr).to(dtype)
-
+        unfused = lambda: unfused_rattention(fla_ops, q, k, v, qr, kr, gs, gr, w)  # noqa: E731
         try:
             o_u = unfused()
             note = f"ours_rattention vs unfused rel.err {_rel(o_r, o_u):.2e}"
@@ -253,22 +261,12 @@ def bench_backward(T, H, Hkv, D, window, dtype, fla_ops, log):
     flex = torch.compile(flex_attention)
     add("flex_swa", lambda: flex(qt, krt, vt, block_mask=mask, enable_gqa=Hkv != H).backward(dot), f_swa)
     if fla_ops is not None:
-        parallel_attn, chunk_linear_attn = fla_ops
+        parallel_attn = fla_ops[0]
         add("fla_swa", lambda: _first(parallel_attn(qr, kr, v, window_size=w + 1)).backward(do), f_swa)
-        grp = H // Hkv
 
         def unfused():
-            qq, kk0 = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            o_swa = _first(parallel_attn(qq, kk0, v, window_size=w + 1))
-            kk = k.repeat_interleave(grp, dim=2) if grp > 1 else k
-            vv = v.repeat_interleave(grp, dim=2) if grp > 1 else v
-            pq = torch.cat([q.float().softmax(-1), (-q.float()).softmax(-1)], -1).to(dtype)
-            pk = torch.cat([kk.float().softmax(-1), (-kk.float()).softmax(-1)], -1).to(dtype)
-            pk = F.pad(pk, (0, 0, 0, 0, w + 1, 0))[:, :T]  # shift right by w+1 along T
-            vs = F.pad(vv, (0, 0, 0, 0, w + 1, 0))[:, :T]
-            o_rla = _first(chunk_linear_attn(pq, pk, vs, scale=1.0, normalize=False))
-            o = F.rms_norm(o_swa.float(), (D,), eps=1e-6) * gs + F.rms_norm(o_rla.float(), (D,), eps=1e-6) * gr
-            o.to(dtype).backward(do)
+            qq, kk = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # RoPE under autograd, charged to it
+            unfused_rattention(fla_ops, q, k, v, qq, kk, gs, gr, w).backward(do)
 
         add("fla_unfused_rattention", unfused, f_rattn, "RoPE charged to it (autograd through apply_rope)")
     del q, k, v, qr, kr, qt, krt, vt, leaves

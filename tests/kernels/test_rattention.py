@@ -10,7 +10,7 @@ import torch
 from closeness import assert_close
 from grad_inputs import DTYPES, QKV_LAYOUTS, make_case
 from pairwise import all_cases, case_id, covers_every_pair, pairwise_cases, window_value
-from prefill_cases import (FULL_GRID, GPU_SHAPES, cases, check, check_case, check_padded_and_packed, gpu_inputs,
+from prefill_cases import (exact_fp32, FULL_GRID, GPU_SHAPES, cases, check, check_case, check_padded_and_packed, gpu_inputs,
                            gpu_shape_id, gpu_shape_inputs, inputs, make_inputs, poison_padding, rattn_extra,
                            scores_far_below_zero)
 
@@ -411,12 +411,8 @@ def test_gpu_bf16_against_fp32_reference(T):
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [4096, 32768])
 def test_gpu_fp32_tf32_off(T):
-    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
+    with exact_fp32():
         run_gpu(T, torch.float32)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @pytest.mark.gpu
