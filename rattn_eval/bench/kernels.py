@@ -10,8 +10,9 @@ Prefill (B=1, H=16, Hkv in {16, 4}, D=128, window 512, bf16, T in {4k, 16k, 32k,
 Forward + backward (--backward; the same shapes): ours RAttention and SWA through their autograd
   Functions (Triton forward and backward kernels), SDPA full causal, FlexAttention SWA, fla's SWA,
   and the unfused fla composition differentiated by autograd (RoPE included).
-Decode (batch 64): one RAttention step against a ring buffer + fp32 state, vs SDPA decode
-  against a full 32k / 128k KV cache.
+Decode: the card's copy bandwidth (2 GiB dst.copy_(src)); one RAttention step against a ring buffer
+  + fp32 state at batch 8 and 64 (Hkv = the smallest of --kv-heads); flash-decoding over a full 32k /
+  128k KV cache at batch 1 and 8, ours (`kv_decode`) vs SDPA. Each as GB/s and its share of the copy.
 
 FLOP formulas (useful work, forward):
   SWA   4 * B * H * D * sum_t (min(t, w) + 1)          (QK^T and PV, 2 flop per MAC)
@@ -149,55 +150,74 @@ def bench_prefill(T, H, Hkv, D, window, dtype, fla_ops, log):
     return rows
 
 
-def bench_decode(batch, H, Hkv, D, window, dtype, contexts, log):
-    """RAttention decode step (ring + state) vs SDPA decode against full KV caches."""
+def copy_bandwidth(nbytes=2 * 2**30) -> float:
+    """The card's measured device-to-device copy bandwidth in GB/s (bytes read + bytes written per second)."""
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    dst = torch.empty_like(src)
+    ms = _do_bench(lambda: dst.copy_(src))
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * nbytes / ms * 1e-6
+
+
+def bench_decode(batches, H, Hkv, D, window, dtype, contexts, log, kv_batches=(1, 8)):
+    """Decode steps against the card's copy bandwidth: the RAttention local step (ring + fp32 state) at each
+    batch, and flash-decoding over a full KV cache (`kv_decode`, our Triton) vs SDPA at each context."""
     import torch.nn.functional as F
 
-    from ..kernels import Rope, empty_local_cache, local_decode_step
+    from ..kernels import Rope, empty_local_cache
+    from ..kernels.decode.fused_recurrent import local_decode_step_triton
+    from ..kernels.decode.kv_split import kv_decode_triton
 
     dev = "cuda"
     rows = []
-    cache = empty_local_cache(batch, window, Hkv, D, dtype=dtype, device=dev, kind="rattn")
-    cache.k.normal_()
-    cache.v.normal_()
-    cache.state.normal_()
-    cache.pos = torch.full((batch,), 32768, dtype=torch.long, device=dev)
-    q = torch.randn(batch, H, D, device=dev, dtype=dtype)
-    k1 = torch.randn(batch, Hkv, D, device=dev, dtype=dtype)
-    v1 = torch.randn(batch, Hkv, D, device=dev, dtype=dtype)
-    rope = Rope(D)
-    try:
-        from ..kernels.decode.fused_recurrent import local_decode_step_triton
-
-        step = lambda: local_decode_step_triton(q, k1, v1, cache, rope=rope)  # noqa: E731
-        how = "decode.fused_recurrent.local_decode_step_triton"
-    except ImportError:
-        step = lambda: local_decode_step(q, k1, v1, cache, rope=rope, backend="auto")  # noqa: E731
-        how = "kernels.local_decode_step(backend='auto')"
     el = torch.finfo(dtype).bits // 8
-    F_ = 2 * D
-    # ring k and v read, one slot written, state read and written, q/k/v in and o out
-    nbytes = batch * (2 * (window + 1) * Hkv * D * el + 2 * Hkv * F_ * D * 4 + 2 * Hkv * D * el + 2 * H * D * el)
-    ms = _do_bench(step)
-    rows.append(dict(method="ours_decode_rattention", batch=batch, context="any", ms=ms, gbps=nbytes / ms * 1e-6,
-                     note=how, cache_bytes=cache.nbytes()))
-    log(f"  ours_decode_rattention  batch {batch}: {ms:.4f} ms, {nbytes / ms * 1e-6:.0f} GB/s, cache {cache.nbytes() / 2**20:.1f} MiB ({how})")
-    del cache
-    for ctx in contexts:
-        try:
-            kc = torch.randn(batch, Hkv, ctx, D, device=dev, dtype=dtype)
-            vc = torch.randn(batch, Hkv, ctx, D, device=dev, dtype=dtype)
-        except torch.OutOfMemoryError as e:
-            log(f"  sdpa_decode ctx {ctx}: out of memory ({e})")
-            continue
-        qd = q[:, :, None]
-        ms = _do_bench(lambda: F.scaled_dot_product_attention(qd, kc, vc, enable_gqa=Hkv != H))
-        nb = 2 * kc.numel() * el
-        rows.append(dict(method="sdpa_decode_full_cache", batch=batch, context=ctx, ms=ms, gbps=nb / ms * 1e-6, note="",
-                         cache_bytes=nb))
-        log(f"  sdpa_decode ctx {ctx:>6} batch {batch}: {ms:.4f} ms, {nb / ms * 1e-6:.0f} GB/s, cache {nb / 2**30:.1f} GiB")
-        del kc, vc
+    copy = copy_bandwidth()
+    rows.append(dict(method="copy", batch=None, context=None, ms=None, gbps=copy, of_copy=1.0, note="dst.copy_(src), 2 GiB",
+                     cache_bytes=None))
+    log(f"  copy bandwidth: {copy:.0f} GB/s (read + write)")
+
+    def add(method, batch, ctx, ms, nbytes, cache_bytes, note=""):
+        gbps = nbytes / ms * 1e-6
+        rows.append(dict(method=method, batch=batch, context=ctx, ms=ms, gbps=gbps, of_copy=gbps / copy, note=note,
+                         cache_bytes=cache_bytes))
+        log(f"  {method:<24} batch {batch:>3} ctx {str(ctx):>6}: {ms:.4f} ms, {gbps:.0f} GB/s ({gbps / copy:.0%} of copy)")
+
+    rope = Rope(D)
+    for batch in batches:
+        cache = empty_local_cache(batch, window, Hkv, D, dtype=dtype, device=dev, kind="rattn")
+        cache.k.normal_()
+        cache.v.normal_()
+        cache.state.normal_()
+        cache.pos = torch.full((batch,), 32768, dtype=torch.long, device=dev)
+        q = torch.randn(batch, H, D, device=dev, dtype=dtype)
+        k1 = torch.randn(batch, Hkv, D, device=dev, dtype=dtype)
+        v1 = torch.randn(batch, Hkv, D, device=dev, dtype=dtype)
+        F_ = 2 * D
+        # ring k and v read, one slot written, state read and written, q/k/v in and o out
+        nbytes = batch * (2 * (window + 1) * Hkv * D * el + 2 * Hkv * F_ * D * 4 + 2 * Hkv * D * el + 2 * H * D * el)
+        ms = _do_bench(lambda: local_decode_step_triton(q, k1, v1, cache, rope=rope))
+        add("ours_decode_rattention", batch, "any", ms, nbytes, cache.nbytes(), f"window {window}")
+        del cache
         torch.cuda.empty_cache()
+    for batch in kv_batches:
+        for ctx in contexts:
+            try:
+                kc = torch.randn(batch, ctx, Hkv, D, device=dev, dtype=dtype)
+                vc = torch.randn(batch, ctx, Hkv, D, device=dev, dtype=dtype)
+            except torch.OutOfMemoryError as e:
+                log(f"  kv decode batch {batch} ctx {ctx}: out of memory ({e})")
+                continue
+            q = torch.randn(batch, H, D, device=dev, dtype=dtype)
+            pos = torch.full((batch,), ctx - 1, dtype=torch.long, device=dev)
+            nb = 2 * kc.numel() * el
+            ms = _do_bench(lambda: kv_decode_triton(q, kc, vc, pos))
+            add("ours_kv_decode", batch, ctx, ms, nb, nb)
+            kt, vt, qd = kc.transpose(1, 2), vc.transpose(1, 2), q[:, :, None]  # SDPA's (B, Hkv, S, D) views
+            ms = _do_bench(lambda: F.scaled_dot_product_attention(qd, kt, vt, enable_gqa=Hkv != H))
+            add("sdpa_decode_full_cache", batch, ctx, ms, nb, nb, "same cache layout, strided views")
+            del kc, vc, kt, vt
+            torch.cuda.empty_cache()
     return rows
 
 
@@ -337,15 +357,18 @@ def format_table(result) -> str:
         for r in result["backward_ratios"]:
             lines.append(f"{r['T']:>7} {r['Hkv']:>4} " + " ".join(f"{r[n]:>32.3f}" if r[n] else f"{'-':>32}" for n in names))
     if result.get("decode"):
-        lines += ["", "## decode (one token per sequence)", ""]
+        lines += ["", "## decode (one token per sequence; GB/s of bytes read + written, against the copy bandwidth)", ""]
         for r in result["decode"]:
+            if r["method"] == "copy":
+                lines.append(f"{'copy':<24} {'':>19} {'':>12} {r['gbps']:8.0f} GB/s {'100%':>5}  {r['note']}")
+                continue
             lines.append(f"{r['method']:<24} batch {r['batch']:>3} ctx {str(r['context']):>6} {r['ms']:9.4f} ms "
-                         f"{r['gbps']:8.0f} GB/s cache {r['cache_bytes'] / 2**20:10.1f} MiB {r['note']}")
+                         f"{r['gbps']:8.0f} GB/s {r['of_copy']:5.0%}  cache {r['cache_bytes'] / 2**20:.1f} MiB {r['note']}")
     return "\n".join(lines) + "\n"
 
 
 def bench_kernels(*, lengths=DEFAULT_LENGTHS, heads=16, kv_heads=(16, 4), head_dim=128, window=512, dtype="bfloat16",
-                  decode=True, decode_batch=64, decode_contexts=(32768, 131072), backward=False, forward=True,
+                  decode=True, decode_batches=(8, 64), decode_contexts=(32768, 131072), backward=False, forward=True,
                   out_dir=None, command="", log=print):
     """Run the kernel benchmark; returns the result dict and writes kernels.json / kernels.txt to out_dir."""
     from ..errors import ConfigError
@@ -377,8 +400,8 @@ def bench_kernels(*, lengths=DEFAULT_LENGTHS, heads=16, kv_heads=(16, 4), head_d
                 log(f"  ({time.time() - t0:.1f} s)")
     dec = []
     if decode:
-        log(f"decode batch={decode_batch} H={heads} Hkv={min(kv_heads)} D={head_dim} w={window}")
-        dec = bench_decode(decode_batch, heads, min(kv_heads), head_dim, window, dt, decode_contexts, log)
+        log(f"decode batches={decode_batches} H={heads} Hkv={min(kv_heads)} D={head_dim} w={window}")
+        dec = bench_decode(decode_batches, heads, min(kv_heads), head_dim, window, dt, decode_contexts, log)
     result = dict(command=command or "python -m rattn_eval.bench.kernels", device=torch.cuda.get_device_name(),
                   torch=torch.__version__, triton=triton.__version__, fla=fla_desc, python=platform.python_version(),
                   prefill=prefill, ratios=ratios(prefill), backward=bwd, backward_ratios=backward_ratios(bwd), decode=dec)

@@ -514,9 +514,8 @@ def test_gpu_awkward_shapes(case):
     q, k, v, var, w = gpu_shape_inputs(case)
     dtype = case[-1]
     f = lambda x: x.float().contiguous()  # noqa: E731
-    torch.backends.cuda.matmul.allow_tf32 = False
     before = K.launches["triton.swa"]
-    with torch.no_grad():
+    with torch.no_grad(), exact_fp32():
         out = K.swa_attention(q, k, v, window=w, backend="triton", **var)
         check(out, swa_attention_chunked(f(q), f(k), f(v), window=w, **var), dtype, gpu_shape_id(case))
     assert K.launches["triton.swa"] == before + 1
