@@ -94,6 +94,40 @@ def softmax_step(sc, v, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, PRECISION
     return m_new, l_i, acc
 
 
+@triton.jit
+def block_program(HEADS, Hkv, HEADS_FIRST: tl.constexpr):
+    """(block, sequence, head, KV head) of this program in a 2-D grid (blocks, sequences * HEADS), or with
+    the two axes swapped under HEADS_FIRST; HEADS is H for programs over query heads, Hkv over KV heads."""
+    if HEADS_FIRST:
+        blk = tl.program_id(1)
+        nh = tl.program_id(0)
+    else:
+        blk = tl.program_id(0)
+        nh = tl.program_id(1)
+    head = nh % HEADS
+    return blk, nh // HEADS, head, head // (HEADS // Hkv)
+
+
+@triton.jit
+def segment_program(pid, HEADS, NSEG, SEGLEN, T, seq_len_ptr, seq_row_ptr, seq_start_ptr, NF: tl.constexpr,
+                    NV: tl.constexpr):
+    """Program `pid` of a 1-D grid over (sequences, HEADS, NSEG segments, NF feature halves, NV slices),
+    the last fastest (no 65535 limit on any factor; programs sharing a tile launch side by side), as
+    (slice, half, segment, sequence, head, the sequence's length L, the segment's first row and end row
+    (<= L), the sequence's first row in the flattened B * T rows). A segment whose first row is >= L has
+    no work."""
+    iv = pid % NV
+    f = (pid // NV) % NF
+    seg = (pid // (NV * NF)) % NSEG
+    nh = pid // (NV * NF * NSEG)
+    n = nh // HEADS
+    L = tl.load(seq_len_ptr + n)
+    t_first = seg * SEGLEN
+    t_end = tl.minimum(t_first + SEGLEN, L)
+    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
+    return iv, f, seg, n, nh % HEADS, L, t_first, t_end, tok0
+
+
 class SequenceTable:
     """The sequences of a dense, right-padded or packed batch, as int32 device tensors.
 

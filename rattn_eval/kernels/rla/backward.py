@@ -39,8 +39,8 @@ import triton
 import triton.language as tl
 
 from ..common import feature_dim
-from ..triton_common import (FEATURES, cdiv, dummy, feature_map_halves, num_sms, precision_for, sequence_table,
-                             tuning_row)
+from ..triton_common import (FEATURES, cdiv, dummy, feature_map_halves, num_sms, precision_for, segment_program,
+                             sequence_table, tuning_row)
 from .chunk import check_rla_args, residual_linear_attention_triton
 
 launch_counts: dict[str, int] = {"rla_bwd_dq_kernel": 0, "rla_bwd_dv_kernel": 0, "rla_bwd_dk_kernel": 0,
@@ -105,20 +105,11 @@ def rla_bwd_dq_kernel(
     do (B, T, H, D), v (B, T, Hkv, D), phi(k) (B, T, Hkv, F), contiguous; products in CT."""
     NV: tl.constexpr = D // BV
     FD: tl.constexpr = NF * D
-    pid = tl.program_id(0)
-    iv = pid % NV
-    f = (pid // NV) % NF
-    seg = (pid // (NV * NF)) % NSEG
-    nh = pid // (NV * NF * NSEG)
-    n = nh // HEADS
-    head = nh % HEADS
+    iv, f, seg, n, head, L, t_first, t_end, tok0 = segment_program(
+        tl.program_id(0), HEADS, NSEG, SEGLEN, T, seq_len_ptr, seq_row_ptr, seq_start_ptr, NF, NV)
     hk = head // (HEADS // Hkv)
-    L = tl.load(seq_len_ptr + n)
-    t_first = seg * SEGLEN
     if t_first >= L:
         return
-    t_end = tl.minimum(t_first + SEGLEN, L)
-    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
 
     offs_c = tl.arange(0, BC)
     offs_d = tl.arange(0, D)
@@ -171,19 +162,12 @@ def rla_bwd_dv_kernel(
     do (B, T, H, D), phi(q) (B, T, H, F), phi(k) (B, T, Hkv, F), contiguous; products in CT."""
     NV: tl.constexpr = D // BV
     FD: tl.constexpr = NF * D
-    pid = tl.program_id(0)
-    iv = pid % NV
-    seg = (pid // NV) % NSEG
-    nh = pid // (NV * NSEG)
-    n = nh // Hkv
-    hk = nh % Hkv
+    iv, _, seg, n, hk, L, t_first, t_end, tok0 = segment_program(
+        tl.program_id(0), Hkv, NSEG, SEGLEN, T, seq_len_ptr, seq_row_ptr, seq_start_ptr, 1, NV)
     G = H // Hkv
-    L = tl.load(seq_len_ptr + n)
-    t_first = seg * SEGLEN
     if t_first >= L:
         return
-    nchunks = tl.cdiv(tl.minimum(t_first + SEGLEN, L) - t_first, BC)
-    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
+    nchunks = tl.cdiv(t_end - t_first, BC)
 
     offs_c = tl.arange(0, BC)
     offs_d = tl.arange(0, D)
@@ -259,20 +243,12 @@ def rla_bwd_dk_kernel(
     do (B, T, H, D), v (B, T, Hkv, D), phi(q) (B, T, H, F), contiguous; products in CT."""
     NV: tl.constexpr = D // BV
     FD: tl.constexpr = NF * D
-    pid = tl.program_id(0)
-    iv = pid % NV
-    f = (pid // NV) % NF
-    seg = (pid // (NV * NF)) % NSEG
-    nh = pid // (NV * NF * NSEG)
-    n = nh // Hkv
-    hk = nh % Hkv
+    iv, f, seg, n, hk, L, t_first, t_end, tok0 = segment_program(
+        tl.program_id(0), Hkv, NSEG, SEGLEN, T, seq_len_ptr, seq_row_ptr, seq_start_ptr, NF, NV)
     G = H // Hkv
-    L = tl.load(seq_len_ptr + n)
-    t_first = seg * SEGLEN
     if t_first >= L:
         return
-    nchunks = tl.cdiv(tl.minimum(t_first + SEGLEN, L) - t_first, BC)
-    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
+    nchunks = tl.cdiv(t_end - t_first, BC)
 
     offs_c = tl.arange(0, BC)
     offs_d = tl.arange(0, D)

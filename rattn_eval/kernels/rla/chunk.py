@@ -27,7 +27,7 @@ import triton.language as tl
 from ..common import check_feature_map, check_qkv
 from ..triton_common import (
     FEATURES, SequenceTable, cdiv, check_head_dim, dummy, feature_map_halves, precision_for, rope_launch_args,
-    rope_rows, sequence_table, tuning_row,
+    rope_rows, segment_program, sequence_table, tuning_row,
 )
 from ..swa.parallel import block_config
 from .segment import launch_rla_segments, segment_config, segment_length
@@ -97,20 +97,10 @@ def rla_segment_totals_kernel(
     slice, BT keys per step, and stores it to totals (sequences, Hkv, NSEG, NF * D, D)."""
     NV: tl.constexpr = D // BV
     FD: tl.constexpr = NF * D
-    pid = tl.program_id(0)
-    p = pid % (NF * NV)
-    f = p // NV
-    iv = p % NV
-    seg = (pid // (NF * NV)) % NSEG
-    nh = pid // (NF * NV * NSEG)
-    n = nh // Hkv
-    hk = nh % Hkv
-    L = tl.load(seq_len_ptr + n)
-    t_first = seg * SEGLEN
+    iv, f, seg, n, hk, L, t_first, t_end, tok0 = segment_program(
+        tl.program_id(0), Hkv, NSEG, SEGLEN, T, seq_len_ptr, seq_row_ptr, seq_start_ptr, NF, NV)
     if t_first >= L:
         return
-    t_end = tl.minimum(t_first + SEGLEN, L)
-    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
     dt = phi_ptr.dtype.element_ty
 
     offs_t = tl.arange(0, BT)

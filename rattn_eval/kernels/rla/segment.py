@@ -23,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_common import INTERPRET, SequenceTable, cdiv, dummy, num_sms, precision_for, tuning_row
+from ..triton_common import (INTERPRET, SequenceTable, cdiv, dummy, num_sms, precision_for, segment_program,
+                             tuning_row)
 
 launch_counts: dict[str, int] = {"rla_segment_kernel": 0}
 
@@ -56,20 +57,11 @@ def rla_segment_kernel(
     j < seg * SEGLEN - w (HAS_CARRY; otherwise every segment starts from zero, right only for NSEG == 1)."""
     NV: tl.constexpr = D // BV
     FD: tl.constexpr = NF * D
-    pid = tl.program_id(0)
-    iv = pid % NV
-    f = (pid // NV) % NF
-    seg = (pid // (NV * NF)) % NSEG
-    nh = pid // (NV * NF * NSEG)
-    n = nh // H
-    h = nh % H
+    iv, f, seg, n, h, L, t_first, t_end, tok0 = segment_program(
+        tl.program_id(0), H, NSEG, SEGLEN, T, seq_len_ptr, seq_row_ptr, seq_start_ptr, NF, NV)
     hk = h // (H // Hkv)
-    L = tl.load(seq_len_ptr + n)
-    t_first = seg * SEGLEN
     if t_first >= L:
         return
-    t_end = tl.minimum(t_first + SEGLEN, L)
-    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
     dt = phik_ptr.dtype.element_ty
 
     offs_c = tl.arange(0, BC)

@@ -37,8 +37,8 @@ import triton
 import triton.language as tl
 
 from ..common import cdiv, check_qkv, check_window, default_scale
-from ..triton_common import (INTERPRET, LOG2E, SequenceTable, check_head_dim, precision_for, sequence_table,
-                             tuning_row)
+from ..triton_common import (INTERPRET, LOG2E, SequenceTable, block_program, check_head_dim, precision_for,
+                             sequence_table, tuning_row)
 from .parallel import block_config, launch_swa_fwd
 
 launch_counts: dict[str, int] = {"swa_bwd_preprocess_kernel": 0, "swa_bwd_dkdv_kernel": 0, "swa_bwd_dq_kernel": 0}
@@ -106,14 +106,7 @@ def swa_bwd_dkdv_kernel(
     tiles of BM rows starting at j0: tile i holds the pairs with t - j in [i BM - BN + 1, i BM + BM - 1], so
     tiles i < cdiv(BN - 1, BM) straddle the diagonal, tiles with (i + 1) BM > window + 1 straddle the window
     edge, and the rest are unmasked."""
-    if HEADS_FIRST:
-        pid_j = tl.program_id(1)
-        pid_nh = tl.program_id(0)
-    else:
-        pid_j = tl.program_id(0)
-        pid_nh = tl.program_id(1)
-    n = pid_nh // Hkv
-    hk = pid_nh % Hkv
+    pid_j, n, hk, _ = block_program(Hkv, Hkv, HEADS_FIRST)
     G = H // Hkv
     j0 = pid_j * BN
     L = tl.load(seq_len_ptr + n)
@@ -202,15 +195,7 @@ def swa_bwd_dq_kernel(
     that leaves sum_j dS_tj = e_t != 0, an error e_t (P @ K)_t / sum_j P_tj that a row whose true dS nearly
     cancels (a query with a few keys of similar dO.v) amplifies well past 1e-4. The kernel takes that term
     off (one more product per tile), which makes delta consistent with the recomputed P."""
-    if HEADS_FIRST:
-        pid_m = tl.program_id(1)
-        pid_nh = tl.program_id(0)
-    else:
-        pid_m = tl.program_id(0)
-        pid_nh = tl.program_id(1)
-    n = pid_nh // H
-    h = pid_nh % H
-    hk = h // (H // Hkv)
+    pid_m, n, h, hk = block_program(H, Hkv, HEADS_FIRST)
     s0 = pid_m * BM
     L = tl.load(seq_len_ptr + n)
     if s0 >= L:

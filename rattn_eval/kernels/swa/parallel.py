@@ -27,7 +27,7 @@ import triton.language as tl
 
 from ..common import cdiv, check_qkv, check_window, default_scale
 from ..triton_common import (
-    LOG2E, SequenceTable, TensorDescriptor, check_head_dim, precision_for, rope_launch_args, rope_rows,
+    LOG2E, SequenceTable, TensorDescriptor, block_program, check_head_dim, precision_for, rope_launch_args, rope_rows,
     sequence_table, softmax_step, tma_ok, tuning_row,
 )
 from ..triton_common import dummy as _dummy
@@ -138,15 +138,7 @@ def swa_fwd_kernel(
     MMA per tile) and the output's rounding residual, o in fp32 - o as stored, goes to ores_ptr (B, T, H, D)
     in o's dtype, so the backward's rowsum(o * dO) sees an fp32-exact output: the gradient of a row whose
     softmax gradient nearly cancels (a query with a few keys of similar dO.v) amplifies any error there."""
-    if HEADS_FIRST:
-        pid_m = tl.program_id(1)
-        pid_nh = tl.program_id(0)
-    else:
-        pid_m = tl.program_id(0)
-        pid_nh = tl.program_id(1)
-    n = pid_nh // H
-    h = pid_nh % H
-    hk = h // (H // Hkv)
+    pid_m, n, h, hk = block_program(H, Hkv, HEADS_FIRST)
     s0 = pid_m * BM
     if DENSE:  # sequence n is batch row n, all T tokens: no table loads ahead of the first q load
         L = T
