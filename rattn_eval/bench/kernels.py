@@ -12,7 +12,8 @@ Forward + backward (--backward; the same shapes): ours RAttention and SWA throug
   and the unfused fla composition differentiated by autograd (RoPE included).
 Decode: the card's copy bandwidth (2 GiB dst.copy_(src)); one RAttention step against a ring buffer
   + fp32 state at batch 8 and 64 (Hkv = the smallest of --kv-heads); flash-decoding over a full 32k /
-  128k KV cache at batch 1 and 8, ours (`kv_decode`) vs SDPA. Each as GB/s and its share of the copy.
+  128k KV cache at batch 1 and 8, ours (`kv_decode`) vs SDPA. Each as GB/s and its share of the copy,
+  timed as CUDA-graph replays (the model's decode is graphed).
 
 FLOP formulas (useful work, forward):
   SWA   4 * B * H * D * sum_t (min(t, w) + 1)          (QK^T and PV, 2 flop per MAC)
@@ -150,6 +151,13 @@ def bench_prefill(T, H, Hkv, D, window, dtype, fla_ops, log):
     return rows
 
 
+def _graph_bench(fn, rep_ms=100):
+    """ms per call of fn replayed from a CUDA graph, as the model's decode runs (no launch overhead)."""
+    import triton.testing
+
+    return float(triton.testing.do_bench_cudagraph(fn, rep=rep_ms))
+
+
 def copy_bandwidth(nbytes=2 * 2**30) -> float:
     """The card's measured device-to-device copy bandwidth in GB/s (bytes read + bytes written per second)."""
     src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
@@ -162,7 +170,8 @@ def copy_bandwidth(nbytes=2 * 2**30) -> float:
 
 def bench_decode(batches, H, Hkv, D, window, dtype, contexts, log, kv_batches=(1, 8)):
     """Decode steps against the card's copy bandwidth: the RAttention local step (ring + fp32 state) at each
-    batch, and flash-decoding over a full KV cache (`kv_decode`, our Triton) vs SDPA at each context."""
+    batch, and flash-decoding over a full KV cache (`kv_decode`, our Triton) vs SDPA at each context. Each step
+    is timed as replays of a CUDA graph, the way the model decodes."""
     import torch.nn.functional as F
 
     from ..kernels import Rope, empty_local_cache
@@ -196,7 +205,7 @@ def bench_decode(batches, H, Hkv, D, window, dtype, contexts, log, kv_batches=(1
         F_ = 2 * D
         # ring k and v read, one slot written, state read and written, q/k/v in and o out
         nbytes = batch * (2 * (window + 1) * Hkv * D * el + 2 * Hkv * F_ * D * 4 + 2 * Hkv * D * el + 2 * H * D * el)
-        ms = _do_bench(lambda: local_decode_step_triton(q, k1, v1, cache, rope=rope))
+        ms = _graph_bench(lambda: local_decode_step_triton(q, k1, v1, cache, rope=rope))
         add("ours_decode_rattention", batch, "any", ms, nbytes, cache.nbytes(), f"window {window}")
         del cache
         torch.cuda.empty_cache()
@@ -211,10 +220,10 @@ def bench_decode(batches, H, Hkv, D, window, dtype, contexts, log, kv_batches=(1
             q = torch.randn(batch, H, D, device=dev, dtype=dtype)
             pos = torch.full((batch,), ctx - 1, dtype=torch.long, device=dev)
             nb = 2 * kc.numel() * el
-            ms = _do_bench(lambda: kv_decode_triton(q, kc, vc, pos))
+            ms = _graph_bench(lambda: kv_decode_triton(q, kc, vc, pos))
             add("ours_kv_decode", batch, ctx, ms, nb, nb)
             kt, vt, qd = kc.transpose(1, 2), vc.transpose(1, 2), q[:, :, None]  # SDPA's (B, Hkv, S, D) views
-            ms = _do_bench(lambda: F.scaled_dot_product_attention(qd, kt, vt, enable_gqa=Hkv != H))
+            ms = _graph_bench(lambda: F.scaled_dot_product_attention(qd, kt, vt, enable_gqa=Hkv != H))
             add("sdpa_decode_full_cache", batch, ctx, ms, nb, nb, "same cache layout, strided views")
             del kc, vc, kt, vt
             torch.cuda.empty_cache()

@@ -436,6 +436,10 @@ def test_gpu_awkward_shapes(case):
 # significant bits: phi(q), phi(k), the chunk products and the states are rounded to bf16 for the tensor
 # cores, as in the forward (whose bf16 checks use the same bounds).
 BF16_RMS, BF16_ROW = 1e-2, 3e-2
+# dq, dk pass through the softmax feature map's Jacobian, phi * (g - phi.g), which cancels in rows where g is
+# nearly flat: the bf16 rounding of the state products (2^-9 relative) then reaches 3.1% of such a row's max
+# (seen at T = 32k on an H100); the bound per row is 5% there.
+BF16_ROW_QK = 5e-2
 
 
 def run_gpu_gradients(T, layout, fm, *, H, Hkv, D):
@@ -447,7 +451,7 @@ def run_gpu_gradients(T, layout, fm, *, H, Hkv, D):
     ref = leaves.copy()
     residual_linear_attention_chunked(*ref.qkv(), window=window, feature_map=fm, **kw).backward(do.float())
     for name, got, r in zip("qkv", leaves.grads(), ref.grads()):
-        assert_close(got, r, BF16_RMS, f"T={T} D={D} {layout} d{name}", row_tol=BF16_ROW)
+        assert_close(got, r, BF16_RMS, f"T={T} D={D} {layout} d{name}", row_tol=BF16_ROW_QK if name in "qk" else BF16_ROW)
 
 
 @pytest.mark.gpu
