@@ -384,6 +384,7 @@ Examples:
   rattn-eval bench tasks --length 32k -n 100
   rattn-eval bench e2e --model gemma3-270m --contexts 4096,32768 --backends triton,hf
   rattn-eval bench train --lengths 4096,16384                  # training step, on a CUDA GPU
+  rattn-eval bench tune --what kv-decode                       # launch settings, on a CUDA GPU
   rattn-eval bench kernels --help                              # each benchmark's own options""")
 def bench():
     """Benchmarks: kernels, task generation, end-to-end model speed."""
@@ -412,6 +413,7 @@ _bench_command("kernels", "rattn_eval.bench.kernels", "Time the attention kernel
 _bench_command("tasks", "rattn_eval.bench.tasks", "Time sample generation against lm-eval's RULER port.")
 _bench_command("e2e", "rattn_eval.bench.e2e", "Whole-model prefill/decode speed and cache memory, triton vs hf.")
 _bench_command("train", "rattn_eval.bench.train_step", "Training step time and memory: RAttention vs SWA vs full attention.")
+_bench_command("tune", "rattn_eval.bench.tune", "Time launch settings of the decode and RLA-backward kernels.")
 
 
 @cli.command(name="lm-eval", epilog="""\b

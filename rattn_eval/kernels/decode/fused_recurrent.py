@@ -45,7 +45,7 @@ _inv_freq_copies: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 # fp32 elements of the tiles one program holds at a time; sets the slot and feature block sizes.
 # The CPU interpreter runs every loop iteration in Python, so it takes larger blocks (same code,
 # fewer iterations); the tests also run the GPU budget there to cover many-block loops.
-_TILE_BUDGET = {"gpu": 8192, "interpreter": 131072}
+_TILE_BUDGET = {"gpu": 4096, "interpreter": 131072}
 # Value columns per `decode_rla_partial_kernel` program: at D = 256 the state is split into two column
 # slices (a third grid axis), so a block of feature rows is as wide as at D = 128 and the budget above
 # gives it as many rows (not yet run on a GPU at D = 256).
@@ -53,8 +53,12 @@ _STATE_BLOCK_V = 128
 # Programs the window / state splits aim for under the interpreter (on a GPU: twice the SM count).
 # Small, so the CPU tests stay fast, yet above 1 so they cover the split-and-combine path.
 _SPLIT_TARGET = 4
-# GPU launch settings, edited by hand: programs the splits aim for per SM, warps per program.
-GPU_LAUNCH = MappingProxyType({"programs_per_sm": 2, "num_warps": 4})
+# GPU launch settings, edited by hand: programs the splits aim for per SM, warps per program. With the
+# GPU tile budget above: 0.233 ms per call at batch 64 (H 16, Hkv 4, D 128, window 512) on an H100,
+# within 2% of the fastest of 60 settings, against 0.419 ms for (2 per SM, 4 warps, budget 8192); at
+# batch 8 every setting took 0.107-0.112 ms, the launch cost of that sweep
+# (results/bench/h100_decode_sweep.txt; `rattn-eval bench tune --what local-decode` times it anew).
+GPU_LAUNCH = MappingProxyType({"programs_per_sm": 4, "num_warps": 2})
 
 
 @triton.jit
@@ -315,8 +319,9 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     nv = block_d // block_v
     # Live fp32 tiles per block row: the (heads x block x width) products plus ~4 (block x width) tiles
     # (k, its rotate-half partner, cos, sin / the state block); width = D for the ring's slots, the value
-    # slice for the state's feature rows. ptxas (sm_90, 4 warps) keeps this budget within ~170 registers
-    # without spilling for D 64/128, G 1..8 and D 256 without state.
+    # slice for the state's feature rows. ptxas (sm_90) kept a budget of 8192 with 4 warps within ~170
+    # registers without spilling for D 64/128, G 1..8 and D 256 without state; 4096 with 2 warps is the
+    # same per thread.
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     budget = _TILE_BUDGET["interpreter" if interpreting else "gpu"]
 

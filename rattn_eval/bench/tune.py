@@ -1,0 +1,236 @@
+"""`rattn-eval bench tune`: time every launch setting of a grid for the decode kernels and the RLA backward
+on this GPU, fastest first, so that their hand-edited tables can be set from measurements.
+
+The tables: `GPU_LAUNCH` and `_TILE_BUDGET["gpu"]` in `rattn_eval/kernels/decode/fused_recurrent.py`
+(the local decode step), `GPU_LAUNCH` in `rattn_eval/kernels/decode/kv_split.py` (`kv_decode`), and
+`RLA_BWD_TILES` in `rattn_eval/kernels/rla/backward.py`. Each setting is swapped in for the duration of
+its timing and the table is restored after; nothing on disk changes. Decode steps are timed as
+CUDA-graph replays (the way the model decodes, with no launch cost); the backward with `do_bench`.
+GB/s counts the bytes a step must read and write, against the card's copy bandwidth.
+
+    rattn-eval bench tune --what local-decode,kv-decode,rla-backward --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import sys
+from pathlib import Path
+from types import MappingProxyType
+
+import torch
+
+KINDS = ("local-decode", "kv-decode", "rla-backward")
+
+# The grids: every combination is timed.
+LOCAL_GRID = dict(programs_per_sm=(1, 2, 4, 8, 16), num_warps=(2, 4, 8), tile_budget=(4096, 8192, 16384))
+KV_GRID = dict(programs_per_sm=(1, 2, 4, 8), num_warps=(4, 8), num_stages=(2, 3, 4), block_s=(32, 64, 128))
+RLA_BWD_GRID = dict(BC=(32, 64), BV=(32, 64, 128), num_warps=(4, 8), num_stages=(1, 2), programs_per_sm=(2, 4, 8, 16))
+
+
+def settings(grid: dict) -> list[dict]:
+    """Every combination of the grid's values, as dicts."""
+    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+
+
+@contextlib.contextmanager
+def swapped(owner, name: str, value):
+    """owner.name = value inside the block, the old value restored after (also on error)."""
+    old = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, old)
+
+
+def graph_ms(fn) -> float:
+    """ms per call of fn replayed from a CUDA graph."""
+    import triton.testing
+
+    return float(triton.testing.do_bench_cudagraph(fn, rep=50))
+
+
+def bench_ms(fn) -> float:
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=5, rep=50))
+
+
+def _timed(fn, timer) -> float | str:
+    """The time of fn, or the error that stopped it (a setting the card cannot launch, say)."""
+    try:
+        return timer(fn)
+    except Exception as e:  # report the setting as failed and go on with the grid
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+
+
+def sweep_local_decode(batch, H, Hkv, D, window, *, dtype, device, timer=graph_ms, grid=LOCAL_GRID) -> list[dict]:
+    """The RAttention local decode step (ring + fp32 state) under each setting of `grid`."""
+    from ..kernels import Rope, empty_local_cache
+    from ..kernels.decode import fused_recurrent as fr
+
+    cache = empty_local_cache(batch, window, Hkv, D, dtype=dtype, device=device, kind="rattn")
+    for t in (cache.k, cache.v, cache.state):
+        t.normal_()
+    cache.pos = torch.full((batch,), 32768, dtype=torch.long, device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(batch, H, D, device=device, dtype=dtype, generator=g)
+    k, v = (torch.randn(batch, Hkv, D, device=device, dtype=dtype, generator=g) for _ in range(2))
+    rope = Rope(D)
+    el = torch.finfo(dtype).bits // 8
+    nbytes = batch * (2 * (window + 1) * Hkv * D * el + 2 * Hkv * cache.state.shape[2] * D * 4 + 2 * Hkv * D * el
+                      + 2 * H * D * el)
+    rows = []
+    for s in settings(grid):
+        launch = MappingProxyType({"programs_per_sm": s["programs_per_sm"], "num_warps": s["num_warps"]})
+        budget = dict(fr._TILE_BUDGET, gpu=s["tile_budget"])
+        with swapped(fr, "GPU_LAUNCH", launch), swapped(fr, "_TILE_BUDGET", budget):
+            ms = _timed(lambda: fr.local_decode_step_triton(q, k, v, cache, rope=rope), timer)
+        rows.append(dict(kind="local-decode", shape=dict(batch=batch, H=H, Hkv=Hkv, D=D, window=window), setting=s,
+                         ms=ms, nbytes=nbytes))
+    return rows
+
+
+def sweep_kv_decode(batch, context, H, Hkv, D, *, dtype, device, timer=graph_ms, grid=KV_GRID) -> list[dict]:
+    """`kv_decode` over a full cache of `context` keys under each setting of `grid`."""
+    from ..kernels.decode import kv_split
+
+    g = torch.Generator(device=device).manual_seed(0)
+    kc, vc = (torch.randn(batch, context, Hkv, D, device=device, dtype=dtype, generator=g) for _ in range(2))
+    q = torch.randn(batch, H, D, device=device, dtype=dtype, generator=g)
+    pos = torch.full((batch,), context - 1, dtype=torch.long, device=device)
+    nbytes = 2 * kc.numel() * kc.element_size()
+    rows = []
+    for s in settings(grid):
+        key = "block_s" if D <= 128 else "block_s_256"
+        launch = MappingProxyType({**kv_split.GPU_LAUNCH, **{n: s[n] for n in ("programs_per_sm", "num_warps",
+                                                                               "num_stages")}, key: s["block_s"]})
+        with swapped(kv_split, "GPU_LAUNCH", launch):
+            ms = _timed(lambda: kv_split.kv_decode_triton(q, kc, vc, pos), timer)
+        rows.append(dict(kind="kv-decode", shape=dict(batch=batch, context=context, H=H, Hkv=Hkv, D=D), setting=s,
+                         ms=ms, nbytes=nbytes))
+    return rows
+
+
+def sweep_rla_backward(T, H, Hkv, D, window, *, dtype, device, timer=bench_ms, grid=RLA_BWD_GRID) -> list[dict]:
+    """The RLA backward (dq, dk, dv for a random output gradient) under each setting of `grid` whose BV
+    divides D."""
+    from ..kernels.rla.backward import residual_linear_attention_backward
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q, do = (torch.randn(1, T, H, D, device=device, dtype=dtype, generator=g) for _ in range(2))
+    k, v = (torch.randn(1, T, Hkv, D, device=device, dtype=dtype, generator=g) for _ in range(2))
+    rows = []
+    for s in settings(grid):
+        if s["BV"] > D:
+            continue
+        ms = _timed(lambda: residual_linear_attention_backward(q, k, v, do, window=window, cfg=s), timer)
+        rows.append(dict(kind="rla-backward", shape=dict(T=T, H=H, Hkv=Hkv, D=D, window=window), setting=s, ms=ms,
+                         nbytes=None))
+    return rows
+
+
+def table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
+    """The time of the setting the kernel's table holds now (the baseline each sweep is read against)."""
+    from ..kernels.decode import fused_recurrent as fr
+    from ..kernels.decode import kv_split
+
+    if kind == "local-decode":
+        grid = {"programs_per_sm": (fr.GPU_LAUNCH["programs_per_sm"],), "num_warps": (fr.GPU_LAUNCH["num_warps"],),
+                "tile_budget": (fr._TILE_BUDGET["gpu"],)}
+        return sweep_local_decode(**shape, dtype=dtype, device=device, timer=timer, grid=grid)[0]["ms"]
+    if kind == "kv-decode":
+        block = kv_split.GPU_LAUNCH["block_s" if shape["D"] <= 128 else "block_s_256"]
+        grid = {n: (kv_split.GPU_LAUNCH[n],) for n in ("programs_per_sm", "num_warps", "num_stages")}
+        return sweep_kv_decode(**shape, dtype=dtype, device=device, timer=timer, grid={**grid, "block_s": (block,)})[0]["ms"]
+    from ..kernels.rla.backward import residual_linear_attention_backward
+
+    g = torch.Generator(device=device).manual_seed(0)
+    T, H, Hkv, D = shape["T"], shape["H"], shape["Hkv"], shape["D"]
+    q, do = (torch.randn(1, T, H, D, device=device, dtype=dtype, generator=g) for _ in range(2))
+    k, v = (torch.randn(1, T, Hkv, D, device=device, dtype=dtype, generator=g) for _ in range(2))
+    return _timed(lambda: residual_linear_attention_backward(q, k, v, do, window=shape["window"]), timer)
+
+
+def format_rows(rows: list[dict], baseline: float | str, copy_gbps: float | None, top: int) -> list[str]:
+    """The `top` fastest settings of one sweep (all failures after them), and the table's own time."""
+    ok = sorted((r for r in rows if isinstance(r["ms"], float)), key=lambda r: r["ms"])
+    failed = [r for r in rows if not isinstance(r["ms"], float)]
+    lines = [f"{rows[0]['kind']} {rows[0]['shape']}: the table's setting "
+             + (f"{baseline:.4f} ms" if isinstance(baseline, float) else f"failed ({baseline})")]
+    for r in ok[:top]:
+        rate = ""
+        if r["nbytes"] is not None:
+            gbps = r["nbytes"] / r["ms"] * 1e-6
+            rate = f" {gbps:7.0f} GB/s" + (f" ({gbps / copy_gbps:.0%} of copy)" if copy_gbps else "")
+        lines.append(f"  {r['ms']:.4f} ms{rate}  {r['setting']}")
+    lines += [f"  failed: {r['setting']}: {r['ms']}" for r in failed]
+    return lines
+
+
+def main(argv=None) -> int:
+    from ..errors import ConfigError
+
+    ap = argparse.ArgumentParser(prog="rattn-eval bench tune", description=__doc__.split("\n")[0])
+    ap.add_argument("--what", default=",".join(KINDS), help=f"comma-separated: {', '.join(KINDS)}")
+    ap.add_argument("--batches", default="8,64", help="local decode step: batch sizes")
+    ap.add_argument("--kv", default="1x32768,1x131072,8x32768", help="kv decode: BATCHxCONTEXT, comma-separated")
+    ap.add_argument("--lengths", default="32768", help="RLA backward: sequence lengths")
+    ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--kv-heads", type=int, default=4)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--top", type=int, default=8, help="settings listed per sweep")
+    ap.add_argument("--out", default=None, help="folder for tune.json (every row) and tune.txt")
+    a = ap.parse_args(argv)
+    what = [w.strip() for w in a.what.split(",") if w.strip()]
+    unknown = [w for w in what if w not in KINDS]
+    if unknown:
+        raise ConfigError(f"unknown sweep {unknown[0]!r}; choose from {', '.join(KINDS)}")
+    if not torch.cuda.is_available():
+        raise ConfigError("`rattn-eval bench tune` needs a CUDA GPU; none is visible")
+    from .kernels import copy_bandwidth
+
+    dtype, device = getattr(torch, a.dtype), torch.device("cuda")
+    H, Hkv, D, w = a.heads, a.kv_heads, a.head_dim, a.window
+    copy = copy_bandwidth()
+    lines = [f"# rattn-eval bench tune {' '.join(sys.argv[1:] if argv is None else argv)}",
+             f"# device: {torch.cuda.get_device_name()}; torch {torch.__version__}; copy bandwidth {copy:.0f} GB/s", ""]
+    every = []
+
+    def report(rows, kind, shape, timer):
+        base = table_ms(kind, shape, dtype=dtype, device=device, timer=timer)
+        every.extend(dict(r, table_ms=base) for r in rows)
+        block = format_rows(rows, base, copy, a.top)
+        print("\n".join(block), flush=True)
+        lines.extend(block + [""])
+
+    if "local-decode" in what:
+        for b in (int(x) for x in a.batches.split(",")):
+            shape = dict(batch=b, H=H, Hkv=Hkv, D=D, window=w)
+            report(sweep_local_decode(**shape, dtype=dtype, device=device), "local-decode", shape, graph_ms)
+    if "kv-decode" in what:
+        for item in a.kv.split(","):
+            b, ctx = (int(x) for x in item.lower().split("x"))
+            shape = dict(batch=b, context=ctx, H=H, Hkv=Hkv, D=D)
+            report(sweep_kv_decode(**shape, dtype=dtype, device=device), "kv-decode", shape, graph_ms)
+            torch.cuda.empty_cache()
+    if "rla-backward" in what:
+        for T in (int(x) for x in a.lengths.split(",")):
+            shape = dict(T=T, H=H, Hkv=Hkv, D=D, window=w)
+            report(sweep_rla_backward(**shape, dtype=dtype, device=device), "rla-backward", shape, bench_ms)
+    if a.out:
+        out = Path(a.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tune.json").write_text(json.dumps(dict(copy_gbps=copy, rows=every), indent=1))
+        (out / "tune.txt").write_text("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
