@@ -182,15 +182,16 @@ def bench_decode(batches, H, Hkv, D, window, dtype, contexts, log, kv_batches=(1
     rows = []
     el = torch.finfo(dtype).bits // 8
     copy = copy_bandwidth()
-    rows.append(dict(method="copy", batch=None, context=None, ms=None, gbps=copy, of_copy=1.0, note="dst.copy_(src), 2 GiB",
-                     cache_bytes=None))
+    rows.append(dict(method="copy", batch=None, context=None, ms=None, gbps=copy, of_copy=1.0,
+                     note="dst.copy_(src), 2 GiB", cache_bytes=None))
     log(f"  copy bandwidth: {copy:.0f} GB/s (read + write)")
 
     def add(method, batch, ctx, ms, nbytes, cache_bytes, note=""):
         gbps = nbytes / ms * 1e-6
         rows.append(dict(method=method, batch=batch, context=ctx, ms=ms, gbps=gbps, of_copy=gbps / copy, note=note,
                          cache_bytes=cache_bytes))
-        log(f"  {method:<24} batch {batch:>3} ctx {str(ctx):>6}: {ms:.4f} ms, {gbps:.0f} GB/s ({gbps / copy:.0%} of copy)")
+        log(f"  {method:<24} batch {batch:>3} ctx {str(ctx):>6}: {ms:.4f} ms, {gbps:.0f} GB/s "
+            f"({gbps / copy:.0%} of copy)")
 
     rope = Rope(D)
     for batch in batches:

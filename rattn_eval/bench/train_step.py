@@ -1,7 +1,7 @@
 """`rattn-eval bench train`: whole-model training step time and peak memory, RAttention vs SWA vs full
 attention, on one GPU (random weights, random tokens, so nothing but this repository is needed).
 
-The model is a ~122M-parameter local-global decoder (12 layers of width 768, 12 query / 4 KV heads of
+The model is a 121M-parameter local-global decoder (12 layers of width 768, 12 query / 4 KV heads of
 dim 64, SwiGLU 2816, vocab 32000, tied embeddings), layers [local, local, local, global] x 3 with
 window 512 (the paper's 1:3 global:local), RoPE in every layer. "full" makes every layer global.
 One step = forward, backward and a fused AdamW update under bf16 autocast, on the model's triton

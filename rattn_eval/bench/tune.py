@@ -3,10 +3,12 @@ on this GPU, fastest first, so that their hand-edited tables can be set from mea
 
 The tables: `GPU_LAUNCH` and `_TILE_BUDGET["gpu"]` in `rattn_eval/kernels/decode/fused_recurrent.py`
 (the local decode step), `GPU_LAUNCH` in `rattn_eval/kernels/decode/kv_split.py` (`kv_decode`), and
-`RLA_BWD_TILES` in `rattn_eval/kernels/rla/backward.py`. Each setting is swapped in for the duration of
-its timing and the table is restored after; nothing on disk changes. Decode steps are timed as
-CUDA-graph replays (the way the model decodes, with no launch cost); the backward with `do_bench`.
-GB/s counts the bytes a step must read and write, against the card's copy bandwidth.
+`RLA_BWD_TILES` in `rattn_eval/kernels/rla/backward.py`. A decode setting is swapped into its module's
+table for the duration of its timing and the table restored after; an RLA-backward setting is passed
+as the backward's `cfg`. Nothing on disk changes. Decode steps are timed as CUDA-graph replays (the
+way the model decodes, with no launch cost); the backward with `do_bench`. GB/s counts the bytes a
+step must read and write, against the card's copy bandwidth. A setting the card cannot launch is
+listed as failed; shapes the kernels do not take stop the command before any timing.
 
     rattn-eval bench tune --what local-decode,kv-decode,rla-backward --out DIR
 """
@@ -146,7 +148,8 @@ def table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
     if kind == "kv-decode":
         block = kv_split.GPU_LAUNCH["block_s" if shape["D"] <= 128 else "block_s_256"]
         grid = {n: (kv_split.GPU_LAUNCH[n],) for n in ("programs_per_sm", "num_warps", "num_stages")}
-        return sweep_kv_decode(**shape, dtype=dtype, device=device, timer=timer, grid={**grid, "block_s": (block,)})[0]["ms"]
+        grid["block_s"] = (block,)
+        return sweep_kv_decode(**shape, dtype=dtype, device=device, timer=timer, grid=grid)[0]["ms"]
     from ..kernels.rla.backward import residual_linear_attention_backward
 
     g = torch.Generator(device=device).manual_seed(0)
@@ -156,12 +159,15 @@ def table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
     return _timed(lambda: residual_linear_attention_backward(q, k, v, do, window=shape["window"]), timer)
 
 
-def format_rows(rows: list[dict], baseline: float | str, copy_gbps: float | None, top: int) -> list[str]:
+def format_rows(kind: str, shape: dict, rows: list[dict], baseline: float | str, copy_gbps: float | None,
+                top: int) -> list[str]:
     """The `top` fastest settings of one sweep (all failures after them), and the table's own time."""
     ok = sorted((r for r in rows if isinstance(r["ms"], float)), key=lambda r: r["ms"])
     failed = [r for r in rows if not isinstance(r["ms"], float)]
-    lines = [f"{rows[0]['kind']} {rows[0]['shape']}: the table's setting "
+    lines = [f"{kind} {shape}: the table's setting "
              + (f"{baseline:.4f} ms" if isinstance(baseline, float) else f"failed ({baseline})")]
+    if not rows:
+        lines.append("  no setting of the grid fits this shape")
     for r in ok[:top]:
         rate = ""
         if r["nbytes"] is not None:
@@ -172,14 +178,44 @@ def format_rows(rows: list[dict], baseline: float | str, copy_gbps: float | None
     return lines
 
 
+def check_shapes(H, Hkv, D, window, batches, kv, lengths) -> None:
+    """One ConfigError for a shape the kernels do not take, before anything is timed."""
+    from ..errors import ConfigError
+    from ..kernels import triton_head_dim_ok
+
+    if H < 1 or Hkv < 1 or H % Hkv:
+        raise ConfigError(f"--heads {H} must be a positive multiple of --kv-heads {Hkv}")
+    if not triton_head_dim_ok(D):
+        raise ConfigError(f"--head-dim {D}: the Triton kernels take power-of-two head dims 16..256")
+    if window < 0:
+        raise ConfigError(f"--window must be >= 0, got {window}")
+    if min([*batches, *(n for shape in kv for n in shape), *lengths], default=1) < 1:
+        raise ConfigError("batch sizes, contexts and lengths must be >= 1")
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _kv_shapes(text: str) -> list[tuple[int, int]]:
+    try:
+        return [(int(b), int(c)) for b, c in (item.lower().split("x") for item in text.split(",") if item)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BATCHxCONTEXT items like 1x32768, got {text!r}") from None
+
+
 def main(argv=None) -> int:
     from ..errors import ConfigError
 
     ap = argparse.ArgumentParser(prog="rattn-eval bench tune", description=__doc__.split("\n")[0])
     ap.add_argument("--what", default=",".join(KINDS), help=f"comma-separated: {', '.join(KINDS)}")
-    ap.add_argument("--batches", default="8,64", help="local decode step: batch sizes")
-    ap.add_argument("--kv", default="1x32768,1x131072,8x32768", help="kv decode: BATCHxCONTEXT, comma-separated")
-    ap.add_argument("--lengths", default="32768", help="RLA backward: sequence lengths")
+    ap.add_argument("--batches", type=_ints, default="8,64", help="local decode step: batch sizes")
+    ap.add_argument("--kv", type=_kv_shapes, default="1x32768,1x131072,8x32768",
+                    help="kv decode: BATCHxCONTEXT, comma-separated")
+    ap.add_argument("--lengths", type=_ints, default="32768", help="RLA backward: sequence lengths")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=128)
@@ -192,6 +228,7 @@ def main(argv=None) -> int:
     unknown = [w for w in what if w not in KINDS]
     if unknown:
         raise ConfigError(f"unknown sweep {unknown[0]!r}; choose from {', '.join(KINDS)}")
+    check_shapes(a.heads, a.kv_heads, a.head_dim, a.window, a.batches, a.kv, a.lengths)
     if not torch.cuda.is_available():
         raise ConfigError("`rattn-eval bench tune` needs a CUDA GPU; none is visible")
     from .kernels import copy_bandwidth
@@ -206,22 +243,21 @@ def main(argv=None) -> int:
     def report(rows, kind, shape, timer):
         base = table_ms(kind, shape, dtype=dtype, device=device, timer=timer)
         every.extend(dict(r, table_ms=base) for r in rows)
-        block = format_rows(rows, base, copy, a.top)
+        block = format_rows(kind, shape, rows, base, copy, a.top)
         print("\n".join(block), flush=True)
         lines.extend(block + [""])
 
     if "local-decode" in what:
-        for b in (int(x) for x in a.batches.split(",")):
+        for b in a.batches:
             shape = dict(batch=b, H=H, Hkv=Hkv, D=D, window=w)
             report(sweep_local_decode(**shape, dtype=dtype, device=device), "local-decode", shape, graph_ms)
     if "kv-decode" in what:
-        for item in a.kv.split(","):
-            b, ctx = (int(x) for x in item.lower().split("x"))
+        for b, ctx in a.kv:
             shape = dict(batch=b, context=ctx, H=H, Hkv=Hkv, D=D)
             report(sweep_kv_decode(**shape, dtype=dtype, device=device), "kv-decode", shape, graph_ms)
             torch.cuda.empty_cache()
     if "rla-backward" in what:
-        for T in (int(x) for x in a.lengths.split(",")):
+        for T in a.lengths:
             shape = dict(T=T, H=H, Hkv=Hkv, D=D, window=w)
             report(sweep_rla_backward(**shape, dtype=dtype, device=device), "rla-backward", shape, bench_ms)
     if a.out:

@@ -1,6 +1,7 @@
-"""Triton pieces shared by the kernels: jit helpers (feature maps, RoPE rows, the online-softmax step),
-the sequence table of a dense / padded / packed batch, and launch helpers (dummies, operand precision,
-TMA availability, SM count, which row of a hand-edited tuning table applies).
+"""Triton pieces shared by the kernels: jit helpers (feature maps, RoPE rows, the online-softmax step, the
+program decode of the block and segment grids), the sequence table of a dense / padded / packed batch,
+and launch helpers (dummies, operand precision, TMA availability, SM count, which row of a hand-edited
+tuning table applies).
 
 Imported on first use of a Triton path only (`kernels/__init__.py` imports no Triton module).
 """
@@ -244,7 +245,7 @@ def num_sms(device) -> int:
 
 
 __all__ = [
-    "FEATURES", "INTERPRET", "LOG2E", "SequenceTable", "TensorDescriptor", "cdiv", "check_head_dim", "dummy",
-    "feature_map_halves", "num_sms", "precision_for", "rope_launch_args", "rope_rows", "sequence_table",
-    "softmax_step", "tma_ok", "tuning_row",
+    "FEATURES", "INTERPRET", "LOG2E", "SequenceTable", "TensorDescriptor", "block_program", "cdiv",
+    "check_head_dim", "dummy", "feature_map_halves", "num_sms", "precision_for", "rope_launch_args", "rope_rows",
+    "segment_program", "sequence_table", "softmax_step", "tma_ok", "tuning_row",
 ]

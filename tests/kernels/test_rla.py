@@ -437,8 +437,8 @@ def test_gpu_awkward_shapes(case):
 # cores, as in the forward (whose bf16 checks use the same bounds).
 BF16_RMS, BF16_ROW = 1e-2, 3e-2
 # dq, dk pass through the softmax feature map's Jacobian, phi * (g - phi.g), which cancels in rows where g is
-# nearly flat: the bf16 rounding of the state products (2^-9 relative) then reaches 3.1% of such a row's max
-# (seen at T = 32k on an H100); the bound per row is 5% there.
+# nearly flat: the bf16 rounding of the state products (2^-8 relative) then reached 3.1% of such a row's max
+# (T = 4096 padded; 3.0% at 32k; on an H100); the bound per row is 5% there.
 BF16_ROW_QK = 5e-2
 
 

@@ -235,9 +235,10 @@ def check_gradients(out, grads, ref_out, ref_grads, valid, dtype, what, rms=None
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
         assert g.dtype == dtype, f"{what} {name}: dtype {g.dtype}"
         assert (g[~valid] == 0).all(), f"{what} {name}: nonzero at padding"
-        # dq and dk rows are exactly 0 in exact arithmetic where P = 1 (a query with one key: row 0, window 0);
-        # the kernels and an fp32 reference both give fp32-rounding-sized values there (dO.v and delta = o.dO
-        # are summed differently), so those rows get an absolute slack of 1e-5 of the tensor's max-abs
+        # dq rows are exactly 0 in exact arithmetic where P = 1 (a query with one key: the first row of each
+        # sequence, every row at window 0), and so are dk rows at window 0; the kernels and an fp32 reference
+        # both give fp32-rounding-sized values there (dO.v and delta = o.dO are summed differently), so dq
+        # and dk get an absolute slack of 1e-5 of the tensor's max-abs
         slack = 0.0 if name == "dv" else 1e-5 * r.float().abs().max().item()
         assert_close(g, r, rms, f"{what} {name}", row_tol=row, abs_tol=slack, zero_rows=name == "dv")
 

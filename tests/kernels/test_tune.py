@@ -49,24 +49,36 @@ def test_kv_decode_sweep_swaps_in_each_setting_and_restores_the_table():
 
 def test_rla_backward_sweep_skips_value_slices_wider_than_the_head_and_reports_failures():
     grid = dict(BC=(16, 24), BV=(16, 64), num_warps=(4,), num_stages=(1,), programs_per_sm=(2,))
-    calls = []
-
     def timer(fn):
         fn()  # BC = 24 is no power of two: the backward refuses it
-        calls.append(1)
         return 3.0
 
     rows = tune.sweep_rla_backward(40, 2, 1, 16, 7, dtype=torch.float32, device="cpu", timer=timer, grid=grid)
     assert [r["setting"]["BV"] for r in rows] == [16, 16]  # BV = 64 > D = 16 is skipped
     assert rows[0]["ms"] == 3.0
     assert isinstance(rows[1]["ms"], str) and rows[1]["ms"].startswith("ValueError")
-    lines = tune.format_rows(rows, 3.5, None, top=4)
+    lines = tune.format_rows("rla-backward", {}, rows, 3.5, None, top=4)
     assert lines[0].endswith("3.5000 ms") and "failed: " in lines[-1] and len(lines) == 3
+    empty = tune.format_rows("rla-backward", {}, [], 3.5, None, top=4)
+    assert empty[-1].endswith("no setting of the grid fits this shape")
 
 
-def test_unknown_sweep_and_no_gpu_are_one_clear_error():
+def test_unknown_sweep_bad_shapes_and_no_gpu_are_one_clear_error():
     with pytest.raises(ConfigError, match="unknown sweep 'decode'"):
         tune.main(["--what", "decode"])
+    with pytest.raises(ConfigError, match="multiple of --kv-heads"):
+        tune.main(["--heads", "6", "--kv-heads", "4"])
+    with pytest.raises(ConfigError, match="--head-dim 96"):
+        tune.main(["--head-dim", "96"])
+    with pytest.raises(ConfigError, match="must be >= 1"):
+        tune.main(["--kv", "0x4096"])
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="needs a CUDA GPU"):
             tune.main(["--what", "kv-decode"])
+
+
+@pytest.mark.parametrize("args", [["--kv", "1x"], ["--batches", "8,a"], ["--lengths", "4k"]])
+def test_malformed_shapes_stop_at_the_argument(args, capsys):
+    with pytest.raises(SystemExit) as e:
+        tune.main(args)
+    assert e.value.code == 2 and args[0] in capsys.readouterr().err

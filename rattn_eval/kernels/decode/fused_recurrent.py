@@ -55,9 +55,9 @@ _STATE_BLOCK_V = 128
 _SPLIT_TARGET = 4
 # GPU launch settings, edited by hand: programs the splits aim for per SM, warps per program. With the
 # GPU tile budget above: 0.233 ms per call at batch 64 (H 16, Hkv 4, D 128, window 512) on an H100,
-# within 2% of the fastest of 60 settings, against 0.419 ms for (2 per SM, 4 warps, budget 8192); at
-# batch 8 every setting took 0.107-0.112 ms, the launch cost of that sweep
-# (results/bench/h100_decode_sweep.txt; `rattn-eval bench tune --what local-decode` times it anew).
+# 2.2% above the fastest setting of a 60-setting sweep, against 0.419 ms for (2 per SM, 4 warps,
+# budget 8192); at batch 8 the listed settings took 0.107-0.112 ms (results/bench/h100_decode_sweep.txt,
+# each call timed with its launches; `rattn-eval bench tune --what local-decode` sweeps anew).
 GPU_LAUNCH = MappingProxyType({"programs_per_sm": 4, "num_warps": 2})
 
 
