@@ -287,8 +287,9 @@ def rla_bwd_dk_kernel(
 # Launch settings, edited by hand (row picked by `tuning_row`): chunk rows BC, state slice BV (capped at D),
 # rows per program of the phi passes, and either chunks per scan segment (seg_chunks) or the programs per
 # SM the segment count aims at. The 16-bit and fp32 rows are the forward segment kernel's settings, not
-# yet tuned for the backward. The D 256 rows (not yet run on a GPU) halve BV, BC and phi_rows, so that the
-# fp32 state slices (D x BV) and the chunk tiles (BC x D, rows x D) hold as many elements as at D = 128.
+# yet tuned for the backward. The D 256 rows (the 16-bit one passed the GPU tests, speed untuned) halve BV,
+# BC and phi_rows, so that the fp32 state slices (D x BV) and the chunk tiles (BC x D, rows x D) hold as many
+# elements as at D = 128.
 # The interpreter row: few, large tiles cost it least, and two-chunk segments make short test sequences
 # run the carry path.
 RLA_BWD_TILES = MappingProxyType({

@@ -39,8 +39,9 @@ launch_counts: dict[str, int] = {"rla_phi_kernel": 0, "rla_segment_totals_kernel
 # scan_block: keys per step of the totals scan (the segment length is a multiple of it); scan_bv: value
 # columns per totals program (None: the head dim); carry_block: state entries per `rla_carry_kernel`
 # program (the interpreter's larger blocks mean fewer programs, which is what costs it time). The D 256
-# rows (not yet run on a GPU) halve phi_rows, scan_block and the value slice, so the phi tile (rows x D),
-# the key tile (scan_block x D) and the fp32 totals tile (D x scan_bv) hold as many elements as at D = 128.
+# rows (16-bit: passed the GPU tests, speed untuned) halve phi_rows, scan_block and the value slice, so the
+# phi tile (rows x D), the key tile (scan_block x D) and the fp32 totals tile (D x scan_bv) hold as many
+# elements as at D = 128.
 PASS_TILES = MappingProxyType({
     "16-bit": MappingProxyType(dict(phi_rows=16, phi_warps=4, scan_block=128, scan_bv=64, scan_stages=2,
                                     carry_block=128)),

@@ -32,8 +32,8 @@ launch_counts: dict[str, int] = {"rla_segment_kernel": 0}
 # Hkv 16 and 4 (rattention/README.md); fp32 tiles take twice the shared memory; the interpreter: one value
 # slice up to D = 128 (BV is capped at the head dim), two at 256, and 32-row chunks cost it least. BC: query
 # rows per chunk; BV: value columns per program; programs_per_sm: the grid `segment_length` aims for. The
-# D 256 rows (not yet run on a GPU) halve BV, so the fp32 state slice (D x BV) is as large as at D = 128,
-# and BC, so the phi(q) / phi(k) chunks (BC x D) are too.
+# D 256 rows (16-bit: passed the GPU tests, speed untuned) halve BV, so the fp32 state slice (D x BV) is
+# as large as at D = 128, and BC, so the phi(q) / phi(k) chunks (BC x D) are too.
 SEGMENT_TILES = MappingProxyType({
     "16-bit": MappingProxyType(dict(BC=64, BV=64, num_warps=4, num_stages=3, programs_per_sm=8)),
     "16-bit, D 256": MappingProxyType(dict(BC=32, BV=32, num_warps=4, num_stages=3, programs_per_sm=8)),
