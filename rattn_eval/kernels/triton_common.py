@@ -1,5 +1,5 @@
-"""Triton pieces shared by the kernels: jit helpers (feature maps, RoPE rows, the online-softmax step, the
-program decode of the block and segment grids), the sequence table of a dense / padded / packed batch,
+"""Triton pieces shared by the kernels: jit helpers (feature maps, RoPE rows, the online-softmax step, k / v
+tiles, the program decode of the block and segment grids, carry blocks), the sequence table of a dense / padded / packed batch,
 and launch helpers (dummies, operand precision, TMA availability, SM count, which row of a hand-edited
 tuning table applies).
 
@@ -93,6 +93,30 @@ def softmax_step(sc, v, m_i, l_i, acc, qk_scale, MASKED: tl.constexpr, PRECISION
     if P_RES:
         acc = tl.dot((p - p_op.to(tl.float32)).to(v.dtype), v, acc, input_precision=PRECISION)
     return m_new, l_i, acc
+
+
+@triton.jit
+def kv_tile(k_ptr, v_ptr, tok0, offs_j, L, Hkv, head_off, like, D: tl.constexpr, MASKED: tl.constexpr):
+    """The k and v rows offs_j of one sequence (position 0 at token row tok0) and one KV head (its column
+    offset head_off) of (B, T, Hkv, D) tensors, in the dtype of the tensor `like`: (len(offs_j), D) each.
+    MASKED: rows at or past the sequence length L load as zeros."""
+    dt = like.dtype
+    kv_off = ((tok0 + offs_j).to(tl.int64) * (Hkv * D) + head_off)[:, None] + tl.arange(0, D)[None, :]
+    if MASKED:
+        ok = (offs_j < L)[:, None]
+        k = tl.load(k_ptr + kv_off, mask=ok, other=0.0).to(dt)
+        v = tl.load(v_ptr + kv_off, mask=ok, other=0.0).to(dt)
+    else:
+        k = tl.load(k_ptr + kv_off).to(dt)
+        v = tl.load(v_ptr + kv_off).to(dt)
+    return k, v
+
+
+@triton.jit
+def segment_carry(carry_ptr, n, hk, seg, Hkv, NSEG, BLOCK: tl.constexpr):
+    """The block of BLOCK fp32 entries that a carry tensor (sequences, Hkv, NSEG, ...) holds for sequence
+    n, KV head hk and segment seg."""
+    return carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * BLOCK
 
 
 @triton.jit
@@ -246,6 +270,6 @@ def num_sms(device) -> int:
 
 __all__ = [
     "FEATURES", "INTERPRET", "LOG2E", "SequenceTable", "TensorDescriptor", "block_program", "cdiv",
-    "check_head_dim", "dummy", "feature_map_halves", "num_sms", "precision_for", "rope_launch_args", "rope_rows",
-    "segment_program", "sequence_table", "softmax_step", "tma_ok", "tuning_row",
+    "check_head_dim", "dummy", "feature_map_halves", "kv_tile", "num_sms", "precision_for", "rope_launch_args",
+    "rope_rows", "segment_carry", "segment_program", "sequence_table", "softmax_step", "tma_ok", "tuning_row",
 ]

@@ -39,8 +39,8 @@ import triton
 import triton.language as tl
 
 from ..common import feature_dim
-from ..triton_common import (FEATURES, cdiv, dummy, feature_map_halves, num_sms, precision_for, segment_program,
-                             sequence_table, tuning_row)
+from ..triton_common import (FEATURES, cdiv, dummy, feature_map_halves, num_sms, precision_for, segment_carry,
+                             segment_program, sequence_table, tuning_row)
 from .chunk import check_rla_args, residual_linear_attention_triton
 
 launch_counts: dict[str, int] = {"rla_bwd_dq_kernel": 0, "rla_bwd_dv_kernel": 0, "rla_bwd_dk_kernel": 0,
@@ -116,7 +116,7 @@ def rla_bwd_dq_kernel(
     offs_f = iv * BV + tl.arange(0, BV)
     below = offs_c[:, None] > offs_c[None, :]  # query row c meets key row c'
     s_off = (f * D + offs_d)[:, None] * D + offs_f[None, :]
-    cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
+    cr = segment_carry(carry_ptr, n, hk, seg, Hkv, NSEG, FD * D)
     if HAS_CARRY:
         s = tl.load(cr + s_off)
     else:
@@ -174,7 +174,7 @@ def rla_bwd_dv_kernel(
     offs_v = iv * BV + tl.arange(0, BV)
     after = offs_c[None, :] > offs_c[:, None]  # key row c' (rows) meets query row c (columns)
     s_off = offs_d[:, None] * D + offs_v[None, :]
-    cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
+    cr = segment_carry(carry_ptr, n, hk, seg, Hkv, NSEG, FD * D)
     if HAS_CARRY:
         s_p = tl.load(cr + s_off)
         if NF == 2:
@@ -255,7 +255,7 @@ def rla_bwd_dk_kernel(
     offs_f = iv * BV + tl.arange(0, BV)
     after = offs_c[None, :] > offs_c[:, None]  # key row c' (rows) meets query row c (columns)
     if HAS_CARRY:
-        cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
+        cr = segment_carry(carry_ptr, n, hk, seg, Hkv, NSEG, FD * D)
         s = tl.load(cr + (f * D + offs_f)[:, None] * D + offs_d[None, :])
     else:
         s = tl.zeros([BV, D], dtype=tl.float32)

@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_common import (INTERPRET, SequenceTable, cdiv, dummy, num_sms, precision_for, segment_program,
-                             tuning_row)
+from ..triton_common import (INTERPRET, SequenceTable, cdiv, dummy, num_sms, precision_for, segment_carry,
+                             segment_program, tuning_row)
 
 launch_counts: dict[str, int] = {"rla_segment_kernel": 0}
 
@@ -70,7 +70,7 @@ def rla_segment_kernel(
     below = offs_c[:, None] > offs_c[None, :]  # query row c sees key row c' of the shifted chunk
     o_ptr += f * part_stride
     if HAS_CARRY:
-        cr = carry_ptr + ((n * Hkv + hk).to(tl.int64) * NSEG + seg) * (FD * D)
+        cr = segment_carry(carry_ptr, n, hk, seg, Hkv, NSEG, FD * D)
         s = tl.load(cr + (f * D + offs_d)[:, None] * D + offs_v[None, :])
     else:
         s = tl.zeros([D, BV], dtype=tl.float32)

@@ -37,8 +37,8 @@ import triton
 import triton.language as tl
 
 from ..common import cdiv, check_qkv, check_window, default_scale
-from ..triton_common import (INTERPRET, LOG2E, SequenceTable, block_program, check_head_dim, precision_for,
-                             sequence_table, tuning_row)
+from ..triton_common import (INTERPRET, LOG2E, SequenceTable, block_program, check_head_dim, kv_tile,
+                             precision_for, sequence_table, tuning_row)
 from .parallel import block_config, launch_swa_fwd
 
 launch_counts: dict[str, int] = {"swa_bwd_preprocess_kernel": 0, "swa_bwd_dkdv_kernel": 0, "swa_bwd_dq_kernel": 0}
@@ -155,14 +155,7 @@ def dq_tile(q, do, lse, delta, dq, k_bar, ds_sum, p_sum, k_ptr, v_ptr, tok0, j0,
     past it load as zeros); without it every pair is visible and every key in range."""
     dt = q.dtype
     offs_j = j0 + tl.arange(0, BN)
-    kv_off = ((tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head)[:, None] + tl.arange(0, D)[None, :]
-    if MASK:
-        col_ok = (offs_j < L)[:, None]
-        k = tl.load(k_ptr + kv_off, mask=col_ok, other=0.0).to(dt)
-        v = tl.load(v_ptr + kv_off, mask=col_ok, other=0.0).to(dt)
-    else:
-        k = tl.load(k_ptr + kv_off).to(dt)
-        v = tl.load(v_ptr + kv_off).to(dt)
+    k, v = kv_tile(k_ptr, v_ptr, tok0, offs_j, L, Hkv, kv_head, q, D, MASK)
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (BM, BN), base 2
     if MASK:
         diff = offs_m[:, None] - offs_j[None, :]

@@ -27,8 +27,8 @@ import triton.language as tl
 
 from ..common import cdiv, check_qkv, check_window, default_scale
 from ..triton_common import (
-    LOG2E, SequenceTable, TensorDescriptor, block_program, check_head_dim, precision_for, rope_launch_args, rope_rows,
-    sequence_table, softmax_step, tma_ok, tuning_row,
+    LOG2E, SequenceTable, TensorDescriptor, block_program, check_head_dim, kv_tile, precision_for, rope_launch_args,
+    rope_rows, sequence_table, softmax_step, tma_ok, tuning_row,
 )
 from ..triton_common import dummy as _dummy
 
@@ -87,14 +87,7 @@ def swa_tile(qs, k_ptr, v_ptr, k_desc, v_desc, tok0, j0, kv_head, offs_m, window
             v = tl.where((offs_j < L)[:, None], v, 0.0)
         v = v.to(dt)
     else:
-        kv_off = ((tok0 + offs_j).to(tl.int64) * (Hkv * D) + kv_head)[:, None] + tl.arange(0, D)[None, :]
-        if ends:
-            col_ok = (offs_j < L)[:, None]
-            k = tl.load(k_ptr + kv_off, mask=col_ok, other=0.0).to(dt)
-            v = tl.load(v_ptr + kv_off, mask=col_ok, other=0.0).to(dt)
-        else:
-            k = tl.load(k_ptr + kv_off).to(dt)
-            v = tl.load(v_ptr + kv_off).to(dt)
+        k, v = kv_tile(k_ptr, v_ptr, tok0, offs_j, L, Hkv, kv_head, qs, D, ends)
     sc = tl.dot(qs, tl.trans(k), input_precision=PRECISION)
     if MASK:
         diff = offs_m[:, None] - offs_j[None, :]
