@@ -24,6 +24,7 @@ import torch
 from ..errors import BudgetError, ConfigError
 from ..models.config import ModelConfig, preset
 from ..models.loading import build_model, load_model, resolve_device, resolve_dtype, resolve_model_backend
+from . import int_list
 
 
 def _native_weights(config: ModelConfig, device, dtype) -> dict[str, torch.Tensor]:
@@ -140,21 +141,14 @@ def _fmt(row: dict) -> str:
             f"{'n/a' if cache is None else f'{cache / 2**20:8.2f} MiB'}  cpu share {row['cpu_share']:.2f}")
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="preset or built-in name, or a checkpoint directory")
     ap.add_argument("--random-weights", action="store_true", help="random weights of the preset config")
-    ap.add_argument("--contexts", type=_ints, default=[2048])
-    ap.add_argument("--batch-sizes", type=_ints, default=[1])
+    ap.add_argument("--contexts", type=int_list, default=[2048])
+    ap.add_argument("--batch-sizes", type=int_list, default=[1])
     ap.add_argument("--backends", default="auto,hf", help="comma-separated: triton, torch, hf, auto")
-    ap.add_argument("--windows", type=_ints, default=None, help="window sweep: override every local layer's window")
+    ap.add_argument("--windows", type=int_list, default=None, help="window sweep: override every local layer's window")
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--device", default=None)

@@ -38,7 +38,8 @@ from ..kernels.common import flops_swa
 DEFAULT_LENGTHS = (4096, 16384, 32768, 131072)
 
 
-def _do_bench(fn, rep_ms=100):
+def bench_ms(fn, rep_ms=100):
+    """ms per call of fn, launches included (triton.testing.do_bench)."""
     import triton.testing
 
     return float(triton.testing.do_bench(fn, warmup=25, rep=rep_ms))
@@ -115,7 +116,7 @@ def bench_prefill(T, H, Hkv, D, window, dtype, fla_ops, log):
 
     def add(method, fn, flops, note=""):
         try:
-            ms = _do_bench(fn)
+            ms = bench_ms(fn)
         except Exception as e:  # a baseline that cannot run at this size is reported, not fatal
             log(f"  {method}: failed ({type(e).__name__}: {str(e)[:160]})")
             rows.append(dict(T=T, H=H, Hkv=Hkv, D=D, window=w, method=method, ms=None, tflops=None, note=str(e)[:200]))
@@ -151,7 +152,7 @@ def bench_prefill(T, H, Hkv, D, window, dtype, fla_ops, log):
     return rows
 
 
-def _graph_bench(fn, rep_ms=100):
+def graph_ms(fn, rep_ms=100):
     """ms per call of fn replayed from a CUDA graph, as the model's decode runs (no launch overhead)."""
     import triton.testing
 
@@ -162,7 +163,7 @@ def copy_bandwidth(nbytes=2 * 2**30) -> float:
     """The card's measured device-to-device copy bandwidth in GB/s (bytes read + bytes written per second)."""
     src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device="cuda").normal_()
     dst = torch.empty_like(src)
-    ms = _do_bench(lambda: dst.copy_(src))
+    ms = bench_ms(lambda: dst.copy_(src))
     del src, dst
     torch.cuda.empty_cache()
     return 2 * nbytes / ms * 1e-6
@@ -206,7 +207,7 @@ def bench_decode(batches, H, Hkv, D, window, dtype, contexts, log, kv_batches=(1
         F_ = 2 * D
         # ring k and v read, one slot written, state read and written, q/k/v in and o out
         nbytes = batch * (2 * (window + 1) * Hkv * D * el + 2 * Hkv * F_ * D * 4 + 2 * Hkv * D * el + 2 * H * D * el)
-        ms = _graph_bench(lambda: local_decode_step_triton(q, k1, v1, cache, rope=rope))
+        ms = graph_ms(lambda: local_decode_step_triton(q, k1, v1, cache, rope=rope))
         add("ours_decode_rattention", batch, "any", ms, nbytes, cache.nbytes(), f"window {window}")
         del cache
         torch.cuda.empty_cache()
@@ -221,10 +222,10 @@ def bench_decode(batches, H, Hkv, D, window, dtype, contexts, log, kv_batches=(1
             q = torch.randn(batch, H, D, device=dev, dtype=dtype)
             pos = torch.full((batch,), ctx - 1, dtype=torch.long, device=dev)
             nb = 2 * kc.numel() * el
-            ms = _graph_bench(lambda: kv_decode_triton(q, kc, vc, pos))
+            ms = graph_ms(lambda: kv_decode_triton(q, kc, vc, pos))
             add("ours_kv_decode", batch, ctx, ms, nb, nb)
             kt, vt, qd = kc.transpose(1, 2), vc.transpose(1, 2), q[:, :, None]  # SDPA's (B, Hkv, S, D) views
-            ms = _graph_bench(lambda: F.scaled_dot_product_attention(qd, kt, vt, enable_gqa=Hkv != H))
+            ms = graph_ms(lambda: F.scaled_dot_product_attention(qd, kt, vt, enable_gqa=Hkv != H))
             add("sdpa_decode_full_cache", batch, ctx, ms, nb, nb, "same cache layout, strided views")
             del kc, vc, kt, vt
             torch.cuda.empty_cache()
@@ -272,7 +273,7 @@ def bench_backward(T, H, Hkv, D, window, dtype, fla_ops, log):
             base = torch.cuda.memory_allocated()
             step()
             peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-            ms = _do_bench(step)
+            ms = bench_ms(step)
         except Exception as e:  # a method that cannot run at this size is reported, not fatal
             log(f"  {method}: failed ({type(e).__name__}: {str(e)[:160]})")
             rows.append(dict(T=T, H=H, Hkv=Hkv, D=D, window=w, method=method, ms=None, tflops=None, peak_mib=None,

@@ -25,6 +25,9 @@ from types import MappingProxyType
 
 import torch
 
+from . import int_list
+from .kernels import bench_ms, copy_bandwidth, graph_ms
+
 KINDS = ("local-decode", "kv-decode", "rla-backward")
 
 # The grids: every combination is timed.
@@ -47,19 +50,6 @@ def swapped(owner, name: str, value):
         yield
     finally:
         setattr(owner, name, old)
-
-
-def graph_ms(fn) -> float:
-    """ms per call of fn replayed from a CUDA graph."""
-    import triton.testing
-
-    return float(triton.testing.do_bench_cudagraph(fn, rep=50))
-
-
-def bench_ms(fn) -> float:
-    import triton.testing
-
-    return float(triton.testing.do_bench(fn, warmup=5, rep=50))
 
 
 def _timed(fn, timer) -> float | str:
@@ -150,13 +140,13 @@ def table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
         grid = {n: (kv_split.GPU_LAUNCH[n],) for n in ("programs_per_sm", "num_warps", "num_stages")}
         grid["block_s"] = (block,)
         return sweep_kv_decode(**shape, dtype=dtype, device=device, timer=timer, grid=grid)[0]["ms"]
-    from ..kernels.rla.backward import residual_linear_attention_backward
+    from ..kernels.rla.backward import RLA_BWD_TILES
+    from ..kernels.triton_common import tuning_row
 
-    g = torch.Generator(device=device).manual_seed(0)
-    T, H, Hkv, D = shape["T"], shape["H"], shape["Hkv"], shape["D"]
-    q, do = (torch.randn(1, T, H, D, device=device, dtype=dtype, generator=g) for _ in range(2))
-    k, v = (torch.randn(1, T, Hkv, D, device=device, dtype=dtype, generator=g) for _ in range(2))
-    return _timed(lambda: residual_linear_attention_backward(q, k, v, do, window=shape["window"]), timer)
+    row = tuning_row(RLA_BWD_TILES, dtype, shape["D"])
+    row["BV"] = min(row["BV"], shape["D"])  # as the backward caps it
+    grid = {n: (x,) for n, x in row.items()}
+    return sweep_rla_backward(**shape, dtype=dtype, device=device, timer=timer, grid=grid)[0]["ms"]
 
 
 def format_rows(kind: str, shape: dict, rows: list[dict], baseline: float | str, copy_gbps: float | None,
@@ -193,13 +183,6 @@ def check_shapes(H, Hkv, D, window, batches, kv, lengths) -> None:
         raise ConfigError("batch sizes, contexts and lengths must be >= 1")
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def _kv_shapes(text: str) -> list[tuple[int, int]]:
     try:
         return [(int(b), int(c)) for b, c in (item.lower().split("x") for item in text.split(",") if item)]
@@ -212,10 +195,10 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(prog="rattn-eval bench tune", description=__doc__.split("\n")[0])
     ap.add_argument("--what", default=",".join(KINDS), help=f"comma-separated: {', '.join(KINDS)}")
-    ap.add_argument("--batches", type=_ints, default="8,64", help="local decode step: batch sizes")
+    ap.add_argument("--batches", type=int_list, default="8,64", help="local decode step: batch sizes")
     ap.add_argument("--kv", type=_kv_shapes, default="1x32768,1x131072,8x32768",
                     help="kv decode: BATCHxCONTEXT, comma-separated")
-    ap.add_argument("--lengths", type=_ints, default="32768", help="RLA backward: sequence lengths")
+    ap.add_argument("--lengths", type=int_list, default="32768", help="RLA backward: sequence lengths")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=128)
@@ -231,7 +214,6 @@ def main(argv=None) -> int:
     check_shapes(a.heads, a.kv_heads, a.head_dim, a.window, a.batches, a.kv, a.lengths)
     if not torch.cuda.is_available():
         raise ConfigError("`rattn-eval bench tune` needs a CUDA GPU; none is visible")
-    from .kernels import copy_bandwidth
 
     dtype, device = getattr(torch, a.dtype), torch.device("cuda")
     H, Hkv, D, w = a.heads, a.kv_heads, a.head_dim, a.window

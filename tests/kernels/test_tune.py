@@ -82,3 +82,14 @@ def test_malformed_shapes_stop_at_the_argument(args, capsys):
     with pytest.raises(SystemExit) as e:
         tune.main(args)
     assert e.value.code == 2 and args[0] in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind,shape", [
+    ("local-decode", dict(batch=2, H=4, Hkv=2, D=16, window=8)),
+    ("kv-decode", dict(batch=1, context=50, H=4, Hkv=2, D=16)),
+    ("rla-backward", dict(T=40, H=2, Hkv=1, D=16, window=7)),
+], ids=["local", "kv", "rla"])
+def test_the_tables_own_setting_is_timed(kind, shape):
+    ran = []
+    ms = tune.table_ms(kind, shape, dtype=torch.float32, device="cpu", timer=lambda fn: (fn(), ran.append(1), 4.0)[2])
+    assert ms == 4.0 and ran == [1]
