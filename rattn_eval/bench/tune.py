@@ -33,7 +33,7 @@ KINDS = ("local-decode", "kv-decode", "rla-backward")
 # The grids: every combination is timed.
 LOCAL_GRID = dict(programs_per_sm=(1, 2, 4, 8, 16), num_warps=(2, 4, 8), tile_budget=(4096, 8192, 16384))
 KV_GRID = dict(programs_per_sm=(1, 2, 4, 8), num_warps=(4, 8), num_stages=(2, 3, 4), block_s=(32, 64, 128))
-RLA_BWD_GRID = dict(BC=(32, 64), BV=(32, 64, 128), num_warps=(4, 8), num_stages=(1, 2), programs_per_sm=(2, 4, 8, 16))
+RLA_BWD_GRID = dict(BC=(32, 64, 128), BV=(32, 64, 128), num_warps=(4, 8), scan_warps=(4,))
 
 
 def settings(grid: dict) -> list[dict]:

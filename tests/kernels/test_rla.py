@@ -319,6 +319,7 @@ def test_only_the_needed_gradients_run():
     K.residual_linear_attention(q, k, v, window=window, backend="triton").backward(do)
     ran = {name: rla_backward.launch_counts[name] - counts[name] for name in counts}
     assert ran["rla_bwd_dv_kernel"] == 1 and ran["rla_bwd_dq_kernel"] == 0 and ran["rla_bwd_dk_kernel"] == 0
+    assert ran["rla_bwd_state_kernel"] == 1  # the dH scan only: dq alone needs the forward-state scan
     vr = v.detach().clone().requires_grad_()
     residual_linear_attention_naive(q, k, vr, window=window).backward(do)
     assert_close(v.grad, vr.grad, 1e-4, "dv", row_tol=GRAD_ROW_TOL[torch.float32])

@@ -48,7 +48,7 @@ def test_kv_decode_sweep_swaps_in_each_setting_and_restores_the_table():
 
 
 def test_rla_backward_sweep_skips_value_slices_wider_than_the_head_and_reports_failures():
-    grid = dict(BC=(16, 24), BV=(16, 64), num_warps=(4,), num_stages=(1,), programs_per_sm=(2,))
+    grid = dict(BC=(16, 24), BV=(16, 64), num_warps=(4,), scan_warps=(4,))
     def timer(fn):
         fn()  # BC = 24 is no power of two: the backward refuses it
         return 3.0

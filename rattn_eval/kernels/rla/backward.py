@@ -1,33 +1,34 @@
 """Gradients of residual linear attention in Triton, and the autograd Function that uses them.
 
-Forward: o_t = a_t S_{t-w-1}, S_t = sum_{j<=t} b_j^T v_j, with a = phi(q), b = phi(k) (F features).
-With s = w + 1 the gradients are
+Forward: o_t = a_t H_{t-w-1}, H_u = sum_{j<=u} b_j^T v_j (F x D), with a = phi(q), b = phi(k) (F features).
+Cut time into chunks of BC rows; query chunk i = [t0, t0 + BC) (t0 = i BC) meets key chunk
+[t0 - w, t0 - w + BC), where query row c sees key row c' when c > c'. With
 
-    da_t = do_t Sd_{t-s},    Sd_u = sum_{j<=u} v_j^T b_j          (a scan forward in time)
-    dv_j = b_j  dS_{j+s},    dS_u = sum_{t>=u} a_t^T do_t         (a scan backward in time)
-    db_j = v_j  dS_{j+s}^T
+    H_i  = sum of b_j^T v_j  over the keys before key chunk i           (F x D, a scan forward in time)
+    dH_i = sum of a_t^T do_t over the queries after query chunk i       (F x D, a scan backward in time,
+                                                                         summed over the query heads of a KV head)
+the gradients of chunk i are independent of every other chunk:
 
-each split, as in the forward (segment.py), into a state term and a masked term inside a chunk
-pair: query chunk [t0, t0 + BC) meets key chunk [t0 - w, t0 - w + BC), where query row c and key
-row c' interact when c > c'. Every pass here is "state product + masked chunk product + state
-update" over one scan direction, with the state (D x BV, fp32) on chip:
+    da = do H_i^T + tril(do v^T, -1) b          (query rows of chunk i)
+    dv = b dH_i   + tril(a b^T, -1)^T do        (key rows of key chunk i, summed over the group's heads)
+    db = v dH_i^T + tril(do v^T, -1)^T a
 
-    rla_bwd_dq_kernel   forward scan of Sd:  da = do @ Sd + tril(do v^T, -1) @ b
-    rla_bwd_dv_kernel   backward scan of dS: dv = b @ dS + tril(a b^T, -1)^T @ do
-    rla_bwd_dk_kernel   backward scan of dS: db = v @ dS^T + tril(do v^T, -1)^T @ a
+So the backward runs two scans that store the state at every chunk, then three fully parallel kernels:
 
-A product over F = 2D features splits into one per feature half, so each program holds one half
-(or, for dv, both halves of one value slice). The scans are cut into segments that run in
-parallel: `rla_bwd_dq_kernel` / `rla_bwd_dv_kernel` with TOTAL sum their state over each segment,
-and a cumulative sum over segments (PyTorch, fp32) gives the state each segment starts from (an
-exclusive prefix for Sd, an exclusive suffix for dS). dS and the key-side gradients are per KV
-head: the dv / dk programs loop over the query heads of their group. `rla_bwd_phi_kernel` writes phi(q)
-and phi(k) first (bf16 for bf16 inputs, else fp32: the products' operand type) and
-`rla_bwd_phi_grad_kernel` takes da, db back through phi: softmax halves y = softmax(+-x) give
+    rla_bwd_phi_kernel     phi(q), phi(k) once (bf16 for bf16 inputs, else fp32: the products' operand type)
+    rla_bwd_state_kernel   H_i (forward) or dH_i (backward) for every chunk, the state (D features of one
+                           half x BV value columns, fp32) on chip; cut into segments that run in parallel:
+                           with TOTAL it sums its segment only, and a cumulative sum over segments (PyTorch,
+                           fp32) gives each segment's starting state (an exclusive prefix for H, suffix for dH)
+    rla_bwd_dq_kernel      one program per (chunk, query head): da, then through phi to dq
+    rla_bwd_dv_kernel      one program per (chunk, KV head): dv, looping over the group's query heads
+    rla_bwd_dk_kernel      one program per (chunk, KV head): db for both feature halves, then through phi to dk
+
+Through phi (fp32, phi recomputed from the raw rows): softmax halves y = softmax(+-x) give
 dx = +-y (dy - <dy, y>), relu halves mask, identity passes through.
 
-Memory: phi(q), phi(k), da (fp32, B x T x H x F), db (fp32, B x T x Hkv x F) and the segment
-totals (sequences x Hkv x segments x F x D, fp32); nothing of size T x T.
+Memory: phi(q), phi(k), and the chunk states H and dH (sequences x Hkv x chunks x F x D each, in the
+products' operand type); nothing of size T x T.
 """
 
 from __future__ import annotations
@@ -39,12 +40,12 @@ import triton
 import triton.language as tl
 
 from ..common import feature_dim
-from ..triton_common import (FEATURES, cdiv, dummy, feature_map_halves, num_sms, precision_for, segment_carry,
-                             segment_program, sequence_table, tuning_row)
+from ..triton_common import (FEATURES, block_program, cdiv, dummy, feature_map_halves, num_sms, precision_for,
+                             segment_carry, segment_program, sequence_table, tuning_row)
 from .chunk import check_rla_args, residual_linear_attention_triton
 
-launch_counts: dict[str, int] = {"rla_bwd_dq_kernel": 0, "rla_bwd_dv_kernel": 0, "rla_bwd_dk_kernel": 0,
-                                 "segment_totals": 0}
+launch_counts: dict[str, int] = {"rla_bwd_state_kernel": 0, "rla_bwd_dq_kernel": 0, "rla_bwd_dv_kernel": 0,
+                                 "rla_bwd_dk_kernel": 0, "segment_totals": 0}
 
 
 @triton.jit
@@ -65,106 +66,45 @@ def rla_bwd_phi_kernel(x_ptr, phi_ptr, lim_ptr, T, HEADS, NROWS, D: tl.constexpr
 
 
 @triton.jit
-def rla_bwd_phi_grad_kernel(x_ptr, dphi_ptr, dx_ptr, lim_ptr, T, HEADS, NROWS, D: tl.constexpr, NF: tl.constexpr,
-                            BR: tl.constexpr, FEATURE: tl.constexpr):
-    """Grid (NROWS / BR,) over the rows of x (B, T, HEADS, D): dx = dphi through phi, in dx's dtype.
-    dphi (B, T, HEADS, NF * D) fp32. Row (b, t) counts when t < lim[b]; every other row gets 0."""
-    r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
-    ok = r < NROWS
-    b = r // (T * HEADS)
-    t = (r // HEADS) % T
-    valid = ok & (t < tl.load(lim_ptr + b, mask=ok, other=0))
-    offs_d = tl.arange(0, D)
-    x = tl.load(x_ptr + r[:, None] * D + offs_d[None, :], mask=valid[:, None], other=0.0).to(tl.float32)
-    src = dphi_ptr + r[:, None] * (NF * D) + offs_d[None, :]
-    dp = tl.load(src, mask=valid[:, None], other=0.0)
+def phi_grad_half(y, dy, x, HALF: tl.constexpr, FEATURE: tl.constexpr):
+    """The part of dx (R, D) that feature half HALF contributes, from its gradient dy (R, D) and its
+    features y = phi_HALF(x), all fp32: softmax +-y (dy - <dy, y>), relu the masked dy, identity dy."""
     if FEATURE == 0:
-        pos, neg = feature_map_halves(x, FEATURE)
-        dn = tl.load(src + D, mask=valid[:, None], other=0.0)
-        dx = pos * (dp - tl.sum(dp * pos, axis=1)[:, None]) - neg * (dn - tl.sum(dn * neg, axis=1)[:, None])
+        g = y * (dy - tl.sum(dy * y, axis=1)[:, None])
+        if HALF == 1:
+            g = -g
     elif FEATURE == 1:
-        dn = tl.load(src + D, mask=valid[:, None], other=0.0)
-        dx = tl.where(x > 0, dp, 0.0) - tl.where(x < 0, dn, 0.0)
+        if HALF == 0:
+            g = tl.where(x > 0, dy, 0.0)
+        else:
+            g = -tl.where(x < 0, dy, 0.0)
     else:
-        dx = dp
-    tl.store(dx_ptr + r[:, None] * D + offs_d[None, :], dx.to(dx_ptr.dtype.element_ty), mask=ok[:, None])
+        g = dy
+    return g
 
 
 @triton.jit
-def rla_bwd_dq_kernel(
-    do_ptr, v_ptr, pk_ptr, da_ptr, carry_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
-    T, H, Hkv, HEADS, window, NSEG, SEGLEN,
+def rla_bwd_state_kernel(
+    x_ptr, y_ptr, states_ptr, carry_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
+    T, HEADS, Hkv, shift, NSEG, SEGLEN, NCH,
     D: tl.constexpr, NF: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
-    PRECISION: tl.constexpr, HAS_CARRY: tl.constexpr, TOTAL: tl.constexpr,
+    PRECISION: tl.constexpr, REVERSE: tl.constexpr, HAS_CARRY: tl.constexpr, TOTAL: tl.constexpr,
 ):
-    """1-D grid over (sequences, HEADS, segments, NF feature halves, D / BV feature slices), the last
-    fastest. The forward scan of Sd = sum_j v_j^T b_j (a D x BV slice of one feature half, fp32):
-    da (B, T, H, F) fp32 gets do @ Sd + tril(do v^T, -1) @ b at every row of the segment.
-    carry (sequences, Hkv, NSEG, NF, D, D) fp32: Sd over the keys before the segment (HAS_CARRY).
-    TOTAL (HEADS = Hkv): no output; store Sd summed over the segment's keys into carry instead.
-    do (B, T, H, D), v (B, T, Hkv, D), phi(k) (B, T, Hkv, F), contiguous; products in CT."""
+    """1-D grid over (sequences, Hkv, segments, NF feature halves, D / BV value slices), the last fastest.
+    The state s = sum of x_r^T y_r (D features of half f x BV columns of slice iv, fp32) over the rows r
+    of the chunks before (REVERSE: after) each chunk of the segment:
+    forward (H): x = phi(k), y = v (HEADS = Hkv), the key rows t - shift of query chunk [t0, t0 + BC);
+    REVERSE (dH): x = phi(q), y = do (HEADS = H), the query rows of the chunk, summed over the query
+    heads of KV head hk.
+    Each chunk: stores s into states (sequences, Hkv, NCH, NF * D, D) at chunk t0 / BC, then adds the
+    chunk. carry (sequences, Hkv, NSEG, NF * D, D) fp32: the state over the segments before (REVERSE:
+    after) this one (HAS_CARRY). TOTAL: no states; store the segment's own sum into carry instead.
+    x (B, T, HEADS, NF * D), y (B, T, HEADS, D), contiguous; products in CT."""
     NV: tl.constexpr = D // BV
     FD: tl.constexpr = NF * D
-    iv, f, seg, n, head, L, t_first, t_end, tok0 = segment_program(
-        tl.program_id(0), HEADS, NSEG, SEGLEN, T, seq_len_ptr, seq_row_ptr, seq_start_ptr, NF, NV)
-    hk = head // (HEADS // Hkv)
-    if t_first >= L:
-        return
-
-    offs_c = tl.arange(0, BC)
-    offs_d = tl.arange(0, D)
-    offs_f = iv * BV + tl.arange(0, BV)
-    below = offs_c[:, None] > offs_c[None, :]  # query row c meets key row c'
-    s_off = (f * D + offs_d)[:, None] * D + offs_f[None, :]
-    cr = segment_carry(carry_ptr, n, hk, seg, Hkv, NSEG, FD * D)
-    if HAS_CARRY:
-        s = tl.load(cr + s_off)
-    else:
-        s = tl.zeros([D, BV], dtype=tl.float32)
-    for t0 in range(t_first, t_end, BC):
-        offs_t = t0 + offs_c
-        t_ok = offs_t < L
-        offs_j = offs_t - window
-        j_ok = (offs_j >= 0) & (offs_j < L)
-        k_tok = (tok0 + offs_j).to(tl.int64)
-        v = tl.load(v_ptr + (k_tok * (Hkv * D) + hk * D)[:, None] + offs_d[None, :], mask=j_ok[:, None],
-                    other=0.0).to(CT)
-        b = tl.load(pk_ptr + (k_tok * (Hkv * FD) + hk * FD + f * D)[:, None] + offs_f[None, :],
-                    mask=j_ok[:, None], other=0.0).to(CT)
-        if not TOTAL:
-            q_tok = (tok0 + offs_t).to(tl.int64)
-            do = tl.load(do_ptr + (q_tok * (H * D) + head * D)[:, None] + offs_d[None, :], mask=t_ok[:, None],
-                         other=0.0).to(CT)
-            da = tl.dot(do, s.to(CT), input_precision=PRECISION)
-            p = tl.dot(do, tl.trans(v), input_precision=PRECISION)
-            p = tl.where(below, p, 0.0)
-            da += tl.dot(p.to(CT), b, input_precision=PRECISION)
-            dst = da_ptr + (q_tok * (H * FD) + head * FD + f * D)[:, None] + offs_f[None, :]
-            tl.store(dst, da, mask=t_ok[:, None])
-        s += tl.dot(tl.trans(v), b, input_precision=PRECISION)
-    if TOTAL:
-        tl.store(cr + s_off, s)
-
-
-@triton.jit
-def rla_bwd_dv_kernel(
-    do_ptr, pq_ptr, pk_ptr, dv_ptr, carry_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
-    T, H, Hkv, window, NSEG, SEGLEN,
-    D: tl.constexpr, NF: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
-    PRECISION: tl.constexpr, HAS_CARRY: tl.constexpr, TOTAL: tl.constexpr,
-):
-    """1-D grid over (sequences, Hkv, segments, D / BV value slices), the last fastest. The backward
-    scan of dS = sum_t a_t^T do_t over the query heads of KV head hk (both feature halves of one
-    value slice, D x BV each, fp32): dv (B, T, Hkv, D) gets b @ dS + tril(a b^T, -1)^T @ do at the key
-    rows of the segment's chunk pairs (keys no query sees are not written).
-    carry (sequences, Hkv, NSEG, NF, D, D) fp32: dS over the queries after the segment (HAS_CARRY).
-    TOTAL: no output; store dS summed over the segment's queries into carry instead.
-    do (B, T, H, D), phi(q) (B, T, H, F), phi(k) (B, T, Hkv, F), contiguous; products in CT."""
-    NV: tl.constexpr = D // BV
-    FD: tl.constexpr = NF * D
-    iv, _, seg, n, hk, L, t_first, t_end, tok0 = segment_program(
-        tl.program_id(0), Hkv, NSEG, SEGLEN, T, seq_len_ptr, seq_row_ptr, seq_start_ptr, 1, NV)
-    G = H // Hkv
+    iv, f, seg, n, hk, L, t_first, t_end, tok0 = segment_program(
+        tl.program_id(0), Hkv, NSEG, SEGLEN, T, seq_len_ptr, seq_row_ptr, seq_start_ptr, NF, NV)
+    G = HEADS // Hkv
     if t_first >= L:
         return
     nchunks = tl.cdiv(t_end - t_first, BC)
@@ -172,138 +112,234 @@ def rla_bwd_dv_kernel(
     offs_c = tl.arange(0, BC)
     offs_d = tl.arange(0, D)
     offs_v = iv * BV + tl.arange(0, BV)
-    after = offs_c[None, :] > offs_c[:, None]  # key row c' (rows) meets query row c (columns)
-    s_off = offs_d[:, None] * D + offs_v[None, :]
+    s_off = (f * D + offs_d)[:, None] * D + offs_v[None, :]
     cr = segment_carry(carry_ptr, n, hk, seg, Hkv, NSEG, FD * D)
     if HAS_CARRY:
-        s_p = tl.load(cr + s_off)
-        if NF == 2:
-            s_n = tl.load(cr + D * D + s_off)
-        else:
-            s_n = s_p  # unused
+        s = tl.load(cr + s_off)
     else:
-        s_p = tl.zeros([D, BV], dtype=tl.float32)
-        s_n = tl.zeros([D, BV], dtype=tl.float32)
+        s = tl.zeros([D, BV], dtype=tl.float32)
     for i in range(nchunks):
-        t0 = t_first + (nchunks - 1 - i) * BC
-        offs_t = t0 + offs_c
-        t_ok = offs_t < L
-        offs_j = offs_t - window
-        j_ok = (offs_j >= 0) & (offs_j < L)
-        k_tok = (tok0 + offs_j).to(tl.int64)
-        q_tok = (tok0 + offs_t).to(tl.int64)
+        if REVERSE:
+            t0 = t_first + (nchunks - 1 - i) * BC
+        else:
+            t0 = t_first + i * BC
+        rows = t0 + offs_c - shift
+        ok = (rows >= 0) & (rows < L)
+        tok = (tok0 + rows).to(tl.int64)
         if not TOTAL:
-            kp = pk_ptr + (k_tok * (Hkv * FD) + hk * FD)[:, None] + offs_d[None, :]
-            b_p = tl.load(kp, mask=j_ok[:, None], other=0.0).to(CT)
-            dv = tl.dot(b_p, s_p.to(CT), input_precision=PRECISION)
-            if NF == 2:
-                b_n = tl.load(kp + D, mask=j_ok[:, None], other=0.0).to(CT)
-                dv += tl.dot(b_n, s_n.to(CT), input_precision=PRECISION)
-            else:
-                b_n = b_p  # unused
+            st = states_ptr + ((n * Hkv + hk).to(tl.int64) * NCH + t0 // BC) * (FD * D)
+            tl.store(st + s_off, s.to(states_ptr.dtype.element_ty))
         for g in range(G):
             h = hk * G + g
-            qp = pq_ptr + (q_tok * (H * FD) + h * FD)[:, None] + offs_d[None, :]
-            a_p = tl.load(qp, mask=t_ok[:, None], other=0.0).to(CT)
-            do = tl.load(do_ptr + (q_tok * (H * D) + h * D)[:, None] + offs_v[None, :], mask=t_ok[:, None],
-                         other=0.0).to(CT)
-            if NF == 2:
-                a_n = tl.load(qp + D, mask=t_ok[:, None], other=0.0).to(CT)
-            else:
-                a_n = a_p  # unused
-            if not TOTAL:
-                pt = tl.dot(b_p, tl.trans(a_p), input_precision=PRECISION)
-                if NF == 2:
-                    pt += tl.dot(b_n, tl.trans(a_n), input_precision=PRECISION)
-                pt = tl.where(after, pt, 0.0)
-                dv += tl.dot(pt.to(CT), do, input_precision=PRECISION)
-            s_p += tl.dot(tl.trans(a_p), do, input_precision=PRECISION)
-            if NF == 2:
-                s_n += tl.dot(tl.trans(a_n), do, input_precision=PRECISION)
-        if not TOTAL:
-            dst = dv_ptr + (k_tok * (Hkv * D) + hk * D)[:, None] + offs_v[None, :]
-            tl.store(dst, dv.to(dv_ptr.dtype.element_ty), mask=j_ok[:, None])
+            x = tl.load(x_ptr + (tok * (HEADS * FD) + h * FD + f * D)[:, None] + offs_d[None, :], mask=ok[:, None],
+                        other=0.0).to(CT)
+            y = tl.load(y_ptr + (tok * (HEADS * D) + h * D)[:, None] + offs_v[None, :], mask=ok[:, None],
+                        other=0.0).to(CT)
+            s += tl.dot(tl.trans(x), y, input_precision=PRECISION)
     if TOTAL:
-        tl.store(cr + s_off, s_p)
+        tl.store(cr + s_off, s)
+
+
+@triton.jit
+def rla_bwd_dq_kernel(
+    q_ptr, do_ptr, v_ptr, pk_ptr, states_ptr, dq_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
+    T, H, Hkv, window, NCH,
+    D: tl.constexpr, NF: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
+    PRECISION: tl.constexpr, FEATURE: tl.constexpr,
+):
+    """2-D grid (sequences * H, NCH chunks): the heads of a chunk launch side by side. Query chunk
+    [t0, t0 + BC) of one head:
+    da = do H_i^T + tril(do v^T, -1) b per feature half (the state product BV value columns at a time),
+    taken through phi into dq (B, T, H, D), written at the chunk's rows < L.
+    q, do (B, T, H, D); v (B, T, Hkv, D); phi(k) (B, T, Hkv, NF * D); states (sequences, Hkv, NCH,
+    NF * D, D), H_i of every chunk (rla_bwd_state_kernel); contiguous; products in CT."""
+    FD: tl.constexpr = NF * D
+    c, n, head, hk = block_program(H, Hkv, True)
+    L = tl.load(seq_len_ptr + n)
+    t0 = c * BC
+    if t0 >= L:
+        return
+    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
+
+    offs_c = tl.arange(0, BC)
+    offs_d = tl.arange(0, D)
+    offs_bv = tl.arange(0, BV)
+    offs_t = t0 + offs_c
+    t_ok = offs_t < L
+    offs_j = offs_t - window
+    j_ok = (offs_j >= 0) & (offs_j < L)
+    q_rows = (tok0 + offs_t).to(tl.int64) * (H * D) + head * D
+    k_tok = (tok0 + offs_j).to(tl.int64)
+    do = tl.load(do_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(CT)
+    v = tl.load(v_ptr + (k_tok * (Hkv * D) + hk * D)[:, None] + offs_d[None, :], mask=j_ok[:, None],
+                other=0.0).to(CT)
+    p = tl.dot(do, tl.trans(v), input_precision=PRECISION)
+    p = tl.where(offs_c[:, None] > offs_c[None, :], p, 0.0).to(CT)  # query row c sees key row c' < c
+    x = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+    pos, neg = feature_map_halves(x, FEATURE)
+    st = states_ptr + ((n * Hkv + hk).to(tl.int64) * NCH + c) * (FD * D)
+    dq = tl.zeros([BC, D], dtype=tl.float32)
+    for half in tl.static_range(NF):
+        b = tl.load(pk_ptr + (k_tok * (Hkv * FD) + hk * FD + half * D)[:, None] + offs_d[None, :],
+                    mask=j_ok[:, None], other=0.0).to(CT)
+        da = tl.dot(p, b, input_precision=PRECISION)
+        for v0 in tl.static_range(0, D, BV):
+            do_s = tl.load(do_ptr + q_rows[:, None] + (v0 + offs_bv)[None, :], mask=t_ok[:, None], other=0.0).to(CT)
+            # H^T: (BV values, D features)
+            ht = tl.load(st + (half * D + offs_d)[None, :] * D + (v0 + offs_bv)[:, None])
+            da = tl.dot(do_s, ht.to(CT), da, input_precision=PRECISION)
+        if half == 0:
+            dq += phi_grad_half(pos, da, x, 0, FEATURE)
+        else:
+            dq += phi_grad_half(neg, da, x, 1, FEATURE)
+    tl.store(dq_ptr + q_rows[:, None] + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty), mask=t_ok[:, None])
+
+
+@triton.jit
+def rla_bwd_dv_kernel(
+    do_ptr, pq_ptr, pk_ptr, states_ptr, dv_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
+    T, H, Hkv, window, NCH,
+    D: tl.constexpr, NF: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """2-D grid (sequences * Hkv, NCH chunks). Key chunk [t0 - w, t0 - w + BC) of one KV head:
+    dv = sum over the group's query heads of tril(a b^T, -1)^T do, plus b dH_i (BV features at a time),
+    written at the key rows in [0, L) (keys no query sees are not written).
+    do (B, T, H, D); phi(q) (B, T, H, NF * D); phi(k) (B, T, Hkv, NF * D); states (sequences, Hkv, NCH,
+    NF * D, D), dH_i of every chunk; contiguous; products in CT."""
+    FD: tl.constexpr = NF * D
+    c, n, hk, _ = block_program(Hkv, Hkv, True)
+    G = H // Hkv
+    L = tl.load(seq_len_ptr + n)
+    t0 = c * BC
+    if t0 >= L:
+        return
+    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
+
+    offs_c = tl.arange(0, BC)
+    offs_d = tl.arange(0, D)
+    offs_bv = tl.arange(0, BV)
+    offs_t = t0 + offs_c
+    t_ok = offs_t < L
+    offs_j = offs_t - window
+    j_ok = (offs_j >= 0) & (offs_j < L)
+    q_tok = (tok0 + offs_t).to(tl.int64)
+    k_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * FD) + hk * FD
+    after = offs_c[None, :] > offs_c[:, None]  # key row c' (rows) is seen by query row c (columns)
+    b_p = tl.load(pk_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(CT)
+    if NF == 2:
+        b_n = tl.load(pk_ptr + k_rows[:, None] + (D + offs_d)[None, :], mask=j_ok[:, None], other=0.0).to(CT)
+    else:
+        b_n = b_p  # unused
+    dv = tl.zeros([BC, D], dtype=tl.float32)
+    for g in range(G):
+        h = hk * G + g
+        a_rows = q_tok * (H * FD) + h * FD
+        a_p = tl.load(pq_ptr + a_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(CT)
+        st = tl.dot(b_p, tl.trans(a_p), input_precision=PRECISION)
         if NF == 2:
-            tl.store(cr + D * D + s_off, s_n)
+            a_n = tl.load(pq_ptr + a_rows[:, None] + (D + offs_d)[None, :], mask=t_ok[:, None], other=0.0).to(CT)
+            st = tl.dot(b_n, tl.trans(a_n), st, input_precision=PRECISION)
+        st = tl.where(after, st, 0.0).to(CT)
+        do = tl.load(do_ptr + (q_tok * (H * D) + h * D)[:, None] + offs_d[None, :], mask=t_ok[:, None],
+                     other=0.0).to(CT)
+        dv = tl.dot(st, do, dv, input_precision=PRECISION)
+    sh = states_ptr + ((n * Hkv + hk).to(tl.int64) * NCH + c) * (FD * D)
+    for f0 in tl.static_range(0, FD, BV):
+        b_s = tl.load(pk_ptr + k_rows[:, None] + (f0 + offs_bv)[None, :], mask=j_ok[:, None], other=0.0).to(CT)
+        dh = tl.load(sh + (f0 + offs_bv)[:, None] * D + offs_d[None, :])  # (BV features, D values)
+        dv = tl.dot(b_s, dh.to(CT), dv, input_precision=PRECISION)
+    dst = dv_ptr + ((tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D)[:, None] + offs_d[None, :]
+    tl.store(dst, dv.to(dv_ptr.dtype.element_ty), mask=j_ok[:, None])
 
 
 @triton.jit
 def rla_bwd_dk_kernel(
-    do_ptr, v_ptr, pq_ptr, db_ptr, carry_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
-    T, H, Hkv, window, NSEG, SEGLEN,
+    k_ptr, do_ptr, v_ptr, pq_ptr, states_ptr, dk_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
+    T, H, Hkv, window, NCH,
     D: tl.constexpr, NF: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
-    PRECISION: tl.constexpr, HAS_CARRY: tl.constexpr,
+    PRECISION: tl.constexpr, FEATURE: tl.constexpr,
 ):
-    """1-D grid over (sequences, Hkv, segments, NF feature halves, D / BV feature slices), the last
-    fastest. The backward scan of dS (a BV x D slice of one feature half, fp32, summed over the
-    query heads of KV head hk): db (B, T, Hkv, F) fp32 gets v @ dS^T + tril(do v^T, -1)^T @ a at the
-    key rows of the segment's chunk pairs. carry as in `rla_bwd_dv_kernel` (its TOTAL output).
-    do (B, T, H, D), v (B, T, Hkv, D), phi(q) (B, T, H, F), contiguous; products in CT."""
-    NV: tl.constexpr = D // BV
+    """2-D grid (sequences * Hkv, NCH chunks). Key chunk [t0 - w, t0 - w + BC) of one KV head, per
+    feature half: db = sum over the group's query heads of tril(do v^T, -1)^T a, plus v dH_i^T (BV value
+    columns at a time); taken through phi into dk (B, T, Hkv, D), written at the key rows in [0, L).
+    k, v (B, T, Hkv, D); do (B, T, H, D); phi(q) (B, T, H, NF * D); states as in rla_bwd_dv_kernel;
+    contiguous; products in CT."""
     FD: tl.constexpr = NF * D
-    iv, f, seg, n, hk, L, t_first, t_end, tok0 = segment_program(
-        tl.program_id(0), Hkv, NSEG, SEGLEN, T, seq_len_ptr, seq_row_ptr, seq_start_ptr, NF, NV)
+    c, n, hk, _ = block_program(Hkv, Hkv, True)
     G = H // Hkv
-    if t_first >= L:
+    L = tl.load(seq_len_ptr + n)
+    t0 = c * BC
+    if t0 >= L:
         return
-    nchunks = tl.cdiv(t_end - t_first, BC)
+    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
 
     offs_c = tl.arange(0, BC)
     offs_d = tl.arange(0, D)
-    offs_f = iv * BV + tl.arange(0, BV)
-    after = offs_c[None, :] > offs_c[:, None]  # key row c' (rows) meets query row c (columns)
-    if HAS_CARRY:
-        cr = segment_carry(carry_ptr, n, hk, seg, Hkv, NSEG, FD * D)
-        s = tl.load(cr + (f * D + offs_f)[:, None] * D + offs_d[None, :])
-    else:
-        s = tl.zeros([BV, D], dtype=tl.float32)
-    for i in range(nchunks):
-        t0 = t_first + (nchunks - 1 - i) * BC
-        offs_t = t0 + offs_c
-        t_ok = offs_t < L
-        offs_j = offs_t - window
-        j_ok = (offs_j >= 0) & (offs_j < L)
-        k_tok = (tok0 + offs_j).to(tl.int64)
-        q_tok = (tok0 + offs_t).to(tl.int64)
-        v = tl.load(v_ptr + (k_tok * (Hkv * D) + hk * D)[:, None] + offs_d[None, :], mask=j_ok[:, None],
-                    other=0.0).to(CT)
-        db = tl.dot(v, tl.trans(s.to(CT)), input_precision=PRECISION)
-        for g in range(G):
-            h = hk * G + g
-            do = tl.load(do_ptr + (q_tok * (H * D) + h * D)[:, None] + offs_d[None, :], mask=t_ok[:, None],
-                         other=0.0).to(CT)
-            a = tl.load(pq_ptr + (q_tok * (H * FD) + h * FD + f * D)[:, None] + offs_f[None, :],
-                        mask=t_ok[:, None], other=0.0).to(CT)
-            pt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
-            pt = tl.where(after, pt, 0.0)
-            db += tl.dot(pt.to(CT), a, input_precision=PRECISION)
-            s += tl.dot(tl.trans(a), do, input_precision=PRECISION)
-        dst = db_ptr + (k_tok * (Hkv * FD) + hk * FD + f * D)[:, None] + offs_f[None, :]
-        tl.store(dst, db, mask=j_ok[:, None])
+    offs_bv = tl.arange(0, BV)
+    offs_t = t0 + offs_c
+    t_ok = offs_t < L
+    offs_j = offs_t - window
+    j_ok = (offs_j >= 0) & (offs_j < L)
+    q_tok = (tok0 + offs_t).to(tl.int64)
+    k_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
+    after = offs_c[None, :] > offs_c[:, None]  # key row c' (rows) is seen by query row c (columns)
+    v = tl.load(v_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(CT)
+    db_p = tl.zeros([BC, D], dtype=tl.float32)
+    db_n = tl.zeros([BC, D], dtype=tl.float32)
+    for g in range(G):
+        h = hk * G + g
+        do = tl.load(do_ptr + (q_tok * (H * D) + h * D)[:, None] + offs_d[None, :], mask=t_ok[:, None],
+                     other=0.0).to(CT)
+        pt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        pt = tl.where(after, pt, 0.0).to(CT)
+        a_rows = q_tok * (H * FD) + h * FD
+        a_p = tl.load(pq_ptr + a_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(CT)
+        db_p = tl.dot(pt, a_p, db_p, input_precision=PRECISION)
+        if NF == 2:
+            a_n = tl.load(pq_ptr + a_rows[:, None] + (D + offs_d)[None, :], mask=t_ok[:, None], other=0.0).to(CT)
+            db_n = tl.dot(pt, a_n, db_n, input_precision=PRECISION)
+    sh = states_ptr + ((n * Hkv + hk).to(tl.int64) * NCH + c) * (FD * D)
+    for v0 in tl.static_range(0, D, BV):
+        v_s = tl.load(v_ptr + k_rows[:, None] + (v0 + offs_bv)[None, :], mask=j_ok[:, None], other=0.0).to(CT)
+        dht = tl.load(sh + offs_d[None, :] * D + (v0 + offs_bv)[:, None])  # dH^T of half 0: (BV values, D features)
+        db_p = tl.dot(v_s, dht.to(CT), db_p, input_precision=PRECISION)
+        if NF == 2:
+            dht = tl.load(sh + (D + offs_d)[None, :] * D + (v0 + offs_bv)[:, None])
+            db_n = tl.dot(v_s, dht.to(CT), db_n, input_precision=PRECISION)
+    x = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(tl.float32)
+    pos, neg = feature_map_halves(x, FEATURE)
+    dk = phi_grad_half(pos, db_p, x, 0, FEATURE)
+    if NF == 2:
+        dk += phi_grad_half(neg, db_n, x, 1, FEATURE)
+    tl.store(dk_ptr + k_rows[:, None] + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=j_ok[:, None])
 
 
-# Launch settings, edited by hand (row picked by `tuning_row`): chunk rows BC, state slice BV (capped at D),
-# rows per program of the phi passes, and either chunks per scan segment (seg_chunks) or the programs per
-# SM the segment count aims at. The 16-bit and fp32 rows are the forward segment kernel's settings, not
-# yet tuned for the backward. The D 256 rows (the 16-bit one passed the GPU tests, speed untuned) halve BV,
-# BC and phi_rows, so that the fp32 state slices (D x BV) and the chunk tiles (BC x D, rows x D) hold as many
-# elements as at D = 128.
+# Launch settings, edited by hand (row picked by `tuning_row`): chunk rows BC (the state is stored at every
+# chunk), the slice BV of the state products (value columns per scan program, and the reduction slice of the
+# state products in the parallel kernels), warps of the scans and of the parallel kernels, rows per program
+# of the phi pass, and either chunks per scan segment (seg_chunks) or the scan programs per SM the segment
+# count aims at. The GPU rows are first guesses, not yet timed. The D 256 rows halve BC, BV and phi_rows, so
+# that tiles of rows x D and the fp32 scan state (D x BV) hold as many elements as at D = 128.
 # The interpreter row: few, large tiles cost it least, and two-chunk segments make short test sequences
 # run the carry path.
 RLA_BWD_TILES = MappingProxyType({
-    "interpreter": MappingProxyType(dict(BC=32, BV=128, num_warps=4, num_stages=1, seg_chunks=2, phi_rows=256)),
-    "fp32": MappingProxyType(dict(BC=32, BV=64, num_warps=4, num_stages=2, programs_per_sm=4, phi_rows=16)),
-    "fp32, D 256": MappingProxyType(dict(BC=16, BV=32, num_warps=4, num_stages=2, programs_per_sm=4, phi_rows=8)),
-    "16-bit": MappingProxyType(dict(BC=64, BV=64, num_warps=4, num_stages=2, programs_per_sm=4, phi_rows=16)),
-    "16-bit, D 256": MappingProxyType(dict(BC=32, BV=32, num_warps=4, num_stages=2, programs_per_sm=4, phi_rows=8)),
+    "interpreter": MappingProxyType(dict(BC=32, BV=128, num_warps=4, scan_warps=4, num_stages=1, seg_chunks=2,
+                                         phi_rows=256)),
+    "fp32": MappingProxyType(dict(BC=32, BV=32, num_warps=8, scan_warps=4, num_stages=2, programs_per_sm=4,
+                                  phi_rows=16)),
+    "fp32, D 256": MappingProxyType(dict(BC=16, BV=16, num_warps=8, scan_warps=4, num_stages=2, programs_per_sm=4,
+                                         phi_rows=8)),
+    "16-bit": MappingProxyType(dict(BC=64, BV=64, num_warps=8, scan_warps=4, num_stages=2, programs_per_sm=4,
+                                    phi_rows=16)),
+    "16-bit, D 256": MappingProxyType(dict(BC=32, BV=32, num_warps=8, scan_warps=4, num_stages=2,
+                                           programs_per_sm=4, phi_rows=8)),
 })
 
 
 def _segment_length(cfg: dict, max_len: int, programs_per_segment: int, device) -> int:
     """Rows per scan segment, a multiple of BC: cfg["seg_chunks"] chunks, or enough segments that the
-    smallest grid (the dv kernel's) has about programs_per_sm programs per SM."""
+    scan grid has about programs_per_sm programs per SM."""
     BC = cfg["BC"]
     if cfg.get("seg_chunks"):
         return cfg["seg_chunks"] * BC
@@ -322,23 +358,36 @@ def _phi(x: torch.Tensor, lim: torch.Tensor, feature: int, nf: int, br: int, dty
     return out
 
 
-def _phi_grad(x: torch.Tensor, dphi: torch.Tensor, lim: torch.Tensor, feature: int, nf: int, br: int) -> torch.Tensor:
-    """dx (B, T, heads, D) in x's dtype from dphi (B, T, heads, nf * D) fp32, `br` rows per program;
-    0 at rows t >= lim[b]."""
-    B, T, heads, D = x.shape
-    dx = torch.empty_like(x)
-    rows = x.numel() // D
-    rla_bwd_phi_grad_kernel[(cdiv(rows, br),)](x, dphi, dx, lim, T, heads, rows, D=D, NF=nf, BR=br,
-                                               FEATURE=feature, num_warps=4)
-    return dx
-
-
 def _exclusive_cumsum(x: torch.Tensor, dim: int, reverse: bool) -> torch.Tensor:
     """sum over the entries before (reverse: after) each index along dim, fp32."""
     if reverse:
         return _exclusive_cumsum(x.flip(dim), dim, False).flip(dim)
     c = x.cumsum(dim)
     return torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c.narrow(dim, 0, c.shape[dim] - 1)], dim=dim)
+
+
+def _chunk_states(x, y, seqs, Hkv, shift, nseg, seg_len, nchunks, *, reverse, dtype, scan_warps, meta):
+    """H (x = phi(k), y = v, shift = w) or, reverse, dH (x = phi(q), y = do, shift = 0) at every chunk:
+    (sequences, Hkv, nchunks, NF * D, D) in `dtype`, from the two-level scan of `rla_bwd_state_kernel`."""
+    D, NF, BV = meta["D"], meta["NF"], meta["BV"]
+    T = x.shape[1]
+    heads = x.shape[2]
+    grid = (seqs.count * Hkv * nseg * NF * (D // BV),)
+    table = (seqs.row, seqs.start, seqs.length)
+    states = torch.empty(seqs.count, Hkv, nchunks, NF * D, D, dtype=dtype, device=x.device)
+    none = dummy(x.device)
+    carry = none
+    if nseg > 1:
+        # zeros: segments past a sequence's end add nothing
+        totals = torch.zeros(seqs.count, Hkv, nseg, NF * D, D, dtype=torch.float32, device=x.device)
+        rla_bwd_state_kernel[grid](x, y, none, totals, *table, T, heads, Hkv, shift, nseg, seg_len, nchunks,
+                                   REVERSE=reverse, HAS_CARRY=False, TOTAL=True, num_warps=scan_warps, **meta)
+        launch_counts["segment_totals"] += 1
+        carry = _exclusive_cumsum(totals, 2, reverse=reverse).contiguous()
+    rla_bwd_state_kernel[grid](x, y, states, carry, *table, T, heads, Hkv, shift, nseg, seg_len, nchunks,
+                               REVERSE=reverse, HAS_CARRY=nseg > 1, TOTAL=False, num_warps=scan_warps, **meta)
+    launch_counts["rla_bwd_state_kernel"] += 1
+    return states
 
 
 def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="softmax", lengths=None, cu_seqlens=None,
@@ -350,9 +399,9 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
             among fp32 / fp16 / bf16 (do is cast to it), D a power of two 16..256.
         window, feature_map, lengths, cu_seqlens: as in the forward.
         needs: which of (dq, dk, dv) to compute; the others come back as None.
-        cfg: launch settings overriding the `RLA_BWD_TILES` row: BC, BV, num_warps, num_stages,
-            seg_chunks (chunks per scan segment) or programs_per_sm, phi_rows (rows per program of
-            the phi passes).
+        cfg: launch settings overriding the `RLA_BWD_TILES` row: BC, BV, num_warps, scan_warps, num_stages,
+            seg_chunks (chunks per scan segment) or programs_per_sm, phi_rows (rows per program of the
+            phi pass).
     Returns:
         (dq, dk, dv) in the inputs' dtype, exactly zero at padded positions; dk, dv summed over the
         query heads of each KV head.
@@ -370,17 +419,23 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
     if seqs.count == 0:
         return tuple(torch.zeros_like(x) if need else None for x, need in zip((q, k, v), needs))
     q, k, v, do = (x.to(dt).contiguous() for x in (q, k, v, do))
-    # gradients are allocated after the inputs are made contiguous: the kernels write them in that layout
-    dq = dk = None
-    dv = torch.zeros_like(v) if need_v else None  # keys that no query sees are not written
+    # gradients are allocated after the inputs are made contiguous: the kernels write them in that layout.
+    # Zeros where rows are not written: dq's rows outside every sequence, dk's and dv's also keys no query sees
+    dq = (torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)) if need_q else None
+    dk, dv = (torch.zeros_like(x) if need else None for x, need in ((k, need_k), (v, need_v)))
     w = min(window, seqs.max_len)
-    seg_len = _segment_length(cfg, seqs.max_len, seqs.count * Hkv * (D // BV), q.device)
+    nchunks = cdiv(seqs.max_len, BC)
+    seg_len = _segment_length(cfg, seqs.max_len, seqs.count * Hkv * nf * (D // BV), q.device)
     nseg = cdiv(seqs.max_len, seg_len)
     # fp16 products run on fp32 operands (TF32 on a GPU): do . v and the states are not bounded by
     # 65504; bf16 has fp32's range
     ct = tl.bfloat16 if dt == torch.bfloat16 else tl.float32
-    meta = dict(D=D, NF=nf, BC=BC, BV=BV, CT=ct, PRECISION=precision_for(dt), num_warps=cfg["num_warps"],
-                num_stages=cfg["num_stages"])
+    # phi and the chunk states in the products' type: fp16's subnormals would lose the small softmax
+    # features, whose errors the softmax Jacobian then amplifies where dy - <dy, y> cancels
+    pdt = torch.bfloat16 if dt == torch.bfloat16 else torch.float32
+    meta = dict(D=D, NF=nf, BC=BC, BV=BV, CT=ct, PRECISION=precision_for(dt), num_stages=cfg["num_stages"])
+    scan = dict(seqs=seqs, Hkv=Hkv, nseg=nseg, seg_len=seg_len, nchunks=nchunks, dtype=pdt,
+                scan_warps=cfg["scan_warps"], meta=meta)
     table = (seqs.row, seqs.start, seqs.length)
     if lengths is not None:
         lim = torch.as_tensor(lengths).to(device=q.device, dtype=torch.int32)
@@ -389,48 +444,24 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
     else:
         lim = torch.full((B,), T, dtype=torch.int32, device=q.device)
 
-    # phi in the products' type: fp16's subnormals would lose the small softmax features, whose errors
-    # the softmax Jacobian then amplifies where dy - <dy, y> cancels
-    pdt = torch.bfloat16 if dt == torch.bfloat16 else torch.float32
     pk = _phi(k, lim, feature, nf, cfg["phi_rows"], pdt) if (need_q or need_v) else None
     pq = _phi(q, lim, feature, nf, cfg["phi_rows"], pdt) if (need_k or need_v) else None
-    carry_shape = (seqs.count, Hkv, nseg, nf, D, D)
-    several = nseg > 1
-    none = dummy(q.device)
-
+    par = dict(num_warps=cfg["num_warps"], **meta)
+    if need_q:
+        hs = _chunk_states(pk, v, shift=w, reverse=False, **scan)
+        rla_bwd_dq_kernel[(seqs.count * H, nchunks)](q, do, v, pk, hs, dq, *table, T, H, Hkv, w, nchunks,
+                                                     FEATURE=feature, **par)
+        launch_counts["rla_bwd_dq_kernel"] += 1
+        del hs
     if need_k or need_v:
-        carry = none
-        if several:
-            totals = torch.zeros(carry_shape, dtype=torch.float32, device=q.device)
-            rla_bwd_dv_kernel[(seqs.count * Hkv * nseg * (D // BV),)](
-                do, pq, pq, none, totals, *table, T, H, Hkv, w, nseg, seg_len, HAS_CARRY=False, TOTAL=True, **meta)
-            launch_counts["segment_totals"] += 1
-            carry = _exclusive_cumsum(totals, 2, reverse=True).contiguous()
+        dhs = _chunk_states(pq, do, shift=0, reverse=True, **scan)
         if need_v:
-            rla_bwd_dv_kernel[(seqs.count * Hkv * nseg * (D // BV),)](
-                do, pq, pk, dv, carry, *table, T, H, Hkv, w, nseg, seg_len, HAS_CARRY=several, TOTAL=False, **meta)
+            rla_bwd_dv_kernel[(seqs.count * Hkv, nchunks)](do, pq, pk, dhs, dv, *table, T, H, Hkv, w, nchunks, **par)
             launch_counts["rla_bwd_dv_kernel"] += 1
         if need_k:
-            db = torch.zeros(B, T, Hkv, nf * D, dtype=torch.float32, device=q.device)
-            rla_bwd_dk_kernel[(seqs.count * Hkv * nseg * nf * (D // BV),)](
-                do, v, pq, db, carry, *table, T, H, Hkv, w, nseg, seg_len, HAS_CARRY=several, **meta)
+            rla_bwd_dk_kernel[(seqs.count * Hkv, nchunks)](k, do, v, pq, dhs, dk, *table, T, H, Hkv, w, nchunks,
+                                                           FEATURE=feature, **par)
             launch_counts["rla_bwd_dk_kernel"] += 1
-            dk = _phi_grad(k, db, lim, feature, nf, cfg["phi_rows"])
-    if need_q:
-        carry = none
-        grid = (seqs.count * H * nseg * nf * (D // BV),)
-        if several:
-            totals = torch.zeros(carry_shape, dtype=torch.float32, device=q.device)
-            rla_bwd_dq_kernel[(seqs.count * Hkv * nseg * nf * (D // BV),)](
-                do, v, pk, none, totals, *table, T, H, Hkv, Hkv, w, nseg, seg_len, HAS_CARRY=False, TOTAL=True,
-                **meta)
-            launch_counts["segment_totals"] += 1
-            carry = _exclusive_cumsum(totals, 2, reverse=False).contiguous()
-        da = torch.empty(B, T, H, nf * D, dtype=torch.float32, device=q.device)
-        rla_bwd_dq_kernel[grid](do, v, pk, da, carry, *table, T, H, Hkv, H, w, nseg, seg_len, HAS_CARRY=several,
-                                TOTAL=False, **meta)
-        launch_counts["rla_bwd_dq_kernel"] += 1
-        dq = _phi_grad(q, da, lim, feature, nf, cfg["phi_rows"])
     return dq, dk, dv
 
 
