@@ -29,6 +29,39 @@ def run_case(c):
     check_case(c, rattention_triton, rattention_naive, **rattn_extra(c["T"], c["heads"][0], c["D"]))
 
 
+# --- the combine step of the training path (rattention/combine.py) ---------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("gains", ["both", "none", "rla only"])
+@pytest.mark.parametrize("shape", [(2, 37, 3, 64), (1, 70, 2, 256), (1, 0, 2, 16)], ids=str)
+def test_combine_matches_the_reference_under_autograd(dtype, gains, shape):
+    # rows and tokens not multiples of the rows per program, H = 3; zero rows (padding) keep finite gradients
+    from rattn_eval.kernels.rattention.combine import combine_triton
+    from rattn_eval.kernels.rattention.naive import combine
+
+    B, T, H, D = shape
+    gen = torch.Generator().manual_seed(7)
+    a, b, dy = ((torch.randn(B, T, H, D, generator=gen) * s).to(dtype) for s in (3.0, 0.2, 1.0))
+    if T:
+        a[:, -1] = 0
+    gs, gr = (torch.randn(H, D, generator=gen) for _ in range(2))
+    gs, gr = {"both": (gs, gr), "none": (None, None), "rla only": (None, gr)}[gains]
+    leaves = [x.clone().requires_grad_() for x in (a, b)] + [None if g is None else g.clone().requires_grad_()
+                                                               for g in (gs, gr)]
+    ref = [x.detach().clone().requires_grad_() if x is not None else None for x in leaves]
+    out = combine_triton(*leaves, 1e-6, dtype)
+    exp = combine(ref[0].float(), ref[1].float(), ref[2], ref[3], 1e-6).to(dtype)
+    assert out.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 2e-3
+    assert_close(out, exp, tol, "combine")
+    out.backward(dy)
+    exp.backward(dy)
+    for name, got, want in zip(("d o_swa", "d o_rla", "d g_swa", "d g_rla"), leaves, ref):
+        if got is not None:
+            assert got.grad.dtype == got.dtype and torch.isfinite(got.grad).all()
+            assert_close(got.grad, want.grad, tol, name)
+
+
 # --- the references -------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fn,D", [(rattention_naive, 8), (rattention_triton, 64)], ids=["naive", "triton"])

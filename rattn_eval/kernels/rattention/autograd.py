@@ -2,18 +2,18 @@
 
     o = rms(SWA(rope(q), rope(k), v)) * g_swa + rms(RLA(q, k, v)) * g_rla
 
-composed from differentiable pieces: RoPE in PyTorch (`apply_rope`), the public `swa_attention`
-op (with gradients enabled its Triton backend runs the SWA autograd op of swa/backward.py), the
-RLA autograd Function of rla/backward.py, and the two RMS norms and the sum in PyTorch fp32
-(`combine`, as the references do). Inference keeps the fused prefill (fused.py): the kernels
-package picks this path only when a gradient is needed.
+composed from differentiable pieces: RoPE as one Triton pass each way (`pointwise.apply_rope_autograd`),
+the public `swa_attention` op (with gradients enabled its Triton backend runs the SWA autograd op of
+swa/backward.py), the RLA autograd Function of rla/backward.py, and the two RMS norms and the sum as one
+Triton pass each way (combine.py, fp32 math as the references). Inference keeps the fused prefill
+(fused.py): the kernels package picks this path only when a gradient is needed.
 """
 
 from __future__ import annotations
 
-from ..common import apply_rope
+from ..pointwise import apply_rope_autograd
 from ..rla.backward import residual_linear_attention_triton_autograd
-from .naive import combine
+from .combine import combine_triton
 
 
 def rattention_triton_autograd(q, k, v, *, window, rope=None, scale=None, feature_map="softmax",
@@ -27,9 +27,9 @@ def rattention_triton_autograd(q, k, v, *, window, rope=None, scale=None, featur
 
     if window is None:
         raise ValueError("rattention needs an int window; use swa_attention(window=None) for full attention")
-    qr, kr = (q, k) if rope is None else (apply_rope(q, *rope), apply_rope(k, *rope))
+    qr, kr = (q, k) if rope is None else (apply_rope_autograd(q, *rope), apply_rope_autograd(k, *rope))
     o_swa = swa_attention(qr, kr, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens,
                           backend="triton")
     o_rla = residual_linear_attention_triton_autograd(q, k, v, window=window, feature_map=feature_map, lengths=lengths,
                                                       cu_seqlens=cu_seqlens)
-    return combine(o_swa.float(), o_rla.float(), swa_norm_weight, rla_norm_weight, eps).to(q.dtype)
+    return combine_triton(o_swa, o_rla, swa_norm_weight, rla_norm_weight, eps, q.dtype)
