@@ -4,8 +4,8 @@ rms(x) = x / sqrt(mean(x^2) + eps) over each (token, head) row of D values, fp32
 the output in the requested dtype. Forward: one pass that also keeps each row's 1 / rms (fp32). Backward:
 one pass over the rows of each head, for each branch with x_hat = x / rms and g = dy * gain,
 dx = (g - x_hat * mean(g * x_hat)) / rms, and each program's partial sum of dy * x_hat for the gain's
-gradient (summed over programs in PyTorch). Replaces about a dozen PyTorch passes over fp32 copies of
-two (B, T, H, D) tensors under autograd.
+gradient (summed over programs in PyTorch). The PyTorch composition under autograd makes about a dozen
+passes over fp32 copies of the two (B, T, H, D) tensors.
 """
 
 from __future__ import annotations
