@@ -319,8 +319,10 @@ def rla_bwd_dk_kernel(
 # chunk), the slice BV of the state products (value columns per scan program, and the reduction slice of the
 # state products in the parallel kernels), warps of the scans and of the parallel kernels, rows per program
 # of the phi pass, and either chunks per scan segment (seg_chunks) or the scan programs per SM the segment
-# count aims at. The GPU rows are first guesses, not yet timed. The D 256 rows halve BC, BV and phi_rows, so
-# that tiles of rows x D and the fp32 scan state (D x BV) hold as many elements as at D = 128.
+# count aims at. The 16-bit row made the H100 figures of docs/benchmarks.md (not swept); the other GPU rows
+# are first guesses. The D 256 rows halve BC, BV and phi_rows, so that tiles of rows x D and the fp32 scan
+# state (D x BV) hold as many elements as at D = 128 (the stored chunk states then take 8x the memory of D 128:
+# F x D per BC rows).
 # The interpreter row: few, large tiles cost it least, and two-chunk segments make short test sequences
 # run the carry path.
 RLA_BWD_TILES = MappingProxyType({
