@@ -223,7 +223,7 @@ class Attention(nn.Module):
             if self.rope is not None:
                 cos, sin = self._global_tables(T, x.device, lengths)  # (T, D) or (B, T, D)
                 plain = cos.dim() == 2 and self.D & (self.D - 1) == 0
-                pointwise = fast and plain and not torch.is_grad_enabled()  # the Triton RoPE is forward-only
+                pointwise = fast and plain and not torch.is_grad_enabled()  # apply_rope_triton has no backward
                 rope = _pointwise().apply_rope_triton if pointwise else kernels.apply_rope
                 q, k = rope(q, cos, sin), rope(k, cos, sin)
             if fast:

@@ -32,7 +32,7 @@ def run_case(c):
 # --- the combine step of the training path (rattention/combine.py) ---------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-@pytest.mark.parametrize("gains", ["both", "none", "rla only"])
+@pytest.mark.parametrize("gains", ["both", "none", "rla only", "transposed"])
 @pytest.mark.parametrize("shape", [(2, 37, 3, 64), (1, 70, 2, 256), (1, 0, 2, 16)], ids=str)
 def test_combine_matches_the_reference_under_autograd(dtype, gains, shape):
     # rows and tokens not multiples of the rows per program, H = 3; zero rows (padding) keep finite gradients
@@ -45,10 +45,15 @@ def test_combine_matches_the_reference_under_autograd(dtype, gains, shape):
     if T:
         a[:, -1] = 0
     gs, gr = (torch.randn(H, D, generator=gen) for _ in range(2))
-    gs, gr = {"both": (gs, gr), "none": (None, None), "rla only": (None, gr)}[gains]
-    leaves = [x.clone().requires_grad_() for x in (a, b)] + [None if g is None else g.clone().requires_grad_()
-                                                               for g in (gs, gr)]
+    gs, gr = {"both": (gs, gr), "none": (None, None), "rla only": (None, gr), "transposed": (gs, gr)}[gains]
+
+    def leaf(g):  # "transposed": (H, D) views of (D, H) storage, which the kernels must not index as rows
+        return None if g is None else (g.t().contiguous().t() if gains == "transposed" else g.clone()).requires_grad_()
+
+    leaves = [x.clone().requires_grad_() for x in (a, b)] + [leaf(g) for g in (gs, gr)]
     ref = [x.detach().clone().requires_grad_() if x is not None else None for x in leaves]
+    if gains == "transposed" and H > 1:
+        assert not leaves[2].is_contiguous()
     out = combine_triton(*leaves, 1e-6, dtype)
     exp = combine(ref[0].float(), ref[1].float(), ref[2], ref[3], 1e-6).to(dtype)
     assert out.dtype == dtype
@@ -60,6 +65,18 @@ def test_combine_matches_the_reference_under_autograd(dtype, gains, shape):
         if got is not None:
             assert got.grad.dtype == got.dtype and torch.isfinite(got.grad).all()
             assert_close(got.grad, want.grad, tol, name)
+
+
+def test_combine_refuses_mismatched_inputs():
+    from rattn_eval.kernels.rattention.combine import combine_triton
+
+    a = torch.randn(1, 4, 2, 16)
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        combine_triton(a, torch.randn(1, 4, 3, 16), None, None, 1e-6, a.dtype)
+    with pytest.raises(ValueError, match="power-of-two head dim"):
+        combine_triton(torch.randn(1, 4, 2, 24), torch.randn(1, 4, 2, 24), None, None, 1e-6, a.dtype)
+    with pytest.raises(ValueError, match=r"rla norm weight must be \(H, D\)"):
+        combine_triton(a, a, None, torch.ones(16), 1e-6, a.dtype)
 
 
 # --- the references -------------------------------------------------------------------------------------------

@@ -91,15 +91,16 @@ class Combine(torch.autograd.Function):
     def forward(ctx, o_swa, o_rla, g_swa, g_rla, eps, dtype):
         B, T, H, D = o_swa.shape
         a, b = o_swa.contiguous(), o_rla.contiguous()
+        # the kernels index the gains as rows of D: contiguous copies, also for the backward
+        g_swa, g_rla = (None if g is None else g.contiguous() for g in (g_swa, g_rla))
         out = torch.empty(a.shape, dtype=dtype, device=a.device)
         rows = a.numel() // D
         ra = torch.empty(rows, dtype=torch.float32, device=a.device)
         rb = torch.empty_like(ra)
-        wa = a if g_swa is None else g_swa.contiguous()
-        wb = a if g_rla is None else g_rla.contiguous()
         if rows:
             br = ROWS[0]
-            combine_fwd_kernel[(cdiv(rows, br),)](a, b, wa, wb, out, ra, rb, rows, H, float(eps), D=D, BR=br,
+            combine_fwd_kernel[(cdiv(rows, br),)](a, b, a if g_swa is None else g_swa, a if g_rla is None else g_rla,
+                                                  out, ra, rb, rows, H, float(eps), D=D, BR=br,
                                                   HAS_WA=g_swa is not None, HAS_WB=g_rla is not None, num_warps=4)
         ctx.save_for_backward(a, b, g_swa, g_rla, ra, rb)
         return out
@@ -130,4 +131,13 @@ class Combine(torch.autograd.Function):
 def combine_triton(o_swa, o_rla, g_swa, g_rla, eps, dtype):
     """`naive.combine(...).to(dtype)` in one Triton pass each way. o_swa, o_rla (B, T, H, D) of one dtype,
     D a power of two; gains (H, D) or None (ones)."""
+    if o_swa.dim() != 4 or o_rla.shape != o_swa.shape or o_rla.dtype != o_swa.dtype:
+        raise ValueError(f"o_swa and o_rla must be (B, T, H, D) of one shape and dtype, got {tuple(o_swa.shape)} "
+                         f"{o_swa.dtype} and {tuple(o_rla.shape)} {o_rla.dtype}")
+    H, D = o_swa.shape[2:]
+    if D < 1 or D & (D - 1):
+        raise ValueError(f"the Triton norm-combine needs a power-of-two head dim, got {D}")
+    for name, g in (("swa", g_swa), ("rla", g_rla)):
+        if g is not None and tuple(g.shape) != (H, D):
+            raise ValueError(f"the {name} norm weight must be (H, D) = ({H}, {D}), got {tuple(g.shape)}")
     return Combine.apply(o_swa, o_rla, g_swa, g_rla, eps, dtype)

@@ -27,8 +27,8 @@ So the backward runs two scans that store the state at every chunk, then three f
 Through phi (fp32, phi recomputed from the raw rows): softmax halves y = softmax(+-x) give
 dx = +-y (dy - <dy, y>), relu halves mask, identity passes through.
 
-Memory: phi(q), phi(k), and the chunk states H and dH (sequences x Hkv x chunks x F x D each, in the
-products' operand type); nothing of size T x T.
+Memory: phi(q), phi(k), one chunk-state tensor at a time (H, then dH: sequences x Hkv x chunks x F x D
+in the products' operand type) and the fp32 segment totals of its scan; nothing of size T x T.
 """
 
 from __future__ import annotations
@@ -427,6 +427,9 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
     dk, dv = (torch.zeros_like(x) if need else None for x, need in ((k, need_k), (v, need_v)))
     w = min(window, seqs.max_len)
     nchunks = cdiv(seqs.max_len, BC)
+    if nchunks > 65535:  # the chunks run on the second grid axis
+        raise ValueError(f"the RLA backward takes at most 65535 chunks of BC = {BC} rows per sequence; "
+                         f"a sequence of {seqs.max_len} tokens needs {nchunks}")
     seg_len = _segment_length(cfg, seqs.max_len, seqs.count * Hkv * nf * (D // BV), q.device)
     nseg = cdiv(seqs.max_len, seg_len)
     # fp16 products run on fp32 operands (TF32 on a GPU): do . v and the states are not bounded by
