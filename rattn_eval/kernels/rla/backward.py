@@ -141,6 +141,19 @@ def rla_bwd_state_kernel(
 
 
 @triton.jit
+def chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC: tl.constexpr):
+    """Chunk c of sequence n as (live, q_tok, t_ok, k_tok, j_ok): whether its first query row lies inside
+    the sequence (length L), the token rows (int64, of the flattened B * T rows) of its queries
+    [t0, t0 + BC) and of their key chunk [t0 - w, t0 - w + BC), and which of each lie in [0, L)."""
+    L = tl.load(seq_len_ptr + n)
+    t0 = c * BC
+    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
+    offs_t = t0 + tl.arange(0, BC)
+    offs_j = offs_t - window
+    return t0 < L, tok0 + offs_t, offs_t < L, tok0 + offs_j, (offs_j >= 0) & (offs_j < L)
+
+
+@triton.jit
 def rla_bwd_dq_kernel(
     q_ptr, do_ptr, v_ptr, pk_ptr, states_ptr, dq_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
     T, H, Hkv, window, NCH,
@@ -155,21 +168,14 @@ def rla_bwd_dq_kernel(
     NF * D, D), H_i of every chunk (rla_bwd_state_kernel); contiguous; products in CT."""
     FD: tl.constexpr = NF * D
     c, n, head, hk = block_program(H, Hkv, True)
-    L = tl.load(seq_len_ptr + n)
-    t0 = c * BC
-    if t0 >= L:
+    live, q_tok, t_ok, k_tok, j_ok = chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC)
+    if not live:
         return
-    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
 
     offs_c = tl.arange(0, BC)
     offs_d = tl.arange(0, D)
     offs_bv = tl.arange(0, BV)
-    offs_t = t0 + offs_c
-    t_ok = offs_t < L
-    offs_j = offs_t - window
-    j_ok = (offs_j >= 0) & (offs_j < L)
-    q_rows = (tok0 + offs_t).to(tl.int64) * (H * D) + head * D
-    k_tok = (tok0 + offs_j).to(tl.int64)
+    q_rows = q_tok * (H * D) + head * D
     do = tl.load(do_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(CT)
     v = tl.load(v_ptr + (k_tok * (Hkv * D) + hk * D)[:, None] + offs_d[None, :], mask=j_ok[:, None],
                 other=0.0).to(CT)
@@ -210,21 +216,14 @@ def rla_bwd_dv_kernel(
     FD: tl.constexpr = NF * D
     c, n, hk, _ = block_program(Hkv, Hkv, True)
     G = H // Hkv
-    L = tl.load(seq_len_ptr + n)
-    t0 = c * BC
-    if t0 >= L:
+    live, q_tok, t_ok, k_tok, j_ok = chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC)
+    if not live:
         return
-    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
 
     offs_c = tl.arange(0, BC)
     offs_d = tl.arange(0, D)
     offs_bv = tl.arange(0, BV)
-    offs_t = t0 + offs_c
-    t_ok = offs_t < L
-    offs_j = offs_t - window
-    j_ok = (offs_j >= 0) & (offs_j < L)
-    q_tok = (tok0 + offs_t).to(tl.int64)
-    k_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * FD) + hk * FD
+    k_rows = k_tok * (Hkv * FD) + hk * FD
     after = offs_c[None, :] > offs_c[:, None]  # key row c' (rows) is seen by query row c (columns)
     b_p = tl.load(pk_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(CT)
     if NF == 2:
@@ -249,7 +248,7 @@ def rla_bwd_dv_kernel(
         b_s = tl.load(pk_ptr + k_rows[:, None] + (f0 + offs_bv)[None, :], mask=j_ok[:, None], other=0.0).to(CT)
         dh = tl.load(sh + (f0 + offs_bv)[:, None] * D + offs_d[None, :])  # (BV features, D values)
         dv = tl.dot(b_s, dh.to(CT), dv, input_precision=PRECISION)
-    dst = dv_ptr + ((tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D)[:, None] + offs_d[None, :]
+    dst = dv_ptr + (k_tok * (Hkv * D) + hk * D)[:, None] + offs_d[None, :]
     tl.store(dst, dv.to(dv_ptr.dtype.element_ty), mask=j_ok[:, None])
 
 
@@ -268,21 +267,14 @@ def rla_bwd_dk_kernel(
     FD: tl.constexpr = NF * D
     c, n, hk, _ = block_program(Hkv, Hkv, True)
     G = H // Hkv
-    L = tl.load(seq_len_ptr + n)
-    t0 = c * BC
-    if t0 >= L:
+    live, q_tok, t_ok, k_tok, j_ok = chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC)
+    if not live:
         return
-    tok0 = tl.load(seq_row_ptr + n).to(tl.int64) * T + tl.load(seq_start_ptr + n)
 
     offs_c = tl.arange(0, BC)
     offs_d = tl.arange(0, D)
     offs_bv = tl.arange(0, BV)
-    offs_t = t0 + offs_c
-    t_ok = offs_t < L
-    offs_j = offs_t - window
-    j_ok = (offs_j >= 0) & (offs_j < L)
-    q_tok = (tok0 + offs_t).to(tl.int64)
-    k_rows = (tok0 + offs_j).to(tl.int64) * (Hkv * D) + hk * D
+    k_rows = k_tok * (Hkv * D) + hk * D
     after = offs_c[None, :] > offs_c[:, None]  # key row c' (rows) is seen by query row c (columns)
     v = tl.load(v_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(CT)
     db_p = tl.zeros([BC, D], dtype=tl.float32)
