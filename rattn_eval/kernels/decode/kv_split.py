@@ -3,8 +3,9 @@
 One new query token per row against keys 0..pos[b] of a cache (B, S, Hkv, D) whose keys are already
 rotated. With few (row, KV head) pairs -- a batch of 8 sequences of a model with one KV head -- one
 program per pair would leave almost all of the GPU idle while it streams a 32k-token cache, so the
-keys are split over many programs, each writing a partial softmax (max, sum, unnormalized output),
-and a second kernel merges the splits. The query heads of a GQA group share each key tile (one
+keys are split over many programs, each writing a partial softmax (max, sum, unnormalized output);
+each split then counts itself on its pair's counter and the last one to arrive merges the splits (one
+launch per step). The query heads of a GQA group share each key tile (one
 matrix product of (group, D) x (D, keys)), and splits past a row's length exit at once.
 """
 
@@ -19,22 +20,22 @@ import triton.language as tl
 
 from ..common import default_scale
 from ..triton_common import num_sms as _num_sms
-from .fused_recurrent import _splits, merge_softmax_splits, store_softmax_split
+from .fused_recurrent import _counter_buffer, _splits, merge_softmax_splits, store_softmax_split
 from .naive import check_kv_decode_args
 
 # Programs the splits aim for under the CPU interpreter (on a GPU: twice the SM count); small, so
 # the tests stay fast, yet above 1 so they cover the merge.
 _SPLIT_TARGET = 4
 # GPU launch settings, edited by hand: programs the splits aim for per SM, warps and pipeline stages of the
-# partial kernel, keys per tile for head dims <= 128 / 256.
+# kernel, keys per tile for head dims <= 128 / 256.
 GPU_LAUNCH = MappingProxyType({"programs_per_sm": 2, "num_warps": 4, "num_stages": 3, "block_s": 64,
                                "block_s_256": 32})
 
 
 @triton.jit
-def kv_decode_partial_kernel(
-    q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr,
-    stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+def kv_decode_kernel(
+    q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, o_ptr, count_ptr,
+    stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_ob, stride_oh,
     S, Hkv, NS, S_SPLIT, scale,
     D: tl.constexpr, G: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
@@ -80,20 +81,12 @@ def kv_decode_partial_kernel(
         acc = acc * alpha[:, None] + pv
         m_i = m_new
     store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, BLOCK_G, BLOCK_D)
-
-
-@triton.jit
-def kv_decode_merge_kernel(m_ptr, l_ptr, acc_ptr, o_ptr, stride_ob, stride_oh, Hkv, NS,
-                           D: tl.constexpr, G: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr):
-    pid = tl.program_id(0).to(tl.int64)
-    b = pid // Hkv
-    hk = pid % Hkv
-    d = tl.arange(0, BLOCK_D)
-    gi = tl.arange(0, BLOCK_G)
-    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, gi, d, BLOCK_G, BLOCK_D)  # l = 0 (NaN) only for a bad pos
-    mask = (gi < G)[:, None] & (d < D)[None, :]
-    tl.store(o_ptr + b * stride_ob + (hk * G + gi)[:, None] * stride_oh + d[None, :],
-             o.to(o_ptr.dtype.element_ty), mask=mask)
+    tl.debug_barrier()  # every thread's stores before the release on the counter
+    if tl.atomic_add(count_ptr + pid, 1, sem="acq_rel") == NS - 1:  # the last split of the pair merges
+        o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, gi, d, BLOCK_G, BLOCK_D)  # l = 0 (NaN) only for a bad pos
+        tl.store(o_ptr + b * stride_ob + (hk * G + gi)[:, None] * stride_oh + d[None, :],
+                 o.to(o_ptr.dtype.element_ty), mask=gm[:, None] & dm[None, :])
+        tl.store(count_ptr + pid, 0)
 
 
 def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, *, scale=None):
@@ -122,12 +115,10 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     if B == 0:
         return o
-    kv_decode_partial_kernel[(programs, ns)](
-        q, k, v, pos, m, l_, acc,
+    kv_decode_kernel[(programs, ns)](
+        q, k, v, pos, m, l_, acc, o, _counter_buffer(programs, q.device),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        S, Hkv, ns, s_split, default_scale(D, scale),
+        o.stride(0), o.stride(1), S, Hkv, ns, s_split, default_scale(D, scale),
         D=D, G=G, IEEE=q.dtype == torch.float32, BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s, **launch,
     )
-    kv_decode_merge_kernel[(programs,)](m, l_, acc, o, o.stride(0), o.stride(1), Hkv, ns,
-                                        D=D, G=G, BLOCK_D=D, BLOCK_G=block_g, num_warps=4)
     return o
