@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ..common import default_scale
 from ..triton_common import num_sms as _num_sms
-from .fused_recurrent import _counter_buffer, _splits, merge_softmax_splits, store_softmax_split
+from .fused_recurrent import _splits, merge_softmax_splits, store_softmax_split
 from .naive import check_kv_decode_args
 
 # Programs the splits aim for under the CPU interpreter (on a GPU: twice the SM count); small, so
@@ -30,6 +30,25 @@ _SPLIT_TARGET = 4
 # kernel, keys per tile for head dims <= 128 / 256.
 GPU_LAUNCH = MappingProxyType({"programs_per_sm": 2, "num_warps": 4, "num_stages": 3, "block_s": 64,
                                "block_s_256": 32})
+
+
+# Zeroed int32 counters per device for `kv_decode_kernel` (one per (row, KV head) pair). The kernel
+# leaves them at zero, so one buffer serves every step and layer on the device, replayed CUDA graphs
+# included. A larger buffer is added when needed; the smaller ones stay alive,
+# because a captured graph may still address them. Two steps running at once on two streams of one
+# device would share the counters: not supported.
+_counters: dict[str, list[torch.Tensor]] = {}
+
+
+def _counter_buffer(n: int, device: torch.device) -> torch.Tensor:
+    kept = _counters.setdefault(str(device), [])
+    if kept and kept[-1].numel() >= n:
+        return kept[-1]
+    fresh = torch.zeros(max(n, 2 * kept[-1].numel() if kept else 64), dtype=torch.int32, device=device)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return fresh  # from the graph's pool and zeroed at each replay; not kept past the graph
+    kept.append(fresh)
+    return fresh
 
 
 @triton.jit
