@@ -355,6 +355,13 @@ def test_empty_batch(backend, kind):
     assert out.shape == (0, 4, 64)
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_kv_decode_empty_batch(backend):
+    out = kv_decode(torch.randn(0, 4, 64), torch.randn(0, 10, 2, 64), torch.randn(0, 10, 2, 64),
+                    torch.zeros(0, dtype=torch.long), backend=backend)
+    assert out.shape == (0, 4, 64)
+
+
 # --- Triton on the CPU interpreter (global layers: kv_decode) ------------------------------------------------
 
 @pytest.mark.parametrize("case", [
@@ -429,9 +436,12 @@ def test_kv_decode_leaves_its_counters_at_zero(monkeypatch):
     gen = torch.Generator().manual_seed(11)
     B, S, H, Hkv, D = 3, 150, 4, 2, 64
     k, v = torch.randn(B, S, Hkv, D, generator=gen), torch.randn(B, S, Hkv, D, generator=gen)
-    for pos in ([149, 3, 20], [0, 64, 130]):
+    for pos in ([149, 3, 20], [0, 64, 130], [-1, 5, S]):
         q, pos = torch.randn(B, H, D, generator=gen), torch.tensor(pos)
-        assert_close(kv_split.kv_decode_triton(q, k, v, pos), kv_decode_naive(q, k, v, pos), 1e-5, f"pos {pos.tolist()}")
+        got = kv_split.kv_decode_triton(q, k, v, pos)
+        ok = (pos >= 0) & (pos < S)  # a position outside the cache: that row NaN, the others computed
+        assert torch.isnan(got[~ok]).all()
+        assert_close(got[ok], kv_decode_naive(q[ok], k[ok], v[ok], pos[ok]), 1e-5, f"pos {pos.tolist()}")
         buffers = kv_split._counters["cpu"]
         assert buffers and all(int(b.abs().sum()) == 0 for b in buffers), "a counter was left non-zero"
 
@@ -507,6 +517,38 @@ def test_kv_decode_bf16_gpu():
     exp = kv_decode_naive(q, k, v, pos)
     got = kv_decode(q.bfloat16(), k.bfloat16(), v.bfloat16(), pos, backend="triton")
     assert_close(got, exp, 1e-2, "bf16 kv decode", row_tol=3e-2)
+
+
+@pytest.mark.gpu
+def test_kv_decode_captured_in_a_graph_gpu(monkeypatch):
+    """kv_decode captured in a CUDA graph with no counter buffer kept yet (the capture makes its own,
+    zeroed at each replay) and with a kept one; each replay at new positions gives the reference's output
+    and leaves the kept counters at zero."""
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(12)
+    B, S, H, Hkv, D = 2, 4096, 16, 4, 128
+    k, v = (torch.randn(B, S, Hkv, D, generator=gen, device=dev, dtype=torch.bfloat16) for _ in range(2))
+    q = torch.randn(B, H, D, generator=gen, device=dev, dtype=torch.bfloat16)
+    pos = torch.tensor([S - 1, 100], device=dev)
+    for kept in (False, True):
+        monkeypatch.setattr(kv_split, "_counters", {})
+        if kept:
+            kv_split.kv_decode_triton(q, k, v, pos)  # an eager call keeps a buffer before the capture
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.stream(stream), torch.cuda.graph(graph):
+            out = kv_split.kv_decode_triton(q, k, v, pos)
+        torch.cuda.current_stream().wait_stream(stream)
+        for new in ([7, S - 2], [2000, 0]):
+            pos.copy_(torch.tensor(new, device=dev))
+            graph.replay()
+            torch.cuda.synchronize()
+            exp = kv_decode_naive(q.float(), k.float(), v.float(), pos)
+            assert_close(out.float(), exp, 1e-2, f"replay at {new}, kept buffer {kept}")
+        buffers = kv_split._counters.get(str(q.device), [])
+        assert all(int(b.abs().sum()) == 0 for b in buffers)
+        assert (len(buffers) == 1) == kept
 
 
 @pytest.mark.gpu

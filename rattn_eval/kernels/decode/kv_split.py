@@ -6,7 +6,8 @@ program per pair would leave almost all of the GPU idle while it streams a 32k-t
 keys are split over many programs, each writing a partial softmax (max, sum, unnormalized output);
 each split then counts itself on its pair's counter and the last one to arrive merges the splits (one
 launch per step). The query heads of a GQA group share each key tile (one
-matrix product of (group, D) x (D, keys)), and splits past a row's length exit at once.
+matrix product of (group, D) x (D, keys)), and splits past a row's length skip the key loop (they still
+record an empty split and count themselves, so the pair's merge happens).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def _counter_buffer(n: int, device: torch.device) -> torch.Tensor:
         return kept[-1]
     fresh = torch.zeros(max(n, 2 * kept[-1].numel() if kept else 64), dtype=torch.int32, device=device)
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        return fresh  # from the graph's pool and zeroed at each replay; not kept past the graph
+        # From the graph's pool: its zeroing is recorded in the graph right before the kernel that uses it,
+        # so every replay starts from zeros, and the pool may hand the memory on after that kernel.
+        return fresh
     kept.append(fresh)
     return fresh
 
@@ -99,6 +102,8 @@ def kv_decode_kernel(
             pv = tl.dot(p.to(vb.dtype), vb)
         acc = acc * alpha[:, None] + pv
         m_i = m_new
+    # Every split, empty ones included, records itself and counts: no early return, or the pair's counter
+    # never reaches NS and its output is never written.
     store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, BLOCK_G, BLOCK_D)
     tl.debug_barrier()  # every thread's stores before the release on the counter
     if tl.atomic_add(count_ptr + pid, 1, sem="acq_rel") == NS - 1:  # the last split of the pair merges
@@ -119,6 +124,8 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         raise ValueError(f"kv decode supports power-of-two head dims 16..256, got {D}")
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("q and the cache must be contiguous in the head dim")
+    if B == 0:
+        return torch.empty(0, H, D, dtype=q.dtype, device=q.device)
     G = H // Hkv
     block_g = max(16, triton.next_power_of_2(G))  # tl.dot needs 16 rows
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
@@ -132,8 +139,6 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     l_ = torch.empty_like(m)
     acc = torch.empty(programs * ns * block_g * D, **f32)
     o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
-    if B == 0:
-        return o
     kv_decode_kernel[(programs, ns)](
         q, k, v, pos, m, l_, acc, o, _counter_buffer(programs, q.device),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
