@@ -406,6 +406,11 @@ def test_kv_decode_errors():
         kv_decode(q, kv, kv, pos, backend="triton")
     with pytest.raises(ValueError, match="dtype"):
         kv_decode(q, torch.randn(2, 10, 2, 64).half(), torch.randn(2, 10, 2, 64).half(), pos, backend="triton")
+    empty = torch.randn(2, 0, 2, 64)
+    for call in (lambda: kv_decode(q, empty, empty, pos, backend="triton"),
+                 lambda: kv_split.kv_decode_triton(q, empty, empty, pos)):
+        with pytest.raises(ValueError, match="at least one position"):
+            call()
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -549,6 +554,24 @@ def test_kv_decode_captured_in_a_graph_gpu(monkeypatch):
         buffers = kv_split._counters.get(str(q.device), [])
         assert all(int(b.abs().sum()) == 0 for b in buffers)
         assert (len(buffers) == 1) == kept
+
+
+@pytest.mark.gpu
+def test_kv_decode_addresses_past_2_31_elements_gpu():
+    """A cache whose keys of one row span more than 2**31 elements (a strided view, position stride
+    2**30): the kernel's offsets are 64-bit, so the last position is read where it lies."""
+    dev = torch.device("cuda")
+    buf = torch.zeros(2**31 + 64, dtype=torch.float16, device=dev)
+    k = buf.as_strided((1, 3, 1, 16), (0, 2**30, 16, 1))
+    v = buf.as_strided((1, 3, 1, 16), (0, 2**30, 16, 1), 32)
+    gen = torch.Generator(device=dev).manual_seed(13)
+    for x in (k, v):
+        x.copy_(torch.randn(1, 3, 1, 16, generator=gen, device=dev))
+    q = torch.randn(1, 4, 16, generator=gen, device=dev, dtype=torch.float16)
+    pos = torch.tensor([2], device=dev)
+    exp = kv_decode_naive(q.float(), k.float(), v.float(), pos)
+    assert_close(kv_split.kv_decode_triton(q, k, v, pos).float(), exp, 2e-3, "position 2 at offset 2**31")
+    del buf, k, v
 
 
 @pytest.mark.gpu

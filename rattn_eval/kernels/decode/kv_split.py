@@ -68,7 +68,7 @@ def kv_decode_kernel(
     hk = pid % Hkv
     t = tl.load(pos_ptr + b)
     n = tl.where((t >= 0) & (t < S), t + 1, 0)  # keys 0..pos are visible; a position outside the cache: none (NaN row)
-    lo = j * S_SPLIT
+    lo = j.to(tl.int64) * S_SPLIT  # int64: a row's keys may span more than 2**31 elements
     d = tl.arange(0, BLOCK_D)
     dm = d < D
     gi = tl.arange(0, BLOCK_G)

@@ -106,6 +106,8 @@ def check_kv_decode_args(q, k, v, pos) -> None:
     B, H, D = q.shape
     if k.shape[0] != B or k.shape[3] != D or k.shape[2] < 1 or H < 1 or H % k.shape[2]:
         raise ValueError(f"kv decode needs a cache (B, S, Hkv, D) with H % Hkv == 0 for q {tuple(q.shape)}; got {tuple(k.shape)}")
+    if k.shape[1] < 1:
+        raise ValueError("kv decode needs a cache of at least one position, got S = 0")
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"q and the cache must share one dtype, float16, bfloat16 or float32; got {q.dtype}, {k.dtype}, {v.dtype}")
     if pos.shape != (B,) or pos.dtype not in (torch.int32, torch.int64):
