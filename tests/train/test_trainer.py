@@ -125,13 +125,15 @@ def test_the_triton_backend_trains_like_the_reference(kinds):
 
 @pytest.mark.slow
 def test_the_shipped_tiny_rattn_takes_the_same_steps_on_both_backends():
-    """The shipped tiny-rattn, continued for three optimizer steps with the settings of its last training
-    stage (AdamW, lr 1e-3, gradient clipping 1.0, 512-token rows; random tokens here) on the triton backend
-    (Triton forward and backward kernels, here under the CPU interpreter) and on the torch backend (autograd
-    through the references): the same losses at every step and the same weights after, so retraining the
-    shipped models on the kernels reproduces them up to rounding."""
+    """The shipped tiny-rattn, continued for three steps of stage 3's optimizer (AdamW 0.9 / 0.95, weight decay
+    0.1, gradient clipping 1.0, peak lr 1e-3) on two random 512-token rows, on the triton backend (Triton
+    forward and backward kernels, here under the CPU interpreter) and on the torch backend (autograd through
+    the references): the same losses at every step and the same weights after."""
+    from rattn_eval import kernels
+
     ids = torch.randint(0, 4096, (3, 2, 513), generator=torch.Generator().manual_seed(3))
     runs = {}
+    before_launches = kernels.launches.copy()
     for backend in ("torch", "triton"):
         model, _ = load_model("tiny-rattn", backend=backend, device="cpu", dtype="float32")
         model.train().requires_grad_(True)  # loaded for evaluation
@@ -141,6 +143,8 @@ def test_the_shipped_tiny_rattn_takes_the_same_steps_on_both_backends():
         opt = make_optimizer(model, cfg, torch.device("cpu"))
         losses = [train_step(model, opt, ids[i], cfg, i, torch.device("cpu"))[0].item() for i in range(3)]
         runs[backend] = losses, {n: p.detach().clone() for n, p in model.named_parameters()}, before
+    ran = kernels.launches - before_launches
+    assert ran["triton.rattention_grad"] >= 1 and ran["triton.swa_grad"] >= 1, "the Triton backward did not run"
     (loss_ref, after_ref, before), (loss_got, after_got, _) = runs["torch"], runs["triton"]
     for step, (got, ref) in enumerate(zip(loss_got, loss_ref)):
         assert abs(got - ref) <= 1e-5 * abs(ref), f"step {step}: loss {got} on triton, {ref} on torch"
