@@ -84,6 +84,13 @@ def phi_grad_half(y, dy, x, HALF: tl.constexpr, FEATURE: tl.constexpr):
 
 
 @triton.jit
+def chunk_state(states_ptr, n, hk, Hkv, NCH, chunk, FD: tl.constexpr, D: tl.constexpr):
+    """Address of the (FD, D) state of `chunk` for sequence n and KV head hk in states (sequences, Hkv,
+    NCH, FD, D)."""
+    return states_ptr + ((n * Hkv + hk).to(tl.int64) * NCH + chunk) * (FD * D)
+
+
+@triton.jit
 def rla_bwd_state_kernel(
     x_ptr, y_ptr, states_ptr, carry_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
     T, HEADS, Hkv, shift, NSEG, SEGLEN, NCH,
@@ -127,7 +134,7 @@ def rla_bwd_state_kernel(
         ok = (rows >= 0) & (rows < L)
         tok = (tok0 + rows).to(tl.int64)
         if not TOTAL:
-            st = states_ptr + ((n * Hkv + hk).to(tl.int64) * NCH + t0 // BC) * (FD * D)
+            st = chunk_state(states_ptr, n, hk, Hkv, NCH, t0 // BC, FD, D)
             tl.store(st + s_off, s.to(states_ptr.dtype.element_ty))
         for g in range(G):
             h = hk * G + g
@@ -183,7 +190,7 @@ def rla_bwd_dq_kernel(
     p = tl.where(offs_c[:, None] > offs_c[None, :], p, 0.0).to(CT)  # query row c sees key row c' < c
     x = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
     pos, neg = feature_map_halves(x, FEATURE)
-    st = states_ptr + ((n * Hkv + hk).to(tl.int64) * NCH + c) * (FD * D)
+    st = chunk_state(states_ptr, n, hk, Hkv, NCH, c, FD, D)
     dq = tl.zeros([BC, D], dtype=tl.float32)
     for half in tl.static_range(NF):
         b = tl.load(pk_ptr + (k_tok * (Hkv * FD) + hk * FD + half * D)[:, None] + offs_d[None, :],
@@ -243,7 +250,7 @@ def rla_bwd_dv_kernel(
         do = tl.load(do_ptr + (q_tok * (H * D) + h * D)[:, None] + offs_d[None, :], mask=t_ok[:, None],
                      other=0.0).to(CT)
         dv = tl.dot(st, do, dv, input_precision=PRECISION)
-    sh = states_ptr + ((n * Hkv + hk).to(tl.int64) * NCH + c) * (FD * D)
+    sh = chunk_state(states_ptr, n, hk, Hkv, NCH, c, FD, D)
     for f0 in tl.static_range(0, FD, BV):
         b_s = tl.load(pk_ptr + k_rows[:, None] + (f0 + offs_bv)[None, :], mask=j_ok[:, None], other=0.0).to(CT)
         dh = tl.load(sh + (f0 + offs_bv)[:, None] * D + offs_d[None, :])  # (BV features, D values)
@@ -291,7 +298,7 @@ def rla_bwd_dk_kernel(
         if NF == 2:
             a_n = tl.load(pq_ptr + a_rows[:, None] + (D + offs_d)[None, :], mask=t_ok[:, None], other=0.0).to(CT)
             db_n = tl.dot(pt, a_n, db_n, input_precision=PRECISION)
-    sh = states_ptr + ((n * Hkv + hk).to(tl.int64) * NCH + c) * (FD * D)
+    sh = chunk_state(states_ptr, n, hk, Hkv, NCH, c, FD, D)
     for v0 in tl.static_range(0, D, BV):
         v_s = tl.load(v_ptr + k_rows[:, None] + (v0 + offs_bv)[None, :], mask=j_ok[:, None], other=0.0).to(CT)
         dht = tl.load(sh + offs_d[None, :] * D + (v0 + offs_bv)[:, None])  # dH^T of half 0: (BV values, D features)
