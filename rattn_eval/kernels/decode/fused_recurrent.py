@@ -50,6 +50,9 @@ _TILE_BUDGET = {"gpu": 4096, "interpreter": 131072}
 # slices (a third grid axis), so a block of feature rows is as wide as at D = 128 and the budget above
 # gives it as many rows (the D = 256 bf16 ring test passed on an H100 at 542aeab).
 _STATE_BLOCK_V = 128
+# fp32 elements of the (splits, heads, head dim) tile a merge reads per iteration: 32 registers a thread
+# at 4 warps.
+_MERGE_TILE = 4096
 # Programs the window / state splits aim for under the interpreter (on a GPU: twice the SM count).
 # Small, so the CPU tests stay fast, yet above 1 so they cover the split-and-combine path.
 _SPLIT_TARGET = 4
@@ -223,36 +226,59 @@ def decode_swa_partial_kernel(
         l_i = l_i * alpha + tl.sum(pr, axis=1)
         acc = acc * alpha[:, None] + tl.sum(pr[:, :, None] * vb[None, :, :], axis=1)
         m_i = m_new
-    store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, BLOCK_G, BLOCK_D)
+    store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, G, BLOCK_G, BLOCK_D)
 
 
 @triton.jit
-def store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, BLOCK_G: tl.constexpr,
+def store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, G, BLOCK_G: tl.constexpr,
                         BLOCK_D: tl.constexpr):
-    """Write split j of `pid`'s partial softmax (max m, sum l, unnormalized acc) for `merge_softmax_splits`."""
+    """Write split j of `pid`'s partial softmax (max m, sum l, unnormalized acc) for `merge_softmax_splits`:
+    rows of BLOCK_G heads (only the first G are written) by BLOCK_D columns."""
     row = (pid * NS + j) * BLOCK_G + gi
-    tl.store(m_ptr + row, m_i)
-    tl.store(l_ptr + row, l_i)
-    tl.store(acc_ptr + row[:, None] * BLOCK_D + d[None, :], acc)
+    gm = gi < G
+    tl.store(m_ptr + row, m_i, mask=gm)
+    tl.store(l_ptr + row, l_i, mask=gm)
+    tl.store(acc_ptr + row[:, None] * BLOCK_D + d[None, :], acc, mask=gm[:, None])
 
 
 @triton.jit
-def merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, gi, d, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Flash-decoding merge: the NS partial softmaxes (max m, sum l, unnormalized acc) written by the
-    split programs of `pid` -> the normalized (BLOCK_G, BLOCK_D) output. Needs l > 0 overall."""
+def merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, G, BLOCK_G: tl.constexpr, BLOCK_GM: tl.constexpr,
+                         BLOCK_D: tl.constexpr, BLOCK_J: tl.constexpr):
+    """Flash-decoding merge: the NS partial softmaxes (max m, sum l, unnormalized acc) written by
+    `store_softmax_split` for `pid` (rows of BLOCK_G heads) -> the normalized (BLOCK_GM, BLOCK_D) output
+    of heads 0..BLOCK_GM-1 (BLOCK_GM >= G). Needs l > 0 overall.
+
+    BLOCK_J splits are read per iteration as one (BLOCK_J, BLOCK_GM, BLOCK_D) tile and folded in with a
+    running max, so the merge -- the serial tail of a decode step -- waits on ceil(NS / BLOCK_J) rounds of
+    loads, not on 2 * NS."""
     # `.cg`: read from L2, where other programs' stores land (`kv_decode_kernel` merges in the kernel that
     # wrote the splits)
-    m = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)
-    for j in range(0, NS):
-        m = tl.maximum(m, tl.load(m_ptr + (pid * NS + j) * BLOCK_G + gi, cache_modifier=".cg"))
-    l_sum = tl.zeros((BLOCK_G,), dtype=tl.float32)
-    acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-    for j in range(0, NS):
-        row = (pid * NS + j) * BLOCK_G + gi
-        w = tl.exp(tl.load(m_ptr + row, cache_modifier=".cg") - m)
-        l_sum += tl.load(l_ptr + row, cache_modifier=".cg") * w
-        acc += tl.load(acc_ptr + row[:, None] * BLOCK_D + d[None, :], cache_modifier=".cg") * w[:, None]
+    gi = tl.arange(0, BLOCK_GM)
+    d = tl.arange(0, BLOCK_D)
+    jj = tl.arange(0, BLOCK_J)
+    m = tl.full((BLOCK_GM,), -1.0e30, dtype=tl.float32)
+    l_sum = tl.zeros((BLOCK_GM,), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_GM, BLOCK_D), dtype=tl.float32)
+    for j0 in range(0, NS, BLOCK_J):
+        mask = ((j0 + jj) < NS)[:, None] & (gi < G)[None, :]  # (BLOCK_J, BLOCK_GM)
+        row = (pid * NS + j0 + jj)[:, None] * BLOCK_G + gi[None, :]
+        m_j = tl.load(m_ptr + row, mask=mask, other=-1.0e30, cache_modifier=".cg")
+        l_j = tl.load(l_ptr + row, mask=mask, other=0.0, cache_modifier=".cg")
+        a_j = tl.load(acc_ptr + row[:, :, None] * BLOCK_D + d[None, None, :], mask=mask[:, :, None], other=0.0,
+                      cache_modifier=".cg")
+        m_new = tl.maximum(m, tl.max(m_j, axis=0))
+        alpha = tl.exp(m - m_new)
+        w = tl.exp(m_j - m_new[None, :])  # (BLOCK_J, BLOCK_GM)
+        l_sum = l_sum * alpha + tl.sum(l_j * w, axis=0)
+        acc = acc * alpha[:, None] + tl.sum(a_j * w[:, :, None], axis=0)
+        m = m_new
     return acc / l_sum[:, None]
+
+
+def merge_block(ns: int, block_gm: int, block_d: int) -> int:
+    """Splits `merge_softmax_splits` (and the RLA sum) reads per iteration: a tile of at most
+    `_MERGE_TILE` fp32 elements."""
+    return max(1, min(triton.next_power_of_2(ns), _MERGE_TILE // (block_gm * block_d)))
 
 
 @triton.jit
@@ -262,25 +288,32 @@ def decode_combine_kernel(
     stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, stride_ob, stride_oh,
     W1, Hkv, NS, NF, eps,
     D: tl.constexpr, G: tl.constexpr, HAS_STATE: tl.constexpr, HAS_G_SWA: tl.constexpr, HAS_G_RLA: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_JS: tl.constexpr,
+    BLOCK_JF: tl.constexpr,
 ):
     """Program b * Hkv + hk: merges the softmax splits, adds the RLA splits, applies both RMS norms,
     writes the output, then overwrites the leaving token's slot with the new k/v (every partial
-    kernel has finished reading it)."""
+    kernel has finished reading it). The partial kernels write rows of BLOCK_G heads; the first
+    BLOCK_GM >= G of them are read here, BLOCK_JS softmax / BLOCK_JF RLA splits at a time."""
     pid = tl.program_id(0).to(tl.int64)
     b = pid // Hkv
     hk = pid % Hkv
     d = tl.arange(0, BLOCK_D)
     dm = d < D
-    gi = tl.arange(0, BLOCK_G)
+    gi = tl.arange(0, BLOCK_GM)
     gm = gi < G
     h = hk * G + gi
     q_mask = gm[:, None] & dm[None, :]
-    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, gi, d, BLOCK_G, BLOCK_D)  # the new token is visible: l > 0
+    # the new token is visible: l > 0
+    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, G, BLOCK_G, BLOCK_GM, BLOCK_D, BLOCK_JS)
     if HAS_STATE:
-        o_rla = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
-        for j in range(0, NF):
-            o_rla += tl.load(rla_ptr + (pid * NF + j) * BLOCK_G * BLOCK_D + gi[:, None] * BLOCK_D + d[None, :])
+        o_rla = tl.zeros((BLOCK_GM, BLOCK_D), dtype=tl.float32)
+        jj = tl.arange(0, BLOCK_JF)
+        for j0 in range(0, NF, BLOCK_JF):
+            offs = ((pid * NF + j0 + jj)[:, None, None] * BLOCK_G * BLOCK_D + gi[None, :, None] * BLOCK_D
+                    + d[None, None, :])
+            o_rla += tl.sum(tl.load(rla_ptr + offs, mask=((j0 + jj) < NF)[:, None, None] & gm[None, :, None],
+                                    other=0.0), axis=0)
         gw_offs = h[:, None] * D + d[None, :]
         o = o * tl.rsqrt(tl.sum(o * o, axis=1) / D + eps)[:, None]
         if HAS_G_SWA:
@@ -372,7 +405,8 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         stride_ob=o.stride(0), stride_oh=o.stride(1),
         W1=W1, Hkv=Hkv, NS=ns, NF=nf, eps=eps,
         D=D, G=G, HAS_STATE=state is not None, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
-        BLOCK_D=block_d, BLOCK_G=block_g, num_warps=4,
+        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_GM=block_g, BLOCK_JS=merge_block(ns, block_g, block_d),
+        BLOCK_JF=merge_block(nf, block_g, block_d), num_warps=4,
     )
 
 

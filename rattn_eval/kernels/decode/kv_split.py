@@ -21,7 +21,7 @@ import triton.language as tl
 
 from ..common import default_scale
 from ..triton_common import num_sms as _num_sms
-from .fused_recurrent import _splits, merge_softmax_splits, store_softmax_split
+from .fused_recurrent import _splits, merge_block, merge_softmax_splits, store_softmax_split
 from .naive import check_kv_decode_args
 
 # Programs the splits aim for under the CPU interpreter (on a GPU: twice the SM count); small, so
@@ -60,7 +60,8 @@ def kv_decode_kernel(
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_ob, stride_oh,
     S, Hkv, NS, S_SPLIT, scale,
     D: tl.constexpr, G: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_GM: tl.constexpr,
+    BLOCK_J: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
@@ -104,12 +105,14 @@ def kv_decode_kernel(
         m_i = m_new
     # Every split, empty ones included, records itself and counts: no early return, or the pair's counter
     # never reaches NS and its output is never written.
-    store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, BLOCK_G, BLOCK_D)
+    store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, G, BLOCK_G, BLOCK_D)
     tl.debug_barrier()  # every thread's stores before the release on the counter
     if tl.atomic_add(count_ptr + pid, 1, sem="acq_rel") == NS - 1:  # the last split of the pair merges
-        o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, gi, d, BLOCK_G, BLOCK_D)  # l = 0 (NaN) only for a bad pos
-        tl.store(o_ptr + b * stride_ob + (hk * G + gi)[:, None] * stride_oh + d[None, :],
-                 o.to(o_ptr.dtype.element_ty), mask=gm[:, None] & dm[None, :])
+        # l = 0 (NaN) only for a bad pos
+        o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, G, BLOCK_G, BLOCK_GM, BLOCK_D, BLOCK_J)
+        go = tl.arange(0, BLOCK_GM)
+        tl.store(o_ptr + b * stride_ob + (hk * G + go)[:, None] * stride_oh + d[None, :],
+                 o.to(o_ptr.dtype.element_ty), mask=(go < G)[:, None] & dm[None, :])
         tl.store(count_ptr + pid, 0)
 
 
@@ -143,6 +146,7 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         q, k, v, pos, m, l_, acc, o, _counter_buffer(programs, q.device),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), S, Hkv, ns, s_split, default_scale(D, scale),
-        D=D, G=G, IEEE=q.dtype == torch.float32, BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s, **launch,
+        D=D, G=G, IEEE=q.dtype == torch.float32, BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s,
+        BLOCK_GM=triton.next_power_of_2(G), BLOCK_J=merge_block(ns, triton.next_power_of_2(G), D), **launch,
     )
     return o
