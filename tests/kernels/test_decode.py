@@ -157,13 +157,11 @@ def test_triton_step_matches_reference(case):
 @pytest.mark.parametrize("case", [(3, 64, 128, 4, 1, "rattn", "softmax", torch.float32),
                                   (3, 64, 64, 2, 1, "swa", "softmax", torch.float32)], ids=["rattn", "swa"])
 @pytest.mark.parametrize("target", [1, 4, 64], ids=["one-split", "4-programs", "split-per-block"])
-@pytest.mark.parametrize("blocks", ["gpu", "smallest"])
-def test_gpu_block_sizes_many_blocks(case, target, blocks, monkeypatch):
-    """With the GPU's blocks, or the smallest a tensor-core product takes (16 slots / feature rows), the slot
-    and feature loops run over several blocks (w=64: 2 or 5 slot blocks; 8 or 16 feature blocks at
-    D=128), kept in one program (target 1) or split over several programs and combined (flash-decoding)."""
-    table = fused_recurrent._BLOCKS["gpu"] if blocks == "gpu" else {"block_s": 16, "block_f": 16}
-    monkeypatch.setitem(fused_recurrent._BLOCKS, "interpreter", table)
+def test_gpu_block_sizes_many_blocks(case, target, monkeypatch):
+    """With the GPU tile budget the slot and feature loops run over many blocks (w=64: 17 slot blocks of 4 at D=128,
+    9 of 8 at D=64),
+    kept in one program (target 1) or split over several programs and combined (flash-decoding)."""
+    monkeypatch.setitem(fused_recurrent._TILE_BUDGET, "interpreter", fused_recurrent._TILE_BUDGET["gpu"])
     monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", target)
     B, w, D, H, Hkv, kind, fm, dtype = case
     run_steps(B, w, H, Hkv, D, kind, fm, dtype, steps=2, seed=7)
@@ -177,8 +175,8 @@ def test_head_dim_256_with_state(dtype):
 
 
 def test_head_dim_256_gpu_blocks(monkeypatch):
-    """D = 256 with the GPU's blocks: 16 blocks of 32 feature rows per value slice, in 4 feature splits."""
-    monkeypatch.setitem(fused_recurrent._BLOCKS, "interpreter", fused_recurrent._BLOCKS["gpu"])
+    """D = 256 with the GPU's blocks: 128 blocks of 4 feature rows per value slice, in 4 feature splits."""
+    monkeypatch.setitem(fused_recurrent._TILE_BUDGET, "interpreter", fused_recurrent._TILE_BUDGET["gpu"])
     monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", 8)
     run_steps(1, 7, 2, 1, 256, "rattn", "softmax", torch.float32, steps=2, seed=9, lengths=[8])
 
