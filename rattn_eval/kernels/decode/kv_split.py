@@ -24,12 +24,14 @@ from ..triton_common import num_sms as _num_sms
 from .fused_recurrent import _splits, merge_block, merge_softmax_splits, store_softmax_split
 from .naive import check_kv_decode_args
 
-# Programs the splits aim for under the CPU interpreter (on a GPU: twice the SM count); small, so
+# Programs the splits aim for under the CPU interpreter (on a GPU: `programs_per_sm` x the SM count); small, so
 # the tests stay fast, yet above 1 so they cover the merge.
 _SPLIT_TARGET = 4
 # GPU launch settings, edited by hand: programs the splits aim for per SM, warps and pipeline stages of the
-# kernel, keys per tile for head dims <= 128 / 256.
-GPU_LAUNCH = MappingProxyType({"programs_per_sm": 2, "num_warps": 4, "num_stages": 3, "block_s": 64,
+# kernel, keys per tile for head dims <= 128 / 256. One program per SM: fewer splits, a shorter merge; at
+# batch 1 (H 16, Hkv 4, D 128) 0.0343 ms at 32k and 0.1006 ms at 128k on an H100, against 0.0433 / 0.1092 ms
+# with two (results/bench/h100_decode/kernels.txt and variants.txt, tune_kv.txt for the sweep).
+GPU_LAUNCH = MappingProxyType({"programs_per_sm": 1, "num_warps": 4, "num_stages": 3, "block_s": 64,
                                "block_s_256": 32})
 
 
