@@ -17,9 +17,9 @@ first its state's value columns over a third:
    applies both RMS norms and gains (RAttention only), writes the output, and only then
    overwrites the slot t mod (w+1) with the new k/v (every partial kernel has read it by then).
 `_splits` picks the split counts ns (slots) and nf (feature rows): it aims for B * Hkv * splits to
-reach the target (twice the SM count on a GPU, `_SPLIT_TARGET` under the interpreter), never more
-splits than there are BLOCK_S-slot / BLOCK_F-row blocks, and each split covers a whole number of
-blocks (block sizes come from `_TILE_BUDGET`). After the kernels the host advances `cache.pos`.
+reach the target (`GPU_LAUNCH["programs_per_sm"]` x the SM count on a GPU, `_SPLIT_TARGET` under the
+interpreter), never more splits than there are BLOCK_S-slot / BLOCK_F-row blocks, and each split covers
+a whole number of blocks (block sizes come from `_TILE_BUDGET`). After the kernels the host advances `cache.pos`.
 Semantics are exactly `local_decode_step_naive` (the decode cache of `rattn_eval/kernels/decode/README.md`).
 """
 
@@ -53,7 +53,7 @@ _STATE_BLOCK_V = 128
 # fp32 elements of the (splits, heads, head dim) tile a merge reads per iteration: 32 registers a thread
 # at 4 warps.
 _MERGE_TILE = 4096
-# Programs the window / state splits aim for under the interpreter (on a GPU: twice the SM count).
+# Programs the window / state splits aim for under the interpreter (on a GPU: `programs_per_sm` x the SM count).
 # Small, so the CPU tests stay fast, yet above 1 so they cover the split-and-combine path.
 _SPLIT_TARGET = 4
 # GPU launch settings, edited by hand: programs the splits aim for per SM, warps per program. With the
