@@ -8,7 +8,10 @@ table for the duration of its timing and the table restored after; an RLA-backwa
 as the backward's `cfg`. Nothing on disk changes. Decode steps are timed as CUDA-graph replays (the
 way the model decodes, with no launch cost); the backward with `do_bench`. GB/s counts the bytes a
 step must read and write, against the card's copy bandwidth. A setting the card cannot launch is
-listed as failed; shapes the kernels do not take stop the command before any timing.
+listed as failed; shapes the kernels do not take stop the command before any timing. A setting that
+breaks the CUDA context (an illegal memory access, say) stops the command: nothing can run on the GPU in
+that process afterwards. The sweeps finished by then are written, and the error names the setting for
+`--skip` (repeatable: `--skip BC=64,BV=32,num_warps=8` leaves out every setting with those values).
 
     rattn-eval bench tune --what local-decode,kv-decode,rla-backward --out DIR
 """
@@ -36,9 +39,38 @@ KV_GRID = dict(programs_per_sm=(1, 2, 4, 8), num_warps=(4, 8), num_stages=(2, 3,
 RLA_BWD_GRID = dict(BC=(32, 64, 128), BV=(32, 64, 128), num_warps=(4, 8), scan_warps=(4,))
 
 
-def settings(grid: dict) -> list[dict]:
-    """Every combination of the grid's values, as dicts."""
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+# Messages of CUDA errors after which the process's CUDA context is unusable.
+_STICKY = ("illegal memory access", "illegal instruction", "misaligned address", "unspecified launch failure",
+           "device-side assert")
+
+
+class ContextLost(Exception):
+    """A timed setting broke the CUDA context (raised by `_timed`, named by `_sweep`)."""
+
+
+def settings(grid: dict, skip=()) -> list[dict]:
+    """Every combination of the grid's values, as dicts, less those matching an entry of `skip` (a dict
+    of values: a setting matches when it has all of them)."""
+    every = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    return [s for s in every if not any(all(s.get(k) == v for k, v in pattern.items()) for pattern in skip)]
+
+
+def setting_text(s: dict) -> str:
+    """A setting as `--skip` takes it: k=v,k=v."""
+    return ",".join(f"{k}={v}" for k, v in s.items())
+
+
+def parse_skip(text: str) -> dict:
+    """`--skip` value `k=v,k=v` (integer values) -> dict."""
+    try:
+        pattern = {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(",") if item.strip())}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=INT items like BC=64,num_warps=8, got {text!r}") from None
+    known = set(LOCAL_GRID) | set(KV_GRID) | set(RLA_BWD_GRID)
+    unknown = sorted(set(pattern) - known)
+    if not pattern or unknown:
+        raise argparse.ArgumentTypeError(f"--skip {text!r}: setting names are {', '.join(sorted(known))}")
+    return pattern
 
 
 @contextlib.contextmanager
@@ -53,14 +85,26 @@ def swapped(owner, name: str, value):
 
 
 def _timed(fn, timer) -> float | str:
-    """The time of fn, or the error that stopped it (a setting the card cannot launch, say)."""
+    """The time of fn, or the error that stopped it (a setting the card cannot launch, say). Raises
+    ContextLost for an error that leaves the CUDA context unusable."""
     try:
         return timer(fn)
     except Exception as e:  # report the setting as failed and go on with the grid
-        return f"{type(e).__name__}: {str(e).splitlines()[0][:100] if str(e) else ''}"
+        first = str(e).splitlines()[0] if str(e) else ""
+        if type(e).__name__ == "AcceleratorError" or any(m in str(e) for m in _STICKY):
+            raise ContextLost(f"{type(e).__name__}: {first[:100]}") from e
+        return f"{type(e).__name__}: {first[:100]}"
 
 
-def sweep_local_decode(batch, H, Hkv, D, window, *, dtype, device, timer=graph_ms, grid=LOCAL_GRID) -> list[dict]:
+def _lost(kind: str, s: dict, e: ContextLost):
+    from ..errors import ConfigError
+
+    return ConfigError(f"the {kind} setting {setting_text(s)} broke the CUDA context ({e}); nothing more can run "
+                       f"on the GPU in this process: rerun with --skip {setting_text(s)}")
+
+
+def sweep_local_decode(batch, H, Hkv, D, window, *, dtype, device, timer=graph_ms, grid=LOCAL_GRID,
+                       skip=()) -> list[dict]:
     """The RAttention local decode step (ring + fp32 state) under each setting of `grid`."""
     from ..kernels import Rope, empty_local_cache
     from ..kernels.decode import fused_recurrent as fr
@@ -77,17 +121,21 @@ def sweep_local_decode(batch, H, Hkv, D, window, *, dtype, device, timer=graph_m
     nbytes = batch * (2 * (window + 1) * Hkv * D * el + 2 * Hkv * cache.state.shape[2] * D * 4 + 2 * Hkv * D * el
                       + 2 * H * D * el)
     rows = []
-    for s in settings(grid):
+    for s in settings(grid, skip):
         launch = MappingProxyType({"programs_per_sm": s["programs_per_sm"], "num_warps": s["num_warps"]})
         budget = dict(fr._TILE_BUDGET, gpu=s["tile_budget"])
         with swapped(fr, "GPU_LAUNCH", launch), swapped(fr, "_TILE_BUDGET", budget):
-            ms = _timed(lambda: fr.local_decode_step_triton(q, k, v, cache, rope=rope), timer)
+            try:
+                ms = _timed(lambda: fr.local_decode_step_triton(q, k, v, cache, rope=rope), timer)
+            except ContextLost as e:
+                raise _lost("local-decode", s, e) from e
         rows.append(dict(kind="local-decode", shape=dict(batch=batch, H=H, Hkv=Hkv, D=D, window=window), setting=s,
                          ms=ms, nbytes=nbytes))
     return rows
 
 
-def sweep_kv_decode(batch, context, H, Hkv, D, *, dtype, device, timer=graph_ms, grid=KV_GRID) -> list[dict]:
+def sweep_kv_decode(batch, context, H, Hkv, D, *, dtype, device, timer=graph_ms, grid=KV_GRID,
+                    skip=()) -> list[dict]:
     """`kv_decode` over a full cache of `context` keys under each setting of `grid`."""
     from ..kernels.decode import kv_split
 
@@ -97,18 +145,22 @@ def sweep_kv_decode(batch, context, H, Hkv, D, *, dtype, device, timer=graph_ms,
     pos = torch.full((batch,), context - 1, dtype=torch.long, device=device)
     nbytes = 2 * kc.numel() * kc.element_size()
     rows = []
-    for s in settings(grid):
+    for s in settings(grid, skip):
         key = "block_s" if D <= 128 else "block_s_256"
         launch = MappingProxyType({**kv_split.GPU_LAUNCH, **{n: s[n] for n in ("programs_per_sm", "num_warps",
                                                                                "num_stages")}, key: s["block_s"]})
         with swapped(kv_split, "GPU_LAUNCH", launch):
-            ms = _timed(lambda: kv_split.kv_decode_triton(q, kc, vc, pos), timer)
+            try:
+                ms = _timed(lambda: kv_split.kv_decode_triton(q, kc, vc, pos), timer)
+            except ContextLost as e:
+                raise _lost("kv-decode", s, e) from e
         rows.append(dict(kind="kv-decode", shape=dict(batch=batch, context=context, H=H, Hkv=Hkv, D=D), setting=s,
                          ms=ms, nbytes=nbytes))
     return rows
 
 
-def sweep_rla_backward(T, H, Hkv, D, window, *, dtype, device, timer=bench_ms, grid=RLA_BWD_GRID) -> list[dict]:
+def sweep_rla_backward(T, H, Hkv, D, window, *, dtype, device, timer=bench_ms, grid=RLA_BWD_GRID,
+                       skip=()) -> list[dict]:
     """The RLA backward (dq, dk, dv for a random output gradient) under each setting of `grid` whose BV
     divides D."""
     from ..kernels.rla.backward import residual_linear_attention_backward
@@ -117,10 +169,13 @@ def sweep_rla_backward(T, H, Hkv, D, window, *, dtype, device, timer=bench_ms, g
     q, do = (torch.randn(1, T, H, D, device=device, dtype=dtype, generator=g) for _ in range(2))
     k, v = (torch.randn(1, T, Hkv, D, device=device, dtype=dtype, generator=g) for _ in range(2))
     rows = []
-    for s in settings(grid):
+    for s in settings(grid, skip):
         if s["BV"] > D:
             continue
-        ms = _timed(lambda: residual_linear_attention_backward(q, k, v, do, window=window, cfg=s), timer)
+        try:
+            ms = _timed(lambda: residual_linear_attention_backward(q, k, v, do, window=window, cfg=s), timer)
+        except ContextLost as e:
+            raise _lost("rla-backward", s, e) from e
         rows.append(dict(kind="rla-backward", shape=dict(T=T, H=H, Hkv=Hkv, D=D, window=window), setting=s, ms=ms,
                          nbytes=None))
     return rows
@@ -205,6 +260,8 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=512)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--top", type=int, default=8, help="settings listed per sweep")
+    ap.add_argument("--skip", type=parse_skip, action="append", default=[], metavar="NAME=INT,...",
+                    help="leave out the settings with all these values (repeatable), e.g. BC=64,BV=32,num_warps=8")
     ap.add_argument("--out", default=None, help="folder for tune.json (every row) and tune.txt")
     a = ap.parse_args(argv)
     what = [w.strip() for w in a.what.split(",") if w.strip()]
@@ -229,24 +286,28 @@ def main(argv=None) -> int:
         print("\n".join(block), flush=True)
         lines.extend(block + [""])
 
-    if "local-decode" in what:
-        for b in a.batches:
-            shape = dict(batch=b, H=H, Hkv=Hkv, D=D, window=w)
-            report(sweep_local_decode(**shape, dtype=dtype, device=device), "local-decode", shape, graph_ms)
-    if "kv-decode" in what:
-        for b, ctx in a.kv:
-            shape = dict(batch=b, context=ctx, H=H, Hkv=Hkv, D=D)
-            report(sweep_kv_decode(**shape, dtype=dtype, device=device), "kv-decode", shape, graph_ms)
-            torch.cuda.empty_cache()
-    if "rla-backward" in what:
-        for T in a.lengths:
-            shape = dict(T=T, H=H, Hkv=Hkv, D=D, window=w)
-            report(sweep_rla_backward(**shape, dtype=dtype, device=device), "rla-backward", shape, bench_ms)
-    if a.out:
-        out = Path(a.out)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "tune.json").write_text(json.dumps(dict(copy_gbps=copy, rows=every), indent=1))
-        (out / "tune.txt").write_text("\n".join(lines) + "\n")
+    try:
+        if "local-decode" in what:
+            for b in a.batches:
+                shape = dict(batch=b, H=H, Hkv=Hkv, D=D, window=w)
+                report(sweep_local_decode(**shape, dtype=dtype, device=device, skip=a.skip), "local-decode", shape,
+                       graph_ms)
+        if "kv-decode" in what:
+            for b, ctx in a.kv:
+                shape = dict(batch=b, context=ctx, H=H, Hkv=Hkv, D=D)
+                report(sweep_kv_decode(**shape, dtype=dtype, device=device, skip=a.skip), "kv-decode", shape, graph_ms)
+                torch.cuda.empty_cache()
+        if "rla-backward" in what:
+            for T in a.lengths:
+                shape = dict(T=T, H=H, Hkv=Hkv, D=D, window=w)
+                report(sweep_rla_backward(**shape, dtype=dtype, device=device, skip=a.skip), "rla-backward", shape,
+                       bench_ms)
+    finally:  # the sweeps finished before an error are kept
+        if a.out:
+            out = Path(a.out)
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "tune.json").write_text(json.dumps(dict(copy_gbps=copy, rows=every), indent=1))
+            (out / "tune.txt").write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -93,3 +93,43 @@ def test_the_tables_own_setting_is_timed(kind, shape):
     ran = []
     ms = tune.table_ms(kind, shape, dtype=torch.float32, device="cpu", timer=lambda fn: (fn(), ran.append(1), 4.0)[2])
     assert ms == 4.0 and ran == [1]
+
+
+def test_skip_leaves_out_the_settings_with_all_the_given_values():
+    grid = dict(BC=(32, 64), BV=(32, 64), num_warps=(4, 8))
+    kept = tune.settings(grid, [tune.parse_skip("BC=64,BV=32,num_warps=8"), tune.parse_skip("BC=32")])
+    assert len(kept) == 3 and all(s["BC"] == 64 for s in kept)
+    assert dict(BC=64, BV=32, num_warps=8) not in kept and dict(BC=64, BV=32, num_warps=4) in kept
+    assert tune.setting_text(dict(BC=64, BV=32)) == "BC=64,BV=32"
+    assert tune.parse_skip(tune.setting_text(dict(BC=64, BV=32))) == dict(BC=64, BV=32)
+
+
+@pytest.mark.parametrize("text", ["BC=x", "BC64", "colour=3", ""])
+def test_a_malformed_skip_stops_at_the_argument(text, capsys):
+    with pytest.raises(SystemExit) as e:
+        tune.main(["--skip", text])
+    assert e.value.code == 2 and "--skip" in capsys.readouterr().err
+
+
+def test_a_setting_that_breaks_the_cuda_context_stops_the_sweep_and_names_itself():
+    """After an illegal memory access nothing more runs on the GPU in the process: the sweep must not go on
+    reporting every later setting as failed, and the table must come back."""
+    launch = kv_split.GPU_LAUNCH
+    timed = []
+
+    def timer(fn):
+        timed.append(dict(kv_split.GPU_LAUNCH))
+        if kv_split.GPU_LAUNCH["num_warps"] == 8:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore text")
+        if kv_split.GPU_LAUNCH["block_s"] == 32:
+            raise RuntimeError("out of resource: shared memory")  # an ordinary failure: listed, the sweep goes on
+        return 1.0
+
+    grid = dict(programs_per_sm=(1,), num_warps=(4, 8), num_stages=(3,), block_s=(32, 64))
+    with pytest.raises(ConfigError, match=r"num_warps=8,num_stages=3,block_s=32 broke the CUDA context .*"
+                                          r"illegal memory access.*--skip programs_per_sm=1,num_warps=8"):
+        tune.sweep_kv_decode(1, 50, 4, 2, 16, dtype=torch.float32, device="cpu", timer=timer, grid=grid)
+    assert len(timed) == 3 and kv_split.GPU_LAUNCH is launch
+    skip = [tune.parse_skip("num_warps=8")]
+    rows = tune.sweep_kv_decode(1, 50, 4, 2, 16, dtype=torch.float32, device="cpu", timer=timer, grid=grid, skip=skip)
+    assert [r["ms"] for r in rows] == ["RuntimeError: out of resource: shared memory", 1.0]
