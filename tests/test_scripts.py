@@ -20,6 +20,8 @@ def test_profile_prefill_sorts_kernels_into_categories():
     assert prof.category("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7") == "attention"
     assert prof.category("nvjet_sm90_tst_256x160_64x4_2x1_v_bz_coopA_TNT") == "gemm"
     assert prof.category("void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm>") == "gemm"
+    assert prof.category("swa_fwd_kernel") == "attention"  # this project's Triton kernels
+    assert prof.category("kv_decode_kernel") == "attention"
     assert prof.category("rms_norm_kernel") == "other"
     assert prof.category("void at::native::vectorized_elementwise_kernel<8, at::native::CUDAFunctor_add>") == "other"
 
@@ -32,6 +34,6 @@ def test_profile_prefill_runs_on_the_cpu(tmp_path):
     result = json.loads(out.read_text())
     assert sorted(result) == ["hf", "torch"]
     for row in result.values():
-        assert row["prefill_wall_ms"] > 0
-        assert row["top"] and sum(row["cuda_ms"].values()) > 0
-        assert set(row["cuda_ms"]) <= {"attention", "gemm", "other"}
+        assert row["prefill_wall_ms"] > 0 and row["top"]
+        assert row["kernel_ms"]["gemm"] > 0  # aten::matmul of the projections
+    assert result["hf"]["kernel_ms"]["attention"] > 0  # transformers' SDPA

@@ -27,7 +27,7 @@ from ..models.loading import build_model, load_model, resolve_device, resolve_dt
 from . import int_list
 
 
-def _native_weights(config: ModelConfig, device, dtype) -> dict[str, torch.Tensor]:
+def native_weights(config: ModelConfig, device, dtype) -> dict[str, torch.Tensor]:
     """Deterministic random weights of `config` (Model.init_weights' rule), drawn on `device` in `dtype`
     (an 8B model's fp32 copy on the host would take 32 GB and a minute); shared by every backend."""
     from ..models.model import Model, initial_weight
@@ -38,7 +38,8 @@ def _native_weights(config: ModelConfig, device, dtype) -> dict[str, torch.Tenso
     return {name: initial_weight(name, t.shape, gen).to(dtype) for name, t in shapes.items()}
 
 
-def _build(config: ModelConfig, weights, backend: str, device, dtype):
+def build_backend(config: ModelConfig, weights, backend: str, device, dtype):
+    """A model of `config` with `weights` on one backend ("hf": the equivalent transformers model)."""
     if backend == "hf":
         from ..models.hf import hf_model_from_native
 
@@ -46,7 +47,8 @@ def _build(config: ModelConfig, weights, backend: str, device, dtype):
     return build_model(config, weights, backend=backend, device=device, dtype=dtype, where="random weights")
 
 
-def _prompts(vocab: int, context: int, batch: int, seed: int) -> list[list[int]]:
+def random_prompts(vocab: int, context: int, batch: int, seed: int) -> list[list[int]]:
+    """`batch` prompts of `context` random token ids, the same for a given seed."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab, (batch, context), generator=gen).tolist()
 
@@ -94,22 +96,22 @@ def bench_e2e(model_name_or_config: str | ModelConfig, contexts: list[int], batc
     rows = []
     for window in windows or [None]:
         config = base if base is None or window is None else base.replace(window=window)
-        weights = _native_weights(config, device, dtype) if base is not None else None
+        weights = native_weights(config, device, dtype) if base is not None else None
         for backend in backends:
             run_backend = resolve_model_backend(backend, device)
             if base is not None:
-                model = _build(config, weights, run_backend, device, dtype)
+                model = build_backend(config, weights, run_backend, device, dtype)
             else:
                 model, _ = load_model(model_name_or_config, backend=run_backend, device=device, dtype=dtype, window=window)
             vocab = model.config.vocab_size if model.config is not None else model.hf.config.vocab_size
-            model.generate(_prompts(vocab, 64, 1, seed), max_new_tokens=2, eos_ids=[])  # warm-up (Triton compiles)
+            model.generate(random_prompts(vocab, 64, 1, seed), max_new_tokens=2, eos_ids=[])  # warm-up (Triton compiles)
             for context in contexts:
                 for batch in batch_sizes:
                     row = dict(model=getattr(model.config, "name", str(model_name_or_config)), backend=run_backend,
                                window=None if model.config is None else model.config.window, context=context,
                                batch=batch, new_tokens=new_tokens)
                     try:
-                        s = _measure(model, _prompts(vocab, context, batch, seed + context + batch), new_tokens, repeats)
+                        s = _measure(model, random_prompts(vocab, context, batch, seed + context + batch), new_tokens, repeats)
                     except torch.cuda.OutOfMemoryError:
                         row["error"] = "out of memory"
                         torch.cuda.empty_cache()

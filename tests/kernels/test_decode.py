@@ -140,6 +140,7 @@ CASES = [
     (3, 64, 64, 4, 1, "rattn", "softmax", torch.float32),
     (1, 64, 128, 4, 4, "rattn", "softmax", torch.float16),
     (3, 64, 128, 4, 1, "swa", "softmax", torch.float32),
+    (3, 7, 64, 6, 2, "rattn", "softmax", torch.float32),  # a group of 3 query heads: rows masked in the merge
 ]
 
 
@@ -155,15 +156,19 @@ def test_triton_step_matches_reference(case):
 
 
 @pytest.mark.parametrize("case", [(3, 64, 128, 4, 1, "rattn", "softmax", torch.float32),
-                                  (3, 64, 64, 2, 1, "swa", "softmax", torch.float32)], ids=["rattn", "swa"])
+                                  (3, 64, 64, 2, 1, "swa", "softmax", torch.float32),
+                                  (3, 64, 64, 6, 2, "rattn", "softmax", torch.float32)], ids=["rattn", "swa", "rattn-G3"])
 @pytest.mark.parametrize("target", [1, 4, 64], ids=["one-split", "4-programs", "split-per-block"])
 def test_gpu_block_sizes_many_blocks(case, target, monkeypatch):
     """With the GPU tile budget the slot and feature loops run over many blocks (w=64: 17 slot blocks of 4 at D=128,
     9 of 8 at D=64),
-    kept in one program (target 1) or split over several programs and combined (flash-decoding)."""
+    kept in one program (target 1) or split over several programs and combined (flash-decoding). With a split
+    per block the merge reads two splits a round: several rounds, the last part-filled for an odd count."""
     monkeypatch.setitem(fused_recurrent._TILE_BUDGET, "interpreter", fused_recurrent._TILE_BUDGET["gpu"])
     monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", target)
     B, w, D, H, Hkv, kind, fm, dtype = case
+    if target == 64:
+        monkeypatch.setattr(fused_recurrent, "_MERGE_TILE", 2 * triton.next_power_of_2(H // Hkv) * D)
     run_steps(B, w, H, Hkv, D, kind, fm, dtype, steps=2, seed=7)
 
 
@@ -370,13 +375,15 @@ def test_kv_decode_empty_batch(backend):
     (3, 200, 4, 1, 256, [0, 57, 199]),
     (2, 131, 8, 2, 64, [130, 3]),
     (1, 40, 2, 2, 128, [17]),
-], ids=["gemma-like", "gqa-d64", "mha-d128"])
+    (2, 150, 6, 2, 64, [149, 70]),
+    (1, 140, 6, 1, 64, [139]),
+], ids=["gemma-like", "gqa-d64", "mha-d128", "group-3", "group-6"])
 @pytest.mark.parametrize("target", [1, 4, 1000], ids=["one-split", "4-programs", "many-splits"])
 def test_kv_decode_matches_reference(case, target, monkeypatch):
     """Keys past each row's position (here random, not zeros) must be ignored; every split count agrees."""
     monkeypatch.setattr(kv_split, "_SPLIT_TARGET", target)
     B, S, H, Hkv, D, positions = case
-    if target == 1000:  # the merge then reads two splits at a time: several rounds, a part-filled last one
+    if target == 1000:  # the merge then reads two splits a round: several rounds where there are 3+ splits
         monkeypatch.setattr(fused_recurrent, "_MERGE_TILE", 2 * triton.next_power_of_2(H // Hkv) * D)
     gen = torch.Generator().manual_seed(3)
     q = torch.randn(B, H, D, generator=gen)
@@ -401,6 +408,12 @@ def test_kv_decode_matches_reference(case, target, monkeypatch):
         vv = v[b, : p + 1].repeat_interleave(H // Hkv, dim=1)
         att = torch.softmax(torch.einsum("hd,shd->hs", q[b], kk) * 0.07, dim=-1)
         assert_close(exp[b], torch.einsum("hs,shd->hd", att, vv), 1e-5, f"reference row {b}")
+    # a row at a position outside the cache reads no key: every split empty, the merge gives NaN, not a number
+    bad = pos.clone()
+    bad[0] = -1
+    out = kv_split.kv_decode_triton(q, k, v, bad, scale=0.07)
+    assert torch.isnan(out[0]).all()
+    assert_close(out[1:], exp[1:], 1e-5, "rows beside a bad one")
 
 
 def test_kv_decode_errors():

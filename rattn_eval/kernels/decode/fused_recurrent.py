@@ -48,7 +48,7 @@ _inv_freq_copies: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 _TILE_BUDGET = {"gpu": 4096, "interpreter": 131072}
 # Value columns per `decode_rla_partial_kernel` program: at D = 256 the state is split into two column
 # slices (a third grid axis), so a block of feature rows is as wide as at D = 128 and the budget above
-# gives it as many rows (the D = 256 bf16 ring test passed on an H100 at 542aeab).
+# gives it as many rows (the D = 256 bf16 ring test passed on an H100 at 8bf2213).
 _STATE_BLOCK_V = 128
 # fp32 elements of the (splits, heads, head dim) tile a merge reads per iteration: 32 registers a thread
 # at 4 warps.
@@ -276,9 +276,11 @@ def merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, G, BLOCK_G: tl.constexp
 
 
 def merge_block(ns: int, block_gm: int, block_d: int) -> int:
-    """Splits `merge_softmax_splits` (and the RLA sum) reads per iteration: a tile of at most
-    `_MERGE_TILE` fp32 elements."""
-    return max(1, min(triton.next_power_of_2(ns), _MERGE_TILE // (block_gm * block_d)))
+    """Splits `merge_softmax_splits` (and the RLA sum) reads per round: a power of two, no more than the
+    splits need, with a (splits, heads, D) tile of at most `_MERGE_TILE` fp32 elements -- or one split when
+    a single one (heads x D) is already larger."""
+    fit = max(1, _MERGE_TILE // (block_gm * block_d))
+    return min(triton.next_power_of_2(ns), 1 << (fit.bit_length() - 1))
 
 
 @triton.jit
