@@ -24,10 +24,10 @@ from rattn_eval.models.config import preset
 
 # Substrings of kernel (or, on a CPU, operator) names, matched in this order: attention first, since
 # cuDNN's attention kernels also carry GEMM-like tile names. This project's Triton attention kernels
-# (swa_*, rla_*, rattention_*, decode_*, kv_decode_*) count as attention.
+# (swa_*, rla_*, decode_*, kv_decode_*) count as attention; its norm-combine kernels count as other.
 CATEGORIES = (
-    ("attention", ("flash", "fmha", "cudnn", "attn", "attention", "sdpa", "swa_", "rla_", "rattention", "decode_")),
-    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "cublas")),
+    ("attention", ("flash", "fmha", "cudnn", "attn", "attention", "sdpa", "swa_", "rla_", "decode_")),
+    ("gemm", ("gemm", "cutlass", "xmma", "nvjet", "matmul", "cublas", "addmm", "bmm", "aten::mm")),
 )
 
 

@@ -35,5 +35,5 @@ def test_profile_prefill_runs_on_the_cpu(tmp_path):
     assert sorted(result) == ["hf", "torch"]
     for row in result.values():
         assert row["prefill_wall_ms"] > 0 and row["top"]
-        assert row["kernel_ms"]["gemm"] > 0  # aten::matmul of the projections
+        assert max(row["kernel_ms"], key=row["kernel_ms"].get) == "gemm"  # the projections' aten::mm
     assert result["hf"]["kernel_ms"]["attention"] > 0  # transformers' SDPA

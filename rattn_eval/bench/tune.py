@@ -10,8 +10,9 @@ way the model decodes, with no launch cost); the backward with `do_bench`. GB/s 
 step must read and write, against the card's copy bandwidth. A setting the card cannot launch is
 listed as failed; shapes the kernels do not take stop the command before any timing. A setting that
 breaks the CUDA context (an illegal memory access, say) stops the command: nothing can run on the GPU in
-that process afterwards. The sweeps finished by then are written, and the error names the setting for
-`--skip` (repeatable: `--skip BC=64,BV=32,num_warps=8` leaves out every setting with those values).
+that process afterwards. The sweeps finished by then are written with the reason (`stopped`), and the error
+names the setting for `--skip` (repeatable: `--skip BC=64,BV=32,num_warps=8` leaves out every setting with
+those values); the table's own setting is always timed, and one that breaks the context is a table to edit.
 
     rattn-eval bench tune --what local-decode,kv-decode,rla-backward --out DIR
 """
@@ -39,13 +40,26 @@ KV_GRID = dict(programs_per_sm=(1, 2, 4, 8), num_warps=(4, 8), num_stages=(2, 3,
 RLA_BWD_GRID = dict(BC=(32, 64, 128), BV=(32, 64, 128), num_warps=(4, 8), scan_warps=(4,))
 
 
-# Messages of CUDA errors after which the process's CUDA context is unusable.
+# Messages of CUDA errors after which the process's CUDA context is unusable (also probed directly: see
+# `_context_lost`).
 _STICKY = ("illegal memory access", "illegal instruction", "misaligned address", "unspecified launch failure",
-           "device-side assert")
+           "device-side assert", "hardware stack error", "invalid program counter", "launch timed out")
 
 
 class ContextLost(Exception):
-    """A timed setting broke the CUDA context (raised by `_timed`, named by `_sweep`)."""
+    """A timed setting broke the CUDA context (raised by `_timed`; `_lost` names the setting)."""
+
+
+def _context_lost(e: Exception) -> bool:
+    """Whether the CUDA context is unusable after `e`: a sticky error's message, or a failing synchronize."""
+    if any(m in str(e) for m in _STICKY):
+        return True
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        try:
+            torch.cuda.synchronize()
+        except Exception:
+            return True
+    return False
 
 
 def settings(grid: dict, skip=()) -> list[dict]:
@@ -89,9 +103,9 @@ def _timed(fn, timer) -> float | str:
     ContextLost for an error that leaves the CUDA context unusable."""
     try:
         return timer(fn)
-    except Exception as e:  # report the setting as failed and go on with the grid
+    except Exception as e:  # a failed setting is reported and the grid goes on, unless the GPU is unusable
         first = str(e).splitlines()[0] if str(e) else ""
-        if type(e).__name__ == "AcceleratorError" or any(m in str(e) for m in _STICKY):
+        if _context_lost(e):
             raise ContextLost(f"{type(e).__name__}: {first[:100]}") from e
         return f"{type(e).__name__}: {first[:100]}"
 
@@ -181,8 +195,25 @@ def sweep_rla_backward(T, H, Hkv, D, window, *, dtype, device, timer=bench_ms, g
     return rows
 
 
+_TABLES = {"local-decode": "GPU_LAUNCH / _TILE_BUDGET in rattn_eval/kernels/decode/fused_recurrent.py",
+           "kv-decode": "GPU_LAUNCH in rattn_eval/kernels/decode/kv_split.py",
+           "rla-backward": "RLA_BWD_TILES in rattn_eval/kernels/rla/backward.py"}
+
+
 def table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
-    """The time of the setting the kernel's table holds now (the baseline each sweep is read against)."""
+    """The time of the setting the kernel's table holds now (the baseline each sweep is read against); it is
+    timed even when --skip matches it. Should it break the CUDA context, the error says so: only editing
+    the table helps then."""
+    from ..errors import ConfigError
+
+    try:
+        return _table_ms(kind, shape, dtype=dtype, device=device, timer=timer)
+    except ConfigError as e:  # the sweeps raise it only for a lost CUDA context
+        raise ConfigError(f"the {kind} table's own setting broke the CUDA context ({e.__cause__}); the table "
+                          f"({_TABLES[kind]}) needs another setting") from e
+
+
+def _table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
     from ..kernels.decode import fused_recurrent as fr
     from ..kernels.decode import kv_split
 
@@ -212,7 +243,7 @@ def format_rows(kind: str, shape: dict, rows: list[dict], baseline: float | str,
     lines = [f"{kind} {shape}: the table's setting "
              + (f"{baseline:.4f} ms" if isinstance(baseline, float) else f"failed ({baseline})")]
     if not rows:
-        lines.append("  no setting of the grid fits this shape")
+        lines.append("  no setting of the grid is left (none fits this shape, or --skip left out the rest)")
     for r in ok[:top]:
         rate = ""
         if r["nbytes"] is not None:
@@ -261,7 +292,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--top", type=int, default=8, help="settings listed per sweep")
     ap.add_argument("--skip", type=parse_skip, action="append", default=[], metavar="NAME=INT,...",
-                    help="leave out the settings with all these values (repeatable), e.g. BC=64,BV=32,num_warps=8")
+                    help="leave out the settings with all these values (repeatable), e.g. BC=64,BV=32,num_warps=8; "
+                         "a pattern naming a setting a grid lacks leaves that grid alone; the table's own "
+                         "setting is always timed")
     ap.add_argument("--out", default=None, help="folder for tune.json (every row) and tune.txt")
     a = ap.parse_args(argv)
     what = [w.strip() for w in a.what.split(",") if w.strip()]
@@ -277,11 +310,14 @@ def main(argv=None) -> int:
     copy = copy_bandwidth()
     lines = [f"# rattn-eval bench tune {' '.join(sys.argv[1:] if argv is None else argv)}",
              f"# device: {torch.cuda.get_device_name()}; torch {torch.__version__}; copy bandwidth {copy:.0f} GB/s", ""]
-    every = []
+    every, stopped = [], None
 
     def report(rows, kind, shape, timer):
+        kept = [dict(r, table_ms=None) for r in rows]
+        every.extend(kept)  # written even if timing the table's setting fails
         base = table_ms(kind, shape, dtype=dtype, device=device, timer=timer)
-        every.extend(dict(r, table_ms=base) for r in rows)
+        for r in kept:
+            r["table_ms"] = base
         block = format_rows(kind, shape, rows, base, copy, a.top)
         print("\n".join(block), flush=True)
         lines.extend(block + [""])
@@ -302,11 +338,15 @@ def main(argv=None) -> int:
                 shape = dict(T=T, H=H, Hkv=Hkv, D=D, window=w)
                 report(sweep_rla_backward(**shape, dtype=dtype, device=device, skip=a.skip), "rla-backward", shape,
                        bench_ms)
+    except ConfigError as e:  # a lost CUDA context: the files say where the run stopped
+        stopped = str(e)
+        lines.append(f"# stopped: {stopped}")
+        raise
     finally:  # the sweeps finished before an error are kept
         if a.out:
             out = Path(a.out)
             out.mkdir(parents=True, exist_ok=True)
-            (out / "tune.json").write_text(json.dumps(dict(copy_gbps=copy, rows=every), indent=1))
+            (out / "tune.json").write_text(json.dumps(dict(copy_gbps=copy, rows=every, stopped=stopped), indent=1))
             (out / "tune.txt").write_text("\n".join(lines) + "\n")
     return 0
 

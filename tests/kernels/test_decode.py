@@ -140,7 +140,7 @@ CASES = [
     (3, 64, 64, 4, 1, "rattn", "softmax", torch.float32),
     (1, 64, 128, 4, 4, "rattn", "softmax", torch.float16),
     (3, 64, 128, 4, 1, "swa", "softmax", torch.float32),
-    (3, 7, 64, 6, 2, "rattn", "softmax", torch.float32),  # a group of 3 query heads: rows masked in the merge
+    (3, 7, 64, 6, 2, "rattn", "softmax", torch.float32),  # a group of 3 query heads (not a power of two)
 ]
 
 

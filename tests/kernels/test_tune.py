@@ -2,6 +2,8 @@
 tables come back unchanged, and a setting that fails is reported, not fatal. Under the interpreter the
 kernels run (so the sweeps' inputs are valid) while a recording timer stands in for the GPU clock."""
 
+import json
+
 import pytest
 import torch
 
@@ -60,7 +62,7 @@ def test_rla_backward_sweep_skips_value_slices_wider_than_the_head_and_reports_f
     lines = tune.format_rows("rla-backward", {}, rows, 3.5, None, top=4)
     assert lines[0].endswith("3.5000 ms") and "failed: " in lines[-1] and len(lines) == 3
     empty = tune.format_rows("rla-backward", {}, [], 3.5, None, top=4)
-    assert empty[-1].endswith("no setting of the grid fits this shape")
+    assert empty[-1].endswith("no setting of the grid is left (none fits this shape, or --skip left out the rest)")
 
 
 def test_unknown_sweep_bad_shapes_and_no_gpu_are_one_clear_error():
@@ -133,3 +135,39 @@ def test_a_setting_that_breaks_the_cuda_context_stops_the_sweep_and_names_itself
     skip = [tune.parse_skip("num_warps=8")]
     rows = tune.sweep_kv_decode(1, 50, 4, 2, 16, dtype=torch.float32, device="cpu", timer=timer, grid=grid, skip=skip)
     assert [r["ms"] for r in rows] == ["RuntimeError: out of resource: shared memory", 1.0]
+
+
+def test_the_tables_own_setting_breaking_the_context_says_to_change_the_table():
+    def timer(fn):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    with pytest.raises(ConfigError, match=r"kv-decode table's own setting broke the CUDA context .*illegal memory "
+                                          r"access.*GPU_LAUNCH in rattn_eval/kernels/decode/kv_split.py"):
+        tune.table_ms("kv-decode", dict(batch=1, context=50, H=4, Hkv=2, D=16), dtype=torch.float32, device="cpu",
+                      timer=timer)
+
+
+def test_a_stopped_run_keeps_the_finished_sweeps_and_says_where_it_stopped(tmp_path, monkeypatch):
+    """The second kv shape loses the CUDA context: the first shape's rows and the reason are written."""
+    calls = []
+
+    def sweep(batch, context, H, Hkv, D, *, dtype, device, skip):
+        calls.append(context)
+        if len(calls) == 2:
+            raise ConfigError("the kv-decode setting num_warps=8 broke the CUDA context (...): rerun with --skip ...")
+        return [dict(kind="kv-decode", shape=dict(batch=batch, context=context), setting=dict(num_warps=4), ms=1.5,
+                     nbytes=3000)]
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "a test GPU")
+    monkeypatch.setattr(tune, "copy_bandwidth", lambda: 1000.0)
+    monkeypatch.setattr(tune, "table_ms", lambda *a, **k: 2.0)
+    monkeypatch.setattr(tune, "sweep_kv_decode", sweep)
+    with pytest.raises(ConfigError, match="broke the CUDA context"):
+        tune.main(["--what", "kv-decode", "--kv", "1x64,1x128", "--out", str(tmp_path)])
+    assert calls == [64, 128]
+    saved = json.loads((tmp_path / "tune.json").read_text())
+    assert [r["shape"]["context"] for r in saved["rows"]] == [64] and saved["rows"][0]["table_ms"] == 2.0
+    assert "num_warps=8 broke the CUDA context" in saved["stopped"]
+    text = (tmp_path / "tune.txt").read_text()
+    assert "1.5000 ms" in text and text.rstrip().splitlines()[-1].startswith("# stopped: the kv-decode setting")
