@@ -29,6 +29,7 @@ from types import MappingProxyType
 
 import torch
 
+from ..errors import ConfigError
 from . import int_list
 from .kernels import bench_ms, copy_bandwidth, graph_ms
 
@@ -46,8 +47,13 @@ _STICKY = ("illegal memory access", "illegal instruction", "misaligned address",
            "device-side assert", "hardware stack error", "invalid program counter", "launch timed out")
 
 
-class ContextLost(Exception):
-    """A timed setting broke the CUDA context (raised by `_timed`; `_lost` names the setting)."""
+class ContextLost(ConfigError):
+    """A timed setting broke the CUDA context; `detail` is the error's first line."""
+
+    def __init__(self, kind: str, setting: dict, detail: str):
+        self.detail = detail
+        super().__init__(f"the {kind} setting {setting_text(setting)} broke the CUDA context ({detail}); nothing "
+                         f"more can run on the GPU in this process: rerun with --skip {setting_text(setting)}")
 
 
 def _context_lost(e: Exception) -> bool:
@@ -98,23 +104,17 @@ def swapped(owner, name: str, value):
         setattr(owner, name, old)
 
 
-def _timed(fn, timer) -> float | str:
+def _timed(fn, timer, kind: str, setting: dict) -> float | str:
     """The time of fn, or the error that stopped it (a setting the card cannot launch, say). Raises
     ContextLost for an error that leaves the CUDA context unusable."""
     try:
         return timer(fn)
     except Exception as e:  # a failed setting is reported and the grid goes on, unless the GPU is unusable
         first = str(e).splitlines()[0] if str(e) else ""
+        detail = f"{type(e).__name__}: {first[:100]}"
         if _context_lost(e):
-            raise ContextLost(f"{type(e).__name__}: {first[:100]}") from e
-        return f"{type(e).__name__}: {first[:100]}"
-
-
-def _lost(kind: str, s: dict, e: ContextLost):
-    from ..errors import ConfigError
-
-    return ConfigError(f"the {kind} setting {setting_text(s)} broke the CUDA context ({e}); nothing more can run "
-                       f"on the GPU in this process: rerun with --skip {setting_text(s)}")
+            raise ContextLost(kind, setting, detail) from e
+        return detail
 
 
 def sweep_local_decode(batch, H, Hkv, D, window, *, dtype, device, timer=graph_ms, grid=LOCAL_GRID,
@@ -139,10 +139,7 @@ def sweep_local_decode(batch, H, Hkv, D, window, *, dtype, device, timer=graph_m
         launch = MappingProxyType({"programs_per_sm": s["programs_per_sm"], "num_warps": s["num_warps"]})
         budget = dict(fr._TILE_BUDGET, gpu=s["tile_budget"])
         with swapped(fr, "GPU_LAUNCH", launch), swapped(fr, "_TILE_BUDGET", budget):
-            try:
-                ms = _timed(lambda: fr.local_decode_step_triton(q, k, v, cache, rope=rope), timer)
-            except ContextLost as e:
-                raise _lost("local-decode", s, e) from e
+            ms = _timed(lambda: fr.local_decode_step_triton(q, k, v, cache, rope=rope), timer, "local-decode", s)
         rows.append(dict(kind="local-decode", shape=dict(batch=batch, H=H, Hkv=Hkv, D=D, window=window), setting=s,
                          ms=ms, nbytes=nbytes))
     return rows
@@ -164,10 +161,7 @@ def sweep_kv_decode(batch, context, H, Hkv, D, *, dtype, device, timer=graph_ms,
         launch = MappingProxyType({**kv_split.GPU_LAUNCH, **{n: s[n] for n in ("programs_per_sm", "num_warps",
                                                                                "num_stages")}, key: s["block_s"]})
         with swapped(kv_split, "GPU_LAUNCH", launch):
-            try:
-                ms = _timed(lambda: kv_split.kv_decode_triton(q, kc, vc, pos), timer)
-            except ContextLost as e:
-                raise _lost("kv-decode", s, e) from e
+            ms = _timed(lambda: kv_split.kv_decode_triton(q, kc, vc, pos), timer, "kv-decode", s)
         rows.append(dict(kind="kv-decode", shape=dict(batch=batch, context=context, H=H, Hkv=Hkv, D=D), setting=s,
                          ms=ms, nbytes=nbytes))
     return rows
@@ -186,10 +180,8 @@ def sweep_rla_backward(T, H, Hkv, D, window, *, dtype, device, timer=bench_ms, g
     for s in settings(grid, skip):
         if s["BV"] > D:
             continue
-        try:
-            ms = _timed(lambda: residual_linear_attention_backward(q, k, v, do, window=window, cfg=s), timer)
-        except ContextLost as e:
-            raise _lost("rla-backward", s, e) from e
+        ms = _timed(lambda: residual_linear_attention_backward(q, k, v, do, window=window, cfg=s), timer,
+                    "rla-backward", s)
         rows.append(dict(kind="rla-backward", shape=dict(T=T, H=H, Hkv=Hkv, D=D, window=window), setting=s, ms=ms,
                          nbytes=None))
     return rows
@@ -204,12 +196,10 @@ def table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
     """The time of the setting the kernel's table holds now (the baseline each sweep is read against); it is
     timed even when --skip matches it. Should it break the CUDA context, the error says so: only editing
     the table helps then."""
-    from ..errors import ConfigError
-
     try:
         return _table_ms(kind, shape, dtype=dtype, device=device, timer=timer)
-    except ConfigError as e:  # the sweeps raise it only for a lost CUDA context
-        raise ConfigError(f"the {kind} table's own setting broke the CUDA context ({e.__cause__}); the table "
+    except ContextLost as e:
+        raise ConfigError(f"the {kind} table's own setting broke the CUDA context ({e.detail}); the table "
                           f"({_TABLES[kind]}) needs another setting") from e
 
 
@@ -256,7 +246,6 @@ def format_rows(kind: str, shape: dict, rows: list[dict], baseline: float | str,
 
 def check_shapes(H, Hkv, D, window, batches, kv, lengths) -> None:
     """One ConfigError for a shape the kernels do not take, before anything is timed."""
-    from ..errors import ConfigError
     from ..kernels import triton_head_dim_ok
 
     if H < 1 or Hkv < 1 or H % Hkv:
@@ -277,8 +266,6 @@ def _kv_shapes(text: str) -> list[tuple[int, int]]:
 
 
 def main(argv=None) -> int:
-    from ..errors import ConfigError
-
     ap = argparse.ArgumentParser(prog="rattn-eval bench tune", description=__doc__.split("\n")[0])
     ap.add_argument("--what", default=",".join(KINDS), help=f"comma-separated: {', '.join(KINDS)}")
     ap.add_argument("--batches", type=int_list, default="8,64", help="local decode step: batch sizes")

@@ -290,26 +290,24 @@ def decode_combine_kernel(
     stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, stride_ob, stride_oh,
     W1, Hkv, NS, NF, eps,
     D: tl.constexpr, G: tl.constexpr, HAS_STATE: tl.constexpr, HAS_G_SWA: tl.constexpr, HAS_G_RLA: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_JS: tl.constexpr,
-    BLOCK_JF: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_JS: tl.constexpr, BLOCK_JF: tl.constexpr,
 ):
     """Program b * Hkv + hk: merges the softmax splits, adds the RLA splits, applies both RMS norms,
     writes the output, then overwrites the leaving token's slot with the new k/v (every partial
-    kernel has finished reading it). The partial kernels write rows of BLOCK_G heads; the first
-    BLOCK_GM >= G of them are read here, BLOCK_JS softmax / BLOCK_JF RLA splits at a time."""
+    kernel has finished reading it). The splits are read BLOCK_JS softmax / BLOCK_JF RLA splits at a time."""
     pid = tl.program_id(0).to(tl.int64)
     b = pid // Hkv
     hk = pid % Hkv
     d = tl.arange(0, BLOCK_D)
     dm = d < D
-    gi = tl.arange(0, BLOCK_GM)
+    gi = tl.arange(0, BLOCK_G)
     gm = gi < G
     h = hk * G + gi
     q_mask = gm[:, None] & dm[None, :]
     # the new token is visible: l > 0
-    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, G, BLOCK_G, BLOCK_GM, BLOCK_D, BLOCK_JS)
+    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, G, BLOCK_G, BLOCK_G, BLOCK_D, BLOCK_JS)
     if HAS_STATE:
-        o_rla = tl.zeros((BLOCK_GM, BLOCK_D), dtype=tl.float32)
+        o_rla = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
         jj = tl.arange(0, BLOCK_JF)
         for j0 in range(0, NF, BLOCK_JF):
             offs = ((pid * NF + j0 + jj)[:, None, None] * BLOCK_G * BLOCK_D + gi[None, :, None] * BLOCK_D
@@ -407,7 +405,7 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         stride_ob=o.stride(0), stride_oh=o.stride(1),
         W1=W1, Hkv=Hkv, NS=ns, NF=nf, eps=eps,
         D=D, G=G, HAS_STATE=state is not None, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
-        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_GM=block_g, BLOCK_JS=merge_block(ns, block_g, block_d),
+        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_JS=merge_block(ns, block_g, block_d),
         BLOCK_JF=merge_block(nf, block_g, block_d), num_warps=4,
     )
 

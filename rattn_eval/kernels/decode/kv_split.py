@@ -132,7 +132,8 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     if B == 0:
         return torch.empty(0, H, D, dtype=q.dtype, device=q.device)
     G = H // Hkv
-    block_g = max(16, triton.next_power_of_2(G))  # tl.dot needs 16 rows
+    block_gm = triton.next_power_of_2(G)  # the query heads the merge reads back
+    block_g = max(16, block_gm)  # tl.dot needs 16 rows
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     block_s = 64 if interpreting else GPU_LAUNCH["block_s" if D <= 128 else "block_s_256"]
     target = _SPLIT_TARGET if interpreting else GPU_LAUNCH["programs_per_sm"] * _num_sms(q.device)
@@ -149,6 +150,6 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), S, Hkv, ns, s_split, default_scale(D, scale),
         D=D, G=G, IEEE=q.dtype == torch.float32, BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s,
-        BLOCK_GM=triton.next_power_of_2(G), BLOCK_J=merge_block(ns, triton.next_power_of_2(G), D), **launch,
+        BLOCK_GM=block_gm, BLOCK_J=merge_block(ns, block_gm, D), **launch,
     )
     return o
