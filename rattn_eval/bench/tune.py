@@ -1,7 +1,7 @@
 """`rattn-eval bench tune`: time every launch setting of a grid for the decode kernels and the RLA backward
 on this GPU, fastest first, so that their hand-edited tables can be set from measurements.
 
-The tables: `GPU_LAUNCH` and `_TILE_BUDGET["gpu"]` in `rattn_eval/kernels/decode/fused_recurrent.py`
+The tables: `GPU_LAUNCH` and `_BLOCKS["gpu"]` in `rattn_eval/kernels/decode/fused_recurrent.py`
 (the local decode step), `GPU_LAUNCH` in `rattn_eval/kernels/decode/kv_split.py` (`kv_decode`), and
 `RLA_BWD_TILES` in `rattn_eval/kernels/rla/backward.py`. A decode setting is swapped into its module's
 table for the duration of its timing and the table restored after; an RLA-backward setting is passed
@@ -36,7 +36,7 @@ from .kernels import bench_ms, copy_bandwidth, graph_ms
 KINDS = ("local-decode", "kv-decode", "rla-backward")
 
 # The grids: every combination is timed.
-LOCAL_GRID = dict(programs_per_sm=(1, 2, 4, 8, 16), num_warps=(2, 4, 8), tile_budget=(4096, 8192, 16384))
+LOCAL_GRID = dict(programs_per_sm=(1, 2, 4), num_warps=(4, 8), block_s=(16, 32, 64), block_f=(16, 32, 64))
 KV_GRID = dict(programs_per_sm=(1, 2, 4, 8), num_warps=(4, 8), num_stages=(2, 3, 4), block_s=(32, 64, 128))
 RLA_BWD_GRID = dict(BC=(32, 64, 128), BV=(32, 64, 128), num_warps=(4, 8), scan_warps=(4,))
 
@@ -137,8 +137,8 @@ def sweep_local_decode(batch, H, Hkv, D, window, *, dtype, device, timer=graph_m
     rows = []
     for s in settings(grid, skip):
         launch = MappingProxyType({"programs_per_sm": s["programs_per_sm"], "num_warps": s["num_warps"]})
-        budget = dict(fr._TILE_BUDGET, gpu=s["tile_budget"])
-        with swapped(fr, "GPU_LAUNCH", launch), swapped(fr, "_TILE_BUDGET", budget):
+        blocks = dict(fr._BLOCKS, gpu=MappingProxyType({"block_s": s["block_s"], "block_f": s["block_f"]}))
+        with swapped(fr, "GPU_LAUNCH", launch), swapped(fr, "_BLOCKS", blocks):
             ms = _timed(lambda: fr.local_decode_step_triton(q, k, v, cache, rope=rope), timer, "local-decode", s)
         rows.append(dict(kind="local-decode", shape=dict(batch=batch, H=H, Hkv=Hkv, D=D, window=window), setting=s,
                          ms=ms, nbytes=nbytes))
@@ -187,7 +187,7 @@ def sweep_rla_backward(T, H, Hkv, D, window, *, dtype, device, timer=bench_ms, g
     return rows
 
 
-_TABLES = {"local-decode": "GPU_LAUNCH / _TILE_BUDGET in rattn_eval/kernels/decode/fused_recurrent.py",
+_TABLES = {"local-decode": "GPU_LAUNCH / _BLOCKS in rattn_eval/kernels/decode/fused_recurrent.py",
            "kv-decode": "GPU_LAUNCH in rattn_eval/kernels/decode/kv_split.py",
            "rla-backward": "RLA_BWD_TILES in rattn_eval/kernels/rla/backward.py"}
 
@@ -209,7 +209,7 @@ def _table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
 
     if kind == "local-decode":
         grid = {"programs_per_sm": (fr.GPU_LAUNCH["programs_per_sm"],), "num_warps": (fr.GPU_LAUNCH["num_warps"],),
-                "tile_budget": (fr._TILE_BUDGET["gpu"],)}
+                "block_s": (fr._BLOCKS["gpu"]["block_s"],), "block_f": (fr._BLOCKS["gpu"]["block_f"],)}
         return sweep_local_decode(**shape, dtype=dtype, device=device, timer=timer, grid=grid)[0]["ms"]
     if kind == "kv-decode":
         block = kv_split.GPU_LAUNCH["block_s" if shape["D"] <= 128 else "block_s_256"]

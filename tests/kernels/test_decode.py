@@ -159,12 +159,14 @@ def test_triton_step_matches_reference(case):
                                   (3, 64, 64, 2, 1, "swa", "softmax", torch.float32),
                                   (3, 64, 64, 6, 2, "rattn", "softmax", torch.float32)], ids=["rattn", "swa", "rattn-G3"])
 @pytest.mark.parametrize("target", [1, 4, 64], ids=["one-split", "4-programs", "split-per-block"])
-def test_gpu_block_sizes_many_blocks(case, target, monkeypatch):
-    """With the GPU tile budget the slot and feature loops run over many blocks (w=64: 17 slot blocks of 4 at D=128,
-    9 of 8 at D=64),
-    kept in one program (target 1) or split over several programs and combined (flash-decoding). With a split
-    per block the merge reads two splits a round: several rounds, the last part-filled for an odd count."""
-    monkeypatch.setitem(fused_recurrent._TILE_BUDGET, "interpreter", fused_recurrent._TILE_BUDGET["gpu"])
+@pytest.mark.parametrize("blocks", ["gpu", "smallest"])
+def test_gpu_block_sizes_many_blocks(case, target, blocks, monkeypatch):
+    """With the GPU's blocks, or the smallest a tensor-core product takes (16 slots / feature rows), the slot
+    and feature loops run over several blocks (w=64: 5 slot blocks; 8 or 16 feature blocks at D=128), kept
+    in one program (target 1) or split over several programs and combined (flash-decoding). With a split per
+    block the merge reads two splits a round: several rounds, the last part-filled for an odd count."""
+    table = fused_recurrent._BLOCKS["gpu"] if blocks == "gpu" else {"block_s": 16, "block_f": 16}
+    monkeypatch.setitem(fused_recurrent._BLOCKS, "interpreter", table)
     monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", target)
     B, w, D, H, Hkv, kind, fm, dtype = case
     if target == 64:
@@ -180,8 +182,8 @@ def test_head_dim_256_with_state(dtype):
 
 
 def test_head_dim_256_gpu_blocks(monkeypatch):
-    """D = 256 with the GPU's blocks: 128 blocks of 4 feature rows per value slice, in 4 feature splits."""
-    monkeypatch.setitem(fused_recurrent._TILE_BUDGET, "interpreter", fused_recurrent._TILE_BUDGET["gpu"])
+    """D = 256 with the GPU's blocks: 16 blocks of 32 feature rows per value slice, in 4 feature splits."""
+    monkeypatch.setitem(fused_recurrent._BLOCKS, "interpreter", fused_recurrent._BLOCKS["gpu"])
     monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", 8)
     run_steps(1, 7, 2, 1, 256, "rattn", "softmax", torch.float32, steps=2, seed=9, lengths=[8])
 
@@ -502,6 +504,29 @@ def test_gpu_bf16_ring_vs_fp32_reference(kind, D, fm):
         assert_close(out, exp, 1e-2, f"bf16 output at step {step}")
     assert launches["triton.decode"] == before + 4
     assert_cache_equal(got, ref, 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["swa", "rattn"])
+def test_gpu_fp32_rope_angles_up_to_a_million_positions(kind):
+    """fp32 ring on CUDA against the fp32 reference at 1e-4: the keys' RoPE angles, reduced in fp64 and fed to
+    the GPU's approximate sin / cos, must match the reference's accurate ones from position 0 to ~2**20
+    (angles ~1e6 rad at the highest frequency), over a few steps."""
+    B, w, H, Hkv, D = 16, 64, 8, 2, 128
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(13)
+    pos = torch.randint(0, 2**20, (B,), generator=gen, device=dev)
+    pos[:4] = torch.tensor([0, w, 2**17 - 1, 2**20 - 1], device=dev)
+    state = torch.randn(B, Hkv, feature_dim(D, "softmax"), D, generator=gen, device=dev) if kind == "rattn" else None
+    got = LocalCache(torch.randn(B, w + 1, Hkv, D, generator=gen, device=dev),
+                     torch.randn(B, w + 1, Hkv, D, generator=gen, device=dev), state, pos, w, "softmax")
+    ref = copy.deepcopy(got)
+    rope = Rope(D, theta=10000.0)
+    for step in range(3):
+        q, kn, vn = (torch.randn(B, n, D, generator=gen, device=dev) for n in (H, Hkv, Hkv))
+        assert_close(local_decode_step_triton(q, kn, vn, got, rope=rope),
+                     local_decode_step_naive(q, kn, vn, ref, rope=rope), 1e-4, f"step {step}")
+    assert_cache_equal(got, ref, 1e-5)
 
 
 @pytest.mark.gpu

@@ -14,20 +14,20 @@ from rattn_eval.kernels.decode import kv_split
 
 
 def test_local_decode_sweep_swaps_in_each_setting_and_restores_the_table():
-    launch, budget = fr.GPU_LAUNCH, fr._TILE_BUDGET
+    launch, blocks = fr.GPU_LAUNCH, fr._BLOCKS
     seen = []
 
     def timer(fn):
-        seen.append((dict(fr.GPU_LAUNCH), fr._TILE_BUDGET["gpu"]))
+        seen.append((dict(fr.GPU_LAUNCH), dict(fr._BLOCKS["gpu"])))
         fn()
         return 1.0
 
-    grid = dict(programs_per_sm=(1, 8), num_warps=(2,), tile_budget=(4096, 16384))
+    grid = dict(programs_per_sm=(1, 8), num_warps=(2,), block_s=(16, 64), block_f=(32,))
     rows = tune.sweep_local_decode(2, 4, 2, 16, 8, dtype=torch.float32, device="cpu", timer=timer, grid=grid)
     assert [r["setting"] for r in rows] == tune.settings(grid)
-    assert seen == [({"programs_per_sm": s["programs_per_sm"], "num_warps": s["num_warps"]}, s["tile_budget"])
-                    for s in tune.settings(grid)]
-    assert fr.GPU_LAUNCH is launch and fr._TILE_BUDGET is budget
+    assert seen == [({"programs_per_sm": s["programs_per_sm"], "num_warps": s["num_warps"]},
+                     {"block_s": s["block_s"], "block_f": s["block_f"]}) for s in tune.settings(grid)]
+    assert fr.GPU_LAUNCH is launch and fr._BLOCKS is blocks
     assert all(r["ms"] == 1.0 and r["nbytes"] > 0 for r in rows)
 
 

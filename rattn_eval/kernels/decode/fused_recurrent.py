@@ -7,10 +7,12 @@ first its state's value columns over a third:
    the F feature rows of the fp32 state S and slice c a range of its value columns (`_STATE_BLOCK_V`;
    two slices at D = 256, one up to 128), folds the token leaving the window (slot t mod (w+1), still
    holding position t-w-1 when t >= w+1) into that part block by block, and writes its share of
-   phi(q) S for the group's query heads, read from the updated block while it is on chip;
+   phi(q) S for the group's query heads, read from the updated block while it is on chip (a tensor-core
+   product, query heads padded to 16 rows);
 2. `decode_swa_partial_kernel` (grid (B * Hkv, ns)): split j runs an online softmax over a range
    of the w+1 ring slots, rotating each slot's raw key with that slot's absolute position (RoPE
-   cos/sin computed in-kernel from `inv_freq`, so the cache holds no position table); the new
+   cos/sin computed in-kernel from `inv_freq`, so the cache holds no position table; `_cos_sin`) and
+   taking scores and output as tensor-core products; the new
    token's slot is taken from the inputs k/v, not from the ring, and the split writes its max,
    sum and unnormalized accumulator;
 3. `decode_combine_kernel` (grid (B * Hkv,)): merges the softmax splits, sums the RLA splits,
@@ -19,7 +21,7 @@ first its state's value columns over a third:
 `_splits` picks the split counts ns (slots) and nf (feature rows): it aims for B * Hkv * splits to
 reach the target (`GPU_LAUNCH["programs_per_sm"]` x the SM count on a GPU, `_SPLIT_TARGET` under the
 interpreter), never more splits than there are BLOCK_S-slot / BLOCK_F-row blocks, and each split covers
-a whole number of blocks (block sizes come from `_TILE_BUDGET`). After the kernels the host advances `cache.pos`.
+a whole number of blocks (block sizes from `_BLOCKS`). After the kernels the host advances `cache.pos`.
 Semantics are exactly `local_decode_step_naive` (the decode cache of `rattn_eval/kernels/decode/README.md`).
 """
 
@@ -42,38 +44,41 @@ from .naive import LocalCache, check_decode_args
 # rope.inv_freq copied to the kernel's device once, not every step: id(rope), device -> (source, copy)
 _inv_freq_copies: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 
-# fp32 elements of the tiles one program holds at a time; sets the slot and feature block sizes.
-# The CPU interpreter runs every loop iteration in Python, so it takes larger blocks (same code,
-# fewer iterations); the tests also run the GPU budget there to cover many-block loops.
-_TILE_BUDGET = {"gpu": 4096, "interpreter": 131072}
+# Ring slots and state feature rows per loop iteration (each a tensor-core product, so at least 16). The
+# CPU interpreter runs every iteration in Python, so it takes larger blocks (same code, fewer
+# iterations); the tests also run the GPU blocks there to cover many-block loops.
+_BLOCKS = {"gpu": MappingProxyType({"block_s": 16, "block_f": 32}),
+           "interpreter": MappingProxyType({"block_s": 512, "block_f": 256})}
 # Value columns per `decode_rla_partial_kernel` program: at D = 256 the state is split into two column
-# slices (a third grid axis), so a block of feature rows is as wide as at D = 128 and the budget above
-# gives it as many rows (the D = 256 bf16 ring test passed on an H100 at 8bf2213).
+# slices (a third grid axis), so a block of feature rows is as wide as at D = 128.
 _STATE_BLOCK_V = 128
 # fp32 elements of the (splits, heads, head dim) tile a merge reads per iteration: 32 registers a thread
 # at 4 warps.
 _MERGE_TILE = 4096
-# Programs the window / state splits aim for under the interpreter (on a GPU: `programs_per_sm` x the SM count).
-# Small, so the CPU tests stay fast, yet above 1 so they cover the split-and-combine path.
+# Programs the window / state splits aim for under the interpreter (on a GPU: `programs_per_sm` times the
+# SM count). Small, so the CPU tests stay fast, yet above 1 so they cover the split-and-combine path.
 _SPLIT_TARGET = 4
-# GPU launch settings, edited by hand: programs the splits aim for per SM, warps per program. With the
-# GPU tile budget above: 0.233 ms per call at batch 64 (H 16, Hkv 4, D 128, window 512) on an H100,
-# 2.2% above the fastest setting of a 60-setting sweep, against 0.419 ms for (2 per SM, 4 warps,
-# budget 8192); at batch 8 the listed settings took 0.107-0.112 ms (results/bench/h100_decode_sweep.txt,
-# each call timed with its launches; `rattn-eval bench tune --what local-decode` sweeps anew).
-GPU_LAUNCH = MappingProxyType({"programs_per_sm": 4, "num_warps": 2})
+# GPU launch settings, edited by hand: programs the splits aim for per SM, warps per program. With the GPU
+# blocks above, batch 64 (H 16, Hkv 4, D 128, window 512, bf16) takes 0.0883 ms on an H100, 50% of its copy
+# bandwidth (results/bench/h100_decode/kernels.txt); `rattn-eval bench tune --what local-decode` times the
+# candidates.
+GPU_LAUNCH = MappingProxyType({"programs_per_sm": 1, "num_warps": 4})
 
 
 @triton.jit
-def _cos_sin(angle, PRECISE_TRIG: tl.constexpr):
-    # Angles reach ~1e5 rad at long contexts; the fast approximate sin/cos would be wrong there.
-    # The interpreter has no libdevice, and numpy's cos/sin are already exact enough.
-    if PRECISE_TRIG:
-        c = libdevice.cos(angle)
-        s = libdevice.sin(angle)
+def _cos_sin(angle, FAST_TRIG: tl.constexpr):
+    """cos, sin of an fp32 angle (RoPE angles reach ~1e5 rad at long contexts). The angle is first reduced to
+    [-pi, pi] in fp64 (exact to fp32 rounding for any angle a position gives), so the GPU can use its
+    approximate sin / cos units (abs error ~1e-6 on that range) instead of libdevice's full-range functions,
+    about ten times the instructions. The interpreter has no libdevice: numpy's cos / sin there."""
+    a = angle.to(tl.float64)
+    r = (a - tl.floor(a * 0.15915494309189535 + 0.5) * 6.283185307179586).to(tl.float32)
+    if FAST_TRIG:
+        c = libdevice.fast_cosf(r)
+        s = libdevice.fast_sinf(r)
     else:
-        c = tl.cos(angle)
-        s = tl.sin(angle)
+        c = tl.cos(r)
+        s = tl.sin(r)
     return c, s
 
 
@@ -83,7 +88,7 @@ def decode_rla_partial_kernel(
     stride_qb, stride_qh, stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
     stride_sb, stride_sh, stride_sf,
     W1, Hkv, NF, F_SPLIT,
-    D: tl.constexpr, F: tl.constexpr, G: tl.constexpr, FEATURE_MAP: tl.constexpr,
+    D: tl.constexpr, F: tl.constexpr, G: tl.constexpr, FEATURE_MAP: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     """Program (b * Hkv + hk, j, c): feature rows [j * F_SPLIT, (j + 1) * F_SPLIT) and value columns
@@ -149,9 +154,12 @@ def decode_rla_partial_kernel(
         s_blk = tl.load(s_ptrs, mask=s_mask, other=0.0)  # (BLOCK_F, BLOCK_V) fp32
         s_blk = tl.where(leaving, s_blk + phi_k[:, None] * v_old[None, :], s_blk)
         tl.store(s_ptrs, s_blk, mask=s_mask & leaving)
-        o_rla += tl.sum(phi_q[:, :, None] * s_blk[None, :, :], axis=1)
+        if IEEE:
+            o_rla += tl.dot(phi_q, s_blk, input_precision="ieee")
+        else:  # 16-bit inputs: tf32 products (10-bit mantissa) of the fp32 features and state
+            o_rla += tl.dot(phi_q, s_blk, input_precision="tf32")
     offs = (pid * NF + j) * BLOCK_G * BLOCK_D + gi[:, None] * BLOCK_D + col[None, :]
-    tl.store(part_ptr + offs, o_rla)
+    tl.store(part_ptr + offs, o_rla, mask=gm[:, None])  # only the real heads: the combine reads no more
 
 
 @triton.jit
@@ -160,13 +168,15 @@ def decode_swa_partial_kernel(
     stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
     stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
     W1, Hkv, NS, S_SPLIT, scale,
-    D: tl.constexpr, G: tl.constexpr, HAS_ROPE: tl.constexpr, PRECISE_TRIG: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
+    D: tl.constexpr, G: tl.constexpr, HAS_ROPE: tl.constexpr, FAST_TRIG: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Program (b * Hkv + hk, j): online softmax over ring slots [j * S_SPLIT, (j + 1) * S_SPLIT) for
     the query heads of KV head hk; writes the split's running max m, sum l and unnormalized acc.
     Slot i holds position t - ((slot - i) mod W1) (negative: not filled yet); the new token's slot is
-    read from the inputs (the ring still holds the leaving token there)."""
+    read from the inputs (the ring still holds the leaving token there). Keys are read in halves,
+    columns [0, D1) and [D1, D) with D1 = ceil(D / 2) (the pairs of rotate-half RoPE), rotated in fp32
+    and, for a 16-bit ring, rounded back to the ring's dtype for the tensor-core products."""
     pid = tl.program_id(0).to(tl.int64)
     j = tl.program_id(1)
     b = pid // Hkv
@@ -174,32 +184,35 @@ def decode_swa_partial_kernel(
     t = tl.load(pos_ptr + b)
     slot = tl.where(t >= 0, t % W1, 0)  # t < 0: every slot is masked below, so the row's output is NaN
 
+    D1: tl.constexpr = (D + 1) // 2
+    i = tl.arange(0, BLOCK_H)
+    m1 = i < D1
+    m2 = i < D - D1
     d = tl.arange(0, BLOCK_D)
     dm = d < D
     gi = tl.arange(0, BLOCK_G)
     gm = gi < G
-    h = hk * G + gi
-    qg_ptr = q_ptr + b * stride_qb + h[:, None] * stride_qh
-    q_mask = gm[:, None] & dm[None, :]
-    q = tl.load(qg_ptr + d[None, :], mask=q_mask, other=0.0).to(tl.float32)
+    qg_ptr = q_ptr + b * stride_qb + (hk * G + gi)[:, None] * stride_qh
+    q1 = tl.load(qg_ptr + i[None, :], mask=gm[:, None] & m1[None, :], other=0.0).to(tl.float32)
+    q2 = tl.load(qg_ptr + D1 + i[None, :], mask=gm[:, None] & m2[None, :], other=0.0).to(tl.float32)
     ring_dtype = ring_k_ptr.dtype.element_ty
+    kn_ptr = k_ptr + b * stride_kb + hk * stride_kh
+    # the new token as the ring will hold it (rounded to the ring dtype)
+    k1_new = tl.load(kn_ptr + i, mask=m1, other=0.0).to(ring_dtype).to(tl.float32)
+    k2_new = tl.load(kn_ptr + D1 + i, mask=m2, other=0.0).to(ring_dtype).to(tl.float32)
+    v_new = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype)
+    if HAS_ROPE:
+        inv = tl.load(inv_freq_ptr + i, mask=m1, other=0.0)
+        cq, sq = _cos_sin(t.to(tl.float32) * inv, FAST_TRIG)
+        q1, q2 = q1 * cq[None, :] - q2 * sq[None, :], q2 * cq[None, :] + q1 * sq[None, :]
+    q1 = q1 * scale
+    q2 = q2 * scale
+    if not IEEE:
+        q1 = q1.to(ring_dtype)
+        q2 = q2.to(ring_dtype)
+
     rk_row = ring_k_ptr + b * stride_rkb + hk * stride_rkh
     rv_row = ring_v_ptr + b * stride_rvb + hk * stride_rvh
-    # the new token as the ring will hold it (rounded to the ring dtype)
-    k_new = tl.load(k_ptr + b * stride_kb + hk * stride_kh + d, mask=dm, other=0.0).to(ring_dtype).to(tl.float32)
-    v_new = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype).to(tl.float32)
-    if HAS_ROPE:
-        first = d < D // 2
-        partner = tl.where(first, d + D // 2, d - D // 2)  # rotate_half(x)[d] = rot_sign * x[partner]
-        rot_sign = tl.where(first, -1.0, 1.0)
-        inv = tl.load(inv_freq_ptr + tl.where(first, d, d - D // 2), mask=dm, other=0.0)
-        cq, sq = _cos_sin(t.to(tl.float32) * inv, PRECISE_TRIG)
-        q_part = tl.load(qg_ptr + partner[None, :], mask=q_mask, other=0.0).to(tl.float32)
-        q = q * cq[None, :] + rot_sign[None, :] * q_part * sq[None, :]
-        k_new_part = tl.load(k_ptr + b * stride_kb + hk * stride_kh + partner, mask=dm, other=0.0)
-        k_new_part = k_new_part.to(ring_dtype).to(tl.float32)
-    q = q * scale
-
     m_i = tl.full((BLOCK_G,), -1.0e30, dtype=tl.float32)  # finite start: fully masked blocks give no NaN
     l_i = tl.zeros((BLOCK_G,), dtype=tl.float32)
     acc = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
@@ -207,24 +220,31 @@ def decode_swa_partial_kernel(
         s = j * S_SPLIT + s0 + tl.arange(0, BLOCK_S)
         p = t - (slot - s + W1) % W1  # absolute position held by slot s
         valid = (s < W1) & (p >= 0)
-        is_new = s == slot
-        kv_mask = valid[:, None] & dm[None, :]
-        kb = tl.load(rk_row + s[:, None] * stride_rks + d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-        kb = tl.where(is_new[:, None], k_new[None, :], kb)
-        vb = tl.load(rv_row + s[:, None] * stride_rvs + d[None, :], mask=kv_mask, other=0.0).to(tl.float32)
-        vb = tl.where(is_new[:, None], v_new[None, :], vb)
+        is_new = (s == slot)[:, None]
+        k_rows = rk_row + s[:, None] * stride_rks
+        k1 = tl.load(k_rows + i[None, :], mask=valid[:, None] & m1[None, :], other=0.0).to(tl.float32)
+        k2 = tl.load(k_rows + D1 + i[None, :], mask=valid[:, None] & m2[None, :], other=0.0).to(tl.float32)
+        vb = tl.load(rv_row + s[:, None] * stride_rvs + d[None, :], mask=valid[:, None] & dm[None, :], other=0.0)
+        k1 = tl.where(is_new, k1_new[None, :], k1)
+        k2 = tl.where(is_new, k2_new[None, :], k2)
+        vb = tl.where(is_new, v_new[None, :], vb)
         if HAS_ROPE:
-            kp = tl.load(rk_row + s[:, None] * stride_rks + partner[None, :], mask=kv_mask, other=0.0)
-            kp = tl.where(is_new[:, None], k_new_part[None, :], kp.to(tl.float32))
-            ck, sk = _cos_sin(p.to(tl.float32)[:, None] * inv[None, :], PRECISE_TRIG)
-            kb = kb * ck + rot_sign[None, :] * kp * sk
-        sc = tl.sum(q[:, None, :] * kb[None, :, :], axis=2)  # (BLOCK_G, BLOCK_S)
-        sc = tl.where(valid[None, :], sc, float("-inf"))
+            ck, sk = _cos_sin(p.to(tl.float32)[:, None] * inv[None, :], FAST_TRIG)
+            k1, k2 = k1 * ck - k2 * sk, k2 * ck + k1 * sk
+        if IEEE:
+            sc = tl.dot(q1, tl.trans(k1), input_precision="ieee") + tl.dot(q2, tl.trans(k2), input_precision="ieee")
+        else:
+            sc = tl.dot(q1, tl.trans(k1.to(ring_dtype))) + tl.dot(q2, tl.trans(k2.to(ring_dtype)))
+        sc = tl.where(valid[None, :], sc, float("-inf"))  # (BLOCK_G, BLOCK_S)
         m_new = tl.maximum(m_i, tl.max(sc, axis=1))
         alpha = tl.exp(m_i - m_new)
         pr = tl.exp(sc - m_new[:, None])
         l_i = l_i * alpha + tl.sum(pr, axis=1)
-        acc = acc * alpha[:, None] + tl.sum(pr[:, :, None] * vb[None, :, :], axis=1)
+        if IEEE:
+            pv = tl.dot(pr, vb.to(tl.float32), input_precision="ieee")
+        else:
+            pv = tl.dot(pr.to(ring_dtype), vb)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
     store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, G, BLOCK_G, BLOCK_D)
 
@@ -290,24 +310,26 @@ def decode_combine_kernel(
     stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, stride_ob, stride_oh,
     W1, Hkv, NS, NF, eps,
     D: tl.constexpr, G: tl.constexpr, HAS_STATE: tl.constexpr, HAS_G_SWA: tl.constexpr, HAS_G_RLA: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_JS: tl.constexpr, BLOCK_JF: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_JS: tl.constexpr,
+    BLOCK_JF: tl.constexpr,
 ):
     """Program b * Hkv + hk: merges the softmax splits, adds the RLA splits, applies both RMS norms,
     writes the output, then overwrites the leaving token's slot with the new k/v (every partial
-    kernel has finished reading it). The splits are read BLOCK_JS softmax / BLOCK_JF RLA splits at a time."""
+    kernel has finished reading it). The partial kernels write rows of BLOCK_G heads; the first
+    BLOCK_GM >= G of them are read here, BLOCK_JS softmax / BLOCK_JF RLA splits at a time."""
     pid = tl.program_id(0).to(tl.int64)
     b = pid // Hkv
     hk = pid % Hkv
     d = tl.arange(0, BLOCK_D)
     dm = d < D
-    gi = tl.arange(0, BLOCK_G)
+    gi = tl.arange(0, BLOCK_GM)
     gm = gi < G
     h = hk * G + gi
     q_mask = gm[:, None] & dm[None, :]
     # the new token is visible: l > 0
-    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, G, BLOCK_G, BLOCK_G, BLOCK_D, BLOCK_JS)
+    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, G, BLOCK_G, BLOCK_GM, BLOCK_D, BLOCK_JS)
     if HAS_STATE:
-        o_rla = tl.zeros((BLOCK_G, BLOCK_D), dtype=tl.float32)
+        o_rla = tl.zeros((BLOCK_GM, BLOCK_D), dtype=tl.float32)
         jj = tl.arange(0, BLOCK_JF)
         for j0 in range(0, NF, BLOCK_JF):
             offs = ((pid * NF + j0 + jj)[:, None, None] * BLOCK_G * BLOCK_D + gi[None, :, None] * BLOCK_D
@@ -349,22 +371,16 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     state = cache.state
     F = D if state is None else state.shape[2]
     block_d = triton.next_power_of_2(D)
-    block_g = triton.next_power_of_2(G)
+    block_h = max(16, triton.next_power_of_2((D + 1) // 2))
+    block_gm = triton.next_power_of_2(G)  # the query heads the combine kernel reads back
+    block_g = max(16, block_gm)  # tl.dot needs 16 rows
     block_v = min(block_d, _STATE_BLOCK_V)
     nv = block_d // block_v
-    # Live fp32 tiles per block row: the (heads x block x width) products plus ~4 (block x width) tiles
-    # (k, its rotate-half partner, cos, sin / the state block); width = D for the ring's slots, the value
-    # slice for the state's feature rows. ptxas (sm_90) kept a budget of 8192 with 4 warps within ~170
-    # registers without spilling for D 64/128, G 1..8 and D 256 without state; 4096 with 2 warps is the
-    # same per thread.
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
-    budget = _TILE_BUDGET["interpreter" if interpreting else "gpu"]
-
-    def rows(width: int) -> int:  # power-of-2 floor of the rows the budget allows
-        return 1 << max(0, (budget // (width * (block_g + 4))).bit_length() - 1)
-
-    block_s = min(triton.next_power_of_2(W1), rows(block_d))
-    block_f = min(triton.next_power_of_2(F), rows(block_v))
+    blocks = _BLOCKS["interpreter" if interpreting else "gpu"]
+    block_s = max(16, min(triton.next_power_of_2(W1), blocks["block_s"]))
+    block_f = max(16, min(triton.next_power_of_2(F), blocks["block_f"]))
+    ieee = cache.k.dtype == torch.float32
     # Flash-decoding: with few (row, KV head) pairs, the window and the state are split over more
     # programs so the GPU fills up; a combine kernel merges the splits.
     programs = B * Hkv
@@ -386,7 +402,7 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
             stride_qb=q.stride(0), stride_qh=q.stride(1), **ring_strides,
             stride_sb=state.stride(0), stride_sh=state.stride(1), stride_sf=state.stride(2),
             W1=W1, Hkv=Hkv, NF=nf, F_SPLIT=f_split,
-            D=D, F=F, G=G, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map],
+            D=D, F=F, G=G, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map], IEEE=ieee,
             BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_F=block_f, BLOCK_V=block_v, num_warps=warps,
         )
     decode_swa_partial_kernel[(programs, ns)](
@@ -395,8 +411,8 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_kb=k.stride(0), stride_kh=k.stride(1),
         stride_vb=v.stride(0), stride_vh=v.stride(1), **ring_strides,
         W1=W1, Hkv=Hkv, NS=ns, scale=scale, S_SPLIT=s_split,
-        D=D, G=G, HAS_ROPE=inv_freq is not None, PRECISE_TRIG=q.is_cuda and not interpreting,
-        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=warps,
+        D=D, G=G, HAS_ROPE=inv_freq is not None, FAST_TRIG=q.is_cuda and not interpreting, IEEE=ieee,
+        BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=warps,
     )
     decode_combine_kernel[(programs,)](
         k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v, pos_ptr=cache.pos, m_ptr=m, l_ptr=l_, acc_ptr=acc,
@@ -405,8 +421,8 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         stride_ob=o.stride(0), stride_oh=o.stride(1),
         W1=W1, Hkv=Hkv, NS=ns, NF=nf, eps=eps,
         D=D, G=G, HAS_STATE=state is not None, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
-        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_JS=merge_block(ns, block_g, block_d),
-        BLOCK_JF=merge_block(nf, block_g, block_d), num_warps=4,
+        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_GM=block_gm, BLOCK_JS=merge_block(ns, block_gm, block_d),
+        BLOCK_JF=merge_block(nf, block_gm, block_d), num_warps=4,
     )
 
 

@@ -318,10 +318,11 @@ def rla_bwd_dk_kernel(
 # chunk), the slice BV of the state products (value columns per scan program, and the reduction slice of the
 # state products in the parallel kernels), warps of the scans and of the parallel kernels, rows per program
 # of the phi pass, and either chunks per scan segment (seg_chunks) or the scan programs per SM the segment
-# count aims at. The 16-bit row made the H100 figures of docs/benchmarks.md (not swept); the other GPU rows
-# are first guesses. The D 256 rows halve BC, BV and phi_rows, so that tiles of rows x D and the fp32 scan
-# state (D x BV) hold as many elements as at D = 128 (the stored chunk states then take 8x the memory of D 128:
-# F x D per BC rows).
+# count aims at. The 16-bit row's 4 warps come from `rattn-eval bench tune --what rla-backward` on an H100
+# (results/bench/h100_rla_tune.txt: 2.21 ms against 2.43 ms with 8 warps at T 32k, Hkv 4), and it passed the
+# GPU gradient tests (results/bench/h100_gpu_gradients_4warps.txt); the other GPU rows are first guesses.
+# The D 256 rows halve BC, BV and phi_rows, so that tiles of rows x D and the fp32 scan state (D x BV) hold as
+# many elements as at D = 128 (the stored chunk states then take 8x the memory of D 128: F x D per BC rows).
 # The interpreter row: few, large tiles cost it least, and two-chunk segments make short test sequences
 # run the carry path.
 RLA_BWD_TILES = MappingProxyType({
@@ -331,7 +332,7 @@ RLA_BWD_TILES = MappingProxyType({
                                   phi_rows=16)),
     "fp32, D 256": MappingProxyType(dict(BC=16, BV=16, num_warps=8, scan_warps=4, num_stages=2, programs_per_sm=4,
                                          phi_rows=8)),
-    "16-bit": MappingProxyType(dict(BC=64, BV=64, num_warps=8, scan_warps=4, num_stages=2, programs_per_sm=4,
+    "16-bit": MappingProxyType(dict(BC=64, BV=64, num_warps=4, scan_warps=4, num_stages=2, programs_per_sm=4,
                                     phi_rows=16)),
     "16-bit, D 256": MappingProxyType(dict(BC=32, BV=32, num_warps=8, scan_warps=4, num_stages=2,
                                            programs_per_sm=4, phi_rows=8)),
