@@ -302,8 +302,28 @@ def test_bad_inputs_raise_and_leave_the_cache_alone(backend):
         for step in (DECODE_STEPS[backend], lambda *a, **k: local_decode_step(*a, backend=backend, **k)):
             with pytest.raises(ValueError, match=match):
                 step(qq, kk, vv, cache, **kw)
+    wide = LocalCache(cache.k.double(), cache.v.double(), cache.state, cache.pos, cache.window)
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        DECODE_STEPS[backend](q, kv, kv, wide)
     assert_cache_equal(cache, before, 0.0)
     assert torch.equal(cache.state, before.state)
+
+
+def test_fp32_activations_on_a_16_bit_ring_stay_fp32():
+    """fp32 q / k / v against an fp16 ring: only the ring is rounded (k / v as it stores them), the query and
+    the products stay in fp32, so the step matches the fp32 reference run on the same rounded ring at 1e-4."""
+    gen = torch.Generator().manual_seed(14)
+    B, w, H, Hkv, D = 3, 20, 8, 2, 64
+    ring_k, ring_v = (torch.randn(B, w + 1, Hkv, D, generator=gen).half() for _ in range(2))
+    got = LocalCache(ring_k, ring_v, torch.randn(B, Hkv, 2 * D, D, generator=gen), torch.tensor([3, 21, 1000]), w)
+    ref = LocalCache(got.k.float(), got.v.float(), got.state.clone(), got.pos.clone(), w)
+    for step in range(2):
+        q, kn, vn = (torch.randn(B, n, D, generator=gen) for n in (H, Hkv, Hkv))
+        out = local_decode_step_triton(q, kn, vn, got, rope=Rope(D))
+        exp = local_decode_step_naive(q, kn.half().float(), vn.half().float(), ref, rope=Rope(D))
+        assert out.dtype == torch.float32
+        assert_close(out, exp, 1e-4, f"step {step}")
+    assert_cache_equal(got, ref, 1e-5)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])

@@ -12,9 +12,8 @@ first its state's value columns over a third:
 2. `decode_swa_partial_kernel` (grid (B * Hkv, ns)): split j runs an online softmax over a range
    of the w+1 ring slots, rotating each slot's raw key with that slot's absolute position (RoPE
    cos/sin computed in-kernel from `inv_freq`, so the cache holds no position table; `_cos_sin`) and
-   taking scores and output as tensor-core products; the new
-   token's slot is taken from the inputs k/v, not from the ring, and the split writes its max,
-   sum and unnormalized accumulator;
+   taking scores and output as tensor-core products; the new token's slot is taken from the inputs
+   k/v, not from the ring, and the split writes its max, sum and unnormalized accumulator;
 3. `decode_combine_kernel` (grid (B * Hkv,)): merges the softmax splits, sums the RLA splits,
    applies both RMS norms and gains (RAttention only), writes the output, and only then
    overwrites the slot t mod (w+1) with the new k/v (every partial kernel has read it by then).
@@ -67,10 +66,9 @@ GPU_LAUNCH = MappingProxyType({"programs_per_sm": 1, "num_warps": 4})
 
 @triton.jit
 def _cos_sin(angle, FAST_TRIG: tl.constexpr):
-    """cos, sin of an fp32 angle (RoPE angles reach ~1e5 rad at long contexts). The angle is first reduced to
-    [-pi, pi] in fp64 (exact to fp32 rounding for any angle a position gives), so the GPU can use its
-    approximate sin / cos units (abs error ~1e-6 on that range) instead of libdevice's full-range functions,
-    about ten times the instructions. The interpreter has no libdevice: numpy's cos / sin there."""
+    """cos, sin of an fp32 angle (RoPE angles reach ~1e6 rad at a million positions). The angle is reduced to
+    [-pi, pi] in fp64 (exact to fp32 rounding for any angle a position gives), where the GPU's approximate
+    sin / cos (FAST_TRIG) are accurate to ~1e-6. The interpreter has no libdevice: numpy's cos / sin there."""
     a = angle.to(tl.float64)
     r = (a - tl.floor(a * 0.15915494309189535 + 0.5) * 6.283185307179586).to(tl.float32)
     if FAST_TRIG:
@@ -373,14 +371,14 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     block_d = triton.next_power_of_2(D)
     block_h = max(16, triton.next_power_of_2((D + 1) // 2))
     block_gm = triton.next_power_of_2(G)  # the query heads the combine kernel reads back
-    block_g = max(16, block_gm)  # tl.dot needs 16 rows
+    block_g = max(16, block_gm)  # query heads padded to the 16 rows of a tensor-core tile (the measured setting)
     block_v = min(block_d, _STATE_BLOCK_V)
     nv = block_d // block_v
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     blocks = _BLOCKS["interpreter" if interpreting else "gpu"]
     block_s = max(16, min(triton.next_power_of_2(W1), blocks["block_s"]))
     block_f = max(16, min(triton.next_power_of_2(F), blocks["block_f"]))
-    ieee = cache.k.dtype == torch.float32
+    ieee = torch.float32 in (q.dtype, cache.k.dtype)  # fp32 products; else 16-bit / tf32 tensor-core inputs
     # Flash-decoding: with few (row, KV head) pairs, the window and the state are split over more
     # programs so the GPU fills up; a combine kernel merges the splits.
     programs = B * Hkv
@@ -411,7 +409,8 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_kb=k.stride(0), stride_kh=k.stride(1),
         stride_vb=v.stride(0), stride_vh=v.stride(1), **ring_strides,
         W1=W1, Hkv=Hkv, NS=ns, scale=scale, S_SPLIT=s_split,
-        D=D, G=G, HAS_ROPE=inv_freq is not None, FAST_TRIG=q.is_cuda and not interpreting, IEEE=ieee,
+        D=D, G=G, HAS_ROPE=inv_freq is not None, FAST_TRIG=q.is_cuda and torch.version.hip is None and not interpreting,
+        IEEE=ieee,
         BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=warps,
     )
     decode_combine_kernel[(programs,)](

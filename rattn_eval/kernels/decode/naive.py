@@ -72,8 +72,9 @@ def check_decode_args(q, k, v, cache: LocalCache, rope, **norms) -> None:
     ring_shape = (B, cache.window + 1, Hkv, D)
     if tuple(cache.k.shape) != ring_shape or tuple(cache.v.shape) != ring_shape:
         raise ValueError(f"cache ring is {tuple(cache.k.shape)}, expected {ring_shape} for these inputs")
-    if not (cache.k.is_floating_point() and cache.v.dtype == cache.k.dtype):
-        raise ValueError(f"the cache ring must hold one floating dtype, got {cache.k.dtype} and {cache.v.dtype}")
+    if cache.v.dtype != cache.k.dtype or cache.k.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise ValueError(f"the cache ring must hold one dtype, float32, float16 or bfloat16; got {cache.k.dtype} "
+                         f"and {cache.v.dtype}")
     if cache.k.stride(-1) != 1 or cache.v.stride(-1) != 1:
         raise ValueError("the cache ring must be contiguous in the head dim (it is updated in place)")
     if cache.state is not None:
