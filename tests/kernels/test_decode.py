@@ -127,7 +127,8 @@ def run_steps(B, w, H, Hkv, D, kind, fm, dtype, steps, seed=0, lengths=None, rop
 
 
 # (B, w, D, H, Hkv, kind, feature_map, dtype): a pairwise-covering subset of
-# B {1, 3} x w {0, 1, 7, 64} x D {64, 128} x H/Hkv {1, 4} x kind x feature map x {fp32, fp16}.
+# B {1, 3} x w {0, 1, 7, 64} x D {64, 128} x H/Hkv {1, 4} x kind x feature map x {fp32, fp16}, then groups of
+# 3, 5, 8 and 16 query heads (the tensor-core tiles pad them to 16 rows) and D = 48.
 CASES = [
     (3, 0, 64, 4, 1, "rattn", "softmax", torch.float32),
     (1, 0, 128, 1, 1, "swa", "softmax", torch.float32),
@@ -141,6 +142,9 @@ CASES = [
     (1, 64, 128, 4, 4, "rattn", "softmax", torch.float16),
     (3, 64, 128, 4, 1, "swa", "softmax", torch.float32),
     (3, 7, 64, 6, 2, "rattn", "softmax", torch.float32),  # a group of 3 query heads (not a power of two)
+    (3, 15, 48, 10, 2, "rattn", "softmax", torch.float32),  # D = 48 (halves of 24 in 32-wide tiles), groups of 5
+    (3, 16, 64, 8, 1, "swa", "softmax", torch.float16),  # a group of 8
+    (3, 17, 64, 16, 1, "rattn", "relu", torch.float32),  # a group of 16: the whole padded tile is real heads
 ]
 
 
