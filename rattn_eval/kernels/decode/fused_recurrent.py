@@ -86,7 +86,7 @@ def decode_rla_partial_kernel(
     stride_qb, stride_qh, stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
     stride_sb, stride_sh, stride_sf,
     W1, Hkv, NF, F_SPLIT,
-    D: tl.constexpr, F: tl.constexpr, G: tl.constexpr, FEATURE_MAP: tl.constexpr, IEEE: tl.constexpr,
+    D: tl.constexpr, F: tl.constexpr, G: tl.constexpr, FEATURE_MAP: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     """Program (b * Hkv + hk, j, c): feature rows [j * F_SPLIT, (j + 1) * F_SPLIT) and value columns
@@ -152,10 +152,7 @@ def decode_rla_partial_kernel(
         s_blk = tl.load(s_ptrs, mask=s_mask, other=0.0)  # (BLOCK_F, BLOCK_V) fp32
         s_blk = tl.where(leaving, s_blk + phi_k[:, None] * v_old[None, :], s_blk)
         tl.store(s_ptrs, s_blk, mask=s_mask & leaving)
-        if IEEE:
-            o_rla += tl.dot(phi_q, s_blk, input_precision="ieee")
-        else:  # 16-bit inputs: tf32 products (10-bit mantissa) of the fp32 features and state
-            o_rla += tl.dot(phi_q, s_blk, input_precision="tf32")
+        o_rla += tl.dot(phi_q, s_blk, input_precision=PRECISION)  # tf32 for a 16-bit ring: 10-bit mantissas
     offs = (pid * NF + j) * BLOCK_G * BLOCK_D + gi[:, None] * BLOCK_D + col[None, :]
     tl.store(part_ptr + offs, o_rla, mask=gm[:, None])  # only the real heads: the combine reads no more
 
@@ -166,7 +163,7 @@ def decode_swa_partial_kernel(
     stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
     stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
     W1, Hkv, NS, S_SPLIT, scale,
-    D: tl.constexpr, G: tl.constexpr, HAS_ROPE: tl.constexpr, FAST_TRIG: tl.constexpr, IEEE: tl.constexpr,
+    D: tl.constexpr, G: tl.constexpr, HAS_ROPE: tl.constexpr, FAST_TRIG: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
     """Program (b * Hkv + hk, j): online softmax over ring slots [j * S_SPLIT, (j + 1) * S_SPLIT) for
@@ -205,7 +202,7 @@ def decode_swa_partial_kernel(
         q1, q2 = q1 * cq[None, :] - q2 * sq[None, :], q2 * cq[None, :] + q1 * sq[None, :]
     q1 = q1 * scale
     q2 = q2 * scale
-    if not IEEE:
+    if PRECISION != "ieee":  # 16-bit products: every operand in the ring's dtype (q1's dtype below)
         q1 = q1.to(ring_dtype)
         q2 = q2.to(ring_dtype)
 
@@ -229,20 +226,14 @@ def decode_swa_partial_kernel(
         if HAS_ROPE:
             ck, sk = _cos_sin(p.to(tl.float32)[:, None] * inv[None, :], FAST_TRIG)
             k1, k2 = k1 * ck - k2 * sk, k2 * ck + k1 * sk
-        if IEEE:
-            sc = tl.dot(q1, tl.trans(k1), input_precision="ieee") + tl.dot(q2, tl.trans(k2), input_precision="ieee")
-        else:
-            sc = tl.dot(q1, tl.trans(k1.to(ring_dtype))) + tl.dot(q2, tl.trans(k2.to(ring_dtype)))
+        sc = (tl.dot(q1, tl.trans(k1.to(q1.dtype)), input_precision=PRECISION)
+              + tl.dot(q2, tl.trans(k2.to(q1.dtype)), input_precision=PRECISION))
         sc = tl.where(valid[None, :], sc, float("-inf"))  # (BLOCK_G, BLOCK_S)
         m_new = tl.maximum(m_i, tl.max(sc, axis=1))
         alpha = tl.exp(m_i - m_new)
         pr = tl.exp(sc - m_new[:, None])
         l_i = l_i * alpha + tl.sum(pr, axis=1)
-        if IEEE:
-            pv = tl.dot(pr, vb.to(tl.float32), input_precision="ieee")
-        else:
-            pv = tl.dot(pr.to(ring_dtype), vb)
-        acc = acc * alpha[:, None] + pv
+        acc = acc * alpha[:, None] + tl.dot(pr.to(q1.dtype), vb.to(q1.dtype), input_precision=PRECISION)
         m_i = m_new
     store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, G, BLOCK_G, BLOCK_D)
 
@@ -378,7 +369,9 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     blocks = _BLOCKS["interpreter" if interpreting else "gpu"]
     block_s = max(16, min(triton.next_power_of_2(W1), blocks["block_s"]))
     block_f = max(16, min(triton.next_power_of_2(F), blocks["block_f"]))
-    ieee = torch.float32 in (q.dtype, cache.k.dtype)  # fp32 products; else 16-bit / tf32 tensor-core inputs
+    # exact fp32 products when the inputs or the ring are fp32 (as `precision_for`); else 16-bit products, and
+    # tf32 ones for the fp32 state
+    precision = "ieee" if torch.float32 in (q.dtype, cache.k.dtype) else "tf32"
     # Flash-decoding: with few (row, KV head) pairs, the window and the state are split over more
     # programs so the GPU fills up; a combine kernel merges the splits.
     programs = B * Hkv
@@ -400,7 +393,7 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
             stride_qb=q.stride(0), stride_qh=q.stride(1), **ring_strides,
             stride_sb=state.stride(0), stride_sh=state.stride(1), stride_sf=state.stride(2),
             W1=W1, Hkv=Hkv, NF=nf, F_SPLIT=f_split,
-            D=D, F=F, G=G, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map], IEEE=ieee,
+            D=D, F=F, G=G, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map], PRECISION=precision,
             BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_F=block_f, BLOCK_V=block_v, num_warps=warps,
         )
     decode_swa_partial_kernel[(programs, ns)](
@@ -410,7 +403,7 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         stride_vb=v.stride(0), stride_vh=v.stride(1), **ring_strides,
         W1=W1, Hkv=Hkv, NS=ns, scale=scale, S_SPLIT=s_split,
         D=D, G=G, HAS_ROPE=inv_freq is not None, FAST_TRIG=q.is_cuda and torch.version.hip is None and not interpreting,
-        IEEE=ieee,
+        PRECISION=precision,
         BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=warps,
     )
     decode_combine_kernel[(programs,)](

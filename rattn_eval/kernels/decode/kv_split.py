@@ -21,6 +21,7 @@ import triton.language as tl
 
 from ..common import default_scale
 from ..triton_common import num_sms as _num_sms
+from ..triton_common import precision_for
 from .fused_recurrent import _splits, merge_block, merge_softmax_splits, store_softmax_split
 from .naive import check_kv_decode_args
 
@@ -61,7 +62,7 @@ def kv_decode_kernel(
     q_ptr, k_ptr, v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, o_ptr, count_ptr,
     stride_qb, stride_qh, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh, stride_ob, stride_oh,
     S, Hkv, NS, S_SPLIT, scale,
-    D: tl.constexpr, G: tl.constexpr, IEEE: tl.constexpr,
+    D: tl.constexpr, G: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_GM: tl.constexpr,
     BLOCK_J: tl.constexpr,
 ):
@@ -90,20 +91,13 @@ def kv_decode_kernel(
         kv_mask = valid[:, None] & dm[None, :]
         kb = tl.load(k_base + s[:, None] * stride_ks + d[None, :], mask=kv_mask, other=0.0)
         vb = tl.load(v_base + s[:, None] * stride_vs + d[None, :], mask=kv_mask, other=0.0)
-        if IEEE:
-            sc = tl.dot(q, tl.trans(kb), input_precision="ieee")
-        else:
-            sc = tl.dot(q, tl.trans(kb))
+        sc = tl.dot(q, tl.trans(kb), input_precision=PRECISION)
         sc = tl.where(valid[None, :], sc * scale, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(sc, axis=1))
         alpha = tl.exp(m_i - m_new)
         p = tl.exp(sc - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if IEEE:
-            pv = tl.dot(p, vb.to(tl.float32), input_precision="ieee")
-        else:
-            pv = tl.dot(p.to(vb.dtype), vb)
-        acc = acc * alpha[:, None] + pv
+        acc = acc * alpha[:, None] + tl.dot(p.to(vb.dtype), vb, input_precision=PRECISION)
         m_i = m_new
     # Every split, empty ones included, records itself and counts: no early return, or the pair's counter
     # never reaches NS and its output is never written.
@@ -133,7 +127,7 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         return torch.empty(0, H, D, dtype=q.dtype, device=q.device)
     G = H // Hkv
     block_gm = triton.next_power_of_2(G)  # the query heads the merge reads back
-    block_g = max(16, block_gm)  # tl.dot needs 16 rows
+    block_g = max(16, block_gm)  # query heads padded to the 16 rows of a tensor-core tile (the measured setting)
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     block_s = 64 if interpreting else GPU_LAUNCH["block_s" if D <= 128 else "block_s_256"]
     target = _SPLIT_TARGET if interpreting else GPU_LAUNCH["programs_per_sm"] * _num_sms(q.device)
@@ -149,7 +143,7 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         q, k, v, pos, m, l_, acc, o, _counter_buffer(programs, q.device),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), S, Hkv, ns, s_split, default_scale(D, scale),
-        D=D, G=G, IEEE=q.dtype == torch.float32, BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s,
+        D=D, G=G, PRECISION=precision_for(q.dtype), BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s,
         BLOCK_GM=block_gm, BLOCK_J=merge_block(ns, block_gm, D), **launch,
     )
     return o
