@@ -169,13 +169,32 @@ def copy_bandwidth(nbytes=2 * 2**30) -> float:
     return 2 * nbytes / ms * 1e-6
 
 
+def local_step_inputs(batch, H, Hkv, D, window, dtype, device):
+    """A random RAttention local-decode cache (ring + fp32 state, rows at position 32768, so the leaving
+    token is folded into the state) and one step's q, k, v; plus the bytes the step must read and write:
+    ring k and v read, one slot written, state read and written, q / k / v in and o out."""
+    from ..kernels import empty_local_cache
+
+    cache = empty_local_cache(batch, window, Hkv, D, dtype=dtype, device=device, kind="rattn")
+    for t in (cache.k, cache.v, cache.state):
+        t.normal_()
+    cache.pos = torch.full((batch,), 32768, dtype=torch.long, device=device)
+    g = torch.Generator(device=device).manual_seed(0)
+    q = torch.randn(batch, H, D, device=device, dtype=dtype, generator=g)
+    k, v = (torch.randn(batch, Hkv, D, device=device, dtype=dtype, generator=g) for _ in range(2))
+    el = torch.finfo(dtype).bits // 8
+    nbytes = batch * (2 * (window + 1) * Hkv * D * el + 2 * Hkv * cache.state.shape[2] * D * 4 + 2 * Hkv * D * el
+                      + 2 * H * D * el)
+    return cache, q, k, v, nbytes
+
+
 def bench_decode(batches, H, Hkv, D, window, dtype, contexts, log, kv_batches=(1, 8)):
     """Decode steps against the card's copy bandwidth: the RAttention local step (ring + fp32 state) at each
     batch, and flash-decoding over a full KV cache (`kv_decode`, our Triton) vs SDPA at each context. Each step
     is timed as replays of a CUDA graph, the way the model decodes."""
     import torch.nn.functional as F
 
-    from ..kernels import Rope, empty_local_cache
+    from ..kernels import Rope
     from ..kernels.decode.fused_recurrent import local_decode_step_triton
     from ..kernels.decode.kv_split import kv_decode_triton
 
@@ -196,17 +215,7 @@ def bench_decode(batches, H, Hkv, D, window, dtype, contexts, log, kv_batches=(1
 
     rope = Rope(D)
     for batch in batches:
-        cache = empty_local_cache(batch, window, Hkv, D, dtype=dtype, device=dev, kind="rattn")
-        cache.k.normal_()
-        cache.v.normal_()
-        cache.state.normal_()
-        cache.pos = torch.full((batch,), 32768, dtype=torch.long, device=dev)
-        q = torch.randn(batch, H, D, device=dev, dtype=dtype)
-        k1 = torch.randn(batch, Hkv, D, device=dev, dtype=dtype)
-        v1 = torch.randn(batch, Hkv, D, device=dev, dtype=dtype)
-        F_ = 2 * D
-        # ring k and v read, one slot written, state read and written, q/k/v in and o out
-        nbytes = batch * (2 * (window + 1) * Hkv * D * el + 2 * Hkv * F_ * D * 4 + 2 * Hkv * D * el + 2 * H * D * el)
+        cache, q, k1, v1, nbytes = local_step_inputs(batch, H, Hkv, D, window, dtype, dev)
         ms = graph_ms(lambda: local_decode_step_triton(q, k1, v1, cache, rope=rope))
         add("ours_decode_rattention", batch, "any", ms, nbytes, cache.nbytes(), f"window {window}")
         del cache

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import ConfigError
 from . import int_list
-from .kernels import bench_ms, copy_bandwidth, graph_ms
+from .kernels import bench_ms, copy_bandwidth, graph_ms, local_step_inputs
 
 KINDS = ("local-decode", "kv-decode", "rla-backward")
 
@@ -120,20 +120,11 @@ def _timed(fn, timer, kind: str, setting: dict) -> float | str:
 def sweep_local_decode(batch, H, Hkv, D, window, *, dtype, device, timer=graph_ms, grid=LOCAL_GRID,
                        skip=()) -> list[dict]:
     """The RAttention local decode step (ring + fp32 state) under each setting of `grid`."""
-    from ..kernels import Rope, empty_local_cache
+    from ..kernels import Rope
     from ..kernels.decode import fused_recurrent as fr
 
-    cache = empty_local_cache(batch, window, Hkv, D, dtype=dtype, device=device, kind="rattn")
-    for t in (cache.k, cache.v, cache.state):
-        t.normal_()
-    cache.pos = torch.full((batch,), 32768, dtype=torch.long, device=device)
-    g = torch.Generator(device=device).manual_seed(0)
-    q = torch.randn(batch, H, D, device=device, dtype=dtype, generator=g)
-    k, v = (torch.randn(batch, Hkv, D, device=device, dtype=dtype, generator=g) for _ in range(2))
+    cache, q, k, v, nbytes = local_step_inputs(batch, H, Hkv, D, window, dtype, device)
     rope = Rope(D)
-    el = torch.finfo(dtype).bits // 8
-    nbytes = batch * (2 * (window + 1) * Hkv * D * el + 2 * Hkv * cache.state.shape[2] * D * 4 + 2 * Hkv * D * el
-                      + 2 * H * D * el)
     rows = []
     for s in settings(grid, skip):
         launch = MappingProxyType({"programs_per_sm": s["programs_per_sm"], "num_warps": s["num_warps"]})
