@@ -207,10 +207,9 @@ def _table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
         grid = {n: (kv_split.GPU_LAUNCH[n],) for n in ("programs_per_sm", "num_warps", "num_stages")}
         grid["block_s"] = (block,)
         return sweep_kv_decode(**shape, dtype=dtype, device=device, timer=timer, grid=grid)[0]["ms"]
-    from ..kernels.rla.backward import RLA_BWD_TILES
-    from ..kernels.triton_common import tuning_row
+    from ..kernels.rla.backward import backward_tiles
 
-    row = tuning_row(RLA_BWD_TILES, dtype, shape["D"])
+    row = backward_tiles(dtype, shape["D"])
     row["BV"] = min(row["BV"], shape["D"])  # as the backward caps it
     grid = {n: (x,) for n, x in row.items()}
     return sweep_rla_backward(**shape, dtype=dtype, device=device, timer=timer, grid=grid)[0]["ms"]

@@ -443,10 +443,10 @@ BF16_RMS, BF16_ROW = 1e-2, 3e-2
 BF16_ROW_QK = 5e-2
 
 
-def run_gpu_gradients(T, layout, fm, *, H, Hkv, D):
+def run_gpu_gradients(T, layout, fm, *, H, Hkv, D, dtype=torch.bfloat16):
     window = 512
     bounds = {"padded": [T - 1000, T], "packed": [0, 1500, 1500, 3001, T - 7]}.get(layout)
-    leaves, do, _, kw = make_case(T, H, Hkv, D, torch.bfloat16, layout=layout, bounds=bounds, dense_rows=1, seed=9,
+    leaves, do, _, kw = make_case(T, H, Hkv, D, dtype, layout=layout, bounds=bounds, dense_rows=1, seed=9,
                                   device="cuda")
     K.residual_linear_attention(*leaves.qkv(), window=window, feature_map=fm, backend="triton", **kw).backward(do)
     ref = leaves.copy()
@@ -466,3 +466,11 @@ def test_gpu_bf16_gradients(T, layout, fm):
 def test_gpu_bf16_gradients_head_dim_256():
     # Gemma-3-shaped heads (B = 1, H = 8, Hkv = 4, D = 256, w = 512): the "D 256" rows of RLA_BWD_TILES
     run_gpu_gradients(4096, "dense", "softmax", H=8, Hkv=4, D=256)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H,D", [(16, 128), (8, 256)])
+def test_gpu_fp16_gradients(H, D):
+    # fp16 inputs run the products on fp32 operands (TF32) with the fp32 rows of RLA_BWD_TILES; the bf16 bounds
+    # hold with room (10-bit operands instead of 8-bit)
+    run_gpu_gradients(4096, "dense", "softmax", H=H, Hkv=4, D=D, dtype=torch.float16)

@@ -314,7 +314,8 @@ def rla_bwd_dk_kernel(
     tl.store(dk_ptr + k_rows[:, None] + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=j_ok[:, None])
 
 
-# Launch settings, edited by hand (row picked by `tuning_row`): chunk rows BC (the state is stored at every
+# Launch settings, edited by hand (row picked by `backward_tiles`: bf16 inputs take the 16-bit rows, fp32 and fp16
+# inputs the fp32 rows, since fp16's products take fp32 operands): chunk rows BC (the state is stored at every
 # chunk), the slice BV of the state products (value columns per scan program, and the reduction slice of the
 # state products in the parallel kernels), warps of the scans and of the parallel kernels, rows per program
 # of the phi pass, and either chunks per scan segment (seg_chunks) or the scan programs per SM the segment
@@ -337,6 +338,14 @@ RLA_BWD_TILES = MappingProxyType({
     "16-bit, D 256": MappingProxyType(dict(BC=32, BV=32, num_warps=8, scan_warps=4, num_stages=2,
                                            programs_per_sm=4, phi_rows=8)),
 })
+
+
+def backward_tiles(dtype: torch.dtype, D: int) -> dict:
+    """The `RLA_BWD_TILES` row for inputs of this dtype and head dim. It follows the products' operand type,
+    not the inputs': fp16 inputs take fp32 operands (`residual_linear_attention_backward`), whose tiles take
+    twice the shared memory, so they take the fp32 rows (the 16-bit row's dv kernel would need 240 KiB of
+    shared memory on sm_90 with fp32 operands, more than the 227 KiB a block may have)."""
+    return tuning_row(RLA_BWD_TILES, torch.float32 if dtype == torch.float16 else dtype, D)
 
 
 def _segment_length(cfg: dict, max_len: int, programs_per_segment: int, device) -> int:
@@ -413,7 +422,7 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
     dt = q.dtype
     feature = FEATURES[feature_map]
     nf = feature_dim(D, feature_map) // D
-    cfg = dict(tuning_row(RLA_BWD_TILES, dt, D), **(cfg or {}))
+    cfg = dict(backward_tiles(dt, D), **(cfg or {}))
     BC, BV = cfg["BC"], min(cfg["BV"], D)
     if D % BV or BV < 16 or BC < 16 or BC & (BC - 1):
         raise ValueError(f"backward tiles BC = {BC}, BV = {BV} must be powers of two >= 16 with BV dividing D = {D}")
