@@ -1,4 +1,5 @@
-"""Compile, without a GPU, every Triton kernel that the prefill ops launch forward and backward, for an sm_90 card
+"""Compile, without a GPU, every Triton kernel that the prefill ops launch forward and backward and the decode steps
+launch, for an sm_90 card
 (H100 / H200), with the GPU rows of the tuning tables; print one JSON line per distinct kernel variant: its name,
 warps, stages, constexpr settings and the shared memory a block of it needs.
 
@@ -6,7 +7,8 @@ warps, stages, constexpr settings and the shared memory a block of it needs.
 
 Nothing runs: each launch is compiled (Triton's own pipeline, down to the cubin with its bundled ptxas) and
 skipped, so outputs are never computed; the host code between launches only needs their shapes. The host is
-told it has a GPU of 132 SMs with TMA, as an H100 SXM. `test_sm90_resources.py` runs this in a subprocess,
+told it has a GPU of 132 SMs with TMA, as an H100 SXM; choices made from `tensor.is_cuda` (the decode step's
+fast sin / cos) take their CPU side, which changes no tile. `test_sm90_resources.py` runs this in a subprocess,
 because the test process runs Triton's interpreter, whose kernel objects cannot be compiled.
 """
 
@@ -61,7 +63,7 @@ def pretend_gpu() -> None:
     import rattn_eval.kernels as kernels
 
     for name in ("swa.parallel", "swa.backward", "rla.chunk", "rla.segment", "rla.backward", "rattention.fused",
-                 "rattention.autograd", "rattention.combine", "pointwise"):
+                 "rattention.autograd", "rattention.combine", "pointwise", "decode.fused_recurrent", "decode.kv_split"):
         importlib.import_module(f"rattn_eval.kernels.{name}")
     kernels.triton_available = lambda device: True
     for name, module in list(sys.modules.items()):
@@ -89,6 +91,21 @@ def launch_prefill_ops(dtype: torch.dtype, D: int) -> None:
         op().float().sum().backward()
 
 
+def launch_decode_steps(dtype: torch.dtype, D: int) -> None:
+    """The local decode step (RAttention and plain SWA caches, window 512, batches 8 and 64) and `kv_decode`
+    (batch 2, 4096 positions), H 16, Hkv 4."""
+    from rattn_eval.kernels import Rope, empty_local_cache, kv_decode, local_decode_step
+
+    H, Hkv = 16, 4
+    for kind in ("rattn", "swa"):
+        for B in (8, 64):
+            cache = empty_local_cache(B, 512, Hkv, D, dtype=dtype, device="cpu", kind=kind)
+            q, k, v = (torch.zeros(B, h, D, dtype=dtype) for h in (H, Hkv, Hkv))
+            local_decode_step(q, k, v, cache, rope=Rope(D), backend="triton")
+    kc = torch.zeros(2, 4096, Hkv, D, dtype=dtype)
+    kv_decode(torch.zeros(2, H, D, dtype=dtype), kc, kc, torch.tensor([4095, 100]), backend="triton")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], required=True)
@@ -99,6 +116,7 @@ def main(argv=None) -> int:
     triton_jit.JITFunction.run = compile_instead_of_launching(lambda row: print(json.dumps(row), flush=True))
     pretend_gpu()
     launch_prefill_ops(getattr(torch, args.dtype), args.head_dim)
+    launch_decode_steps(getattr(torch, args.dtype), args.head_dim)
     return 0
 
 

@@ -1,8 +1,8 @@
 """The GPU rows of the tuning tables fit an sm_90 card (H100 / H200), checked on the CPU: every kernel variant the
-prefill ops launch forward and backward, compiled for sm_90 with those rows (`sm90_compile.py`, in a subprocess),
-needs no more shared memory per block than the card has. A row that asks for more fails at launch on the GPU
-(Triton's OutOfResources) whatever the GPU tests cover; the fp16 inputs of the RLA backward once did: their fp32
-operands doubled the 16-bit row's tiles."""
+prefill ops launch forward and backward and the decode steps launch, compiled for sm_90 with those rows and launch
+settings (`sm90_compile.py`, in a subprocess), needs no more shared memory per block than the card has. A row that
+asks for more fails at launch on the GPU (Triton's OutOfResources) whatever the GPU tests cover; the fp16 inputs
+of the RLA backward once did: their fp32 operands doubled the 16-bit row's tiles."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ SM90_SHARED_BYTES = 232448
 SCRIPT = Path(__file__).with_name("sm90_compile.py")
 # Kernels each (dtype, head dim) must compile, so that the check cannot pass on an empty or partial list.
 EXPECTED = {"swa_fwd_kernel", "swa_bwd_dq_kernel", "swa_bwd_dkdv_kernel", "rla_segment_kernel", "rla_bwd_dq_kernel",
-            "rla_bwd_dv_kernel", "rla_bwd_dk_kernel", "rla_bwd_state_kernel"}
+            "rla_bwd_dv_kernel", "rla_bwd_dk_kernel", "rla_bwd_state_kernel", "decode_swa_partial_kernel",
+            "decode_rla_partial_kernel", "decode_combine_kernel", "kv_decode_kernel"}
 
 
 def _ptxas_available() -> bool:
