@@ -309,6 +309,9 @@ def test_bad_inputs_raise_and_leave_the_cache_alone(backend):
     wide = LocalCache(cache.k.double(), cache.v.double(), cache.state, cache.pos, cache.window)
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         DECODE_STEPS[backend](q, kv, kv, wide)
+    shared = LocalCache(cache.k, cache.v, cache.state, cache.pos[:1].expand(2), cache.window)
+    with pytest.raises(ValueError, match="one position per row"):
+        DECODE_STEPS[backend](q, kv, kv, shared)
     assert_cache_equal(cache, before, 0.0)
     assert torch.equal(cache.state, before.state)
 
@@ -491,6 +494,38 @@ def test_kv_decode_leaves_its_counters_at_zero(monkeypatch):
         assert_close(got[ok], kv_decode_naive(q[ok], k[ok], v[ok], pos[ok]), 1e-5, f"pos {pos.tolist()}")
         buffers = kv_split._counters["cpu"]
         assert buffers and all(int(b.abs().sum()) == 0 for b in buffers), "a counter was left non-zero"
+
+
+@pytest.mark.parametrize("kind", ["rattn", "swa"])
+def test_cache_rows_in_a_strided_view(kind):
+    """A cache made of every other row of another (views, positions included, strided in the batch): the step
+    reads and writes those rows only, and advances their positions in the parent's tensor."""
+    B, w, H, Hkv, D = 4, 9, 4, 2, 64
+    gen = torch.Generator().manual_seed(14)
+    k, v = (torch.randn(B, 30, Hkv, D, generator=gen) for _ in range(2))
+    lens = torch.tensor([5, 30, 10, 12])
+    got = build_local_cache(k, v, window=w, kind=kind, lengths=lens)
+    ref = build_local_cache(k, v, window=w, kind=kind, lengths=lens)
+
+    def every_other(c):
+        return LocalCache(c.k[::2], c.v[::2], None if c.state is None else c.state[::2], c.pos[::2], w, c.feature_map)
+
+    for step in range(2):
+        q, kn, vn = (torch.randn(2, n, D, generator=gen) for n in (H, Hkv, Hkv))
+        out = local_decode_step_triton(q, kn, vn, every_other(got), rope=Rope(D))
+        exp = local_decode_step_naive(q, kn, vn, every_other(ref), rope=Rope(D))
+        assert_close(out, exp, 1e-4, f"step {step}")
+    assert got.pos.tolist() == [7, 30, 12, 12]
+    assert_cache_equal(got, ref, 1e-5)
+
+
+def test_kv_decode_strided_positions():
+    """Positions given as a strided view (every other entry of a longer tensor) are read as the view holds them."""
+    gen = torch.Generator().manual_seed(16)
+    B, S, H, Hkv, D = 3, 40, 4, 2, 32
+    q, k, v = torch.randn(B, H, D, generator=gen), torch.randn(B, S, Hkv, D, generator=gen), torch.randn(B, S, Hkv, D, generator=gen)
+    pos = torch.tensor([39, 0, 2, 0, 17, 0])[::2]
+    assert_close(kv_split.kv_decode_triton(q, k, v, pos), kv_decode_naive(q, k, v, pos.clone()), 1e-5, "strided pos")
 
 
 # --- Triton on a GPU -----------------------------------------------------------------------------------------

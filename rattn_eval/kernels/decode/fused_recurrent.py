@@ -384,12 +384,13 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     l_ = torch.empty_like(m)
     acc = torch.empty(programs * ns * block_g * block_d, **f32)
     rla = torch.empty(programs * nf * block_g * block_d, **f32) if state is not None else m
+    pos = cache.pos.contiguous()  # the kernels read pos[b] at b: a strided view (every other row) is copied
     ring_strides = dict(stride_rkb=cache.k.stride(0), stride_rks=cache.k.stride(1), stride_rkh=cache.k.stride(2),
                         stride_rvb=cache.v.stride(0), stride_rvs=cache.v.stride(1), stride_rvh=cache.v.stride(2))
     dummy = o  # never read: the matching HAS_* flag is off
     if state is not None:
         decode_rla_partial_kernel[(programs, nf, nv)](
-            q_ptr=q, ring_k_ptr=cache.k, ring_v_ptr=cache.v, state_ptr=state, pos_ptr=cache.pos, part_ptr=rla,
+            q_ptr=q, ring_k_ptr=cache.k, ring_v_ptr=cache.v, state_ptr=state, pos_ptr=pos, part_ptr=rla,
             stride_qb=q.stride(0), stride_qh=q.stride(1), **ring_strides,
             stride_sb=state.stride(0), stride_sh=state.stride(1), stride_sf=state.stride(2),
             W1=W1, Hkv=Hkv, NF=nf, F_SPLIT=f_split,
@@ -397,7 +398,7 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
             BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_F=block_f, BLOCK_V=block_v, num_warps=warps,
         )
     decode_swa_partial_kernel[(programs, ns)](
-        q_ptr=q, k_ptr=k, ring_k_ptr=cache.k, ring_v_ptr=cache.v, v_ptr=v, pos_ptr=cache.pos,
+        q_ptr=q, k_ptr=k, ring_k_ptr=cache.k, ring_v_ptr=cache.v, v_ptr=v, pos_ptr=pos,
         inv_freq_ptr=dummy if inv_freq is None else inv_freq, m_ptr=m, l_ptr=l_, acc_ptr=acc,
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_kb=k.stride(0), stride_kh=k.stride(1),
         stride_vb=v.stride(0), stride_vh=v.stride(1), **ring_strides,
@@ -407,7 +408,7 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=warps,
     )
     decode_combine_kernel[(programs,)](
-        k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v, pos_ptr=cache.pos, m_ptr=m, l_ptr=l_, acc_ptr=acc,
+        k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v, pos_ptr=pos, m_ptr=m, l_ptr=l_, acc_ptr=acc,
         rla_ptr=rla, g_swa_ptr=dummy if g_swa is None else g_swa, g_rla_ptr=dummy if g_rla is None else g_rla, o_ptr=o,
         stride_kb=k.stride(0), stride_kh=k.stride(1), stride_vb=v.stride(0), stride_vh=v.stride(1), **ring_strides,
         stride_ob=o.stride(0), stride_oh=o.stride(1),

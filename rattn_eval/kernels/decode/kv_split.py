@@ -140,7 +140,7 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     acc = torch.empty(programs * ns * block_g * D, **f32)
     o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     kv_decode_kernel[(programs, ns)](
-        q, k, v, pos, m, l_, acc, o, _counter_buffer(programs, q.device),
+        q, k, v, pos.contiguous(), m, l_, acc, o, _counter_buffer(programs, q.device),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), S, Hkv, ns, s_split, default_scale(D, scale),
         D=D, G=G, PRECISION=precision_for(q.dtype), BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s,
