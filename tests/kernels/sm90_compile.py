@@ -1,7 +1,6 @@
-"""Compile, without a GPU, every Triton kernel that the prefill ops launch forward and backward and the decode steps
-launch, for an sm_90 card
-(H100 / H200), with the GPU rows of the tuning tables; print one JSON line per distinct kernel variant: its name,
-warps, stages, constexpr settings and the shared memory a block of it needs.
+"""Compile, without a GPU, every Triton kernel that the prefill ops (forward and backward) and the decode steps
+launch at one shape, for an sm_90 card (H100 / H200), with the GPU rows of the tuning tables; print one JSON line
+per distinct kernel variant: its name, warps, stages, constexpr settings and the shared memory a block of it needs.
 
     TRITON_INTERPRET=0 python tests/kernels/sm90_compile.py --dtype bfloat16 --head-dim 128
 

@@ -523,7 +523,8 @@ def test_kv_decode_strided_positions():
     """Positions given as a strided view (every other entry of a longer tensor) are read as the view holds them."""
     gen = torch.Generator().manual_seed(16)
     B, S, H, Hkv, D = 3, 40, 4, 2, 32
-    q, k, v = torch.randn(B, H, D, generator=gen), torch.randn(B, S, Hkv, D, generator=gen), torch.randn(B, S, Hkv, D, generator=gen)
+    q = torch.randn(B, H, D, generator=gen)
+    k, v = (torch.randn(B, S, Hkv, D, generator=gen) for _ in range(2))
     pos = torch.tensor([39, 0, 2, 0, 17, 0])[::2]
     assert_close(kv_split.kv_decode_triton(q, k, v, pos), kv_decode_naive(q, k, v, pos.clone()), 1e-5, "strided pos")
 

@@ -314,8 +314,8 @@ def rla_bwd_dk_kernel(
     tl.store(dk_ptr + k_rows[:, None] + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=j_ok[:, None])
 
 
-# Launch settings, edited by hand (row picked by `backward_tiles`: bf16 inputs take the 16-bit rows, fp32 and fp16
-# inputs the fp32 rows, since fp16's products take fp32 operands): chunk rows BC (the state is stored at every
+# Launch settings, edited by hand (row picked by `backward_tiles` from the operand type: bf16 inputs take the
+# 16-bit rows, fp32 and fp16 inputs the fp32 rows): chunk rows BC (the state is stored at every
 # chunk), the slice BV of the state products (value columns per scan program, and the reduction slice of the
 # state products in the parallel kernels), warps of the scans and of the parallel kernels, rows per program
 # of the phi pass, and either chunks per scan segment (seg_chunks) or the scan programs per SM the segment
@@ -340,12 +340,19 @@ RLA_BWD_TILES = MappingProxyType({
 })
 
 
+def operand_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The type of the backward's product operands, phi and chunk states for inputs of `dtype`: bf16 for bf16,
+    fp32 otherwise. fp16 takes fp32: do . v and the states are not bounded by 65504, and fp16's subnormals
+    would lose the small softmax features, whose errors the softmax Jacobian amplifies where dy - <dy, y>
+    cancels (bf16 has fp32's range)."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+
 def backward_tiles(dtype: torch.dtype, D: int) -> dict:
-    """The `RLA_BWD_TILES` row for inputs of this dtype and head dim. It follows the products' operand type,
-    not the inputs': fp16 inputs take fp32 operands (`residual_linear_attention_backward`), whose tiles take
-    twice the shared memory, so they take the fp32 rows (the 16-bit row's dv kernel would need 240 KiB of
-    shared memory on sm_90 with fp32 operands, more than the 227 KiB a block may have)."""
-    return tuning_row(RLA_BWD_TILES, torch.float32 if dtype == torch.float16 else dtype, D)
+    """The `RLA_BWD_TILES` row for inputs of this dtype and head dim, picked by the operand type: fp16 inputs
+    take the fp32 rows, since their fp32 operands take twice the shared memory of 16-bit ones (with the 16-bit
+    row a block of the dv kernel would not fit an H100's shared memory: rla/README.md, Backward)."""
+    return tuning_row(RLA_BWD_TILES, operand_dtype(dtype), D)
 
 
 def _segment_length(cfg: dict, max_len: int, programs_per_segment: int, device) -> int:
@@ -441,12 +448,8 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
                          f"a sequence of {seqs.max_len} tokens needs {nchunks}")
     seg_len = _segment_length(cfg, seqs.max_len, seqs.count * Hkv * nf * (D // BV), q.device)
     nseg = cdiv(seqs.max_len, seg_len)
-    # fp16 products run on fp32 operands (TF32 on a GPU): do . v and the states are not bounded by
-    # 65504; bf16 has fp32's range
-    ct = tl.bfloat16 if dt == torch.bfloat16 else tl.float32
-    # phi and the chunk states in the products' type: fp16's subnormals would lose the small softmax
-    # features, whose errors the softmax Jacobian then amplifies where dy - <dy, y> cancels
-    pdt = torch.bfloat16 if dt == torch.bfloat16 else torch.float32
+    pdt = operand_dtype(dt)  # phi, the chunk states and the products' operands (fp16: fp32, TF32 on a GPU)
+    ct = tl.bfloat16 if pdt == torch.bfloat16 else tl.float32
     meta = dict(D=D, NF=nf, BC=BC, BV=BV, CT=ct, PRECISION=precision_for(dt), num_stages=cfg["num_stages"])
     scan = dict(seqs=seqs, Hkv=Hkv, nseg=nseg, seg_len=seg_len, nchunks=nchunks, dtype=pdt,
                 scan_warps=cfg["scan_warps"], meta=meta)
