@@ -147,26 +147,27 @@ def check_window(window: int | None) -> None:
 
 
 def check_varlen(B: int, T: int, lengths, cu_seqlens) -> None:
-    """Per-sequence lengths of a right-padded batch ((B,) integers in [0, T]) or the offsets of a packed
-    one ((N+1,) integers from 0, non-decreasing, ending <= T, with B == 1); never both."""
+    """Per-sequence lengths of a right-padded batch ((B,) integer tensor, values in [0, T]) or the offsets of a
+    packed one ((N+1,) integer tensor from 0, non-decreasing, ending <= T, with B == 1); never both."""
     if lengths is not None and cu_seqlens is not None:
         raise ValueError("pass either lengths (padded batch) or cu_seqlens (packed batch), not both")
     for name, x in (("lengths", lengths), ("cu_seqlens", cu_seqlens)):
         if x is None:
             continue
-        t = x if isinstance(x, torch.Tensor) else torch.as_tensor(x)
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise ValueError(f"{name} must hold integers, got dtype {t.dtype}")
-        if t.dim() != 1:
-            raise ValueError(f"{name} must be a 1-d tensor, got shape {tuple(t.shape)}")
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"{name} must be a 1-d integer torch tensor, got a {type(x).__name__}")
+        if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+            raise ValueError(f"{name} must hold integers, got dtype {x.dtype}")
+        if x.dim() != 1:
+            raise ValueError(f"{name} must be a 1-d tensor, got shape {tuple(x.shape)}")
     if lengths is not None:
-        ls = torch.as_tensor(lengths).tolist()
+        ls = lengths.tolist()
         if len(ls) != B or any(x < 0 or x > T for x in ls):
             raise ValueError(f"lengths must be a [B] = [{B}] tensor with values in [0, T = {T}]; got {ls}")
     if cu_seqlens is not None:
         if B != 1:
             raise ValueError(f"packed sequences (cu_seqlens) need B == 1, got B = {B}")
-        cu = torch.as_tensor(cu_seqlens).tolist()
+        cu = cu_seqlens.tolist()
         if not cu or cu[0] != 0 or cu[-1] > T or any(b < a for a, b in zip(cu, cu[1:])):
             raise ValueError(f"cu_seqlens must start at 0, be non-decreasing and end <= T = {T}; got {cu}")
 

@@ -49,6 +49,7 @@ def _bad_prefill_calls():
         ("none-window-rla", lambda be: residual_linear_attention(q, k, v, window=None, backend=be), "int window"),
         ("float-lengths", lambda be: swa_attention(q, k, v, window=3, lengths=torch.tensor([3.5, 11.9]), backend=be),
          "hold integers"),
+        ("list-lengths", lambda be: swa_attention(q, k, v, window=3, lengths=[3, 11], backend=be), "torch tensor"),
         ("lengths-past-T", lambda be: rattention(q, k, v, window=3, lengths=torch.tensor([3, 13]), backend=be), "lengths"),
         ("2d-cu_seqlens", lambda be: swa_attention(q[:1], k[:1], v[:1], window=3, cu_seqlens=torch.tensor([[0, 5, 12]]),
                                                    backend=be), "1-d"),

@@ -309,9 +309,12 @@ def test_bad_inputs_raise_and_leave_the_cache_alone(backend):
     wide = LocalCache(cache.k.double(), cache.v.double(), cache.state, cache.pos, cache.window)
     with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
         DECODE_STEPS[backend](q, kv, kv, wide)
-    shared = LocalCache(cache.k, cache.v, cache.state, cache.pos[:1].expand(2), cache.window)
-    with pytest.raises(ValueError, match="one position per row"):
-        DECODE_STEPS[backend](q, kv, kv, shared)
+    broadcast = {"pos": LocalCache(cache.k, cache.v, cache.state, cache.pos[:1].expand(2), cache.window),
+                 "state": LocalCache(cache.k, cache.v, cache.state[:1].expand(2, -1, -1, -1), cache.pos, cache.window),
+                 "ring k": LocalCache(cache.k[:, :1].expand(-1, 4, -1, -1), cache.v, cache.state, cache.pos, 3)}
+    for name, shared in broadcast.items():
+        with pytest.raises(ValueError, match=f"cache's {name} is a broadcast"):
+            DECODE_STEPS[backend](q, kv, kv, shared)
     assert_cache_equal(cache, before, 0.0)
     assert torch.equal(cache.state, before.state)
 
@@ -517,6 +520,19 @@ def test_cache_rows_in_a_strided_view(kind):
         assert_close(out, exp, 1e-4, f"step {step}")
     assert got.pos.tolist() == [7, 30, 12, 12]
     assert_cache_equal(got, ref, 1e-5)
+
+
+def test_kv_decode_query_strided_in_the_head_dim():
+    """A query that is a view with a strided head dim (every other column of a wider tensor) is taken, as on the
+    torch backend; only the cache must be contiguous in the head dim (it is not copied each step)."""
+    gen = torch.Generator().manual_seed(17)
+    B, S, H, Hkv, D = 2, 30, 4, 2, 32
+    q = torch.randn(B, H, 2 * D, generator=gen)[..., ::2]
+    k, v = (torch.randn(B, S, Hkv, D, generator=gen) for _ in range(2))
+    pos = torch.tensor([29, 4])
+    assert_close(kv_split.kv_decode_triton(q, k, v, pos), kv_decode_naive(q, k, v, pos), 1e-5, "strided q")
+    with pytest.raises(ValueError, match="cache must be contiguous in the head dim"):
+        kv_split.kv_decode_triton(q, torch.randn(B, S, Hkv, 2 * D)[..., ::2], v, pos)
 
 
 def test_kv_decode_strided_positions():

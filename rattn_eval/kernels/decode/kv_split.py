@@ -121,8 +121,9 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     S, Hkv = k.shape[1], k.shape[2]
     if D & (D - 1) or not 16 <= D <= 256:
         raise ValueError(f"kv decode supports power-of-two head dims 16..256, got {D}")
-    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
-        raise ValueError("q and the cache must be contiguous in the head dim")
+    if k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("the cache must be contiguous in the head dim")
+    q = q if q.stride(-1) == 1 else q.contiguous()  # one token: a cheap copy
     if B == 0:
         return torch.empty(0, H, D, dtype=q.dtype, device=q.device)
     G = H // Hkv

@@ -86,8 +86,10 @@ def check_decode_args(q, k, v, cache: LocalCache, rope, **norms) -> None:
     check_feature_map(cache.feature_map)
     if cache.pos.shape != (B,) or cache.pos.dtype != torch.int64:
         raise ValueError(f"cache.pos must be an int64 ({B},) tensor, got {cache.pos.dtype} {tuple(cache.pos.shape)}")
-    if B > 1 and cache.pos.stride(0) == 0:
-        raise ValueError("cache.pos must hold one position per row; it is a broadcast (expanded) tensor")
+    for name, t in (("ring k", cache.k), ("ring v", cache.v), ("state", cache.state), ("pos", cache.pos)):
+        if t is not None and any(n > 1 and st == 0 for n, st in zip(t.shape, t.stride())):
+            raise ValueError(f"the cache's {name} is a broadcast (expanded) tensor; the step writes it in place, so "
+                             "it must hold its own entry per row, slot and head")
     if rope is not None and (not isinstance(rope, Rope) or rope.head_dim != D):
         raise ValueError(f"rope must be a Rope of head dim {D} or None, got {rope!r}")
     for name, w in norms.items():

@@ -455,9 +455,9 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
                 scan_warps=cfg["scan_warps"], meta=meta)
     table = (seqs.row, seqs.start, seqs.length)
     if lengths is not None:
-        lim = torch.as_tensor(lengths).to(device=q.device, dtype=torch.int32)
+        lim = lengths.to(device=q.device, dtype=torch.int32).contiguous()  # the kernel reads lim[b] at offset b
     elif cu_seqlens is not None:
-        lim = torch.as_tensor(cu_seqlens)[-1:].to(device=q.device, dtype=torch.int32)
+        lim = cu_seqlens[-1:].to(device=q.device, dtype=torch.int32).contiguous()
     else:
         lim = torch.full((B,), T, dtype=torch.int32, device=q.device)
 
