@@ -109,11 +109,18 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], required=True)
     ap.add_argument("--head-dim", type=int, required=True)
+    ap.add_argument("--rla-bwd-row", default=None, help="give the RLA backward this RLA_BWD_TILES row (e.g. 16-bit) "
+                    "instead of the one `backward_tiles` picks")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("run with TRITON_INTERPRET=0: the interpreter's kernels cannot be compiled")
     triton_jit.JITFunction.run = compile_instead_of_launching(lambda row: print(json.dumps(row), flush=True))
     pretend_gpu()
+    if args.rla_bwd_row is not None:
+        from rattn_eval.kernels.rla import backward
+
+        row = dict(backward.RLA_BWD_TILES[args.rla_bwd_row])
+        backward.backward_tiles = lambda dtype, D: dict(row)
     launch_prefill_ops(getattr(torch, args.dtype), args.head_dim)
     launch_decode_steps(getattr(torch, args.dtype), args.head_dim)
     return 0

@@ -355,12 +355,13 @@ def test_gradients_head_dim_256(dtype):
 
 
 @pytest.mark.parametrize("dtype,D,T", [(torch.float16, 64, 150), (torch.float32, 64, 150), (torch.float16, 256, 48)],
-                         ids=["16-bit", "fp32", "16-bit-D256"])
+                         ids=["fp16", "fp32", "fp16-D256"])
 def test_gpu_table_rows_under_the_interpreter(dtype, D, T, monkeypatch):
-    """The GPU rows of every tuning table (SWA_TILES, with heads_first and TMA for 16-bit inputs;
-    PASS_TILES, SEGMENT_TILES, SWA_BWD_TILES, RLA_BWD_TILES) and the GPU segment lengths, on a pretended GPU
-    (interpreter flag off, 4 SMs): the fused prefill and the gradients through a padded batch, over several
-    segments at D = 64."""
+    """The GPU rows that these inputs pick in every tuning table (SWA_TILES, with heads_first and TMA for 16-bit
+    inputs; PASS_TILES, SEGMENT_TILES, SWA_BWD_TILES; RLA_BWD_TILES's fp32 rows, which fp16 takes too: its
+    16-bit rows run in test_rla.py's test_gpu_backward_rows_under_the_interpreter) and the GPU segment lengths,
+    on a pretended GPU (interpreter flag off, 4 SMs): the fused prefill and the gradients through a padded batch,
+    over several segments at D = 64."""
     monkeypatch.setattr(triton_common, "INTERPRET", False)
     monkeypatch.setattr(rla_segment, "INTERPRET", False)
     monkeypatch.setattr(swa_parallel, "tma_ok", lambda *ts: ts[0].dtype != torch.float32)  # CPU tensors

@@ -37,7 +37,10 @@ CASES = [("bfloat16", 128), ("bfloat16", 256), ("float16", 128), ("float16", 256
                     "Triton 3.6's launcher internals (the version the dev install pins)")
 @pytest.mark.parametrize("dtype,D", CASES)
 def test_table_rows_fit_sm90_shared_memory(dtype, D):
-    env = dict(os.environ, TRITON_INTERPRET="0", OPENBLAS_NUM_THREADS="1")
+    # the checkout under test first on the path, not only an installed copy of the package
+    root = str(SCRIPT.parents[2])
+    env = dict(os.environ, TRITON_INTERPRET="0", OPENBLAS_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, str(SCRIPT), "--dtype", dtype, "--head-dim", str(D)], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

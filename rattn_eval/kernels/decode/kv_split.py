@@ -22,7 +22,7 @@ import triton.language as tl
 from ..common import default_scale
 from ..triton_common import num_sms as _num_sms
 from ..triton_common import precision_for
-from .fused_recurrent import _splits, merge_block, merge_softmax_splits, store_softmax_split
+from .fused_recurrent import _last_dim_contiguous, _splits, merge_block, merge_softmax_splits, store_softmax_split
 from .naive import check_kv_decode_args
 
 # Programs the splits aim for under the CPU interpreter (on a GPU: `programs_per_sm` x the SM count); small, so
@@ -123,7 +123,7 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
         raise ValueError(f"kv decode supports power-of-two head dims 16..256, got {D}")
     if k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("the cache must be contiguous in the head dim")
-    q = q if q.stride(-1) == 1 else q.contiguous()  # one token: a cheap copy
+    q = _last_dim_contiguous(q)  # one token: a cheap copy
     if B == 0:
         return torch.empty(0, H, D, dtype=q.dtype, device=q.device)
     G = H // Hkv

@@ -314,8 +314,7 @@ def rla_bwd_dk_kernel(
     tl.store(dk_ptr + k_rows[:, None] + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=j_ok[:, None])
 
 
-# Launch settings, edited by hand (row picked by `backward_tiles` from the operand type: bf16 inputs take the
-# 16-bit rows, fp32 and fp16 inputs the fp32 rows): chunk rows BC (the state is stored at every
+# Launch settings, edited by hand (row picked by `backward_tiles`): chunk rows BC (the state is stored at every
 # chunk), the slice BV of the state products (value columns per scan program, and the reduction slice of the
 # state products in the parallel kernels), warps of the scans and of the parallel kernels, rows per program
 # of the phi pass, and either chunks per scan segment (seg_chunks) or the scan programs per SM the segment
@@ -349,9 +348,8 @@ def operand_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def backward_tiles(dtype: torch.dtype, D: int) -> dict:
-    """The `RLA_BWD_TILES` row for inputs of this dtype and head dim, picked by the operand type: fp16 inputs
-    take the fp32 rows, since their fp32 operands take twice the shared memory of 16-bit ones (with the 16-bit
-    row a block of the dv kernel would not fit an H100's shared memory: rla/README.md, Backward)."""
+    """The `RLA_BWD_TILES` row for inputs of this dtype and head dim: the row of their operand type
+    (`operand_dtype`), whose size sets the tiles' shared memory (rla/README.md, Backward)."""
     return tuning_row(RLA_BWD_TILES, operand_dtype(dtype), D)
 
 
