@@ -10,6 +10,7 @@ Shapes: B batch, T tokens, W width, H query heads, Hkv kv heads, D head dim, V v
 
 from __future__ import annotations
 
+import numbers
 import os
 import time
 from collections.abc import Iterable
@@ -422,6 +423,8 @@ class Model(nn.Module):
         Returns: logits at each row's last prompt token (B, V), caches (one per layer).
         """
         B, T = input_ids.shape
+        if B and int(lengths.min()) < 1:
+            raise ValueError("prefill needs at least one token per prompt: a length of 0 has no last token")
         if caches is None:
             caches = self.new_caches(B, max(cache_size, T))
         per = max(1, self.prefill_tokens // max(T, 1))
@@ -465,16 +468,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, tokenizer):
-    """Validate generate() arguments. Returns (per-row budgets, eos id set, stop list, tokenizer)."""
+def _is_count(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, tokenizer, vocab_size: int):
+    """Validate generate() arguments: prompts a list of token-id sequences (lists or 1-d integer tensors) with
+    ids in [0, vocab_size), max_new_tokens an int >= 0 or one per prompt, eos_ids an id or ids. Returns
+    (per-row budgets, eos id set, stop list, tokenizer)."""
+    if not isinstance(prompts, (list, tuple)):
+        raise ConfigError(f"generate takes its prompts as a list of token-id lists (or 1-d tensors), not a "
+                          f"{type(prompts).__name__}.")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ConfigError("generate needs a non-empty list of non-empty prompts.")
-    budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+    for i, p in enumerate(prompts):
+        t = torch.as_tensor(p)
+        if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ConfigError(f"prompt {i} must be a 1-d sequence of integer token ids, got {t.dtype} values of "
+                              f"shape {tuple(t.shape)}.")
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= vocab_size:
+            raise ConfigError(f"prompt {i} holds token id {lo if lo < 0 else hi}, outside the model's vocabulary "
+                              f"of {vocab_size} ids.")
+    if _is_count(max_new_tokens):
+        budgets = [int(max_new_tokens)] * len(prompts)
+    elif isinstance(max_new_tokens, (list, tuple)) and all(_is_count(b) for b in max_new_tokens):
+        budgets = [int(b) for b in max_new_tokens]
+    else:
+        budgets = []
     if len(budgets) != len(prompts) or any(b < 0 for b in budgets):
         raise ConfigError("max_new_tokens must be an int >= 0 or one such int per prompt.")
     tokenizer = tokenizer if tokenizer is not None else model.tokenizer
     if eos_ids is None:
         eos_ids = set(tokenizer.eos_ids) if tokenizer is not None else set()
+    elif _is_count(eos_ids):
+        eos_ids = {eos_ids}
     stop = [s for s in (stop or []) if s]
     if stop and tokenizer is None:
         raise ConfigError("stop strings need a tokenizer to decode the generated text.")
@@ -594,7 +622,8 @@ def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop
 
     Returns one list of new token ids per prompt; sets model.last_stats.
     """
-    budgets, eos, stop, tokenizer = normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, tokenizer)
+    budgets, eos, stop, tokenizer = normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, tokenizer,
+                                                            model.embed.num_embeddings)
     device = model.embed.weight.device
     B = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)

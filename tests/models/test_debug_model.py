@@ -91,6 +91,29 @@ def test_budget_and_numerics_errors(monkeypatch):
         model.generate([[1, 2, 3]], max_new_tokens=2)
 
 
+def test_generate_refuses_bad_arguments_with_one_sentence():
+    model, _ = load_model("debug", backend="torch")
+    V = model.embed.num_embeddings
+    bad = {
+        "a 2-d tensor": (dict(prompts=torch.ones(2, 3, dtype=torch.long)), "list of token-id lists"),
+        "an id past the vocabulary": (dict(prompts=[[1, 2], [3, V]]), f"prompt 1 holds token id {V}, outside"),
+        "a negative id": (dict(prompts=[[-1, 2]]), "token id -1, outside"),
+        "float ids": (dict(prompts=[[3.7, 2.0]]), "integer token ids"),
+        "a float budget": (dict(max_new_tokens=2.5), "max_new_tokens"),
+        "no budget": (dict(max_new_tokens=None), "max_new_tokens"),
+    }
+    for what, (kw, match) in bad.items():
+        args = dict(dict(prompts=[[1, 2, 3]], max_new_tokens=2), **kw)
+        with pytest.raises(ConfigError, match=match):
+            model.generate(args.pop("prompts"), **args)
+            pytest.fail(f"{what}: no error")
+    # one EOS id may be given alone; 1-d tensors and int32 ids are prompts like lists
+    alone = model.generate([[1, 2, 3]], max_new_tokens=3, eos_ids=5)
+    assert alone == model.generate([torch.tensor([1, 2, 3], dtype=torch.int32)], max_new_tokens=3, eos_ids={5})
+    with pytest.raises(ValueError, match="at least one token per prompt"):
+        model.prefill(torch.ones(2, 4, dtype=torch.long), torch.tensor([4, 0]), cache_size=8)
+
+
 @pytest.mark.parametrize("per_pass", [1, 2, 3])
 def test_prefill_in_row_groups_equals_one_pass(per_pass):
     """A batch larger than `prefill_tokens` runs in groups of rows, each trimmed to its longest prompt:
