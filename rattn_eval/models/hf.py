@@ -57,8 +57,8 @@ class HFModel:
         """Same contract as Model.generate; runs transformers' greedy `generate` on the left-padded batch."""
         from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-        budgets, eos, stop, tokenizer = normalize_generate_args(self, prompts, max_new_tokens, eos_ids, stop, tokenizer,
-                                                                self.hf.get_input_embeddings().num_embeddings)
+        prompts, budgets, eos, stop, tokenizer = normalize_generate_args(
+            self, prompts, max_new_tokens, eos_ids, stop, tokenizer, self.hf.get_input_embeddings().num_embeddings)
         device = self.device
         B, T = len(prompts), max(len(p) for p in prompts)
         ids = torch.zeros(B, T, dtype=torch.long, device=device)

@@ -475,12 +475,13 @@ def _is_count(x) -> bool:
 def normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, tokenizer, vocab_size: int):
     """Validate generate() arguments: prompts a list of token-id sequences (lists or 1-d integer tensors) with
     ids in [0, vocab_size), max_new_tokens an int >= 0 or one per prompt, eos_ids an id or ids. Returns
-    (per-row budgets, eos id set, stop list, tokenizer)."""
+    (prompts as lists of ints, per-row budgets, eos id set, stop list, tokenizer)."""
     if not isinstance(prompts, (list, tuple)):
         raise ConfigError(f"generate takes its prompts as a list of token-id lists (or 1-d tensors), not a "
                           f"{type(prompts).__name__}.")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ConfigError("generate needs a non-empty list of non-empty prompts.")
+    rows = []
     for i, p in enumerate(prompts):
         t = torch.as_tensor(p)
         if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
@@ -490,6 +491,7 @@ def normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, token
         if lo < 0 or hi >= vocab_size:
             raise ConfigError(f"prompt {i} holds token id {lo if lo < 0 else hi}, outside the model's vocabulary "
                               f"of {vocab_size} ids.")
+        rows.append(t.tolist())
     if _is_count(max_new_tokens):
         budgets = [int(max_new_tokens)] * len(prompts)
     elif isinstance(max_new_tokens, (list, tuple)) and all(_is_count(b) for b in max_new_tokens):
@@ -506,11 +508,11 @@ def normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, token
     stop = [s for s in (stop or []) if s]
     if stop and tokenizer is None:
         raise ConfigError("stop strings need a tokenizer to decode the generated text.")
-    for i, (p, b) in enumerate(zip(prompts, budgets)):
+    for i, (p, b) in enumerate(zip(rows, budgets)):
         if len(p) + b > model.max_context:
             raise BudgetError(f"prompt {i} has {len(p)} tokens + {b} new tokens, more than the model's context of "
                               f"{model.max_context} tokens.")
-    return budgets, set(int(e) for e in eos_ids), stop, tokenizer
+    return rows, budgets, set(int(e) for e in eos_ids), stop, tokenizer
 
 
 def stop_text(tokenizer, ids) -> str:
@@ -622,8 +624,8 @@ def greedy_generate(model: Model, prompts, *, max_new_tokens, eos_ids=None, stop
 
     Returns one list of new token ids per prompt; sets model.last_stats.
     """
-    budgets, eos, stop, tokenizer = normalize_generate_args(model, prompts, max_new_tokens, eos_ids, stop, tokenizer,
-                                                            model.embed.num_embeddings)
+    prompts, budgets, eos, stop, tokenizer = normalize_generate_args(
+        model, prompts, max_new_tokens, eos_ids, stop, tokenizer, model.embed.num_embeddings)
     device = model.embed.weight.device
     B = len(prompts)
     lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long, device=device)

@@ -229,6 +229,7 @@ def test_phi3_longrope_rebuilds_the_cache_when_decoding_passes_the_original_leng
         ref = hf.generate(x, do_sample=False, max_new_tokens=NEW, pad_token_id=0)[0, 50:].tolist()
         assert rel_err(ours(x), hf(input_ids=x).logits) <= 1e-4
     assert ours.generate([prompt], max_new_tokens=NEW, eos_ids=[])[0] == ref
+    assert ours.generate([torch.tensor(prompt)], max_new_tokens=NEW, eos_ids=[])[0] == ref  # a tensor prompt too
     longer = torch.randint(0, 256, (90,), generator=torch.Generator().manual_seed(3)).tolist()
     alone = ours.generate([longer], max_new_tokens=NEW, eos_ids=[])
     assert ours.generate([prompt, longer, prompt[:20]], max_new_tokens=[NEW, NEW, 8], eos_ids=[])[:2] == [ref, alone[0]]
