@@ -485,7 +485,7 @@ def test_kv_decode_leaves_its_counters_at_zero(monkeypatch):
     after calls split over several programs, at rows of different lengths, every counter is back at zero,
     so the next call (or a replayed CUDA graph) starts clean, and each call gives the reference's output."""
     monkeypatch.setattr(kv_split, "_SPLIT_TARGET", 16)
-    monkeypatch.setattr(kv_split, "_counters", {})
+    monkeypatch.setattr(fused_recurrent, "_counters", {})
     gen = torch.Generator().manual_seed(11)
     B, S, H, Hkv, D = 3, 150, 4, 2, 64
     k, v = torch.randn(B, S, Hkv, D, generator=gen), torch.randn(B, S, Hkv, D, generator=gen)
@@ -495,8 +495,39 @@ def test_kv_decode_leaves_its_counters_at_zero(monkeypatch):
         ok = (pos >= 0) & (pos < S)  # a position outside the cache: that row NaN, the others computed
         assert torch.isnan(got[~ok]).all()
         assert_close(got[ok], kv_decode_naive(q[ok], k[ok], v[ok], pos[ok]), 1e-5, f"pos {pos.tolist()}")
-        buffers = kv_split._counters["cpu"]
+        buffers = fused_recurrent._counters["cpu"]
         assert buffers and all(int(b.abs().sum()) == 0 for b in buffers), "a counter was left non-zero"
+
+
+@pytest.mark.parametrize("kind", ["rattn", "swa"])
+def test_local_step_leaves_its_counters_at_zero(kind, monkeypatch):
+    """The step is one launch: its splits count themselves on their pair's counter, the pair's last split
+    merges and counts the pair on its row's counter, and the row's last pair advances the row's position.
+    Over steps split over many programs, with a row at a negative position among them, every counter is back at
+    zero after each step, each position moved by one, and the valid rows match the reference."""
+    monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", 64)
+    monkeypatch.setitem(fused_recurrent._BLOCKS, "interpreter", {"block_s": 16, "block_f": 16})
+    monkeypatch.setattr(fused_recurrent, "_counters", {})
+    B, w, H, Hkv, D = 3, 40, 4, 2, 64
+    gen = torch.Generator().manual_seed(15)
+    F = feature_dim(D, "softmax") if kind == "rattn" else None
+    ring = [torch.randn(B, w + 1, Hkv, D, generator=gen) for _ in range(2)]
+    state = torch.randn(B, Hkv, F, D, generator=gen) if kind == "rattn" else None
+    cache = LocalCache(*ring, state, torch.tensor([-5, 3, 100]), w, "softmax")
+    ref = cache.select(torch.tensor([1, 2]))
+    rope = Rope(D)
+    for step in range(3):
+        q, kn, vn = (torch.randn(B, n, D, generator=gen) for n in (H, Hkv, Hkv))
+        out = local_decode_step_triton(q, kn, vn, cache, rope=rope)
+        exp = local_decode_step_naive(q[1:], kn[1:], vn[1:], ref, rope=rope)
+        assert torch.isnan(out[0]).all()
+        assert_close(out[1:], exp, 1e-4, f"step {step}")
+        assert cache.pos.tolist() == [-4 + step, 4 + step, 101 + step]
+        buffers = fused_recurrent._counters["cpu"]
+        assert buffers and all(int(b.abs().sum()) == 0 for b in buffers), "a counter was left non-zero"
+    assert torch.equal(cache.k[1:], ref.k) and torch.equal(cache.v[1:], ref.v)
+    if state is not None:
+        assert_close(cache.state[1:], ref.state, 1e-5, "state")
 
 
 @pytest.mark.parametrize("kind", ["rattn", "swa"])
@@ -606,6 +637,48 @@ def test_gpu_fp32_rope_angles_up_to_a_million_positions(kind):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("batch", [8, 64])
+def test_gpu_local_step_captured_in_a_graph(batch, monkeypatch):
+    """The local step captured in a CUDA graph (as the model decodes), with no counter buffer kept yet (the
+    capture makes its own, zeroed at each replay) and with a kept one: each replay advances the positions on
+    the GPU and matches the reference stepped alongside, and the kept counters stay at zero. Batch 8 splits
+    every pair over many programs, batch 64 over few."""
+    B, w, H, Hkv, D = batch, 512, 16, 4, 128
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev).manual_seed(17)
+    rope = Rope(D, theta=10000.0)
+    for kept in (False, True):
+        pos = torch.randint(0, 100_000, (B,), generator=gen, device=dev)
+        pos[:3] = torch.tensor([0, w - 1, w], device=dev)
+        state = torch.randn(B, Hkv, feature_dim(D, "softmax"), D, generator=gen, device=dev)
+        ring = [torch.randn(B, w + 1, Hkv, D, generator=gen, device=dev).to(torch.bfloat16) for _ in range(2)]
+        got = LocalCache(*ring, state, pos, w, "softmax")
+        ref = LocalCache(ring[0].float(), ring[1].float(), state.clone(), pos.clone(), w, "softmax")
+        q, kn, vn = (torch.zeros(B, n, D, device=dev, dtype=torch.bfloat16) for n in (H, Hkv, Hkv))
+        scratch = copy.deepcopy(got)
+        local_decode_step_triton(q, kn, vn, scratch, rope=rope)  # compiles the kernel outside the capture
+        torch.cuda.synchronize()
+        monkeypatch.setattr(fused_recurrent, "_counters", {})
+        if kept:
+            local_decode_step_triton(q, kn, vn, scratch, rope=rope)  # keeps a counter buffer before the capture
+            torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = local_decode_step_triton(q, kn, vn, got, rope=rope)
+        for step in range(3):
+            for x, n in ((q, H), (kn, Hkv), (vn, Hkv)):
+                x.copy_(torch.randn(B, n, D, generator=gen, device=dev))
+            graph.replay()
+            torch.cuda.synchronize()
+            exp = local_decode_step_naive(q.float(), kn.float(), vn.float(), ref, rope=rope)
+            assert_close(out.float(), exp, 1e-2, f"replay {step}, kept buffer {kept}")
+        assert_cache_equal(got, ref, 1e-4)
+        buffers = fused_recurrent._counters.get(str(dev), [])
+        assert all(int(b.abs().sum()) == 0 for b in buffers)
+        assert (len(buffers) == 1) == kept
+
+
+@pytest.mark.gpu
 def test_gpu_negative_position_gives_nan_and_writes_nothing():
     """On CUDA the public step does not sync to check positions: a row at a negative position comes out
     NaN, its ring and state stay as they were (no write out of bounds), the other rows are exact."""
@@ -655,7 +728,7 @@ def test_kv_decode_captured_in_a_graph_gpu(monkeypatch):
     kv_split.kv_decode_triton(q, k, v, pos)  # compiles and loads the kernel: no module load inside a capture
     torch.cuda.synchronize()
     for kept in (False, True):
-        monkeypatch.setattr(kv_split, "_counters", {})
+        monkeypatch.setattr(fused_recurrent, "_counters", {})
         if kept:
             kv_split.kv_decode_triton(q, k, v, pos)  # an eager call keeps a buffer before the capture
             torch.cuda.synchronize()
@@ -668,7 +741,7 @@ def test_kv_decode_captured_in_a_graph_gpu(monkeypatch):
             torch.cuda.synchronize()
             exp = kv_decode_naive(q.float(), k.float(), v.float(), pos)
             assert_close(out.float(), exp, 1e-2, f"replay at {new}, kept buffer {kept}")
-        buffers = kv_split._counters.get(str(q.device), [])
+        buffers = fused_recurrent._counters.get(str(q.device), [])
         assert all(int(b.abs().sum()) == 0 for b in buffers)
         assert (len(buffers) == 1) == kept
 

@@ -20,8 +20,7 @@ SM90_SHARED_BYTES = 232448
 SCRIPT = Path(__file__).with_name("sm90_compile.py")
 # Kernels each (dtype, head dim) must compile, so that the check cannot pass on an empty or partial list.
 EXPECTED = {"swa_fwd_kernel", "swa_bwd_dq_kernel", "swa_bwd_dkdv_kernel", "rla_segment_kernel", "rla_bwd_dq_kernel",
-            "rla_bwd_dv_kernel", "rla_bwd_dk_kernel", "rla_bwd_state_kernel", "decode_swa_partial_kernel",
-            "decode_rla_partial_kernel", "decode_combine_kernel", "kv_decode_kernel"}
+            "rla_bwd_dv_kernel", "rla_bwd_dk_kernel", "rla_bwd_state_kernel", "decode_step_kernel", "kv_decode_kernel"}
 
 
 def _ptxas_available() -> bool:

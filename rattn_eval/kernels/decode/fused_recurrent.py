@@ -1,26 +1,28 @@
 """Triton decode step for local layers (plain SWA and RAttention): one new token per sequence.
 
-`_launch_decode` runs up to three kernels, in stream order, over the B * Hkv (batch row, KV head)
-pairs; each of the first two also splits its work over a second grid axis (flash-decoding), and the
-first its state's value columns over a third:
-1. `decode_rla_partial_kernel` (RAttention only; grid (B * Hkv, nf, nv)): split j takes a range of
-   the F feature rows of the fp32 state S and slice c a range of its value columns (`_STATE_BLOCK_V`;
-   two slices at D = 256, one up to 128), folds the token leaving the window (slot t mod (w+1), still
-   holding position t-w-1 when t >= w+1) into that part block by block, and writes its share of
-   phi(q) S for the group's query heads, read from the updated block while it is on chip (a tensor-core
-   product, query heads padded to 16 rows);
-2. `decode_swa_partial_kernel` (grid (B * Hkv, ns)): split j runs an online softmax over a range
-   of the w+1 ring slots, rotating each slot's raw key with that slot's absolute position (RoPE
-   cos/sin computed in-kernel from `inv_freq`, so the cache holds no position table; `_cos_sin`) and
-   taking scores and output as tensor-core products; the new token's slot is taken from the inputs
-   k/v, not from the ring, and the split writes its max, sum and unnormalized accumulator;
-3. `decode_combine_kernel` (grid (B * Hkv,)): merges the softmax splits, sums the RLA splits,
-   applies both RMS norms and gains (RAttention only), writes the output, and only then
-   overwrites the slot t mod (w+1) with the new k/v (every partial kernel has read it by then).
+`_launch_decode` runs one kernel, `decode_step_kernel`, over the B * Hkv (batch row, KV head) pairs and,
+on its second grid axis, over splits of each pair's work (flash-decoding), so that a small batch still
+fills the GPU:
+- softmax splits (`_swa_split`, j < ns): an online softmax over a range of the w+1 ring slots, rotating
+  each slot's raw key with that slot's absolute position (RoPE cos/sin computed in-kernel from
+  `inv_freq`, so the cache holds no position table; `_cos_sin`) and taking scores and output as
+  tensor-core products; the new token's slot is taken from the inputs k/v, not from the ring; the split
+  writes its max, sum and unnormalized accumulator;
+- RLA splits (`_rla_split`, RAttention only, nf * nv of them): a range of the F feature rows of the fp32
+  state S and a slice of its value columns (`_STATE_BLOCK_V`; two slices at D = 256, one up to 128):
+  folds the token leaving the window (slot t mod (w+1), still holding position t-w-1 when t >= w+1)
+  into that part block by block and writes its share of phi(q) S for the group's query heads, read from
+  the updated block while it is on chip (a tensor-core product, query heads padded to 16 rows).
+Each split then counts itself on its pair's counter (an atomic with acquire-release order, after a block
+barrier); the pair's last split (`_merge_pair`) merges the softmax splits, sums the RLA splits, applies
+both RMS norms and gains (RAttention only), writes the output and only then overwrites the slot
+t mod (w+1) with the new k/v (every split of the pair has read it by then). It counts the pair on its
+row's counter, and the row's last pair advances `cache.pos[b]` in place, once every program of the row
+has read it.
 `_splits` picks the split counts ns (slots) and nf (feature rows): it aims for B * Hkv * splits to
 reach the target (`GPU_LAUNCH["programs_per_sm"]` x the SM count on a GPU, `_SPLIT_TARGET` under the
 interpreter), never more splits than there are BLOCK_S-slot / BLOCK_F-row blocks, and each split covers
-a whole number of blocks (block sizes from `_BLOCKS`). After the kernels the host advances `cache.pos`.
+a whole number of blocks (block sizes from `_BLOCKS`).
 Semantics are exactly `local_decode_step_naive` (the decode cache of `rattn_eval/kernels/decode/README.md`).
 """
 
@@ -64,6 +66,28 @@ _SPLIT_TARGET = 4
 GPU_LAUNCH = MappingProxyType({"programs_per_sm": 1, "num_warps": 4})
 
 
+# Zeroed int32 counters per device for the kernels whose programs count themselves: `decode_step_kernel`
+# (one per (row, KV head) pair, then one per row) and `kv_decode_kernel` (one per pair). The kernels leave
+# them at zero, so one buffer serves every step and layer on the device, replayed CUDA graphs included. A
+# larger buffer is added when needed; the smaller ones stay alive, because a captured graph may still
+# address them. Two steps running at once on two streams of one
+# device would share the counters: not supported.
+_counters: dict[str, list[torch.Tensor]] = {}
+
+
+def counter_buffer(n: int, device: torch.device) -> torch.Tensor:
+    kept = _counters.setdefault(str(device), [])
+    if kept and kept[-1].numel() >= n:
+        return kept[-1]
+    fresh = torch.zeros(max(n, 2 * kept[-1].numel() if kept else 64), dtype=torch.int32, device=device)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # From the graph's pool: its zeroing is recorded in the graph right before the kernel that uses it,
+        # so every replay starts from zeros, and the pool may hand the memory on after that kernel.
+        return fresh
+    kept.append(fresh)
+    return fresh
+
+
 @triton.jit
 def _cos_sin(angle, FAST_TRIG: tl.constexpr):
     """cos, sin of an fp32 angle (RoPE angles reach ~1e6 rad at a million positions). The angle is reduced to
@@ -81,29 +105,21 @@ def _cos_sin(angle, FAST_TRIG: tl.constexpr):
 
 
 @triton.jit
-def decode_rla_partial_kernel(
-    q_ptr, ring_k_ptr, ring_v_ptr, state_ptr, pos_ptr, part_ptr,
+def _rla_split(
+    q_ptr, ring_k_ptr, ring_v_ptr, state_ptr, part_ptr, pid, b, hk, t, slot, jf, c,
     stride_qb, stride_qh, stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
-    stride_sb, stride_sh, stride_sf,
-    W1, Hkv, NF, F_SPLIT,
+    stride_sb, stride_sh, stride_sf, W1, NF, F_SPLIT,
     D: tl.constexpr, F: tl.constexpr, G: tl.constexpr, FEATURE_MAP: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
-    """Program (b * Hkv + hk, j, c): feature rows [j * F_SPLIT, (j + 1) * F_SPLIT) and value columns
-    [c * BLOCK_V, (c + 1) * BLOCK_V) of the state. Folds the token leaving the window (still in its slot:
-    the combine kernel overwrites it later) into that part of S and writes this split's share of phi(q) S
-    in those columns, (BLOCK_G, BLOCK_V) fp32, to part[pid, j] (BLOCK_G, BLOCK_D)."""
-    pid = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1)
-    b = pid // Hkv
-    hk = pid % Hkv
-    t = tl.load(pos_ptr + b)
-    slot = tl.where(t >= 0, t % W1, 0)  # a negative position (a damaged cache) reads slot 0 and changes nothing
+    """Feature rows [jf * F_SPLIT, (jf + 1) * F_SPLIT) and value columns [c * BLOCK_V, (c + 1) * BLOCK_V) of
+    the state of pair `pid`: folds the token leaving the window (still in its slot: the pair's merge
+    overwrites it later) into that part of S and writes this split's share of phi(q) S in those columns,
+    (BLOCK_G, BLOCK_V) fp32, to part[pid, jf] (BLOCK_G, BLOCK_D)."""
     leaving = t >= W1  # the slot holds token t - W1, which leaves the window now
-
     d = tl.arange(0, BLOCK_D)  # the whole head dim: the softmax normalizers
     dm = d < D
-    col = tl.program_id(2) * BLOCK_V + tl.arange(0, BLOCK_V)  # this program's value columns
+    col = c * BLOCK_V + tl.arange(0, BLOCK_V)  # this split's value columns
     cm = col < D
     gi = tl.arange(0, BLOCK_G)
     gm = gi < G
@@ -127,7 +143,7 @@ def decode_rla_partial_kernel(
     o_rla = tl.zeros((BLOCK_G, BLOCK_V), dtype=tl.float32)
     s_base = state_ptr + b * stride_sb + hk * stride_sh
     for f0 in range(0, F_SPLIT, BLOCK_F):
-        f = j * F_SPLIT + f0 + tl.arange(0, BLOCK_F)
+        f = jf * F_SPLIT + f0 + tl.arange(0, BLOCK_F)
         fm = f < F
         neg = f >= D  # second half of phi reads -x
         src = tl.where(neg, f - D, f)
@@ -153,32 +169,25 @@ def decode_rla_partial_kernel(
         s_blk = tl.where(leaving, s_blk + phi_k[:, None] * v_old[None, :], s_blk)
         tl.store(s_ptrs, s_blk, mask=s_mask & leaving)
         o_rla += tl.dot(phi_q, s_blk, input_precision=PRECISION)  # tf32 for a 16-bit ring: 10-bit mantissas
-    offs = (pid * NF + j) * BLOCK_G * BLOCK_D + gi[:, None] * BLOCK_D + col[None, :]
-    tl.store(part_ptr + offs, o_rla, mask=gm[:, None])  # only the real heads: the combine reads no more
+    offs = (pid * NF + jf) * BLOCK_G * BLOCK_D + gi[:, None] * BLOCK_D + col[None, :]
+    tl.store(part_ptr + offs, o_rla, mask=gm[:, None])  # only the real heads: the merge reads no more
 
 
 @triton.jit
-def decode_swa_partial_kernel(
-    q_ptr, k_ptr, ring_k_ptr, ring_v_ptr, v_ptr, pos_ptr, inv_freq_ptr, m_ptr, l_ptr, acc_ptr,
+def _swa_split(
+    q_ptr, k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, inv_freq_ptr, m_ptr, l_ptr, acc_ptr, pid, b, hk, t, slot, j,
     stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
     stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
-    W1, Hkv, NS, S_SPLIT, scale,
+    W1, NS, S_SPLIT, scale,
     D: tl.constexpr, G: tl.constexpr, HAS_ROPE: tl.constexpr, FAST_TRIG: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
 ):
-    """Program (b * Hkv + hk, j): online softmax over ring slots [j * S_SPLIT, (j + 1) * S_SPLIT) for
-    the query heads of KV head hk; writes the split's running max m, sum l and unnormalized acc.
-    Slot i holds position t - ((slot - i) mod W1) (negative: not filled yet); the new token's slot is
-    read from the inputs (the ring still holds the leaving token there). Keys are read in halves,
-    columns [0, D1) and [D1, D) with D1 = ceil(D / 2) (the pairs of rotate-half RoPE), rotated in fp32
-    and, for a 16-bit ring, rounded back to the ring's dtype for the tensor-core products."""
-    pid = tl.program_id(0).to(tl.int64)
-    j = tl.program_id(1)
-    b = pid // Hkv
-    hk = pid % Hkv
-    t = tl.load(pos_ptr + b)
-    slot = tl.where(t >= 0, t % W1, 0)  # t < 0: every slot is masked below, so the row's output is NaN
-
+    """Online softmax over ring slots [j * S_SPLIT, (j + 1) * S_SPLIT) for the query heads of pair `pid`;
+    writes the split's running max m, sum l and unnormalized acc. Slot i holds position
+    t - ((slot - i) mod W1) (negative: not filled yet); the new token's slot is read from the inputs (the
+    ring still holds the leaving token there). Keys are read in halves, columns [0, D1) and [D1, D) with
+    D1 = ceil(D / 2) (the pairs of rotate-half RoPE), rotated in fp32 and, for a 16-bit ring, rounded back
+    to the ring's dtype for the tensor-core products."""
     D1: tl.constexpr = (D + 1) // 2
     i = tl.arange(0, BLOCK_H)
     m1 = i < D1
@@ -239,6 +248,105 @@ def decode_swa_partial_kernel(
 
 
 @triton.jit
+def _merge_pair(
+    k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, m_ptr, l_ptr, acc_ptr, rla_ptr, g_swa_ptr, g_rla_ptr, o_ptr,
+    pid, b, hk, t, stride_kb, stride_kh, stride_vb, stride_vh,
+    stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, stride_ob, stride_oh,
+    W1, NS, NF, eps,
+    D: tl.constexpr, G: tl.constexpr, HAS_STATE: tl.constexpr, HAS_G_SWA: tl.constexpr, HAS_G_RLA: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_JS: tl.constexpr,
+    BLOCK_JF: tl.constexpr,
+):
+    """The pair's last split: merges the softmax splits, adds the RLA splits, applies both RMS norms,
+    writes the output, then overwrites the leaving token's slot with the new k/v (every split of the pair
+    has read it by then). The splits write rows of BLOCK_G heads; the first BLOCK_GM >= G of them are read
+    here, BLOCK_JS softmax / BLOCK_JF RLA splits at a time, from L2 (`.cg`), where the other programs'
+    stores land."""
+    d = tl.arange(0, BLOCK_D)
+    dm = d < D
+    gi = tl.arange(0, BLOCK_GM)
+    gm = gi < G
+    h = hk * G + gi
+    q_mask = gm[:, None] & dm[None, :]
+    # the new token is visible: l > 0 (l = 0, a NaN row, only for a negative position)
+    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, G, BLOCK_G, BLOCK_GM, BLOCK_D, BLOCK_JS)
+    if HAS_STATE:
+        o_rla = tl.zeros((BLOCK_GM, BLOCK_D), dtype=tl.float32)
+        jj = tl.arange(0, BLOCK_JF)
+        for j0 in range(0, NF, BLOCK_JF):
+            offs = ((pid * NF + j0 + jj)[:, None, None] * BLOCK_G * BLOCK_D + gi[None, :, None] * BLOCK_D
+                    + d[None, None, :])
+            o_rla += tl.sum(tl.load(rla_ptr + offs, mask=((j0 + jj) < NF)[:, None, None] & gm[None, :, None],
+                                    other=0.0, cache_modifier=".cg"), axis=0)
+        gw_offs = h[:, None] * D + d[None, :]
+        o = o * tl.rsqrt(tl.sum(o * o, axis=1) / D + eps)[:, None]
+        if HAS_G_SWA:
+            o = o * tl.load(g_swa_ptr + gw_offs, mask=q_mask, other=0.0).to(tl.float32)
+        o_rla = o_rla * tl.rsqrt(tl.sum(o_rla * o_rla, axis=1) / D + eps)[:, None]
+        if HAS_G_RLA:
+            o_rla = o_rla * tl.load(g_rla_ptr + gw_offs, mask=q_mask, other=0.0).to(tl.float32)
+        o = o + o_rla
+    tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :], o.to(o_ptr.dtype.element_ty), mask=q_mask)
+    ok = t >= 0  # a negative position (a damaged cache): NaN output (merged above), the ring is left alone
+    slot = tl.where(ok, t % W1, 0)
+    ring_dtype = ring_k_ptr.dtype.element_ty
+    k_new = tl.load(k_ptr + b * stride_kb + hk * stride_kh + d, mask=dm, other=0.0).to(ring_dtype)
+    v_new = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype)
+    tl.store(ring_k_ptr + b * stride_rkb + hk * stride_rkh + slot * stride_rks + d, k_new, mask=dm & ok)
+    tl.store(ring_v_ptr + b * stride_rvb + hk * stride_rvh + slot * stride_rvs + d, v_new, mask=dm & ok)
+
+
+@triton.jit
+def decode_step_kernel(
+    q_ptr, k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, state_ptr, pos_ptr, inv_freq_ptr, m_ptr, l_ptr, acc_ptr, rla_ptr,
+    g_swa_ptr, g_rla_ptr, o_ptr, count_ptr,
+    stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+    stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh,
+    stride_sb, stride_sh, stride_sf, stride_ob, stride_oh, stride_pb,
+    W1, B, Hkv, NS, S_SPLIT, NF, F_SPLIT, scale, eps,
+    D: tl.constexpr, F: tl.constexpr, G: tl.constexpr, NV: tl.constexpr, HAS_STATE: tl.constexpr,
+    FEATURE_MAP: tl.constexpr, HAS_ROPE: tl.constexpr, FAST_TRIG: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_G_SWA: tl.constexpr, HAS_G_RLA: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GM: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_F: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_JS: tl.constexpr,
+    BLOCK_JF: tl.constexpr,
+):
+    """Program (b * Hkv + hk, j): softmax split j of the ring when j < NS, else RLA split j - NS (feature
+    rows (j - NS) // NV, value columns (j - NS) % NV). Each split then counts itself on its pair's counter;
+    the pair's last split merges (`_merge_pair`) and counts the pair on its row's counter, and the row's
+    last pair advances pos[b]: by then every program of the row has read it. Counters: B * Hkv pair
+    counters, then B row counters, zero on entry and left at zero."""
+    pid = tl.program_id(0).to(tl.int64)
+    j = tl.program_id(1)
+    b = pid // Hkv
+    hk = pid % Hkv
+    t = tl.load(pos_ptr + b * stride_pb)
+    slot = tl.where(t >= 0, t % W1, 0)  # t < 0 (a damaged cache): every slot masked, the state unchanged
+    if j < NS:
+        _swa_split(q_ptr, k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, inv_freq_ptr, m_ptr, l_ptr, acc_ptr, pid, b, hk, t,
+                   slot, j, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
+                   stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, W1, NS, S_SPLIT, scale,
+                   D, G, HAS_ROPE, FAST_TRIG, PRECISION, BLOCK_D, BLOCK_H, BLOCK_G, BLOCK_S)
+    elif HAS_STATE:
+        _rla_split(q_ptr, ring_k_ptr, ring_v_ptr, state_ptr, rla_ptr, pid, b, hk, t, slot, (j - NS) // NV,
+                   (j - NS) % NV, stride_qb, stride_qh, stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs,
+                   stride_rvh, stride_sb, stride_sh, stride_sf, W1, NF, F_SPLIT,
+                   D, F, G, FEATURE_MAP, PRECISION, BLOCK_D, BLOCK_G, BLOCK_F, BLOCK_V)
+    tl.debug_barrier()  # every thread's loads and stores before the release on the counter
+    if tl.atomic_add(count_ptr + pid, 1, sem="acq_rel") == NS + NF * NV - 1:
+        _merge_pair(k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, m_ptr, l_ptr, acc_ptr, rla_ptr, g_swa_ptr, g_rla_ptr,
+                    o_ptr, pid, b, hk, t, stride_kb, stride_kh, stride_vb, stride_vh,
+                    stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, stride_ob, stride_oh,
+                    W1, NS, NF, eps, D, G, HAS_STATE, HAS_G_SWA, HAS_G_RLA,
+                    BLOCK_D, BLOCK_G, BLOCK_GM, BLOCK_JS, BLOCK_JF)
+        tl.store(count_ptr + pid, 0)
+        row_count = count_ptr + B * Hkv + b
+        if tl.atomic_add(row_count, 1, sem="acq_rel") == Hkv - 1:
+            tl.store(pos_ptr + b * stride_pb, t + 1)
+            tl.store(row_count, 0)
+
+
+@triton.jit
 def store_softmax_split(m_ptr, l_ptr, acc_ptr, pid, NS, j, gi, d, m_i, l_i, acc, G, BLOCK_G: tl.constexpr,
                         BLOCK_D: tl.constexpr):
     """Write split j of `pid`'s partial softmax (max m, sum l, unnormalized acc) for `merge_softmax_splits`:
@@ -292,58 +400,6 @@ def merge_block(ns: int, block_gm: int, block_d: int) -> int:
     return min(triton.next_power_of_2(ns), 1 << (fit.bit_length() - 1))
 
 
-@triton.jit
-def decode_combine_kernel(
-    k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, pos_ptr, m_ptr, l_ptr, acc_ptr, rla_ptr, g_swa_ptr, g_rla_ptr, o_ptr,
-    stride_kb, stride_kh, stride_vb, stride_vh,
-    stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, stride_ob, stride_oh,
-    W1, Hkv, NS, NF, eps,
-    D: tl.constexpr, G: tl.constexpr, HAS_STATE: tl.constexpr, HAS_G_SWA: tl.constexpr, HAS_G_RLA: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_JS: tl.constexpr,
-    BLOCK_JF: tl.constexpr,
-):
-    """Program b * Hkv + hk: merges the softmax splits, adds the RLA splits, applies both RMS norms,
-    writes the output, then overwrites the leaving token's slot with the new k/v (every partial
-    kernel has finished reading it). The partial kernels write rows of BLOCK_G heads; the first
-    BLOCK_GM >= G of them are read here, BLOCK_JS softmax / BLOCK_JF RLA splits at a time."""
-    pid = tl.program_id(0).to(tl.int64)
-    b = pid // Hkv
-    hk = pid % Hkv
-    d = tl.arange(0, BLOCK_D)
-    dm = d < D
-    gi = tl.arange(0, BLOCK_GM)
-    gm = gi < G
-    h = hk * G + gi
-    q_mask = gm[:, None] & dm[None, :]
-    # the new token is visible: l > 0
-    o = merge_softmax_splits(m_ptr, l_ptr, acc_ptr, pid, NS, G, BLOCK_G, BLOCK_GM, BLOCK_D, BLOCK_JS)
-    if HAS_STATE:
-        o_rla = tl.zeros((BLOCK_GM, BLOCK_D), dtype=tl.float32)
-        jj = tl.arange(0, BLOCK_JF)
-        for j0 in range(0, NF, BLOCK_JF):
-            offs = ((pid * NF + j0 + jj)[:, None, None] * BLOCK_G * BLOCK_D + gi[None, :, None] * BLOCK_D
-                    + d[None, None, :])
-            o_rla += tl.sum(tl.load(rla_ptr + offs, mask=((j0 + jj) < NF)[:, None, None] & gm[None, :, None],
-                                    other=0.0), axis=0)
-        gw_offs = h[:, None] * D + d[None, :]
-        o = o * tl.rsqrt(tl.sum(o * o, axis=1) / D + eps)[:, None]
-        if HAS_G_SWA:
-            o = o * tl.load(g_swa_ptr + gw_offs, mask=q_mask, other=0.0).to(tl.float32)
-        o_rla = o_rla * tl.rsqrt(tl.sum(o_rla * o_rla, axis=1) / D + eps)[:, None]
-        if HAS_G_RLA:
-            o_rla = o_rla * tl.load(g_rla_ptr + gw_offs, mask=q_mask, other=0.0).to(tl.float32)
-        o = o + o_rla
-    tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :], o.to(o_ptr.dtype.element_ty), mask=q_mask)
-    t = tl.load(pos_ptr + b)
-    ok = t >= 0  # a negative position (a damaged cache): NaN output (merged above), the ring is left alone
-    slot = tl.where(ok, t % W1, 0)
-    ring_dtype = ring_k_ptr.dtype.element_ty
-    k_new = tl.load(k_ptr + b * stride_kb + hk * stride_kh + d, mask=dm, other=0.0).to(ring_dtype)
-    v_new = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype)
-    tl.store(ring_k_ptr + b * stride_rkb + hk * stride_rkh + slot * stride_rks + d, k_new, mask=dm & ok)
-    tl.store(ring_v_ptr + b * stride_rvb + hk * stride_rvh + slot * stride_rvs + d, v_new, mask=dm & ok)
-
-
 def _splits(n: int, block: int, programs: int, target: int) -> tuple[int, int]:
     """Split n rows (slots or feature rows) over enough programs to reach `target` programs in all:
     returns (rows per split, a multiple of block; number of splits)."""
@@ -361,7 +417,7 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     F = D if state is None else state.shape[2]
     block_d = triton.next_power_of_2(D)
     block_h = max(16, triton.next_power_of_2((D + 1) // 2))
-    block_gm = triton.next_power_of_2(G)  # the query heads the combine kernel reads back
+    block_gm = triton.next_power_of_2(G)  # the query heads the merge reads back
     block_g = max(16, block_gm)  # query heads padded to the 16 rows of a tensor-core tile (the measured setting)
     block_v = min(block_d, _STATE_BLOCK_V)
     nv = block_d // block_v
@@ -373,49 +429,38 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     # tf32 ones for the fp32 state
     precision = "ieee" if torch.float32 in (q.dtype, cache.k.dtype) else "tf32"
     # Flash-decoding: with few (row, KV head) pairs, the window and the state are split over more
-    # programs so the GPU fills up; a combine kernel merges the splits.
+    # programs so the GPU fills up; the last split of each pair merges.
     programs = B * Hkv
     target = _SPLIT_TARGET if interpreting else GPU_LAUNCH["programs_per_sm"] * _num_sms(q.device)
     warps = 4 if interpreting else GPU_LAUNCH["num_warps"]
     s_split, ns = _splits(W1, block_s, programs, target)
-    f_split, nf = _splits(F, block_f, programs * nv, target)
+    f_split, nf = _splits(F, block_f, programs * nv, target) if state is not None else (0, 0)
     f32 = dict(dtype=torch.float32, device=q.device)
     m = torch.empty(programs * ns * block_g, **f32)
     l_ = torch.empty_like(m)
     acc = torch.empty(programs * ns * block_g * block_d, **f32)
     rla = torch.empty(programs * nf * block_g * block_d, **f32) if state is not None else m
-    pos = cache.pos.contiguous()  # the kernels read pos[b] at b: a strided view (every other row) is copied
-    ring_strides = dict(stride_rkb=cache.k.stride(0), stride_rks=cache.k.stride(1), stride_rkh=cache.k.stride(2),
-                        stride_rvb=cache.v.stride(0), stride_rvs=cache.v.stride(1), stride_rvh=cache.v.stride(2))
     dummy = o  # never read: the matching HAS_* flag is off
-    if state is not None:
-        decode_rla_partial_kernel[(programs, nf, nv)](
-            q_ptr=q, ring_k_ptr=cache.k, ring_v_ptr=cache.v, state_ptr=state, pos_ptr=pos, part_ptr=rla,
-            stride_qb=q.stride(0), stride_qh=q.stride(1), **ring_strides,
-            stride_sb=state.stride(0), stride_sh=state.stride(1), stride_sf=state.stride(2),
-            W1=W1, Hkv=Hkv, NF=nf, F_SPLIT=f_split,
-            D=D, F=F, G=G, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map], PRECISION=precision,
-            BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_F=block_f, BLOCK_V=block_v, num_warps=warps,
-        )
-    decode_swa_partial_kernel[(programs, ns)](
-        q_ptr=q, k_ptr=k, ring_k_ptr=cache.k, ring_v_ptr=cache.v, v_ptr=v, pos_ptr=pos,
-        inv_freq_ptr=dummy if inv_freq is None else inv_freq, m_ptr=m, l_ptr=l_, acc_ptr=acc,
+    decode_step_kernel[(programs, ns + nf * nv)](
+        q_ptr=q, k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v,
+        state_ptr=dummy if state is None else state, pos_ptr=cache.pos,
+        inv_freq_ptr=dummy if inv_freq is None else inv_freq, m_ptr=m, l_ptr=l_, acc_ptr=acc, rla_ptr=rla,
+        g_swa_ptr=dummy if g_swa is None else g_swa, g_rla_ptr=dummy if g_rla is None else g_rla, o_ptr=o,
+        count_ptr=counter_buffer(programs + B, q.device),
         stride_qb=q.stride(0), stride_qh=q.stride(1), stride_kb=k.stride(0), stride_kh=k.stride(1),
-        stride_vb=v.stride(0), stride_vh=v.stride(1), **ring_strides,
-        W1=W1, Hkv=Hkv, NS=ns, scale=scale, S_SPLIT=s_split,
-        D=D, G=G, HAS_ROPE=inv_freq is not None, FAST_TRIG=q.is_cuda and torch.version.hip is None and not interpreting,
-        PRECISION=precision,
-        BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_G=block_g, BLOCK_S=block_s, num_warps=warps,
-    )
-    decode_combine_kernel[(programs,)](
-        k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v, pos_ptr=pos, m_ptr=m, l_ptr=l_, acc_ptr=acc,
-        rla_ptr=rla, g_swa_ptr=dummy if g_swa is None else g_swa, g_rla_ptr=dummy if g_rla is None else g_rla, o_ptr=o,
-        stride_kb=k.stride(0), stride_kh=k.stride(1), stride_vb=v.stride(0), stride_vh=v.stride(1), **ring_strides,
-        stride_ob=o.stride(0), stride_oh=o.stride(1),
-        W1=W1, Hkv=Hkv, NS=ns, NF=nf, eps=eps,
-        D=D, G=G, HAS_STATE=state is not None, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
-        BLOCK_D=block_d, BLOCK_G=block_g, BLOCK_GM=block_gm, BLOCK_JS=merge_block(ns, block_gm, block_d),
-        BLOCK_JF=merge_block(nf, block_gm, block_d), num_warps=4,
+        stride_vb=v.stride(0), stride_vh=v.stride(1),
+        stride_rkb=cache.k.stride(0), stride_rks=cache.k.stride(1), stride_rkh=cache.k.stride(2),
+        stride_rvb=cache.v.stride(0), stride_rvs=cache.v.stride(1), stride_rvh=cache.v.stride(2),
+        stride_sb=0 if state is None else state.stride(0), stride_sh=0 if state is None else state.stride(1),
+        stride_sf=0 if state is None else state.stride(2), stride_ob=o.stride(0), stride_oh=o.stride(1),
+        stride_pb=cache.pos.stride(0),
+        W1=W1, B=B, Hkv=Hkv, NS=ns, S_SPLIT=s_split, NF=nf, F_SPLIT=f_split, scale=scale, eps=eps,
+        D=D, F=F, G=G, NV=nv, HAS_STATE=state is not None, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map] if state is not None else 0,
+        HAS_ROPE=inv_freq is not None, FAST_TRIG=q.is_cuda and torch.version.hip is None and not interpreting,
+        PRECISION=precision, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
+        BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_G=block_g, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_F=block_f,
+        BLOCK_V=block_v, BLOCK_JS=merge_block(ns, block_gm, block_d), BLOCK_JF=merge_block(max(nf, 1), block_gm, block_d),
+        num_warps=warps,
     )
 
 
@@ -460,5 +505,4 @@ def local_decode_step_triton(q, k, v, cache: LocalCache, *, rope=None, scale=Non
         g_rla = rla_norm_weight.contiguous() if has_state and rla_norm_weight is not None else None
         _launch_decode(_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), cache, o,
                        inv_freq, g_swa, g_rla, default_scale(D, scale), float(eps))
-    cache.pos.add_(1)  # in place: a captured CUDA graph keeps reading the same tensor
     return o

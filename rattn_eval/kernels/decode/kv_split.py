@@ -22,7 +22,8 @@ import triton.language as tl
 from ..common import default_scale
 from ..triton_common import num_sms as _num_sms
 from ..triton_common import precision_for
-from .fused_recurrent import _last_dim_contiguous, _splits, merge_block, merge_softmax_splits, store_softmax_split
+from .fused_recurrent import (_last_dim_contiguous, _splits, counter_buffer, merge_block, merge_softmax_splits,
+                              store_softmax_split)
 from .naive import check_kv_decode_args
 
 # Programs the splits aim for under the CPU interpreter (on a GPU: `programs_per_sm` x the SM count); small, so
@@ -34,27 +35,6 @@ _SPLIT_TARGET = 4
 # with two (results/bench/h100_decode/kernels.txt and variants.txt, tune_kv.txt for the sweep).
 GPU_LAUNCH = MappingProxyType({"programs_per_sm": 1, "num_warps": 4, "num_stages": 3, "block_s": 64,
                                "block_s_256": 32})
-
-
-# Zeroed int32 counters per device for `kv_decode_kernel` (one per (row, KV head) pair). The kernel
-# leaves them at zero, so one buffer serves every step and layer on the device, replayed CUDA graphs
-# included. A larger buffer is added when needed; the smaller ones stay alive,
-# because a captured graph may still address them. Two steps running at once on two streams of one
-# device would share the counters: not supported.
-_counters: dict[str, list[torch.Tensor]] = {}
-
-
-def _counter_buffer(n: int, device: torch.device) -> torch.Tensor:
-    kept = _counters.setdefault(str(device), [])
-    if kept and kept[-1].numel() >= n:
-        return kept[-1]
-    fresh = torch.zeros(max(n, 2 * kept[-1].numel() if kept else 64), dtype=torch.int32, device=device)
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        # From the graph's pool: its zeroing is recorded in the graph right before the kernel that uses it,
-        # so every replay starts from zeros, and the pool may hand the memory on after that kernel.
-        return fresh
-    kept.append(fresh)
-    return fresh
 
 
 @triton.jit
@@ -141,7 +121,7 @@ def kv_decode_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: tor
     acc = torch.empty(programs * ns * block_g * D, **f32)
     o = torch.empty(B, H, D, dtype=q.dtype, device=q.device)
     kv_decode_kernel[(programs, ns)](
-        q, k, v, pos.contiguous(), m, l_, acc, o, _counter_buffer(programs, q.device),
+        q, k, v, pos.contiguous(), m, l_, acc, o, counter_buffer(programs, q.device),
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         o.stride(0), o.stride(1), S, Hkv, ns, s_split, default_scale(D, scale),
         D=D, G=G, PRECISION=precision_for(q.dtype), BLOCK_D=D, BLOCK_G=block_g, BLOCK_S=block_s,
