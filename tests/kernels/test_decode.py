@@ -499,22 +499,26 @@ def test_kv_decode_leaves_its_counters_at_zero(monkeypatch):
         assert buffers and all(int(b.abs().sum()) == 0 for b in buffers), "a counter was left non-zero"
 
 
-@pytest.mark.parametrize("kind", ["rattn", "swa"])
-def test_local_step_leaves_its_counters_at_zero(kind, monkeypatch):
+@pytest.mark.parametrize("kind,D", [("rattn", 64), ("swa", 64), ("rattn", 256)])
+def test_local_step_leaves_its_counters_at_zero(kind, D, monkeypatch):
     """The step is one launch: its splits count themselves on their pair's counter, the pair's last split
     merges and counts the pair on its row's counter, and the row's last pair advances the row's position.
     Over steps split over many programs, with a row at a negative position among them, every counter is back at
-    zero after each step, each position moved by one, and the valid rows match the reference."""
+    zero after each step, each position moved by one, the valid rows match the reference and the row at the
+    negative position keeps its ring and state. D = 256 splits the state's value columns in two as well.
+    (The interpreter runs the programs in order; `test_gpu_local_step_many_steps_small_batches` runs them
+    concurrently.)"""
     monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", 64)
     monkeypatch.setitem(fused_recurrent._BLOCKS, "interpreter", {"block_s": 16, "block_f": 16})
     monkeypatch.setattr(fused_recurrent, "_counters", {})
-    B, w, H, Hkv, D = 3, 40, 4, 2, 64
+    B, w, H, Hkv = 3, 40, 4, 2
     gen = torch.Generator().manual_seed(15)
     F = feature_dim(D, "softmax") if kind == "rattn" else None
     ring = [torch.randn(B, w + 1, Hkv, D, generator=gen) for _ in range(2)]
     state = torch.randn(B, Hkv, F, D, generator=gen) if kind == "rattn" else None
     cache = LocalCache(*ring, state, torch.tensor([-5, 3, 100]), w, "softmax")
     ref = cache.select(torch.tensor([1, 2]))
+    before = copy.deepcopy(cache)
     rope = Rope(D)
     for step in range(3):
         q, kn, vn = (torch.randn(B, n, D, generator=gen) for n in (H, Hkv, Hkv))
@@ -526,8 +530,10 @@ def test_local_step_leaves_its_counters_at_zero(kind, monkeypatch):
         buffers = fused_recurrent._counters["cpu"]
         assert buffers and all(int(b.abs().sum()) == 0 for b in buffers), "a counter was left non-zero"
     assert torch.equal(cache.k[1:], ref.k) and torch.equal(cache.v[1:], ref.v)
+    assert torch.equal(cache.k[0], before.k[0]) and torch.equal(cache.v[0], before.v[0])
     if state is not None:
         assert_close(cache.state[1:], ref.state, 1e-5, "state")
+        assert torch.equal(cache.state[0], before.state[0])
 
 
 @pytest.mark.parametrize("kind", ["rattn", "swa"])
@@ -673,9 +679,44 @@ def test_gpu_local_step_captured_in_a_graph(batch, monkeypatch):
             exp = local_decode_step_naive(q.float(), kn.float(), vn.float(), ref, rope=rope)
             assert_close(out.float(), exp, 1e-2, f"replay {step}, kept buffer {kept}")
         assert_cache_equal(got, ref, 1e-4)
-        buffers = fused_recurrent._counters.get(str(dev), [])
+        buffers = fused_recurrent._counters.get(str(q.device), [])
         assert all(int(b.abs().sum()) == 0 for b in buffers)
         assert (len(buffers) == 1) == kept
+
+
+@pytest.mark.gpu
+def test_gpu_local_step_many_steps_small_batches():
+    """The step's programs run concurrently on a GPU (the interpreter runs them in order): at small batches,
+    where every pair is split over many programs, 150 steps each checked against the reference -- output,
+    ring, positions and counters after every step, the state at the end -- with a row at a negative position
+    among them (NaN output, nothing written, its position still advanced). Plain SWA and D = 256 included."""
+    dev = torch.device("cuda")
+    for B, Hkv, H, D, kind, w in [(1, 1, 4, 128, "rattn", 512), (2, 4, 16, 128, "rattn", 512),
+                                  (3, 2, 4, 256, "rattn", 300), (4, 4, 16, 128, "swa", 1000),
+                                  (8, 4, 16, 128, "rattn", 512)]:
+        gen = torch.Generator(device=dev).manual_seed(B)
+        pos = torch.randint(0, 3 * w, (B,), generator=gen, device=dev)
+        if B > 1:
+            pos[0] = -1000  # stays negative over the 150 steps
+        state = torch.randn(B, Hkv, feature_dim(D, "softmax"), D, generator=gen, device=dev) if kind == "rattn" else None
+        ring = [torch.randn(B, w + 1, Hkv, D, generator=gen, device=dev).to(torch.bfloat16) for _ in range(2)]
+        got = LocalCache(*ring, state, pos, w, "softmax")
+        ref = LocalCache(ring[0].float(), ring[1].float(), None if state is None else state.clone(), pos.clone(),
+                         w, "softmax")
+        rope = Rope(D, theta=10000.0)
+        ok = slice(1, None) if B > 1 else slice(None)
+        for step in range(150):
+            q, kn, vn = (torch.randn(B, n, D, generator=gen, device=dev).to(torch.bfloat16) for n in (H, Hkv, Hkv))
+            out = local_decode_step_triton(q, kn, vn, got, rope=rope)
+            exp = local_decode_step_naive(q.float(), kn.float(), vn.float(), ref, rope=rope)
+            where = f"B {B}, Hkv {Hkv}, D {D}, {kind}, step {step}"
+            assert_close(out[ok].float(), exp[ok], 1e-2, where)
+            assert B == 1 or torch.isnan(out[0]).all(), where
+            assert torch.equal(got.pos, ref.pos), where
+            assert torch.equal(got.k[ok].float(), ref.k[ok]) and torch.equal(got.v[ok].float(), ref.v[ok]), where
+            assert all(int(b.abs().sum()) == 0 for b in fused_recurrent._counters[str(q.device)]), where
+        if state is not None:
+            assert_close(got.state[ok], ref.state[ok], 1e-4, f"state, B {B}, D {D}")
 
 
 @pytest.mark.gpu

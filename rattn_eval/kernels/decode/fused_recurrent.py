@@ -50,8 +50,8 @@ _inv_freq_copies: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
 # iterations); the tests also run the GPU blocks there to cover many-block loops.
 _BLOCKS = {"gpu": MappingProxyType({"block_s": 16, "block_f": 32}),
            "interpreter": MappingProxyType({"block_s": 512, "block_f": 256})}
-# Value columns per `decode_rla_partial_kernel` program: at D = 256 the state is split into two column
-# slices (a third grid axis), so a block of feature rows is as wide as at D = 128.
+# Value columns per RLA split: at D = 256 the state is split into two column slices (each a split of its own),
+# so a block of feature rows is as wide as at D = 128.
 _STATE_BLOCK_V = 128
 # fp32 elements of the (splits, heads, head dim) tile a merge reads per iteration: 32 registers a thread
 # at 4 warps.
@@ -456,11 +456,11 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         stride_pb=cache.pos.stride(0),
         W1=W1, B=B, Hkv=Hkv, NS=ns, S_SPLIT=s_split, NF=nf, F_SPLIT=f_split, scale=scale, eps=eps,
         D=D, F=F, G=G, NV=nv, HAS_STATE=state is not None, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map] if state is not None else 0,
-        HAS_ROPE=inv_freq is not None, FAST_TRIG=q.is_cuda and torch.version.hip is None and not interpreting,
-        PRECISION=precision, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
+        HAS_ROPE=inv_freq is not None,
+        FAST_TRIG=q.is_cuda and torch.version.hip is None and not interpreting, PRECISION=precision, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
         BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_G=block_g, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_F=block_f,
-        BLOCK_V=block_v, BLOCK_JS=merge_block(ns, block_gm, block_d), BLOCK_JF=merge_block(max(nf, 1), block_gm, block_d),
-        num_warps=warps,
+        BLOCK_V=block_v, BLOCK_JS=merge_block(ns, block_gm, block_d),
+        BLOCK_JF=merge_block(max(nf, 1), block_gm, block_d), num_warps=warps,
     )
 
 
