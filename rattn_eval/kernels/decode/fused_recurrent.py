@@ -60,9 +60,10 @@ _MERGE_TILE = 4096
 # SM count). Small, so the CPU tests stay fast, yet above 1 so they cover the split-and-combine path.
 _SPLIT_TARGET = 4
 # GPU launch settings, edited by hand: programs the splits aim for per SM, warps per program. With the GPU
-# blocks above, batch 64 (H 16, Hkv 4, D 128, window 512, bf16) takes 0.0883 ms on an H100, 50% of its copy
-# bandwidth (results/bench/h100_decode/kernels.txt); `rattn-eval bench tune --what local-decode` times the
-# candidates.
+# blocks above, batch 64 (H 16, Hkv 4, D 128, window 512, bf16) takes 0.0735 ms on an H100, 60% of its copy
+# bandwidth (results/bench/h100_decode/kernels.txt). `rattn-eval bench tune --what local-decode` times the
+# candidates: two programs per SM were faster at batch 8 (0.0220 against 0.0246 ms) and slower at batch 64
+# (0.0785 against 0.0738 ms; results/bench/h100_decode/tune_local.txt).
 GPU_LAUNCH = MappingProxyType({"programs_per_sm": 1, "num_warps": 4})
 
 
