@@ -1,7 +1,7 @@
 """Triton pieces shared by the kernels: jit helpers (feature maps, RoPE rows, the online-softmax step, k / v
-tiles, the program decode of the block and segment grids, carry blocks), the sequence table of a dense / padded / packed batch,
-and launch helpers (dummies, operand precision, TMA availability, SM count, which row of a hand-edited
-tuning table applies).
+tiles, the program decode of the block and segment grids, carry blocks), the sequence table of a dense /
+padded / packed batch, and launch helpers (dummies, zeroed atomic counters, operand precision, TMA
+availability, SM count, which row of a hand-edited tuning table applies).
 
 Imported on first use of a Triton path only (`kernels/__init__.py` imports no Triton module).
 """
@@ -232,6 +232,29 @@ def dummy(device) -> torch.Tensor:
     if key not in _DUMMIES:
         _DUMMIES[key] = torch.zeros(1, dtype=torch.float32, device=device)
     return _DUMMIES[key]
+
+
+# Zeroed int32 counters per device for the kernels whose programs count themselves: `decode_step_kernel`
+# (one per (row, KV head) pair, then one per row) and `kv_decode_kernel` (one per pair). The kernels leave
+# them at zero, so one buffer serves every step and layer on the device, replayed CUDA graphs included. A
+# larger buffer is added when needed; the smaller ones stay alive, because a captured graph may still
+# address them. Two steps running at once on two streams of one device would share the counters: not
+# supported.
+_counters: dict[str, list[torch.Tensor]] = {}
+
+
+def counter_buffer(n: int, device: torch.device) -> torch.Tensor:
+    """At least n zeroed int32 counters on `device` (see `_counters`)."""
+    kept = _counters.setdefault(str(device), [])
+    if kept and kept[-1].numel() >= n:
+        return kept[-1]
+    fresh = torch.zeros(max(n, 2 * kept[-1].numel() if kept else 64), dtype=torch.int32, device=device)
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        # From the graph's pool: its zeroing is recorded in the graph right before the kernel that uses it,
+        # so every replay starts from zeros, and the pool may hand the memory on after that kernel.
+        return fresh
+    kept.append(fresh)
+    return fresh
 
 
 def rope_launch_args(rope, D, device):

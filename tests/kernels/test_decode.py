@@ -16,6 +16,7 @@ from rattn_eval.kernels import (
     LocalCache, Rope, build_local_cache, empty_local_cache, feature_dim, kv_decode, kv_decode_naive, launches,
     local_decode_step, local_decode_step_naive, local_prefill,
 )
+from rattn_eval.kernels import triton_common
 from rattn_eval.kernels.decode import fused_recurrent, kv_split
 from rattn_eval.kernels.decode.fused_recurrent import local_decode_step_triton
 
@@ -485,7 +486,7 @@ def test_kv_decode_leaves_its_counters_at_zero(monkeypatch):
     after calls split over several programs, at rows of different lengths, every counter is back at zero,
     so the next call (or a replayed CUDA graph) starts clean, and each call gives the reference's output."""
     monkeypatch.setattr(kv_split, "_SPLIT_TARGET", 16)
-    monkeypatch.setattr(fused_recurrent, "_counters", {})
+    monkeypatch.setattr(triton_common, "_counters", {})
     gen = torch.Generator().manual_seed(11)
     B, S, H, Hkv, D = 3, 150, 4, 2, 64
     k, v = torch.randn(B, S, Hkv, D, generator=gen), torch.randn(B, S, Hkv, D, generator=gen)
@@ -495,7 +496,7 @@ def test_kv_decode_leaves_its_counters_at_zero(monkeypatch):
         ok = (pos >= 0) & (pos < S)  # a position outside the cache: that row NaN, the others computed
         assert torch.isnan(got[~ok]).all()
         assert_close(got[ok], kv_decode_naive(q[ok], k[ok], v[ok], pos[ok]), 1e-5, f"pos {pos.tolist()}")
-        buffers = fused_recurrent._counters["cpu"]
+        buffers = triton_common._counters["cpu"]
         assert buffers and all(int(b.abs().sum()) == 0 for b in buffers), "a counter was left non-zero"
 
 
@@ -510,7 +511,7 @@ def test_local_step_leaves_its_counters_at_zero(kind, D, monkeypatch):
     concurrently.)"""
     monkeypatch.setattr(fused_recurrent, "_SPLIT_TARGET", 64)
     monkeypatch.setitem(fused_recurrent._BLOCKS, "interpreter", {"block_s": 16, "block_f": 16})
-    monkeypatch.setattr(fused_recurrent, "_counters", {})
+    monkeypatch.setattr(triton_common, "_counters", {})
     B, w, H, Hkv = 3, 40, 4, 2
     gen = torch.Generator().manual_seed(15)
     F = feature_dim(D, "softmax") if kind == "rattn" else None
@@ -527,7 +528,7 @@ def test_local_step_leaves_its_counters_at_zero(kind, D, monkeypatch):
         assert torch.isnan(out[0]).all()
         assert_close(out[1:], exp, 1e-4, f"step {step}")
         assert cache.pos.tolist() == [-4 + step, 4 + step, 101 + step]
-        buffers = fused_recurrent._counters["cpu"]
+        buffers = triton_common._counters["cpu"]
         assert buffers and all(int(b.abs().sum()) == 0 for b in buffers), "a counter was left non-zero"
     assert torch.equal(cache.k[1:], ref.k) and torch.equal(cache.v[1:], ref.v)
     assert torch.equal(cache.k[0], before.k[0]) and torch.equal(cache.v[0], before.v[0])
@@ -664,7 +665,7 @@ def test_gpu_local_step_captured_in_a_graph(batch, monkeypatch):
         scratch = copy.deepcopy(got)
         local_decode_step_triton(q, kn, vn, scratch, rope=rope)  # compiles the kernel outside the capture
         torch.cuda.synchronize()
-        monkeypatch.setattr(fused_recurrent, "_counters", {})
+        monkeypatch.setattr(triton_common, "_counters", {})
         if kept:
             local_decode_step_triton(q, kn, vn, scratch, rope=rope)  # keeps a counter buffer before the capture
             torch.cuda.synchronize()
@@ -679,7 +680,7 @@ def test_gpu_local_step_captured_in_a_graph(batch, monkeypatch):
             exp = local_decode_step_naive(q.float(), kn.float(), vn.float(), ref, rope=rope)
             assert_close(out.float(), exp, 1e-2, f"replay {step}, kept buffer {kept}")
         assert_cache_equal(got, ref, 1e-4)
-        buffers = fused_recurrent._counters.get(str(q.device), [])
+        buffers = triton_common._counters.get(str(q.device), [])
         assert all(int(b.abs().sum()) == 0 for b in buffers)
         assert (len(buffers) == 1) == kept
 
@@ -705,6 +706,7 @@ def test_gpu_local_step_many_steps_small_batches():
                          w, "softmax")
         rope = Rope(D, theta=10000.0)
         ok = slice(1, None) if B > 1 else slice(None)
+        row0 = copy.deepcopy(got.select(torch.tensor([0], device=dev)))
         for step in range(150):
             q, kn, vn = (torch.randn(B, n, D, generator=gen, device=dev).to(torch.bfloat16) for n in (H, Hkv, Hkv))
             out = local_decode_step_triton(q, kn, vn, got, rope=rope)
@@ -714,9 +716,12 @@ def test_gpu_local_step_many_steps_small_batches():
             assert B == 1 or torch.isnan(out[0]).all(), where
             assert torch.equal(got.pos, ref.pos), where
             assert torch.equal(got.k[ok].float(), ref.k[ok]) and torch.equal(got.v[ok].float(), ref.v[ok]), where
-            assert all(int(b.abs().sum()) == 0 for b in fused_recurrent._counters[str(q.device)]), where
+            assert all(int(b.abs().sum()) == 0 for b in triton_common._counters[str(q.device)]), where
         if state is not None:
             assert_close(got.state[ok], ref.state[ok], 1e-4, f"state, B {B}, D {D}")
+        if B > 1:  # the row at a negative position: nothing written
+            assert torch.equal(got.k[:1], row0.k) and torch.equal(got.v[:1], row0.v)
+            assert state is None or torch.equal(got.state[:1], row0.state)
 
 
 @pytest.mark.gpu
@@ -769,7 +774,7 @@ def test_kv_decode_captured_in_a_graph_gpu(monkeypatch):
     kv_split.kv_decode_triton(q, k, v, pos)  # compiles and loads the kernel: no module load inside a capture
     torch.cuda.synchronize()
     for kept in (False, True):
-        monkeypatch.setattr(fused_recurrent, "_counters", {})
+        monkeypatch.setattr(triton_common, "_counters", {})
         if kept:
             kv_split.kv_decode_triton(q, k, v, pos)  # an eager call keeps a buffer before the capture
             torch.cuda.synchronize()
@@ -782,7 +787,7 @@ def test_kv_decode_captured_in_a_graph_gpu(monkeypatch):
             torch.cuda.synchronize()
             exp = kv_decode_naive(q.float(), k.float(), v.float(), pos)
             assert_close(out.float(), exp, 1e-2, f"replay at {new}, kept buffer {kept}")
-        buffers = fused_recurrent._counters.get(str(q.device), [])
+        buffers = triton_common._counters.get(str(q.device), [])
         assert all(int(b.abs().sum()) == 0 for b in buffers)
         assert (len(buffers) == 1) == kept
 

@@ -38,6 +38,7 @@ from triton.language.extra import libdevice
 
 from ..common import default_scale
 from ..triton_common import FEATURES as _FEATURE_MAP_CODES
+from ..triton_common import counter_buffer
 from ..triton_common import num_sms as _num_sms
 from .naive import LocalCache, check_decode_args
 
@@ -57,36 +58,14 @@ _STATE_BLOCK_V = 128
 # at 4 warps.
 _MERGE_TILE = 4096
 # Programs the window / state splits aim for under the interpreter (on a GPU: `programs_per_sm` times the
-# SM count). Small, so the CPU tests stay fast, yet above 1 so they cover the split-and-combine path.
+# SM count). Small, so the CPU tests stay fast, yet above 1 so they cover the split-and-merge path.
 _SPLIT_TARGET = 4
-# GPU launch settings, edited by hand: programs the splits aim for per SM, warps per program. With the GPU
-# blocks above, batch 64 (H 16, Hkv 4, D 128, window 512, bf16) takes 0.0735 ms on an H100, 60% of its copy
-# bandwidth (results/bench/h100_decode/kernels.txt). `rattn-eval bench tune --what local-decode` times the
+# GPU launch settings, edited by hand: programs per SM that the softmax splits and, apart, the RLA splits aim
+# for (one launch holds both), warps per program. With the GPU blocks above, batch 64 (H 16, Hkv 4, D 128,
+# window 512, bf16) takes 0.0735 ms on an H100, 60% of its copy bandwidth (results/bench/h100_decode/kernels.txt). `rattn-eval bench tune --what local-decode` times the
 # candidates: two programs per SM were faster at batch 8 (0.0220 against 0.0246 ms) and slower at batch 64
 # (0.0785 against 0.0738 ms; results/bench/h100_decode/tune_local.txt).
 GPU_LAUNCH = MappingProxyType({"programs_per_sm": 1, "num_warps": 4})
-
-
-# Zeroed int32 counters per device for the kernels whose programs count themselves: `decode_step_kernel`
-# (one per (row, KV head) pair, then one per row) and `kv_decode_kernel` (one per pair). The kernels leave
-# them at zero, so one buffer serves every step and layer on the device, replayed CUDA graphs included. A
-# larger buffer is added when needed; the smaller ones stay alive, because a captured graph may still
-# address them. Two steps running at once on two streams of one
-# device would share the counters: not supported.
-_counters: dict[str, list[torch.Tensor]] = {}
-
-
-def counter_buffer(n: int, device: torch.device) -> torch.Tensor:
-    kept = _counters.setdefault(str(device), [])
-    if kept and kept[-1].numel() >= n:
-        return kept[-1]
-    fresh = torch.zeros(max(n, 2 * kept[-1].numel() if kept else 64), dtype=torch.int32, device=device)
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        # From the graph's pool: its zeroing is recorded in the graph right before the kernel that uses it,
-        # so every replay starts from zeros, and the pool may hand the memory on after that kernel.
-        return fresh
-    kept.append(fresh)
-    return fresh
 
 
 @triton.jit
@@ -324,22 +303,31 @@ def decode_step_kernel(
     t = tl.load(pos_ptr + b * stride_pb)
     slot = tl.where(t >= 0, t % W1, 0)  # t < 0 (a damaged cache): every slot masked, the state unchanged
     if j < NS:
-        _swa_split(q_ptr, k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, inv_freq_ptr, m_ptr, l_ptr, acc_ptr, pid, b, hk, t,
-                   slot, j, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh,
-                   stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, W1, NS, S_SPLIT, scale,
-                   D, G, HAS_ROPE, FAST_TRIG, PRECISION, BLOCK_D, BLOCK_H, BLOCK_G, BLOCK_S)
+        _swa_split(q_ptr=q_ptr, k_ptr=k_ptr, v_ptr=v_ptr, ring_k_ptr=ring_k_ptr, ring_v_ptr=ring_v_ptr,
+                   inv_freq_ptr=inv_freq_ptr, m_ptr=m_ptr, l_ptr=l_ptr, acc_ptr=acc_ptr, pid=pid, b=b, hk=hk, t=t,
+                   slot=slot, j=j, stride_qb=stride_qb, stride_qh=stride_qh, stride_kb=stride_kb, stride_kh=stride_kh,
+                   stride_vb=stride_vb, stride_vh=stride_vh, stride_rkb=stride_rkb, stride_rks=stride_rks,
+                   stride_rkh=stride_rkh, stride_rvb=stride_rvb, stride_rvs=stride_rvs, stride_rvh=stride_rvh,
+                   W1=W1, NS=NS, S_SPLIT=S_SPLIT, scale=scale, D=D, G=G, HAS_ROPE=HAS_ROPE, FAST_TRIG=FAST_TRIG,
+                   PRECISION=PRECISION, BLOCK_D=BLOCK_D, BLOCK_H=BLOCK_H, BLOCK_G=BLOCK_G, BLOCK_S=BLOCK_S)
     elif HAS_STATE:
-        _rla_split(q_ptr, ring_k_ptr, ring_v_ptr, state_ptr, rla_ptr, pid, b, hk, t, slot, (j - NS) // NV,
-                   (j - NS) % NV, stride_qb, stride_qh, stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs,
-                   stride_rvh, stride_sb, stride_sh, stride_sf, W1, NF, F_SPLIT,
-                   D, F, G, FEATURE_MAP, PRECISION, BLOCK_D, BLOCK_G, BLOCK_F, BLOCK_V)
+        _rla_split(q_ptr=q_ptr, ring_k_ptr=ring_k_ptr, ring_v_ptr=ring_v_ptr, state_ptr=state_ptr, part_ptr=rla_ptr,
+                   pid=pid, b=b, hk=hk, t=t, slot=slot, jf=(j - NS) // NV, c=(j - NS) % NV,
+                   stride_qb=stride_qb, stride_qh=stride_qh, stride_rkb=stride_rkb, stride_rks=stride_rks,
+                   stride_rkh=stride_rkh, stride_rvb=stride_rvb, stride_rvs=stride_rvs, stride_rvh=stride_rvh,
+                   stride_sb=stride_sb, stride_sh=stride_sh, stride_sf=stride_sf, W1=W1, NF=NF, F_SPLIT=F_SPLIT,
+                   D=D, F=F, G=G, FEATURE_MAP=FEATURE_MAP, PRECISION=PRECISION, BLOCK_D=BLOCK_D, BLOCK_G=BLOCK_G,
+                   BLOCK_F=BLOCK_F, BLOCK_V=BLOCK_V)
     tl.debug_barrier()  # every thread's loads and stores before the release on the counter
     if tl.atomic_add(count_ptr + pid, 1, sem="acq_rel") == NS + NF * NV - 1:
-        _merge_pair(k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, m_ptr, l_ptr, acc_ptr, rla_ptr, g_swa_ptr, g_rla_ptr,
-                    o_ptr, pid, b, hk, t, stride_kb, stride_kh, stride_vb, stride_vh,
-                    stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, stride_ob, stride_oh,
-                    W1, NS, NF, eps, D, G, HAS_STATE, HAS_G_SWA, HAS_G_RLA,
-                    BLOCK_D, BLOCK_G, BLOCK_GM, BLOCK_JS, BLOCK_JF)
+        _merge_pair(k_ptr=k_ptr, v_ptr=v_ptr, ring_k_ptr=ring_k_ptr, ring_v_ptr=ring_v_ptr, m_ptr=m_ptr, l_ptr=l_ptr,
+                    acc_ptr=acc_ptr, rla_ptr=rla_ptr, g_swa_ptr=g_swa_ptr, g_rla_ptr=g_rla_ptr, o_ptr=o_ptr,
+                    pid=pid, b=b, hk=hk, t=t, stride_kb=stride_kb, stride_kh=stride_kh, stride_vb=stride_vb,
+                    stride_vh=stride_vh, stride_rkb=stride_rkb, stride_rks=stride_rks, stride_rkh=stride_rkh,
+                    stride_rvb=stride_rvb, stride_rvs=stride_rvs, stride_rvh=stride_rvh, stride_ob=stride_ob,
+                    stride_oh=stride_oh, W1=W1, NS=NS, NF=NF, eps=eps, D=D, G=G, HAS_STATE=HAS_STATE,
+                    HAS_G_SWA=HAS_G_SWA, HAS_G_RLA=HAS_G_RLA, BLOCK_D=BLOCK_D, BLOCK_G=BLOCK_G, BLOCK_GM=BLOCK_GM,
+                    BLOCK_JS=BLOCK_JS, BLOCK_JF=BLOCK_JF)
         tl.store(count_ptr + pid, 0)
         row_count = count_ptr + B * Hkv + b
         if tl.atomic_add(row_count, 1, sem="acq_rel") == Hkv - 1:
@@ -456,9 +444,10 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         stride_sf=0 if state is None else state.stride(2), stride_ob=o.stride(0), stride_oh=o.stride(1),
         stride_pb=cache.pos.stride(0),
         W1=W1, B=B, Hkv=Hkv, NS=ns, S_SPLIT=s_split, NF=nf, F_SPLIT=f_split, scale=scale, eps=eps,
-        D=D, F=F, G=G, NV=nv, HAS_STATE=state is not None, FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map] if state is not None else 0,
-        HAS_ROPE=inv_freq is not None,
-        FAST_TRIG=q.is_cuda and torch.version.hip is None and not interpreting, PRECISION=precision, HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
+        D=D, F=F, G=G, NV=nv, HAS_STATE=state is not None,
+        FEATURE_MAP=_FEATURE_MAP_CODES[cache.feature_map] if state is not None else 0, HAS_ROPE=inv_freq is not None,
+        FAST_TRIG=q.is_cuda and torch.version.hip is None and not interpreting, PRECISION=precision,
+        HAS_G_SWA=g_swa is not None, HAS_G_RLA=g_rla is not None,
         BLOCK_D=block_d, BLOCK_H=block_h, BLOCK_G=block_g, BLOCK_GM=block_gm, BLOCK_S=block_s, BLOCK_F=block_f,
         BLOCK_V=block_v, BLOCK_JS=merge_block(ns, block_gm, block_d),
         BLOCK_JF=merge_block(max(nf, 1), block_gm, block_d), num_warps=warps,

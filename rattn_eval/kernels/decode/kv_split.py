@@ -20,10 +20,9 @@ import triton
 import triton.language as tl
 
 from ..common import default_scale
+from ..triton_common import counter_buffer, precision_for
 from ..triton_common import num_sms as _num_sms
-from ..triton_common import precision_for
-from .fused_recurrent import (_last_dim_contiguous, _splits, counter_buffer, merge_block, merge_softmax_splits,
-                              store_softmax_split)
+from .fused_recurrent import _last_dim_contiguous, _splits, merge_block, merge_softmax_splits, store_softmax_split
 from .naive import check_kv_decode_args
 
 # Programs the splits aim for under the CPU interpreter (on a GPU: `programs_per_sm` x the SM count); small, so
