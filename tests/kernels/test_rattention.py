@@ -12,7 +12,7 @@ from grad_inputs import DTYPES, QKV_LAYOUTS, make_case
 from pairwise import all_cases, case_id, covers_every_pair, pairwise_cases, window_value
 from prefill_cases import (exact_fp32, FULL_GRID, GPU_SHAPES, cases, check, check_case, check_padded_and_packed, gpu_inputs,
                            gpu_shape_id, gpu_shape_inputs, inputs, make_inputs, poison_padding, rattn_extra,
-                           scores_far_below_zero)
+                           scores_far_below_zero, TOL)
 
 import rattn_eval.kernels as K
 from rattn_eval.kernels import Rope, rattention_naive, triton_common
@@ -196,6 +196,14 @@ def test_rows_whose_scores_all_lie_far_below_zero(dtype, logit):
     # the SWA pass (no RoPE, which would rotate the scores away from `logit`): see test_swa.py
     q, k, v = scores_far_below_zero(50, 2, 1, 64, logit, dtype)
     ref = rattention_naive(q.float(), k.float(), v.float(), window=7).to(dtype)
+    if dtype == torch.float32:
+        # Scores of -300 are sums of products up to ~2400 (q ~ -k ~ 49 u), so fp32 rounds them coarsely, and the
+        # worst row lands at ~1e-4 of its max against the reference (also against one in fp64). Its last bits
+        # follow the CPU's SIMD paths: 1.0017e-4 on an AMD EPYC host, under 1e-4 on the host of earlier runs.
+        # The row bound here is twice the fp32 one.
+        rms, row = TOL[dtype]
+        assert_close(rattention_triton(q, k, v, window=7), ref, rms, row_tol=2 * row)
+        return
     check(rattention_triton(q, k, v, window=7), ref, dtype)
 
 
