@@ -230,9 +230,9 @@ def _swa_split(
 @triton.jit
 def _merge_pair(
     k_ptr, v_ptr, ring_k_ptr, ring_v_ptr, m_ptr, l_ptr, acc_ptr, rla_ptr, g_swa_ptr, g_rla_ptr, o_ptr,
-    pid, b, hk, t, stride_kb, stride_kh, stride_vb, stride_vh,
+    pid, b, hk, t, slot, stride_kb, stride_kh, stride_vb, stride_vh,
     stride_rkb, stride_rks, stride_rkh, stride_rvb, stride_rvs, stride_rvh, stride_ob, stride_oh,
-    W1, NS, NF, eps,
+    NS, NF, eps,
     D: tl.constexpr, G: tl.constexpr, HAS_STATE: tl.constexpr, HAS_G_SWA: tl.constexpr, HAS_G_RLA: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_GM: tl.constexpr, BLOCK_JS: tl.constexpr,
     BLOCK_JF: tl.constexpr,
@@ -268,7 +268,6 @@ def _merge_pair(
         o = o + o_rla
     tl.store(o_ptr + b * stride_ob + h[:, None] * stride_oh + d[None, :], o.to(o_ptr.dtype.element_ty), mask=q_mask)
     ok = t >= 0  # a negative position (a damaged cache): NaN output (merged above), the ring is left alone
-    slot = tl.where(ok, t % W1, 0)
     ring_dtype = ring_k_ptr.dtype.element_ty
     k_new = tl.load(k_ptr + b * stride_kb + hk * stride_kh + d, mask=dm, other=0.0).to(ring_dtype)
     v_new = tl.load(v_ptr + b * stride_vb + hk * stride_vh + d, mask=dm, other=0.0).to(ring_dtype)
@@ -322,10 +321,10 @@ def decode_step_kernel(
     if tl.atomic_add(count_ptr + pid, 1, sem="acq_rel") == NS + NF * NV - 1:
         _merge_pair(k_ptr=k_ptr, v_ptr=v_ptr, ring_k_ptr=ring_k_ptr, ring_v_ptr=ring_v_ptr, m_ptr=m_ptr, l_ptr=l_ptr,
                     acc_ptr=acc_ptr, rla_ptr=rla_ptr, g_swa_ptr=g_swa_ptr, g_rla_ptr=g_rla_ptr, o_ptr=o_ptr,
-                    pid=pid, b=b, hk=hk, t=t, stride_kb=stride_kb, stride_kh=stride_kh, stride_vb=stride_vb,
+                    pid=pid, b=b, hk=hk, t=t, slot=slot, stride_kb=stride_kb, stride_kh=stride_kh, stride_vb=stride_vb,
                     stride_vh=stride_vh, stride_rkb=stride_rkb, stride_rks=stride_rks, stride_rkh=stride_rkh,
                     stride_rvb=stride_rvb, stride_rvs=stride_rvs, stride_rvh=stride_rvh, stride_ob=stride_ob,
-                    stride_oh=stride_oh, W1=W1, NS=NS, NF=NF, eps=eps, D=D, G=G, HAS_STATE=HAS_STATE,
+                    stride_oh=stride_oh, NS=NS, NF=NF, eps=eps, D=D, G=G, HAS_STATE=HAS_STATE,
                     HAS_G_SWA=HAS_G_SWA, HAS_G_RLA=HAS_G_RLA, BLOCK_D=BLOCK_D, BLOCK_G=BLOCK_G, BLOCK_GM=BLOCK_GM,
                     BLOCK_JS=BLOCK_JS, BLOCK_JF=BLOCK_JF)
         tl.store(count_ptr + pid, 0)
@@ -430,6 +429,7 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
     acc = torch.empty(programs * ns * block_g * block_d, **f32)
     rla = torch.empty(programs * nf * block_g * block_d, **f32) if state is not None else m
     dummy = o  # never read: the matching HAS_* flag is off
+    state_strides = (0, 0, 0) if state is None else state.stride()[:3]
     decode_step_kernel[(programs, ns + nf * nv)](
         q_ptr=q, k_ptr=k, v_ptr=v, ring_k_ptr=cache.k, ring_v_ptr=cache.v,
         state_ptr=dummy if state is None else state, pos_ptr=cache.pos,
@@ -440,8 +440,8 @@ def _launch_decode(q, k, v, cache: LocalCache, o, inv_freq, g_swa, g_rla, scale,
         stride_vb=v.stride(0), stride_vh=v.stride(1),
         stride_rkb=cache.k.stride(0), stride_rks=cache.k.stride(1), stride_rkh=cache.k.stride(2),
         stride_rvb=cache.v.stride(0), stride_rvs=cache.v.stride(1), stride_rvh=cache.v.stride(2),
-        stride_sb=0 if state is None else state.stride(0), stride_sh=0 if state is None else state.stride(1),
-        stride_sf=0 if state is None else state.stride(2), stride_ob=o.stride(0), stride_oh=o.stride(1),
+        stride_sb=state_strides[0], stride_sh=state_strides[1], stride_sf=state_strides[2],
+        stride_ob=o.stride(0), stride_oh=o.stride(1),
         stride_pb=cache.pos.stride(0),
         W1=W1, B=B, Hkv=Hkv, NS=ns, S_SPLIT=s_split, NF=nf, F_SPLIT=f_split, scale=scale, eps=eps,
         D=D, F=F, G=G, NV=nv, HAS_STATE=state is not None,
