@@ -87,7 +87,7 @@ def gated_act_triton(g: torch.Tensor, u: torch.Tensor, act: str) -> torch.Tensor
 
 @triton.jit
 def rope_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, T, H, stride_cb, D: tl.constexpr, HALF: tl.constexpr,
-                BLOCK_H: tl.constexpr, TRANSPOSE: tl.constexpr):
+                BLOCK_H: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)  # one (b, t) token: all its heads
     b = pid // T
     t = pid % T
@@ -103,22 +103,15 @@ def rope_kernel(x_ptr, cos_ptr, sin_ptr, out_ptr, T, H, stride_cb, D: tl.constex
     s1 = tl.load(sin_ptr + crow + d)[None, :]
     s2 = tl.load(sin_ptr + crow + HALF + d)[None, :]
     ob = out_ptr + pid * H * D + h[:, None] * D
-    if TRANSPOSE:
-        # the transposed map (the gradient): x * cos + rotate_half^T(x * sin), rotate_half^T(z) = [z2, -z1]
-        y1 = x1 * c1 + x2 * s2
-        y2 = x2 * c2 - x1 * s1
-    else:
-        # x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1]
-        y1 = x1 * c1 - x2 * s1
-        y2 = x2 * c2 + x1 * s2
+    # x * cos + rotate_half(x) * sin, rotate_half(x) = [-x2, x1]
+    y1 = x1 * c1 - x2 * s1
+    y2 = x2 * c2 + x1 * s2
     tl.store(ob + d[None, :], y1.to(out_ptr.dtype.element_ty), mask=hm)
     tl.store(ob + HALF + d[None, :], y2.to(out_ptr.dtype.element_ty), mask=hm)
 
 
-def apply_rope_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
-                      transpose: bool = False) -> torch.Tensor:
-    """`common.apply_rope` in one pass: x (B, T, H, D), cos/sin (T, D) or (B, T, D) fp32. transpose: the
-    transposed rotation (with the tables' cos and sin), which maps the gradient of the output to that of x."""
+def apply_rope_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """`common.apply_rope` in one pass: x (B, T, H, D), cos/sin (T, D) or (B, T, D) fp32."""
     B, T, H, D = x.shape
     if D % 2 or D & (D - 1):
         raise ValueError(f"the Triton RoPE needs a power-of-two head dim, got {D}")
@@ -136,28 +129,5 @@ def apply_rope_triton(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *,
     out = torch.empty_like(x)
     if x.numel():
         rope_kernel[(B * T,)](x, cos, sin, out, T, H, stride_cb, D=D, HALF=D // 2,
-                              BLOCK_H=triton.next_power_of_2(H), TRANSPOSE=transpose, num_warps=4)
+                              BLOCK_H=triton.next_power_of_2(H), num_warps=4)
     return out
-
-
-class RotateHalf(torch.autograd.Function):
-    """`apply_rope_triton` with its gradient for x (the transposed rotation, one pass); the tables get none."""
-
-    @staticmethod
-    def forward(ctx, x, cos, sin):
-        ctx.save_for_backward(cos, sin)
-        return apply_rope_triton(x, cos, sin)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        cos, sin = ctx.saved_tensors
-        return apply_rope_triton(dy, cos, sin, transpose=True), None, None
-
-
-def apply_rope_autograd(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """`common.apply_rope` that autograd differentiates: one Triton pass each way, or the PyTorch composition
-    when the tables themselves need a gradient."""
-    if cos.requires_grad or sin.requires_grad:
-        return apply_rope(x, cos, sin)
-    return RotateHalf.apply(x, cos, sin)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from closeness import assert_close
 
 from rattn_eval.kernels import Rope, apply_rope, rms_norm
-from rattn_eval.kernels.pointwise import apply_rope_autograd, apply_rope_triton, gated_act_triton, rms_norm_triton
+from rattn_eval.kernels.pointwise import apply_rope_triton, gated_act_triton, rms_norm_triton
 
 
 @pytest.mark.parametrize("shape", [(3, 7, 640), (1, 5, 4, 256), (2, 1, 96), (0, 64)], ids=str)
@@ -34,51 +34,6 @@ def test_gated_act(act, dtype):
     assert_close(gated_act_triton(g, u, act), exp, 1e-5 if dtype == torch.float32 else 1e-3, act)
     with pytest.raises(ValueError, match="unknown activation"):
         gated_act_triton(g, u, "relu")
-
-
-@pytest.mark.parametrize("per_row", [False, True], ids=["table", "per-row-table"])
-def test_rope(per_row):
-    gen = torch.Generator().manual_seed(2)
-    B, T, H, D = 2, 9, 3, 64
-    x = torch.randn(B, T, H, D, generator=gen)
-    rope = Rope(D, theta=10000.0)
-    if per_row:
-        cos, sin = rope.cos_sin(torch.arange(T)[None] + torch.tensor([[0], [1000]]))  # (B, T, D)
-    else:
-        cos, sin = rope.tables(T)
-    assert_close(apply_rope_triton(x, cos, sin), apply_rope(x, cos, sin), 1e-5, "rope")
-
-
-@pytest.mark.parametrize("per_row", [False, True], ids=["table", "per-row-table"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_rope_gradient_is_the_transposed_rotation(per_row, dtype):
-    # random tables whose two halves differ, so a sign flip of sin would not pass for the transpose
-    gen = torch.Generator().manual_seed(3)
-    B, T, H, D = 2, 9, 3, 32
-    shape = (B, T, D) if per_row else (T, D)
-    cos, sin = torch.randn(shape, generator=gen), torch.randn(shape, generator=gen)
-    x = torch.randn(B, T, H, D, generator=gen).to(dtype).requires_grad_()
-    dy = torch.randn(B, T, H, D, generator=gen).to(dtype)
-    y = apply_rope_autograd(x, cos, sin)
-    y.backward(dy)
-    xr = x.detach().clone().requires_grad_()
-    yr = apply_rope(xr, cos, sin)
-    yr.backward(dy)
-    tol = 1e-6 if dtype == torch.float32 else 1e-3
-    assert_close(y, yr, tol, "rope")
-    assert x.grad.dtype == dtype
-    assert_close(x.grad, xr.grad, tol, "d rope")
-
-
-def test_rope_tables_that_need_a_gradient_take_the_composition():
-    gen = torch.Generator().manual_seed(4)
-    cos, sin = (torch.randn(5, 16, generator=gen).requires_grad_() for _ in range(2))
-    x = torch.randn(1, 5, 2, 16, generator=gen)
-    apply_rope_autograd(x, cos, sin).sum().backward()
-    cr, sr = (t.detach().clone().requires_grad_() for t in (cos, sin))
-    apply_rope(x, cr, sr).sum().backward()
-    assert_close(cos.grad, cr.grad, 1e-6, "d cos")
-    assert_close(sin.grad, sr.grad, 1e-6, "d sin")
 
 
 def test_rope_reference_matches_the_hf_convention():

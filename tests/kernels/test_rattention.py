@@ -421,6 +421,25 @@ def test_norm_weights_and_rope_tables_alone_take_the_grad_path():
     assert_close(sin_t.grad, sin_r.grad, 1e-4, "dsin", row_tol=1e-3)
 
 
+@pytest.mark.parametrize("rope", ["none", "per row"])
+@pytest.mark.parametrize("fm", ["softmax", "identity"])
+def test_gradients_without_rope_and_with_tables_per_row(rope, fm):
+    # One autograd Function runs both branches (no public swa_attention call) and takes the SWA branch's
+    # gradients back through RoPE itself: without RoPE, and with (B, T, D) tables that differ per batch row
+    B, T, H, Hkv, D, window = 2, 70, 4, 2, 32, 9
+    leaves, do, valid, kw = make_case(T, H, Hkv, D, torch.float32, layout="padded", bounds=[T, 45], seed=21)
+    if rope == "per row":
+        cos, sin = Rope(D).tables(T + 5)
+        kw["rope"] = (torch.stack([cos[:T], cos[5:]]), torch.stack([sin[:T], sin[5:]]))
+    weights = norm_weights(H, D, torch.float32, 22)
+    before = K.launches["triton.swa_grad"]
+    got = run(K.rattention, leaves, weights, do, window=window, feature_map=fm, backend="triton", **kw)
+    assert K.launches["triton.swa_grad"] == before
+    ref = run(rattention_naive, leaves.copy(), [w.detach().clone().requires_grad_() for w in weights], do,
+              window=window, feature_map=fm, **kw)
+    check_grads(got, ref, GRAD_TOL[torch.float32], GRAD_ROW_TOL[torch.float32], valid, f"{rope} {fm}")
+
+
 @pytest.mark.parametrize("layout", ["dense", "padded", "packed"])
 def test_torch_backend_is_differentiable(layout):
     """The chunked reference (the torch backend) and the materializing one give the same gradients."""

@@ -21,10 +21,12 @@ ROWS = (64, 64) if INTERPRET else (16, 32)
 
 
 @triton.jit
-def combine_fwd_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, out_ptr, ra_ptr, rb_ptr, NROWS, H, eps,
-                       D: tl.constexpr, BR: tl.constexpr, HAS_WA: tl.constexpr, HAS_WB: tl.constexpr):
+def combine_fwd_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, out_ptr, ra_ptr, rb_ptr, NROWS, H, eps, b_part,
+                       D: tl.constexpr, BR: tl.constexpr, HAS_WA: tl.constexpr, HAS_WB: tl.constexpr,
+                       NB: tl.constexpr):
     """Grid (NROWS / BR,) over the rows of a, b (NROWS = B * T * H, D) contiguous: out (same shape) and
-    ra, rb (NROWS,) fp32, each row's 1 / rms. Gains (H, D) of any float dtype, row r has head r % H."""
+    ra, rb (NROWS,) fp32, each row's 1 / rms. b is the sum of NB (1 or 2) partials, b_part elements
+    apart. Gains (H, D) of any float dtype, row r has head r % H."""
     r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     ok = r < NROWS
     offs_d = tl.arange(0, D)
@@ -32,6 +34,8 @@ def combine_fwd_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, out_ptr, ra_ptr, rb_ptr, NR
     w_off = (r % H)[:, None] * D + offs_d[None, :]
     a = tl.load(a_ptr + off, mask=ok[:, None], other=0.0).to(tl.float32)
     b = tl.load(b_ptr + off, mask=ok[:, None], other=0.0).to(tl.float32)
+    if NB == 2:
+        b += tl.load(b_ptr + b_part + off, mask=ok[:, None], other=0.0).to(tl.float32)
     ra = tl.rsqrt(tl.sum(a * a, axis=1) / D + eps)
     rb = tl.rsqrt(tl.sum(b * b, axis=1) / D + eps)
     ya = a * ra[:, None]
@@ -61,10 +65,11 @@ def norm_grad(dy, x, rinv, w_ptr, h, dw_ptr, HAS_W: tl.constexpr, NEED_DW: tl.co
 
 @triton.jit
 def combine_bwd_kernel(dy_ptr, a_ptr, b_ptr, wa_ptr, wb_ptr, ra_ptr, rb_ptr, da_ptr, db_ptr, dwa_ptr, dwb_ptr,
-                       NTOK, H, D: tl.constexpr, BT: tl.constexpr, HAS_WA: tl.constexpr, HAS_WB: tl.constexpr,
-                       NEED_DWA: tl.constexpr, NEED_DWB: tl.constexpr):
-    """Grid (NTOK / BT, H): BT tokens of head h. da, db (NTOK * H, D) in their dtype from dy; with
-    NEED_DW*, the program's partial gain gradient at dw*[program 0 index, h] ((NTOK / BT, H, D) fp32)."""
+                       NTOK, H, b_part, D: tl.constexpr, BT: tl.constexpr, HAS_WA: tl.constexpr,
+                       HAS_WB: tl.constexpr, NEED_DWA: tl.constexpr, NEED_DWB: tl.constexpr, NB: tl.constexpr):
+    """Grid (NTOK / BT, H): BT tokens of head h. da, db (NTOK * H, D) in their dtype from dy, b the sum of
+    NB partials as in the forward; with NEED_DW*, the program's partial gain gradient at dw*[program 0
+    index, h] ((NTOK / BT, H, D) fp32)."""
     pt = tl.program_id(0)
     h = tl.program_id(1)
     tok = pt.to(tl.int64) * BT + tl.arange(0, BT)
@@ -79,9 +84,51 @@ def combine_bwd_kernel(dy_ptr, a_ptr, b_ptr, wa_ptr, wb_ptr, ra_ptr, rb_ptr, da_
     da = norm_grad(dy, a, ra, wa_ptr, h, dwa_ptr + part, HAS_WA, NEED_DWA, D)
     tl.store(da_ptr + off, da.to(da_ptr.dtype.element_ty), mask=ok[:, None])
     b = tl.load(b_ptr + off, mask=ok[:, None], other=0.0).to(tl.float32)
+    if NB == 2:
+        b += tl.load(b_ptr + b_part + off, mask=ok[:, None], other=0.0).to(tl.float32)
     rb = tl.load(rb_ptr + r, mask=ok, other=0.0)
     db = norm_grad(dy, b, rb, wb_ptr, h, dwb_ptr + part, HAS_WB, NEED_DWB, D)
     tl.store(db_ptr + off, db.to(db_ptr.dtype.element_ty), mask=ok[:, None])
+
+
+def combine_forward(a, parts, g_swa, g_rla, eps, dtype):
+    """(out, ra, rb): out = rms(a) * g_swa + rms(b) * g_rla in `dtype` with b the sum of parts, and each row's
+    1 / rms of a and of b (fp32). a (B, T, H, D) and parts (NB, B, T, H, D), NB 1 or 2, contiguous; gains
+    (H, D) contiguous or None (ones)."""
+    H, D = a.shape[2:]
+    out = torch.empty(a.shape, dtype=dtype, device=a.device)
+    rows = a.numel() // D
+    ra = torch.empty(rows, dtype=torch.float32, device=a.device)
+    rb = torch.empty_like(ra)
+    if rows:
+        br = ROWS[0]
+        combine_fwd_kernel[(cdiv(rows, br),)](a, parts, a if g_swa is None else g_swa, a if g_rla is None else g_rla,
+                                              out, ra, rb, rows, H, float(eps), a.numel(), D=D, BR=br,
+                                              HAS_WA=g_swa is not None, HAS_WB=g_rla is not None, NB=parts.shape[0],
+                                              num_warps=4)
+    return out, ra, rb
+
+
+def combine_backward(dy, a, parts, g_swa, g_rla, ra, rb, need_wa, need_wb):
+    """(da, db, dg_swa, dg_rla) of `combine_forward` for the output gradient dy: da, db like a in its dtype, the
+    gain gradients (None unless need_* and the gain is given) in the gains' dtypes."""
+    B, T, H, D = a.shape
+    dy = dy.contiguous()
+    da, db = torch.empty_like(a), torch.empty_like(a)
+    ntok = B * T
+    bt = ROWS[1]
+    nblk = cdiv(ntok, bt)
+    need_wa, need_wb = need_wa and g_swa is not None, need_wb and g_rla is not None
+    dwa = torch.empty(nblk, H, D, dtype=torch.float32, device=a.device) if need_wa else ra
+    dwb = torch.empty(nblk, H, D, dtype=torch.float32, device=a.device) if need_wb else ra
+    if ntok:
+        combine_bwd_kernel[(nblk, H)](dy, a, parts, a if g_swa is None else g_swa, a if g_rla is None else g_rla, ra,
+                                      rb, da, db, dwa, dwb, ntok, H, a.numel(), D=D, BT=bt, HAS_WA=g_swa is not None,
+                                      HAS_WB=g_rla is not None, NEED_DWA=need_wa, NEED_DWB=need_wb, NB=parts.shape[0],
+                                      num_warps=4)
+    gwa = dwa.sum(0).to(g_swa.dtype) if need_wa else None
+    gwb = dwb.sum(0).to(g_rla.dtype) if need_wb else None
+    return da, db, gwa, gwb
 
 
 class Combine(torch.autograd.Function):
@@ -89,19 +136,10 @@ class Combine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, o_swa, o_rla, g_swa, g_rla, eps, dtype):
-        B, T, H, D = o_swa.shape
-        a, b = o_swa.contiguous(), o_rla.contiguous()
+        a, b = o_swa.contiguous(), o_rla.contiguous()[None]
         # the kernels index the gains as rows of D: contiguous copies, also for the backward
         g_swa, g_rla = (None if g is None else g.contiguous() for g in (g_swa, g_rla))
-        out = torch.empty(a.shape, dtype=dtype, device=a.device)
-        rows = a.numel() // D
-        ra = torch.empty(rows, dtype=torch.float32, device=a.device)
-        rb = torch.empty_like(ra)
-        if rows:
-            br = ROWS[0]
-            combine_fwd_kernel[(cdiv(rows, br),)](a, b, a if g_swa is None else g_swa, a if g_rla is None else g_rla,
-                                                  out, ra, rb, rows, H, float(eps), D=D, BR=br,
-                                                  HAS_WA=g_swa is not None, HAS_WB=g_rla is not None, num_warps=4)
+        out, ra, rb = combine_forward(a, b, g_swa, g_rla, eps, dtype)
         ctx.save_for_backward(a, b, g_swa, g_rla, ra, rb)
         return out
 
@@ -109,22 +147,8 @@ class Combine(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         a, b, g_swa, g_rla, ra, rb = ctx.saved_tensors
-        B, T, H, D = a.shape
         need_a, need_b, need_wa, need_wb = ctx.needs_input_grad[:4]
-        dy = dy.contiguous()
-        da, db = torch.empty_like(a), torch.empty_like(b)
-        ntok = B * T
-        bt = ROWS[1]
-        nblk = cdiv(ntok, bt)
-        need_wa, need_wb = need_wa and g_swa is not None, need_wb and g_rla is not None
-        dwa = torch.empty(nblk, H, D, dtype=torch.float32, device=a.device) if need_wa else ra
-        dwb = torch.empty(nblk, H, D, dtype=torch.float32, device=a.device) if need_wb else ra
-        if ntok:
-            combine_bwd_kernel[(nblk, H)](dy, a, b, a if g_swa is None else g_swa, a if g_rla is None else g_rla, ra,
-                                          rb, da, db, dwa, dwb, ntok, H, D=D, BT=bt, HAS_WA=g_swa is not None,
-                                          HAS_WB=g_rla is not None, NEED_DWA=need_wa, NEED_DWB=need_wb, num_warps=4)
-        gwa = dwa.sum(0).to(g_swa.dtype) if need_wa else None
-        gwb = dwb.sum(0).to(g_rla.dtype) if need_wb else None
+        da, db, gwa, gwb = combine_backward(dy, a, b, g_swa, g_rla, ra, rb, need_wa, need_wb)
         return da if need_a else None, db if need_b else None, gwa, gwb, None, None
 
 

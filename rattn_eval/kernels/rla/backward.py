@@ -21,11 +21,12 @@ So the backward runs two scans that store the state at every chunk, then three f
                            with TOTAL it sums its segment only, and a cumulative sum over segments (PyTorch,
                            fp32) gives each segment's starting state (an exclusive prefix for H, suffix for dH)
     rla_bwd_dq_kernel      one program per (chunk, query head): da, then through phi to dq
-    rla_bwd_dv_kernel      one program per (chunk, KV head): dv, looping over the group's query heads
-    rla_bwd_dk_kernel      one program per (chunk, KV head): db for both feature halves, then through phi to dk
+    rla_bwd_dv_kernel      one program per (key chunk, KV head): dv, looping over the group's query heads
+    rla_bwd_dk_kernel      one program per (key chunk, KV head): db for both feature halves, then through phi to dk
 
 Through phi (fp32, phi recomputed from the raw rows): softmax halves y = softmax(+-x) give
-dx = +-y (dy - <dy, y>), relu halves mask, identity passes through.
+dx = +-y (dy - <dy, y>), relu halves mask, identity passes through. Gradients from elsewhere (RAttention's
+SWA branch) can be added by the kernels that write dq, dk, dv, taken back through RoPE for dq and dk.
 
 Memory: phi(q), phi(k), one chunk-state tensor at a time (H, then dH: sequences x Hkv x chunks x F x D
 in the products' operand type) and the fp32 segment totals of its scan; nothing of size T x T.
@@ -41,7 +42,7 @@ import triton.language as tl
 
 from ..common import feature_dim
 from ..triton_common import (FEATURES, block_program, cdiv, dummy, feature_map_halves, num_sms, precision_for,
-                             segment_carry, segment_program, sequence_table, tuning_row)
+                             rope_launch_args, segment_carry, segment_program, sequence_table, tuning_row)
 from .chunk import check_rla_args, residual_linear_attention_triton
 
 launch_counts: dict[str, int] = {"rla_bwd_state_kernel": 0, "rla_bwd_dq_kernel": 0, "rla_bwd_dv_kernel": 0,
@@ -148,6 +149,26 @@ def rla_bwd_state_kernel(
 
 
 @triton.jit
+def add_rows(g, add_ptr, rows, tok, ok, cos_ptr, sin_ptr, T, stride_rope_b, D: tl.constexpr, ROPE: tl.constexpr):
+    """g (R, D) fp32 plus the rows of add at add_ptr + rows (token rows tok, int64 of the flattened B * T
+    rows; loaded where ok), taken back through RoPE first when ROPE (the gradient of rotated rows, the
+    transpose of `rope_rows`: y * cos + roll(y * sin, D/2) * (+1 | -1)), one tile at a time."""
+    offs_d = tl.arange(0, D)
+    m = ok[:, None]
+    y = tl.load(add_ptr + rows[:, None] + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
+    if ROPE:
+        rp = (stride_rope_b * (tok // T) + (tok % T) * D)[:, None]
+        g += y * tl.load(cos_ptr + rp + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
+        half = ((offs_d + D // 2) % D)[None, :]
+        sign = tl.where(offs_d < D // 2, 1.0, -1.0)[None, :]
+        ys = tl.load(add_ptr + rows[:, None] + half, mask=m, other=0.0).to(tl.float32)
+        g += ys * tl.load(sin_ptr + rp + half, mask=m, other=0.0).to(tl.float32) * sign
+    else:
+        g += y
+    return g
+
+
+@triton.jit
 def chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC: tl.constexpr):
     """Chunk c of sequence n as (live, q_tok, t_ok, k_tok, j_ok): whether its first query row lies inside
     the sequence (length L), the token rows (int64, of the flattened B * T rows) of its queries
@@ -162,17 +183,18 @@ def chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC: tl.
 
 @triton.jit
 def rla_bwd_dq_kernel(
-    q_ptr, do_ptr, v_ptr, pk_ptr, states_ptr, dq_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
-    T, H, Hkv, window, NCH,
+    q_ptr, do_ptr, v_ptr, pk_ptr, states_ptr, dq_ptr, add_ptr, cos_ptr, sin_ptr, seq_row_ptr, seq_start_ptr,
+    seq_len_ptr, T, H, Hkv, window, NCH, stride_rope_b,
     D: tl.constexpr, NF: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
-    PRECISION: tl.constexpr, FEATURE: tl.constexpr,
+    PRECISION: tl.constexpr, FEATURE: tl.constexpr, HAS_ADD: tl.constexpr, ROPE: tl.constexpr,
 ):
     """2-D grid (sequences * H, NCH chunks): the heads of a chunk launch side by side. Query chunk
     [t0, t0 + BC) of one head:
     da = do H_i^T + tril(do v^T, -1) b per feature half (the state product BV value columns at a time),
     taken through phi into dq (B, T, H, D), written at the chunk's rows < L.
     q, do (B, T, H, D); v (B, T, Hkv, D); phi(k) (B, T, Hkv, NF * D); states (sequences, Hkv, NCH,
-    NF * D, D), H_i of every chunk (rla_bwd_state_kernel); contiguous; products in CT."""
+    NF * D, D), H_i of every chunk (rla_bwd_state_kernel); contiguous; products in CT. HAS_ADD: dq gets
+    the rows of add (B, T, H, D) added, through RoPE first with ROPE (`add_rows`)."""
     FD: tl.constexpr = NF * D
     c, n, head, hk = block_program(H, Hkv, True)
     live, q_tok, t_ok, k_tok, j_ok = chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC)
@@ -205,26 +227,29 @@ def rla_bwd_dq_kernel(
             dq += phi_grad_half(pos, da, x, 0, FEATURE)
         else:
             dq += phi_grad_half(neg, da, x, 1, FEATURE)
+    if HAS_ADD:
+        dq = add_rows(dq, add_ptr, q_rows, q_tok, t_ok, cos_ptr, sin_ptr, T, stride_rope_b, D, ROPE)
     tl.store(dq_ptr + q_rows[:, None] + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty), mask=t_ok[:, None])
 
 
 @triton.jit
 def rla_bwd_dv_kernel(
-    do_ptr, pq_ptr, pk_ptr, states_ptr, dv_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
+    do_ptr, pq_ptr, pk_ptr, states_ptr, dv_ptr, add_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
     T, H, Hkv, window, NCH,
     D: tl.constexpr, NF: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_ADD: tl.constexpr,
 ):
-    """2-D grid (sequences * Hkv, NCH chunks). Key chunk [t0 - w, t0 - w + BC) of one KV head:
-    dv = sum over the group's query heads of tril(a b^T, -1)^T do, plus b dH_i (BV features at a time),
-    written at the key rows in [0, L) (keys no query sees are not written).
+    """2-D grid (sequences * Hkv, key chunks up to the last key). Key chunk [t0 - w, t0 - w + BC) of one KV
+    head: dv = sum over the group's query heads of tril(a b^T, -1)^T do, plus b dH_i (BV features at a time;
+    none when t0 >= L, where no query is left and dH_i = 0), plus the rows of add (B, T, Hkv, D; HAS_ADD),
+    written at the key rows in [0, L).
     do (B, T, H, D); phi(q) (B, T, H, NF * D); phi(k) (B, T, Hkv, NF * D); states (sequences, Hkv, NCH,
     NF * D, D), dH_i of every chunk; contiguous; products in CT."""
     FD: tl.constexpr = NF * D
     c, n, hk, _ = block_program(Hkv, Hkv, True)
     G = H // Hkv
-    live, q_tok, t_ok, k_tok, j_ok = chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC)
-    if not live:
+    has_state, q_tok, t_ok, k_tok, j_ok = chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC)
+    if c * BC - window >= tl.load(seq_len_ptr + n):  # the key chunk starts past the sequence
         return
 
     offs_c = tl.arange(0, BC)
@@ -253,29 +278,32 @@ def rla_bwd_dv_kernel(
     sh = chunk_state(states_ptr, n, hk, Hkv, NCH, c, FD, D)
     for f0 in tl.static_range(0, FD, BV):
         b_s = tl.load(pk_ptr + k_rows[:, None] + (f0 + offs_bv)[None, :], mask=j_ok[:, None], other=0.0).to(CT)
-        dh = tl.load(sh + (f0 + offs_bv)[:, None] * D + offs_d[None, :])  # (BV features, D values)
+        dh = tl.load(sh + (f0 + offs_bv)[:, None] * D + offs_d[None, :], mask=has_state, other=0.0)  # (BV, D)
         dv = tl.dot(b_s, dh.to(CT), dv, input_precision=PRECISION)
-    dst = dv_ptr + (k_tok * (Hkv * D) + hk * D)[:, None] + offs_d[None, :]
-    tl.store(dst, dv.to(dv_ptr.dtype.element_ty), mask=j_ok[:, None])
+    v_rows = k_tok * (Hkv * D) + hk * D
+    if HAS_ADD:
+        dv = add_rows(dv, add_ptr, v_rows, k_tok, j_ok, add_ptr, add_ptr, T, 0, D, False)
+    tl.store(dv_ptr + v_rows[:, None] + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=j_ok[:, None])
 
 
 @triton.jit
 def rla_bwd_dk_kernel(
-    k_ptr, do_ptr, v_ptr, pq_ptr, states_ptr, dk_ptr, seq_row_ptr, seq_start_ptr, seq_len_ptr,
-    T, H, Hkv, window, NCH,
+    k_ptr, do_ptr, v_ptr, pq_ptr, states_ptr, dk_ptr, add_ptr, cos_ptr, sin_ptr, seq_row_ptr, seq_start_ptr,
+    seq_len_ptr, T, H, Hkv, window, NCH, stride_rope_b,
     D: tl.constexpr, NF: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr, CT: tl.constexpr,
-    PRECISION: tl.constexpr, FEATURE: tl.constexpr,
+    PRECISION: tl.constexpr, FEATURE: tl.constexpr, HAS_ADD: tl.constexpr, ROPE: tl.constexpr,
 ):
-    """2-D grid (sequences * Hkv, NCH chunks). Key chunk [t0 - w, t0 - w + BC) of one KV head, per
-    feature half: db = sum over the group's query heads of tril(do v^T, -1)^T a, plus v dH_i^T (BV value
-    columns at a time); taken through phi into dk (B, T, Hkv, D), written at the key rows in [0, L).
+    """2-D grid as rla_bwd_dv_kernel. Key chunk [t0 - w, t0 - w + BC) of one KV head, per feature half:
+    db = sum over the group's query heads of tril(do v^T, -1)^T a, plus v dH_i^T (BV value columns at a
+    time); taken through phi into dk (B, T, Hkv, D), plus the rows of add (HAS_ADD, through RoPE first with
+    ROPE, as in rla_bwd_dq_kernel), written at the key rows in [0, L).
     k, v (B, T, Hkv, D); do (B, T, H, D); phi(q) (B, T, H, NF * D); states as in rla_bwd_dv_kernel;
     contiguous; products in CT."""
     FD: tl.constexpr = NF * D
     c, n, hk, _ = block_program(Hkv, Hkv, True)
     G = H // Hkv
-    live, q_tok, t_ok, k_tok, j_ok = chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC)
-    if not live:
+    has_state, q_tok, t_ok, k_tok, j_ok = chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC)
+    if c * BC - window >= tl.load(seq_len_ptr + n):  # the key chunk starts past the sequence
         return
 
     offs_c = tl.arange(0, BC)
@@ -301,16 +329,18 @@ def rla_bwd_dk_kernel(
     sh = chunk_state(states_ptr, n, hk, Hkv, NCH, c, FD, D)
     for v0 in tl.static_range(0, D, BV):
         v_s = tl.load(v_ptr + k_rows[:, None] + (v0 + offs_bv)[None, :], mask=j_ok[:, None], other=0.0).to(CT)
-        dht = tl.load(sh + offs_d[None, :] * D + (v0 + offs_bv)[:, None])  # dH^T of half 0: (BV values, D features)
+        dht = tl.load(sh + offs_d[None, :] * D + (v0 + offs_bv)[:, None], mask=has_state, other=0.0)  # dH^T, half 0
         db_p = tl.dot(v_s, dht.to(CT), db_p, input_precision=PRECISION)
         if NF == 2:
-            dht = tl.load(sh + (D + offs_d)[None, :] * D + (v0 + offs_bv)[:, None])
+            dht = tl.load(sh + (D + offs_d)[None, :] * D + (v0 + offs_bv)[:, None], mask=has_state, other=0.0)
             db_n = tl.dot(v_s, dht.to(CT), db_n, input_precision=PRECISION)
     x = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(tl.float32)
     pos, neg = feature_map_halves(x, FEATURE)
     dk = phi_grad_half(pos, db_p, x, 0, FEATURE)
     if NF == 2:
         dk += phi_grad_half(neg, db_n, x, 1, FEATURE)
+    if HAS_ADD:
+        dk = add_rows(dk, add_ptr, k_rows, k_tok, j_ok, cos_ptr, sin_ptr, T, stride_rope_b, D, ROPE)
     tl.store(dk_ptr + k_rows[:, None] + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=j_ok[:, None])
 
 
@@ -407,7 +437,8 @@ def _chunk_states(x, y, seqs, Hkv, shift, nseg, seg_len, nchunks, *, reverse, dt
 
 
 def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="softmax", lengths=None, cu_seqlens=None,
-                                       needs=(True, True, True), cfg: dict | None = None):
+                                       needs=(True, True, True), cfg: dict | None = None, add=(None, None, None),
+                                       rope=None):
     """Gradients of `residual_linear_attention_triton` with respect to q, k, v.
 
     Args:
@@ -418,12 +449,17 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
         cfg: launch settings overriding the `RLA_BWD_TILES` row: BC, BV, num_warps, scan_warps, num_stages,
             seg_chunks (chunks per scan segment) or programs_per_sm, phi_rows (rows per program of the
             phi pass).
+        add: gradients of q, k, v from elsewhere (None, or contiguous and shaped as q, k, v, zero at padded
+            positions), added by the kernels that write dq, dk, dv: RAttention passes its SWA branch's.
+        rope: (cos, sin) tables as `rope_launch_args` takes them; with them, the dq and dk addends are
+            gradients of the rotated q and k, taken back through RoPE before they are added.
     Returns:
         (dq, dk, dv) in the inputs' dtype, exactly zero at padded positions; dk, dv summed over the
         query heads of each KV head.
     """
     B, T, H, Hkv, D = check_rla_args(q, k, v, window, feature_map)
     need_q, need_k, need_v = needs
+    add_q, add_k, add_v = add
     dt = q.dtype
     feature = FEATURES[feature_map]
     nf = feature_dim(D, feature_map) // D
@@ -435,15 +471,16 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
     if seqs.count == 0:
         return tuple(torch.zeros_like(x) if need else None for x, need in zip((q, k, v), needs))
     q, k, v, do = (x.to(dt).contiguous() for x in (q, k, v, do))
-    # gradients are allocated after the inputs are made contiguous: the kernels write them in that layout.
-    # Zeros where rows are not written: dq's rows outside every sequence, dk's and dv's also keys no query sees
-    dq = (torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)) if need_q else None
-    dk, dv = (torch.zeros_like(x) if need else None for x, need in ((k, need_k), (v, need_v)))
+    # gradients are allocated after the inputs are made contiguous: the kernels write them in that layout,
+    # at every row of every sequence; rows of no sequence stay zero
+    alloc = torch.zeros_like if seqs.zero_fill else torch.empty_like
+    dq, dk, dv = (alloc(x) if need else None for x, need in ((q, need_q), (k, need_k), (v, need_v)))
     w = min(window, seqs.max_len)
     nchunks = cdiv(seqs.max_len, BC)
-    if nchunks > 65535:  # the chunks run on the second grid axis
+    key_chunks = cdiv(seqs.max_len + w, BC)  # the dk / dv programs: key chunk c starts at c * BC - w
+    if key_chunks > 65535:  # the chunks run on the second grid axis
         raise ValueError(f"the RLA backward takes at most 65535 chunks of BC = {BC} rows per sequence; "
-                         f"a sequence of {seqs.max_len} tokens needs {nchunks}")
+                         f"a sequence of {seqs.max_len} tokens and a window of {w} need {key_chunks}")
     seg_len = _segment_length(cfg, seqs.max_len, seqs.count * Hkv * nf * (D // BV), q.device)
     nseg = cdiv(seqs.max_len, seg_len)
     pdt = operand_dtype(dt)  # phi, the chunk states and the products' operands (fp16: fp32, TF32 on a GPU)
@@ -462,20 +499,26 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
     pk = _phi(k, lim, feature, nf, cfg["phi_rows"], pdt) if (need_q or need_v) else None
     pq = _phi(q, lim, feature, nf, cfg["phi_rows"], pdt) if (need_k or need_v) else None
     par = dict(num_warps=cfg["num_warps"], **meta)
+    cos, sin, stride_rope_b = rope_launch_args(rope, D, q.device)
     if need_q:
         hs = _chunk_states(pk, v, shift=w, reverse=False, **scan)
-        rla_bwd_dq_kernel[(seqs.count * H, nchunks)](q, do, v, pk, hs, dq, *table, T, H, Hkv, w, nchunks,
-                                                     FEATURE=feature, **par)
+        rla_bwd_dq_kernel[(seqs.count * H, nchunks)](q, do, v, pk, hs, dq, q if add_q is None else add_q, cos, sin,
+                                                     *table, T, H, Hkv, w, nchunks, stride_rope_b, FEATURE=feature,
+                                                     HAS_ADD=add_q is not None, ROPE=rope is not None, **par)
         launch_counts["rla_bwd_dq_kernel"] += 1
         del hs
     if need_k or need_v:
         dhs = _chunk_states(pq, do, shift=0, reverse=True, **scan)
         if need_v:
-            rla_bwd_dv_kernel[(seqs.count * Hkv, nchunks)](do, pq, pk, dhs, dv, *table, T, H, Hkv, w, nchunks, **par)
+            rla_bwd_dv_kernel[(seqs.count * Hkv, key_chunks)](do, pq, pk, dhs, dv, v if add_v is None else add_v,
+                                                              *table, T, H, Hkv, w, nchunks,
+                                                              HAS_ADD=add_v is not None, **par)
             launch_counts["rla_bwd_dv_kernel"] += 1
         if need_k:
-            rla_bwd_dk_kernel[(seqs.count * Hkv, nchunks)](k, do, v, pq, dhs, dk, *table, T, H, Hkv, w, nchunks,
-                                                           FEATURE=feature, **par)
+            rla_bwd_dk_kernel[(seqs.count * Hkv, key_chunks)](k, do, v, pq, dhs, dk, k if add_k is None else add_k, cos,
+                                                              sin, *table, T, H, Hkv, w, nchunks, stride_rope_b,
+                                                              FEATURE=feature, HAS_ADD=add_k is not None,
+                                                              ROPE=rope is not None, **par)
             launch_counts["rla_bwd_dk_kernel"] += 1
     return dq, dk, dv
 

@@ -182,11 +182,11 @@ def rla_segment_carry(phi_k, v, seqs: SequenceTable, *, window, seg_len, block, 
     return totals
 
 
-def rla_partials(q, k, v, seqs: SequenceTable, *, window, feature, raw_dtype, kr=None, rope=None):
+def rla_partials(q, k, v, seqs: SequenceTable, *, window, feature, raw_dtype, kr=None, rope=None, qr=None):
     """The raw RLA output (no norm) as partials that sum to it: (NF, B, T, H, D) in raw_dtype, NF = 2 for
     the softmax / relu maps (one partial per feature half) and 1 for identity. Written at every row of
     every sequence; rows of no sequence are zero. With rope (tables for `launch_phi_pass`), also writes k
-    rotated into kr (B, T, Hkv, D), for RAttention's SWA pass.
+    rotated into kr (B, T, Hkv, D), for RAttention's SWA pass, and q rotated into qr when given.
 
     q, k, v contiguous, of one dtype; window an int <= the longest sequence; feature a FEATURES code."""
     B, T, H, D = q.shape
@@ -206,8 +206,9 @@ def rla_partials(q, k, v, seqs: SequenceTable, *, window, feature, raw_dtype, kr
         phi_q = torch.empty(B, T, H, 2 * D, dtype=q.dtype, device=q.device)
     if nf == 2 or rope is not None:
         launch_phi_pass(k, phi_k if nf == 2 else None, kr, rope, feature, tiles["phi_rows"], tiles["phi_warps"])
-    if nf == 2:
-        launch_phi_pass(q, phi_q, None, None, feature, tiles["phi_rows"], tiles["phi_warps"])
+    q_rope = rope if qr is not None else None
+    if nf == 2 or q_rope is not None:
+        launch_phi_pass(q, phi_q if nf == 2 else None, qr, q_rope, feature, tiles["phi_rows"], tiles["phi_warps"])
     carry = rla_segment_carry(phi_k, v, seqs, window=window, seg_len=seg_len, block=tiles["scan_block"],
                               block_v=tiles["scan_bv"], num_stages=tiles["scan_stages"],
                               carry_block=tiles["carry_block"])
