@@ -171,8 +171,9 @@ def rattention(q, k, v, *, window, rope=None, scale=None, feature_map="softmax",
         swa_norm_weight, rla_norm_weight: (H, D) or None (ones).
     Returns:
         (B, T, H, D) in q.dtype. Differentiable on both backends. With gradients enabled and q, k, v, a norm
-        weight or a RoPE table requiring grad, the Triton backend composes differentiable ops
-        (rattention/autograd.py, counted as "triton.rattention_grad") instead of the fused prefill.
+        weight or a RoPE table requiring grad, the Triton backend runs its training path instead of the fused
+        prefill (rattention/autograd.py, counted as "triton.rattention_grad"): one autograd Function over the
+        kernels of both branches, or, when a RoPE table requires grad, a composition of differentiable ops.
     """
     B, T, H, Hkv, D = _check_prefill(q, k, v, window, lengths, cu_seqlens, rla=True, feature_map=feature_map)
     if rope is not None:

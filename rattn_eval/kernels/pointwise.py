@@ -13,8 +13,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import apply_rope
-
 ACTIVATIONS = {"silu": 0, "gelu_tanh": 1}
 
 

@@ -36,6 +36,19 @@ def test_gated_act(act, dtype):
         gated_act_triton(g, u, "relu")
 
 
+@pytest.mark.parametrize("per_row", [False, True], ids=["table", "per-row-table"])
+def test_rope(per_row):
+    gen = torch.Generator().manual_seed(2)
+    B, T, H, D = 2, 9, 3, 64
+    x = torch.randn(B, T, H, D, generator=gen)
+    rope = Rope(D, theta=10000.0)
+    if per_row:
+        cos, sin = rope.cos_sin(torch.arange(T)[None] + torch.tensor([[0], [1000]]))  # (B, T, D)
+    else:
+        cos, sin = rope.tables(T)
+    assert_close(apply_rope_triton(x, cos, sin), apply_rope(x, cos, sin), 1e-5, "rope")
+
+
 def test_rope_reference_matches_the_hf_convention():
     D = 8
     cos, sin = Rope(D, theta=10000.0).tables(5)

@@ -264,9 +264,8 @@ def test_tma_tiles_with_poisoned_padding(monkeypatch):
 
 # --- Triton gradients (rattention/autograd.py) on the CPU interpreter -----------------------------------------
 #
-# Gradients of q, k, v and both norm weights on the Triton backend (RoPE and the norms in PyTorch, the Triton
-# SWA and RLA autograd ops) against the materializing reference differentiated by autograd; RoPE tables
-# (T, D). The grid is the one of the RLA gradient tests (test_rla.py): T in {1, 15, 63, 100, 257}, windows
+# Gradients of q, k, v and both norm weights on the Triton backend (one autograd Function over the kernels of
+# both branches) against the materializing reference differentiated by autograd; RoPE tables (T, D). The grid is the one of the RLA gradient tests (test_rla.py): T in {1, 15, 63, 100, 257}, windows
 # {0, 7, T-1, T+5}, D in {64, 128}, heads {(4, 4), (4, 1), (4, 2)}, dense / padded / packed, fp32 / fp16,
 # feature maps softmax / relu / identity, q, k, v separate, fused or transposed; NaN in padded input rows. A
 # pairwise-covering subset by default (T = 257 with D = 64 and fewer KV heads only), the full grid with
@@ -274,9 +273,10 @@ def test_tma_tiles_with_poisoned_padding(monkeypatch):
 # and a bf16 one on a GPU.
 
 GRAD_TOL = {torch.float32: 1e-4, torch.float16: 2e-3}
-# Per-row bounds. fp32: rows with one contributing term cancel (see test_rla.py, GRAD_ROW_TOL). fp16: between
-# the ops the composition rounds o_swa, o_rla and their output gradients to fp16 (2^-11 each), which the
-# reference does not, on top of each op's own error (seen: 2.7e-3 on one dq row, T = 63, packed).
+# Per-row bounds. fp32: rows with one contributing term cancel (see test_rla.py, GRAD_ROW_TOL). fp16: the
+# kernels round o_swa, the two branches' output gradients and the SWA branch's dq, dk, dv to fp16 (2^-11
+# each), which the reference does not, on top of each branch's own error (seen, when o_rla was rounded to fp16
+# too: 2.7e-3 on one dq row, T = 63, packed).
 GRAD_ROW_TOL = {torch.float32: 1e-3, torch.float16: 4e-3}
 
 GRAD_FACTORS = {
@@ -425,12 +425,14 @@ def test_norm_weights_and_rope_tables_alone_take_the_grad_path():
 @pytest.mark.parametrize("fm", ["softmax", "identity"])
 def test_gradients_without_rope_and_with_tables_per_row(rope, fm):
     # One autograd Function runs both branches (no public swa_attention call) and takes the SWA branch's
-    # gradients back through RoPE itself: without RoPE, and with (B, T, D) tables that differ per batch row
+    # gradients back through RoPE itself: without RoPE, and with random (B, T, D) tables whose halves differ
+    # (so the transposed rotation must pair each entry with the right one of the other half; RoPE's own
+    # tables repeat their first half, under which such a mix-up would pass)
     B, T, H, Hkv, D, window = 2, 70, 4, 2, 32, 9
     leaves, do, valid, kw = make_case(T, H, Hkv, D, torch.float32, layout="padded", bounds=[T, 45], seed=21)
     if rope == "per row":
-        cos, sin = Rope(D).tables(T + 5)
-        kw["rope"] = (torch.stack([cos[:T], cos[5:]]), torch.stack([sin[:T], sin[5:]]))
+        g = torch.Generator().manual_seed(23)
+        kw["rope"] = (torch.randn(B, T, D, generator=g), torch.randn(B, T, D, generator=g))
     weights = norm_weights(H, D, torch.float32, 22)
     before = K.launches["triton.swa_grad"]
     got = run(K.rattention, leaves, weights, do, window=window, feature_map=fm, backend="triton", **kw)

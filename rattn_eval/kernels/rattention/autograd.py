@@ -2,12 +2,13 @@
 
     o = rms(SWA(rope(q), rope(k), v)) * g_swa + rms(RLA(q, k, v)) * g_rla
 
-One autograd Function over the kernels of both branches (forward: seven launches, backward: about a dozen):
+One autograd Function over the kernels of both branches (forward: up to seven launches, backward: about a
+dozen):
 
   forward   `rla_partials` (rla/chunk.py) rotates q and k in its phi passes and writes the raw RLA output as
             one partial per feature half; `swa_forward_with_lse` (swa/backward.py) runs the window on the
             rotated rows and keeps the softmax statistics; `combine_forward` (combine.py) adds the two
-            normalized branches, reading the RLA partials directly.
+            normalized branches, reading the RLA partials directly and keeping their sum for the backward.
   backward  `combine_backward` splits the output gradient into the two branches (and the gains'
             gradients); `launch_swa_bwd` gives the SWA branch's gradients of the rotated q, k and of v; the
             RLA backward (rla/backward.py) adds them in the passes that write its own dq, dk, dv, taking
@@ -39,7 +40,8 @@ class RAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, g_swa, g_rla, cos, sin, window, scale, feature_map, eps, lengths, cu_seqlens):
         q, k, v, seqs, _, w, feature = prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens)
         B, T, H, D = q.shape
-        # fp32 tables: the backward's transposed rotation is a sum of products, like the forward's rotation
+        # fp32 tables: only the two phi passes and the backward's dq / dk kernels read them (once per row),
+        # so 16-bit ones would save little, and the rotation and its transpose keep the reference's precision
         tables = None if cos is None else _rope_tables((cos, sin), B, T, D, q.device, torch.float32)
         qr, kr = (q, k) if tables is None else (torch.empty_like(q), torch.empty_like(k))
         # bf16 keeps fp32's range, so the raw partials can be bf16; fp16 ones could overflow
@@ -49,8 +51,11 @@ class RAttentionFunction(torch.autograd.Function):
         o, o_res, lse, swa_seqs, _ = swa_forward_with_lse(qr, kr, v, window=w, scale=scale, lengths=lengths,
                                                           cu_seqlens=cu_seqlens)
         g_swa, g_rla = (None if g is None else g.contiguous() for g in (g_swa, g_rla))
-        out, ra, rb = combine_forward(o, parts, g_swa, g_rla, eps, q.dtype)
-        ctx.save_for_backward(q, k, v, qr, kr, o, o_res, lse, parts, g_swa, g_rla, ra, rb,
+        # the backward's combine reads the RLA output summed once (half the partials' memory)
+        out, ra, rb, o_rla = combine_forward(o, parts, g_swa, g_rla, eps, q.dtype, keep_sum=parts.shape[0] > 1)
+        o_rla = parts if o_rla is None else o_rla[None]
+        del parts
+        ctx.save_for_backward(q, k, v, qr, kr, o, o_res, lse, o_rla, g_swa, g_rla, ra, rb,
                               *(() if tables is None else tables))
         ctx.swa_seqs, ctx.window, ctx.scale = swa_seqs, w, default_scale(D, scale)
         ctx.args = dict(feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens)
@@ -59,9 +64,9 @@ class RAttentionFunction(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        q, k, v, qr, kr, o, o_res, lse, parts, g_swa, g_rla, ra, rb, *tables = ctx.saved_tensors
+        q, k, v, qr, kr, o, o_res, lse, o_rla, g_swa, g_rla, ra, rb, *tables = ctx.saved_tensors
         need_q, need_k, need_v, need_ws, need_wr = ctx.needs_input_grad[:5]
-        d_swa, d_rla, dg_swa, dg_rla = combine_backward(dy, o, parts, g_swa, g_rla, ra, rb, need_ws, need_wr)
+        d_swa, d_rla, dg_swa, dg_rla = combine_backward(dy, o, o_rla, g_swa, g_rla, ra, rb, need_ws, need_wr)
         dq = dk = dv = None
         if need_q or need_k or need_v:
             sq, sk, sv = launch_swa_bwd(d_swa, qr, kr, v, o, o_res, lse, ctx.swa_seqs, window=ctx.window,

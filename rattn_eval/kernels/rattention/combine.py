@@ -21,12 +21,13 @@ ROWS = (64, 64) if INTERPRET else (16, 32)
 
 
 @triton.jit
-def combine_fwd_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, out_ptr, ra_ptr, rb_ptr, NROWS, H, eps, b_part,
+def combine_fwd_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, out_ptr, ra_ptr, rb_ptr, bsum_ptr, NROWS, H, eps, b_part,
                        D: tl.constexpr, BR: tl.constexpr, HAS_WA: tl.constexpr, HAS_WB: tl.constexpr,
-                       NB: tl.constexpr):
+                       NB: tl.constexpr, STORE_B: tl.constexpr):
     """Grid (NROWS / BR,) over the rows of a, b (NROWS = B * T * H, D) contiguous: out (same shape) and
     ra, rb (NROWS,) fp32, each row's 1 / rms. b is the sum of NB (1 or 2) partials, b_part elements
-    apart. Gains (H, D) of any float dtype, row r has head r % H."""
+    apart; STORE_B: that sum also goes to bsum (like a, in its dtype). Gains (H, D) of any float dtype,
+    row r has head r % H."""
     r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     ok = r < NROWS
     offs_d = tl.arange(0, D)
@@ -36,6 +37,8 @@ def combine_fwd_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, out_ptr, ra_ptr, rb_ptr, NR
     b = tl.load(b_ptr + off, mask=ok[:, None], other=0.0).to(tl.float32)
     if NB == 2:
         b += tl.load(b_ptr + b_part + off, mask=ok[:, None], other=0.0).to(tl.float32)
+    if STORE_B:
+        tl.store(bsum_ptr + off, b.to(bsum_ptr.dtype.element_ty), mask=ok[:, None])
     ra = tl.rsqrt(tl.sum(a * a, axis=1) / D + eps)
     rb = tl.rsqrt(tl.sum(b * b, axis=1) / D + eps)
     ya = a * ra[:, None]
@@ -91,22 +94,25 @@ def combine_bwd_kernel(dy_ptr, a_ptr, b_ptr, wa_ptr, wb_ptr, ra_ptr, rb_ptr, da_
     tl.store(db_ptr + off, db.to(db_ptr.dtype.element_ty), mask=ok[:, None])
 
 
-def combine_forward(a, parts, g_swa, g_rla, eps, dtype):
-    """(out, ra, rb): out = rms(a) * g_swa + rms(b) * g_rla in `dtype` with b the sum of parts, and each row's
-    1 / rms of a and of b (fp32). a (B, T, H, D) and parts (NB, B, T, H, D), NB 1 or 2, contiguous; gains
-    (H, D) contiguous or None (ones)."""
+def combine_forward(a, parts, g_swa, g_rla, eps, dtype, keep_sum=False):
+    """(out, ra, rb, b): out = rms(a) * g_swa + rms(b) * g_rla in `dtype` with b the sum of parts (fp32),
+    each row's 1 / rms of a and of b (fp32), and with keep_sum b itself in the parts' dtype (else None).
+    a (B, T, H, D) and parts (NB, B, T, H, D), NB 1 or 2, contiguous; gains (H, D) contiguous or None
+    (ones)."""
     H, D = a.shape[2:]
     out = torch.empty(a.shape, dtype=dtype, device=a.device)
+    bsum = torch.empty(a.shape, dtype=parts.dtype, device=a.device) if keep_sum else None
     rows = a.numel() // D
     ra = torch.empty(rows, dtype=torch.float32, device=a.device)
     rb = torch.empty_like(ra)
     if rows:
         br = ROWS[0]
         combine_fwd_kernel[(cdiv(rows, br),)](a, parts, a if g_swa is None else g_swa, a if g_rla is None else g_rla,
-                                              out, ra, rb, rows, H, float(eps), a.numel(), D=D, BR=br,
-                                              HAS_WA=g_swa is not None, HAS_WB=g_rla is not None, NB=parts.shape[0],
+                                              out, ra, rb, out if bsum is None else bsum, rows, H, float(eps),
+                                              a.numel(), D=D, BR=br, HAS_WA=g_swa is not None,
+                                              HAS_WB=g_rla is not None, NB=parts.shape[0], STORE_B=keep_sum,
                                               num_warps=4)
-    return out, ra, rb
+    return out, ra, rb, bsum
 
 
 def combine_backward(dy, a, parts, g_swa, g_rla, ra, rb, need_wa, need_wb):
@@ -139,7 +145,7 @@ class Combine(torch.autograd.Function):
         a, b = o_swa.contiguous(), o_rla.contiguous()[None]
         # the kernels index the gains as rows of D: contiguous copies, also for the backward
         g_swa, g_rla = (None if g is None else g.contiguous() for g in (g_swa, g_rla))
-        out, ra, rb = combine_forward(a, b, g_swa, g_rla, eps, dtype)
+        out, ra, rb, _ = combine_forward(a, b, g_swa, g_rla, eps, dtype)
         ctx.save_for_backward(a, b, g_swa, g_rla, ra, rb)
         return out
 

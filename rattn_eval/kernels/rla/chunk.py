@@ -2,12 +2,14 @@
 kernel, and the standalone op.
 
 o_t = phi(q_t) S_{t-w-1}, S_t = sum_{j<=t} phi(k_j)^T v_j. `rla_partials` runs the RLA branch in
-five launches, shared by `residual_linear_attention_triton` and RAttention (rattention/fused.py):
+five launches, shared by `residual_linear_attention_triton` and RAttention (rattention/fused.py, and the
+training path, rattention/autograd.py):
 
 1. `rla_phi_kernel` over the rows of k: phi(k) in k's dtype, fully parallel (and, for RAttention,
    k rotated by RoPE for the SWA pass, so no other pass reads the RoPE tables for k).
-2. `rla_phi_kernel` over the rows of q: phi(q), so the segment kernel computes no feature map.
-   (The identity map skips both: phi(k) = k, phi(q) = q.)
+2. `rla_phi_kernel` over the rows of q: phi(q), so the segment kernel computes no feature map (and, for
+   RAttention's training path, q rotated by RoPE).
+   (The identity map skips both unless they rotate: phi(k) = k, phi(q) = q.)
 3. `rla_segment_totals_kernel`: per segment of the sequence, the sum of phi(k)^T v over the keys its
    query chunks meet (one program per feature half, value slice, segment and KV head), fp32.
 4. `rla_carry_kernel`: the exclusive prefix of the totals = the state each segment starts from.
