@@ -265,7 +265,8 @@ def test_tma_tiles_with_poisoned_padding(monkeypatch):
 # --- Triton gradients (rattention/autograd.py) on the CPU interpreter -----------------------------------------
 #
 # Gradients of q, k, v and both norm weights on the Triton backend (one autograd Function over the kernels of
-# both branches) against the materializing reference differentiated by autograd; RoPE tables (T, D). The grid is the one of the RLA gradient tests (test_rla.py): T in {1, 15, 63, 100, 257}, windows
+# both branches) against the materializing reference differentiated by autograd; RoPE tables (T, D). The grid
+# is the one of the RLA gradient tests (test_rla.py): T in {1, 15, 63, 100, 257}, windows
 # {0, 7, T-1, T+5}, D in {64, 128}, heads {(4, 4), (4, 1), (4, 2)}, dense / padded / packed, fp32 / fp16,
 # feature maps softmax / relu / identity, q, k, v separate, fused or transposed; NaN in padded input rows. A
 # pairwise-covering subset by default (T = 257 with D = 64 and fewer KV heads only), the full grid with
@@ -275,8 +276,8 @@ def test_tma_tiles_with_poisoned_padding(monkeypatch):
 GRAD_TOL = {torch.float32: 1e-4, torch.float16: 2e-3}
 # Per-row bounds. fp32: rows with one contributing term cancel (see test_rla.py, GRAD_ROW_TOL). fp16: the
 # kernels round o_swa, the two branches' output gradients and the SWA branch's dq, dk, dv to fp16 (2^-11
-# each), which the reference does not, on top of each branch's own error (seen, when o_rla was rounded to fp16
-# too: 2.7e-3 on one dq row, T = 63, packed).
+# each), which the reference does not, on top of each branch's own error (seen at commit 43e5b55, whose
+# composition rounded o_rla to fp16 too: 2.7e-3 on one dq row, T = 63, packed).
 GRAD_ROW_TOL = {torch.float32: 1e-3, torch.float16: 4e-3}
 
 GRAD_FACTORS = {

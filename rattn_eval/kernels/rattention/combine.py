@@ -26,7 +26,7 @@ def combine_fwd_kernel(a_ptr, b_ptr, wa_ptr, wb_ptr, out_ptr, ra_ptr, rb_ptr, bs
                        NB: tl.constexpr, STORE_B: tl.constexpr):
     """Grid (NROWS / BR,) over the rows of a, b (NROWS = B * T * H, D) contiguous: out (same shape) and
     ra, rb (NROWS,) fp32, each row's 1 / rms. b is the sum of NB (1 or 2) partials, b_part elements
-    apart; STORE_B: that sum also goes to bsum (like a, in its dtype). Gains (H, D) of any float dtype,
+    apart; STORE_B: that sum also goes to bsum (a's shape, in bsum's dtype). Gains (H, D) of any float dtype,
     row r has head r % H."""
     r = tl.program_id(0).to(tl.int64) * BR + tl.arange(0, BR)
     ok = r < NROWS
