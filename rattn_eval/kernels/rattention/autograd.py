@@ -48,8 +48,10 @@ class RAttentionFunction(torch.autograd.Function):
         rdt = torch.float32 if q.dtype == torch.float16 else q.dtype
         parts = rla_partials(q, k, v, seqs, window=w, feature=feature, raw_dtype=rdt,
                              kr=None if tables is None else kr, qr=None if tables is None else qr, rope=tables)
-        o, o_res, lse, swa_seqs, _ = swa_forward_with_lse(qr, kr, v, window=w, scale=scale, lengths=lengths,
-                                                          cu_seqlens=cu_seqlens)
+        # one sequence table for every launch, forward and backward (the RLA passes' is built for the SWA
+        # forward's blocks)
+        o, o_res, lse, _, _ = swa_forward_with_lse(qr, kr, v, window=w, scale=scale, lengths=lengths,
+                                                   cu_seqlens=cu_seqlens, seqs=seqs)
         g_swa, g_rla = (None if g is None else g.contiguous() for g in (g_swa, g_rla))
         # the backward's combine reads the RLA output summed once (half the partials' memory)
         out, ra, rb, o_rla = combine_forward(o, parts, g_swa, g_rla, eps, q.dtype, keep_sum=parts.shape[0] > 1)
@@ -57,7 +59,7 @@ class RAttentionFunction(torch.autograd.Function):
         del parts
         ctx.save_for_backward(q, k, v, qr, kr, o, o_res, lse, o_rla, g_swa, g_rla, ra, rb,
                               *(() if tables is None else tables))
-        ctx.swa_seqs, ctx.window, ctx.scale = swa_seqs, w, default_scale(D, scale)
+        ctx.seqs, ctx.window, ctx.scale = seqs, w, default_scale(D, scale)
         ctx.args = dict(feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens)
         return out
 
@@ -69,12 +71,12 @@ class RAttentionFunction(torch.autograd.Function):
         d_swa, d_rla, dg_swa, dg_rla = combine_backward(dy, o, o_rla, g_swa, g_rla, ra, rb, need_ws, need_wr)
         dq = dk = dv = None
         if need_q or need_k or need_v:
-            sq, sk, sv = launch_swa_bwd(d_swa, qr, kr, v, o, o_res, lse, ctx.swa_seqs, window=ctx.window,
+            sq, sk, sv = launch_swa_bwd(d_swa, qr, kr, v, o, o_res, lse, ctx.seqs, window=ctx.window,
                                         scale=ctx.scale, need_dq=need_q, need_dkdv=need_k or need_v)
             del d_swa
             dq, dk, dv = residual_linear_attention_backward(
                 q, k, v, d_rla, window=ctx.window, needs=(need_q, need_k, need_v), add=(sq, sk, sv),
-                rope=tuple(tables) or None, **ctx.args)
+                rope=tuple(tables) or None, seqs=ctx.seqs, **ctx.args)
         return dq, dk, dv, dg_swa, dg_rla, *([None] * 8)
 
 

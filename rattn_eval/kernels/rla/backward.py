@@ -438,7 +438,7 @@ def _chunk_states(x, y, seqs, Hkv, shift, nseg, seg_len, nchunks, *, reverse, dt
 
 def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="softmax", lengths=None, cu_seqlens=None,
                                        needs=(True, True, True), cfg: dict | None = None, add=(None, None, None),
-                                       rope=None):
+                                       rope=None, seqs=None):
     """Gradients of `residual_linear_attention_triton` with respect to q, k, v.
 
     Args:
@@ -453,6 +453,8 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
             positions), added by the kernels that write dq, dk, dv: RAttention passes its SWA branch's.
         rope: (cos, sin) tables as `rope_launch_args` takes them; with them, the dq and dk addends are
             gradients of the rotated q and k, taken back through RoPE before they are added.
+        seqs: the SequenceTable of these lengths / cu_seqlens (built for any block size), when the caller
+            holds one: for padded and packed batches, building one syncs the host with the GPU.
     Returns:
         (dq, dk, dv) in the inputs' dtype, exactly zero at padded positions; dk, dv summed over the
         query heads of each KV head.
@@ -467,7 +469,8 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
     BC, BV = cfg["BC"], min(cfg["BV"], D)
     if D % BV or BV < 16 or BC < 16 or BC & (BC - 1):
         raise ValueError(f"backward tiles BC = {BC}, BV = {BV} must be powers of two >= 16 with BV dividing D = {D}")
-    seqs = sequence_table(B, T, q.device, lengths, cu_seqlens, BC)
+    if seqs is None:
+        seqs = sequence_table(B, T, q.device, lengths, cu_seqlens, BC)
     if seqs.count == 0:
         return tuple(torch.zeros_like(x) if need else None for x, need in zip((q, k, v), needs))
     q, k, v, do = (x.to(dt).contiguous() for x in (q, k, v, do))

@@ -314,19 +314,22 @@ def launch_swa_bwd(do, q, k, v, o, o_res, lse, seqs: SequenceTable, *, window: i
     return dq, dk, dv
 
 
-def swa_forward_with_lse(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None):
+def swa_forward_with_lse(q, k, v, *, window, scale=None, lengths=None, cu_seqlens=None, seqs=None):
     """The Triton forward that also keeps the softmax statistics.
 
     Returns (o, o_res, lse, seqs, w): o (B, T, H, D) in q.dtype (zero at padding; for 16-bit inputs P @ V takes
     P unrounded, so o can differ from `swa_attention_triton`'s in the last bit); o_res, for 16-bit inputs, the
     rounding residual of o (fp32 output - o, in q.dtype, 0 at padding; None for fp32); lse (B, H, T) fp32, the
     base-2 log-sum-exp of each row's scores times scale * log2(e) (entries at padded positions unwritten);
-    seqs: the SequenceTable; w the window as an int (None -> the longest sequence). q, k, v contiguous."""
+    seqs: the SequenceTable; w the window as an int (None -> the longest sequence). q, k, v contiguous. A caller
+    that holds the SequenceTable of these lengths / cu_seqlens for this launch's blocks passes it as seqs: for
+    padded and packed batches, building one syncs the host with the GPU."""
     B, T, H, Hkv, D = check_qkv(q, k, v)
     check_window(window)
     check_head_dim(D)
     cfg = block_config(D, dtype=q.dtype)
-    seqs = sequence_table(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
+    if seqs is None:
+        seqs = sequence_table(B, T, q.device, lengths, cu_seqlens, cfg["BM"])
     o = torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
     o_res = None if q.dtype == torch.float32 else torch.zeros_like(q) if seqs.zero_fill else torch.empty_like(q)
     lse = torch.empty(B, H, T, dtype=torch.float32, device=q.device)
