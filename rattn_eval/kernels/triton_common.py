@@ -32,21 +32,30 @@ FEATURES = {"softmax": 0, "relu": 1, "identity": 2}  # the FEATURE constexpr of 
 
 
 @triton.jit
-def feature_map_halves(x, FEATURE: tl.constexpr):
-    """phi(x) for fp32 rows x (R, D) as its two halves: softmax -> (softmax(x), softmax(-x)),
-    relu -> (relu(x), relu(-x)), identity -> (x, x) (the second half is then unused)."""
+def feature_map_half(x, HALF: tl.constexpr, FEATURE: tl.constexpr):
+    """Feature half HALF of phi(x) for fp32 rows x (R, D): softmax -> softmax(x) | softmax(-x),
+    relu -> relu(x) | relu(-x), identity -> x (both halves)."""
     if FEATURE == 0:
-        e_pos = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
-        e_neg = tl.exp2((tl.min(x, axis=1)[:, None] - x) * 1.4426950408889634)
-        pos = e_pos * (1.0 / tl.sum(e_pos, axis=1))[:, None]  # one division per row, not per element
-        neg = e_neg * (1.0 / tl.sum(e_neg, axis=1))[:, None]
+        if HALF == 0:
+            e = tl.exp2((x - tl.max(x, axis=1)[:, None]) * 1.4426950408889634)
+        else:
+            e = tl.exp2((tl.min(x, axis=1)[:, None] - x) * 1.4426950408889634)
+        y = e * (1.0 / tl.sum(e, axis=1))[:, None]  # one division per row, not per element
     elif FEATURE == 1:
-        pos = tl.maximum(x, 0.0)
-        neg = tl.maximum(-x, 0.0)
+        if HALF == 0:
+            y = tl.maximum(x, 0.0)
+        else:
+            y = tl.maximum(-x, 0.0)
     else:
-        pos = x
-        neg = x
-    return pos, neg
+        y = x
+    return y
+
+
+@triton.jit
+def feature_map_halves(x, FEATURE: tl.constexpr):
+    """phi(x) for fp32 rows x (R, D) as its two halves (`feature_map_half` 0 and 1; identity -> (x, x), the
+    second half then unused)."""
+    return feature_map_half(x, 0, FEATURE), feature_map_half(x, 1, FEATURE)
 
 
 @triton.jit
@@ -293,6 +302,6 @@ def num_sms(device) -> int:
 
 __all__ = [
     "FEATURES", "INTERPRET", "LOG2E", "SequenceTable", "TensorDescriptor", "block_program", "cdiv",
-    "check_head_dim", "dummy", "feature_map_halves", "kv_tile", "num_sms", "precision_for", "rope_launch_args",
-    "rope_rows", "segment_carry", "segment_program", "sequence_table", "softmax_step", "tma_ok", "tuning_row",
+    "check_head_dim", "dummy", "feature_map_half", "feature_map_halves", "kv_tile", "num_sms", "precision_for",
+    "rope_launch_args", "rope_rows", "segment_carry", "segment_program", "sequence_table", "softmax_step", "tma_ok", "tuning_row",
 ]

@@ -4,6 +4,9 @@ per distinct kernel variant: its name, warps, stages, constexpr settings and the
 
     TRITON_INTERPRET=0 python tests/kernels/sm90_compile.py --dtype bfloat16 --head-dim 128
 
+With `--registers` each line also gives the registers and the stack bytes a thread of the variant takes
+(`cuobjdump -res-usage` on its cubin): a kernel that needs more than 255 registers spills to the stack.
+
 Nothing runs: each launch is compiled (Triton's own pipeline, down to the cubin with its bundled ptxas) and
 skipped, so outputs are never computed; the host code between launches only needs their shapes. The host is
 told it has a GPU of 132 SMs with TMA, as an H100 SXM; choices made from `tensor.is_cuda` (the decode step's
@@ -16,7 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
 
 import torch
 import triton
@@ -28,9 +34,24 @@ TARGET = GPUTarget("cuda", 90, 32)
 SMS = 132
 
 
-def compile_instead_of_launching(report):
+def register_use(cubin: bytes) -> dict:
+    """Registers per thread and stack bytes per thread (spilled values live there) of a compiled kernel, from the
+    `cuobjdump -res-usage` bundled with Triton's NVIDIA backend."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    if found is None:
+        raise RuntimeError(f"no register line in cuobjdump's output: {out[-300:]}")
+    return dict(registers=int(found.group(1)), stack=int(found.group(2)))
+
+
+def compile_instead_of_launching(report, registers=False):
     """A stand-in for `JITFunction.run`: bind the arguments as a launch on TARGET would (the same signature,
-    constexprs and divisibility specialization), compile each new variant and report it; launch nothing."""
+    constexprs and divisibility specialization), compile each new variant and report it (with `registers`,
+    also its register use); launch nothing."""
     backend = make_backend(TARGET)
     seen = set()
 
@@ -48,8 +69,9 @@ def compile_instead_of_launching(report):
             seen.add(key)
             kernel = triton.compile(ASTSource(self, signature, constexprs, attrs), target=TARGET,
                                     options=options.__dict__)
-            report(dict(kernel=self.__name__, num_warps=options.num_warps, num_stages=options.num_stages,
-                        settings=settings, shared=kernel.metadata.shared))
+            row = dict(kernel=self.__name__, num_warps=options.num_warps, num_stages=options.num_stages,
+                       settings=settings, shared=kernel.metadata.shared)
+            report(dict(row, **register_use(kernel.asm["cubin"])) if registers else row)
         return None
 
     return run
@@ -111,10 +133,13 @@ def main(argv=None) -> int:
     ap.add_argument("--head-dim", type=int, required=True)
     ap.add_argument("--rla-bwd-row", default=None, help="give the RLA backward this RLA_BWD_TILES row (e.g. 16-bit) "
                     "instead of the one `backward_tiles` picks")
+    ap.add_argument("--registers", action="store_true", help="also report registers and stack bytes per thread "
+                    "(ptxas spills to the stack when a kernel needs more than 255 registers)")
     args = ap.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("run with TRITON_INTERPRET=0: the interpreter's kernels cannot be compiled")
-    triton_jit.JITFunction.run = compile_instead_of_launching(lambda row: print(json.dumps(row), flush=True))
+    triton_jit.JITFunction.run = compile_instead_of_launching(lambda row: print(json.dumps(row), flush=True),
+                                                                 registers=args.registers)
     pretend_gpu()
     if args.rla_bwd_row is not None:
         from rattn_eval.kernels.rla import backward

@@ -41,8 +41,8 @@ import triton
 import triton.language as tl
 
 from ..common import feature_dim
-from ..triton_common import (FEATURES, block_program, cdiv, dummy, feature_map_halves, num_sms, precision_for,
-                             rope_launch_args, segment_carry, segment_program, sequence_table, tuning_row)
+from ..triton_common import (FEATURES, block_program, cdiv, dummy, feature_map_half, feature_map_halves, num_sms,
+                             precision_for, rope_launch_args, segment_carry, segment_program, sequence_table, tuning_row)
 from .chunk import check_rla_args, residual_linear_attention_triton
 
 launch_counts: dict[str, int] = {"rla_bwd_state_kernel": 0, "rla_bwd_dq_kernel": 0, "rla_bwd_dv_kernel": 0,
@@ -67,10 +67,12 @@ def rla_bwd_phi_kernel(x_ptr, phi_ptr, lim_ptr, T, HEADS, NROWS, D: tl.constexpr
 
 
 @triton.jit
-def phi_grad_half(y, dy, x, HALF: tl.constexpr, FEATURE: tl.constexpr):
-    """The part of dx (R, D) that feature half HALF contributes, from its gradient dy (R, D) and its
-    features y = phi_HALF(x), all fp32: softmax +-y (dy - <dy, y>), relu the masked dy, identity dy."""
+def phi_grad_half(dy, x, HALF: tl.constexpr, FEATURE: tl.constexpr):
+    """The part of dx (R, D) that feature half HALF contributes, from its gradient dy (R, D) and the fp32
+    rows x: softmax +-y (dy - <dy, y>) with y = phi_HALF(x) recomputed here (so no feature tile stays live
+    before it is needed), relu the masked dy, identity dy."""
     if FEATURE == 0:
+        y = feature_map_half(x, HALF, FEATURE)
         g = y * (dy - tl.sum(dy * y, axis=1)[:, None])
         if HALF == 1:
             g = -g
@@ -149,23 +151,31 @@ def rla_bwd_state_kernel(
 
 
 @triton.jit
-def add_rows(g, add_ptr, rows, tok, ok, cos_ptr, sin_ptr, T, stride_rope_b, D: tl.constexpr, ROPE: tl.constexpr):
-    """g (R, D) fp32 plus the rows of add at add_ptr + rows (token rows tok, int64 of the flattened B * T
-    rows; loaded where ok), taken back through RoPE first when ROPE (the gradient of rotated rows, the
-    transpose of `rope_rows`: y * cos + roll(y * sin, D/2) * (+1 | -1)), one tile at a time."""
-    offs_d = tl.arange(0, D)
+def store_rows(g, out_ptr, add_ptr, rows, tok, ok, cos_ptr, sin_ptr, T, stride_rope_b, D: tl.constexpr,
+               HAS_ADD: tl.constexpr, ROPE: tl.constexpr):
+    """Store g (R, D) fp32 at out_ptr + rows (loaded and stored where ok) in out's dtype, plus (HAS_ADD) the
+    rows of add at add_ptr + rows, taken back through RoPE first with ROPE: the gradient of rotated rows,
+    the transpose of `rope_rows`, by column halves: out1 = y1 c1 + y2 s2, out2 = y2 c2 - y1 s1, with the
+    table rows of the token rows tok (int64, of the flattened B * T rows)."""
     m = ok[:, None]
-    y = tl.load(add_ptr + rows[:, None] + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-    if ROPE:
-        rp = (stride_rope_b * (tok // T) + (tok % T) * D)[:, None]
-        g += y * tl.load(cos_ptr + rp + offs_d[None, :], mask=m, other=0.0).to(tl.float32)
-        half = ((offs_d + D // 2) % D)[None, :]
-        sign = tl.where(offs_d < D // 2, 1.0, -1.0)[None, :]
-        ys = tl.load(add_ptr + rows[:, None] + half, mask=m, other=0.0).to(tl.float32)
-        g += ys * tl.load(sin_ptr + rp + half, mask=m, other=0.0).to(tl.float32) * sign
+    if HAS_ADD and ROPE:
+        # g by column halves, each stored on its own: no (R, D) addend tile is assembled
+        g1, g2 = tl.split(tl.permute(tl.reshape(g, (g.shape[0], 2, D // 2)), (0, 2, 1)))
+        lo = rows[:, None] + tl.arange(0, D // 2)[None, :]
+        rp = (stride_rope_b * (tok // T) + (tok % T) * D)[:, None] + tl.arange(0, D // 2)[None, :]
+        y1 = tl.load(add_ptr + lo, mask=m, other=0.0).to(tl.float32)
+        y2 = tl.load(add_ptr + lo + D // 2, mask=m, other=0.0).to(tl.float32)
+        c = tl.load(cos_ptr + rp, mask=m, other=0.0).to(tl.float32)
+        s = tl.load(sin_ptr + rp + D // 2, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + lo, (g1 + y1 * c + y2 * s).to(out_ptr.dtype.element_ty), mask=m)
+        c = tl.load(cos_ptr + rp + D // 2, mask=m, other=0.0).to(tl.float32)
+        s = tl.load(sin_ptr + rp, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + lo + D // 2, (g2 + y2 * c - y1 * s).to(out_ptr.dtype.element_ty), mask=m)
     else:
-        g += y
-    return g
+        dst = rows[:, None] + tl.arange(0, D)[None, :]
+        if HAS_ADD:
+            g += tl.load(add_ptr + dst, mask=m, other=0.0).to(tl.float32)
+        tl.store(out_ptr + dst, g.to(out_ptr.dtype.element_ty), mask=m)
 
 
 @triton.jit
@@ -210,8 +220,6 @@ def rla_bwd_dq_kernel(
                 other=0.0).to(CT)
     p = tl.dot(do, tl.trans(v), input_precision=PRECISION)
     p = tl.where(offs_c[:, None] > offs_c[None, :], p, 0.0).to(CT)  # query row c sees key row c' < c
-    x = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
-    pos, neg = feature_map_halves(x, FEATURE)
     st = chunk_state(states_ptr, n, hk, Hkv, NCH, c, FD, D)
     dq = tl.zeros([BC, D], dtype=tl.float32)
     for half in tl.static_range(NF):
@@ -223,13 +231,10 @@ def rla_bwd_dq_kernel(
             # H^T: (BV values, D features)
             ht = tl.load(st + (half * D + offs_d)[None, :] * D + (v0 + offs_bv)[:, None])
             da = tl.dot(do_s, ht.to(CT), da, input_precision=PRECISION)
-        if half == 0:
-            dq += phi_grad_half(pos, da, x, 0, FEATURE)
-        else:
-            dq += phi_grad_half(neg, da, x, 1, FEATURE)
-    if HAS_ADD:
-        dq = add_rows(dq, add_ptr, q_rows, q_tok, t_ok, cos_ptr, sin_ptr, T, stride_rope_b, D, ROPE)
-    tl.store(dq_ptr + q_rows[:, None] + offs_d[None, :], dq.to(dq_ptr.dtype.element_ty), mask=t_ok[:, None])
+        # q's rows again (an L2 hit) rather than a tile held live across the products
+        x = tl.load(q_ptr + q_rows[:, None] + offs_d[None, :], mask=t_ok[:, None], other=0.0).to(tl.float32)
+        dq += phi_grad_half(da, x, half, FEATURE)
+    store_rows(dq, dq_ptr, add_ptr, q_rows, q_tok, t_ok, cos_ptr, sin_ptr, T, stride_rope_b, D, HAS_ADD, ROPE)
 
 
 @triton.jit
@@ -281,9 +286,7 @@ def rla_bwd_dv_kernel(
         dh = tl.load(sh + (f0 + offs_bv)[:, None] * D + offs_d[None, :], mask=has_state, other=0.0)  # (BV, D)
         dv = tl.dot(b_s, dh.to(CT), dv, input_precision=PRECISION)
     v_rows = k_tok * (Hkv * D) + hk * D
-    if HAS_ADD:
-        dv = add_rows(dv, add_ptr, v_rows, k_tok, j_ok, add_ptr, add_ptr, T, 0, D, False)
-    tl.store(dv_ptr + v_rows[:, None] + offs_d[None, :], dv.to(dv_ptr.dtype.element_ty), mask=j_ok[:, None])
+    store_rows(dv, dv_ptr, add_ptr, v_rows, k_tok, j_ok, add_ptr, add_ptr, T, 0, D, HAS_ADD, False)
 
 
 @triton.jit
@@ -335,13 +338,10 @@ def rla_bwd_dk_kernel(
             dht = tl.load(sh + (D + offs_d)[None, :] * D + (v0 + offs_bv)[:, None], mask=has_state, other=0.0)
             db_n = tl.dot(v_s, dht.to(CT), db_n, input_precision=PRECISION)
     x = tl.load(k_ptr + k_rows[:, None] + offs_d[None, :], mask=j_ok[:, None], other=0.0).to(tl.float32)
-    pos, neg = feature_map_halves(x, FEATURE)
-    dk = phi_grad_half(pos, db_p, x, 0, FEATURE)
+    dk = phi_grad_half(db_p, x, 0, FEATURE)
     if NF == 2:
-        dk += phi_grad_half(neg, db_n, x, 1, FEATURE)
-    if HAS_ADD:
-        dk = add_rows(dk, add_ptr, k_rows, k_tok, j_ok, cos_ptr, sin_ptr, T, stride_rope_b, D, ROPE)
-    tl.store(dk_ptr + k_rows[:, None] + offs_d[None, :], dk.to(dk_ptr.dtype.element_ty), mask=j_ok[:, None])
+        dk += phi_grad_half(db_n, x, 1, FEATURE)
+    store_rows(dk, dk_ptr, add_ptr, k_rows, k_tok, j_ok, cos_ptr, sin_ptr, T, stride_rope_b, D, HAS_ADD, ROPE)
 
 
 # Launch settings, edited by hand (row picked by `backward_tiles`): chunk rows BC (the state is stored at every
