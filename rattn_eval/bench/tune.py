@@ -1,12 +1,14 @@
-"""`rattn-eval bench tune`: time every launch setting of a grid for the decode kernels and the RLA backward
-on this GPU, fastest first, so that their hand-edited tables can be set from measurements.
+"""`rattn-eval bench tune`: time every launch setting of a grid for the decode kernels and the RLA and SWA
+backward on this GPU, fastest first, so that their hand-edited tables can be set from measurements.
 
 The tables: `GPU_LAUNCH` and `_BLOCKS["gpu"]` in `rattn_eval/kernels/decode/fused_recurrent.py`
-(the local decode step), `GPU_LAUNCH` in `rattn_eval/kernels/decode/kv_split.py` (`kv_decode`), and
-`RLA_BWD_TILES` in `rattn_eval/kernels/rla/backward.py`. A decode setting is swapped into its module's
-table for the duration of its timing and the table restored after; an RLA-backward setting is passed
-as the backward's `cfg`. Nothing on disk changes. Decode steps are timed as CUDA-graph replays (the
-way the model decodes, with no launch cost); the backward with `do_bench`. GB/s counts the bytes a
+(the local decode step), `GPU_LAUNCH` in `rattn_eval/kernels/decode/kv_split.py` (`kv_decode`),
+`RLA_BWD_TILES` in `rattn_eval/kernels/rla/backward.py`, and the "dkdv" and "dq" entries of
+`SWA_BWD_TILES` in `rattn_eval/kernels/swa/backward.py` (each swept on its own: `swa-backward-dkdv` times
+the preprocess and dk / dv kernels, `swa-backward-dq` the preprocess and dq kernels). A decode setting is
+swapped into its module's table for the duration of its timing and the table restored after; a backward
+setting is passed as the backward's `cfg`. Nothing on disk changes. Decode steps are timed as CUDA-graph
+replays (the way the model decodes, with no launch cost); the backward with `do_bench`. GB/s counts the bytes a
 step must read and write, against the card's copy bandwidth. A setting the card cannot launch is
 listed as failed; shapes the kernels do not take stop the command before any timing. A setting that
 breaks the CUDA context (an illegal memory access, say) stops the command: nothing can run on the GPU in
@@ -15,6 +17,7 @@ names the setting for `--skip` (repeatable: `--skip BC=64,BV=32,num_warps=8` lea
 those values); the table's own setting is always timed, and one that breaks the context is a table to edit.
 
     rattn-eval bench tune --what local-decode,kv-decode,rla-backward --out DIR
+    rattn-eval bench tune --what swa-backward-dkdv,swa-backward-dq --out DIR
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ from ..errors import ConfigError
 from . import int_list
 from .kernels import bench_ms, copy_bandwidth, graph_ms, local_step_inputs
 
-KINDS = ("local-decode", "kv-decode", "rla-backward")
+KINDS = ("local-decode", "kv-decode", "rla-backward", "swa-backward-dkdv", "swa-backward-dq")
 
 # The grids: every combination is timed.
 LOCAL_GRID = dict(programs_per_sm=(1, 2, 4), num_warps=(4, 8), block_s=(16, 32, 64), block_f=(16, 32, 64))
 KV_GRID = dict(programs_per_sm=(1, 2, 4, 8), num_warps=(4, 8), num_stages=(2, 3, 4), block_s=(32, 64, 128))
 RLA_BWD_GRID = dict(BC=(32, 64, 128), BV=(32, 64, 128), num_warps=(4, 8), scan_warps=(4,))
+SWA_BWD_GRID = dict(BM=(32, 64, 128), BN=(32, 64, 128), num_warps=(4, 8), num_stages=(1, 2, 3))
 
 
 # Messages of CUDA errors after which the process's CUDA context is unusable (also probed directly: see
@@ -86,7 +90,7 @@ def parse_skip(text: str) -> dict:
         pattern = {k.strip(): int(v) for k, v in (item.split("=") for item in text.split(",") if item.strip())}
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NAME=INT items like BC=64,num_warps=8, got {text!r}") from None
-    known = set(LOCAL_GRID) | set(KV_GRID) | set(RLA_BWD_GRID)
+    known = set(LOCAL_GRID) | set(KV_GRID) | set(RLA_BWD_GRID) | set(SWA_BWD_GRID)
     unknown = sorted(set(pattern) - known)
     if not pattern or unknown:
         raise argparse.ArgumentTypeError(f"--skip {text!r}: setting names are {', '.join(sorted(known))}")
@@ -178,9 +182,33 @@ def sweep_rla_backward(T, H, Hkv, D, window, *, dtype, device, timer=bench_ms, g
     return rows
 
 
+def sweep_swa_backward(part, T, H, Hkv, D, window, *, dtype, device, timer=bench_ms, grid=SWA_BWD_GRID,
+                       skip=()) -> list[dict]:
+    """One kernel of the SWA backward, `part` "dkdv" or "dq" (with the preprocess kernel it needs), for a
+    random output gradient under each setting of `grid`; the other kernel is not launched."""
+    from ..kernels.common import default_scale
+    from ..kernels.swa.backward import bwd_config, launch_swa_bwd, swa_forward_with_lse
+
+    g = torch.Generator(device=device).manual_seed(0)
+    q, do = (torch.randn(1, T, H, D, device=device, dtype=dtype, generator=g) for _ in range(2))
+    k, v = (torch.randn(1, T, Hkv, D, device=device, dtype=dtype, generator=g) for _ in range(2))
+    o, o_res, lse, seqs, w = swa_forward_with_lse(q, k, v, window=window)
+    kind = f"swa-backward-{part}"
+    rows = []
+    for s in settings(grid, skip):
+        cfg = dict(bwd_config(D, dtype), **{part: dict(s)})
+        ms = _timed(lambda: launch_swa_bwd(do, q, k, v, o, o_res, lse, seqs, window=w, scale=default_scale(D, None),
+                                           cfg=cfg, need_dq=part == "dq", need_dkdv=part == "dkdv"), timer, kind, s)
+        rows.append(dict(kind=kind, shape=dict(T=T, H=H, Hkv=Hkv, D=D, window=window), setting=s, ms=ms,
+                         nbytes=None))
+    return rows
+
+
 _TABLES = {"local-decode": "GPU_LAUNCH / _BLOCKS in rattn_eval/kernels/decode/fused_recurrent.py",
            "kv-decode": "GPU_LAUNCH in rattn_eval/kernels/decode/kv_split.py",
-           "rla-backward": "RLA_BWD_TILES in rattn_eval/kernels/rla/backward.py"}
+           "rla-backward": "RLA_BWD_TILES in rattn_eval/kernels/rla/backward.py",
+           "swa-backward-dkdv": "SWA_BWD_TILES (its \"dkdv\" entries) in rattn_eval/kernels/swa/backward.py",
+           "swa-backward-dq": "SWA_BWD_TILES (its \"dq\" entries) in rattn_eval/kernels/swa/backward.py"}
 
 
 def table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
@@ -207,6 +235,12 @@ def _table_ms(kind: str, shape: dict, *, dtype, device, timer) -> float | str:
         grid = {n: (kv_split.GPU_LAUNCH[n],) for n in ("programs_per_sm", "num_warps", "num_stages")}
         grid["block_s"] = (block,)
         return sweep_kv_decode(**shape, dtype=dtype, device=device, timer=timer, grid=grid)[0]["ms"]
+    if kind.startswith("swa-backward-"):
+        from ..kernels.swa.backward import bwd_config
+
+        part = kind.removeprefix("swa-backward-")
+        grid = {n: (x,) for n, x in bwd_config(shape["D"], dtype)[part].items()}
+        return sweep_swa_backward(part, **shape, dtype=dtype, device=device, timer=timer, grid=grid)[0]["ms"]
     from ..kernels.rla.backward import backward_tiles
 
     row = backward_tiles(dtype, shape["D"])
@@ -261,7 +295,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", type=int_list, default="8,64", help="local decode step: batch sizes")
     ap.add_argument("--kv", type=_kv_shapes, default="1x32768,1x131072,8x32768",
                     help="kv decode: BATCHxCONTEXT, comma-separated")
-    ap.add_argument("--lengths", type=int_list, default="32768", help="RLA backward: sequence lengths")
+    ap.add_argument("--lengths", type=int_list, default="32768", help="RLA and SWA backward: sequence lengths")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--kv-heads", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=128)
@@ -315,6 +349,12 @@ def main(argv=None) -> int:
                 shape = dict(T=T, H=H, Hkv=Hkv, D=D, window=w)
                 report(sweep_rla_backward(**shape, dtype=dtype, device=device, skip=a.skip), "rla-backward", shape,
                        bench_ms)
+        for part in ("dkdv", "dq"):
+            if f"swa-backward-{part}" in what:
+                for T in a.lengths:
+                    shape = dict(T=T, H=H, Hkv=Hkv, D=D, window=w)
+                    report(sweep_swa_backward(part, **shape, dtype=dtype, device=device, skip=a.skip),
+                           f"swa-backward-{part}", shape, bench_ms)
     except ConfigError as e:  # a lost CUDA context: the files say where the run stopped
         stopped = str(e)
         lines.append(f"# stopped: {stopped}")

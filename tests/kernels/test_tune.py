@@ -65,6 +65,32 @@ def test_rla_backward_sweep_skips_value_slices_wider_than_the_head_and_reports_f
     assert empty[-1].endswith("no setting of the grid is left (none fits this shape, or --skip left out the rest)")
 
 
+@pytest.mark.parametrize("part", ["dkdv", "dq"])
+def test_swa_backward_sweep_launches_each_setting_for_its_kernel_alone(part, monkeypatch):
+    from rattn_eval.kernels.swa import backward as swa_bwd
+
+    launched = []
+    real = swa_bwd.launch_swa_bwd
+
+    def launch(*args, cfg, need_dq, need_dkdv, **kwargs):
+        launched.append((cfg, need_dq, need_dkdv))
+        return real(*args, cfg=cfg, need_dq=need_dq, need_dkdv=need_dkdv, **kwargs)
+
+    monkeypatch.setattr(swa_bwd, "launch_swa_bwd", launch)
+    table = swa_bwd.bwd_config(16, torch.float32)
+    grid = dict(BM=(16, 24), BN=(32,), num_warps=(4,), num_stages=(1,))
+    rows = tune.sweep_swa_backward(part, 40, 2, 1, 16, 7, dtype=torch.float32, device="cpu",
+                                   timer=lambda fn: (fn(), 5.0)[1], grid=grid)
+    assert [r["setting"] for r in rows] == tune.settings(grid) and rows[0]["kind"] == f"swa-backward-{part}"
+    other = "dq" if part == "dkdv" else "dkdv"
+    for (cfg, need_dq, need_dkdv), s in zip(launched, tune.settings(grid)):
+        assert cfg[part] == s and cfg[other] == table[other]  # the other kernel's entry is the table's
+        assert (need_dq, need_dkdv) == (part == "dq", part == "dkdv")
+    assert rows[0]["ms"] == 5.0
+    assert isinstance(rows[1]["ms"], str)  # BM = 24 is no power of two: reported, not fatal
+    assert swa_bwd.bwd_config(16, torch.float32) == table
+
+
 def test_unknown_sweep_bad_shapes_and_no_gpu_are_one_clear_error():
     with pytest.raises(ConfigError, match="unknown sweep 'decode'"):
         tune.main(["--what", "decode"])
@@ -90,7 +116,9 @@ def test_malformed_shapes_stop_at_the_argument(args, capsys):
     ("local-decode", dict(batch=2, H=4, Hkv=2, D=16, window=8)),
     ("kv-decode", dict(batch=1, context=50, H=4, Hkv=2, D=16)),
     ("rla-backward", dict(T=40, H=2, Hkv=1, D=16, window=7)),
-], ids=["local", "kv", "rla"])
+    ("swa-backward-dkdv", dict(T=40, H=2, Hkv=1, D=16, window=7)),
+    ("swa-backward-dq", dict(T=40, H=2, Hkv=1, D=16, window=7)),
+], ids=["local", "kv", "rla", "swa-dkdv", "swa-dq"])
 def test_the_tables_own_setting_is_timed(kind, shape):
     ran = []
     ms = tune.table_ms(kind, shape, dtype=torch.float32, device="cpu", timer=lambda fn: (fn(), ran.append(1), 4.0)[2])

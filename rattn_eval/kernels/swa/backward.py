@@ -245,7 +245,8 @@ def _row(dkdv: dict, dq: dict) -> MappingProxyType:
 # Backward launch settings, edited by hand (row picked by `tuning_row`). dkdv: BN key rows per program, BM
 # query rows per step; dq: BM query rows per program, BN keys per step; heads_first (optional): grid
 # (sequences * heads, blocks). GPU rows are first guesses (FlashAttention-2-like tiles sized for an H100's
-# shared memory), not measured. The interpreter row: small, unequal tiles, so short test sequences cross
+# shared memory), not measured; `rattn-eval bench tune --what swa-backward-dkdv,swa-backward-dq` times the
+# candidates. The interpreter row: small, unequal tiles, so short test sequences cross
 # every tile boundary.
 SWA_BWD_TILES = MappingProxyType({
     "16-bit": _row(dict(BM=64, BN=64, num_warps=4, num_stages=2), dict(BM=64, BN=64, num_warps=4, num_stages=2)),
