@@ -68,7 +68,12 @@ class RAttentionFunction(torch.autograd.Function):
     def backward(ctx, dy):
         q, k, v, qr, kr, o, o_res, lse, o_rla, g_swa, g_rla, ra, rb, *tables = ctx.saved_tensors
         need_q, need_k, need_v, need_ws, need_wr = ctx.needs_input_grad[:5]
-        d_swa, d_rla, dg_swa, dg_rla = combine_backward(dy, o, o_rla, g_swa, g_rla, ra, rb, need_ws, need_wr)
+        # fp16: the RLA branch's gradient in fp32. Where o_rla is 0 (every row inside the window) the norm's
+        # gradient is dy * g / sqrt(eps), 1000 dy at eps 1e-6, past 65504 under a loss scale (inf, then
+        # inf * 0 = NaN in the RLA backward); large raw outputs give gradients below fp16's normal range
+        d_rla_dtype = torch.float32 if q.dtype == torch.float16 else None
+        d_swa, d_rla, dg_swa, dg_rla = combine_backward(dy, o, o_rla, g_swa, g_rla, ra, rb, need_ws, need_wr,
+                                                        d_rla_dtype)
         dq = dk = dv = None
         if need_q or need_k or need_v:
             sq, sk, sv = launch_swa_bwd(d_swa, qr, kr, v, o, o_res, lse, ctx.seqs, window=ctx.window,
@@ -95,8 +100,10 @@ def rattention_triton_autograd(q, k, v, *, window, rope=None, scale=None, featur
         qr, kr = apply_rope(q, *rope), apply_rope(k, *rope)
         o_swa = swa_attention(qr, kr, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens,
                               backend="triton")
+        # fp16: the RLA output and its gradient in fp32 (as in RAttentionFunction.backward)
         o_rla = residual_linear_attention_triton_autograd(q, k, v, window=window, feature_map=feature_map,
-                                                          lengths=lengths, cu_seqlens=cu_seqlens)
+                                                          lengths=lengths, cu_seqlens=cu_seqlens,
+                                                          out_dtype=torch.float32 if q.dtype == torch.float16 else None)
         return combine_triton(o_swa, o_rla, swa_norm_weight, rla_norm_weight, eps, q.dtype)
     cos, sin = (None, None) if rope is None else rope
     return RAttentionFunction.apply(q, k, v, swa_norm_weight, rla_norm_weight, cos, sin, window, scale, feature_map,

@@ -115,12 +115,13 @@ def combine_forward(a, parts, g_swa, g_rla, eps, dtype, keep_sum=False):
     return out, ra, rb, bsum
 
 
-def combine_backward(dy, a, parts, g_swa, g_rla, ra, rb, need_wa, need_wb):
-    """(da, db, dg_swa, dg_rla) of `combine_forward` for the output gradient dy: da, db like a in its dtype, the
-    gain gradients (None unless need_* and the gain is given) in the gains' dtypes."""
+def combine_backward(dy, a, parts, g_swa, g_rla, ra, rb, need_wa, need_wb, db_dtype=None):
+    """(da, db, dg_swa, dg_rla) of `combine_forward` for the output gradient dy: da, db like a, da in its dtype and
+    db in db_dtype (default: a's), the gain gradients (None unless need_* and the gain is given) in the gains'
+    dtypes."""
     B, T, H, D = a.shape
     dy = dy.contiguous()
-    da, db = torch.empty_like(a), torch.empty_like(a)
+    da, db = torch.empty_like(a), torch.empty_like(a, dtype=db_dtype or a.dtype)
     ntok = B * T
     bt = ROWS[1]
     nblk = cdiv(ntok, bt)
@@ -154,15 +155,15 @@ class Combine(torch.autograd.Function):
     def backward(ctx, dy):
         a, b, g_swa, g_rla, ra, rb = ctx.saved_tensors
         need_a, need_b, need_wa, need_wb = ctx.needs_input_grad[:4]
-        da, db, gwa, gwb = combine_backward(dy, a, b, g_swa, g_rla, ra, rb, need_wa, need_wb)
+        da, db, gwa, gwb = combine_backward(dy, a, b, g_swa, g_rla, ra, rb, need_wa, need_wb, b.dtype)
         return da if need_a else None, db if need_b else None, gwa, gwb, None, None
 
 
 def combine_triton(o_swa, o_rla, g_swa, g_rla, eps, dtype):
-    """`naive.combine(...).to(dtype)` in one Triton pass each way. o_swa, o_rla (B, T, H, D) of one dtype,
-    D a power of two; gains (H, D) or None (ones)."""
-    if o_swa.dim() != 4 or o_rla.shape != o_swa.shape or o_rla.dtype != o_swa.dtype:
-        raise ValueError(f"o_swa and o_rla must be (B, T, H, D) of one shape and dtype, got {tuple(o_swa.shape)} "
+    """`naive.combine(...).to(dtype)` in one Triton pass each way. o_swa, o_rla (B, T, H, D) float tensors of
+    one shape (each gets its gradient in its own dtype), D a power of two; gains (H, D) or None (ones)."""
+    if o_swa.dim() != 4 or o_rla.shape != o_swa.shape or not (o_swa.is_floating_point() and o_rla.is_floating_point()):
+        raise ValueError(f"o_swa and o_rla must be float (B, T, H, D) tensors of one shape, got {tuple(o_swa.shape)} "
                          f"{o_swa.dtype} and {tuple(o_rla.shape)} {o_rla.dtype}")
     H, D = o_swa.shape[2:]
     if D < 1 or D & (D - 1):

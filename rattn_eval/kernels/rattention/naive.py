@@ -3,6 +3,8 @@ RMS-normed per head and summed: o = rms(o_swa) * g_swa + rms(o_rla) * g_rla."""
 
 from __future__ import annotations
 
+import torch
+
 from ..common import apply_rope, rms_norm
 from ..rla.naive import residual_linear_attention_chunked, residual_linear_attention_naive
 from ..swa.naive import swa_attention_chunked, swa_attention_naive
@@ -18,7 +20,10 @@ def _rattention(swa_fn, rla_fn, q, k, v, *, window, rope, scale, feature_map, sw
         raise ValueError("rattention needs an int window; use swa_attention(window=None) for full attention")
     qr, kr = (q, k) if rope is None else (apply_rope(q, *rope), apply_rope(k, *rope))
     o_swa = swa_fn(qr, kr, v, window=window, scale=scale, lengths=lengths, cu_seqlens=cu_seqlens).float()
-    o_rla = rla_fn(q, k, v, window=window, feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens).float()
+    # fp32 out of the RLA branch, not rounded to q's dtype: raw sums may pass fp16's 65504, and the norm's
+    # gradient where o_rla is 0 (rows inside the window) is dy * g / sqrt(eps), which would overflow it too
+    o_rla = rla_fn(q, k, v, window=window, feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens,
+                   out_dtype=torch.float32)
     return combine(o_swa, o_rla, swa_norm_weight, rla_norm_weight, eps).to(q.dtype)
 
 

@@ -443,7 +443,8 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
 
     Args:
         q: (B, T, H, D); k, v: (B, T, Hkv, D); do: (B, T, H, D), the gradient of the output; one dtype
-            among fp32 / fp16 / bf16 (do is cast to it), D a power of two 16..256.
+            among fp32 / fp16 / bf16 (do is cast to it, unless it has the products' operand type,
+            `operand_dtype`: fp32 for fp16 inputs), D a power of two 16..256.
         window, feature_map, lengths, cu_seqlens: as in the forward.
         needs: which of (dq, dk, dv) to compute; the others come back as None.
         cfg: launch settings overriding the `RLA_BWD_TILES` row: BC, BV, num_warps, scan_warps, num_stages,
@@ -473,7 +474,11 @@ def residual_linear_attention_backward(q, k, v, do, *, window, feature_map="soft
         seqs = sequence_table(B, T, q.device, lengths, cu_seqlens, BC)
     if seqs.count == 0:
         return tuple(torch.zeros_like(x) if need else None for x, need in zip((q, k, v), needs))
-    q, k, v, do = (x.to(dt).contiguous() for x in (q, k, v, do))
+    q, k, v = (x.to(dt).contiguous() for x in (q, k, v))
+    # an fp32 do stays fp32 (fp16's products take fp32 operands anyway): RAttention passes its RLA branch's
+    # gradient so for fp16, where the norm's 1 / rms (up to eps^-1/2) would overflow 65504 or the small
+    # gradients of large raw outputs would fall to fp16's subnormals
+    do = do.contiguous() if do.dtype == operand_dtype(dt) else do.to(dt).contiguous()
     # gradients are allocated after the inputs are made contiguous: the kernels write them in that layout,
     # at every row of every sequence; rows of no sequence stay zero
     alloc = torch.zeros_like if seqs.zero_fill else torch.empty_like
@@ -532,10 +537,10 @@ class ResidualLinearAttention(torch.autograd.Function):
     derivatives only."""
 
     @staticmethod
-    def forward(ctx, q, k, v, window, feature_map, lengths, cu_seqlens):
+    def forward(ctx, q, k, v, window, feature_map, lengths, cu_seqlens, out_dtype):
         ctx.save_for_backward(q, k, v)
         ctx.args = dict(window=window, feature_map=feature_map, lengths=lengths, cu_seqlens=cu_seqlens)
-        return residual_linear_attention_triton(q, k, v, **ctx.args)
+        return residual_linear_attention_triton(q, k, v, out_dtype=out_dtype, **ctx.args)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -543,14 +548,15 @@ class ResidualLinearAttention(torch.autograd.Function):
         q, k, v = ctx.saved_tensors
         dq, dk, dv = residual_linear_attention_backward(q, k, v, do, needs=tuple(ctx.needs_input_grad[:3]),
                                                         **ctx.args)
-        return dq, dk, dv, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None
 
 
 def residual_linear_attention_triton_autograd(q, k, v, *, window, feature_map="softmax", lengths=None,
-                                              cu_seqlens=None):
+                                              cu_seqlens=None, out_dtype=None):
     """`residual_linear_attention_triton` that autograd differentiates (gradients in Triton).
 
     Args/Returns as `residual_linear_attention_triton`: q (B, T, H, D), k, v (B, T, Hkv, D) raw;
-    (B, T, H, D) in q.dtype. Gradients come back in the inputs' dtypes, zero at padded positions.
+    (B, T, H, D) in out_dtype (default q.dtype). Gradients come back in the inputs' dtypes, zero at padded
+    positions.
     """
-    return ResidualLinearAttention.apply(q, k, v, window, feature_map, lengths, cu_seqlens)
+    return ResidualLinearAttention.apply(q, k, v, window, feature_map, lengths, cu_seqlens, out_dtype)

@@ -236,16 +236,18 @@ def prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens):
     return q, k, v, seqs, cfg, min(window, seqs.max_len), FEATURES[feature_map]
 
 
-def residual_linear_attention_triton(q, k, v, *, window, feature_map="softmax", lengths=None, cu_seqlens=None):
+def residual_linear_attention_triton(q, k, v, *, window, feature_map="softmax", lengths=None, cu_seqlens=None,
+                                     out_dtype=None):
     """o_t = phi(q_t) S_{t-window-1}, S_t = sum_{j<=t} phi(k_j)^T v_j, in Triton.
 
     Args:
         q: (B, T, H, D) raw; k, v: (B, T, Hkv, D) raw; fp16, bf16 or fp32; D a power of two 16..256.
         window: int >= 0; feature_map: "softmax" | "relu" | "identity".
         lengths: (B,) for right-padded batches; cu_seqlens: (N+1,) packed offsets, B == 1.
+        out_dtype: the output's dtype (default q.dtype).
     Returns:
-        (B, T, H, D) in q.dtype, accumulated in fp32; exactly zero for t <= window and at padding.
+        (B, T, H, D) in out_dtype, accumulated in fp32; exactly zero for t <= window and at padding.
     """
     q, k, v, seqs, _, w, feature = prepare_rla_launch(q, k, v, window, feature_map, lengths, cu_seqlens)
     raw = rla_partials(q, k, v, seqs, window=w, feature=feature, raw_dtype=torch.float32)  # summed, then rounded once
-    return (raw[0] + raw[1] if raw.shape[0] == 2 else raw[0]).to(q.dtype)
+    return (raw[0] + raw[1] if raw.shape[0] == 2 else raw[0]).to(out_dtype or q.dtype)

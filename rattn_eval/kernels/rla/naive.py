@@ -18,10 +18,12 @@ def _check(window):
         raise ValueError("residual linear attention needs an int window (window=None leaves no residual)")
 
 
-def residual_linear_attention_naive(q, k, v, *, window, feature_map="softmax", lengths=None, cu_seqlens=None):
+def residual_linear_attention_naive(q, k, v, *, window, feature_map="softmax", lengths=None, cu_seqlens=None,
+                                    out_dtype=None):
     """Materializing reference over the (T, T) mask t - j >= window + 1. For short T.
 
-    Args: q (B, T, H, D); k, v (B, T, Hkv, D). Returns (B, T, H, D) in q.dtype.
+    Args: q (B, T, H, D); k, v (B, T, Hkv, D). Returns (B, T, H, D) in out_dtype (default q.dtype; the
+    sums are fp32).
     """
     B, T, H, Hkv, D = check_qkv(q, k, v)
     _check(window)
@@ -37,7 +39,7 @@ def residual_linear_attention_naive(q, k, v, *, window, feature_map="softmax", l
     ok = (t - j >= window + 1)[None] & (seg[:, :, None] == seg[:, None, :]) & valid[:, None, :]
     a = a * ok[:, None]
     o = torch.einsum("bhts,bshd->bthd", a, vf)
-    return (o * valid[:, :, None, None]).to(q.dtype)
+    return (o * valid[:, :, None, None]).to(out_dtype or q.dtype)
 
 
 def residual_linear_attention_recurrent(q, k, v, *, window, feature_map="softmax"):
@@ -89,7 +91,7 @@ def _chunked_dense(pq, pk, vf, window, chunk):
 
 
 def residual_linear_attention_chunked(
-    q, k, v, *, window, feature_map="softmax", lengths=None, cu_seqlens=None, chunk=64
+    q, k, v, *, window, feature_map="softmax", lengths=None, cu_seqlens=None, chunk=64, out_dtype=None
 ):
     """Chunked reference (fp32 state per KV head): memory O(T + chunk^2), reaches 128k.
 
@@ -105,10 +107,10 @@ def residual_linear_attention_chunked(
     pk = apply_feature_map(k, feature_map)
     vf = v.float()
     if lengths is None and cu_seqlens is None:
-        return _chunked_dense(pq, pk, vf, window, chunk).to(q.dtype)
+        return _chunked_dense(pq, pk, vf, window, chunk).to(out_dtype or q.dtype)
     out = torch.zeros(B, T, H, D, dtype=torch.float32, device=q.device)
     for b in range(B):
         for s0, s1 in segments(T, lengths, cu_seqlens, b):
             sl = slice(s0, s1)
             out[b : b + 1, sl] = _chunked_dense(pq[b : b + 1, sl], pk[b : b + 1, sl], vf[b : b + 1, sl], window, chunk)
-    return out.to(q.dtype)
+    return out.to(out_dtype or q.dtype)
