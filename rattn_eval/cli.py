@@ -303,7 +303,11 @@ def generate(task, length, n, seed, tokenizer, chat_template, depths, qa_data, p
     from rattn_eval.runner import RunConfig, write_samples
 
     defaults = RunConfig(tasks=(task,), lengths=(1,))
-    path = write_samples(task, tokenizer, length=parse_lengths([length])[0], n=defaults.n if n is None else n,
+    parsed = parse_lengths([length])
+    if len(parsed) != 1:
+        raise ConfigError(f"generate writes one length per file, and --len {length} names {len(parsed)}; "
+                          "run it once per length")
+    path = write_samples(task, tokenizer, length=parsed[0], n=defaults.n if n is None else n,
                   seed=defaults.seed if seed is None else seed, chat_template=chat_template,
                   depth=list(_depth_fractions(depths) or []) or None, qa_data=qa_data, out=out, prompts=prompts,
                   ruler_dir=ruler_dir)

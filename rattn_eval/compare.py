@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rattn_eval.errors import ConfigError
+from rattn_eval.errors import ConfigError, DataError
 from rattn_eval.aggregate import (DEFAULT_THRESHOLD, difference, effective_length_text, mean_difference,
                                   same_within_noise, summarize, within_noise)
 from rattn_eval.results import ABSENT_MEANS, belongs, format_length, read_run
@@ -96,6 +96,9 @@ def check_threshold(threshold: float) -> None:
 def compare(runs: list[Run], *, threshold: float = DEFAULT_THRESHOLD) -> Comparison:
     """Summaries of `runs` over the union of their tasks and lengths, with notes on mismatches."""
     check_threshold(threshold)
+    if runs and not any(r.records for r in runs):
+        raise DataError(f"no scored sample in {', '.join(str(r.path) for r in runs)} yet: nothing to compare; "
+                        "run (or finish) `rattn-eval run` there first")
     _labels(runs)
     tasks: list[str] = []
     lengths: set[int] = set()

@@ -33,11 +33,11 @@ def write_report(run_paths: list[str | Path], out: str | Path | None = None, *,
             Path("results") / "runs" / "reports" / "+".join(r.path.name for r in runs)[:120])
     out = Path(out)
     check_writable(out)
+    comp = compare(runs, threshold=threshold)  # runs without a scored sample stop here, before any folder is made
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create report directory {out}: {e.strerror or e}") from None
-    comp = compare(runs, threshold=threshold)
 
     plots = [plot_score_vs_length(comp, out / "score_vs_length.png")]
     heat = plot_niah_heatmap(runs, out / "niah_heatmap.png")

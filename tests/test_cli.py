@@ -151,6 +151,9 @@ def test_generate_writes_samples(tmp_path):
     assert all(0.95 * 1024 <= row["num_tokens"] + row["max_new_tokens"] <= 1024 for row in rows)
     r = CliRunner().invoke(cli, ["generate", "-t", "niah", "-l", "1k", "--out", str(out)])
     assert r.exit_code == 2 and "one task" in r.output
+    before = out.read_text()
+    r = CliRunner().invoke(cli, ["generate", "-t", "niah_single_1", "-l", "1k,2k", "--out", str(out)])
+    assert r.exit_code == 2 and "one length per file" in r.output and out.read_text() == before
 
 
 def test_every_command_has_examples():
@@ -346,3 +349,12 @@ def test_run_and_convert_on_a_hf_folder_with_a_bad_config(tmp_path, qwen2_folder
     for args in (["run", "-q", "-t", "vt", "-l", "1k", "-m", str(hf), "--out", str(tmp_path / "o")],
                  ["convert", "--tokenizer", "bytes", str(hf), str(tmp_path / "ck")]):
         _one_line_error(CliRunner().invoke(cli, args), str(hf / "config.json"), key)
+
+
+def test_run_and_convert_on_a_hf_folder_without_a_tokenizer(tmp_path, qwen2_folder):
+    out = tmp_path / "o"
+    r = CliRunner().invoke(cli, ["run", "-q", "-t", "vt", "-l", "1k", "-m", str(qwen2_folder), "--out", str(out)])
+    _one_line_error(r, "has no tokenizer", "--tokenizer-dir")
+    assert not out.exists()
+    r = CliRunner().invoke(cli, ["convert", str(qwen2_folder), str(tmp_path / "ck")])
+    _one_line_error(r, "no tokenizer.json", "--tokenizer-dir", "--tokenizer bytes|gpt2")

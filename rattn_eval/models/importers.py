@@ -619,7 +619,8 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, name: str | None 
         DESTINATION.write(src, dst, force, lambda out: ckpt.save_checkpoint(out, cfg.replace(tokenizer=tokenizer), sd))
         return dst
     if tokenizer_dir is None and src.is_dir():
-        raise CheckpointError(f"{src} has no tokenizer.json; pass tokenizer_dir=<folder> or tokenizer='bytes'|'gpt2'.")
+        raise CheckpointError(f"{src} has no tokenizer.json; give a folder that has one with --tokenizer-dir "
+                              "(tokenizer_dir=), or a built-in tokenizer with --tokenizer bytes|gpt2 (tokenizer=).")
     with tempfile.TemporaryDirectory() as tmp:
         if tokenizer_dir is None:
             tokenizer_dir = _gguf_tokenizer_dir(src, Path(tmp))

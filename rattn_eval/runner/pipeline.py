@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rattn_eval.errors import BudgetError, ConfigError, DataError
+from rattn_eval.errors import BudgetError, CheckpointError, ConfigError, DataError
 from rattn_eval.aggregate import summarize
 from rattn_eval.results import check_writable, format_length, sample_record
 from rattn_eval.runner.config import RunConfig, default_out_dir, resolved_config, validate
@@ -48,8 +48,13 @@ def load_model_for_run(config: RunConfig) -> tuple[Model, Tokenizer]:
         return RUNNER_MODELS[prefix](config)
     from rattn_eval.models import load_model
 
-    return load_model(config.model, backend=config.backend, device=config.device, dtype=config.dtype,
-                      window=config.window)
+    model, tok = load_model(config.model, backend=config.backend, device=config.device, dtype=config.dtype,
+                            window=config.window)
+    if tok is None:
+        raise CheckpointError(f"model {config.model} has no tokenizer (no tokenizer.json in its folder), and a run "
+                              "needs one to build its prompts; add tokenizer.json, or make a checkpoint with "
+                              "`rattn-eval convert SRC DST --tokenizer-dir FOLDER` (or --tokenizer bytes|gpt2)")
+    return model, tok
 
 
 @dataclass

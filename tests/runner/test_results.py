@@ -322,3 +322,17 @@ def test_batch_times_reads_the_run_through_results(tmp_path, capsys):
     (out / "config.json").write_text('{"n": 1, "lengths": [1]}')  # not what run writes: one reader, one rule
     with pytest.raises(DataError, match="is not a run config"):
         cmp.load_run(out)
+
+
+def test_compare_and_report_refuse_runs_without_a_scored_sample(tmp_path):
+    empty = make_run(tmp_path / "empty", model="m1", tasks=["t1"], lengths=[1024], records=[])
+    with pytest.raises(DataError, match="no scored sample"):
+        cmp.compare([cmp.load_run(empty)])
+    with pytest.raises(DataError, match="no scored sample"):
+        write_report([empty], tmp_path / "rep")
+    assert not (tmp_path / "rep").exists()
+    # beside a run that has results, an empty one is a row of gaps with a note
+    full = make_run(tmp_path / "full", model="m2", tasks=["t1"], lengths=[1024],
+                    records=[rec("t1", 1024, i, 100.0) for i in range(2)])
+    comp = cmp.compare([cmp.load_run(full), cmp.load_run(empty)])
+    assert "m1 has no results for t1@1k" in " ".join(comp.notes)
