@@ -199,14 +199,15 @@ def lock(ctx: DistContext, out: Path) -> RunDir:
 
 
 def open_run(ctx: DistContext, rundir: RunDir, config: dict[str, Any], *, overwrite: bool, repair: bool = False,
-             model_revision: str | None = None) -> None:
+             model_revision: str | None = None, weights: str | None = None) -> None:
     """RunDir.open on rank 0 (the only writer of config.json), once the model is loaded; a refusal
-    (config or model commit mismatch) is raised on every rank. With `overwrite`, old rank files go too."""
+    (config, model commit or weights mismatch) is raised on every rank. With `overwrite`, old rank files go
+    too."""
+    kw = dict(overwrite=overwrite, repair=repair, model_revision=model_revision, weights=weights)
     if not ctx.sharded:
-        rundir.open(config, overwrite=overwrite, repair=repair, model_revision=model_revision)
+        rundir.open(config, **kw)
         return
-    _on_main(ctx, lambda: rundir.open(config, overwrite=overwrite, repair=repair, model_revision=model_revision),
-             None)
+    _on_main(ctx, lambda: rundir.open(config, **kw), None)
 
 
 def _on_main(ctx: DistContext, step, others: Any) -> Any:

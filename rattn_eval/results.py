@@ -107,12 +107,12 @@ class RunDir:
 
     @classmethod
     def prepare(cls, path: str | Path, config: dict[str, Any], *, overwrite: bool = False,
-                repair: bool = False, model_revision: str | None = None) -> "RunDir":
+                repair: bool = False, model_revision: str | None = None, weights: str | None = None) -> "RunDir":
         """`lock` then `open`: create and lock `path`, or lock and reopen it to resume when its config.json
         matches `config`. The lock is released when `open` refuses."""
         rd = cls.lock(path)
         try:
-            rd.open(config, overwrite=overwrite, repair=repair, model_revision=model_revision)
+            rd.open(config, overwrite=overwrite, repair=repair, model_revision=model_revision, weights=weights)
         except BaseException:
             rd.close()
             raise
@@ -149,18 +149,21 @@ class RunDir:
         return rd
 
     def open(self, config: dict[str, Any], *, overwrite: bool = False, repair: bool = False,
-             model_revision: str | None = None) -> None:
+             model_revision: str | None = None, weights: str | None = None) -> None:
         """Start or resume the run of `config` in this (locked) directory, writing config.json.
 
         One holding results of a different config is refused, naming the differing keys, or with
         `overwrite` cleared of the files a run writes (nothing else). A resume whose model is another hub
-        commit (`model_revision`) than the newest session of env.json recorded is refused too. `repair`
-        sets unreadable record lines and a broken env.json aside. Nothing is written before a refusal.
+        commit (`model_revision`), or whose weights have another fingerprint (`weights`, see
+        `models.weights_fingerprint`: a checkpoint folder changed in place), than the newest session of
+        env.json recorded is refused too. `repair` sets unreadable record lines and a broken env.json aside.
+        Nothing is written before a refusal.
         """
         self.check_files()
         old = self.check_is_run_dir()
         if old is not None and not overwrite:
             old = self._check_model_revision(old, config, model_revision)
+            self._check_weights(config, weights)
             diff = config_differences(old, config)
             if diff:
                 hint = ("; a run made before prompt profiles existed resumes with --prompts native"
@@ -198,6 +201,19 @@ class RunDir:
         if repo == str(config.get("model", "")).split("@", 1)[0]:
             return {**old, "model": config.get("model")}
         return old
+
+    def _check_weights(self, config: dict[str, Any], weights: str | None) -> None:
+        """Refuse to resume when the newest session recorded another weights fingerprint than `weights`."""
+        try:
+            env = self._read_env()
+        except DataError:  # a broken env.json: --repair sets it aside, and without it `open` refuses
+            return
+        sessions = env.get("sessions") or [env]
+        recorded = sessions[-1].get("weights_fingerprint")
+        if isinstance(recorded, str) and recorded and weights and recorded != weights:
+            raise ConfigError(f"{self.path} holds results of {config.get('model')} with other weights than it has "
+                              f"now (weights fingerprint {recorded} then, {weights} now): the checkpoint changed "
+                              "since; choose another --out, or --overwrite to start afresh")
 
     def close(self) -> None:
         """Release the lock (a no-op on ranks that do not hold it), and remove the folders `lock` created

@@ -104,10 +104,11 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
 
         cells = _build_cells(config, task_names, lengths, tok, model, use_template)
 
+        weights = weights_fingerprint(model)
         distributed.open_run(dist, rundir, resolved_config(config, task_names, out), overwrite=config.overwrite,
-                             repair=config.repair, model_revision=getattr(model, "revision", None))
+                             repair=config.repair, model_revision=getattr(model, "revision", None), weights=weights)
         if dist.is_main:
-            rundir.write_env({**environment(model, config), **dist.env_info()})
+            rundir.write_env({**environment(model, config), "weights_fingerprint": weights, **dist.env_info()})
         done = distributed.load_done(dist, rundir)
         skip, rank = distributed.shard(dist, [[s for s in c.samples if s.id not in done] for c in cells], done)
         t_gen = time.perf_counter()
@@ -215,6 +216,31 @@ def _cut_at_eos(tokens: list[int], eos: set[int]) -> list[int]:
         if t in eos:
             return tokens[:i]
     return tokens
+
+
+def weights_fingerprint(model: Any) -> str | None:
+    """A short hash of a model's weights, recorded in env.json so that a resume notices a checkpoint whose
+    weights changed in place: every tensor's name, shape and up to 1024 evenly spaced values, rounded to
+    bf16 (so an fp32 run on the CPU and a bf16 run on a GPU of one checkpoint agree). A sample, not every
+    value: a change to a few weights of a tensor can go unnoticed. None for a model without tensors (the
+    oracles)."""
+    module = getattr(model, "hf", model)  # the transformers model inside an HFModel
+    state_dict = getattr(module, "state_dict", None)
+    if state_dict is None:
+        return None
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(state_dict().items()):
+        flat = t.detach().reshape(-1)
+        h.update(f"{name} {tuple(t.shape)} {t.is_floating_point()}".encode())
+        if flat.numel():
+            sample = flat[:: max(1, flat.numel() // 1024)][:1024]
+            sample = sample.to(torch.bfloat16).float() if t.is_floating_point() else sample.long()
+            h.update(sample.cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def environment(model: Any, config: RunConfig) -> dict[str, Any]:

@@ -345,3 +345,34 @@ def test_set_aside_bad_lines_appends_and_leaves_a_torn_tail(tmp_path):
     f.write_bytes(ok + b"\n[3]\n" + ok + b"\n")
     with pytest.raises(DataError, match="records.jsonl line 2 is not a sample record.*--repair"):
         R.load_records(f)
+
+
+def test_a_resume_on_a_checkpoint_whose_weights_changed_is_refused(tmp_path):
+    """env.json records a fingerprint of the weights: a checkpoint folder changed in place since the records
+    were written is refused rather than mixed into the same run; the unchanged folder resumes."""
+    import shutil
+
+    import safetensors.torch
+
+    from rattn_eval.checkpoints import checkpoint_dir
+    from rattn_eval.runner import RunConfig, run
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(checkpoint_dir("tiny-full"), ckpt)
+    out = tmp_path / "r"
+    cfg = dict(model=str(ckpt), tasks=("niah_single_1",), lengths=(1024,), n=2, prompts="native", out=str(out))
+    run(RunConfig(limit=1, **cfg), progress=False)
+    recorded = json.loads((out / "env.json").read_text())["sessions"][-1]["weights_fingerprint"]
+    assert isinstance(recorded, str) and len(recorded) == 16
+
+    [weights] = ckpt.glob("*.safetensors")
+    original = weights.read_bytes()
+    tensors = safetensors.torch.load_file(weights)
+    safetensors.torch.save_file({k: v * 1.5 if v.is_floating_point() else v for k, v in tensors.items()}, weights)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ConfigError, match=f"weights fingerprint {recorded} then, [0-9a-f]{{16}} now"):
+        run(RunConfig(**cfg), progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+    weights.write_bytes(original)
+    assert run(RunConfig(**cfg), progress=False)["complete"] and len(lines(out / "records.jsonl")) == 2
