@@ -282,7 +282,7 @@ def _size(n: int) -> str:
 @cli.command(epilog="""\b
 Examples:
   rattn-eval generate --task niah_single_1 --len 4k -n 10 --seed 0 --tokenizer gpt2 --out niah.jsonl
-  rattn-eval generate -t vt -l 1k -n 2 --tokenizer bytes --depth 50 --out vt.jsonl""")
+  rattn-eval generate -t niah_single_2 -l 1k -n 2 --tokenizer bytes --depth 50 --out niah.jsonl""")
 @click.option("--task", "-t", "task", required=True, help="One task name (see `rattn-eval ls tasks`).")
 @click.option("--len", "-l", "length", required=True, help="Target length, e.g. 4k.")
 @click.option("-n", "n", type=int, default=None, help="Number of samples [default: 10].")

@@ -358,3 +358,18 @@ def test_run_and_convert_on_a_hf_folder_without_a_tokenizer(tmp_path, qwen2_fold
     assert not out.exists()
     r = CliRunner().invoke(cli, ["convert", str(qwen2_folder), str(tmp_path / "ck")])
     _one_line_error(r, "no tokenizer.json", "--tokenizer-dir", "--tokenizer bytes|gpt2")
+
+
+@pytest.mark.parametrize("command", ["run", "generate"])
+@pytest.mark.parametrize("args,words", [
+    (["-t", "vt", "--depth", "50"], ["--depth", "none of vt"]),
+    (["-t", "qa_1", "--prompts", "ruler", "--depth", "50"], ["--depth", "none of qa_1"]),
+    (["-t", "niah_single_1", "--qa-data", "qa"], ["--qa-data", "none of niah_single_1"]),
+    (["-t", "niah_single_1", "--prompts", "native", "--ruler-dir", "x"], ["--ruler-dir", "--prompts native"]),
+], ids=["depth-vt", "depth-ruler-qa", "qa-data", "ruler-dir"])
+def test_an_option_no_task_reads_is_refused(tmp_path, command, args, words):
+    """Kept in config.json, an option with no effect would only block a resume without it."""
+    out = tmp_path / ("o" if command == "run" else "o.jsonl")
+    base = [*RUN] if command == "run" else ["generate", "--tokenizer", "bytes"]
+    _one_line_error(CliRunner().invoke(cli, [*base, *args, "-l", "1k", "--out", str(out)]), *words)
+    assert not out.exists()

@@ -78,6 +78,10 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
 
     validate(config)
     task_names = task_lib.resolve(list(config.tasks))
+    unused = task_lib.unused_option(task_names, depth=config.depths, qa_data=config.qa_data, prompts=config.prompts,
+                                    ruler_dir=config.ruler_dir)
+    if unused:
+        raise ConfigError(unused)
     lengths = sorted(set(config.lengths))
     out = Path(config.out) if config.out else default_out_dir(dataclasses.replace(config, lengths=tuple(lengths)))
     check_writable(out)
@@ -310,6 +314,9 @@ def write_samples(task: str, tokenizer: str, *, length: int, n: int, seed: int, 
     if len(names) != 1 or names[0] != task:
         raise ConfigError(f"generate takes one task, but {task!r} is a group of {len(names)}; pick one of "
                           f"{', '.join(names)}")
+    unused = task_lib.unused_option(names, depth=depth, qa_data=qa_data, prompts=prompts, ruler_dir=ruler_dir)
+    if unused:
+        raise ConfigError(unused)
     tok = load_tokenizer(tokenizer)
     if chat_template and not tok.chat_template:
         raise ConfigError(f"tokenizer {tokenizer!r} has no chat template; drop --chat-template")

@@ -33,7 +33,7 @@ from rattn_eval.tasks.base import GENERATOR_VERSION, NATIVE_GENERATOR_VERSION, S
 
 __all__ = ["TASKS", "GROUPS", "PROMPTS", "Sample", "TaskSpec", "generate", "generate_to_file", "parse_length",
            "resolve", "write_jsonl", "read_jsonl", "cache_dir", "GENERATOR_VERSION", "generator_version",
-           "prompt_source"]
+           "prompt_source", "unused_option"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,23 @@ GROUPS: dict[str, list[str]] = {
     "synthetic": [t for t, s in TASKS.items() if not s.needs_qa_data],
     "ruler": list(TASKS),
 }
+
+
+def unused_option(names: list[str], *, depth, qa_data, prompts: str, ruler_dir) -> str | None:
+    """The sentence refusing the first given option that none of the tasks `names` reads under `prompts`
+    (None when each given one is read): needle depths (NIAH; QA in this project's wording), the QA data,
+    a RULER checkout (RULER's wording only). A run keeps its options in config.json, so one with no effect
+    would only block a resume without it."""
+    listing = ", ".join(names)
+    if depth and not any(TASKS[t].family == "niah" or (TASKS[t].needs_qa_data and prompts == "native")
+                         for t in names):
+        where = "NIAH tasks, and QA tasks with --prompts native"
+        return f"--depth places needles in {where}; none of {listing} has one: drop --depth"
+    if qa_data and not any(TASKS[t].needs_qa_data for t in names):
+        return f"--qa-data is read by the QA tasks (qa_1, qa_2) only; none of {listing} reads it: drop --qa-data"
+    if ruler_dir and prompts != "ruler":
+        return f"--ruler-dir is RULER's text for --prompts ruler; --prompts {prompts} does not read it: drop --ruler-dir"
+    return None
 
 
 def resolve(names_or_groups) -> list[str]:
