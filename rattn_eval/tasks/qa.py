@@ -45,7 +45,8 @@ def data_file(cfg: QAConfig, qa_data) -> Path:
     """The dataset file inside the folder (or the file itself) the user gave with --qa-data."""
     name = FILES[cfg.dataset]
     if qa_data is None:
-        raise DataError(f"this QA task needs {name}: pass the folder holding it with --qa-data (qa_data=...).")
+        task = {"squad": "qa_1", "hotpotqa": "qa_2"}[cfg.dataset]
+        raise DataError(f"task {task} needs {name}: pass the folder holding it with --qa-data (qa_data=...).")
     p = Path(qa_data).expanduser()
     f = p / name if p.is_dir() else p
     if not f.is_file():

@@ -115,7 +115,7 @@ def test_qa_chat_template_and_depth(smollm2, qa_dir):
 
 
 def test_qa_needs_data(tokenizers, tmp_path):
-    with pytest.raises(DataError, match="--qa-data"):
+    with pytest.raises(DataError, match="task qa_1 needs dev-v2.0.json: .* --qa-data"):
         tasks.generate("qa_1", tokenizers["bytes"], length=1024, n=1, seed=0)
     with pytest.raises(DataError, match="--qa-data"):
         tasks.generate("qa_2", tokenizers["bytes"], length=1024, n=1, seed=0, qa_data=tmp_path)
