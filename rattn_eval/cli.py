@@ -195,7 +195,7 @@ def compare(runs, fmt, threshold):
 
     One table for the average over tasks (with Avg, weighted averages and effective length) and
     one per task. Scores are recomputed from records.jsonl. Cells a run lacks are shown as "—"
-    and averages over them are left empty; unfinished cells carry "*".
+    and averages over them are left empty; unfinished cells (and the averages over them) carry "*".
     """
     from rattn_eval import compare as cmp
 

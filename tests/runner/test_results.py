@@ -336,3 +336,13 @@ def test_compare_and_report_refuse_runs_without_a_scored_sample(tmp_path):
                     records=[rec("t1", 1024, i, 100.0) for i in range(2)])
     comp = cmp.compare([cmp.load_run(full), cmp.load_run(empty)])
     assert "m1 has no results for t1@1k" in " ".join(comp.notes)
+
+
+def test_an_average_over_an_unfinished_cell_is_marked_unfinished(tmp_path):
+    run = make_run(tmp_path / "a", model="m1", tasks=["t1", "t2"], lengths=[1024, 2048],
+                   records=[rec(t, L, i, 100.0) for t in ("t1", "t2") for L in (1024, 2048) for i in range(2)
+                            if not (t == "t2" and L == 2048 and i == 1)])
+    md = cmp.to_markdown(cmp.compare([cmp.load_run(run)]))
+    average = next(line for line in md.splitlines() if line.startswith("| m1 |"))
+    cells = average.split(" | ")
+    assert not cells[1].endswith("*") and cells[2].endswith("*")  # 2k averages t2@2k, which has 1 of 2 samples
