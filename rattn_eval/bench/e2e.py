@@ -24,7 +24,7 @@ import torch
 from ..errors import BudgetError, ConfigError
 from ..models.config import ModelConfig, preset
 from ..models.loading import build_model, load_model, resolve_device, resolve_dtype, resolve_model_backend
-from . import int_list
+from . import int_at_least, int_list, run_script
 
 
 def native_weights(config: ModelConfig, device, dtype) -> dict[str, torch.Tensor]:
@@ -84,8 +84,14 @@ def bench_e2e(model_name_or_config: str | ModelConfig, contexts: list[int], batc
         windows: window sweep: each value replaces every local layer's window (None = as configured).
         repeats: generate calls per cell, best kept (default 2 on CUDA, 1 on CPU), after a small warm-up.
     """
+    if not contexts or not batch_sizes or min([*contexts, *batch_sizes]) < 1:
+        raise ConfigError("contexts and batch sizes must be >= 1")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
+    for backend in backends:
+        resolve_model_backend(backend, device)
+    if repeats is not None and repeats < 1:
+        raise ConfigError(f"repeats must be >= 1, got {repeats}")
     repeats = repeats or (2 if device.type == "cuda" else 1)
     if isinstance(model_name_or_config, ModelConfig):
         base, random_weights = model_name_or_config, True
@@ -143,29 +149,71 @@ def _fmt(row: dict) -> str:
             f"{'n/a' if cache is None else f'{cache / 2**20:8.2f} MiB'}  cpu share {row['cpu_share']:.2f}")
 
 
+def stated_config(model: str, random_weights: bool) -> ModelConfig | None:
+    """The config of `model`, read without loading weights; None when only loading tells (a Hugging Face
+    folder or hub id)."""
+    from ..models import checkpoint as ckpt
+    from ..models.registry import MODELS
+
+    if random_weights:
+        return preset(model)
+    path = Path(model).expanduser()
+    if path.exists():
+        return ckpt.read_config(path) if ckpt.is_checkpoint(path) else None
+    return MODELS[model].config() if model in MODELS else None
+
+
+def check_model(config: ModelConfig, contexts: list[int], new_tokens: int, backends: list[str]) -> None:
+    """One ConfigError, before anything is loaded, for a context the model cannot hold with the new tokens,
+    or an hf backend for layers transformers cannot run."""
+    longest = max(contexts)
+    if longest + new_tokens > config.max_context:
+        raise ConfigError(f"--contexts {longest} with --new-tokens {new_tokens} is more than {config.name}'s context "
+                          f"of {config.max_context} tokens; the longest context that fits is "
+                          f"{config.max_context - new_tokens}")
+    if "hf" in backends:
+        from ..models.importers import hf_config_from_native
+
+        hf_config_from_native(config)
+
+
+def _windows(text: str) -> list[int]:
+    """argparse type: comma-separated windows >= 0."""
+    try:
+        values = [int_at_least(0)(x) for x in text.split(",") if x.strip()]
+    except argparse.ArgumentTypeError:
+        values = None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0 like 64,128, got {text!r}")
+    return values
+
+
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="rattn-eval bench e2e", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="preset or built-in name, or a checkpoint directory")
     ap.add_argument("--random-weights", action="store_true", help="random weights of the preset config")
-    ap.add_argument("--contexts", type=int_list, default=[2048])
+    ap.add_argument("--contexts", type=int_list, default=[2048], help="prompt lengths, e.g. 4096,32k")
     ap.add_argument("--batch-sizes", type=int_list, default=[1])
     ap.add_argument("--backends", default="auto,hf", help="comma-separated: triton, torch, hf, auto")
-    ap.add_argument("--windows", type=int_list, default=None, help="window sweep: override every local layer's window")
-    ap.add_argument("--new-tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--windows", type=_windows, default=None, help="window sweep: override every local layer's window")
+    ap.add_argument("--new-tokens", type=int_at_least(0), default=32)
+    ap.add_argument("--repeats", type=int_at_least(1), default=None)
     ap.add_argument("--device", default=None)
     ap.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--threads", type=int_at_least(1), default=None, help="torch CPU threads")
     ap.add_argument("--out", type=Path, help="write the rows and the environment as JSON")
     args = ap.parse_args(argv)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not backends:
+        raise ConfigError("--backends names no backend; choose from triton, torch, hf, auto")
+    config = stated_config(args.model, args.random_weights)
+    if config is not None:
+        check_model(config, args.contexts, args.new_tokens, backends)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        rows = bench_e2e(args.model, args.contexts, args.batch_sizes, args.backends.split(","), device=args.device,
-                         dtype=args.dtype, random_weights=args.random_weights, new_tokens=args.new_tokens,
-                         windows=args.windows, repeats=args.repeats)
-    except ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+    rows = bench_e2e(args.model, args.contexts, args.batch_sizes, backends, device=args.device, dtype=args.dtype,
+                     random_weights=args.random_weights, new_tokens=args.new_tokens, windows=args.windows,
+                     repeats=args.repeats)
     if args.out:
         import transformers
 
@@ -179,4 +227,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "rattn-eval bench e2e"))

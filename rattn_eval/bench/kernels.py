@@ -33,7 +33,9 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from ..kernels.common import flops_swa
+from . import int_at_least, int_list, run_script
 
 DEFAULT_LENGTHS = (4096, 16384, 32768, 131072)
 
@@ -387,19 +389,33 @@ def format_table(result) -> str:
     return "\n".join(lines) + "\n"
 
 
+def check_shapes(lengths, heads, kv_heads, head_dim, window) -> None:
+    """One ConfigError for a shape the kernels do not take, before anything is timed."""
+    from ..kernels import triton_head_dim_ok
+
+    if not lengths or min(lengths) < 1:
+        raise ConfigError(f"--lengths must be >= 1, got {', '.join(map(str, lengths)) or 'none'}")
+    if heads < 1 or not kv_heads or any(n < 1 or heads % n for n in kv_heads):
+        raise ConfigError(f"--kv-heads must divide the {heads} query heads, got "
+                          f"{', '.join(map(str, kv_heads)) or 'none'}")
+    if not triton_head_dim_ok(head_dim):
+        raise ConfigError(f"head dim {head_dim}: the Triton kernels take power-of-two head dims 16..256")
+    if window < 0:
+        raise ConfigError(f"--window must be >= 0, got {window}")
+
+
 def bench_kernels(*, lengths=DEFAULT_LENGTHS, heads=16, kv_heads=(16, 4), head_dim=128, window=512, dtype="bfloat16",
                   decode=True, decode_batches=(8, 64), decode_contexts=(32768, 131072), backward=False, forward=True,
                   out_dir=None, command="", log=print):
     """Run the kernel benchmark; returns the result dict and writes kernels.json / kernels.txt to out_dir."""
-    from ..errors import ConfigError
-
+    check_shapes(lengths, heads, kv_heads, head_dim, window)
+    dt = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if dt is None:
+        raise ConfigError(f"bench dtype must be bfloat16 or float16, got {dtype!r}")
     if not torch.cuda.is_available():
         raise ConfigError("`rattn-eval bench kernels` needs a CUDA GPU; none is visible")
     import triton
 
-    dt = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-    if dt is None:
-        raise ConfigError(f"bench dtype must be bfloat16 or float16, got {dtype!r}")
     fla_ops, fla_missing = _fla()
     fla_desc = "fla-core " + __import__("fla").__version__ if fla_ops else fla_missing
     log(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}; {fla_desc}")
@@ -437,9 +453,10 @@ def bench_kernels(*, lengths=DEFAULT_LENGTHS, heads=16, kv_heads=(16, 4), head_d
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="rattn-eval bench kernels", description=__doc__.split("\n")[0])
-    ap.add_argument("--lengths", default=",".join(str(x) for x in DEFAULT_LENGTHS), help="comma-separated T values")
-    ap.add_argument("--kv-heads", default="16,4", help="comma-separated KV head counts (H=16)")
-    ap.add_argument("--window", type=int, default=512)
+    ap.add_argument("--lengths", type=int_list, default=",".join(str(x) for x in DEFAULT_LENGTHS),
+                    help="comma-separated T values, e.g. 4096,32k")
+    ap.add_argument("--kv-heads", type=int_list, default="16,4", help="comma-separated KV head counts (H=16)")
+    ap.add_argument("--window", type=int_at_least(0), default=512)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     ap.add_argument("--no-decode", action="store_true", help="skip the decode benchmark")
     ap.add_argument("--backward", action="store_true", help="also time forward + backward (training)")
@@ -447,11 +464,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="directory for kernels.json and kernels.txt")
     a = ap.parse_args(argv)
     cmd = "rattn-eval bench kernels " + " ".join(sys.argv[1:] if argv is None else argv)
-    bench_kernels(lengths=[int(x) for x in a.lengths.split(",")], kv_heads=[int(x) for x in a.kv_heads.split(",")],
-                  window=a.window, dtype=a.dtype, decode=not a.no_decode, backward=a.backward, forward=not a.no_prefill,
-                  out_dir=a.out, command=cmd)
+    bench_kernels(lengths=a.lengths, kv_heads=a.kv_heads, window=a.window, dtype=a.dtype, decode=not a.no_decode,
+                  backward=a.backward, forward=not a.no_prefill, out_dir=a.out, command=cmd)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, "rattn-eval bench kernels"))

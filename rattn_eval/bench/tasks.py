@@ -17,6 +17,8 @@ import platform
 import sys
 import time
 
+from . import int_at_least, run_script, single_length
+
 
 def bench_ours(tok, length: int, n: int, prompts: str = "ruler") -> list[tuple[str, float, int, float, float]]:
     """(task, wall s, samples, fill, process CPU s) per synthetic task."""
@@ -78,19 +80,18 @@ def bench_lm_eval(tok_dir: str, length: int, n: int) -> list[tuple[str, float, i
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--length", default="32k")
-    ap.add_argument("-n", type=int, default=100, help="samples per task for ours")
-    ap.add_argument("--lm-eval-n", type=int, default=50, help="samples per task for lm-eval (0: skip)")
+    ap = argparse.ArgumentParser(prog="rattn-eval bench tasks", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--length", type=single_length, default="32k", help="sample length, e.g. 4096 or 32k")
+    ap.add_argument("-n", type=int_at_least(1), default=100, help="samples per task for ours")
+    ap.add_argument("--lm-eval-n", type=int_at_least(0), default=50, help="samples per task for lm-eval (0: skip)")
     ap.add_argument("--prompts", choices=("ruler", "native"), default="ruler", help="prompt profile of our samples")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
 
     from rattn_eval.tokenizer import load_tokenizer
     from rattn_eval.tokenizer import smollm2_tokenizer_dir
-    from rattn_eval.tasks import parse_length
 
-    length = parse_length(args.length)
+    length = args.length
     tok_dir = smollm2_tokenizer_dir()
     tok = load_tokenizer(tok_dir)
     tok.encode("warm up")
@@ -136,4 +137,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_script(main, "rattn-eval bench tasks"))

@@ -21,8 +21,10 @@ from pathlib import Path
 
 import torch
 
+from ..errors import ConfigError
 from ..models.config import ModelConfig
 from ..train.trainer import TRAIN_BACKENDS
+from . import int_at_least, int_list, run_script, single_length
 
 VARIANTS = ("rattn", "swa", "full")
 
@@ -84,27 +86,29 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--lengths", default="4096,16384", help="comma-separated sequence lengths")
-    ap.add_argument("--tokens", type=int, default=16384, help="tokens per step (batch = tokens // length, at least 1)")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--window", type=int, default=512)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
+    ap = argparse.ArgumentParser(prog="rattn-eval bench train", description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=int_list, default="4096,16384", help="comma-separated sequence lengths, e.g. 4k")
+    ap.add_argument("--tokens", type=single_length, default=16384,
+                    help="tokens per step (batch = tokens // length, at least 1)")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
+    ap.add_argument("--window", type=int_at_least(0), default=512)
+    ap.add_argument("--steps", type=int_at_least(1), default=10)
+    ap.add_argument("--warmup", type=int_at_least(0), default=3)
     ap.add_argument("--backend", default="triton", choices=TRAIN_BACKENDS)
     ap.add_argument("--out", type=Path, help="folder for train_step.json and train_step.md")
     a = ap.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("error: the training-step benchmark needs a CUDA GPU.", file=sys.stderr)
-        return 2
-    device = torch.device("cuda")
-    variants = [v for v in a.variants.split(",") if v]
+    variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     bad = [v for v in variants if v not in VARIANTS]
-    if bad:
-        print(f"error: unknown variant {bad[0]!r}; choose from {', '.join(VARIANTS)}.", file=sys.stderr)
-        return 2
+    if bad or not variants:
+        raise ConfigError(f"--variants: unknown variant {bad[0] if bad else a.variants!r}; choose from "
+                          f"{', '.join(VARIANTS)}")
+    if min(a.lengths) < 2:
+        raise ConfigError(f"--lengths {min(a.lengths)}: a training step needs sequences of at least 2 tokens")
+    if not torch.cuda.is_available():
+        raise ConfigError("`rattn-eval bench train` needs a CUDA GPU; none is visible")
+    device = torch.device("cuda")
     rows = []
-    for T in (int(x) for x in a.lengths.split(",") if x):
+    for T in a.lengths:
         for variant in variants:
             batch = max(1, a.tokens // T)
             try:
@@ -132,4 +136,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main, "rattn-eval bench train"))

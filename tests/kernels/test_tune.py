@@ -105,7 +105,7 @@ def test_unknown_sweep_bad_shapes_and_no_gpu_are_one_clear_error():
             tune.main(["--what", "kv-decode"])
 
 
-@pytest.mark.parametrize("args", [["--kv", "1x"], ["--batches", "8,a"], ["--lengths", "4k"]])
+@pytest.mark.parametrize("args", [["--kv", "1x"], ["--batches", "8,a"], ["--lengths", "4kk"]])
 def test_malformed_shapes_stop_at_the_argument(args, capsys):
     with pytest.raises(SystemExit) as e:
         tune.main(args)
