@@ -93,6 +93,10 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
     # after its model has loaded; held until the run ends, failed or not.
     with distributed.lock(dist, out) as rundir:
         t_load = time.perf_counter()
+        if not progress and config.backend == "hf":  # --quiet: transformers' own bar while it loads weights too
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
         model, tok = load_model_for_run(config)
         model_load_s = time.perf_counter() - t_load
         too_long = [L for L in lengths if L > model.max_context]
