@@ -90,8 +90,13 @@ def plot_score_vs_length(comp: Comparison, path: Path) -> Path:
         ax.fill_between(comp.lengths, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.axhline(comp.threshold, color="grey", linestyle=":", linewidth=1, label=f"threshold {comp.threshold:g}")
     ax.set_xscale("log", base=2)
+    if comp.lengths:  # limits from the lengths, not from the points, which may all be gaps
+        ax.set_xlim(min(comp.lengths) / 1.25, max(comp.lengths) * 1.25)
     ax.set_xticks(comp.lengths, [format_length(L) for L in comp.lengths])
     ax.minorticks_off()
+    if all(row["length_scores"][str(L)] is None for row in comp.rows for L in comp.lengths):
+        ax.text(0.5, 0.5, "no length has a score for every task", transform=ax.transAxes, ha="center",
+                va="center", color="grey")
     ax.set_ylim(-2, 102)
     ax.set_xlabel("length (tokens)")
     ax.set_ylabel(f"score (mean of {len(comp.tasks)} task{'s' if len(comp.tasks) != 1 else ''})")
@@ -151,6 +156,8 @@ def plot_niah_heatmap(runs: list[Run], path: Path) -> Path | None:
         ax.set_xticks(range(len(lengths)), [format_length(L) for L in lengths])
         ax.set_yticks(range(DEPTH_BINS), [f"{100 * i // DEPTH_BINS}-{100 * (i + 1) // DEPTH_BINS}%"
                                           for i in range(DEPTH_BINS)], fontsize="x-small")
+        if ax is not axes[0][0]:  # the panels share their rows: labels on the first only
+            ax.tick_params(labelleft=False)
         ax.set_title(run.label, fontsize="small")
         ax.set_xlabel("length")
         for i in range(arr.shape[0]):
