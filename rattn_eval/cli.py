@@ -417,7 +417,7 @@ _bench_command("kernels", "rattn_eval.bench.kernels", "Time the attention kernel
 _bench_command("tasks", "rattn_eval.bench.tasks", "Time sample generation against lm-eval's RULER port.")
 _bench_command("e2e", "rattn_eval.bench.e2e", "Whole-model prefill/decode speed and cache memory, triton vs hf.")
 _bench_command("train", "rattn_eval.bench.train_step", "Training step time and memory: RAttention vs SWA vs full attention.")
-_bench_command("tune", "rattn_eval.bench.tune", "Time launch settings of the decode and RLA-backward kernels.")
+_bench_command("tune", "rattn_eval.bench.tune", "Time launch settings of the decode kernels and the RLA and SWA backward.")
 
 
 @cli.command(name="lm-eval", epilog="""\b

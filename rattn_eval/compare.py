@@ -1,10 +1,11 @@
 """`rattn-eval compare`: several runs side by side, one row per checkpoint, one column per length.
 
-Scores are recomputed from each run's records.jsonl (never read from summary.json), over the
-union of the runs' tasks and lengths. A run that lacks a cell shows a gap ("—") there, and every
-average that would cover a gap is left empty too: nothing is averaged over a different set of
-tasks or lengths than its neighbours. Cells with fewer records than planned (an unfinished run)
-carry a "*", and so do the task averages over them. Differences in seed or sample count are stated in the notes under the table.
+Scores are recomputed from each run's records.jsonl (never read from summary.json), over the union
+of the runs' tasks and lengths. A run that lacks a cell shows a gap ("—") there, and every average
+that would cover a gap is left empty too: nothing is averaged over a different set of tasks or
+lengths than its neighbours. Cells with fewer records than planned (an unfinished run) carry a "*",
+and so does every average over them. Differences in seed or sample count are stated in the notes
+under the table.
 
 Error bars: every cell shows its score ± one standard error (95% intervals in the CSV and JSON
 forms), and a cell of the second and later rows is marked "≈" when its difference from the first
@@ -202,8 +203,10 @@ def sections(comp: Comparison, digits: int = 1) -> list[tuple[str, list[str], li
         cells = [_cell(row["length_scores"][str(L)], row["length_stderr"][str(L)], same.get(str(L)), digits)
                  for L in comp.lengths]
         cells = [c + "*" if L in unfinished and c != GAP else c for c, L in zip(cells, comp.lengths)]
-        body.append([row["label"], *cells, _fmt(row["avg"], digits), _fmt(row["wavg_inc"], digits),
-                     _fmt(row["wavg_dec"], digits), effective_length_text(row)])
+        over = [_fmt(row["avg"], digits), _fmt(row["wavg_inc"], digits), _fmt(row["wavg_dec"], digits),
+                effective_length_text(row)]  # over every length: unfinished when any cell is
+        over = [c + "*" if unfinished and c != GAP else c for c in over]
+        body.append([row["label"], *cells, *over])
     title = f"Average over {len(comp.tasks)} task{'s' if len(comp.tasks) != 1 else ''}"
     out.append((title, header, body))
     for t in comp.tasks:

@@ -155,7 +155,7 @@ class RunDir:
         One holding results of a different config is refused, naming the differing keys, or with
         `overwrite` cleared of the files a run writes (nothing else). A resume whose model is another hub
         commit (`model_revision`), or whose weights have another fingerprint (`weights`, see
-        `models.weights_fingerprint`: a checkpoint folder changed in place), than the newest session of
+        `runner.pipeline.weights_fingerprint`: a checkpoint folder changed in place), than the newest session of
         env.json recorded is refused too. `repair` sets unreadable record lines and a broken env.json aside.
         Nothing is written before a refusal.
         """
@@ -163,8 +163,7 @@ class RunDir:
         old = self.check_is_run_dir()
         if old is not None and not overwrite:
             old = self._check_model_revision(old, config, model_revision)
-            self._check_weights(config, weights)
-            diff = config_differences(old, config)
+            diff = config_differences(without_unused_options(old), config)
             if diff:
                 hint = ("; a run made before prompt profiles existed resumes with --prompts native"
                         if "prompts" not in old and config.get("prompts") != "native" else "")
@@ -172,6 +171,7 @@ class RunDir:
                     f"{self.path} holds a run with a different config ({diff}); "
                     f"rerun with --overwrite to replace it, or choose another --out{hint}"
                 )
+            self._check_weights(config, weights)  # the same model argument: did its weights change?
         if overwrite:
             self._remove_run_files()
         if repair:
@@ -667,6 +667,21 @@ def read_env(path: str | Path) -> dict[str, Any]:
     """env.json of run directory `path` ({} when absent): the newest session at the top level, every
     session under "sessions"; DataError when it is not an environment history."""
     return RunDir(Path(path))._read_env()
+
+
+def without_unused_options(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the options none of its tasks reads (`tasks.unused_option`) as unset: a run made
+    before such options were refused resumes without them."""
+    from rattn_eval.tasks import TASKS, unused_option
+
+    tasks = [t for t in config.get("resolved_tasks") or [] if t in TASKS]
+    prompts = config.get("prompts", ABSENT_MEANS.get("prompts"))
+    out = dict(config)
+    for key, arg in (("depths", "depth"), ("qa_data", "qa_data"), ("ruler_dir", "ruler_dir")):
+        given = {**dict(depth=None, qa_data=None, ruler_dir=None), arg: out.get(key)}
+        if tasks and out.get(key) and unused_option(tasks, prompts=prompts, **given):
+            out[key] = None
+    return out
 
 
 def config_differences(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -33,7 +33,7 @@ from types import MappingProxyType
 import torch
 
 from ..errors import ConfigError
-from . import int_list
+from . import int_list, single_length
 from .kernels import bench_ms, copy_bandwidth, graph_ms, local_step_inputs
 
 KINDS = ("local-decode", "kv-decode", "rla-backward", "swa-backward-dkdv", "swa-backward-dq")
@@ -283,10 +283,11 @@ def check_shapes(H, Hkv, D, window, batches, kv, lengths) -> None:
 
 
 def _kv_shapes(text: str) -> list[tuple[int, int]]:
+    """argparse type: BATCHxCONTEXT items, the context as `run --len` reads it (1x32768 or 1x32k)."""
     try:
-        return [(int(b), int(c)) for b, c in (item.lower().split("x") for item in text.split(",") if item)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected BATCHxCONTEXT items like 1x32768, got {text!r}") from None
+        return [(int(b), single_length(c)) for b, c in (item.lower().split("x") for item in text.split(",") if item)]
+    except (ValueError, argparse.ArgumentTypeError):
+        raise argparse.ArgumentTypeError(f"expected BATCHxCONTEXT items like 1x32768 or 1x32k, got {text!r}") from None
 
 
 def main(argv=None) -> int:

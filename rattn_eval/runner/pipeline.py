@@ -57,6 +57,19 @@ def load_model_for_run(config: RunConfig) -> tuple[Model, Tokenizer]:
     return model, tok
 
 
+def _load_quietly(config: RunConfig) -> tuple[Model, Tokenizer]:
+    """load_model_for_run without transformers' own bar while it loads weights (--quiet), restored after."""
+    from transformers.utils import logging as hf_logging
+
+    shown = not hf_logging.are_progress_bars_disabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return load_model_for_run(config)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 @dataclass
 class _Cell:
     task: str
@@ -93,11 +106,7 @@ def run(config: RunConfig, *, console: Any = None, progress: bool = True) -> dic
     # after its model has loaded; held until the run ends, failed or not.
     with distributed.lock(dist, out) as rundir:
         t_load = time.perf_counter()
-        if not progress and config.backend == "hf":  # --quiet: transformers' own bar while it loads weights too
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-        model, tok = load_model_for_run(config)
+        model, tok = _load_quietly(config) if not progress and config.backend == "hf" else load_model_for_run(config)
         model_load_s = time.perf_counter() - t_load
         too_long = [L for L in lengths if L > model.max_context]
         if too_long:
@@ -245,7 +254,7 @@ def weights_fingerprint(model: Any) -> str | None:
         flat = t.detach().reshape(-1)
         h.update(f"{name} {tuple(t.shape)} {t.is_floating_point()}".encode())
         if flat.numel():
-            sample = flat[:: max(1, flat.numel() // 1024)][:1024]
+            sample = flat[:: -(-flat.numel() // 1024)]  # at most 1024, spread over the whole tensor
             sample = sample.to(torch.bfloat16).float() if t.is_floating_point() else sample.long()
             h.update(sample.cpu().numpy().tobytes())
     return h.hexdigest()[:16]

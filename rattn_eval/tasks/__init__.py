@@ -221,7 +221,7 @@ def generate(name: str, tokenizer, *, length, n: int, seed: int = 0, chat_templa
     kwargs: dict[str, Any] = dict(length=length, n=n, seed=seed, task=name, chat_template=chat_template, depth=depth)
     qa_file = None
     if spec.needs_qa_data:
-        qa_file = qa.data_file(spec.config, qa_data)
+        qa_file = qa.data_file(spec.config, qa_data, name)
         kwargs["qa_data"] = qa_file
     text = None if prompts == "native" else ruler_text.load(None if ruler_dir is None else str(ruler_dir))
     folder = cache_dir() if use_cache else None

@@ -41,11 +41,10 @@ def _after(question: str) -> str:
 PREFIX = "Answer:"
 
 
-def data_file(cfg: QAConfig, qa_data) -> Path:
-    """The dataset file inside the folder (or the file itself) the user gave with --qa-data."""
+def data_file(cfg: QAConfig, qa_data, task: str = "qa") -> Path:
+    """The dataset file inside the folder (or the file itself) the user gave with --qa-data, for `task`."""
     name = FILES[cfg.dataset]
     if qa_data is None:
-        task = {"squad": "qa_1", "hotpotqa": "qa_2"}[cfg.dataset]
         raise DataError(f"task {task} needs {name}: pass the folder holding it with --qa-data (qa_data=...).")
     p = Path(qa_data).expanduser()
     f = p / name if p.is_dir() else p
@@ -90,7 +89,7 @@ def load_qa(dataset: str, path: str, mtime_ns: int) -> tuple[list[str], list[tup
 def generate(cfg: QAConfig, tokenizer, *, length: int, n: int, seed: int, task: str = "qa",
              chat_template: str | None = None, depth: list[float] | None = None, qa_data=None) -> list[Sample]:
     """Generate `n` QA samples; the haystack unit is one distractor document; gold documents go at `depth`."""
-    f = data_file(cfg, qa_data)
+    f = data_file(cfg, qa_data, task)
     docs, items = load_qa(cfg.dataset, str(f.resolve()), f.stat().st_mtime_ns)
     doc_cost = corpora.unit_token_counts(tokenizer, f"qa:{f.resolve()}:{f.stat().st_mtime_ns}",
                                          [f"Document 1:\n{d}\n\n" for d in docs])
@@ -180,7 +179,7 @@ def generate_ruler(cfg: QAConfig, text, tokenizer, *, length: int, n: int, seed:
     document."""
     from rattn_eval.tasks.ruler_text import FIXED_SEED
 
-    f = data_file(cfg, qa_data)
+    f = data_file(cfg, qa_data, task)
     docs, items = load_qa_ruler(cfg.dataset, str(f.resolve()), f.stat().st_mtime_ns)
     if n > len(items):
         raise DataError(f"{f.name} has {len(items)} usable questions, fewer than n = {n}.")

@@ -280,9 +280,10 @@ def test_tma_tiles_with_poisoned_padding(monkeypatch):
 
 GRAD_TOL = {torch.float32: 1e-4, torch.float16: 2e-3}
 # Per-row bounds. fp32: rows with one contributing term cancel (see test_rla.py, GRAD_ROW_TOL). fp16: the
-# kernels round o_swa, the two branches' output gradients and the SWA branch's dq, dk, dv to fp16 (2^-11
-# each), which the reference does not, on top of each branch's own error (seen at commit 43e5b55, whose
-# composition rounded o_rla to fp16 too: 2.7e-3 on one dq row, T = 63, packed).
+# kernels round o_swa, the SWA branch's output gradient and its dq, dk, dv to fp16 (2^-11 each; the RLA
+# branch's output gradient stays fp32), which the reference does not, on top of each branch's own error
+# (seen at commit 43e5b55, whose composition rounded o_rla and its gradient to fp16 too: 2.7e-3 on one dq
+# row, T = 63, packed).
 GRAD_ROW_TOL = {torch.float32: 1e-3, torch.float16: 4e-3}
 
 GRAD_FACTORS = {
@@ -427,14 +428,14 @@ def test_norm_weights_and_rope_tables_alone_take_the_grad_path():
     assert_close(sin_t.grad, sin_r.grad, 1e-4, "dsin", row_tol=1e-3)
 
 
-@pytest.mark.parametrize("rope", ["none", "per row"])
+@pytest.mark.parametrize("rope,D", [("none", 32), ("per row", 32), ("per row", 16)])
 @pytest.mark.parametrize("fm", ["softmax", "identity"])
-def test_gradients_without_rope_and_with_tables_per_row(rope, fm):
+def test_gradients_without_rope_and_with_tables_per_row(rope, D, fm):
     # One autograd Function runs both branches (no public swa_attention call) and takes the SWA branch's
     # gradients back through RoPE itself: without RoPE, and with random (B, T, D) tables whose halves differ
     # (so the transposed rotation must pair each entry with the right one of the other half; RoPE's own
     # tables repeat their first half, under which such a mix-up would pass)
-    B, T, H, Hkv, D, window = 2, 70, 4, 2, 32, 9
+    B, T, H, Hkv, window = 2, 70, 4, 2, 9
     leaves, do, valid, kw = make_case(T, H, Hkv, D, torch.float32, layout="padded", bounds=[T, 45], seed=21)
     if rope == "per row":
         g = torch.Generator().manual_seed(23)
@@ -454,8 +455,8 @@ def test_fp16_gradients_of_the_rla_branch_stay_in_range(backend, case):
     """fp16 on both backends and on the Triton path composed for trainable RoPE tables: the RLA branch's output
     gradient is not rounded to fp16. Where o_rla is 0 (the rows inside the window) the norm's gradient is
     dy * g / sqrt(eps), 1000 dy, past 65504 under a loss scale of 100 (inf, then NaN from inf * 0 in the RLA
-    backward); raw RLA sums of ~1e6 make it ~1e-6, among fp16's subnormals (relative RMS 1e-2 in dq when it
-    was rounded)."""
+    backward); raw RLA sums of ~1e6 make it ~1e-6, among fp16's subnormals (relative RMS 1e-2 in dq if it is
+    rounded to fp16)."""
     if case == "loss scale":
         g = torch.Generator().manual_seed(0)
         q, k, v = (torch.randn(1, 40, h, 32, generator=g).half() for h in (2, 1, 1))

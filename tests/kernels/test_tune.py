@@ -125,6 +125,10 @@ def test_the_tables_own_setting_is_timed(kind, shape):
     assert ms == 4.0 and ran == [1]
 
 
+def test_kv_contexts_read_like_run_len():
+    assert tune._kv_shapes("1x32k,8x32768") == [(1, 32768), (8, 32768)]
+
+
 def test_skip_leaves_out_the_settings_with_all_the_given_values():
     grid = dict(BC=(32, 64), BV=(32, 64), num_warps=(4, 8))
     kept = tune.settings(grid, [tune.parse_skip("BC=64,BV=32,num_warps=8"), tune.parse_skip("BC=32")])

@@ -346,3 +346,4 @@ def test_an_average_over_an_unfinished_cell_is_marked_unfinished(tmp_path):
     average = next(line for line in md.splitlines() if line.startswith("| m1 |"))
     cells = average.split(" | ")
     assert not cells[1].endswith("*") and cells[2].endswith("*")  # 2k averages t2@2k, which has 1 of 2 samples
+    assert all(c.endswith("*") for c in cells[3:6])  # Avg, wAvg (inc), wAvg (dec) average over it too

@@ -376,3 +376,38 @@ def test_a_resume_on_a_checkpoint_whose_weights_changed_is_refused(tmp_path):
 
     weights.write_bytes(original)
     assert run(RunConfig(**cfg), progress=False)["complete"] and len(lines(out / "records.jsonl")) == 2
+
+
+def test_the_weights_fingerprint_is_the_same_in_every_dtype_and_differs_between_checkpoints():
+    from rattn_eval.models import load_model
+    from rattn_eval.runner.pipeline import weights_fingerprint
+
+    prints = {dtype: weights_fingerprint(load_model("tiny-rattn", backend="torch", device="cpu", dtype=dtype)[0])
+              for dtype in ("float32", "bfloat16", "float16")}
+    assert len(set(prints.values())) == 1, prints
+    assert weights_fingerprint(load_model("tiny-swa", backend="torch", device="cpu")[0]) != prints["float32"]
+
+
+def test_another_model_in_the_same_out_names_the_model_not_the_weights(tmp_path):
+    from rattn_eval.runner import RunConfig, run
+
+    out = tmp_path / "r"
+    cfg = dict(tasks=("niah_single_1",), lengths=(1024,), n=1, prompts="native", out=str(out))
+    run(RunConfig(model="tiny-full", **cfg), progress=False)
+    with pytest.raises(ConfigError, match="different config \\(model: 'tiny-full' there vs 'tiny-swa' now\\)"):
+        run(RunConfig(model="tiny-swa", **cfg), progress=False)
+
+
+def test_a_run_kept_with_an_option_no_task_reads_resumes_without_it(tmp_path):
+    """Runs made before such options were refused stored them (e.g. --depth on vt); they resume without."""
+    from rattn_eval.runner import RunConfig, run
+
+    out = tmp_path / "r"
+    cfg = dict(model="oracle:correct", tasks=("vt",), lengths=(1024,), n=2, prompts="native", out=str(out))
+    run(RunConfig(limit=1, **cfg), progress=False)
+    stored = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**stored, "depths": [0.5], "qa_data": "/nowhere"}))
+    assert run(RunConfig(**cfg), progress=False)["complete"] and len(lines(out / "records.jsonl")) == 2
+    (out / "config.json").write_text(json.dumps({**stored, "window": 7}))  # an option it does read still counts
+    with pytest.raises(ConfigError, match="window: 7 there vs None now"):
+        run(RunConfig(**cfg), progress=False)

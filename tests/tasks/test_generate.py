@@ -340,3 +340,19 @@ def test_an_edited_cache_file_is_regenerated(tokenizers, tmp_path, monkeypatch, 
 def test_sample_count_is_bounded(tokenizers):
     with pytest.raises(ConfigError, match="n must lie in 1..100000"):
         tasks.generate("vt", tokenizers["gpt2"], length=2048, n=10 ** 20, seed=0)
+
+
+@pytest.mark.parametrize("names,prompts,option,refused", [
+    (["niah_single_1"], "ruler", "depth", False), (["niah_multikey_2"], "native", "depth", False),
+    (["qa_1"], "native", "depth", False), (["qa_2"], "ruler", "depth", True),
+    (["vt", "cwe", "fwe"], "native", "depth", True), (["vt", "niah_single_3"], "ruler", "depth", False),
+    (["qa_2"], "ruler", "qa_data", False), (["vt", "qa_1"], "native", "qa_data", False),
+    (["niah_single_1"], "ruler", "qa_data", True),
+    (["vt"], "ruler", "ruler_dir", False), (["vt"], "native", "ruler_dir", True),
+])
+def test_unused_option_refuses_exactly_the_options_no_task_reads(names, prompts, option, refused):
+    given = dict(depth=None, qa_data=None, ruler_dir=None)
+    given[option] = [0.5] if option == "depth" else "somewhere"
+    msg = tasks.unused_option(names, prompts=prompts, **given)
+    assert (msg is not None) == refused, msg
+    assert tasks.unused_option(names, prompts=prompts, depth=None, qa_data=None, ruler_dir=None) is None

@@ -204,7 +204,7 @@ def rla_bwd_dq_kernel(
     taken through phi into dq (B, T, H, D), written at the chunk's rows < L.
     q, do (B, T, H, D); v (B, T, Hkv, D); phi(k) (B, T, Hkv, NF * D); states (sequences, Hkv, NCH,
     NF * D, D), H_i of every chunk (rla_bwd_state_kernel); contiguous; products in CT. HAS_ADD: dq gets
-    the rows of add (B, T, H, D) added, through RoPE first with ROPE (`add_rows`)."""
+    the rows of add (B, T, H, D) added, through RoPE first with ROPE (`store_rows`)."""
     FD: tl.constexpr = NF * D
     c, n, head, hk = block_program(H, Hkv, True)
     live, q_tok, t_ok, k_tok, j_ok = chunk_pair(c, n, T, window, seq_len_ptr, seq_row_ptr, seq_start_ptr, BC)
