@@ -316,6 +316,18 @@ def test_bad_inputs_raise_and_leave_the_cache_alone(backend):
     for name, shared in broadcast.items():
         with pytest.raises(ValueError, match=f"cache's {name} is a broadcast"):
             DECODE_STEPS[backend](q, kv, kv, shared)
+    # views whose entries share memory without a zero stride, and one tensor as both rings
+    k, st = cache.k, cache.state
+    aliased = {"ring k is a view": k.as_strided(k.shape, (k.stride(1),) + k.stride()[1:]),
+               "state is a view": st.as_strided(st.shape, st.stride()[:2] + (1, 1))}
+    for match, view in aliased.items():
+        name = match.split(" is")[0]
+        overlapping = LocalCache(view if name == "ring k" else cache.k, cache.v, view if name == "state" else st,
+                                 cache.pos, cache.window)
+        with pytest.raises(ValueError, match=f"cache's {match} whose entries may share memory"):
+            DECODE_STEPS[backend](q, kv, kv, overlapping)
+    with pytest.raises(ValueError, match="ring k and ring v are one tensor"):
+        DECODE_STEPS[backend](q, kv, kv, LocalCache(cache.k, cache.k, st, cache.pos, cache.window))
     assert_cache_equal(cache, before, 0.0)
     assert torch.equal(cache.state, before.state)
 

@@ -55,6 +55,18 @@ class LocalCache:
         return LocalCache(self.k[index], self.v[index], st, self.pos[index], self.window, self.feature_map)
 
 
+def _may_overlap(t: torch.Tensor) -> bool:
+    """Whether two entries of the strided view `t` may share memory: with its dims of more than one entry
+    sorted by stride, each stride must pass the span of the smaller ones (a false alarm only for exotic
+    interleavings, which then need a copy)."""
+    span = 0
+    for stride, size in sorted((abs(st), n) for n, st in zip(t.shape, t.stride()) if n > 1):
+        if stride <= span:
+            return True
+        span += stride * (size - 1)
+    return False
+
+
 def check_decode_args(q, k, v, cache: LocalCache, rope, **norms) -> None:
     """Shapes, dtypes and devices of one decode step against its cache; raises ValueError before anything
     is written, so a refused call leaves the cache as it was. Positions are not read here (on a GPU that
@@ -90,6 +102,12 @@ def check_decode_args(q, k, v, cache: LocalCache, rope, **norms) -> None:
         if t is not None and any(n > 1 and st == 0 for n, st in zip(t.shape, t.stride())):
             raise ValueError(f"the cache's {name} is a broadcast (expanded) tensor; the step writes it in place, so "
                              "it must hold its own entry per row, slot and head")
+        if t is not None and _may_overlap(t):
+            raise ValueError(f"the cache's {name} is a view whose entries may share memory (strides "
+                             f"{tuple(t.stride())} for shape {tuple(t.shape)}); the step writes it in place, so each "
+                             "entry needs memory of its own")
+    if cache.k.numel() and cache.k.data_ptr() == cache.v.data_ptr():
+        raise ValueError("the cache's ring k and ring v are one tensor; the step writes both in place")
     if rope is not None and (not isinstance(rope, Rope) or rope.head_dim != D):
         raise ValueError(f"rope must be a Rope of head dim {D} or None, got {rope!r}")
     for name, w in norms.items():
