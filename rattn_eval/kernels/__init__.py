@@ -226,6 +226,8 @@ def local_decode_step(q, k, v, cache: LocalCache, *, rope: Rope | None = None, s
     rows are left alone.
     """
     check_positions(cache.pos)  # the arguments themselves are checked by either backend, before it writes
+    if softcap is not None and cache.state is not None:  # as local_prefill refuses it
+        raise ValueError("softcap applies to softmax attention (plain SWA caches), not to rattn layers")
     be = resolve_backend(backend, q.device) if softcap is None else _pick(backend, q, softcap=softcap)
     launches[f"{be}.decode"] += 1
     kw = dict(rope=rope, scale=scale, swa_norm_weight=swa_norm_weight, rla_norm_weight=rla_norm_weight, eps=eps)

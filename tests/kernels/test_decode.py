@@ -835,3 +835,13 @@ def test_kv_decode_positions_outside_the_cache_gpu():
     got = kv_decode(q, k, v, pos, backend="auto")
     assert torch.isnan(got[[0, 2, 3]]).all()
     assert_close(got[1:2], kv_decode_naive(q[1:2], k[1:2], v[1:2], pos[1:2]), 1e-5, "the row at a valid position")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "auto"])
+def test_softcap_on_a_rattn_cache_is_refused_as_in_prefill(backend):
+    cache = empty_local_cache(2, 3, 1, 16, dtype=torch.float32, device="cpu")  # an RAttention cache (with state)
+    before = copy.deepcopy(cache)
+    q, kv = torch.randn(2, 2, 16), torch.randn(2, 1, 16)
+    with pytest.raises(ValueError, match="not to rattn layers"):
+        local_decode_step(q, kv, kv, cache, softcap=30.0, backend=backend)
+    assert_cache_equal(cache, before, 0.0)
