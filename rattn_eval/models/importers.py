@@ -73,6 +73,8 @@ def _rope(hf: dict, params: dict, where: str) -> tuple[float, dict | None]:
         s["factor"] = hf["max_position_embeddings"] / original  # transformers: the ratio of the two lengths
     if kind == "dynamic":  # its "original" length is transformers' max_position_embeddings
         s["original_max_position_embeddings"] = int(hf["max_position_embeddings"])
+    if kind == "longrope" and hf.get("model_type") != "phi3":
+        s["rebuild_cache"] = False  # only transformers' Phi-3 generate recomputes its cache past the original length
     try:
         rope.check_scaling(s, hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"], "rope_parameters")
     except ConfigError as e:
@@ -377,7 +379,7 @@ def _hf_rope(theta: float, scaling: dict | None, linear: float = 1.0) -> dict:
     if scaling is None:
         return ({"rope_type": "default", "rope_theta": theta} if linear == 1.0
                 else {"rope_type": "linear", "rope_theta": theta, "factor": linear})
-    params = {k: v for k, v in scaling.items() if k != "type"}
+    params = {k: v for k, v in scaling.items() if k not in ("type", "rebuild_cache")}  # the latter: native only
     if scaling["type"] == "dynamic":  # transformers reads it from max_position_embeddings
         params.pop("original_max_position_embeddings")
     return {"rope_type": scaling["type"], "rope_theta": theta, **params}
@@ -441,7 +443,8 @@ def hf_config_from_native(cfg: ModelConfig):
         from transformers import MistralConfig
 
         return MistralConfig(**common, hidden_act="silu", rope_parameters=glob, sliding_window=cfg.window + 1)
-    if glob["rope_type"] == "longrope":  # Phi-3, whose generate rebuilds its cache past the original length
+    if glob["rope_type"] == "longrope" and cfg.rope_scaling_global.get("rebuild_cache", True):
+        # Phi-3, whose generate rebuilds its cache past the original length (a Llama keeps it: below)
         from transformers import Phi3Config
 
         if cfg.qkv_bias or cfg.mlp_bias:

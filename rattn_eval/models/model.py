@@ -335,9 +335,11 @@ class Model(nn.Module):
         self.tokenizer = None
         self.last_stats: dict = {}
         # LongRoPE switches to its long factors once a sequence passes the original length; transformers'
-        # Phi-3 generate then recomputes the whole cache (prepare_inputs_for_generation), and so does ours
+        # Phi-3 generate then recomputes the whole cache (prepare_inputs_for_generation), and so does ours,
+        # unless the config says the family keeps its cache (rebuild_cache false: its Llama, Qwen2, Gemma-3)
         s = cfg.rope_scaling_global
-        longrope = s is not None and s["type"] == "longrope" and not cfg.nope_global
+        longrope = (s is not None and s["type"] == "longrope" and s.get("rebuild_cache", True)
+                    and not cfg.nope_global)
         self.cache_rebuild_at = s["original_max_position_embeddings"] if longrope else None
         self.set_backend(backend, strict=strict)
 

@@ -9,7 +9,7 @@ rope_scaling_local, plain JSON), one of
                          "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate"}
     {"type": "dynamic",  "factor": f, "original_max_position_embeddings": n}   (transformers' max_position_embeddings)
     {"type": "longrope", "factor": f, "short_factor": [D/2], "long_factor": [D/2], "original_max_position_embeddings": n,
-                         optional "attention_factor"}
+                         optional "attention_factor", "rebuild_cache" (bool, default true)}
 
 `inv_freq` returns the (D/2,) inverse frequencies with the same float operations, in the same order, as
 transformers' modeling_rope_utils (5.x), so the tables agree to the last bit. `attention_factor` is the
@@ -27,7 +27,9 @@ rotates with the frequencies of L, a decode step at position p with those of p +
 - longrope (implemented, exact): the short factors up to original_max_position_embeddings, the long ones past
   it. When a generation first passes that length, transformers' Phi-3 drops its cache and recomputes it with
   the long factors; greedy_generate does the same (Model.cache_rebuild_at), so decoding equals a fresh
-  forward pass over the sequence so far.
+  forward pass over the sequence so far. transformers' other families (Llama, Qwen2, Gemma-3) keep the keys
+  they cached with the short factors; a config imported from them says so ("rebuild_cache": false, default
+  true), and greedy_generate then keeps its cache too.
 Both are for full-attention layers only: a sliding-window layer re-rotates its cached keys on every step
 (ModelConfig refuses them there).
 """
@@ -52,7 +54,8 @@ _KEYS = {
     "yarn": (("factor", "original_max_position_embeddings"),
              ("attention_factor", "beta_fast", "beta_slow", "mscale", "mscale_all_dim", "truncate")),
     "dynamic": (("factor", "original_max_position_embeddings"), ()),
-    "longrope": (("factor", "short_factor", "long_factor", "original_max_position_embeddings"), ("attention_factor",)),
+    "longrope": (("factor", "short_factor", "long_factor", "original_max_position_embeddings"),
+                 ("attention_factor", "rebuild_cache")),
 }
 
 
@@ -80,9 +83,9 @@ def check_scaling(scaling, head_dim: int, key: str) -> None:
         if k in ("short_factor", "long_factor"):
             if not (isinstance(v, (list, tuple)) and len(v) == head_dim // 2 and all(number(x) and x > 0 for x in v)):
                 raise ConfigError(f"{key}.{k} must be a list of {head_dim // 2} positive numbers (head_dim / 2).")
-        elif k == "truncate":
+        elif k in ("truncate", "rebuild_cache"):
             if not isinstance(v, bool):
-                raise ConfigError(f"{key}.truncate must be true or false, got {v!r}.")
+                raise ConfigError(f"{key}.{k} must be true or false, got {v!r}.")
         elif k == "original_max_position_embeddings":
             if not (isinstance(v, int) and not isinstance(v, bool) and v > 0):
                 raise ConfigError(f"{key}.{k} must be a positive integer, got {v!r}.")

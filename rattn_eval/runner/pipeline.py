@@ -61,7 +61,7 @@ def _load_quietly(config: RunConfig) -> tuple[Model, Tokenizer]:
     """load_model_for_run without transformers' own bar while it loads weights (--quiet), restored after."""
     from transformers.utils import logging as hf_logging
 
-    shown = not hf_logging.are_progress_bars_disabled()
+    shown = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         return load_model_for_run(config)

@@ -178,6 +178,9 @@ def test_cli_run_hf_backend_equals_torch(tmp_path):
         assert {r["backend"] for r in rows} == {backend}
         records[backend] = {r["id"]: (r["input_sha"], r["prediction"], r["score"]) for r in rows}
     assert len(records["torch"]) == 4 and records["hf"] == records["torch"]
+    from transformers.utils import logging as hf_logging
+
+    assert hf_logging.is_progress_bar_enabled()  # -q hides transformers' loading bar for the run only
     print(f"\nniah_single_1 1k, 4 samples: scores {[s for _, _, s in records['hf'].values()]} on both backends")
 
 

@@ -226,7 +226,9 @@ def test_phi3_longrope_rebuilds_the_cache_when_decoding_passes_the_original_leng
     prompt = torch.randint(0, 256, (50,), generator=torch.Generator().manual_seed(2)).tolist()
     x = torch.tensor([prompt])
     with torch.inference_mode():
-        ref = hf.generate(x, do_sample=False, max_new_tokens=NEW, pad_token_id=0)[0, 50:].tolist()
+        # with no mask, generate would take every prompt token equal to pad_token_id for padding
+        ref = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=NEW,
+                          pad_token_id=0)[0, 50:].tolist()
         assert rel_err(ours(x), hf(input_ids=x).logits) <= 1e-4
     assert ours.generate([prompt], max_new_tokens=NEW, eos_ids=[])[0] == ref
     assert ours.generate([torch.tensor(prompt)], max_new_tokens=NEW, eos_ids=[])[0] == ref  # a tensor prompt too
@@ -235,6 +237,36 @@ def test_phi3_longrope_rebuilds_the_cache_when_decoding_passes_the_original_leng
     assert ours.generate([prompt, longer, prompt[:20]], max_new_tokens=[NEW, NEW, 8], eos_ids=[])[:2] == [ref, alone[0]]
     ours.cache_rebuild_at = None  # keep the short-rotated cache: what a plain decode loop would do
     assert ours.generate([prompt], max_new_tokens=NEW, eos_ids=[])[0] != ref
+
+
+def test_longrope_outside_phi3_keeps_the_cache_as_transformers_does(tmp_path):
+    """transformers' Llama (and Qwen2, Gemma-3) with LongRoPE keeps the keys it cached with the short factors
+    when decoding passes the original length, where its Phi-3 recomputes them: a Llama import says so
+    (rebuild_cache false) and generates as transformers' Llama does, which differs from a fresh forward."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=128, rms_norm_eps=1e-5,
+                      rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0, "factor": 4.0,
+                                       "original_max_position_embeddings": 32, "short_factor": [1.0] * 8,
+                                       "long_factor": [1.0 + 2 * i for i in range(8)]})
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "norm" not in name:
+                p.copy_(torch.randn_like(p) * (1.0 if "embed" in name else p.shape[1] ** -0.5))
+    hf.save_pretrained(tmp_path / "hf")
+    ours, _ = load_model(tmp_path / "hf", backend="torch", device="cpu")
+    assert ours.config.rope_scaling_global["rebuild_cache"] is False and ours.cache_rebuild_at is None
+    prompt = torch.randint(0, 256, (20,), generator=torch.Generator().manual_seed(2)).tolist()
+    x = torch.tensor([prompt])
+    with torch.inference_mode():
+        ref = hf.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=32,
+                          pad_token_id=0)[0, 20:].tolist()
+    assert ours.generate([prompt], max_new_tokens=32, eos_ids=[])[0] == ref
+    ours.cache_rebuild_at = 32  # Phi-3's recomputation past the original length: another continuation here
+    assert ours.generate([prompt], max_new_tokens=32, eos_ids=[])[0] != ref
 
 
 def test_gemma2_softcap_falls_back_to_torch_and_is_recorded(tmp_path):
