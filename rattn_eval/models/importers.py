@@ -403,6 +403,11 @@ def hf_config_from_native(cfg: ModelConfig):
     layer_types = ["full_attention" if k == "global" else "sliding_attention" for k in cfg.kinds]
     sliding = dict(sliding_window=cfg.window + 1 if cfg.has_local else None, layer_types=layer_types)
     one_rope = not cfg.has_local or local == glob  # the families below have one RoPE for every layer
+    scaling = cfg.rope_scaling_global
+    rebuilds = scaling is not None and scaling["type"] == "longrope" and scaling.get("rebuild_cache", True)
+    if rebuilds and (is_gemma_style(cfg) or cfg.qk_norm or (cfg.qkv_bias and not cfg.o_bias)):
+        raise ConfigError(f"{cfg.name!r} has LongRoPE that recomputes its cache past the original length, which of "
+                          "transformers' models only Phi-3 does, and it is not Phi-3-shaped.")
     if is_gemma_style(cfg):
         if cfg.ffn != "geglu" or not math.isclose(cfg.embed_scale, math.sqrt(cfg.width)) or cfg.mlp_bias:
             raise ConfigError(f"{cfg.name!r} has sandwich norms but is not Gemma-shaped (GeGLU, sqrt(width) "
@@ -443,7 +448,7 @@ def hf_config_from_native(cfg: ModelConfig):
         from transformers import MistralConfig
 
         return MistralConfig(**common, hidden_act="silu", rope_parameters=glob, sliding_window=cfg.window + 1)
-    if glob["rope_type"] == "longrope" and cfg.rope_scaling_global.get("rebuild_cache", True):
+    if rebuilds:
         # Phi-3, whose generate rebuilds its cache past the original length (a Llama keeps it: below)
         from transformers import Phi3Config
 

@@ -168,6 +168,9 @@ def test_cli_run_hf_backend_equals_torch(tmp_path):
     out = tmp_path / "tiny-rattn-hf"
     res = runner.invoke(cli, ["export", "tiny-rattn", str(out), "--format", "hf"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
     records = {}
     for backend, model in (("torch", "tiny-rattn"), ("hf", str(out))):
         run_dir = tmp_path / f"run-{backend}"
@@ -178,9 +181,7 @@ def test_cli_run_hf_backend_equals_torch(tmp_path):
         assert {r["backend"] for r in rows} == {backend}
         records[backend] = {r["id"]: (r["input_sha"], r["prediction"], r["score"]) for r in rows}
     assert len(records["torch"]) == 4 and records["hf"] == records["torch"]
-    from transformers.utils import logging as hf_logging
-
-    assert hf_logging.is_progress_bar_enabled()  # -q hides transformers' loading bar for the run only
+    assert hf_logging.is_progress_bar_enabled() == bars  # -q hides transformers' loading bar for the run only
     print(f"\nniah_single_1 1k, 4 samples: scores {[s for _, _, s in records['hf'].values()]} on both backends")
 
 

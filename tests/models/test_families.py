@@ -269,6 +269,24 @@ def test_longrope_outside_phi3_keeps_the_cache_as_transformers_does(tmp_path):
     assert ours.generate([prompt], max_new_tokens=32, eos_ids=[])[0] != ref
 
 
+def test_hf_config_of_a_native_longrope_follows_its_cache_semantics():
+    """A native LongRoPE config that recomputes its cache (the default) becomes transformers' Phi-3, the one
+    family that does; one that keeps it a Llama; a Qwen-shaped one that recomputes has no transformers match."""
+    from rattn_eval.models.config import ModelConfig
+    from rattn_eval.models.importers import hf_config_from_native
+
+    longrope = {"type": "longrope", "factor": 4.0, "short_factor": [1.0] * 8, "long_factor": [2.0] * 8,
+                "original_max_position_embeddings": 32}
+    base = dict(vocab_size=64, width=32, n_heads=2, n_kv_heads=1, head_dim=16, kinds=("global",) * 2,
+                intermediate_size=32, max_context=128, rope_scaling_global=longrope)
+    assert type(hf_config_from_native(ModelConfig(**base))).__name__ == "Phi3Config"
+    keeps = dict(base, rope_scaling_global={**longrope, "rebuild_cache": False})
+    assert type(hf_config_from_native(ModelConfig(**keeps))).__name__ == "LlamaConfig"
+    assert type(hf_config_from_native(ModelConfig(**keeps, qkv_bias=True))).__name__ == "Qwen2Config"
+    with pytest.raises(ConfigError, match="only Phi-3 does"):
+        hf_config_from_native(ModelConfig(**base, qkv_bias=True))
+
+
 def test_gemma2_softcap_falls_back_to_torch_and_is_recorded(tmp_path):
     hf = _save(_gemma2, tmp_path / "hf", qk_gain=4.0)
     with pytest.raises(ConfigError, match="backend 'triton' cannot run layer 0.*softcapping"):

@@ -59,6 +59,8 @@ def _may_overlap(t: torch.Tensor) -> bool:
     """Whether two entries of the strided view `t` may share memory: with its dims of more than one entry
     sorted by stride, each stride must pass the span of the smaller ones (a false alarm only for exotic
     interleavings, which then need a copy)."""
+    if t.numel() == 0:
+        return False
     span = 0
     for stride, size in sorted((abs(st), n) for n, st in zip(t.shape, t.stride()) if n > 1):
         if stride <= span:
