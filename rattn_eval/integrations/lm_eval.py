@@ -16,7 +16,9 @@ are scored, and `loglikelihood_rolling` cuts the same windows from the same `max
 
 Unlike `hf`, nothing is left-truncated unless the user passes `truncation=True`; a request that
 does not fit is an error. Truncated requests are counted (`RattnLM.truncated_requests`), logged,
-and written into the results' `config` by `get_model_info`.
+and written into the results' `config` by `get_model_info`. `generate_until` decodes greedily with
+`until` and `max_gen_toks`: any other generation setting that would change its output (sampling,
+beams, a repetition penalty, `max_length`, an unknown key) is refused rather than ignored.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ MODEL_ARGS = ("pretrained", "backend", "device", "dtype", "batch_size", "max_len
 class RattnLM(TemplateLM):
     """lm-eval LM over `rattn_eval.models.load_model`.
 
-    Args (all reachable from `--model_args k=v`):
+    Args (from `--model_args k=v`, except pretrained, device, batch_size and max_batch_size, which
+    `rattn-eval lm-eval` takes from --model-path, --device, --batch_size and --max_batch_size):
         pretrained: checkpoint folder, HF folder or built-in model name ("debug", "smollm2-135m", ...).
         backend: model backend, "auto" | "triton" | "torch" | "hf".
         device, dtype: where and in what precision the model runs (load_model's defaults when None).
@@ -60,7 +63,8 @@ class RattnLM(TemplateLM):
         max_length: token budget of one forward pass, default the model's context. It also sets the
             rolling-window size of `loglikelihood_rolling`, as `max_length` does for lm-eval's `hf`.
         max_gen_toks: generation budget when a task does not give one (256, as for `hf`).
-        truncation: cut over-long requests from the left instead of raising BudgetError.
+        truncation: cut over-long requests from the left instead of raising BudgetError (true / false,
+            1 / 0, yes / no, on / off).
         window: override the local-attention window of the checkpoint.
         max_batch_size: accepted because lm-eval always passes it; used only with "auto".
     """
@@ -92,7 +96,7 @@ class RattnLM(TemplateLM):
         if self._max_length > limit:
             raise ConfigError(f"max_length={self._max_length} exceeds the model's context of {limit} tokens.")
         self._max_gen_toks = _positive_int(max_gen_toks, "max_gen_toks")
-        self.truncation = bool(truncation)
+        self.truncation = _bool_arg(truncation, "truncation")
         self.truncated_requests = 0
         eos_ids = sorted(self.tokenizer.eos_ids)
         main_eos = self.tokenizer.encode(self.tokenizer.eos_token) if self.tokenizer.eos_token else []
@@ -192,10 +196,13 @@ class RattnLM(TemplateLM):
         inputs: list[list[int]] = []
         for _, context, continuation in requests:
             if not context or not continuation:
-                # lm-eval moves a whitespace-only context into the continuation, leaving nothing to condition on
-                raise ConfigError("a loglikelihood request needs a non-empty context and continuation after "
-                                  f"tokenization, got {len(context)} and {len(continuation)} tokens (lm-eval moves a "
-                                  "whitespace-only context into the continuation).")
+                # a whitespace-only context moves into the continuation (lm-eval), and a continuation that
+                # merges into the context's last token when the pair is encoded whole leaves no token of its own
+                why = ("the context is empty: lm-eval moves a whitespace-only context into the continuation"
+                       if not context else "the continuation has no token of its own: encoded together with the "
+                       "context, its text merges into the context's last token")
+                raise ConfigError(f"a loglikelihood request needs a context and a continuation of at least one "
+                                  f"token each, got {len(context)} and {len(continuation)} ({why}).")
             if len(continuation) > self._max_length:
                 raise BudgetError(f"a continuation of {len(continuation)} tokens does not fit max_length="
                                   f"{self._max_length}, even with truncation.")
@@ -280,8 +287,11 @@ class RattnLM(TemplateLM):
         plans = []  # (request indices, prompt ids by index, stop strings, max_gen_toks), checked before any work
         for indices in groups.values():
             kwargs = normalize_gen_kwargs(requests[indices[0]].args[1], self._max_gen_toks)
-            if kwargs.get("do_sample") and float(kwargs.get("temperature") or 0.0) > 0.0:
-                raise ConfigError("rattn decodes greedily, but a task asks for sampling (do_sample with temperature > 0).")
+            temperature = kwargs.get("temperature")
+            if kwargs.get("do_sample") and (temperature is None or float(temperature) > 0.0):
+                raise ConfigError("rattn decodes greedily, but a task asks for sampling (do_sample without "
+                                  "temperature 0).")
+            _check_greedy_kwargs(kwargs)
             until = handle_stop_sequences(kwargs.get("until"), eos=self.tokenizer.eos_token)
             max_gen = int(kwargs["max_gen_toks"])
             room = self._max_length - max_gen
@@ -377,7 +387,7 @@ def cli_main(argv: list[str]) -> int:
         setup_logging()
         parser = HarnessCLI()
         options = _parse_args(parser)
-        _check_run_args(options)
+        _check_run_args(options, path)
         try:
             parser.execute(options)
         except ValueError as err:  # lm-eval's answer to an unknown task name, among others
@@ -409,10 +419,16 @@ def _parse_args(parser):
         raise ConfigError(f"{message}.") from None
 
 
-def _check_run_args(args) -> None:
+def _check_run_args(args, path: str | None = None) -> None:
     """Refuse, before the model loads, options that lm-eval fails on with a traceback, late, or not at all."""
     if not args.tasks and not args.config:
         raise ConfigError("pass --tasks, e.g. --tasks arc_easy (`lm-eval ls tasks` lists them).")
+    given = args.model_args if isinstance(args.model_args, dict) else {}
+    if path is not None and str(given.get("pretrained", path)) != str(path):
+        raise ConfigError("the checkpoint comes from --model-path; drop pretrained= from --model_args.")
+    for key in ("device", "batch_size", "max_batch_size"):  # lm-eval passes these to the model from its own flags
+        if key in given:
+            raise ConfigError(f"give {key} with --{key}, not in --model_args.")
     limit = args.limit
     if limit is not None and not (0 < limit < 1 or (limit >= 1 and limit.is_integer())):
         raise ConfigError(f"--limit must be a whole number of documents (1 or more) or a fraction of them "
@@ -469,6 +485,36 @@ class _SaveFailures(logging.Handler):
             self.failure = self.failure or message[0].lower() + message[1:]
         elif self.failure and self.reason is None:
             self.reason = message
+
+
+# generation settings generate_until honours, and those it accepts only at the value greedy decoding has
+_GEN_KWARGS = {"until", "max_gen_toks", "do_sample", "temperature"}
+_GREEDY_VALUES = {"num_beams": 1, "num_return_sequences": 1, "repetition_penalty": 1.0, "top_k": None,
+                  "top_p": None, "use_cache": None}
+
+
+def _check_greedy_kwargs(kwargs: dict) -> None:
+    """One ConfigError for a generation setting greedy decoding with stop strings cannot follow (max_length,
+    beams, penalties, unknown keys), instead of ignoring it. top_k, top_p and use_cache change nothing
+    without sampling and pass with any value."""
+    for key, value in kwargs.items():
+        if key in _GEN_KWARGS or (key in _GREEDY_VALUES and _GREEDY_VALUES[key] in (None, value)):
+            continue
+        raise ConfigError(f"rattn's generate_until decodes greedily with `until` and `max_gen_toks` only; it cannot "
+                          f"follow the generation setting {key}={value!r}"
+                          + (" (give the token budget as max_gen_toks)" if key == "max_length" else "") + ".")
+
+
+def _bool_arg(value, name: str) -> bool:
+    """A boolean model_arg given as a bool, 0 / 1, or true / false / yes / no / on / off (any case)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, not {value!r}.")
 
 
 def _positive_int(value, name: str) -> int:

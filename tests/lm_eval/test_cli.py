@@ -65,6 +65,13 @@ def test_cli_main_argument_errors():
         cli_main(["--tasks", MC_TASK])
     with pytest.raises(ConfigError, match="always 'rattn'"):
         cli_main(["--model-path", "debug", "--model", "hf"])
+    # lm-eval passes these from its own flags: in --model_args they were a TypeError or a quiet override
+    for model_args, match in (("device=cpu", "give device with --device"),
+                              ("batch_size=4", "give batch_size with --batch_size"),
+                              ("pretrained=tiny-full", "drop pretrained= from --model_args")):
+        with pytest.raises(ConfigError, match=match):
+            cli_main(["--model-path", "debug", "--tasks", MC_TASK, "--include_path", str(TASKS_DIR),
+                      "--model_args", model_args])
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -72,6 +79,7 @@ def test_cli_main_argument_errors():
     ({"max_length": 0}, "max_length"),
     ({"max_length": 10**9}, "exceeds the model's context"),
     ({"trust_remote_code": True}, "unknown rattn model_args"),
+    ({"truncation": "maybe"}, "truncation must be true or false"),
 ])
 def test_bad_model_args(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -82,6 +90,8 @@ def test_string_model_args_from_the_command_line():
     lm = RattnLM.create_from_arg_string("pretrained=debug,backend=torch,max_length=64",
                                         {"batch_size": "3", "device": "cpu", "max_batch_size": None})
     assert (lm.batch_size, lm.max_length, lm.model_backend) == (3, 64, "torch")
+    for text, on in (("no", False), ("off", False), ("False", False), ("0", False), ("yes", True), ("True", True)):
+        assert RattnLM("debug", backend="torch", device="cpu", truncation=text).truncation is on, text
 
 
 def test_over_long_loglikelihood_is_an_error_unless_truncation(debug_lm):
@@ -110,10 +120,21 @@ def test_over_long_generation_prompt_is_an_error_unless_truncation(debug_lm):
     assert isinstance(text, str) and lm.truncated_requests == 1
 
 
-def test_sampling_requests_are_refused(debug_lm):
-    request = Instance("generate_until", {}, ("hi", {"do_sample": True, "temperature": 0.7}), 0)
+@pytest.mark.parametrize("gen_kwargs", [
+    {"do_sample": True, "temperature": 0.7}, {"do_sample": True}, {"max_length": 10}, {"num_beams": 3},
+    {"repetition_penalty": 1.5}, {"bogus_kw": 1},
+], ids=["sampling", "sampling-no-temperature", "max_length", "beams", "penalty", "unknown"])
+def test_generation_settings_greedy_decoding_cannot_follow_are_refused(debug_lm, gen_kwargs):
+    request = Instance("generate_until", {}, ("hi", {"until": ["\n"], **gen_kwargs}), 0)
     with pytest.raises(ConfigError, match="greedily"):
         debug_lm.generate_until([request], disable_tqdm=True)
+
+
+def test_generation_settings_of_greedy_decoding_pass(debug_lm):
+    plain = Instance("generate_until", {}, ("hi", {"until": ["\n"], "max_gen_toks": 3}), 0)
+    neutral = Instance("generate_until", {}, ("hi", {"until": ["\n"], "max_gen_toks": 3, "num_beams": 1,
+                                                     "do_sample": False, "temperature": 0.0, "top_p": 0.9}), 0)
+    assert debug_lm.generate_until([neutral], disable_tqdm=True) == debug_lm.generate_until([plain], disable_tqdm=True)
 
 
 def test_empty_context_is_conditioned_on_bos(debug_lm):

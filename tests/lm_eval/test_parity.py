@@ -147,5 +147,8 @@ def test_whitespace_only_context_is_a_clear_error(tiny_lms):
     from rattn_eval.errors import ConfigError
 
     ours_lm, _ = tiny_lms
-    with pytest.raises(ConfigError, match="non-empty context"):
+    with pytest.raises(ConfigError, match="the context is empty"):
         ours_lm.loglikelihood([Instance("loglikelihood", {}, (" ", "x"), 0)], disable_tqdm=True)
+    # a continuation that merges into the context's last token when the pair is encoded whole
+    with pytest.raises(ConfigError, match="the continuation has no token of its own"):
+        ours_lm.loglikelihood([Instance("loglikelihood", {}, ("Hello wor", "ld"), 0)], disable_tqdm=True)
