@@ -18,7 +18,7 @@ Unlike `hf`, nothing is left-truncated unless the user passes `truncation=True`;
 does not fit is an error. Truncated requests are counted (`RattnLM.truncated_requests`), logged,
 and written into the results' `config` by `get_model_info`. `generate_until` decodes greedily with
 `until` and `max_gen_toks`: any other generation setting that would change its output (sampling,
-beams, a repetition penalty, `max_length`, an unknown key) is refused rather than ignored.
+beams, a repetition penalty, `max_length`, an unknown key) is refused.
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ MODEL_ARGS = ("pretrained", "backend", "device", "dtype", "batch_size", "max_len
 class RattnLM(TemplateLM):
     """lm-eval LM over `rattn_eval.models.load_model`.
 
-    Args (from `--model_args k=v`, except pretrained, device, batch_size and max_batch_size, which
-    `rattn-eval lm-eval` takes from --model-path, --device, --batch_size and --max_batch_size):
+    Args (from `--model_args k=v`, except pretrained, device and batch_size, which `rattn-eval lm-eval`
+    takes from --model-path, --device and --batch_size):
         pretrained: checkpoint folder, HF folder or built-in model name ("debug", "smollm2-135m", ...).
         backend: model backend, "auto" | "triton" | "torch" | "hf".
         device, dtype: where and in what precision the model runs (load_model's defaults when None).
@@ -426,7 +426,7 @@ def _check_run_args(args, path: str | None = None) -> None:
     given = args.model_args if isinstance(args.model_args, dict) else {}
     if path is not None and str(given.get("pretrained", path)) != str(path):
         raise ConfigError("the checkpoint comes from --model-path; drop pretrained= from --model_args.")
-    for key in ("device", "batch_size", "max_batch_size"):  # lm-eval passes these to the model from its own flags
+    for key in ("device", "batch_size"):  # lm-eval passes both to the model from its own flags, always
         if key in given:
             raise ConfigError(f"give {key} with --{key}, not in --model_args.")
     limit = args.limit
@@ -498,17 +498,32 @@ def _check_greedy_kwargs(kwargs: dict) -> None:
     beams, penalties, unknown keys), instead of ignoring it. top_k, top_p and use_cache change nothing
     without sampling and pass with any value."""
     for key, value in kwargs.items():
-        if key in _GEN_KWARGS or (key in _GREEDY_VALUES and _GREEDY_VALUES[key] in (None, value)):
+        if key in _GEN_KWARGS or (key in _GREEDY_VALUES and _greedy_value(value, _GREEDY_VALUES[key])):
             continue
+        hint = {"max_length": " (give the token budget as max_gen_toks)", "stop": " (give stop strings as until)"}
         raise ConfigError(f"rattn's generate_until decodes greedily with `until` and `max_gen_toks` only; it cannot "
-                          f"follow the generation setting {key}={value!r}"
-                          + (" (give the token budget as max_gen_toks)" if key == "max_length" else "") + ".")
+                          f"follow the generation setting {key}={value!r}{hint.get(key, '')}.")
+
+
+def _greedy_value(value, expected) -> bool:
+    """Whether a generation setting has the value greedy decoding has (any value when `expected` is None);
+    numbers may come as numeric strings, never as booleans."""
+    if expected is None:
+        return True
+    if isinstance(value, bool):
+        return False
+    try:
+        return float(value) == float(expected)
+    except (TypeError, ValueError):
+        return False
 
 
 def _bool_arg(value, name: str) -> bool:
     """A boolean model_arg given as a bool, 0 / 1, or true / false / yes / no / on / off (any case)."""
-    if isinstance(value, bool):
-        return value
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
     text = str(value).strip().lower()
     if text in ("1", "true", "yes", "on"):
         return True

@@ -90,7 +90,8 @@ def test_string_model_args_from_the_command_line():
     lm = RattnLM.create_from_arg_string("pretrained=debug,backend=torch,max_length=64",
                                         {"batch_size": "3", "device": "cpu", "max_batch_size": None})
     assert (lm.batch_size, lm.max_length, lm.model_backend) == (3, 64, "torch")
-    for text, on in (("no", False), ("off", False), ("False", False), ("0", False), ("yes", True), ("True", True)):
+    for text, on in (("no", False), ("off", False), ("False", False), ("0", False), ("yes", True), ("True", True),
+                     (None, False), (1.0, True), (0, False)):
         assert RattnLM("debug", backend="torch", device="cpu", truncation=text).truncation is on, text
 
 
@@ -122,8 +123,8 @@ def test_over_long_generation_prompt_is_an_error_unless_truncation(debug_lm):
 
 @pytest.mark.parametrize("gen_kwargs", [
     {"do_sample": True, "temperature": 0.7}, {"do_sample": True}, {"max_length": 10}, {"num_beams": 3},
-    {"repetition_penalty": 1.5}, {"bogus_kw": 1},
-], ids=["sampling", "sampling-no-temperature", "max_length", "beams", "penalty", "unknown"])
+    {"repetition_penalty": 1.5}, {"bogus_kw": 1}, {"num_beams": True}, {"stop": ["\n"]},
+], ids=["sampling", "sampling-no-temperature", "max_length", "beams", "penalty", "unknown", "bool-beams", "stop"])
 def test_generation_settings_greedy_decoding_cannot_follow_are_refused(debug_lm, gen_kwargs):
     request = Instance("generate_until", {}, ("hi", {"until": ["\n"], **gen_kwargs}), 0)
     with pytest.raises(ConfigError, match="greedily"):
@@ -132,8 +133,9 @@ def test_generation_settings_greedy_decoding_cannot_follow_are_refused(debug_lm,
 
 def test_generation_settings_of_greedy_decoding_pass(debug_lm):
     plain = Instance("generate_until", {}, ("hi", {"until": ["\n"], "max_gen_toks": 3}), 0)
-    neutral = Instance("generate_until", {}, ("hi", {"until": ["\n"], "max_gen_toks": 3, "num_beams": 1,
-                                                     "do_sample": False, "temperature": 0.0, "top_p": 0.9}), 0)
+    neutral = Instance("generate_until", {}, ("hi", {"until": ["\n"], "max_gen_toks": 3, "num_beams": "1",
+                                                     "repetition_penalty": 1.0, "do_sample": False,
+                                                     "temperature": 0.0, "top_p": 0.9}), 0)
     assert debug_lm.generate_until([neutral], disable_tqdm=True) == debug_lm.generate_until([plain], disable_tqdm=True)
 
 
