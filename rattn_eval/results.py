@@ -162,7 +162,8 @@ class RunDir:
         self.check_files()
         old = self.check_is_run_dir()
         if old is not None and not overwrite:
-            old = self._check_model_revision(old, config, model_revision)
+            newest = self._newest_session()
+            old = self._check_model_revision(old, config, model_revision, newest)
             diff = config_differences(without_unused_options(old), config)
             if diff:
                 hint = ("; a run made before prompt profiles existed resumes with --prompts native"
@@ -171,7 +172,7 @@ class RunDir:
                     f"{self.path} holds a run with a different config ({diff}); "
                     f"rerun with --overwrite to replace it, or choose another --out{hint}"
                 )
-            self._check_weights(config, weights)  # the same model argument: did its weights change?
+            self._check_weights(config, weights, newest)  # the same model argument: did its weights change?
         if overwrite:
             self._remove_run_files()
         if repair:
@@ -180,17 +181,21 @@ class RunDir:
         self._read_env(set_aside=repair)
         _write_json(self.path / CONFIG_FILE, config)
 
-    def _check_model_revision(self, old: dict[str, Any], config: dict[str, Any],
-                              revision: str | None) -> dict[str, Any]:
+    def _newest_session(self) -> dict[str, Any]:
+        """The newest session of env.json ({} when there is none, or when env.json is broken: --repair sets
+        it aside, and without it `open` refuses)."""
+        try:
+            env = self._read_env()
+        except DataError:
+            return {}
+        return (env.get("sessions") or [env])[-1]
+
+    def _check_model_revision(self, old: dict[str, Any], config: dict[str, Any], revision: str | None,
+                              newest: dict[str, Any]) -> dict[str, Any]:
         """Refuse to resume with other weights than the newest session's hub commit (a hub id's main may
         have moved since). Returns `old` to compare `config` with: where both name the same commit of one
         hub repo, "ORG/NAME" and "ORG/NAME@COMMIT" are the same model, so pinning the commit resumes."""
-        try:
-            env = self._read_env()
-        except DataError:  # a broken env.json: --repair sets it aside, and without it `open` refuses
-            return old
-        sessions = env.get("sessions") or [env]
-        recorded = sessions[-1].get("model_revision")
+        recorded = newest.get("model_revision")
         if not (isinstance(recorded, str) and recorded and revision):
             return old
         repo = str(old.get("model", "")).split("@", 1)[0]
@@ -202,14 +207,9 @@ class RunDir:
             return {**old, "model": config.get("model")}
         return old
 
-    def _check_weights(self, config: dict[str, Any], weights: str | None) -> None:
+    def _check_weights(self, config: dict[str, Any], weights: str | None, newest: dict[str, Any]) -> None:
         """Refuse to resume when the newest session recorded another weights fingerprint than `weights`."""
-        try:
-            env = self._read_env()
-        except DataError:  # a broken env.json: --repair sets it aside, and without it `open` refuses
-            return
-        sessions = env.get("sessions") or [env]
-        recorded = sessions[-1].get("weights_fingerprint")
+        recorded = newest.get("weights_fingerprint")
         if isinstance(recorded, str) and recorded and weights and recorded != weights:
             raise ConfigError(f"{self.path} holds results of {config.get('model')} with other weights than it has "
                               f"now (weights fingerprint {recorded} then, {weights} now): the checkpoint changed "
