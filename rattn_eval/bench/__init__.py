@@ -17,15 +17,20 @@ def _count(text: str) -> int:
         raise ValueError(text) from None
 
 
-def int_list(text: str) -> list[int]:
-    """argparse type: comma-separated integers >= 1, each with an optional k / m suffix (4k = 4096, 1m = 1048576)."""
-    try:
-        values = [_count(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        values = None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1 (4k = 4096), got {text!r}")
-    return values
+def comma_list(item, what: str):
+    """argparse type: comma-separated values, each read by `item` (which raises ValueError or
+    ArgumentTypeError for a bad one), at least one; `what` names them in the error."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [item(x) for x in text.split(",") if x.strip()]
+        except (ValueError, argparse.ArgumentTypeError):
+            values = None
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}")
+        return values
+
+    return parse
 
 
 def single_length(text: str) -> int:
@@ -61,3 +66,7 @@ def run_script(main, prog: str) -> int:
     except RattnError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
+
+
+# argparse type: comma-separated integers >= 1, each with an optional k / m suffix (4k = 4096, 1m = 1048576)
+int_list = comma_list(_count, "integers >= 1 (4k = 4096)")

@@ -24,7 +24,7 @@ import torch
 from ..errors import BudgetError, ConfigError
 from ..models.config import ModelConfig, preset
 from ..models.loading import build_model, load_model, resolve_device, resolve_dtype, resolve_model_backend
-from . import int_at_least, int_list, run_script
+from . import comma_list, int_at_least, int_list, run_script
 
 
 def native_weights(config: ModelConfig, device, dtype) -> dict[str, torch.Tensor]:
@@ -177,17 +177,6 @@ def check_model(config: ModelConfig, contexts: list[int], new_tokens: int, backe
         hf_config_from_native(config)
 
 
-def _windows(text: str) -> list[int]:
-    """argparse type: comma-separated windows >= 0."""
-    try:
-        values = [int_at_least(0)(x) for x in text.split(",") if x.strip()]
-    except argparse.ArgumentTypeError:
-        values = None
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0 like 64,128, got {text!r}")
-    return values
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="rattn-eval bench e2e", description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="smollm2-135m", help="preset or built-in name, or a checkpoint directory")
@@ -195,7 +184,8 @@ def main(argv=None) -> None:
     ap.add_argument("--contexts", type=int_list, default=[2048], help="prompt lengths, e.g. 4096,32k")
     ap.add_argument("--batch-sizes", type=int_list, default=[1])
     ap.add_argument("--backends", default="auto,hf", help="comma-separated: triton, torch, hf, auto")
-    ap.add_argument("--windows", type=_windows, default=None, help="window sweep: override every local layer's window")
+    ap.add_argument("--windows", type=comma_list(int_at_least(0), "integers >= 0 like 64,128"), default=None,
+                    help="window sweep: override every local layer's window")
     ap.add_argument("--new-tokens", type=int_at_least(0), default=32)
     ap.add_argument("--repeats", type=int_at_least(1), default=None)
     ap.add_argument("--device", default=None)
